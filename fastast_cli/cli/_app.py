@@ -1,0 +1,40 @@
+"""The Typer application and the one rule every command follows for user mistakes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from fastast_cli.errors import FastASTError
+
+app = typer.Typer(
+    name="fastast",
+    help="Fast Audio Spectrogram Transformers: token merging (ToMe), cross-model knowledge "
+    "distillation (CMKD) and throughput sweeps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn a FastASTError raised by the engine into one red line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FastASTError as error:
+            err_console.print(f"[bold red]error:[/] {error}")
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]

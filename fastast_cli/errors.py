@@ -1,0 +1,9 @@
+"""Errors that are the user's to fix: the CLI prints their message, never a traceback."""
+
+
+class FastASTError(Exception):
+    """A problem with the user's input (a file, a flag, a checkpoint), explained in its message."""
+
+
+class CheckpointError(FastASTError):
+    """A checkpoint that cannot be read, is unsafe to read, or does not fit the model."""

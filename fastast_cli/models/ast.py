@@ -1,0 +1,287 @@
+"""Audio Spectrogram Transformer (Gong et al. 2021) with Token Merging built into every block.
+
+Parameter names follow timm's `vision_transformer.py` and the original AST code, so original AST
+checkpoints (`module.v.*`, `module.mlp_head.*`) and timm DeiT weights load by name.
+
+    fbank [B, T, F] → patches [B, f·t, D] → [CLS, DIST, patches] + pos_embed
+        → blocks (attention → ToMe merge → MLP) → norm → (tok0 + tok1) / 2 → mlp_head → logits
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastast_cli.models.tome import (
+    Matching,
+    RSchedule,
+    bipartite_soft_matching,
+    max_merge,
+    merge_tokens,
+    resolve_schedule,
+)
+
+# CLS and DIST lead the sequence and are never merged.
+NUM_PREFIX_TOKENS = 2
+
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"embed_dim": 192, "num_heads": 3},
+    "small": {"embed_dim": 384, "num_heads": 6},
+    "base": {"embed_dim": 768, "num_heads": 12},
+}
+
+
+@dataclass
+class ASTConfig:
+    """Everything needed to rebuild an AST; stored inside every fastast checkpoint."""
+
+    num_classes: int = 527
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    fstride: int = 10
+    tstride: int = 10
+    num_mel_bins: int = 128
+    target_length: int = 1024
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    labels: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_size(cls, size: str, **overrides: Any) -> ASTConfig:
+        """Config of a named size (`tiny`, `small`, `base`), with any field overridden."""
+        if size not in SIZES:
+            raise ValueError(f"unknown model size {size!r}: choose one of {', '.join(SIZES)}")
+        return cls(**{**SIZES[size], **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ASTConfig:
+        """Rebuild from `to_dict()` output, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (frequency, time) of one input."""
+        f_dim = (self.num_mel_bins - self.patch_size) // self.fstride + 1
+        t_dim = (self.target_length - self.patch_size) // self.tstride + 1
+        return f_dim, t_dim
+
+    @property
+    def num_patches(self) -> int:
+        f_dim, t_dim = self.grid
+        return f_dim * t_dim
+
+
+@dataclass
+class TokenState:
+    """What token merging carries from block to block alongside the tokens.
+
+    sizes: [B, N, 1] original patches per token (None until the first merge: all ones).
+    source: [B, N, N0] 0/1 map from tokens to the original tokens they cover (only if tracked).
+    """
+
+    sizes: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+
+    def attention_bias(self, dtype: torch.dtype, enabled: bool) -> torch.Tensor | None:
+        """Proportional attention: log(size) per key as an additive SDPA mask [B, 1, 1, N]."""
+        if not enabled or self.sizes is None:
+            return None
+        return self.sizes.log().to(dtype)[:, None, None, :, 0]
+
+    def merge(self, matching: Matching, tokens: torch.Tensor) -> torch.Tensor:
+        """Merge `tokens` [B, N, D] → [B, N - r, D] and update sizes and sources to match."""
+        if self.sizes is None:
+            self.sizes = tokens.new_ones(tokens.shape[0], tokens.shape[1], 1)
+        tokens, self.sizes = merge_tokens(matching, tokens, self.sizes)
+        if self.source is not None:
+            self.source = matching.merge(self.source, reduce="amax")
+        return tokens
+
+
+class PatchEmbed(nn.Module):
+    """Overlapping 16×16 patches of a 1-channel spectrogram: [B, T, F] → [B, f·t, D]."""
+
+    def __init__(self, config: ASTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(
+            1,
+            config.embed_dim,
+            kernel_size=config.patch_size,
+            stride=(config.fstride, config.tstride),
+        )
+
+    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        image = fbank.unsqueeze(1).transpose(2, 3)  # [B, 1, F, T]
+        patches = self.proj(image)  # [B, D, f, t]
+        return patches.flatten(2).transpose(1, 2)  # [B, f·t, D], frequency-major
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through fused SDPA; also returns the keys averaged over heads."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, tokens: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, length, dim = tokens.shape
+        qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, hd]
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(batch, length, dim)
+        return self.proj(out), key.mean(dim=1)  # [B, N, D], [B, N, hd]
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP of a transformer block."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(tokens)))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block with ToMe between the attention and the MLP branch (FastAST Fig. 1)."""
+
+    def __init__(self, config: ASTConfig) -> None:
+        super().__init__()
+        dim, eps = config.embed_dim, config.layer_norm_eps
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, config.num_heads, config.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+
+    def forward(
+        self, tokens: torch.Tensor, state: TokenState, r: int, proportional: bool
+    ) -> torch.Tensor:
+        bias = state.attention_bias(tokens.dtype, proportional)
+        attended, keys = self.attn(self.norm1(tokens), bias)
+        tokens = tokens + attended
+        r = min(r, max_merge(tokens.shape[1], NUM_PREFIX_TOKENS))
+        if r > 0:
+            matching = bipartite_soft_matching(keys, r, NUM_PREFIX_TOKENS)
+            tokens = state.merge(matching, tokens)  # [B, N - r, D]
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+class AST(nn.Module):
+    """AST classifier with token merging; `model(fbank)` → logits [B, num_classes].
+
+    Merging is set with `set_r` (0 by default: the plain AST) and can change at any time.
+    """
+
+    def __init__(self, config: ASTConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + NUM_PREFIX_TOKENS, dim))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp_head = nn.Sequential(
+            nn.LayerNorm(dim, eps=config.layer_norm_eps), nn.Linear(dim, config.num_classes)
+        )
+        self.r_schedule = [0] * config.depth
+        self.proportional_attention = True
+        self.track_source = False
+        self.last_state: TokenState | None = None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.dist_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def set_r(
+        self, r: RSchedule, schedule: str = "constant", proportional_attention: bool = True
+    ) -> AST:
+        """Set token merging: `r` per block (int or list), `constant` or `decreasing` schedule.
+
+        r = 0 is the plain AST. Per-block values above half the mergeable tokens are capped at
+        run time. Returns the model, so `load_model(p).set_r(8)` reads naturally.
+        """
+        self.r_schedule = resolve_schedule(r, self.config.depth, schedule)
+        self.proportional_attention = proportional_attention
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.labels
+
+    def embed(self, fbank: torch.Tensor) -> torch.Tensor:
+        """fbank [B, T, F] → tokens [B, N0, D] with CLS, DIST and positions."""
+        patches = self.patch_embed(fbank)
+        if patches.shape[1] + NUM_PREFIX_TOKENS != self.pos_embed.shape[1]:
+            raise ValueError(
+                f"input of {fbank.shape[1]} frames × {fbank.shape[2]} mel bins gives "
+                f"{patches.shape[1]} patches, but the model was built for "
+                f"{self.config.target_length} × {self.config.num_mel_bins} "
+                f"({self.config.num_patches} patches)"
+            )
+        prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(len(patches), -1, -1)
+        return torch.cat([prefix, patches], dim=1) + self.pos_embed
+
+    def forward_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the transformer blocks with merging: [B, N0, D] → [B, N_last, D].
+
+        The final TokenState (sizes, and sources when `track_source` is on) is kept in
+        `self.last_state` for inspection.
+        """
+        state = TokenState()
+        if self.track_source:
+            eye = torch.eye(tokens.shape[1], device=tokens.device, dtype=tokens.dtype)
+            state.source = eye.expand(tokens.shape[0], -1, -1)
+        for block, r in zip(self.blocks, self.r_schedule, strict=True):
+            tokens = block(tokens, state, r, self.proportional_attention)
+        self.last_state = state
+        return tokens
+
+    def forward_features(self, fbank: torch.Tensor) -> torch.Tensor:
+        """fbank [B, T, F] → pooled representation [B, D] (mean of CLS and DIST)."""
+        tokens = self.norm(self.forward_blocks(self.embed(fbank)))
+        return (tokens[:, 0] + tokens[:, 1]) / 2
+
+    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        return self.mlp_head(self.forward_features(fbank))
+
+
+def build_model(
+    size: str = "base",
+    num_classes: int = 527,
+    *,
+    r: RSchedule = 0,
+    schedule: str = "constant",
+    **config: Any,
+) -> AST:
+    """A randomly initialised AST of a named size; `config` overrides ASTConfig fields.
+
+    Example: `build_model("tiny", 50, target_length=512, fstride=10, tstride=10, r=8)`.
+    """
+    model = AST(ASTConfig.for_size(size, num_classes=num_classes, **config))
+    return model.set_r(r, schedule)

@@ -40,7 +40,7 @@ class Matching:
     partner: torch.Tensor
 
     def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Apply the matching to `values` [B, N, C] → [B, N - r, C] with `reduce` over merged tokens."""
+        """Apply the matching to `values` [B, N, C] → [B, N - r, C], combining with `reduce`."""
         channels = values.shape[-1]
         kept, mergeable = values[:, : self.protected], values[:, self.protected :]
         set_a, set_b = mergeable[:, ::2], mergeable[:, 1::2]
@@ -121,7 +121,7 @@ def _decreasing(r: int, depth: int) -> list[int]:
 
 
 def tokens_per_block(num_tokens: int, schedule: Sequence[int], protected: int) -> list[int]:
-    """Token count after each block for a sequence of `num_tokens`, with the per-block cap applied."""
+    """Token count after each block for `num_tokens` input tokens, the per-block cap applied."""
     counts = []
     for r in schedule:
         num_tokens -= min(r, max_merge(num_tokens, protected))

@@ -1,0 +1,1 @@
+"""Evaluation: inference throughput and FLOPs (metrics arrive with the training milestone)."""

@@ -1,0 +1,158 @@
+"""Inference throughput of an AST at several merging rates, measured in one run.
+
+Method (as ToMe's own benchmark, made robust to a shared machine): a fixed random batch, warm-up
+runs per setting, the device synchronized around every timed run, and the timed runs of all
+settings interleaved round by round, so that a change in machine load hits every r alike. Each
+setting reports the median over its runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fastast_cli.evaluation.flops import count_flops
+from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
+from fastast_cli.models.tome import resolve_schedule, tokens_per_block
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ThroughputRow:
+    """One merging setting: what it costs (FLOPs, tokens) and what it runs at (samples/s)."""
+
+    r: int
+    tokens: int  # tokens after the last block, CLS and DIST included
+    gflops: float  # per sample
+    samples_per_s: float
+    speedup: float  # samples/s relative to r = 0 (or the first r) in the same run
+    flop_speedup: float  # GFLOPs of the reference setting divided by this one's
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is fp16 mixed precision on CUDA and fp32 elsewhere (bf16 is emulated on most CPUs)."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for fp16/bf16; nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def merging(model: AST, r: int, schedule: str) -> Iterator[AST]:
+    """Temporarily set the model's merging rate."""
+    saved = list(model.r_schedule)
+    model.set_r(r, schedule, model.proportional_attention)
+    try:
+        yield model
+    finally:
+        model.r_schedule = saved
+
+
+def time_forward(
+    model: AST, batch: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> float:
+    """Seconds of one synchronized forward pass of `batch` [B, T, F]."""
+    with torch.inference_mode(), autocast(device, dtype):
+        synchronize(device)
+        start = time.perf_counter()
+        model(batch)
+        synchronize(device)
+    return time.perf_counter() - start
+
+
+def final_tokens(model: AST, r: int, schedule: str) -> int:
+    """Tokens left after the last block at merging rate r (from the schedule and the cap)."""
+    per_block = resolve_schedule(r, model.config.depth, schedule)
+    start = model.config.num_patches + NUM_PREFIX_TOKENS
+    return tokens_per_block(start, per_block, NUM_PREFIX_TOKENS)[-1]
+
+
+def sweep_throughput(
+    model: AST,
+    rs: Sequence[int],
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    dtype: str = "auto",
+    schedule: str = "constant",
+    warmup: int = 2,
+    runs: int = 5,
+    seed: int = 0,
+    on_step: Callable[[], None] | None = None,
+) -> list[ThroughputRow]:
+    """Measure samples/s and count FLOPs at each r on one random batch of the model's shape.
+
+    Speedups are relative to the first r in `rs` (put 0 first for the usual table).
+    `on_step` is called after each forward pass: there are len(rs) · (warmup + runs) of them.
+    """
+    if not rs:
+        raise ValueError("no r values to sweep")
+    device = resolve_device(device) if isinstance(device, str) else device
+    torch_dtype = resolve_dtype(dtype, device)
+    config = model.config
+    model = model.to(device).eval()
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch_size, config.target_length, config.num_mel_bins)
+    batch = torch.randn(shape, generator=generator).to(device)
+
+    gflops = {}
+    for r in rs:
+        with merging(model, r, schedule):
+            gflops[r] = count_flops(model, batch[:1]) / 1e9
+
+    timings: dict[int, list[float]] = {r: [] for r in rs}
+    for r in rs:
+        with merging(model, r, schedule):
+            for _ in range(warmup):
+                time_forward(model, batch, device, torch_dtype)
+                _tick(on_step)
+    for _ in range(runs):
+        for r in rs:
+            with merging(model, r, schedule):
+                timings[r].append(time_forward(model, batch, device, torch_dtype))
+                _tick(on_step)
+
+    throughput = {r: batch_size / statistics.median(timings[r]) for r in rs}
+    reference = rs[0]
+    return [
+        ThroughputRow(
+            r=r,
+            tokens=final_tokens(model, r, schedule),
+            gflops=gflops[r],
+            samples_per_s=throughput[r],
+            speedup=throughput[r] / throughput[reference],
+            flop_speedup=gflops[reference] / gflops[r],
+        )
+        for r in rs
+    ]
+
+
+def _tick(on_step: Callable[[], None] | None) -> None:
+    if on_step is not None:
+        on_step()

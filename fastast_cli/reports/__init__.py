@@ -1,0 +1,1 @@
+"""Reports: console tables, CSV files, progress bars and plots."""

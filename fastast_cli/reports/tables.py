@@ -1,0 +1,61 @@
+"""One table, two renderings: a rich console table and a CSV file holding the same cells."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the row key it shows, its header, the format of its cells, and a unit.
+
+    The unit (e.g. "x" for a speedup) is shown on the console only, so CSV cells stay numbers.
+    """
+
+    key: str
+    header: str
+    fmt: str = "{}"
+    unit: str = ""
+
+    def cell(self, row: Mapping[str, Any]) -> str:
+        return self.fmt.format(row[self.key])
+
+
+def rich_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> Table:
+    """A right-aligned rich table of `rows` (mappings from column key to value)."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column.header, justify="right")
+    for row in rows:
+        table.add_row(*(column.cell(row) + column.unit for column in columns))
+    return table
+
+
+def write_csv(
+    path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]
+) -> None:
+    """Write the table as CSV (header = column keys, cells formatted as on the console).
+
+    Written to a temporary file first and renamed, so a reader never sees half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow([column.key for column in columns])
+            for row in rows:
+                writer.writerow([column.cell(row) for column in columns])
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise

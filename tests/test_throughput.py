@@ -1,0 +1,112 @@
+"""FLOP counting, throughput rows and the `fastast sweep` command without data."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fastast_cli import build_model
+from fastast_cli.cli import app
+from fastast_cli.cli.sweep import parse_r_values
+from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.flops import count_flops
+from fastast_cli.evaluation.throughput import final_tokens, sweep_throughput
+
+
+def analytic_flops(tokens: int, dim: int, depth: int, classes: int, patches: int) -> int:
+    """FLOPs of the plain AST by hand: 2 per multiply-add."""
+    conv = 2 * patches * dim * 16 * 16
+    linear = 2 * tokens * (dim * 3 * dim + dim * dim + 2 * dim * 4 * dim)  # qkv, proj, fc1, fc2
+    attention = 2 * 2 * tokens * tokens * dim  # Q·Kᵀ and weights·V over all heads
+    return conv + depth * (linear + attention) + 2 * dim * classes
+
+
+def test_flops_count_includes_cpu_fused_attention():
+    model = build_model("tiny", 7, target_length=64).eval()
+    patches = model.config.num_patches
+    expected = analytic_flops(patches + 2, 192, 12, 7, patches)
+    assert count_flops(model, torch.randn(1, 64, 128)) == expected
+    assert count_flops(model, torch.randn(3, 64, 128)) == 3 * expected
+
+
+def test_flop_speedup_of_base_at_the_esc50_shape_matches_the_reference():
+    model = build_model("base", 50, target_length=512).eval()
+    fbank = torch.randn(1, 512, 128)
+    plain = count_flops(model, fbank)
+    ratios = {}
+    for r in (20, 40):
+        model.set_r(r)
+        ratios[r] = plain / count_flops(model, fbank)
+    # REFERENCE.md: r=20 1.28×, r=40 1.74× (602 tokens, 12 blocks, merging after attention).
+    assert ratios[20] == pytest.approx(1.28, abs=0.01)
+    assert ratios[40] == pytest.approx(1.74, abs=0.01)
+
+
+def test_final_tokens_match_the_model():
+    model = build_model("tiny", 5, target_length=100).eval()
+    for r in (0, 3, 9, 50):
+        model.set_r(r)
+        with torch.no_grad():
+            tokens = model.forward_blocks(model.embed(torch.randn(1, 100, 128)))
+        assert final_tokens(model, r, "constant") == tokens.shape[1]
+
+
+def test_sweep_rows_are_consistent():
+    model = build_model("tiny", 5, target_length=64)
+    calls = []
+    rows = sweep_throughput(
+        model, [0, 4, 8], batch_size=2, device="cpu", warmup=1, runs=2,
+        on_step=lambda: calls.append(1),
+    )
+    assert len(calls) == 3 * (1 + 2)
+    assert [row.r for row in rows] == [0, 4, 8]
+    assert rows[0].speedup == 1.0 and rows[0].flop_speedup == 1.0
+    assert [row.tokens for row in rows] == [62, 14, 3]
+    gflops = [row.gflops for row in rows]
+    assert gflops == sorted(gflops, reverse=True)
+    for row in rows:
+        assert row.samples_per_s > 0
+        assert row.flop_speedup == pytest.approx(rows[0].gflops / row.gflops)
+        assert row.speedup == pytest.approx(row.samples_per_s / rows[0].samples_per_s)
+    assert model.r_schedule == [0] * 12  # the model's own setting is restored
+
+
+def test_parse_r_values():
+    assert parse_r_values("0:40:10") == [0, 10, 20, 30, 40]
+    assert parse_r_values("0:3") == [0, 1, 2, 3]
+    assert parse_r_values("0,8,16") == [0, 8, 16]
+    for bad in ("a:b", "0:10:0", "1:2:3:4", "-1,2", ""):
+        with pytest.raises(FastASTError):
+            parse_r_values(bad)
+
+
+def test_sweep_command_prints_and_writes_the_same_table(tmp_path):
+    out = tmp_path / "sweep.csv"
+    result = CliRunner().invoke(
+        app,
+        ["sweep", "--model", "tiny", "--frames", "64", "--r", "0,4,8", "--batch-size", "2",
+         "--warmup", "0", "--runs", "1", "--device", "cpu", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [row["r"] for row in rows] == ["0", "4", "8"]
+    assert [int(row["tokens"]) for row in rows] == [62, 14, 3]
+    for row in rows:  # every CSV cell is shown in the console table
+        for key in ("gflops", "samples_per_s", "speedup", "flop_speedup"):
+            assert row[key] in result.output
+
+
+def test_sweep_command_rejects_bad_input_without_a_traceback(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", "--r", "zero:forty"])
+    assert result.exit_code == 2
+    assert "not understood" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["sweep", "--model", "huge"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["sweep", "--model", "tiny", "--frames", "64", "--device", "cpu",
+                                 "--dtype", "fp8", "--runs", "1"])
+    assert result.exit_code == 2 and "unknown dtype" in result.output

@@ -1,0 +1,166 @@
+"""Token merging: schedules, counts, protected tokens, proportional attention, source tracking."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastast_cli import build_model
+from fastast_cli.models.ast import TokenState
+from fastast_cli.models.tome import (
+    bipartite_soft_matching,
+    max_merge,
+    resolve_schedule,
+    tokens_per_block,
+)
+
+
+def tiny(frames: int = 128, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("tiny", 10, target_length=frames, **kwargs).eval()
+
+
+def reference_forward(model, fbank: torch.Tensor) -> torch.Tensor:
+    """The plain AST written out with explicit softmax attention: no SDPA, no merging."""
+    tokens = model.embed(fbank)
+    for block in model.blocks:
+        batch, length, dim = tokens.shape
+        heads = block.attn.num_heads
+        qkv = block.attn.qkv(block.norm1(tokens)).reshape(batch, length, 3, heads, dim // heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)
+        weights = (query @ key.transpose(-1, -2) / math.sqrt(dim // heads)).softmax(-1)
+        attended = (weights @ value).transpose(1, 2).reshape(batch, length, dim)
+        tokens = tokens + block.attn.proj(attended)
+        tokens = tokens + block.mlp(block.norm2(tokens))
+    tokens = model.norm(tokens)
+    return model.mlp_head((tokens[:, 0] + tokens[:, 1]) / 2)
+
+
+def test_r_zero_is_the_plain_ast():
+    model = tiny()
+    fbank = torch.randn(3, 128, 128)
+    with torch.no_grad():
+        expected = reference_forward(model, fbank)
+        plain = model(fbank)
+        model.set_r(8)
+        merged = model(fbank)
+        model.set_r(0)
+        again = model(fbank)
+    torch.testing.assert_close(plain, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(plain, again)
+    assert (merged - plain).abs().max() > 1e-4  # merging changes the result, set_r takes effect
+
+
+def test_token_counts_follow_the_schedule_and_the_cap():
+    model = tiny(128).set_r(15)  # Speech Commands shape: 144 patches + CLS + DIST
+    counts = []
+    hooks = [
+        block.register_forward_hook(lambda m, i, out: counts.append(out.shape[1]))
+        for block in model.blocks
+    ]
+    with torch.no_grad():
+        model(torch.randn(2, 128, 128))
+    for hook in hooks:
+        hook.remove()
+    # 15 per block until the cap (half of the mergeable tokens) takes over.
+    expected = [131, 116, 101, 86, 71, 56, 41, 26, 14, 8, 5, 4]
+    assert counts == expected
+    assert tokens_per_block(146, model.r_schedule, protected=2) == expected
+
+
+def test_token_counts_with_a_per_block_list():
+    model = tiny(128).set_r([0, 10, 0, 20, 0, 0, 5, 0, 0, 0, 0, 1])
+    with torch.no_grad():
+        model(torch.randn(1, 128, 128))
+    assert model.last_state.sizes.shape[1] == 146 - 36
+    assert model.last_state.sizes.sum().item() == 146
+
+
+@pytest.mark.parametrize("r", [1, 7, 20])
+def test_decreasing_schedule_keeps_the_total(r):
+    values = resolve_schedule(r, 12, "decreasing")
+    assert sum(values) == 12 * r
+    assert values[0] == 2 * r and values[-1] == 0
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_schedule_errors():
+    with pytest.raises(ValueError, match="one value per block"):
+        resolve_schedule([1, 2], 12)
+    with pytest.raises(ValueError, match=">= 0"):
+        resolve_schedule(-1, 12)
+    with pytest.raises(ValueError, match="unknown r schedule"):
+        resolve_schedule(4, 12, "sideways")
+
+
+def test_cap_is_half_the_mergeable_tokens():
+    assert max_merge(602, 2) == 300
+    assert max_merge(3, 2) == 0
+    model = tiny(32).set_r(1000)  # 12 × 2 patches + 2
+    with torch.no_grad():
+        model(torch.randn(1, 32, 128))
+    assert model.last_state.sizes.shape[1] == 3  # CLS, DIST and one token covering all patches
+    assert model.last_state.sizes[0, 2, 0].item() == 24
+
+
+def test_cls_and_dist_are_never_merged_even_when_most_similar():
+    # Every patch has exactly DIST's key: a matching that allowed DIST into set B would merge
+    # patches into it (the FastAST code's bug). Ours excludes both prefix tokens.
+    keys = torch.randn(2, 1, 8).expand(2, 21, 8).clone()
+    keys[:, 0] = torch.randn(2, 8)
+    tokens = torch.randn(2, 21, 16)
+    state = TokenState()
+    merged = state.merge(bipartite_soft_matching(keys, 9, protected=2), tokens)
+    assert merged.shape == (2, 12, 16)
+    assert torch.equal(merged[:, :2], tokens[:, :2])
+    assert state.sizes[:, :2].eq(1).all()
+    assert state.sizes.sum(1).eq(21).all()
+
+
+def test_prefix_tokens_keep_size_one_through_the_model():
+    model = tiny(128).set_r(30)
+    model.track_source = True
+    with torch.no_grad():
+        model(torch.randn(2, 128, 128))
+    source = model.last_state.source
+    assert torch.equal(source[:, 0], torch.eye(146)[0].expand(2, -1))
+    assert torch.equal(source[:, 1], torch.eye(146)[1].expand(2, -1))
+
+
+def test_source_tracking_partitions_the_patches():
+    model = tiny(128).set_r(12, "decreasing")
+    model.track_source = True
+    with torch.no_grad():
+        model(torch.randn(3, 128, 128))
+    state = model.last_state
+    assert torch.equal(state.source.sum(dim=1), torch.ones(3, 146))  # each patch exactly once
+    torch.testing.assert_close(state.source.sum(dim=-1, keepdim=True), state.sizes)
+
+
+def paired_tokens(pairs: int, dim: int) -> torch.Tensor:
+    """[1, 2 + 2·pairs, dim]: CLS, DIST, then each random token twice in a row."""
+    torch.manual_seed(1)
+    distinct = torch.randn(1, pairs, dim)
+    twins = distinct.repeat_interleave(2, dim=1)
+    return torch.cat([torch.randn(1, 2, dim), twins], dim=1)
+
+
+@pytest.mark.parametrize("proportional", [True, False])
+def test_merging_identical_pairs_is_exact_with_proportional_attention(proportional):
+    model = tiny(32)
+    pairs = 40
+    tokens = paired_tokens(pairs, model.config.embed_dim)
+    with torch.no_grad():
+        plain = model.set_r(0).forward_blocks(tokens)
+        schedule = [pairs] + [0] * (model.config.depth - 1)
+        model.set_r(schedule, proportional_attention=proportional)
+        merged = model.forward_blocks(tokens)
+    assert merged.shape[1] == 2 + pairs
+    assert model.last_state.sizes[0, 2:].eq(2).all()  # every twin found its twin
+    difference = (merged[:, :2] - plain[:, :2]).abs().max().item()
+    if proportional:
+        assert difference < 1e-5
+    else:  # without log(size) the merged keys lose half their weight: not exact
+        assert difference > 1e-3

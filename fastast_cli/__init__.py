@@ -8,8 +8,8 @@ Python API:
     model.set_r(16)                                        # change merging in place
 """
 
-from fastast_cli.models import AST, ASTConfig, build_model
+from fastast_cli.models import AST, ASTConfig, build_model, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["AST", "ASTConfig", "__version__", "build_model"]
+__all__ = ["AST", "ASTConfig", "__version__", "build_model", "load_model"]

@@ -169,7 +169,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, config.num_heads, config.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+        self.mlp = Mlp(dim, round(dim * config.mlp_ratio))
 
     def forward(
         self, tokens: torch.Tensor, state: TokenState, r: int, proportional: bool
@@ -206,7 +206,8 @@ class AST(nn.Module):
         self.r_schedule = [0] * config.depth
         self.proportional_attention = True
         self.track_source = False
-        self.last_state: TokenState | None = None
+        self.last_state: TokenState | None = None  # kept in eval mode only
+        self.meta: dict[str, Any] = {}  # normalization stats etc., filled by the loaders
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -237,7 +238,10 @@ class AST(nn.Module):
     def embed(self, fbank: torch.Tensor) -> torch.Tensor:
         """fbank [B, T, F] → tokens [B, N0, D] with CLS, DIST and positions."""
         patches = self.patch_embed(fbank)
-        if patches.shape[1] + NUM_PREFIX_TOKENS != self.pos_embed.shape[1]:
+        if (
+            fbank.shape[2] != self.config.num_mel_bins
+            or patches.shape[1] + NUM_PREFIX_TOKENS != self.pos_embed.shape[1]
+        ):
             raise ValueError(
                 f"input of {fbank.shape[1]} frames × {fbank.shape[2]} mel bins gives "
                 f"{patches.shape[1]} patches, but the model was built for "
@@ -250,8 +254,8 @@ class AST(nn.Module):
     def forward_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run the transformer blocks with merging: [B, N0, D] → [B, N_last, D].
 
-        The final TokenState (sizes, and sources when `track_source` is on) is kept in
-        `self.last_state` for inspection.
+        In eval mode the final TokenState (sizes, and sources when `track_source` is on) is kept
+        in `self.last_state` for inspection; in training it is not, so no graph outlives a step.
         """
         state = TokenState()
         if self.track_source:
@@ -259,7 +263,7 @@ class AST(nn.Module):
             state.source = eye.expand(tokens.shape[0], -1, -1)
         for block, r in zip(self.blocks, self.r_schedule, strict=True):
             tokens = block(tokens, state, r, self.proportional_attention)
-        self.last_state = state
+        self.last_state = None if self.training else state
         return tokens
 
     def forward_features(self, fbank: torch.Tensor) -> torch.Tensor:

@@ -110,3 +110,21 @@ def test_sweep_command_rejects_bad_input_without_a_traceback(tmp_path):
     result = runner.invoke(app, ["sweep", "--model", "tiny", "--frames", "64", "--device", "cpu",
                                  "--dtype", "fp8", "--runs", "1"])
     assert result.exit_code == 2 and "unknown dtype" in result.output
+
+
+def test_sweep_command_measures_a_checkpoint(tmp_path):
+    from fastast_cli.models.checkpoints import save_checkpoint
+
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, build_model("tiny", 3, target_length=48))
+    out = tmp_path / "sweep.csv"
+    args = ["sweep", "--checkpoint", str(path), "--r", "0,2", "--batch-size", "1",
+            "--warmup", "0", "--runs", "1", "--device", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [int(row["tokens"]) for row in rows] == [12 * 4 + 2, 12 * 4 + 2 - 2 * 12]
+    broken = tmp_path / "broken.pt"
+    broken.write_text("not a checkpoint")
+    result = CliRunner().invoke(app, ["sweep", "--checkpoint", str(broken)])
+    assert result.exit_code == 2 and "Traceback" not in result.output

@@ -1,20 +1,170 @@
-"""`fastast train-teacher` and `fastast distill`: training from labels and with CMKD."""
+"""`fastast train-teacher` and `fastast distill`: training from labels and with CMKD + ToMe."""
 
 from __future__ import annotations
 
-from fastast_cli.cli._app import app, user_errors
-from fastast_cli.errors import FastASTError
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.reports.tables import Column, rich_table
+from fastast_cli.training.config import load_config
+from fastast_cli.training.loop import RunResult, train
+
+Recipe = Annotated[Path | None, typer.Option(
+    help="Recipe YAML (a path, or a shipped name: demo, esc50, speechcommands, audioset, ...); "
+    "flags override its values.")]
+Data = Annotated[Path | None, typer.Option(
+    help="Prepared dataset: manifest.yaml or its folder (from `fastast prepare`).")]
+Out = Annotated[Path | None, typer.Option(
+    help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml.")]
+Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
+BatchSize = Annotated[int | None, typer.Option(min=1, help="Samples per step (per process).")]
+Lr = Annotated[float | None, typer.Option(help="Peak learning rate (Adam).")]
+Seed = Annotated[int | None, typer.Option(help="Seed of initialisation, order and augmentation.")]
+Device = Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+Fold = Annotated[int | None, typer.Option(help="Cross-validation fold (ESC-50, demo).")]
+Workers = Annotated[int | None, typer.Option(min=0, help="Data-loader worker processes.")]
+Pretrained = Annotated[Path | None, typer.Option(
+    help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet CNN.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Continue the interrupted run in --out exactly where it stopped.")]
+R = Annotated[int | None, typer.Option(
+    "--r", min=0, help="Tokens merged per block (ToMe), in training and evaluation.")]
+Schedule = Annotated[str | None, typer.Option(help="r schedule: constant or decreasing.")]
+
+LOG_COLUMNS = [
+    Column("epoch", "epoch"),
+    Column("train_loss", "train loss", "{:.4f}"),
+    Column("accuracy", "accuracy", "{:.4f}"),
+    Column("mAP", "mAP", "{:.4f}"),
+    Column("mAUC", "mAUC", "{:.4f}"),
+    Column("samples_per_s", "train samples/s", "{:.1f}"),
+]
 
 
-@app.command("train-teacher", help="Train a teacher (EfficientNet-B2, AST, PaSST). "
-             "Not implemented yet: arrives with the training milestone.")
+class ConsoleReporter:
+    """Rich progress bar per epoch (loss, lr, samples/s) and one line per finished epoch."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
+                       "{task.fields[speed]:.1f} samples/s"),
+            TimeElapsedColumn(), console=console, transient=True,
+        )
+        self.task: Any = None
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(
+            f"epoch {epoch + 1}/{epochs}", total=batches, loss=0.0, lr=0.0, speed=0.0
+        )
+
+    def batch_done(self, loss: float, lr: float, samples_per_s: float) -> None:
+        self.progress.update(self.task, advance=1, loss=loss, lr=lr, speed=samples_per_s)
+
+    def epoch_done(self, row: dict[str, float]) -> None:
+        self.progress.remove_task(self.task)
+        self.progress.stop()
+        console.print(
+            f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  accuracy {row['accuracy']:.4f}"
+            f"  mAP {row['mAP']:.4f}  ({row['samples_per_s']:.1f} samples/s)"
+        )
+
+    def note(self, message: str) -> None:
+        console.print(message)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def run(recipe: Path | None, overrides: dict[str, Any], resume: bool) -> RunResult:
+    """Load the configuration, train, and print the run's summary."""
+    overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
+    config = load_config(recipe, overrides)
+    reporter = ConsoleReporter()
+    try:
+        result = train(config, resume=resume, reporter=reporter)
+    finally:
+        reporter.close()
+    console.print(rich_table(f"Run {result.out}", result.history, LOG_COLUMNS))
+    console.print(
+        f"best {config.metric} {result.best_metric:.4f} at epoch {result.best_epoch}: "
+        f"{result.out / 'best.pt'}"
+    )
+    return result
+
+
+@app.command("train-teacher")
 @user_errors
-def train_teacher() -> None:
-    raise FastASTError("`fastast train-teacher` is not implemented yet (planned: training milestone).")
+def train_teacher(
+    recipe: Recipe = None,
+    data: Data = None,
+    out: Out = None,
+    model: Annotated[str | None, typer.Option(
+        help="ast, efficientnet-b2 (CMKD's CNN teacher), efficientnet-b0, mobilenetv3-small, "
+        "or passt (needs the optional hear21passt package).")] = None,
+    size: Annotated[str | None, typer.Option(help="AST size: tiny, small or base.")] = None,
+    pooling: Annotated[str | None, typer.Option(
+        help="CNN pooling: mean (CMKD) or attention (PSLA).")] = None,
+    pretrained: Pretrained = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    fold: Fold = None,
+    seed: Seed = None,
+    device: Device = None,
+    num_workers: Workers = None,
+    resume: Resume = False,
+) -> None:
+    """Train a teacher (or a plain AST) from labels."""
+    run(recipe, {
+        "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
+        "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "fold": fold, "seed": seed, "device": device, "num_workers": num_workers,
+        "teacher": "none",
+    }, resume)
 
 
-@app.command(help="Train an AST student with token merging and knowledge distillation. "
-             "Not implemented yet: arrives with the training milestone.")
+@app.command()
 @user_errors
-def distill() -> None:
-    raise FastASTError("`fastast distill` is not implemented yet (planned: training milestone).")
+def distill(
+    recipe: Recipe = None,
+    data: Data = None,
+    out: Out = None,
+    teacher: Annotated[str | None, typer.Option(
+        help="none (ToMe only), efficientnet-b2 (or another CNN), ast or passt.")] = None,
+    teacher_checkpoint: Annotated[Path | None, typer.Option(
+        help="The trained teacher (from train-teacher, or an AST checkpoint).")] = None,
+    kd_lambda: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="λ of Eq. 1: weight of the ground-truth loss.")] = None,
+    temperature: Annotated[float | None, typer.Option(
+        help="τ of Eq. 1, applied to the teacher's logits.")] = None,
+    teacher_logits: Annotated[str | None, typer.Option(
+        help="online: teacher runs on the same augmented batch (consistent teaching); "
+        "cached: computed once on clean clips (faster, inconsistent under augmentation).")] = None,
+    r: R = None,
+    schedule: Schedule = None,
+    model: Annotated[str | None, typer.Option(
+        help="Student AST size: tiny, small or base.")] = None,
+    pretrained: Pretrained = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    fold: Fold = None,
+    seed: Seed = None,
+    device: Device = None,
+    num_workers: Workers = None,
+    resume: Resume = False,
+) -> None:
+    """Train an AST student with token merging and cross-model knowledge distillation."""
+    run(recipe, {
+        "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
+        "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
+        "r": r, "schedule": schedule, "model": "ast", "size": model, "pretrained": pretrained,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "fold": fold, "seed": seed,
+        "device": device, "num_workers": num_workers,
+    }, resume)

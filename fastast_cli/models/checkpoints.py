@@ -34,6 +34,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from torch import nn
 
 from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, SIZES, ASTConfig
@@ -138,8 +139,11 @@ class PretrainedWeights:
 # --- saving ----------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: PathLike, model: AST, **meta: Any) -> Path:
-    """Write `model` as a fastast checkpoint; `meta` holds anything else worth keeping.
+def save_checkpoint(path: PathLike, model: nn.Module, **meta: Any) -> Path:
+    """Write `model` (an AST or any classifier with a `config`) as a fastast checkpoint.
+
+    `architecture` records which kind of model the config describes (`ast` or `cnn`); `meta`
+    holds anything else worth keeping.
 
     meta: JSON-like values (str, int, float, bool, None, lists, dicts) and tensors, nested at
         will, e.g. `mean=-4.27, std=4.57, epoch=3, optimizer=opt.state_dict()`.
@@ -150,6 +154,7 @@ def save_checkpoint(path: PathLike, model: AST, **meta: Any) -> Path:
     payload = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
+        "architecture": getattr(model, "architecture", "ast"),
         "config": model.config.to_dict(),
         "model": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         "meta": meta,
@@ -283,6 +288,15 @@ def read_weights(
 # --- reading files safely --------------------------------------------------------------------
 
 
+def read_state_dict(path: PathLike) -> StateDict:
+    """The tensors of a state-dict file (.pth/.pt or .safetensors; bare or under 'model' /
+    'state_dict'), read safely. For weights of other libraries, e.g. timm ImageNet CNNs."""
+    path = _existing_path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; expected a weights file")
+    return _unwrap_state_dict(_load_file(path), path)
+
+
 def _existing_path(path: PathLike) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
@@ -386,6 +400,11 @@ def _check_version(payload: Mapping[str, Any], path: Path) -> None:
 
 def _fastast_weights(payload: Mapping[str, Any], path: Path) -> PretrainedWeights:
     _check_version(payload, path)
+    architecture = payload.get("architecture", "ast")
+    if architecture != "ast":
+        raise CheckpointError(
+            f"{path} holds a {architecture} model, not an AST (load it with load_classifier)"
+        )
     state_dict, config = payload.get("model"), payload.get("config")
     if not _is_state_dict(state_dict) or not isinstance(config, Mapping):
         raise CheckpointError(f"{path} is a damaged fastast checkpoint (no model or config)")

@@ -78,6 +78,8 @@ class AttentionPool(nn.Module):
 class CNNClassifier(nn.Module):
     """A 1-channel timm CNN with mean or attention pooling; `model(fbank)` → logits."""
 
+    architecture = "cnn"  # the checkpoint tag (see models.checkpoints.save_checkpoint)
+
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
         if config.backbone not in BACKBONES:
@@ -87,6 +89,7 @@ class CNNClassifier(nn.Module):
         if config.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {config.pooling!r}: use mean or attention")
         self.config = config
+        self.meta: dict[str, Any] = {}
         self.backbone = timm.create_model(
             BACKBONES[config.backbone], pretrained=False, in_chans=1, num_classes=0, global_pool=""
         )
@@ -103,7 +106,7 @@ class CNNClassifier(nn.Module):
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         image = fbank.unsqueeze(1).transpose(2, 3)  # [B, 1, F, T]
-        return self.pool(self.backbone(image))
+        return self.pool(self.backbone.forward_features(image))  # [B, C, f, t] pooled
 
 
 def imagenet_to_one_channel(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

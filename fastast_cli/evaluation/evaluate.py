@@ -1,0 +1,141 @@
+"""Evaluate a checkpoint on a prepared dataset: metrics, per-class AP and saved predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastast_cli.data.dataset import ASTDataset
+from fastast_cli.data.manifest import Manifest
+from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.metrics import Metrics, compute_metrics
+from fastast_cli.evaluation.predict import predict_dataset
+from fastast_cli.models.ast import AST
+from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.reports.tables import Column, write_csv
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class Evaluation:
+    """One checkpoint on one split: its metrics and the predictions behind them."""
+
+    checkpoint: str
+    split: str
+    fold: int | None
+    metrics: Metrics
+    logits: torch.Tensor  # [N, C]
+    targets: torch.Tensor  # [N, C]
+    clips: list[str]
+    labels: list[str]
+
+
+def input_stats(model: nn.Module, manifest: Manifest, fold: int | None) -> tuple[float, float]:
+    """Normalization the model was trained with (its checkpoint's), else the dataset's."""
+    meta = getattr(model, "meta", {}) or {}
+    if meta.get("mean") is not None and meta.get("std") is not None:
+        return float(meta["mean"]), float(meta["std"])
+    return manifest.norm_stats(fold)
+
+
+def check_labels(model: nn.Module, manifest: Manifest, checkpoint: PathLike) -> None:
+    """The model must predict the dataset's classes, in the same order when it names them."""
+    labels = list(getattr(model, "labels", []) or [])
+    classes = model.config.num_classes
+    if classes != manifest.num_classes:
+        raise FastASTError(
+            f"{checkpoint} predicts {classes} classes but {manifest.path} has "
+            f"{manifest.num_classes}"
+        )
+    if labels and labels != manifest.label_names:
+        raise FastASTError(f"{checkpoint} was trained on other labels than {manifest.path}")
+
+
+def evaluate_checkpoint(
+    checkpoint: PathLike,
+    manifest: Manifest,
+    *,
+    split: str | None = None,
+    fold: int | None = None,
+    r: int = 0,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+) -> Evaluation:
+    """Load `checkpoint` (merging at `r` for ASTs) and score it on `split` of `manifest`."""
+    device = device or torch.device("cpu")
+    model = load_classifier(checkpoint, r, device=device)
+    check_labels(model, manifest, checkpoint)
+    split = split or manifest.eval_split
+    mean, std = input_stats(model, manifest, fold)
+    dataset = ASTDataset(
+        manifest.datafile(split, fold), manifest.labels_csv,
+        target_length=model.config.target_length if isinstance(model, AST)
+        else manifest.target_length,
+        mean=mean, std=std, num_mel_bins=manifest.num_mel_bins,
+    )
+    logits, targets = predict_dataset(model, dataset, batch_size, device,
+                                      amp=device.type == "cuda", num_workers=num_workers)
+    metrics = compute_metrics(logits.numpy(), targets.numpy())
+    clips = [str(entry.wav) for entry in dataset.entries]
+    return Evaluation(str(checkpoint), split, fold, metrics, logits, targets, clips,
+                      manifest.label_names)
+
+
+def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
+    """metrics.json, per_class.csv (AP and AUC per class) and predictions.csv (one row a clip)."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluation.metrics
+    summary = {"checkpoint": evaluation.checkpoint, "split": evaluation.split,
+               "fold": evaluation.fold, **metrics.summary()}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    per_class = [
+        {"index": i, "label": name, "ap": metrics.per_class_ap[i], "auc": metrics.per_class_auc[i]}
+        for i, name in enumerate(evaluation.labels)
+    ]
+    write_csv(out / "per_class.csv", per_class, [
+        Column("index", "index"), Column("label", "label"),
+        Column("ap", "AP", "{:.6f}"), Column("auc", "AUC", "{:.6f}"),
+    ])
+    top = evaluation.logits.argmax(dim=1).tolist()
+    truth = evaluation.targets.argmax(dim=1).tolist()
+    predictions = [
+        {"clip": clip, "predicted": evaluation.labels[p], "target": evaluation.labels[t],
+         "logits": " ".join(f"{v:.5f}" for v in row)}
+        for clip, p, t, row in zip(evaluation.clips, top, truth, evaluation.logits.tolist(),
+                                   strict=True)
+    ]
+    write_csv(out / "predictions.csv", predictions, [
+        Column("clip", "clip"), Column("predicted", "predicted"), Column("target", "target"),
+        Column("logits", "logits"),
+    ])
+    return [out / "metrics.json", out / "per_class.csv", out / "predictions.csv"]
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value), as fold results are reported."""
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def parse_folds(spec: str) -> list[int]:
+    """`1-5` or `1,3,5` → fold numbers."""
+    try:
+        if "-" in spec:
+            first, last = (int(v) for v in spec.split("-"))
+            folds = list(range(first, last + 1))
+        else:
+            folds = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise FastASTError(f"--folds {spec!r} is not understood: use 1-5 or 1,2,3") from None
+    if not folds:
+        raise FastASTError(f"--folds {spec!r} names no fold")
+    return folds

@@ -1,0 +1,110 @@
+"""Any classifier this toolkit trains (AST student or teacher, CNN teacher), by name or file."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from fastast_cli.errors import CheckpointError, FastASTError
+from fastast_cli.models.ast import AST, build_model
+from fastast_cli.models.checkpoints import (
+    init_from_pretrained,
+    load_model,
+    read_checkpoint,
+    read_state_dict,
+)
+from fastast_cli.models.teachers import (
+    BACKBONES,
+    CNNClassifier,
+    CNNConfig,
+    imagenet_to_one_channel,
+)
+from fastast_cli.models.tome import RSchedule
+
+PathLike = str | os.PathLike[str]
+ARCHITECTURES = ("ast", *BACKBONES, "passt")
+
+
+def build_classifier(
+    name: str,
+    labels: list[str],
+    *,
+    target_length: int,
+    num_mel_bins: int = 128,
+    size: str = "base",
+    depth: int = 12,
+    fstride: int = 10,
+    tstride: int = 10,
+    pooling: str = "mean",
+    pretrained: PathLike | None = None,
+) -> nn.Module:
+    """A new classifier over `labels` for fbanks of `target_length` × `num_mel_bins`.
+
+    name: `ast` (of `size`, `depth` blocks, strides `fstride`/`tstride`) or a CNN of `BACKBONES`.
+    pretrained: initial weights. For AST any checkpoint `load_model` reads (AudioSet, HF, DeiT;
+        positions adapted, head re-created when the class count differs); for a CNN timm
+        ImageNet weights of the same backbone (stem summed to one channel).
+    """
+    if name == "ast":
+        model = build_model(
+            size, len(labels), target_length=target_length, num_mel_bins=num_mel_bins,
+            depth=depth, fstride=fstride, tstride=tstride, labels=list(labels),
+        )
+        if pretrained is not None:
+            init_from_pretrained(model, pretrained)
+            model.config.labels = list(labels)
+        return model
+    if name in BACKBONES:
+        model = CNNClassifier(CNNConfig(len(labels), name, pooling, labels=list(labels)))
+        if pretrained is not None:
+            _load_cnn_backbone(model, pretrained)
+        return model
+    if name == "passt":
+        raise FastASTError(
+            "--model passt needs the optional package hear21passt and its weights, which "
+            "fastast cannot fetch offline; train an ast or CNN teacher instead"
+        )
+    raise FastASTError(f"unknown model {name!r}: choose one of {', '.join(ARCHITECTURES)}")
+
+
+def _load_cnn_backbone(model: CNNClassifier, path: PathLike) -> None:
+    """ImageNet weights of the same timm backbone into `model.backbone`, strictly."""
+    weights = imagenet_to_one_channel(read_state_dict(path))
+    expected = model.backbone.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not fit {model.config.backbone}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected and {len(wrong)} wrongly shaped keys "
+            f"(e.g. {', '.join((missing + unexpected + wrong)[:3])})"
+        )
+    model.backbone.load_state_dict(weights)
+
+
+def load_classifier(
+    path: PathLike, r: RSchedule = 0, *, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """Any trained classifier, in eval mode: fastast AST or CNN checkpoints, original AST
+    `.pth` files and Hugging Face AST folders. `r` sets token merging on ASTs."""
+    payload = None
+    if os.path.isfile(path):
+        try:
+            payload = read_checkpoint(path)
+        except CheckpointError:
+            payload = None  # not a fastast file: load_model tells what it is
+    if payload is not None and payload.get("architecture", "ast") == "cnn":
+        model = CNNClassifier(CNNConfig.from_dict(payload["config"]))
+        missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: CNN weights do not fit their own config")
+        model.meta = dict(payload.get("meta") or {})
+        return model.to(device).eval()
+    return load_model(path, r, device=device)
+
+
+def is_ast(model: nn.Module) -> bool:
+    return isinstance(model, AST)

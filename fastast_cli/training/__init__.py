@@ -1,0 +1,1 @@
+"""Training: configuration, losses, reproducible sampling, DDP and the shared loop."""

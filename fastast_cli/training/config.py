@@ -1,0 +1,150 @@
+"""Training configuration: one flat record, read from a recipe YAML and overridden by flags.
+
+A recipe may name another recipe under `base:` (a path relative to it, `.yaml` optional); its
+values are read first and the recipe's own values override them. Unknown keys are an error, so a
+typo in a recipe never passes silently. The effective configuration is saved with every run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fastast_cli.errors import FastASTError
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; field names are the recipe keys and the CLI flags."""
+
+    # What is trained.
+    model: str = "ast"  # ast, or a CNN: efficientnet-b0, efficientnet-b2, mobilenetv3-small
+    size: str = "base"  # AST size: tiny, small, base
+    depth: int = 12  # AST blocks (12 in every published AST; fewer for quick CPU runs)
+    pretrained: str | None = None  # initial weights: AST/HF/DeiT checkpoint or timm CNN weights
+    fstride: int = 10
+    tstride: int = 10
+    pooling: str = "mean"  # CNN pooling: mean or attention
+    # Token merging (AST only), used in training and evaluation alike.
+    r: int = 0
+    schedule: str = "constant"
+    proportional_attention: bool = True
+    # Knowledge distillation (distill only).
+    teacher: str = "none"  # none, ast, or a CNN name; must match the teacher checkpoint
+    teacher_checkpoint: str | None = None
+    teacher_logits: str = "online"  # online (consistent teaching) or cached
+    kd_lambda: float = 0.1
+    temperature: float = 1.0
+    # Data.
+    data: str | None = None  # manifest.yaml or its folder
+    fold: int | None = None  # cross-validation fold (ESC-50, demo); default: the manifest's
+    freqm: int = 0
+    timem: int = 0
+    mixup: float = 0.0
+    noise: bool = False
+    cache: bool = True  # fbank cache in the dataset's cache folder
+    num_workers: int = 2
+    # Optimisation (AST recipe).
+    loss: str = "bce"  # bce or ce
+    metric: str = "accuracy"  # accuracy or mAP: picks best.pt
+    epochs: int = 25
+    batch_size: int = 12
+    lr: float = 1e-4
+    weight_decay: float = 5e-7
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
+    warmup_steps: int = 0  # lr scaled by step/warmup_steps over the first steps
+    lr_start: int = 5  # MultiStepLR: decay by lr_decay at epochs lr_start, +lr_step, ...
+    lr_step: int = 1
+    lr_decay: float = 0.85
+    average_from: int | None = None  # checkpoint weight averaging over epochs [from, to]
+    average_to: int | None = None
+    amp: bool = True  # mixed precision on CUDA
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None  # run folder
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def updated(self, values: dict[str, Any], source: str) -> TrainConfig:
+        """A copy with `values` applied (None values are skipped: flags not given)."""
+        merged = self.to_dict()
+        for key, value in values.items():
+            if key not in merged:
+                raise FastASTError(f"{source}: unknown setting {key!r}")
+            if value is not None:
+                merged[key] = value
+        return TrainConfig(**merged)
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, with the reason."""
+        problems = []
+        if self.data is None:
+            problems.append("no data: give --data (a manifest.yaml from `fastast prepare`)")
+        if self.out is None:
+            problems.append("no run folder: give --out")
+        if self.loss not in ("bce", "ce"):
+            problems.append(f"loss must be bce or ce, not {self.loss!r}")
+        if self.metric not in ("accuracy", "mAP"):
+            problems.append(f"metric must be accuracy or mAP, not {self.metric!r}")
+        if self.teacher_logits not in ("online", "cached"):
+            problems.append(f"teacher_logits must be online or cached, not {self.teacher_logits!r}")
+        if not 0.0 <= self.kd_lambda <= 1.0:
+            problems.append(f"kd_lambda must lie in [0, 1], got {self.kd_lambda}")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            problems.append("epochs and batch_size must be >= 1 and lr > 0")
+        if (self.average_from is None) != (self.average_to is None):
+            problems.append("weight averaging needs both average_from and average_to")
+        if self.teacher != "none" and self.teacher_checkpoint is None:
+            problems.append(f"teacher {self.teacher!r} needs --teacher-checkpoint")
+        if problems:
+            raise FastASTError("; ".join(problems))
+
+
+def recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """A recipe file: a path, or the name of a recipe shipped in `recipes/` (e.g. `demo`)."""
+    path = Path(name_or_path).expanduser()
+    for candidate in (path, path.with_suffix(".yaml"), RECIPES_DIR / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise FastASTError(f"no recipe {str(name_or_path)!r} (a YAML path, or one of: {shipped})")
+
+
+def read_recipe(name_or_path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict:
+    """The recipe's values, its `base:` chain resolved (the recipe itself wins)."""
+    path = recipe_path(name_or_path).resolve()
+    if path in _seen:
+        raise FastASTError(f"recipe {path} includes itself through 'base:'")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise FastASTError(f"recipe {path} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise FastASTError(f"recipe {path} must be a mapping of settings")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    return {**read_recipe(base_path, (*_seen, path)), **values}
+
+
+def load_config(
+    recipe: str | os.PathLike[str] | None, overrides: dict[str, Any]
+) -> TrainConfig:
+    """Defaults ← recipe ← flags; then checked."""
+    config = TrainConfig()
+    if recipe is not None:
+        config = config.updated(read_recipe(recipe), f"recipe {recipe}")
+    config = config.updated(overrides, "command line")
+    config.check()
+    return config
+

@@ -1,0 +1,469 @@
+"""The shared training loop of `train-teacher` and `distill`.
+
+One epoch: batches in a reproducible order (training.sampling) → optional teacher logits
+(online on the very same augmented batch, or cached) → Eq. 1 loss → Adam step at the recipe's
+learning rate. After each epoch: validation metrics, a log row (CSV and JSON lines), `last.pt`
+(everything needed to resume) and `best.pt` (best validation metric), both written atomically.
+
+Ctrl-C saves `last.pt` at the batch reached, and `--resume` continues from it exactly. A loss
+that is not finite stops the run before the weights are touched; `last.pt` keeps the last good
+epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from fastast_cli.data.manifest import Manifest, load_manifest
+from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.metrics import Metrics, compute_metrics
+from fastast_cli.evaluation.predict import predict_dataset
+from fastast_cli.evaluation.throughput import resolve_device
+from fastast_cli.models.ast import AST
+from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
+from fastast_cli.models.classifiers import build_classifier, load_classifier
+from fastast_cli.models.teachers import BACKBONES
+from fastast_cli.training.config import TrainConfig
+from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
+from fastast_cli.training.losses import distillation_loss
+from fastast_cli.training.sampling import EpochSampler, SeededItems
+
+LOG_FIELDS = ("epoch", "train_loss", "lr", "accuracy", "mAP", "mAUC", "d_prime",
+              "samples_per_s", "seconds")
+
+
+class TrainingInterrupted(FastASTError):
+    """Ctrl-C during training; `last.pt` holds the state reached."""
+
+
+class Reporter(Protocol):
+    """What the loop tells the outside world (progress bars, logs). All calls on rank 0 only."""
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def batch_done(self, loss: float, lr: float, samples_per_s: float) -> None: ...
+    def epoch_done(self, row: dict[str, float]) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
+        pass
+
+    def batch_done(self, loss: float, lr: float, samples_per_s: float) -> None:
+        pass
+
+    def epoch_done(self, row: dict[str, float]) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved in `last.pt`."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # batches of that epoch already done
+    step: int = 0  # optimizer steps so far
+    best: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    averaged_epochs: int = 0
+    epoch_loss: float = 0.0  # loss summed over the epoch's samples so far
+    epoch_samples: int = 0
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    out: Path
+    best_metric: float
+    best_epoch: int
+    history: list[dict[str, float]]
+    averaged_metrics: Metrics | None = None
+
+
+def learning_rate(config: TrainConfig, epoch: int, step: int) -> float:
+    """AST's schedule: linear warm-up over the first steps, then ×lr_decay at epochs
+    lr_start, lr_start + lr_step, ... (0-based epochs: the decay applies from epoch lr_start)."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    decays = 0 if epoch < config.lr_start else (epoch - config.lr_start) // config.lr_step + 1
+    return config.lr * warm * config.lr_decay**decays
+
+
+def train(
+    config: TrainConfig, *, resume: bool = False, reporter: Reporter | None = None
+) -> RunResult:
+    """Run (or resume) the training that `config` describes; returns the run's results."""
+    reporter = reporter or SilentReporter()
+    preferred = resolve_device(config.device)
+    ranks = init_ranks(preferred)
+    try:
+        return Trainer(config, ranks, ranks.device(preferred), reporter).run(resume)
+    finally:
+        close_ranks(ranks)
+
+
+class Trainer:
+    """One training run; see the module docstring."""
+
+    def __init__(
+        self, config: TrainConfig, ranks: Ranks, device: torch.device, reporter: Reporter
+    ) -> None:
+        self.config, self.ranks, self.device = config, ranks, device
+        self.reporter = reporter if ranks.is_main else SilentReporter()
+        self.out = Path(config.out or "run")
+        self.manifest: Manifest = load_manifest(config.data or "")
+        self.mean, self.std = self.manifest.norm_stats(config.fold)
+        self.use_amp = config.amp and device.type == "cuda"
+        torch.manual_seed(config.seed)  # the model's initial weights
+        self.train_items = SeededItems(self._dataset("train", training=True), config.seed)
+        self.eval_set = self._dataset(self.manifest.eval_split, training=False)
+        self.model = self._build_model().to(device)
+        self.teacher = self._load_teacher()
+        self.optimizer = torch.optim.Adam(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.progress = Progress()
+        self.averaged: dict[str, torch.Tensor] | None = None
+        self.cached_logits: torch.Tensor | None = None
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def _dataset(self, split: str, training: bool):
+        config = self.config
+        options: dict[str, Any] = {"training": training}
+        if training:
+            options.update(freqm=config.freqm, timem=config.timem, mixup=config.mixup,
+                           noise=config.noise)
+        if config.cache:
+            options["cache_dir"] = self.manifest.cache_dir
+        return self.manifest.dataset_for(split, config.fold, **options)
+
+    def _build_model(self) -> nn.Module:
+        config = self.config
+        model = build_classifier(
+            config.model, self.manifest.label_names, target_length=self.manifest.target_length,
+            num_mel_bins=self.manifest.num_mel_bins, size=config.size, depth=config.depth,
+            fstride=config.fstride,
+            tstride=config.tstride, pooling=config.pooling, pretrained=config.pretrained,
+        )
+        if isinstance(model, AST):
+            model.set_r(config.r, config.schedule, config.proportional_attention)
+        return model
+
+    def _load_teacher(self) -> nn.Module | None:
+        config = self.config
+        if config.teacher == "none":
+            return None
+        teacher = load_classifier(config.teacher_checkpoint or "", device=self.device)
+        kind = "ast" if isinstance(teacher, AST) else teacher.config.backbone
+        if config.teacher != kind and not (config.teacher in BACKBONES and kind in BACKBONES):
+            raise FastASTError(
+                f"--teacher {config.teacher} but {config.teacher_checkpoint} holds a {kind} model"
+            )
+        if teacher.labels and teacher.labels != self.manifest.label_names:
+            raise FastASTError(
+                f"the teacher {config.teacher_checkpoint} was trained on other labels "
+                f"({len(teacher.labels)} classes) than {self.manifest.path}"
+            )
+        teacher_mean = teacher.meta.get("mean")
+        if teacher_mean is not None and abs(teacher_mean - self.mean) > 1e-3:
+            self.reporter.note(
+                "warning: the teacher was trained with other normalization stats "
+                f"(mean {teacher_mean:.3f} vs {self.mean:.3f}); it sees the student's input"
+            )
+        teacher.eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        return teacher
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self, resume: bool) -> RunResult:
+        config = self.config
+        if resume:
+            self._restore(self.out / "last.pt")
+        elif (self.out / "last.pt").exists():
+            raise FastASTError(
+                f"{self.out} already holds a run: continue it with --resume, or pick a new --out"
+            )
+        if self.ranks.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if self.teacher is not None and config.teacher_logits == "cached":
+            self.cached_logits = self._teacher_logits_cache()
+        network = self._network()
+        while self.progress.epoch < config.epochs:
+            loss, seconds, samples = self._train_epoch(network)
+            self._end_epoch(loss, seconds, samples)
+        averaged_metrics = self._finish_averaging()
+        return RunResult(self.out, self.progress.best, self.progress.best_epoch,
+                         self.progress.history, averaged_metrics)
+
+    def _network(self) -> nn.Module:
+        if not self.ranks.active:
+            return self.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _loader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.train_items), self.config.seed,
+                               self.ranks.rank, self.ranks.world)
+        sampler.set_epoch(self.progress.epoch, self.progress.batch * self.config.batch_size)
+        self.train_items.set_epoch(self.progress.epoch)
+        return DataLoader(
+            self.train_items, batch_size=self.config.batch_size, sampler=sampler,
+            num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def _train_epoch(self, network: nn.Module) -> tuple[float, float, int]:
+        """One epoch (or what is left of it): the epoch's mean loss, and the seconds and samples
+        of this call (for throughput)."""
+        config, progress = self.config, self.progress
+        loader = self._loader()
+        network.train()
+        self.reporter.epoch_started(progress.epoch, config.epochs, progress.batch + len(loader))
+        samples, started = 0, time.perf_counter()
+        batches: Iterator = iter(loader)
+        try:
+            for fbank, target, index in batches:
+                lr = learning_rate(config, progress.epoch, progress.step)
+                loss = self._step(network, fbank, target, index, lr)
+                progress.epoch_loss += loss * len(fbank)
+                progress.epoch_samples += len(fbank)
+                samples += len(fbank)
+                progress.batch += 1
+                progress.step += 1
+                elapsed = time.perf_counter() - started
+                self.reporter.batch_done(loss, lr, samples / max(elapsed, 1e-9))
+        except KeyboardInterrupt:
+            del batches
+            if self.ranks.is_main:
+                self._save_last()
+            raise TrainingInterrupted(
+                f"interrupted in epoch {progress.epoch + 1}, batch {progress.batch}: the state "
+                f"is saved in {self.out / 'last.pt'}; continue with --resume"
+            ) from None
+        mean_loss = progress.epoch_loss / max(progress.epoch_samples, 1)
+        return mean_loss, time.perf_counter() - started, samples
+
+    def _step(self, network: nn.Module, fbank: torch.Tensor, target: torch.Tensor,
+              index: torch.Tensor, lr: float) -> float:
+        fbank = fbank.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
+            logits = network(fbank)
+            teacher_logits = self._teacher_logits(fbank, index)
+            loss = distillation_loss(
+                logits.float(), target, teacher_logits, self.config.loss,
+                self.config.kd_lambda, self.config.temperature,
+            )
+        if not torch.isfinite(loss):
+            raise FastASTError(
+                f"the loss became {loss.item()} in epoch {self.progress.epoch + 1} at step "
+                f"{self.progress.step}; training stopped and {self.out / 'last.pt'} keeps the last "
+                "good epoch (try a lower --lr)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.item())
+
+    def _teacher_logits(self, fbank: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
+        """The teacher's logits for this very batch (online), or its cached clean-clip logits."""
+        if self.teacher is None:
+            return None
+        if self.cached_logits is not None:
+            return self.cached_logits[index].to(self.device)
+        with torch.no_grad():
+            return self.teacher(fbank).float()
+
+    def _teacher_logits_cache(self) -> torch.Tensor:
+        """Teacher logits of every un-augmented training clip, computed once and kept on disk.
+
+        Faster than online teaching, but the student then trains on augmented input against
+        logits of the clean clip: consistency under augmentation is lost (CMKD's finding is that
+        consistent teaching works better).
+        """
+        path = self.out / "teacher_logits.pt"
+        clips = [str(entry.wav) for entry in self.train_items.dataset.entries]
+        source = str(Path(self.config.teacher_checkpoint or "").resolve())
+        if path.exists():
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached.get("clips") == clips and cached.get("teacher") == source:
+                return cached["logits"]
+        self.reporter.note("computing the teacher's logits once (teacher_logits: cached)")
+        clean = self._dataset("train", training=False)
+        assert self.teacher is not None
+        logits, _ = predict_dataset(self.teacher, clean, self.config.batch_size, self.device,
+                                    self.use_amp)
+        if self.ranks.is_main:
+            torch.save({"clips": clips, "teacher": source, "logits": logits}, path)
+        return logits
+
+    # --- end of epoch ------------------------------------------------------------------------
+
+    def _end_epoch(self, loss: float, seconds: float, samples: int) -> None:
+        progress, config = self.progress, self.config
+        loss = self.ranks.mean(loss)
+        metrics = self._evaluate(self.model)
+        row = {
+            "epoch": progress.epoch + 1, "train_loss": loss,
+            "lr": learning_rate(config, progress.epoch, max(progress.step - 1, 0)),
+            **metrics.summary(), "samples_per_s": samples * self.ranks.world / max(seconds, 1e-9),
+            "seconds": seconds,
+        }
+        progress.history.append(row)
+        score = row[config.metric]
+        improved = not math.isnan(score) and score > progress.best
+        if improved:
+            progress.best, progress.best_epoch = score, progress.epoch + 1
+        self._accumulate_average()
+        progress.epoch += 1
+        progress.batch, progress.epoch_loss, progress.epoch_samples = 0, 0.0, 0
+        if self.ranks.is_main:
+            self._write_log(row)
+            if improved:
+                save_checkpoint(self.out / "best.pt", self.model, **self._model_meta(row))
+            self._save_last()
+            self.reporter.epoch_done(row)
+        self.ranks.barrier()
+
+    def _evaluate(self, model: nn.Module) -> Metrics:
+        predictions, targets = predict_dataset(model, self.eval_set, self.config.batch_size,
+                                               self.device, self.use_amp)
+        return compute_metrics(predictions.numpy(), targets.numpy())
+
+    def _write_log(self, row: dict[str, float]) -> None:
+        csv_path = self.out / "log.csv"
+        new = not csv_path.exists()
+        with csv_path.open("a", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=LOG_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        with (self.out / "log.jsonl").open("a") as stream:
+            stream.write(json.dumps(row) + "\n")
+
+    def _model_meta(self, row: dict[str, float] | None = None) -> dict[str, Any]:
+        """What evaluate/sweep/predict need besides the weights."""
+        meta: dict[str, Any] = {
+            "mean": self.mean, "std": self.std, "target_length": self.manifest.target_length,
+            "dataset": self.manifest.dataset, "r": self.config.r, "schedule": self.config.schedule,
+            "loss": self.config.loss, "metric": self.config.metric,
+        }
+        if row is not None:
+            meta["epoch"] = int(row["epoch"])
+            meta["validation"] = {k: float(row[k]) for k in ("accuracy", "mAP", "mAUC", "d_prime")}
+        return meta
+
+    # --- checkpoint weight averaging (AudioSet recipe) ----------------------------------------
+
+    def _averaging_now(self) -> bool:
+        config, epoch = self.config, self.progress.epoch + 1
+        return config.average_from is not None and (
+            config.average_from <= epoch <= (config.average_to or 0)
+        )
+
+    def _accumulate_average(self) -> None:
+        """Running mean of the weights at the end of each epoch in [average_from, average_to]."""
+        if not self._averaging_now():
+            return
+        state = {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+        count = self.progress.averaged_epochs
+        if self.averaged is None or count == 0:
+            self.averaged = state
+        else:
+            for name, value in state.items():
+                self.averaged[name] += (value - self.averaged[name]) / (count + 1)
+        self.progress.averaged_epochs = count + 1
+
+    def _finish_averaging(self) -> Metrics | None:
+        if self.averaged is None:
+            return None
+        reference = self.model.state_dict()
+        averaged_model = self._build_model().to(self.device)
+        averaged_model.load_state_dict(
+            {k: v.to(reference[k].dtype) for k, v in self.averaged.items()}
+        )
+        metrics = self._evaluate(averaged_model)
+        if self.ranks.is_main:
+            save_checkpoint(self.out / "averaged.pt", averaged_model, **self._model_meta(),
+                            averaged_epochs=self.progress.averaged_epochs,
+                            validation=metrics.summary())
+            self.reporter.note(
+                f"weight-averaged model of {self.progress.averaged_epochs} epochs: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.summary().items())
+            )
+        return metrics
+
+    # --- resume ------------------------------------------------------------------------------
+
+    def _save_last(self) -> None:
+        progress = self.progress
+        save_checkpoint(
+            self.out / "last.pt", self.model, **self._model_meta(),
+            progress={
+                "epoch": progress.epoch, "batch": progress.batch, "step": progress.step,
+                "best": progress.best if math.isfinite(progress.best) else None,
+                "best_epoch": progress.best_epoch, "history": progress.history,
+                "averaged_epochs": progress.averaged_epochs,
+                "epoch_loss": progress.epoch_loss, "epoch_samples": progress.epoch_samples,
+            },
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            averaged=self.averaged,
+            train_config=self.config.to_dict(),
+        )
+
+    def _restore(self, path: Path) -> None:
+        if not path.exists():
+            raise FastASTError(f"nothing to resume: {path} does not exist")
+        payload = read_checkpoint(path)
+        meta = payload["meta"]
+        saved_config = meta.get("train_config", {})
+        changed = [k for k in ("model", "size", "data", "fold", "batch_size", "seed", "loss")
+                   if saved_config.get(k) != getattr(self.config, k)]
+        if changed:
+            raise FastASTError(
+                f"{path} was trained with other settings ({', '.join(changed)}); "
+                "resume with the same recipe and flags"
+            )
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(meta["optimizer"])
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        saved = meta["progress"]
+        self.progress = Progress(
+            epoch=saved["epoch"], batch=saved["batch"], step=saved["step"],
+            best=saved["best"] if saved["best"] is not None else -math.inf,
+            best_epoch=saved["best_epoch"], history=list(saved["history"]),
+            averaged_epochs=saved["averaged_epochs"], epoch_loss=saved["epoch_loss"],
+            epoch_samples=saved["epoch_samples"],
+        )
+        self.averaged = meta.get("averaged")
+        self.reporter.note(
+            f"resuming {self.out} at epoch {self.progress.epoch + 1}, batch {self.progress.batch}"
+        )

@@ -1,0 +1,72 @@
+"""Reproducible batches: the order of an epoch and the augmentation of each item are pure
+functions of (seed, epoch, index), whatever the worker count, the rank, or an interruption.
+
+That is what lets `--resume` continue a run exactly, mid-epoch included, and what keeps DDP
+ranks drawing disjoint, reproducible shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one item of one epoch (SplitMix64-style mixing of the three)."""
+    value = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index) & (2**64 - 1)
+    value ^= value >> 31
+    value = (value * 0x94D049BB133111EB) & (2**64 - 1)
+    return (value ^ (value >> 29)) >> 1
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset so item i of epoch e always draws the same augmentation.
+
+    Returns `(*dataset[i], i)`: the index lets the loop find cached teacher logits.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, self.epoch, index))
+            return (*self.dataset[index], index)
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffled order per epoch, split across `world` ranks, optionally skipping a prefix.
+
+    Like DistributedSampler, the order is padded (with its own first items) to a multiple of
+    `world` so every rank takes the same number of steps. `set_epoch(epoch, start)` picks the
+    epoch and the number of this rank's items already consumed (for a mid-epoch resume).
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def rank_order(self) -> list[int]:
+        """This rank's items for the whole epoch, in order."""
+        generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, -1))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        per_rank = -(-self.size // self.world)
+        order += order[: per_rank * self.world - self.size]
+        return order[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.rank_order()[self.start :])
+
+    def __len__(self) -> int:
+        return -(-self.size // self.world) - self.start

@@ -1,15 +1,204 @@
-"""`fastast prepare`: turn downloaded datasets into AST datafiles and a manifest."""
+"""`fastast prepare <dataset>`: turn a dataset into AST datafiles, a labels CSV and a manifest."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
 
-from fastast_cli.cli._app import app, user_errors
+import typer
+from rich.table import Table
+
+from fastast_cli.cli._app import app, console, err_console, user_errors
+from fastast_cli.data.prepare import (
+    PrepareReport,
+    prepare_audioset,
+    prepare_demo,
+    prepare_esc50,
+    prepare_folder,
+    prepare_speechcommands,
+)
+from fastast_cli.data.prepare.esc50 import ESC50_CHECKSUM, ESC50_TARGET_LENGTH, ESC50_URL
+from fastast_cli.data.prepare.speechcommands import (
+    SPEECHCOMMANDS_CHECKSUM,
+    SPEECHCOMMANDS_TARGET_LENGTH,
+    SPEECHCOMMANDS_URL,
+)
+from fastast_cli.data.progress import set_progress
 from fastast_cli.errors import FastASTError
 
+prepare_app = typer.Typer(
+    help="Prepare a dataset: 16-kHz audio, AST JSON datafiles, labels CSV and manifest.yaml "
+    "(the --data handle of every later command).",
+    no_args_is_help=True,
+)
+app.add_typer(prepare_app, name="prepare")
 
-@app.command(help="Prepare a dataset (esc50, speechcommands, audioset, folder, demo). "
-             "Not implemented yet: arrives with the data milestone.")
+OUT_HELP = "Output folder (default: data/<dataset>); manifest.yaml is written at its root."
+QUIET_HELP = "No progress bars."
+
+
+def _out(out: Path | None, dataset: str) -> Path:
+    """The output folder: --out or data/<dataset>."""
+    return out if out is not None else Path("data") / dataset
+
+
+def _checksum(value: str) -> str | None:
+    """`none` turns checksum verification off."""
+    return None if value.strip().lower() in ("", "none") else value
+
+
+def _summary(report: PrepareReport) -> None:
+    """Print counts, stats and what was left out of a prepare run."""
+    table = Table(title=f"fastast prepare {report.dataset}", show_header=True)
+    table.add_column("datafile")
+    table.add_column("clips", justify="right")
+    for name, count in report.counts.items():
+        table.add_row(name, str(count))
+    console.print(table)
+    console.print(
+        f"audio: {report.converted} converted to 16 kHz, {report.in_place} used in place, "
+        f"{report.reused} already prepared (skipped)"
+    )
+    console.print(f"fbank mean {report.mean:.4f}, std {report.std:.4f} (training data)")
+    for note in report.notes:
+        console.print(f"note: {note}")
+    problems = [
+        (len(report.skipped), "unreadable, corrupt or empty audio files skipped"),
+        (len(report.missing), "listed clips missing"),
+        (len(report.unsafe), "unsafe archive members not extracted"),
+    ]
+    for count, what in problems:
+        if count:
+            err_console.print(f"[yellow]warning:[/] {count} {what} (names in {report.log})")
+    console.print(f"[bold green]manifest:[/] {report.manifest}  (use --data {report.out})")
+
+
+def _run(quiet: bool) -> None:
+    """Apply --quiet."""
+    set_progress(not quiet)
+
+
+@prepare_app.command("esc50")
 @user_errors
-def prepare(dataset: str = typer.Argument(..., help="Dataset to prepare.")) -> None:
-    raise FastASTError("`fastast prepare` is not implemented yet (planned: data milestone).")
+def esc50(
+    src: Path = typer.Option(None, "--src", help="ESC-50-master.zip or its extracted folder."),
+    out: Path = typer.Option(None, "--out", help=OUT_HELP),
+    download: bool = typer.Option(False, "--download", help="Fetch the official archive first."),
+    url: str = typer.Option(ESC50_URL, "--url", help="Where --download fetches from."),
+    checksum: str = typer.Option(
+        ESC50_CHECKSUM,
+        "--checksum",
+        help="Expected 'md5:…' or 'sha256:…' of the archive ('none': skip).",
+    ),
+    target_length: int = typer.Option(ESC50_TARGET_LENGTH, "--target-length", help="Fbank frames."),
+    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+) -> None:
+    """ESC-50: 5 folds (train = 4 folds, eval = 1), 44.1 kHz → 16 kHz mono."""
+    _run(quiet)
+    _summary(
+        prepare_esc50(
+            src,
+            _out(out, "esc50"),
+            download=download,
+            url=url,
+            checksum=_checksum(checksum),
+            target_length=target_length,
+        )
+    )
+
+
+@prepare_app.command("speechcommands")
+@user_errors
+def speechcommands(
+    src: Path = typer.Option(None, "--src", help="speech_commands_v0.02.tar.gz or its folder."),
+    out: Path = typer.Option(None, "--out", help=OUT_HELP),
+    download: bool = typer.Option(False, "--download", help="Fetch the official archive first."),
+    url: str = typer.Option(SPEECHCOMMANDS_URL, "--url", help="Where --download fetches from."),
+    checksum: str = typer.Option(
+        SPEECHCOMMANDS_CHECKSUM,
+        "--checksum",
+        help="Expected 'md5:…' or 'sha256:…' of the archive ('none': skip).",
+    ),
+    target_length: int = typer.Option(
+        SPEECHCOMMANDS_TARGET_LENGTH, "--target-length", help="Fbank frames."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+) -> None:
+    """Speech Commands V2: official train/valid/test split, AST's 35 labels."""
+    _run(quiet)
+    _summary(
+        prepare_speechcommands(
+            src,
+            _out(out, "speechcommands"),
+            download=download,
+            url=url,
+            checksum=_checksum(checksum),
+            target_length=target_length,
+        )
+    )
+
+
+@prepare_app.command("audioset")
+@user_errors
+def audioset(
+    segments: list[str] = typer.Option(
+        ..., "--segments", help="Segment CSV, repeatable; NAME=CSV names its split."
+    ),
+    labels: Path = typer.Option(..., "--labels", help="class_labels_indices.csv"),
+    audio_dir: Path = typer.Option(..., "--audio-dir", help="Folder of clips named by YouTube id."),
+    out: Path = typer.Option(None, "--out", help=OUT_HELP),
+    target_length: int = typer.Option(1024, "--target-length", help="Fbank frames."),
+    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+) -> None:
+    """AudioSet: datafiles for the listed clips found locally; missing ones are counted."""
+    _run(quiet)
+    _summary(
+        prepare_audioset(
+            segments, labels, audio_dir, _out(out, "audioset"), target_length=target_length
+        )
+    )
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    """'0.8,0.1,0.1' → (0.8, 0.1, 0.1)."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise FastASTError(f"--ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None
+
+
+@prepare_app.command("folder")
+@user_errors
+def folder(
+    src: Path = typer.Option(..., "--src", help="Folder with one subfolder of audio per class."),
+    out: Path = typer.Option(None, "--out", help=OUT_HELP),
+    ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,valid,test fractions."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the stratified split."),
+    target_length: int = typer.Option(
+        None, "--target-length", help="Fbank frames (default: fits 95% of the clips)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+) -> None:
+    """Your own data: one subfolder per class → stratified train/valid/test."""
+    _run(quiet)
+    _summary(
+        prepare_folder(
+            src, _out(out, "folder"), ratios=_ratios(ratios), seed=seed, target_length=target_length
+        )
+    )
+
+
+@prepare_app.command("demo")
+@user_errors
+def demo(
+    out: Path = typer.Option(None, "--out", help=OUT_HELP),
+    clips_per_class: int = typer.Option(
+        40, "--clips-per-class", help="Clips of each of 10 classes."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated sounds."),
+    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+) -> None:
+    """A built-in offline demo set: 10 procedural sound classes in ESC-50 layout, 5 folds."""
+    _run(quiet)
+    if clips_per_class < 5:
+        raise FastASTError("--clips-per-class must be at least 5 (one per fold)")
+    _summary(prepare_demo(_out(out, "demo"), clips_per_class=clips_per_class, seed=seed))

@@ -1,0 +1,129 @@
+"""AST's two file formats: JSON datafiles and the labels CSV.
+
+Datafile: `{"data": [{"wav": "path.wav", "labels": "mid1,mid2"}, ...]}` (extra keys are kept
+by AST and ignored here). Labels CSV: header `index,mid,display_name`, one row per class.
+Relative `wav` paths are resolved against the datafile's folder first, then the working
+directory (where the original AST code resolves them), so AST users' datafiles work unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastast_cli.data.atomic import write_json, write_text
+from fastast_cli.errors import FastASTError
+
+LABELS_HEADER = ("index", "mid", "display_name")
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Class mids and display names in index order, with a mid → index lookup."""
+
+    mids: tuple[str, ...]
+    names: tuple[str, ...]
+    index: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.index.update({mid: i for i, mid in enumerate(self.mids)})
+
+    def __len__(self) -> int:
+        return len(self.mids)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One datafile row: the audio path (resolved) and its label mids."""
+
+    wav: Path
+    labels: tuple[str, ...]
+
+
+def read_labels_csv(path: str | os.PathLike[str]) -> LabelSet:
+    """Read a labels CSV (`index,mid,display_name`); rows must be indexed 0..N-1 in order."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise FastASTError(f"cannot read labels CSV {path}: {error.strerror or error}") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or tuple(c.strip() for c in rows[0][:3]) != LABELS_HEADER:
+        raise FastASTError(f"{path}: expected a labels CSV with header 'index,mid,display_name'")
+    mids, names = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) < 3 or row[0].strip() != str(len(mids)):
+            raise FastASTError(
+                f"{path}:{line}: expected 'index,mid,display_name' with index {len(mids)}"
+            )
+        mids.append(row[1].strip())
+        names.append(row[2].strip())
+    if not mids:
+        raise FastASTError(f"{path}: the labels CSV lists no classes")
+    return LabelSet(tuple(mids), tuple(names))
+
+
+def write_labels_csv(path: str | os.PathLike[str], mids: list[str], names: list[str]) -> None:
+    """Write a labels CSV atomically (display names quoted when they contain commas)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(LABELS_HEADER)
+    for index, (mid, name) in enumerate(zip(mids, names, strict=True)):
+        writer.writerow([index, mid, name])
+    write_text(path, buffer.getvalue())
+
+
+def resolve_wav(wav: str, datafile_dir: Path) -> Path:
+    """Absolute path of a datafile `wav` entry (see the module docstring for the rule)."""
+    path = Path(wav).expanduser()
+    if path.is_absolute():
+        return path
+    beside = datafile_dir / path
+    if beside.exists() or not Path(wav).exists():
+        return beside.resolve()
+    return Path(wav).resolve()
+
+
+def read_datafile(path: str | os.PathLike[str]) -> list[Entry]:
+    """Entries of an AST JSON datafile, with wav paths resolved."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise FastASTError(f"cannot read datafile {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise FastASTError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    data = content.get("data") if isinstance(content, dict) else None
+    if not isinstance(data, list):
+        raise FastASTError(
+            f'{path}: expected an AST datafile {{"data": [{{"wav": ..., "labels": ...}}]}}'
+        )
+    entries = []
+    for i, row in enumerate(data):
+        if not isinstance(row, dict) or "wav" not in row or "labels" not in row:
+            raise FastASTError(f"{path}: entry {i} lacks 'wav' or 'labels'")
+        mids = tuple(m.strip() for m in str(row["labels"]).split(",") if m.strip())
+        entries.append(Entry(resolve_wav(str(row["wav"]), path.parent), mids))
+    return entries
+
+
+def datafile_wav(wav: Path, datafile_dir: Path) -> str:
+    """How a prepared datafile refers to `wav`: relative if under the datafile's dataset folder."""
+    wav = wav.resolve()
+    root = datafile_dir.resolve().parent
+    if wav.is_relative_to(root):
+        return os.path.relpath(wav, datafile_dir.resolve())
+    return str(wav)
+
+
+def write_datafile(path: str | os.PathLike[str], rows: list[tuple[Path, list[str]]]) -> None:
+    """Write an AST datafile atomically from (wav path, label mids) rows."""
+    path = Path(path)
+    data = [{"wav": datafile_wav(wav, path.parent), "labels": ",".join(mids)} for wav, mids in rows]
+    write_json(path, {"data": data})

@@ -1,0 +1,165 @@
+"""AST input features: Kaldi fbank, pad/cut to a fixed number of frames, normalization.
+
+Exactly as the original AST loader: the waveform mean is removed, then
+`torchaudio.compliance.kaldi.fbank(htk_compat=True, use_energy=False, window_type="hanning",
+num_mel_bins=128, dither=0.0, frame_shift=10)` (25-ms frames); the result `[frames, bins]` is
+zero-padded at the end or cut (keeping the start) to `target_length` frames and normalized as
+`(x - mean) / (2·std)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchaudio.compliance.kaldi as kaldi
+
+from fastast_cli.data.audio import resample, to_mono
+
+SAMPLE_RATE = 16000
+NUM_MEL_BINS = 128
+FRAME_SHIFT_MS = 10.0
+FRAME_LENGTH_MS = 25.0
+
+# (mean, std) of the fbank published with AST, for data whose stats were never measured.
+AST_NORM_STATS: dict[str, tuple[float, float]] = {
+    "audioset": (-4.2677393, 4.5689974),
+    "esc50": (-6.6268077, 5.358466),
+    "speechcommands": (-6.845978, 5.5654526),
+}
+
+
+def frame_length_samples(sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples in one 25-ms analysis window (400 at 16 kHz)."""
+    return int(sample_rate * FRAME_LENGTH_MS / 1000)
+
+
+def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """Fbank frames of a waveform of `num_samples` (Kaldi snip-edges framing; at least 1)."""
+    window = frame_length_samples(sample_rate)
+    shift = int(sample_rate * FRAME_SHIFT_MS / 1000)
+    return 1 + max(num_samples - window, 0) // shift
+
+
+def fbank(
+    wave: torch.Tensor, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = NUM_MEL_BINS
+) -> torch.Tensor:
+    """Log-mel filterbank `[frames, num_mel_bins]` of a mono waveform `[samples]`, AST style.
+
+    The waveform mean is subtracted first. A waveform shorter than one 25-ms window is
+    zero-padded to one window (Kaldi cannot frame it otherwise), giving a single frame.
+    """
+    wave = torch.as_tensor(wave, dtype=torch.float32).reshape(1, -1)
+    wave = wave - wave.mean()
+    window = frame_length_samples(sample_rate)
+    if wave.shape[1] < window:
+        wave = torch.nn.functional.pad(wave, (0, window - wave.shape[1]))
+    return kaldi.fbank(
+        wave,
+        htk_compat=True,
+        sample_frequency=sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=num_mel_bins,
+        dither=0.0,
+        frame_shift=FRAME_SHIFT_MS,
+        frame_length=FRAME_LENGTH_MS,
+    )
+
+
+def pad_or_cut(features: torch.Tensor, target_length: int) -> torch.Tensor:
+    """`[frames, bins]` → `[target_length, bins]`: zeros appended at the end, or the start kept."""
+    frames = features.shape[0]
+    if frames > target_length:
+        return features[:target_length]
+    if frames < target_length:
+        return torch.nn.functional.pad(features, (0, 0, 0, target_length - frames))
+    return features
+
+
+def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """AST normalization `(x - mean) / (2·std)` (mean/std of the raw fbank of the training set)."""
+    return (features - mean) / (2.0 * std)
+
+
+def as_channels_first(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 tensor `[samples]` or `[channels, samples]`.
+
+    2-D input is taken as `[channels, samples]`, except that `[samples, channels]` (soundfile's
+    layout) is recognized when the second axis is short (≤ 16) and the first is longer.
+    """
+    wave = torch.as_tensor(np.asarray(waveform) if not torch.is_tensor(waveform) else waveform)
+    wave = wave.to(torch.float32)
+    if wave.ndim == 2 and wave.shape[1] <= 16 and wave.shape[0] > wave.shape[1]:
+        wave = wave.T
+    return wave
+
+
+def raw_features(
+    waveform: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    target_length: int,
+    num_mel_bins: int = NUM_MEL_BINS,
+) -> torch.Tensor:
+    """Un-normalized fbank `[target_length, num_mel_bins]` of any waveform (any rate, any channels).
+
+    Channels are averaged and the audio resampled to 16 kHz first.
+    """
+    mono = to_mono(as_channels_first(waveform))
+    mono = resample(mono, sample_rate, SAMPLE_RATE)
+    return pad_or_cut(fbank(mono, SAMPLE_RATE, num_mel_bins), target_length)
+
+
+def waveform_to_fbank(
+    waveform: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    target_length: int,
+    mean: float,
+    std: float,
+    num_mel_bins: int = NUM_MEL_BINS,
+) -> torch.Tensor:
+    """Model input `[target_length, num_mel_bins]` (float32, normalized) from one waveform.
+
+    `waveform` is `[samples]` or `[channels, samples]` at `sample_rate` Hz; this is what
+    prediction uses on a single clip: add a batch axis with `.unsqueeze(0)` for the model.
+    """
+    features = raw_features(
+        waveform, sample_rate, target_length=target_length, num_mel_bins=num_mel_bins
+    )
+    return normalize(features, mean, std)
+
+
+@dataclass
+class FbankSums:
+    """Running sums of fbank values, to measure mean and std over a whole set of clips.
+
+    Pooled over every value of every (padded/cut) clip, as the model sees them; AST's
+    `get_norm_stats.py` averages per-batch means and stds instead, which differs by well under 1%.
+    """
+
+    total: float = 0.0
+    total_sq: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> FbankSums:
+        """Sums of one feature matrix."""
+        values = features.to(torch.float64)
+        return cls(float(values.sum()), float((values * values).sum()), int(values.numel()))
+
+    def __add__(self, other: FbankSums) -> FbankSums:
+        return FbankSums(
+            self.total + other.total, self.total_sq + other.total_sq, self.count + other.count
+        )
+
+    def mean_std(self) -> tuple[float, float]:
+        """(mean, std) of all values seen; raises ValueError when nothing was added."""
+        if self.count == 0:
+            raise ValueError("no fbank values to measure mean and std on")
+        mean = self.total / self.count
+        var = max(self.total_sq / self.count - mean * mean, 0.0)
+        return mean, math.sqrt(var)

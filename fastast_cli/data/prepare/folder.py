@@ -1,0 +1,171 @@
+"""Any folder with one subfolder per class → labels CSV and stratified train/valid/test splits.
+
+    DIR/dog/*.wav, DIR/rain/*.flac, ...   (files may sit deeper inside a class folder)
+
+Class index = position in the sorted folder names; mid = `/fastast/<folder name>` (characters
+other than letters, digits, `_.-` replaced by `_`). Each class's files are shuffled with
+`seed` and cut by `ratios` (train, valid, test), so every split keeps the class balance.
+Without `target_length`, it is sized to the 95th percentile of the clip durations (≥ 16
+frames, ≤ 1024, a multiple of 8).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from fastast_cli.data.audio import AUDIO_EXTENSIONS
+from fastast_cli.data.features import SAMPLE_RATE, num_frames
+from fastast_cli.data.prepare.common import (
+    Clip,
+    PrepareReport,
+    Workspace,
+    converted_name,
+    finish,
+    process_clips,
+    sum_stats,
+    write_labels,
+    write_split,
+)
+from fastast_cli.errors import FastASTError
+
+SPLITS = ("train", "valid", "test")
+MIN_FRAMES, MAX_FRAMES = 16, 1024
+
+
+def class_files(src: Path) -> dict[str, list[Path]]:
+    """Audio files per class folder (sorted), only folders that hold audio."""
+    classes = {}
+    for folder in sorted(
+        p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+    ):
+        files = sorted(
+            f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()
+        )
+        if files:
+            classes[folder.name] = files
+    if not classes:
+        raise FastASTError(
+            f"--src {src}: expected one subfolder per class holding audio files "
+            f"(e.g. {src}/dog/*.wav, {src}/rain/*.wav); found none"
+        )
+    return classes
+
+
+def parse_ratios(ratios: tuple[float, ...]) -> tuple[float, float, float]:
+    """Normalized (train, valid, test) fractions; train must be positive."""
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or ratios[0] <= 0:
+        raise FastASTError(
+            f"--ratios {ratios}: expected three non-negative numbers train,valid,test "
+            "with train > 0, e.g. 0.8,0.1,0.1"
+        )
+    total = sum(ratios)
+    return ratios[0] / total, ratios[1] / total, ratios[2] / total
+
+
+def stratified_split(
+    files: list[Path], ratios: tuple[float, float, float], seed: int, label: str
+) -> dict[str, list[Path]]:
+    """Shuffle one class's files with (seed, label) and cut them by ratios (counts rounded half
+    up); at least one file stays in train."""
+    shuffled = list(files)
+    random.Random(f"{seed}:{label}").shuffle(shuffled)
+    n = len(shuffled)
+    n_valid, n_test = math.floor(n * ratios[1] + 0.5), math.floor(n * ratios[2] + 0.5)
+    while n_valid + n_test > n - 1 and n_valid + n_test > 0:
+        if n_valid >= n_test:
+            n_valid -= 1
+        else:
+            n_test -= 1
+    return {
+        "valid": shuffled[:n_valid],
+        "test": shuffled[n_valid : n_valid + n_test],
+        "train": shuffled[n_valid + n_test :],
+    }
+
+
+def auto_target_length(files: list[Path]) -> int:
+    """Frames covering the 95th-percentile duration, a multiple of 8 in [16, 1024]."""
+    seconds = []
+    for path in files:
+        try:
+            info = sf.info(str(path))
+            seconds.append(info.frames / info.samplerate)
+        except (sf.LibsndfileError, RuntimeError, OSError, ZeroDivisionError):
+            continue
+    if not seconds:
+        return MIN_FRAMES
+    frames = num_frames(int(float(np.percentile(seconds, 95)) * SAMPLE_RATE))
+    return int(min(max(math.ceil(frames / 8) * 8, MIN_FRAMES), MAX_FRAMES))
+
+
+def folder_mid(name: str) -> str:
+    """A comma-free mid for a class folder."""
+    return "/fastast/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def prepare_folder(
+    src: Path,
+    out: Path,
+    *,
+    ratios: tuple[float, ...] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    target_length: int | None = None,
+) -> PrepareReport:
+    """Prepare a class-per-subfolder tree into stratified train/valid/test datafiles."""
+    src = src.expanduser()
+    if not src.is_dir():
+        raise FastASTError(f"--src {src} is not a folder (expected one subfolder per class)")
+    src = src.resolve()
+    fractions = parse_ratios(ratios)
+    classes = class_files(src)
+    all_files = [f for files in classes.values() for f in files]
+    workspace = Workspace.open(out, "folder", target_length or auto_target_length(all_files))
+    loose = [f for f in src.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
+    if loose:
+        workspace.report.notes.append(
+            f"{len(loose)} audio files directly in {src} (not in a class folder) were ignored"
+        )
+    mids = _unique_mids(list(classes))
+    clips: list[Clip] = []
+    split_of: list[str] = []
+    for label, files in classes.items():
+        for split, members in stratified_split(files, fractions, seed, label).items():
+            for path in sorted(members):
+                clips.append(
+                    Clip(
+                        path, [mids[label]], converted_name(path.relative_to(src)), split == "train"
+                    )
+                )
+                split_of.append(split)
+    results = process_clips(clips, workspace)
+    labels = write_labels(workspace, list(mids.values()), list(classes))
+    splits = {
+        name: write_split(
+            workspace, name, clips, results, [i for i, s in enumerate(split_of) if s == name]
+        )
+        for name, fraction in zip(SPLITS, fractions, strict=True)
+        if fraction > 0
+    }
+    mean, std = sum_stats(results, [i for i, s in enumerate(split_of) if s == "train"])
+    workspace.report.notes.append(
+        f"split {', '.join(f'{f:.2f}' for f in fractions)} with seed {seed}; "
+        f"target length {workspace.target_length} frames"
+    )
+    return finish(workspace, labels=labels, splits=splits, mean=mean, std=std, recipe="folder")
+
+
+def _unique_mids(names: list[str]) -> dict[str, str]:
+    """Mid per class name, made unique when two names slug to the same mid."""
+    mids: dict[str, str] = {}
+    for name in names:
+        mid, n = folder_mid(name), 1
+        while mid in mids.values():
+            mid, n = f"{folder_mid(name)}_{n}", n + 1
+        mids[name] = mid
+    return mids

@@ -1,8 +1,9 @@
 """Training configuration: one flat record, read from a recipe YAML and overridden by flags.
 
-A recipe may name another recipe under `base:` (a path relative to it, `.yaml` optional); its
-values are read first and the recipe's own values override them. Unknown keys are an error, so a
-typo in a recipe never passes silently. The effective configuration is saved with every run.
+A recipe may name another recipe under `base:` (a path relative to it, `.yaml` optional, or a
+shipped recipe's name); its values are read first and the recipe's own values override them.
+Unknown keys are an error, so a typo in a recipe never passes silently. The effective
+configuration is saved with every run.
 """
 
 from __future__ import annotations
@@ -133,8 +134,9 @@ def read_recipe(name_or_path: str | os.PathLike[str], _seen: tuple[Path, ...] = 
     base = values.pop("base", None)
     if base is None:
         return values
-    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-    return {**read_recipe(base_path, (*_seen, path)), **values}
+    beside = path.parent / str(base)
+    nearby = beside.exists() or beside.with_suffix(".yaml").exists()
+    return {**read_recipe(beside if nearby else str(base), (*_seen, path)), **values}
 
 
 def load_config(

@@ -1,0 +1,258 @@
+"""The training loop: learning, consistent teaching, exact resume, NaN stop, averaging, CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fastast_cli.cli import app
+from fastast_cli.errors import FastASTError
+from fastast_cli.models.checkpoints import read_checkpoint
+from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.training import loop as loop_module
+from fastast_cli.training.config import TrainConfig, load_config, read_recipe
+from fastast_cli.training.loop import Trainer, TrainingInterrupted, learning_rate, train
+from fastast_cli.training.sampling import EpochSampler
+
+# A tiny AST that trains at ~100 samples/s on 2 CPU cores.
+TINY_AST = {"model": "ast", "size": "tiny", "depth": 2, "fstride": 16, "tstride": 16}
+
+
+def config(data: Path, out: Path, **values) -> TrainConfig:
+    base = {**TINY_AST, "data": str(data), "out": str(out), "epochs": 2, "batch_size": 8,
+            "lr": 2e-4, "loss": "ce", "num_workers": 0, "device": "cpu", "lr_start": 99}
+    return TrainConfig(**{**base, **values})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def test_tiny_ast_and_tiny_cnn_learn_the_demo_set(demo_data, tmp_path):
+    chance = 0.1
+    ast = train(config(demo_data, tmp_path / "ast", depth=4, epochs=8))
+    cnn = train(config(demo_data, tmp_path / "cnn", model="mobilenetv3-small", epochs=4, lr=1e-3,
+                       batch_size=16, freqm=24, timem=48))
+    assert ast.best_metric >= 3 * chance, ast.history
+    assert cnn.best_metric >= 3 * chance, cnn.history
+    assert ast.history[-1]["train_loss"] < ast.history[0]["train_loss"]
+    # The best checkpoint reproduces its validation accuracy through `fastast evaluate`.
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "ast/best.pt"),
+                                      "--data", str(demo_data), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"{ast.best_metric:.4f}" in result.output
+
+
+def test_resume_after_interruption_gives_the_same_weights(small_demo, tmp_path, monkeypatch):
+    whole = config(small_demo, tmp_path / "whole", epochs=2, freqm=8, timem=16, mixup=0.5)
+    train(whole)
+
+    class StopInEpochTwo:
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def epoch_started(self, epoch, epochs, batches):
+            pass
+
+        def batch_done(self, loss, lr, speed):
+            self.batches += 1
+            if self.batches == 11:  # 8 batches per epoch: batch 3 of epoch 2
+                raise KeyboardInterrupt
+
+        def epoch_done(self, row):
+            pass
+
+        def note(self, message):
+            pass
+
+    split = config(small_demo, tmp_path / "split", epochs=2, freqm=8, timem=16, mixup=0.5)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(split, reporter=StopInEpochTwo())
+    saved = read_checkpoint(tmp_path / "split/last.pt")["meta"]["progress"]
+    assert (saved["epoch"], saved["batch"]) == (1, 3)
+    with pytest.raises(FastASTError, match="--resume"):
+        train(split)  # never overwrite a run by accident
+    train(split, resume=True)
+    for name, tensor in weights(tmp_path / "whole/last.pt").items():
+        torch.testing.assert_close(weights(tmp_path / "split/last.pt")[name], tensor,
+                                   rtol=0, atol=1e-6)
+    whole_log = (tmp_path / "whole/log.csv").read_text().splitlines()
+    split_log = (tmp_path / "split/log.csv").read_text().splitlines()
+    strip = [",".join(line.split(",")[:7]) for line in whole_log]  # without speed and seconds
+    assert strip == [",".join(line.split(",")[:7]) for line in split_log]
+
+
+def test_teacher_is_frozen_and_sees_the_students_augmented_input(small_demo, tmp_path):
+    train(config(small_demo, tmp_path / "teacher", epochs=1))
+    teacher_path = tmp_path / "teacher/best.pt"
+    student = config(small_demo, tmp_path / "student", epochs=1, teacher="ast",
+                     teacher_checkpoint=str(teacher_path), r=4, freqm=24, timem=48)
+    trainer = Trainer(student, loop_module.Ranks(), torch.device("cpu"),
+                      loop_module.SilentReporter())
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    modes = []
+    trainer.model.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].clone()))
+
+    def teacher_hook(module, args):
+        seen["teacher"].append(args[0].clone())
+        modes.append((module.training, torch.is_grad_enabled()))
+
+    trainer.teacher.register_forward_pre_hook(teacher_hook)
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.run(resume=False)
+    training_steps = len(seen["teacher"])
+    assert training_steps == 8
+    for student_input, teacher_input in zip(seen["student"], seen["teacher"], strict=False):
+        assert torch.equal(student_input, teacher_input)
+    assert all(mode == (False, False) for mode in modes)
+    assert all(not p.requires_grad for p in trainer.teacher.parameters())
+    for name, value in trainer.teacher.state_dict().items():
+        assert torch.equal(value, before[name])
+    assert trainer.model.r_schedule == [4, 4]
+
+
+def test_cached_teacher_logits_are_computed_once(small_demo, tmp_path):
+    train(config(small_demo, tmp_path / "teacher", epochs=1))
+    student = config(small_demo, tmp_path / "student", epochs=2, teacher="ast",
+                     teacher_checkpoint=str(tmp_path / "teacher/best.pt"),
+                     teacher_logits="cached", freqm=24, timem=48)
+    trainer = Trainer(student, loop_module.Ranks(), torch.device("cpu"),
+                      loop_module.SilentReporter())
+    calls = []
+    trainer.teacher.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
+    trainer.run(resume=False)
+    clips = len(trainer.train_items)
+    assert sum(calls) == clips  # one pass over the clean clips, none during the 2 epochs
+    cache = torch.load(tmp_path / "student/teacher_logits.pt", weights_only=True)
+    clean = trainer._dataset("train", training=False)
+    teacher = load_classifier(tmp_path / "teacher/best.pt")
+    with torch.no_grad():
+        expected = teacher(torch.stack([clean[i][0] for i in range(clips)]))
+    torch.testing.assert_close(cache["logits"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_demo, tmp_path, monkeypatch):
+    run = config(small_demo, tmp_path / "nan", epochs=3)
+    real_loss = loop_module.distillation_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * math.nan if calls["n"] == 12 else loss  # batch 4 of epoch 2
+
+    monkeypatch.setattr(loop_module, "distillation_loss", poisoned)
+    with pytest.raises(FastASTError, match="nan.*last good epoch"):
+        train(run)
+    saved = read_checkpoint(tmp_path / "nan/last.pt")
+    assert saved["meta"]["progress"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_weight_averaging_is_the_mean_of_the_epochs(small_demo, tmp_path):
+    run = config(small_demo, tmp_path / "avg", epochs=1, average_from=1, average_to=2)
+    train(run)
+    first = weights(tmp_path / "avg/last.pt")
+    result = train(config(small_demo, tmp_path / "avg", epochs=2, average_from=1, average_to=2),
+                   resume=True)
+    second = weights(tmp_path / "avg/last.pt")
+    averaged = weights(tmp_path / "avg/averaged.pt")
+    for name in first:
+        if first[name].is_floating_point():
+            torch.testing.assert_close(averaged[name], (first[name] + second[name]) / 2)
+    assert result.averaged_metrics is not None
+
+
+def test_learning_rate_schedule_matches_ast():
+    esc = TrainConfig(lr=1e-5, lr_start=5, lr_step=1, lr_decay=0.85)
+    assert [round(learning_rate(esc, e, 0) / 1e-5, 6) for e in range(8)] == [
+        1, 1, 1, 1, 1, 0.85, 0.7225, 0.614125]
+    audioset = TrainConfig(lr=5e-5, lr_start=10, lr_step=5, lr_decay=0.5, warmup_steps=1000)
+    assert learning_rate(audioset, 0, 0) == pytest.approx(5e-8)
+    assert learning_rate(audioset, 0, 499) == pytest.approx(2.5e-5)
+    assert learning_rate(audioset, 9, 5000) == pytest.approx(5e-5)
+    assert learning_rate(audioset, 10, 5000) == pytest.approx(2.5e-5)
+    assert learning_rate(audioset, 15, 5000) == pytest.approx(1.25e-5)
+
+
+def test_recipes_chain_and_flags_override(tmp_path):
+    values = read_recipe("esc50-tome-kd")
+    assert values["teacher"] == "efficientnet-b2" and values["lr"] == 1e-5 and values["r"] == 20
+    loaded = load_config("esc50-tome-kd", {"r": 8, "out": str(tmp_path), "lr": None})
+    assert loaded.r == 8 and loaded.lr == 1e-5 and loaded.freqm == 24
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: esc50\nlearning_rate: 3\n")
+    with pytest.raises(FastASTError, match="unknown setting 'learning_rate'"):
+        load_config(bad, {"out": str(tmp_path)})
+    with pytest.raises(FastASTError, match="needs --teacher-checkpoint"):
+        load_config("esc50", {"teacher": "ast", "out": str(tmp_path)})
+
+
+def test_distill_command_end_to_end(small_demo, tmp_path):
+    runner = CliRunner()
+    common = ["--data", str(small_demo), "--epochs", "1", "--device", "cpu", "--num-workers", "0",
+              "--batch-size", "8"]
+    teacher = runner.invoke(app, ["train-teacher", "--recipe", "demo-teacher", "--out",
+                                  str(tmp_path / "t"), *common])
+    assert teacher.exit_code == 0, teacher.output
+    student = runner.invoke(app, ["distill", "--recipe", "demo-distill", "--out",
+                                  str(tmp_path / "s"), "--teacher-checkpoint",
+                                  str(tmp_path / "t/best.pt"), "--r", "6", *common])
+    assert student.exit_code == 0, student.output
+    saved = read_checkpoint(tmp_path / "s/best.pt")
+    assert saved["meta"]["r"] == 6 and saved["config"]["depth"] == 4
+    assert (tmp_path / "s/config.yaml").read_text().count("teacher: mobilenetv3-small") == 1
+    wrong = runner.invoke(app, ["distill", "--recipe", "demo-distill", "--out",
+                                str(tmp_path / "w"), "--teacher", "ast", "--teacher-checkpoint",
+                                str(tmp_path / "t/best.pt"), *common])
+    assert wrong.exit_code == 2 and "holds a mobilenetv3-small model" in wrong.output
+
+
+def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker),
+               str(small_demo), str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    second = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
+    initial = train_initial_weights(small_demo, tmp_path / "init")
+    assert not torch.equal(first["blocks.0.attn.qkv.weight"], initial["blocks.0.attn.qkv.weight"])
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # rank 0 alone writes
+
+
+def test_epoch_sampler_shards_are_disjoint_reproducible_and_resumable():
+    shards = []
+    for rank in (0, 1):
+        sampler = EpochSampler(11, seed=3, rank=rank, world=2)
+        sampler.set_epoch(4)
+        shards.append(list(sampler))
+        assert len(sampler) == 6
+    assert set(shards[0]) | set(shards[1]) == set(range(11))  # every clip, padded by one repeat
+    assert len(set(shards[0]) & set(shards[1])) == 1
+    again = EpochSampler(11, seed=3, rank=0, world=2)
+    again.set_epoch(4, start=2)
+    assert list(again) == shards[0][2:]
+    again.set_epoch(5)
+    assert list(again) != shards[0]
+
+
+def train_initial_weights(data: Path, out: Path) -> dict[str, torch.Tensor]:
+    trainer = Trainer(config(data, out, r=4), loop_module.Ranks(), torch.device("cpu"),
+                      loop_module.SilentReporter())
+    return trainer.model.state_dict()

@@ -1,10 +1,15 @@
 # Set-up and everyday commands. `make demo` and `make test` create .venv themselves.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+FASTAST := $(VENV)/bin/fastast
 # The torch trio must match exactly; the constraints file pins the tested set for this set-up.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: setup demo test lint bench clean
+DEMO_DATA := data/demo
+DEMO_RUNS := runs/demo
+DEMO_RESULTS := results/demo
+
+.PHONY: setup demo test lint bench clean clean-demo
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -14,14 +19,46 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-demo: setup
-	$(VENV)/bin/fastast sweep
+# The end-to-end demo on the generated demo set, CPU-sized: prepare → CNN teacher → AST students
+# with token merging, without and with distillation → sweep r. Each step is skipped when its
+# result exists (a run is complete once its summary.json exists).
+demo: setup $(DEMO_RESULTS)/sweep.csv
+
+$(DEMO_DATA)/manifest.yaml: | setup
+	$(FASTAST) prepare demo --out $(DEMO_DATA)
+
+$(DEMO_RUNS)/teacher/summary.json: $(DEMO_DATA)/manifest.yaml
+	$(FASTAST) train-teacher --recipe demo-teacher --data $(DEMO_DATA) \
+		--out $(DEMO_RUNS)/teacher $(if $(wildcard $(DEMO_RUNS)/teacher/last.pt),--resume)
+
+$(DEMO_RUNS)/tome/summary.json: $(DEMO_DATA)/manifest.yaml
+	$(FASTAST) distill --recipe demo --teacher none --r 8 --data $(DEMO_DATA) \
+		--out $(DEMO_RUNS)/tome $(if $(wildcard $(DEMO_RUNS)/tome/last.pt),--resume)
+
+$(DEMO_RUNS)/tome-kd/summary.json: $(DEMO_RUNS)/teacher/summary.json
+	$(FASTAST) distill --recipe demo-distill --r 8 --data $(DEMO_DATA) \
+		--teacher-checkpoint $(DEMO_RUNS)/teacher/best.pt \
+		--out $(DEMO_RUNS)/tome-kd $(if $(wildcard $(DEMO_RUNS)/tome-kd/last.pt),--resume)
+
+$(DEMO_RESULTS)/sweep.csv: $(DEMO_RUNS)/tome/summary.json $(DEMO_RUNS)/tome-kd/summary.json
+	$(FASTAST) sweep --data $(DEMO_DATA) --r 0:24:4 --budget 1.3x \
+		--checkpoint tome=$(DEMO_RUNS)/tome/best.pt \
+		--checkpoint tome+kd=$(DEMO_RUNS)/tome-kd/best.pt \
+		--out $(DEMO_RESULTS)/sweep.csv
 
 test: setup
 	$(VENV)/bin/pytest
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_training.py
+
+clean-demo:
+	rm -rf $(DEMO_DATA) $(DEMO_RUNS) $(DEMO_RESULTS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

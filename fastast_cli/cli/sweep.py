@@ -1,15 +1,20 @@
-"""`fastast sweep`: throughput (and, later, accuracy) of a model across merging rates r."""
+"""`fastast sweep`: throughput, and with --data accuracy, of models across merging rates r."""
 
 from __future__ import annotations
 
+import csv
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.evaluation.evaluate import parse_folds
+from fastast_cli.evaluation.sweep import SweepRow, parse_run, recommend, sweep_run
+from fastast_cli.evaluation.throughput import resolve_device, sweep_throughput
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
 from fastast_cli.reports.progress import progress_bar
@@ -32,6 +37,22 @@ THROUGHPUT_COLUMNS = [
     Column("speedup", "speedup", "{:.2f}", "x"),
     Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
 ]
+
+
+def metric_columns(metric: str) -> list[Column]:
+    """Columns of a sweep with data; `metric` names the metric column."""
+    return [
+        Column("run", "run"),
+        Column("r", "r"),
+        Column("metric", metric, "{:.4f}"),
+        Column("metric_std", "±", "{:.4f}"),
+        Column("drop", "drop", "{:+.4f}"),
+        Column("samples_per_s", "samples/s", "{:.2f}"),
+        Column("speedup", "speedup", "{:.2f}", "x"),
+        Column("tokens", "tokens left"),
+        Column("gflops", "GFLOPs", "{:.2f}"),
+        Column("checkpoint", "checkpoint"),
+    ]
 
 
 def parse_r_values(spec: str) -> list[int]:
@@ -57,9 +78,9 @@ def parse_r_values(spec: str) -> list[int]:
 
 
 def sweep_model(
-    checkpoint: Path | None, size: str, preset: str, frames: int | None
+    checkpoint: str | None, size: str, preset: str, frames: int | None
 ) -> tuple[AST, str]:
-    """The model to measure and a line describing it."""
+    """The model to measure without data, and a line describing it."""
     if checkpoint is not None:
         from fastast_cli.models.checkpoints import load_model
 
@@ -72,44 +93,140 @@ def sweep_model(
     return model, f"random {size} AST, {preset} shape ({length} frames × {shape.num_mel_bins} bins)"
 
 
+def read_finished(path: Path) -> list[SweepRow]:
+    """Rows of an earlier (maybe interrupted) sweep written to `path`."""
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(newline="") as stream:
+        for record in csv.DictReader(stream):
+            try:
+                rows.append(SweepRow(
+                    run=record["run"], r=int(record["r"]), metric=float(record["metric"]),
+                    metric_std=float(record["metric_std"]), drop=float(record["drop"]),
+                    samples_per_s=float(record["samples_per_s"]),
+                    speedup=float(record["speedup"]), tokens=int(record["tokens"]),
+                    gflops=float(record["gflops"]), checkpoint=record["checkpoint"],
+                ))
+            except (KeyError, ValueError):
+                raise FastASTError(
+                    f"{path} is not a sweep table of this kind: remove it or pick another --out"
+                ) from None
+    return rows
+
+
+def data_sweep(
+    manifest: Manifest, specs: list[str], rs: list[int], folds: str | None, out: Path | None,
+    budget: str | None, options: dict,
+) -> None:
+    """Metric and throughput per run and r; rows saved as they finish; resumes from `out`."""
+    runs = [parse_run(spec) for spec in specs]
+    fold_numbers: list[int | None] = list(parse_folds(folds)) if folds else [None]
+    order = {run.name: index for index, run in enumerate(runs)}
+    rows = [row for row in (read_finished(out) if out else []) if row.run in order]
+    metric = "metric"
+    total = len(runs) * len(rs)
+    with progress_bar("sweeping", total, console) as advance:
+        for _ in rows:
+            advance()
+        for run in runs:
+            mine = [row for row in rows if row.run == run.name]
+            done = {row.r for row in mine}
+            reference = next((row.metric for row in mine if row.r == rs[0]), None)
+
+            def keep(row: SweepRow) -> None:
+                rows.append(row)
+                rows.sort(key=lambda row: (order[row.run], row.r))
+                if out is not None:  # CSV cells use the column keys: the metric's name is moot
+                    write_csv(out, [row.to_dict() for row in rows], metric_columns("metric"))
+                advance()
+
+            _, name = sweep_run(run, rs, manifest, folds=fold_numbers, done=done,
+                                reference_metric=reference, on_row=keep, **options)
+            metric = name or metric
+    console.print(rich_table(
+        f"Sweep on {manifest.path} ({metric}; drop vs r={rs[0]}; speed on random input)",
+        [row.to_dict() for row in rows], metric_columns(metric),
+    ))
+    if out is not None:
+        write_csv(out, [row.to_dict() for row in rows], metric_columns(metric))
+        console.print(f"wrote {out}")
+    if budget is not None:
+        for run in runs:
+            best = recommend([row for row in rows if row.run == run.name], budget)
+            console.print(
+                f"{run.name}: no r meets --budget {budget}" if best is None else
+                f"{run.name}: r={best.r} meets --budget {budget} with the smallest drop "
+                f"({best.drop:+.4f} {metric}, {best.samples_per_s:.1f} samples/s, "
+                f"{best.speedup:.2f}x)"
+            )
+
+
 @app.command(
-    help="Measure inference throughput and FLOPs at each merging rate r, on random input. "
-    "Timed runs of all r values are interleaved so that machine load hits them alike; speedups "
-    "are relative to the first r, measured in the same run."
+    help="Measure inference throughput and FLOPs at each merging rate r (on random input of "
+    "the model's shape), and with --data also the metric on a prepared dataset (the paper's "
+    "Tables 1 and 2). Timed runs of all r values are interleaved so that machine load hits "
+    "them alike; speedups are relative to the first r, measured in the same run."
 )
 @user_errors
 def sweep(
-    r: str = typer.Option(
-        "0:40:10", "--r", help="Merging rates: start:stop:step (stop included) or a list 0,8,16."
-    ),
-    preset: Preset = typer.Option(
-        "esc50", help="Input shape when no checkpoint is given: esc50 (512 frames), "
-        "speechcommands (128) or audioset (1024)."
-    ),
-    frames: int | None = typer.Option(
-        None, min=16, help="Input length in 10 ms frames, overriding the preset or checkpoint."
-    ),
-    model_size: Size = typer.Option(
-        "base", "--model", help="Size of the randomly initialised AST (without --checkpoint)."
-    ),
-    checkpoint: Path | None = typer.Option(
-        None, help="Measure this checkpoint (fastast, original AST .pth, or Hugging Face folder)."
-    ),
-    schedule: Schedule = typer.Option(
-        Schedule.constant, help="r per block: constant, or decreasing from 2r to 0 (same total)."
-    ),
-    batch_size: int = typer.Option(8, min=1, help="Samples per forward pass."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    dtype: str = typer.Option(
-        "auto", help="auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16 or bf16."
-    ),
-    warmup: int = typer.Option(2, min=0, help="Untimed forward passes per r before timing."),
-    runs: int = typer.Option(5, min=1, help="Timed forward passes per r (the median is reported)."),
-    out: Path | None = typer.Option(None, help="Also write the table to this CSV file."),
+    r: Annotated[str, typer.Option(
+        "--r", help="Merging rates: start:stop:step (stop included) or a list 0,8,16.")
+    ] = "0:40:10",
+    data: Annotated[Path | None, typer.Option(
+        help="Prepared dataset (manifest.yaml or folder): also evaluate each checkpoint at "
+        "each r.")] = None,
+    checkpoint: Annotated[list[str] | None, typer.Option(
+        help="Checkpoint to sweep, as PATH or NAME=PATH; repeat for runs side by side. A "
+        "path with {r} takes one checkpoint per r (Train+Inf), with {fold} one per fold.")
+    ] = None,
+    folds: Annotated[str | None, typer.Option(
+        help="Cross-validation folds for {fold} checkpoints, e.g. 1-5 (mean ± std).")] = None,
+    budget: Annotated[str | None, typer.Option(
+        help="Recommend the r with the smallest drop that reaches this speed: samples/s "
+        "(e.g. 120) or a speedup (e.g. 1.5x).")] = None,
+    preset: Annotated[Preset, typer.Option(
+        help="Input shape when no checkpoint is given: esc50 (512 frames), speechcommands "
+        "(128) or audioset (1024).")] = "esc50",  # type: ignore[assignment]
+    frames: Annotated[int | None, typer.Option(
+        min=16, help="Input length in 10 ms frames, overriding the preset or checkpoint "
+        "(throughput only).")] = None,
+    model_size: Annotated[Size, typer.Option(
+        "--model", help="Size of the randomly initialised AST (without --checkpoint).")
+    ] = "base",  # type: ignore[assignment]
+    schedule: Annotated[Schedule, typer.Option(
+        help="r per block: constant, or decreasing from 2r to 0 (same total).")
+    ] = Schedule.constant,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per timed forward pass.")] = 8,
+    eval_batch_size: Annotated[int, typer.Option(
+        min=1, help="Clips per forward pass when evaluating.")] = 32,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")
+                      ] = "auto",
+    dtype: Annotated[str, typer.Option(
+        help="auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    warmup: Annotated[int, typer.Option(
+        min=0, help="Untimed forward passes per r before timing.")] = 2,
+    runs: Annotated[int, typer.Option(
+        min=1, help="Timed forward passes per r (the median is reported).")] = 5,
+    out: Annotated[Path | None, typer.Option(
+        help="CSV of the table. With --data it is written row by row, and a rerun with the "
+        "same --out skips the rows it holds.")] = None,
 ) -> None:
-    """Throughput half of the sweep: build or load the model, measure, print and save."""
+    """Sweep r: parse, pick the mode (with or without data), print and save."""
     rs = parse_r_values(r)
-    model, description = sweep_model(checkpoint, model_size.value, preset.value, frames)
+    if data is not None:
+        if not checkpoint:
+            raise FastASTError("--data needs at least one --checkpoint to evaluate")
+        options = {"batch_size": batch_size, "eval_batch_size": eval_batch_size,
+                   "device": resolve_device(device), "dtype": dtype,
+                   "schedule": schedule.value, "warmup": warmup, "runs": runs}
+        data_sweep(load_manifest(data), checkpoint, rs, folds, out, budget, options)
+        return
+    if checkpoint and len(checkpoint) > 1:
+        raise FastASTError("without --data, sweep one --checkpoint at a time")
+    model, description = sweep_model(
+        checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
+    )
     try:
         with progress_bar("measuring", len(rs) * (warmup + runs), console) as advance:
             rows = sweep_throughput(

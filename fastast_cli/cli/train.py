@@ -58,7 +58,7 @@ class ConsoleReporter:
         self.task: Any = None
 
     def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
-        self.progress.start()
+        self.progress.start()  # once; later calls do nothing
         self.task = self.progress.add_task(
             f"epoch {epoch + 1}/{epochs}", total=batches, loss=0.0, lr=0.0, speed=0.0
         )
@@ -68,14 +68,13 @@ class ConsoleReporter:
 
     def epoch_done(self, row: dict[str, float]) -> None:
         self.progress.remove_task(self.task)
-        self.progress.stop()
-        console.print(
+        self.progress.console.print(
             f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  accuracy {row['accuracy']:.4f}"
             f"  mAP {row['mAP']:.4f}  ({row['samples_per_s']:.1f} samples/s)"
         )
 
     def note(self, message: str) -> None:
-        console.print(message)
+        self.progress.console.print(message)
 
     def close(self) -> None:
         self.progress.stop()

@@ -73,6 +73,23 @@ def evaluate_checkpoint(
     device = device or torch.device("cpu")
     model = load_classifier(checkpoint, r, device=device)
     check_labels(model, manifest, checkpoint)
+    return evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
+                          batch_size=batch_size, device=device, num_workers=num_workers)
+
+
+def evaluate_model(
+    model: nn.Module,
+    manifest: Manifest,
+    name: str,
+    *,
+    split: str | None = None,
+    fold: int | None = None,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+) -> Evaluation:
+    """Score a loaded model (at its current merging rate) on `split` of `manifest`."""
+    device = device or torch.device("cpu")
     split = split or manifest.eval_split
     mean, std = input_stats(model, manifest, fold)
     dataset = ASTDataset(
@@ -85,8 +102,7 @@ def evaluate_checkpoint(
                                       amp=device.type == "cuda", num_workers=num_workers)
     metrics = compute_metrics(logits.numpy(), targets.numpy())
     clips = [str(entry.wav) for entry in dataset.entries]
-    return Evaluation(str(checkpoint), split, fold, metrics, logits, targets, clips,
-                      manifest.label_names)
+    return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names)
 
 
 def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:

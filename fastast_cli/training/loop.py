@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from fastast_cli.data.atomic import write_text
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
@@ -207,7 +208,7 @@ class Trainer:
             )
         if self.ranks.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            write_text(self.out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         if self.teacher is not None and config.teacher_logits == "cached":
             self.cached_logits = self._teacher_logits_cache()
         network = self._network()
@@ -215,6 +216,8 @@ class Trainer:
             loss, seconds, samples = self._train_epoch(network)
             self._end_epoch(loss, seconds, samples)
         averaged_metrics = self._finish_averaging()
+        if self.ranks.is_main:
+            self._write_summary(averaged_metrics)
         return RunResult(self.out, self.progress.best, self.progress.best_epoch,
                          self.progress.history, averaged_metrics)
 
@@ -350,6 +353,16 @@ class Trainer:
             self._save_last()
             self.reporter.epoch_done(row)
         self.ranks.barrier()
+
+    def _write_summary(self, averaged: Metrics | None) -> None:
+        """summary.json: written once the run is complete (a finished-run marker for tools)."""
+        summary = {
+            "metric": self.config.metric, "best": self.progress.best,
+            "best_epoch": self.progress.best_epoch, "epochs": self.config.epochs,
+            "best_checkpoint": str(self.out / "best.pt"), "last": self.progress.history[-1],
+            "averaged": averaged.summary() if averaged is not None else None,
+        }
+        write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     def _evaluate(self, model: nn.Module) -> Metrics:
         predictions, targets = predict_dataset(model, self.eval_set, self.config.batch_size,

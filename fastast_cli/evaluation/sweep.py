@@ -1,0 +1,158 @@
+"""Accuracy and speed across merging rates r, for one or several trained runs (Tables 1 and 2).
+
+A run is a name and a checkpoint. The checkpoint may hold `{r}` (one checkpoint per r: models
+trained with merging, FastAST Train+Inf) and `{fold}` (one per cross-validation fold: metrics
+are averaged, mean ± std). Without `{r}` the same weights are evaluated at every r (FastAST Inf).
+
+Each row joins the metric measured on the dataset with throughput measured on random input of
+the model's shape (interleaved timing, see evaluation.throughput); throughput depends only on
+the architecture and r, so it is measured once per r and run. Finished rows are handed to
+`on_row` at once so that the caller can save them: an interrupted sweep loses nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from fastast_cli.data.manifest import Manifest
+from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_and_std
+from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.models.ast import AST
+from fastast_cli.models.classifiers import load_classifier
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """A named checkpoint (pattern) to sweep."""
+
+    name: str
+    checkpoint: str
+
+    @property
+    def per_r(self) -> bool:
+        return "{r}" in self.checkpoint
+
+    def path(self, r: int, fold: int | None) -> str:
+        return self.checkpoint.replace("{r}", str(r)).replace("{fold}", str(fold))
+
+
+@dataclass
+class SweepRow:
+    """One run at one r: its metric (mean over folds), the drop from r = 0, and its speed."""
+
+    run: str
+    r: int
+    metric: float
+    metric_std: float
+    drop: float
+    samples_per_s: float
+    speedup: float
+    tokens: int
+    gflops: float
+    checkpoint: str
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def parse_run(spec: str) -> SweepRun:
+    """`name=path` or a bare path (named after its folder)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        path = spec
+        parts = [p for p in re.split(r"[\\/]", spec) if p]
+        name = parts[-2] if len(parts) >= 2 else parts[-1] if parts else spec
+    if not name or not path:
+        raise FastASTError(f"--checkpoint {spec!r}: use name=path or a path")
+    return SweepRun(name, path)
+
+
+def metric_name(model: torch.nn.Module, manifest: Manifest) -> str:
+    """The run's headline metric: the checkpoint's own, else mAP for AudioSet, accuracy else."""
+    chosen = (getattr(model, "meta", {}) or {}).get("metric")
+    if chosen in ("accuracy", "mAP"):
+        return chosen
+    return "mAP" if manifest.dataset == "audioset" else "accuracy"
+
+
+def sweep_run(
+    run: SweepRun,
+    rs: Sequence[int],
+    manifest: Manifest,
+    *,
+    folds: Sequence[int | None] = (None,),
+    done: Collection[int] = (),
+    reference_metric: float | None = None,
+    batch_size: int = 8,
+    eval_batch_size: int = 32,
+    device: torch.device | None = None,
+    dtype: str = "auto",
+    schedule: str = "constant",
+    warmup: int = 2,
+    runs: int = 5,
+    on_row: Callable[[SweepRow], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[list[SweepRow], str]:
+    """Sweep one run over `rs`, skipping the r values in `done`; returns new rows and metric name.
+
+    `reference_metric`: the run's r = rs[0] metric from an earlier, interrupted sweep (drops are
+    relative to it when that row is among `done`).
+    """
+    device = device or torch.device("cpu")
+    todo = [r for r in rs if r not in done]
+    if not todo:
+        return [], ""
+    models = {fold: load_classifier(run.path(rs[0], fold), device=device) for fold in folds}
+    first = next(iter(models.values()))
+    if not isinstance(first, AST):
+        raise FastASTError(f"{run.checkpoint}: token merging sweeps need an AST checkpoint")
+    for fold, model in models.items():
+        check_labels(model, manifest, run.path(rs[0], fold))
+    metric = metric_name(first, manifest)
+    timed = [rs[0]] + [r for r in todo if r != rs[0]]  # speedups always relative to rs[0]
+    speed = {row.r: row for row in sweep_throughput(
+        first, timed, batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
+        warmup=warmup, runs=runs, on_step=on_step,
+    )}
+    rows: list[SweepRow] = []
+    for r in todo:
+        values = []
+        for fold in folds:
+            model = load_classifier(run.path(r, fold), device=device) if run.per_r else models[fold]
+            assert isinstance(model, AST)
+            model.set_r(r, schedule)
+            evaluation = evaluate_model(model, manifest, run.path(r, fold), fold=fold,
+                                        batch_size=eval_batch_size, device=device)
+            values.append(evaluation.metrics.summary()[metric])
+        mean, std = mean_and_std(values)
+        if reference_metric is None:
+            reference_metric = mean
+        timing = speed[r]
+        row = SweepRow(run.name, r, mean, std, mean - reference_metric, timing.samples_per_s,
+                       timing.speedup, timing.tokens, timing.gflops, run.path(r, folds[0]))
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows, metric
+
+
+def recommend(rows: Sequence[SweepRow], budget: str) -> SweepRow | None:
+    """The row with the smallest drop whose speed meets `budget`: samples/s (`120`) or a
+    speedup over r = 0 (`1.5x`). None when no row meets it."""
+    text = budget.strip().lower()
+    try:
+        wanted = float(text.rstrip("x"))
+    except ValueError:
+        raise FastASTError(
+            f"--budget {budget!r}: give samples/s (120) or a speedup (1.5x)"
+        ) from None
+    key = "speedup" if text.endswith("x") else "samples_per_s"
+    meeting = [row for row in rows if getattr(row, key) >= wanted]
+    if not meeting:
+        return None
+    return max(meeting, key=lambda row: (row.drop, row.samples_per_s))

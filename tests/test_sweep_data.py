@@ -1,0 +1,116 @@
+"""`fastast sweep --data`: metric rows agree with evaluate, CSV equals table, resume, budget."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from typer.testing import CliRunner
+
+from fastast_cli import build_model
+from fastast_cli.cli import app
+from fastast_cli.data.manifest import load_manifest
+from fastast_cli.evaluation import sweep as sweep_module
+from fastast_cli.evaluation.evaluate import evaluate_checkpoint
+from fastast_cli.evaluation.sweep import SweepRow, parse_run, recommend
+from fastast_cli.models.checkpoints import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(small_demo, tmp_path_factory):
+    manifest = load_manifest(small_demo)
+    folder = tmp_path_factory.mktemp("ckpt")
+    paths = []
+    for seed in (0, 1):
+        import torch
+
+        torch.manual_seed(seed)
+        model = build_model("tiny", 10, target_length=200, depth=2, fstride=16, tstride=16,
+                            labels=manifest.label_names)
+        mean, std = manifest.norm_stats()
+        paths.append(save_checkpoint(folder / f"m{seed}.pt", model, mean=mean, std=std,
+                                     metric="accuracy"))
+    return paths
+
+
+def sweep(args):
+    return CliRunner().invoke(app, ["sweep", "--device", "cpu", "--warmup", "0", "--runs", "1",
+                                    "--batch-size", "2", *args])
+
+
+def test_rows_match_evaluate_and_the_csv_equals_the_table(small_demo, tiny_checkpoints, tmp_path):
+    out = tmp_path / "sweep.csv"
+    result = sweep(["--data", str(small_demo), "--checkpoint", f"a={tiny_checkpoints[0]}",
+                    "--r", "0:30:10", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [int(row["r"]) for row in rows] == [0, 10, 20, 30]
+    plain = evaluate_checkpoint(tiny_checkpoints[0], load_manifest(small_demo), r=0)
+    assert float(rows[0]["metric"]) == pytest.approx(plain.metrics.accuracy, abs=5e-5)
+    assert float(rows[0]["drop"]) == 0.0
+    tokens = [int(row["tokens"]) for row in rows]
+    gflops = [float(row["gflops"]) for row in rows]
+    assert tokens == sorted(tokens, reverse=True) and len(set(tokens)) == 4
+    assert gflops == sorted(gflops, reverse=True)
+    table_lines = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert len(table_lines) == len(rows)
+    for line, row in zip(table_lines, rows, strict=True):
+        cells = [cell.strip() for cell in line.strip("│").split("│")]
+        assert [cell.rstrip("x") for cell in cells] == list(row.values())
+
+
+def test_rerun_skips_finished_rows(small_demo, tiny_checkpoints, tmp_path, monkeypatch):
+    out = tmp_path / "sweep.csv"
+    args = ["--data", str(small_demo), "--checkpoint", f"a={tiny_checkpoints[0]}",
+            "--checkpoint", f"b={tiny_checkpoints[1]}", "--out", str(out)]
+    assert sweep([*args, "--r", "0,8"]).exit_code == 0
+    first = list(csv.DictReader(out.open()))
+    evaluated = []
+    real = sweep_module.evaluate_model
+    monkeypatch.setattr(sweep_module, "evaluate_model",
+                        lambda model, *a, **k: evaluated.append(model.r_schedule[0])
+                        or real(model, *a, **k))
+    result = sweep([*args, "--r", "0,8,16"])
+    assert result.exit_code == 0, result.output
+    assert evaluated == [16, 16]  # one new row per run, nothing evaluated twice
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["run"], row["r"]) for row in rows] == [
+        ("a", "0"), ("a", "8"), ("a", "16"), ("b", "0"), ("b", "8"), ("b", "16")]
+    assert rows[0] == first[0] and rows[4] == first[3]
+
+
+def test_per_r_checkpoints_and_fold_patterns(small_demo, tiny_checkpoints, tmp_path):
+    folder = tmp_path / "runs"
+    for r, source in ((0, 0), (6, 1)):
+        (folder / f"r{r}").mkdir(parents=True)
+        (folder / f"r{r}" / "best.pt").write_bytes(tiny_checkpoints[source].read_bytes())
+    out = tmp_path / "train-inf.csv"
+    result = sweep(["--data", str(small_demo), "--checkpoint",
+                    f"train-inf={folder}/r{{r}}/best.pt", "--r", "0,6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert rows[1]["checkpoint"].endswith("r6/best.pt")
+    manifest = load_manifest(small_demo)
+    other = evaluate_checkpoint(folder / "r6/best.pt", manifest, r=6)
+    assert float(rows[1]["metric"]) == pytest.approx(other.metrics.accuracy, abs=5e-5)
+    folds = sweep(["--data", str(small_demo), "--checkpoint", f"{folder}/r0/best.pt",
+                   "--folds", "1-2", "--r", "0"])
+    assert folds.exit_code == 0, folds.output
+
+
+def test_budget_recommends_the_smallest_drop_that_is_fast_enough():
+    def row(r, drop, speed, speedup):
+        return SweepRow("a", r, 0.9 + drop, 0.0, drop, speed, speedup, 10, 1.0, "x")
+
+    rows = [row(0, 0.0, 100, 1.0), row(10, -0.01, 130, 1.3), row(20, -0.03, 160, 1.6),
+            row(30, -0.02, 170, 1.7)]
+    assert recommend(rows, "150").r == 30
+    assert recommend(rows, "1.25x").r == 10
+    assert recommend(rows, "500") is None
+    assert parse_run("kd=runs/a.pt").name == "kd"
+    assert parse_run("runs/esc50-kd/best.pt").name == "esc50-kd"
+
+
+def test_bad_sweep_arguments(small_demo):
+    assert sweep(["--data", str(small_demo)]).exit_code == 2
+    assert sweep(["--data", str(small_demo), "--checkpoint", "missing.pt"]).exit_code == 2

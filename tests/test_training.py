@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -74,9 +75,12 @@ def test_resume_after_interruption_gives_the_same_weights(small_demo, tmp_path, 
         train(split, reporter=StopInEpochTwo())
     saved = read_checkpoint(tmp_path / "split/last.pt")["meta"]["progress"]
     assert (saved["epoch"], saved["batch"]) == (1, 3)
+    assert not (tmp_path / "split/summary.json").exists()  # only a complete run has one
     with pytest.raises(FastASTError, match="--resume"):
         train(split)  # never overwrite a run by accident
     train(split, resume=True)
+    summary = json.loads((tmp_path / "split/summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["last"]["epoch"] == 2
     for name, tensor in weights(tmp_path / "whole/last.pt").items():
         torch.testing.assert_close(weights(tmp_path / "split/last.pt")[name], tensor,
                                    rtol=0, atol=1e-6)

@@ -15,6 +15,7 @@ from fastast_cli.models.checkpoints import (
     read_checkpoint,
     read_state_dict,
 )
+from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig, load_passt_weights
 from fastast_cli.models.teachers import (
     BACKBONES,
     CNNClassifier,
@@ -42,10 +43,12 @@ def build_classifier(
 ) -> nn.Module:
     """A new classifier over `labels` for fbanks of `target_length` × `num_mel_bins`.
 
-    name: `ast` (of `size`, `depth` blocks, strides `fstride`/`tstride`) or a CNN of `BACKBONES`.
+    name: `ast` (of `size`, `depth` blocks, strides `fstride`/`tstride`), a CNN of `BACKBONES`,
+        or `passt` (needs the optional hear21passt package).
     pretrained: initial weights. For AST any checkpoint `load_model` reads (AudioSet, HF, DeiT;
         positions adapted, head re-created when the class count differs); for a CNN timm
-        ImageNet weights of the same backbone (stem summed to one channel).
+        ImageNet weights of the same backbone (stem summed to one channel); for PaSST a PaSST
+        state dict (time positions adapted).
     """
     if name == "ast":
         model = build_model(
@@ -62,10 +65,13 @@ def build_classifier(
             _load_cnn_backbone(model, pretrained)
         return model
     if name == "passt":
-        raise FastASTError(
-            "--model passt needs the optional package hear21passt and its weights, which "
-            "fastast cannot fetch offline; train an ast or CNN teacher instead"
-        )
+        model = PaSSTClassifier(PaSSTConfig(
+            len(labels), target_length=target_length, num_mel_bins=num_mel_bins,
+            fstride=fstride, tstride=tstride, labels=list(labels),
+        ))
+        if pretrained is not None:
+            load_passt_weights(model, read_state_dict(pretrained))
+        return model
     raise FastASTError(f"unknown model {name!r}: choose one of {', '.join(ARCHITECTURES)}")
 
 
@@ -88,7 +94,7 @@ def _load_cnn_backbone(model: CNNClassifier, path: PathLike) -> None:
 def load_classifier(
     path: PathLike, r: RSchedule = 0, *, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Any trained classifier, in eval mode: fastast AST or CNN checkpoints, original AST
+    """Any trained classifier, in eval mode: fastast AST, CNN or PaSST checkpoints, original AST
     `.pth` files and Hugging Face AST folders. `r` sets token merging on ASTs."""
     payload = None
     if os.path.isfile(path):
@@ -96,15 +102,27 @@ def load_classifier(
             payload = read_checkpoint(path)
         except CheckpointError:
             payload = None  # not a fastast file: load_model tells what it is
-    if payload is not None and payload.get("architecture", "ast") == "cnn":
-        model = CNNClassifier(CNNConfig.from_dict(payload["config"]))
-        missing, unexpected = model.load_state_dict(payload["model"], strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: CNN weights do not fit their own config")
-        model.meta = dict(payload.get("meta") or {})
-        return model.to(device).eval()
-    return load_model(path, r, device=device)
+    architecture = payload.get("architecture", "ast") if payload is not None else "ast"
+    if architecture == "ast":
+        return load_model(path, r, device=device)
+    assert payload is not None
+    if architecture == "cnn":
+        model: nn.Module = CNNClassifier(CNNConfig.from_dict(payload["config"]))
+    elif architecture == "passt":
+        model = PaSSTClassifier(PaSSTConfig.from_dict(payload["config"]))
+    else:
+        raise CheckpointError(f"{path} holds an unknown kind of model ({architecture!r})")
+    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the weights do not fit their own config")
+    model.meta = dict(payload.get("meta") or {})
+    return model.to(device).eval()
 
 
-def is_ast(model: nn.Module) -> bool:
-    return isinstance(model, AST)
+def model_kind(model: nn.Module) -> str:
+    """The name a model goes by on the command line: ast, passt, or the CNN's backbone."""
+    if isinstance(model, AST):
+        return "ast"
+    if isinstance(model, PaSSTClassifier):
+        return "passt"
+    return model.config.backbone

@@ -35,7 +35,7 @@ from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.evaluation.throughput import resolve_device
 from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
-from fastast_cli.models.classifiers import build_classifier, load_classifier
+from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
 from fastast_cli.models.teachers import BACKBONES
 from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
@@ -175,7 +175,7 @@ class Trainer:
         if config.teacher == "none":
             return None
         teacher = load_classifier(config.teacher_checkpoint or "", device=self.device)
-        kind = "ast" if isinstance(teacher, AST) else teacher.config.backbone
+        kind = model_kind(teacher)
         if config.teacher != kind and not (config.teacher in BACKBONES and kind in BACKBONES):
             raise FastASTError(
                 f"--teacher {config.teacher} but {config.teacher_checkpoint} holds a {kind} model"

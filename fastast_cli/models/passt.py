@@ -1,0 +1,123 @@
+"""PaSST teacher (Koutini et al. 2022) through the optional `hear21passt` package.
+
+PaSST is a ViT with factorized frequency/time positional embeddings and structured patchout
+(random time and frequency patch columns dropped in training). Here it reads the same normalized
+fbank as the AST student, so teacher and student see one input (consistent teaching):
+
+    fbank [B, T, F] → [B, 1, F, T] → PaSST → logits [B, classes]
+
+Weights: `--pretrained` takes a local PaSST state-dict file (e.g. the AudioSet
+`passt-s-f128-p16-s10-ap.476-swa.pt` release, downloaded by you); the time positional table is
+cut or interpolated to the model's length, the head is re-created when the class count differs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastast_cli.errors import FastASTError
+
+ARCH = "passt_s_swa_p16_128_ap476"
+HEAD_PREFIX = "head."
+
+
+def passt_available() -> bool:
+    return importlib.util.find_spec("hear21passt") is not None
+
+
+@dataclass
+class PaSSTConfig:
+    """Everything needed to rebuild a PaSST teacher; stored in its checkpoints."""
+
+    num_classes: int
+    target_length: int = 1024
+    num_mel_bins: int = 128
+    fstride: int = 10
+    tstride: int = 10
+    patchout_time: int = 40  # time patch columns dropped in training (PaSST-S: 40 of ~99)
+    patchout_freq: int = 4  # frequency patch rows dropped in training
+    labels: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PaSSTConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PaSSTClassifier(nn.Module):
+    """hear21passt's PaSST-S on AST fbanks; `model(fbank)` → logits."""
+
+    architecture = "passt"
+
+    def __init__(self, config: PaSSTConfig) -> None:
+        super().__init__()
+        if not passt_available():
+            raise FastASTError(
+                "--model passt needs the optional package hear21passt: "
+                "pip install 'fastast[passt]' (or pip install hear21passt)"
+            )
+        from hear21passt.models import passt
+
+        passt.first_RUN = False  # the package prints shapes on its first forward otherwise
+        self.config = config
+        self.meta: dict[str, Any] = {}
+        self.net = passt.get_model(
+            arch=ARCH, pretrained=False, n_classes=config.num_classes, in_channels=1,
+            fstride=config.fstride, tstride=config.tstride, input_fdim=config.num_mel_bins,
+            input_tdim=config.target_length, s_patchout_t=config.patchout_time,
+            s_patchout_f=config.patchout_freq,
+        )
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.labels
+
+    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.net(fbank.unsqueeze(1).transpose(2, 3))  # input [B, 1, F, T]
+        return logits
+
+
+def fit_time_table(table: torch.Tensor, length: int) -> torch.Tensor:
+    """PaSST's time positional table [1, D, 1, t] cut (from the start, as PaSST does at run
+    time) or linearly interpolated to `length` columns."""
+    if table.shape[-1] >= length:
+        return table[..., :length]
+    return F.interpolate(table, size=(1, length), mode="bilinear", align_corners=False)
+
+
+def load_passt_weights(model: PaSSTClassifier, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Load PaSST weights into `model`, adapting the time table; returns notes on what changed."""
+    state_dict = {k.removeprefix("net."): v for k, v in state_dict.items()}
+    expected = model.net.state_dict()
+    notes = []
+    table = state_dict.get("time_new_pos_embed")
+    if table is not None and table.shape != expected["time_new_pos_embed"].shape:
+        state_dict["time_new_pos_embed"] = fit_time_table(
+            table, expected["time_new_pos_embed"].shape[-1]
+        )
+        notes.append(f"time positions adapted from {table.shape[-1]} columns")
+    heads = [k for k in state_dict if k.startswith((HEAD_PREFIX, "head_dist."))]
+    if any(state_dict[k].shape != expected[k].shape for k in heads if k in expected):
+        for key in heads:
+            state_dict.pop(key)
+        notes.append("classification head re-created for the new classes")
+    try:
+        missing, unexpected = model.net.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # a shape that cannot be adapted (other mel bins, strides)
+        raise FastASTError(f"PaSST weights do not fit this model: {error}") from None
+    missing = [k for k in missing if not k.startswith((HEAD_PREFIX, "head_dist."))]
+    if missing or unexpected:
+        raise FastASTError(
+            f"PaSST weights do not fit: {len(missing)} missing, {len(unexpected)} unexpected keys "
+            f"(e.g. {', '.join((missing + unexpected)[:3])})"
+        )
+    return notes

@@ -4,7 +4,7 @@ Each subcommand lives in its own module and registers itself on `app`; no engine
 imports anything from here.
 """
 
-from fastast_cli.cli import evaluate, prepare, sweep, train  # noqa: F401  (registers commands)
+from fastast_cli.cli import evaluate, predict, prepare, sweep, train, visualize  # noqa: F401
 from fastast_cli.cli._app import app
 
 

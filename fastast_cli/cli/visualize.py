@@ -1,0 +1,52 @@
+"""`fastast visualize`: draw which spectrogram patches token merging grouped together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.cli.predict import checked_device
+from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
+from fastast_cli.reports.plots import image_format
+
+
+@app.command(
+    help="Draw what token merging (ToMe) grouped on one audio window: the log-mel spectrogram "
+    "with each final token's patches in one colour and group boundaries in black (overlapping "
+    "patches are drawn as their stride cell, so groups tile the input), beside a plot of tokens "
+    "left after each block. AST checkpoints only."
+)
+@user_errors
+def visualize(
+    file: Annotated[Path, typer.Argument(help="Audio file (any rate and channel count).")],
+    checkpoint: Annotated[Path, typer.Option(
+        help="fastast AST checkpoint, original AST .pth or Hugging Face AST folder.")],
+    out: Annotated[Path, typer.Option(help="Image to write (PNG; .svg or .pdf also work).")],
+    r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (ToMe).")] = 8,
+    offset: Annotated[float, typer.Option(
+        min=0.0, help="Seconds into the file where the drawn window starts.")] = 0.0,
+    alpha: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Opacity of the group colours over the spectrogram.")] = 0.45,
+    width: Annotated[int, typer.Option(min=200, help="Image width in pixels.")] = 1400,
+    height: Annotated[int, typer.Option(min=200, help="Image height in pixels.")] = 800,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
+) -> None:
+    """Load the AST, track token sources on one window, draw and save the figure."""
+    image_format(out)  # an unwritable suffix fails before any work
+    model = require_ast(load_classifier(checkpoint, r, device=checked_device(device)), checkpoint)
+    view = file_merge_view(model, file, offset)
+    title = (
+        f"{file.name}: {view.config.num_patches} patches → {view.num_groups} tokens at r={r}"
+    )
+    draw_merge_view(view, out, title=title, alpha=alpha, size=(width, height))
+    sizes = view.group_sizes()
+    console.print(
+        f"{view.config.num_patches} patches merged into {view.num_groups} tokens "
+        f"(+ CLS, DIST; largest group {int(sizes.max())} patches); tokens per block: "
+        f"{' → '.join(str(c) for c in view.counts)}"
+    )
+    console.print(f"wrote {out}")

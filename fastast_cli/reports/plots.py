@@ -1,0 +1,125 @@
+"""Figures written to files with matplotlib's Agg canvas (no display, no pyplot global state).
+
+Figures are `matplotlib.figure.Figure` objects drawn on an Agg canvas, so nothing here changes
+the backend of a program that imports it. Sizes are given in pixels and kept exactly (no tight
+bounding box), so a caller knows the size of the image it gets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fastast_cli.data.atomic import atomic_path
+from fastast_cli.errors import FastASTError
+
+PathLike = str | os.PathLike[str]
+DPI = 100
+
+
+def new_figure(width_px: int, height_px: int, dpi: int = DPI) -> Figure:
+    """An empty figure of exactly `width_px` × `height_px` pixels when saved at `dpi`."""
+    if width_px < 50 or height_px < 50:
+        raise ValueError(f"a figure needs at least 50×50 pixels, got {width_px}×{height_px}")
+    figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def image_format(path: PathLike) -> str:
+    """The image format named by the file's suffix (`png` when it has none).
+
+    Raises FastASTError for a suffix matplotlib cannot write.
+    """
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if fmt not in supported:
+        raise FastASTError(
+            f"{path}: cannot write .{fmt} images; use one of .{', .'.join(sorted(supported))}"
+        )
+    return fmt
+
+
+def save_figure(figure: Figure, path: PathLike) -> Path:
+    """Write `figure` atomically in the format of the file's suffix (see `image_format`)."""
+    path = Path(path)
+    fmt = image_format(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=fmt, dpi=figure.dpi)
+    return path
+
+
+def plot_tradeoff(
+    rows: Sequence[Mapping[str, Any]],
+    x_key: str,
+    y_key: str,
+    label_key: str,
+    path: PathLike,
+    title: str,
+    *,
+    x_label: str | None = None,
+    y_label: str | None = None,
+    size: tuple[int, int] = (900, 600),
+) -> Path:
+    """A metric against speed: one point per row at (row[x_key], row[y_key]), joined in row
+    order and annotated with row[label_key] (e.g. accuracy vs samples/s, one point per r).
+
+    rows: mappings holding numbers under `x_key` and `y_key`; any value under `label_key`.
+    Raises ValueError when there are no rows or a row lacks a key or holds a non-number.
+    """
+    points = _tradeoff_points(rows, x_key, y_key, label_key)
+    figure = new_figure(*size)
+    axes = figure.add_subplot()
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    axes.plot(xs, ys, marker="o", linewidth=1.5)
+    for x, y, label in points:
+        axes.annotate(f"{label_key}={label}", (x, y), textcoords="offset points", xytext=(4, 4),
+                      fontsize=8)
+    axes.set_xlabel(x_label or x_key)
+    axes.set_ylabel(y_label or y_key)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def _tradeoff_points(
+    rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, label_key: str
+) -> list[tuple[float, float, Any]]:
+    """(x, y, label) per row, checked."""
+    if not rows:
+        raise ValueError("no rows to plot")
+    points = []
+    for number, row in enumerate(rows):
+        missing = [key for key in (x_key, y_key, label_key) if key not in row]
+        if missing:
+            raise ValueError(f"row {number} has no {', '.join(missing)}")
+        try:
+            points.append((float(row[x_key]), float(row[y_key]), row[label_key]))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"row {number}: {x_key}={row[x_key]!r} and {y_key}={row[y_key]!r} must be numbers"
+            ) from None
+    return points
+
+
+def draw_token_counts(axes: Axes, counts: Sequence[int], title: str = "tokens per block") -> None:
+    """Tokens (CLS and DIST included) entering the first block (x = 0) and after each block.
+
+    counts: [depth + 1] with counts[0] the input token count.
+    """
+    blocks = list(range(len(counts)))
+    axes.plot(blocks, counts, marker="o", markersize=3)
+    axes.set_xlabel("block (0 = input)")
+    axes.set_ylabel("tokens")
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.annotate(str(counts[-1]), (blocks[-1], counts[-1]), textcoords="offset points",
+                  xytext=(0, 6), ha="center", fontsize=8)

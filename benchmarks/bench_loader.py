@@ -26,7 +26,7 @@ from fastast_cli import build_model
 from fastast_cli.data import ASTDataset, load_manifest
 from fastast_cli.data.manifest import MANIFEST_NAME, Manifest
 from fastast_cli.data.prepare import prepare_demo
-from fastast_cli.data.progress import set_progress
+from fastast_cli.progress import set_progress
 
 
 def demo_manifest(data: Path) -> Manifest:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fastast_cli.data.prepare import prepare_demo
-from fastast_cli.data.progress import set_progress
+from fastast_cli.progress import set_progress
 
 
 @pytest.fixture(scope="session")

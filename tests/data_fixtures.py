@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fastast_cli.data.progress import set_progress
+from fastast_cli.progress import set_progress
 
 
 @pytest.fixture(autouse=True)

@@ -48,6 +48,7 @@ def test_rows_match_evaluate_and_the_csv_equals_the_table(small_demo, tiny_check
     plain = evaluate_checkpoint(tiny_checkpoints[0], load_manifest(small_demo), r=0)
     assert float(rows[0]["metric"]) == pytest.approx(plain.metrics.accuracy, abs=5e-5)
     assert float(rows[0]["drop"]) == 0.0
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tokens = [int(row["tokens"]) for row in rows]
     gflops = [float(row["gflops"]) for row in rows]
     assert tokens == sorted(tokens, reverse=True) and len(set(tokens)) == 4

@@ -11,8 +11,8 @@ import torch
 import typer
 from rich.console import Console
 
+from fastast_cli.atomic import write_json
 from fastast_cli.cli._app import app, console, err_console, user_errors
-from fastast_cli.data.atomic import write_json
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.throughput import resolve_device
 from fastast_cli.inference.clips import (

@@ -22,8 +22,8 @@ from fastast_cli.data.prepare.speechcommands import (
     SPEECHCOMMANDS_TARGET_LENGTH,
     SPEECHCOMMANDS_URL,
 )
-from fastast_cli.data.progress import set_progress
 from fastast_cli.errors import FastASTError
+from fastast_cli.progress import set_progress
 
 prepare_app = typer.Typer(
     help="Prepare a dataset: 16-kHz audio, AST JSON datafiles, labels CSV and manifest.yaml "

@@ -17,7 +17,8 @@ from fastast_cli.evaluation.sweep import SweepRow, parse_run, recommend, sweep_r
 from fastast_cli.evaluation.throughput import resolve_device, sweep_throughput
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
-from fastast_cli.reports.progress import progress_bar
+from fastast_cli.progress import progress_bar
+from fastast_cli.reports.plots import plot_tradeoff
 from fastast_cli.reports.tables import Column, rich_table, write_csv
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
@@ -126,7 +127,7 @@ def data_sweep(
     rows = [row for row in (read_finished(out) if out else []) if row.run in order]
     metric = "metric"
     total = len(runs) * len(rs)
-    with progress_bar("sweeping", total, console) as advance:
+    with progress_bar("sweeping", total) as advance:
         for _ in rows:
             advance()
         for run in runs:
@@ -150,7 +151,13 @@ def data_sweep(
     ))
     if out is not None:
         write_csv(out, [row.to_dict() for row in rows], metric_columns(metric))
-        console.print(f"wrote {out}")
+        plot = plot_tradeoff(
+            [row.to_dict() for row in rows], "samples_per_s", "metric", "r",
+            out.with_suffix(".png"),
+            f"{metric} against throughput per r ({manifest.dataset})", x_label="samples/s",
+            y_label=metric, series_key="run",
+        )
+        console.print(f"wrote {out} and {plot}")
     if budget is not None:
         for run in runs:
             best = recommend([row for row in rows if row.run == run.name], budget)
@@ -209,8 +216,9 @@ def sweep(
     runs: Annotated[int, typer.Option(
         min=1, help="Timed forward passes per r (the median is reported).")] = 5,
     out: Annotated[Path | None, typer.Option(
-        help="CSV of the table. With --data it is written row by row, and a rerun with the "
-        "same --out skips the rows it holds.")] = None,
+        help="CSV of the table. With --data it is written row by row, a rerun with the same "
+        "--out skips the rows it holds, and a PNG plot of the metric against samples/s is "
+        "written beside it.")] = None,
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
     rs = parse_r_values(r)
@@ -228,7 +236,7 @@ def sweep(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
     try:
-        with progress_bar("measuring", len(rs) * (warmup + runs), console) as advance:
+        with progress_bar("measuring", len(rs) * (warmup + runs)) as advance:
             rows = sweep_throughput(
                 model, rs, batch_size=batch_size, device=device, dtype=dtype,
                 schedule=schedule.value, warmup=warmup, runs=runs, on_step=advance,

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from fastast_cli.data.atomic import write_json
-from fastast_cli.data.progress import byte_progress
+from fastast_cli.atomic import write_json
 from fastast_cli.errors import FastASTError
+from fastast_cli.progress import byte_progress
 
 MARKER = ".fastast-extracted.json"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from fastast_cli.data.atomic import atomic_path
+from fastast_cli.atomic import atomic_path
 from fastast_cli.errors import FastASTError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".au", ".w64", ".opus")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastast_cli.data.atomic import atomic_path
+from fastast_cli.atomic import atomic_path
 
 CACHE_VERSION = 1
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastast_cli.data.atomic import write_json, write_text
+from fastast_cli.atomic import write_json, write_text
 from fastast_cli.errors import FastASTError
 
 LABELS_HEADER = ("index", "mid", "display_name")

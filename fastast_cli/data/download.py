@@ -16,8 +16,8 @@ from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
 
-from fastast_cli.data.progress import byte_progress
 from fastast_cli.errors import FastASTError
+from fastast_cli.progress import byte_progress
 
 CHUNK = 1 << 20
 USER_AGENT = "fastast-downloader/1"

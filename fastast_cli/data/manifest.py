@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fastast_cli.data.atomic import write_text
+from fastast_cli.atomic import write_text
 from fastast_cli.data.datafile import read_labels_csv
 from fastast_cli.errors import FastASTError
 

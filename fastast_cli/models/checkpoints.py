@@ -26,7 +26,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from fastast_cli.atomic import atomic_path
 from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, SIZES, ASTConfig
 from fastast_cli.models.pos_embed import resample_pos_embed, square_grid
@@ -188,19 +188,11 @@ def _check_storable(value: Any, where: str) -> None:
 
 
 def _save_atomically(payload: dict[str, Any], path: Path) -> None:
-    """torch.save into a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """torch.save into a temporary file beside `path`, flushed to disk, then renamed over it."""
+    with atomic_path(path) as temporary, temporary.open("wb") as file:
+        torch.save(payload, file)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 # --- loading: public entry points ------------------------------------------------------------

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fastast_cli.data.atomic import atomic_path
+from fastast_cli.atomic import atomic_path
 from fastast_cli.errors import FastASTError
 
 PathLike = str | os.PathLike[str]
@@ -65,22 +65,31 @@ def plot_tradeoff(
     *,
     x_label: str | None = None,
     y_label: str | None = None,
+    series_key: str | None = None,
     size: tuple[int, int] = (900, 600),
 ) -> Path:
     """A metric against speed: one point per row at (row[x_key], row[y_key]), joined in row
     order and annotated with row[label_key] (e.g. accuracy vs samples/s, one point per r).
 
     rows: mappings holding numbers under `x_key` and `y_key`; any value under `label_key`.
+    series_key: when given, one line per distinct row[series_key] (e.g. one per run), in legend.
     Raises ValueError when there are no rows or a row lacks a key or holds a non-number.
     """
-    points = _tradeoff_points(rows, x_key, y_key, label_key)
+    if not rows:
+        raise ValueError("no rows to plot")
     figure = new_figure(*size)
     axes = figure.add_subplot()
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    axes.plot(xs, ys, marker="o", linewidth=1.5)
-    for x, y, label in points:
-        axes.annotate(f"{label_key}={label}", (x, y), textcoords="offset points", xytext=(4, 4),
-                      fontsize=8)
+    series = [row[series_key] for row in rows] if series_key else [None] * len(rows)
+    for name in dict.fromkeys(series):
+        chosen = [row for row, owner in zip(rows, series, strict=True) if owner == name]
+        points = _tradeoff_points(chosen, x_key, y_key, label_key)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        axes.plot(xs, ys, marker="o", linewidth=1.5, label=name)
+        for x, y, label in points:
+            axes.annotate(f"{label_key}={label}", (x, y), textcoords="offset points",
+                          xytext=(4, 4), fontsize=8)
+    if series_key:
+        axes.legend()
     axes.set_xlabel(x_label or x_key)
     axes.set_ylabel(y_label or y_key)
     axes.set_title(title)

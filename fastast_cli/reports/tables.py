@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+
+from fastast_cli.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,10 @@ def rich_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[
 def write_csv(
     path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]
 ) -> None:
-    """Write the table as CSV (header = column keys, cells formatted as on the console).
-
-    Written to a temporary file first and renamed, so a reader never sees half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow([column.key for column in columns])
-            for row in rows:
-                writer.writerow([column.cell(row) for column in columns])
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Write the table as CSV (header = column keys, cells formatted as on the console),
+    atomically: a reader never sees half a file."""
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow([column.key for column in columns])
+        for row in rows:
+            writer.writerow([column.cell(row) for column in columns])

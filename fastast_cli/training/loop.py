@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fastast_cli.data.atomic import write_text
+from fastast_cli.atomic import write_text
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics

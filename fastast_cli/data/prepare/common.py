@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fastast_cli.data.atomic import write_json, write_text
+from fastast_cli.atomic import write_json, write_text
 from fastast_cli.data.audio import (
     AudioReadError,
     is_plain_wav,
@@ -35,8 +35,8 @@ from fastast_cli.data.audio import (
 from fastast_cli.data.datafile import write_datafile, write_labels_csv
 from fastast_cli.data.features import NUM_MEL_BINS, SAMPLE_RATE, FbankSums, fbank, pad_or_cut
 from fastast_cli.data.manifest import MANIFEST_NAME, Fold, Manifest, write_manifest
-from fastast_cli.data.progress import track
 from fastast_cli.errors import FastASTError
+from fastast_cli.progress import track
 
 STATE_NAME = ".fastast_state.json"
 LOG_NAME = "prepare.log"

@@ -6,7 +6,7 @@ Set `FASTAST_NO_PROGRESS=1` in the environment, or call `set_progress(False)`, t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -63,6 +63,18 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             progress.advance(task)
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[], None]]:
+    """A bar of `total` steps; yields the function that advances it by one (a no-op when
+    progress is off). For work driven by callbacks, where `track` does not fit."""
+    if not progress_enabled():
+        yield lambda: None
+        return
+    with _progress() as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
 
 
 class ByteProgress:

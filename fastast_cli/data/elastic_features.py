@@ -1,0 +1,138 @@
+"""Native-length, variable-resolution fbank for ElasticAST.
+
+Resolution q scales the frame shift: frames every 10 ms × q, each still a 25-ms Hanning window
+with AST's Kaldi parameters (see `fastast_cli.data.features`), so q = 1 is exactly AST's fbank and
+q = 2 has half the frames (half the time patches, half the tokens) for the same audio. As in
+ElasticAST, training draws q from a range (`draw_resolution`) and evaluation may use any q.
+
+Clips keep their own length: nothing is padded except a clip shorter than one patch (16
+frames), which is zero-padded in the raw fbank as AST pads; clips longer than the model's time
+table are cut (keeping the start). `collate_native` batches such clips as a list.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torchaudio.compliance.kaldi as kaldi
+
+from fastast_cli.data.audio import resample, to_mono
+from fastast_cli.data.features import (
+    FRAME_LENGTH_MS,
+    FRAME_SHIFT_MS,
+    NUM_MEL_BINS,
+    SAMPLE_RATE,
+    as_channels_first,
+    frame_length_samples,
+    normalize,
+    pad_or_cut,
+)
+
+# The fewest frames a clip may have: one 16-frame patch.
+MIN_FRAMES = 16
+
+
+def shift_for_resolution(resolution: float) -> float:
+    """Frame shift in milliseconds at resolution q: 10 ms × q."""
+    if resolution <= 0:
+        raise ValueError(f"resolution q must be > 0, got {resolution}")
+    return FRAME_SHIFT_MS * resolution
+
+
+def num_frames_at(num_samples: int, resolution: float = 1.0, sample_rate: int = SAMPLE_RATE) -> int:
+    """Fbank frames of `num_samples` at resolution q (Kaldi snip-edges framing; at least 1)."""
+    shift = int(sample_rate * shift_for_resolution(resolution) * 0.001)  # as Kaldi rounds
+    return 1 + max(num_samples - frame_length_samples(sample_rate), 0) // shift
+
+
+def variable_fbank(
+    wave: torch.Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    num_mel_bins: int = NUM_MEL_BINS,
+    frame_shift_ms: float = FRAME_SHIFT_MS,
+) -> torch.Tensor:
+    """`features.fbank` with a free frame shift (ms): log-mel `[frames, num_mel_bins]`.
+
+    Same Kaldi parameters as AST; the waveform mean is removed first and a waveform shorter than
+    one 25-ms window is zero-padded to one window.
+    """
+    wave = torch.as_tensor(wave, dtype=torch.float32).reshape(1, -1)
+    wave = wave - wave.mean()
+    window = frame_length_samples(sample_rate)
+    if wave.shape[1] < window:
+        wave = torch.nn.functional.pad(wave, (0, window - wave.shape[1]))
+    return kaldi.fbank(
+        wave,
+        htk_compat=True,
+        sample_frequency=sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=num_mel_bins,
+        dither=0.0,
+        frame_shift=frame_shift_ms,
+        frame_length=FRAME_LENGTH_MS,
+    )
+
+
+def fit_native_length(
+    features: torch.Tensor, max_frames: int | None = None, min_frames: int = MIN_FRAMES
+) -> torch.Tensor:
+    """Raw fbank `[frames, bins]` kept at its own length: zero-padded up to `min_frames`, cut
+    (keeping the start) to `max_frames` when given."""
+    if features.shape[0] < min_frames:
+        features = pad_or_cut(features, min_frames)
+    if max_frames is not None and features.shape[0] > max_frames:
+        features = pad_or_cut(features, max_frames)
+    return features
+
+
+def elastic_features(
+    waveform: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    mean: float,
+    std: float,
+    resolution: float = 1.0,
+    max_frames: int | None = None,
+    num_mel_bins: int = NUM_MEL_BINS,
+) -> torch.Tensor:
+    """ElasticAST input `[frames, num_mel_bins]` (float32, normalized) of one waveform.
+
+    Any rate and channel layout (averaged, resampled to 16 kHz); frames every 10 ms × q;
+    native length (see `fit_native_length`); AST normalization `(x - mean) / (2·std)`.
+    """
+    mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
+    raw = variable_fbank(mono, SAMPLE_RATE, num_mel_bins, shift_for_resolution(resolution))
+    return normalize(fit_native_length(raw, max_frames), mean, std)
+
+
+def draw_resolution(
+    low: float = 1.0, high: float = 4.0, generator: torch.Generator | None = None
+) -> float:
+    """A training resolution q drawn uniformly from [low, high] (ElasticAST: [1, 4])."""
+    if not 0 < low <= high:
+        raise ValueError(f"need 0 < low <= high for a resolution range, got [{low}, {high}]")
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def clip_seconds(fbank: torch.Tensor, resolution: float = 1.0) -> float:
+    """Audio seconds an fbank `[frames, bins]` at resolution q spans (window included)."""
+    frames = fbank.shape[0]
+    return ((frames - 1) * shift_for_resolution(resolution) + FRAME_LENGTH_MS) / 1000
+
+
+def frames_for_seconds(seconds: float, resolution: float = 1.0) -> int:
+    """Fbank frames of a clip of `seconds` at resolution q (16-kHz framing)."""
+    return num_frames_at(math.ceil(seconds * SAMPLE_RATE), resolution)
+
+
+def collate_native(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """DataLoader collate for native-length items: (fbanks as a list, targets stacked [B, C])."""
+    fbanks = [fbank for fbank, _ in batch]
+    targets = torch.stack([target for _, target in batch])
+    return fbanks, targets

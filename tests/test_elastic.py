@@ -14,7 +14,7 @@ from fastast_cli.data.elastic_features import (
     elastic_features,
     fit_native_length,
     num_frames_at,
-    variable_fbank,
+    shift_for_resolution,
 )
 from fastast_cli.data.features import fbank, num_frames
 from fastast_cli.models.ast import TokenState
@@ -301,7 +301,8 @@ def test_clip_errors_and_fractional_r():
 def test_resolution_scales_the_frames():
     torch.manual_seed(0)
     wave = torch.randn(16000 * 3)
-    assert torch.equal(variable_fbank(wave), fbank(wave))  # q = 1 is AST's fbank
+    assert torch.equal(fbank(wave, frame_shift_ms=shift_for_resolution(1)), fbank(wave))
+    assert fbank(wave, frame_shift_ms=shift_for_resolution(2)).shape[0] == num_frames_at(48000, 2)
     for q in (1, 2, 2.5, 4):
         features = elastic_features(wave, 16000, mean=-4.0, std=4.0, resolution=q)
         assert features.shape == (num_frames_at(len(wave), q), 128)

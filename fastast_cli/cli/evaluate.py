@@ -10,13 +10,18 @@ import typer
 from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.evaluation.evaluate import (
+    check_labels,
     evaluate_checkpoint,
+    evaluate_lengths,
     mean_and_std,
     parse_folds,
+    parse_lengths,
+    parse_resolutions,
     save_evaluation,
 )
 from fastast_cli.evaluation.throughput import resolve_device
-from fastast_cli.reports.tables import Column, rich_table
+from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.reports.tables import Column, rich_table, write_csv
 
 METRICS = {"accuracy": "accuracy", "mAP": "mAP", "mAUC": "mAUC", "d_prime": "d'"}
 COLUMNS = [Column("fold", "fold")] + [Column(key, header) for key, header in METRICS.items()]
@@ -43,9 +48,20 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
     out: Annotated[Path | None, typer.Option(
         help="Folder for metrics.json, per_class.csv and predictions.csv.")] = None,
+    lengths: Annotated[str | None, typer.Option(
+        help="Also score clips cut to these lengths in seconds, e.g. 1,2,5,10 (full = whole "
+        "clip): the ElasticAST curve. Fixed ASTs get the cut clips padded to their input.")
+    ] = None,
+    resolutions: Annotated[str | None, typer.Option(
+        help="With --lengths (or alone): time resolutions q, frame shift 10 ms × q, e.g. "
+        "1,2,4.")] = None,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
     manifest = load_manifest(data)
+    if lengths is not None or resolutions is not None:
+        length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", r=r,
+                     split=split, fold=fold, batch_size=batch_size, device=device, out=out)
+        return
     chosen = parse_folds(folds) if folds else [fold]
     rows, summaries = [], []
     for number in chosen:
@@ -65,3 +81,21 @@ def evaluate(
     console.print(rich_table(f"{checkpoint} on {manifest.path} (r={r})", rows, COLUMNS))
     if out is not None:
         console.print(f"wrote metrics.json, per_class.csv and predictions.csv under {out}")
+
+
+def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, r: int,
+                 split: str | None, fold: int | None, batch_size: int, device: str,
+                 out: Path | None) -> None:
+    """Metric per clip length and time resolution, as a table (and lengths.csv in --out)."""
+    model = load_classifier(checkpoint, r, device=resolve_device(device))
+    check_labels(model, manifest, checkpoint)
+    rows = evaluate_lengths(model, manifest, parse_lengths(lengths), parse_resolutions(resolutions),
+                            split=split, fold=fold, batch_size=batch_size,
+                            device=resolve_device(device))
+    columns = [Column("length", "seconds"), Column("resolution", "q", "{:g}")] + [
+        Column(key, header, "{:.4f}") for key, header in METRICS.items()]
+    console.print(rich_table(f"{checkpoint} by clip length and time resolution (r={r})",
+                             rows, columns))
+    if out is not None:
+        write_csv(out / "lengths.csv", rows, columns)
+        console.print(f"wrote {out / 'lengths.csv'}")

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.errors import FastASTError
 from fastast_cli.reports.tables import Column, rich_table
 from fastast_cli.training.config import load_config
 from fastast_cli.training.loop import RunResult, train
@@ -34,6 +35,25 @@ Resume = Annotated[bool, typer.Option(
 R = Annotated[int | None, typer.Option(
     "--r", min=0, help="Tokens merged per block (ToMe), in training and evaluation.")]
 Schedule = Annotated[str | None, typer.Option(help="r schedule: constant or decreasing.")]
+Elastic = Annotated[bool | None, typer.Option(
+    "--elastic/--fixed", help="ElasticAST: clips at their native length packed into rows, "
+    "training at random time resolutions (AST only, no teacher).", show_default=False)]
+MaxTokens = Annotated[int | None, typer.Option(
+    min=16, help="ElasticAST: tokens per packed row (2048 by default).")]
+Resolutions = Annotated[str | None, typer.Option(
+    help="ElasticAST: range of the training time resolution q as LOW,HIGH (frame shift "
+    "10 ms × q), e.g. 1,4.")]
+
+
+def parse_resolutions(spec: str | None) -> list[float] | None:
+    """`1,4` → [1.0, 4.0]; None stays None (the recipe's value)."""
+    if spec is None:
+        return None
+    try:
+        low, high = (float(v) for v in spec.split(","))
+    except ValueError:
+        raise FastASTError(f"--resolutions {spec!r}: give LOW,HIGH, e.g. 1,4") from None
+    return [low, high]
 
 LOG_COLUMNS = [
     Column("epoch", "epoch"),
@@ -117,10 +137,15 @@ def train_teacher(
     seed: Seed = None,
     device: Device = None,
     num_workers: Workers = None,
+    elastic: Elastic = None,
+    max_tokens: MaxTokens = None,
+    resolutions: Resolutions = None,
     resume: Resume = False,
 ) -> None:
-    """Train a teacher (or a plain AST) from labels."""
+    """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
     run(recipe, {
+        "elastic": elastic, "max_tokens": max_tokens,
+        "resolutions": parse_resolutions(resolutions),
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "fold": fold, "seed": seed, "device": device, "num_workers": num_workers,
@@ -157,10 +182,15 @@ def distill(
     seed: Seed = None,
     device: Device = None,
     num_workers: Workers = None,
+    elastic: Elastic = None,
+    max_tokens: MaxTokens = None,
+    resolutions: Resolutions = None,
     resume: Resume = False,
 ) -> None:
     """Train an AST student with token merging and cross-model knowledge distillation."""
     run(recipe, {
+        "elastic": elastic, "max_tokens": max_tokens,
+        "resolutions": parse_resolutions(resolutions),
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
         "r": r, "schedule": schedule, "model": "ast", "size": model, "pretrained": pretrained,

@@ -31,6 +31,11 @@ from fastast_cli.data.augment import (
 )
 from fastast_cli.data.cache import ArrayCache, clip_key
 from fastast_cli.data.datafile import Entry, LabelSet, read_datafile, read_labels_csv
+from fastast_cli.data.elastic_features import (
+    draw_resolution,
+    fit_native_length,
+    shift_for_resolution,
+)
 from fastast_cli.data.features import (
     NUM_MEL_BINS,
     SAMPLE_RATE,
@@ -154,6 +159,64 @@ class ASTDataset(Dataset):
         if self.freqm or self.timem:
             features = spec_augment(features, self.freqm, self.timem)
         features = normalize(features, self.mean, self.std)
+        if self.noise:
+            features = noise_and_roll(features)
+        return features.contiguous(), target
+
+
+class NativeLengthDataset(ASTDataset):
+    """Clips at their own length and a chosen time resolution, for ElasticAST (and for showing
+    how a fixed-length AST fares off its training length and resolution).
+
+    Per item: waveform → (cut to `seconds`) → (mixup) → fbank with frames every 10 ms × q →
+    native length, at most `target_length` frames (or, with `fixed_length`, padded/cut to exactly
+    that many, as a fixed AST needs) → SpecAugment → normalize. In training q is drawn
+    uniformly from `resolutions` per item; in evaluation q = `resolutions[0]`. No fbank cache:
+    the frames depend on q. Items are `(fbank [T_i, F], target [C])`; batch them with
+    `collate_native`.
+    """
+
+    def __init__(
+        self,
+        datafile: str | os.PathLike[str],
+        labels_csv: str | os.PathLike[str],
+        *,
+        target_length: int,
+        mean: float,
+        std: float,
+        resolutions: tuple[float, float] = (1.0, 1.0),
+        seconds: float | None = None,
+        fixed_length: bool = False,
+        **options,
+    ) -> None:
+        options.pop("cache_dir", None)
+        super().__init__(datafile, labels_csv, target_length=target_length, mean=mean, std=std,
+                         **options)
+        self.resolutions = resolutions
+        self.seconds = seconds
+        self.fixed_length = fixed_length
+
+    def _wave(self, index: int) -> torch.Tensor:
+        wave = self.waveform(index)
+        if self.seconds is not None:
+            wave = wave[: int(self.seconds * SAMPLE_RATE)]
+        return wave
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        wave, target = self._wave(index), self.targets[index].clone()
+        if self.mixup > 0.0 and float(torch.rand(())) < self.mixup:
+            partner = int(torch.randint(len(self.entries), (1,)))
+            lam = sample_mixup_lambda()
+            wave = mix_waveforms(wave, self._wave(partner), lam)
+            target = mix_targets(target, self.targets[partner], lam)
+        low, high = self.resolutions
+        q = draw_resolution(low, high) if self.training else low
+        raw = fbank(wave, SAMPLE_RATE, self.num_mel_bins, shift_for_resolution(q))
+        raw = (pad_or_cut(raw, self.target_length) if self.fixed_length
+               else fit_native_length(raw, self.target_length))
+        if self.freqm or self.timem:
+            raw = spec_augment(raw, self.freqm, self.timem)
+        features = normalize(raw, self.mean, self.std)
         if self.noise:
             features = noise_and_roll(features)
         return features.contiguous(), target

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torchaudio.compliance.kaldi as kaldi
+from torch.utils.data import default_collate
 
 from fastast_cli.data.audio import resample, to_mono
 from fastast_cli.data.features import (
@@ -26,6 +26,7 @@ from fastast_cli.data.features import (
     NUM_MEL_BINS,
     SAMPLE_RATE,
     as_channels_first,
+    fbank,
     frame_length_samples,
     normalize,
     pad_or_cut,
@@ -46,35 +47,6 @@ def num_frames_at(num_samples: int, resolution: float = 1.0, sample_rate: int = 
     """Fbank frames of `num_samples` at resolution q (Kaldi snip-edges framing; at least 1)."""
     shift = int(sample_rate * shift_for_resolution(resolution) * 0.001)  # as Kaldi rounds
     return 1 + max(num_samples - frame_length_samples(sample_rate), 0) // shift
-
-
-def variable_fbank(
-    wave: torch.Tensor,
-    sample_rate: int = SAMPLE_RATE,
-    num_mel_bins: int = NUM_MEL_BINS,
-    frame_shift_ms: float = FRAME_SHIFT_MS,
-) -> torch.Tensor:
-    """`features.fbank` with a free frame shift (ms): log-mel `[frames, num_mel_bins]`.
-
-    Same Kaldi parameters as AST; the waveform mean is removed first and a waveform shorter than
-    one 25-ms window is zero-padded to one window.
-    """
-    wave = torch.as_tensor(wave, dtype=torch.float32).reshape(1, -1)
-    wave = wave - wave.mean()
-    window = frame_length_samples(sample_rate)
-    if wave.shape[1] < window:
-        wave = torch.nn.functional.pad(wave, (0, window - wave.shape[1]))
-    return kaldi.fbank(
-        wave,
-        htk_compat=True,
-        sample_frequency=sample_rate,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=num_mel_bins,
-        dither=0.0,
-        frame_shift=frame_shift_ms,
-        frame_length=FRAME_LENGTH_MS,
-    )
 
 
 def fit_native_length(
@@ -105,7 +77,7 @@ def elastic_features(
     native length (see `fit_native_length`); AST normalization `(x - mean) / (2·std)`.
     """
     mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
-    raw = variable_fbank(mono, SAMPLE_RATE, num_mel_bins, shift_for_resolution(resolution))
+    raw = fbank(mono, SAMPLE_RATE, num_mel_bins, shift_for_resolution(resolution))
     return normalize(fit_native_length(raw, max_frames), mean, std)
 
 
@@ -129,10 +101,9 @@ def frames_for_seconds(seconds: float, resolution: float = 1.0) -> int:
     return num_frames_at(math.ceil(seconds * SAMPLE_RATE), resolution)
 
 
-def collate_native(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """DataLoader collate for native-length items: (fbanks as a list, targets stacked [B, C])."""
-    fbanks = [fbank for fbank, _ in batch]
-    targets = torch.stack([target for _, target in batch])
-    return fbanks, targets
+def collate_native(batch: Sequence[tuple]) -> tuple:
+    """DataLoader collate for native-length items `(fbank, target, ...)`: the fbanks as a list,
+    every other field stacked as usual (targets [B, C], indices [B], ...)."""
+    fbanks = [item[0] for item in batch]
+    rest = default_collate([tuple(item[1:]) for item in batch])
+    return (fbanks, *rest)

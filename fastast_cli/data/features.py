@@ -44,11 +44,15 @@ def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
 
 
 def fbank(
-    wave: torch.Tensor, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = NUM_MEL_BINS
+    wave: torch.Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    num_mel_bins: int = NUM_MEL_BINS,
+    frame_shift_ms: float = FRAME_SHIFT_MS,
 ) -> torch.Tensor:
     """Log-mel filterbank `[frames, num_mel_bins]` of a mono waveform `[samples]`, AST style.
 
-    The waveform mean is subtracted first. A waveform shorter than one 25-ms window is
+    `frame_shift_ms` is AST's 10 ms unless a coarser time resolution is asked for (ElasticAST's
+    10 ms × q). The waveform mean is subtracted first. A waveform shorter than one 25-ms window is
     zero-padded to one window (Kaldi cannot frame it otherwise), giving a single frame.
     """
     wave = torch.as_tensor(wave, dtype=torch.float32).reshape(1, -1)
@@ -64,7 +68,7 @@ def fbank(
         window_type="hanning",
         num_mel_bins=num_mel_bins,
         dither=0.0,
-        frame_shift=FRAME_SHIFT_MS,
+        frame_shift=frame_shift_ms,
         frame_length=FRAME_LENGTH_MS,
     )
 

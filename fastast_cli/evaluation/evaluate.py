@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fastast_cli.data.dataset import ASTDataset
+from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
+from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.reports.tables import Column, write_csv
 
 PathLike = str | os.PathLike[str]
@@ -92,14 +95,20 @@ def evaluate_model(
     device = device or torch.device("cpu")
     split = split or manifest.eval_split
     mean, std = input_stats(model, manifest, fold)
-    dataset = ASTDataset(
-        manifest.datafile(split, fold), manifest.labels_csv,
-        target_length=model.config.target_length if isinstance(model, AST)
-        else manifest.target_length,
-        mean=mean, std=std, num_mel_bins=manifest.num_mel_bins,
-    )
+    elastic = isinstance(model, ElasticAST)
+    options = {"mean": mean, "std": std, "num_mel_bins": manifest.num_mel_bins}
+    if elastic:  # whole clips at their own length
+        dataset: ASTDataset = NativeLengthDataset(
+            manifest.datafile(split, fold), manifest.labels_csv,
+            target_length=model.config.target_length, **options)
+    else:
+        dataset = ASTDataset(
+            manifest.datafile(split, fold), manifest.labels_csv,
+            target_length=model.config.target_length if isinstance(model, AST)
+            else manifest.target_length, **options)
     logits, targets = predict_dataset(model, dataset, batch_size, device,
-                                      amp=device.type == "cuda", num_workers=num_workers)
+                                      amp=device.type == "cuda", num_workers=num_workers,
+                                      collate_fn=collate_native if elastic else None)
     metrics = compute_metrics(logits.numpy(), targets.numpy())
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names)
@@ -155,3 +164,61 @@ def parse_folds(spec: str) -> list[int]:
     if not folds:
         raise FastASTError(f"--folds {spec!r} names no fold")
     return folds
+
+
+def evaluate_lengths(
+    model: nn.Module,
+    manifest: Manifest,
+    lengths: Sequence[float | None],
+    resolutions: Sequence[float],
+    *,
+    split: str | None = None,
+    fold: int | None = None,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+) -> list[dict[str, float | str]]:
+    """Metrics with clips cut to each length (seconds; None = whole clip) at each time
+    resolution q (frame shift 10 ms × q): the ElasticAST curve.
+
+    An ElasticAST reads each clip at its own length; a fixed AST gets the same clips padded or
+    cut to its input length, as it must. One row per (length, q).
+    """
+    device = device or torch.device("cpu")
+    elastic = isinstance(model, ElasticAST)
+    mean, std = input_stats(model, manifest, fold)
+    rows: list[dict[str, float | str]] = []
+    for seconds in lengths:
+        for q in resolutions:
+            dataset = NativeLengthDataset(
+                manifest.datafile(split or manifest.eval_split, fold), manifest.labels_csv,
+                target_length=model.config.target_length, mean=mean, std=std,
+                num_mel_bins=manifest.num_mel_bins, resolutions=(q, q), seconds=seconds,
+                fixed_length=not elastic,
+            )
+            logits, targets = predict_dataset(
+                model, dataset, batch_size, device, amp=device.type == "cuda",
+                collate_fn=collate_native if elastic else None,
+            )
+            metrics = compute_metrics(logits.numpy(), targets.numpy())
+            rows.append({"length": "full" if seconds is None else f"{seconds:g}",
+                         "resolution": q, **metrics.summary()})
+    return rows
+
+
+def parse_lengths(spec: str) -> list[float | None]:
+    """`1,2,5,10` seconds; `full` keeps whole clips."""
+    try:
+        return [None if v.strip() == "full" else float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise FastASTError(f"--lengths {spec!r}: give seconds such as 1,2,5,10 (or full)") from None
+
+
+def parse_resolutions(spec: str) -> list[float]:
+    """`1,2,4` → time resolutions q (frame shift 10 ms × q)."""
+    try:
+        values = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise FastASTError(f"--resolutions {spec!r}: give factors such as 1,2,4") from None
+    if not values or min(values) <= 0:
+        raise FastASTError(f"--resolutions {spec!r}: factors must be > 0")
+    return values

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+Batch = torch.Tensor | list[torch.Tensor]
+
+
+def to_device(fbank: Batch, device: torch.device) -> Batch:
+    """A batch on `device`: one tensor [B, T, F], or a list of native-length clips [T_i, F]."""
+    if isinstance(fbank, list):
+        return [clip.to(device, non_blocking=True) for clip in fbank]
+    return fbank.to(device, non_blocking=True)
 
 
 def predict_dataset(
@@ -14,17 +25,20 @@ def predict_dataset(
     device: torch.device,
     amp: bool = False,
     num_workers: int = 0,
+    collate_fn: Callable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, C] (float32, CPU) of `model` on every item of `dataset`, and targets [N, C].
 
-    The model is put in eval mode; items are `(fbank, target, ...)` tuples.
+    The model is put in eval mode; items are `(fbank, target, ...)` tuples; `collate_fn` batches
+    them (`collate_native` for native-length clips).
     """
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_fn)
     outputs, targets = [], []
     with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=amp):
         for fbank, target, *_ in loader:
-            outputs.append(model(fbank.to(device)).float().cpu())
+            outputs.append(model(to_device(fbank, device)).float().cpu())
             targets.append(target)
     if not outputs:
         raise ValueError("the dataset is empty: nothing to predict")

@@ -1,4 +1,4 @@
-"""Models: the AST with token merging, checkpoint loading, and (later) teachers."""
+"""Models: the AST with token merging, ElasticAST, teachers, and checkpoint loading."""
 
 from fastast_cli.models.ast import AST, ASTConfig, build_model
 from fastast_cli.models.checkpoints import (
@@ -7,10 +7,14 @@ from fastast_cli.models.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
+from fastast_cli.models.elastic import ElasticAST, ElasticConfig, build_elastic
 
 __all__ = [
     "AST",
     "ASTConfig",
+    "ElasticAST",
+    "ElasticConfig",
+    "build_elastic",
     "build_model",
     "init_from_pretrained",
     "load_model",

@@ -15,6 +15,7 @@ from fastast_cli.models.checkpoints import (
     read_checkpoint,
     read_state_dict,
 )
+from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig, load_passt_weights
 from fastast_cli.models.teachers import (
     BACKBONES,
@@ -40,11 +41,15 @@ def build_classifier(
     tstride: int = 10,
     pooling: str = "mean",
     pretrained: PathLike | None = None,
+    elastic: bool = False,
+    max_tokens: int = 2048,
 ) -> nn.Module:
     """A new classifier over `labels` for fbanks of `target_length` × `num_mel_bins`.
 
     name: `ast` (of `size`, `depth` blocks, strides `fstride`/`tstride`), a CNN of `BACKBONES`,
         or `passt` (needs the optional hear21passt package).
+    elastic: for `ast`, an ElasticAST (native-length clips packed in rows of `max_tokens`) with
+        the same weights; its positional tables come from the built (or pretrained) AST grid.
     pretrained: initial weights. For AST any checkpoint `load_model` reads (AudioSet, HF, DeiT;
         positions adapted, head re-created when the class count differs); for a CNN timm
         ImageNet weights of the same backbone (stem summed to one channel); for PaSST a PaSST
@@ -58,6 +63,8 @@ def build_classifier(
         if pretrained is not None:
             init_from_pretrained(model, pretrained)
             model.config.labels = list(labels)
+        if elastic:  # factorized positions from the 2-D grid; clips up to target_length frames
+            return ElasticAST.from_ast(model, target_length=target_length, max_tokens=max_tokens)
         return model
     if name in BACKBONES:
         model = CNNClassifier(CNNConfig(len(labels), name, pooling, labels=list(labels)))
@@ -110,6 +117,8 @@ def load_classifier(
         model: nn.Module = CNNClassifier(CNNConfig.from_dict(payload["config"]))
     elif architecture == "passt":
         model = PaSSTClassifier(PaSSTConfig.from_dict(payload["config"]))
+    elif architecture == "elastic":
+        model = ElasticAST.from_checkpoint(payload).set_r(r)
     else:
         raise CheckpointError(f"{path} holds an unknown kind of model ({architecture!r})")
     missing, unexpected = model.load_state_dict(payload["model"], strict=False)
@@ -121,7 +130,7 @@ def load_classifier(
 
 def model_kind(model: nn.Module) -> str:
     """The name a model goes by on the command line: ast, passt, or the CNN's backbone."""
-    if isinstance(model, AST):
+    if isinstance(model, AST | ElasticAST):
         return "ast"
     if isinstance(model, PaSSTClassifier):
         return "passt"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -67,8 +68,14 @@ def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Match
     return Matching(protected, unmerged, merged, partner.unsqueeze(-1).gather(1, merged))
 
 
+class Merges(Protocol):
+    """Anything that merges per-token values the way a Matching does (also packed matchings)."""
+
+    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor: ...
+
+
 def merge_tokens(
-    matching: Matching, tokens: torch.Tensor, sizes: torch.Tensor
+    matching: Merges, tokens: torch.Tensor, sizes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Size-weighted average of merged tokens.
 

@@ -32,6 +32,10 @@ class TrainConfig:
     fstride: int = 10
     tstride: int = 10
     pooling: str = "mean"  # CNN pooling: mean or attention
+    # ElasticAST: native-length clips packed into rows, any time resolution.
+    elastic: bool = False
+    max_tokens: int = 2048  # tokens per packed row
+    resolutions: list[float] = field(default_factory=lambda: [1.0, 1.0])  # training q range
     # Token merging (AST only), used in training and evaluation alike.
     r: int = 0
     schedule: str = "constant"
@@ -104,6 +108,11 @@ class TrainConfig:
             problems.append("epochs and batch_size must be >= 1 and lr > 0")
         if (self.average_from is None) != (self.average_to is None):
             problems.append("weight averaging needs both average_from and average_to")
+        if self.elastic and (self.model != "ast" or self.teacher != "none"):
+            problems.append("elastic training is for an AST without a teacher (--teacher none)")
+        if len(self.resolutions) != 2 or not 0 < self.resolutions[0] <= self.resolutions[1]:
+            problems.append(f"resolutions must be [low, high] with 0 < low <= high, "
+                            f"got {self.resolutions}")
         if self.teacher != "none" and self.teacher_checkpoint is None:
             problems.append(f"teacher {self.teacher!r} needs --teacher-checkpoint")
         if problems:

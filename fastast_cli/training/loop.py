@@ -16,7 +16,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,14 +28,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fastast_cli.atomic import write_text
+from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
+from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
-from fastast_cli.evaluation.predict import predict_dataset
+from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.evaluation.throughput import resolve_device
 from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
+from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.teachers import BACKBONES
 from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
@@ -148,12 +151,20 @@ class Trainer:
 
     # --- set-up ------------------------------------------------------------------------------
 
-    def _dataset(self, split: str, training: bool):
+    def _dataset(self, split: str, training: bool) -> ASTDataset:
         config = self.config
         options: dict[str, Any] = {"training": training}
         if training:
             options.update(freqm=config.freqm, timem=config.timem, mixup=config.mixup,
                            noise=config.noise)
+        if config.elastic:
+            low, high = config.resolutions
+            return NativeLengthDataset(
+                self.manifest.datafile(split, config.fold), self.manifest.labels_csv,
+                target_length=self.manifest.target_length, mean=self.mean, std=self.std,
+                num_mel_bins=self.manifest.num_mel_bins,
+                resolutions=(low, high) if training else (1.0, 1.0), **options,
+            )
         if config.cache:
             options["cache_dir"] = self.manifest.cache_dir
         return self.manifest.dataset_for(split, config.fold, **options)
@@ -165,8 +176,9 @@ class Trainer:
             num_mel_bins=self.manifest.num_mel_bins, size=config.size, depth=config.depth,
             fstride=config.fstride,
             tstride=config.tstride, pooling=config.pooling, pretrained=config.pretrained,
+            elastic=config.elastic, max_tokens=config.max_tokens,
         )
-        if isinstance(model, AST):
+        if isinstance(model, AST | ElasticAST):
             model.set_r(config.r, config.schedule, config.proportional_attention)
         return model
 
@@ -235,8 +247,13 @@ class Trainer:
         return DataLoader(
             self.train_items, batch_size=self.config.batch_size, sampler=sampler,
             num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            persistent_workers=False, collate_fn=self._collate,
         )
+
+    @property
+    def _collate(self) -> Callable | None:
+        """Native-length clips travel as lists (ElasticAST); fixed-length ones as one tensor."""
+        return collate_native if self.config.elastic else None
 
     def _train_epoch(self, network: nn.Module) -> tuple[float, float, int]:
         """One epoch (or what is left of it): the epoch's mean loss, and the seconds and samples
@@ -271,7 +288,7 @@ class Trainer:
 
     def _step(self, network: nn.Module, fbank: torch.Tensor, target: torch.Tensor,
               index: torch.Tensor, lr: float) -> float:
-        fbank = fbank.to(self.device, non_blocking=True)
+        fbank = to_device(fbank, self.device)
         target = target.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -366,7 +383,8 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> Metrics:
         predictions, targets = predict_dataset(model, self.eval_set, self.config.batch_size,
-                                               self.device, self.use_amp)
+                                               self.device, self.use_amp,
+                                               collate_fn=self._collate)
         return compute_metrics(predictions.numpy(), targets.numpy())
 
     def _write_log(self, row: dict[str, float]) -> None:

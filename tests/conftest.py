@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastast_cli.data.prepare import prepare_demo
 from fastast_cli.progress import set_progress
@@ -26,3 +27,13 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small-demo")
     prepare_demo(out, clips_per_class=8)
     return out / "manifest.yaml"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: extra threads only thrash on a busy 2-core machine (restored afterwards).
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -65,3 +65,49 @@ def test_elastic_needs_an_ast_without_teacher(tmp_path):
         load_config("demo-distill", {"elastic": True, "out": str(tmp_path)})
     with pytest.raises(FastASTError, match="resolutions"):
         load_config("demo", {"elastic": True, "resolutions": [3.0, 1.0], "out": str(tmp_path)})
+
+
+@pytest.fixture(scope="module")
+def elastic_checkpoint(small_demo, tmp_path_factory):
+    from fastast_cli.models.checkpoints import save_checkpoint
+    from fastast_cli.models.elastic import build_elastic
+
+    manifest = load_manifest(small_demo)
+    torch.manual_seed(0)
+    model = build_elastic("tiny", 10, depth=2, target_length=200, labels=manifest.label_names)
+    mean, std = manifest.norm_stats()
+    path = tmp_path_factory.mktemp("elastic") / "elastic.pt"
+    return save_checkpoint(path, model, mean=mean, std=std, loss="ce", metric="accuracy")
+
+
+def test_predict_reads_short_clips_at_their_own_length(elastic_checkpoint, tmp_path):
+    import soundfile as sf
+
+    from fastast_cli.data.elastic_features import elastic_features
+    from fastast_cli.inference.clips import load_predictor
+
+    wave = torch.randn(8000).numpy() * 0.1  # 0.5 s: 48 frames, well under the 200-frame window
+    sf.write(tmp_path / "short.wav", wave, 16000)
+    predictor = load_predictor(elastic_checkpoint)
+    scores = predictor.score_file(tmp_path / "short.wav")
+    model = load_classifier(elastic_checkpoint)
+    clip = elastic_features(wave, 16000, mean=model.meta["mean"], std=model.meta["std"])
+    with torch.no_grad():
+        expected = model([clip]).softmax(-1)[0]
+    assert scores.num_windows == 1
+    torch.testing.assert_close(scores.scores, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sweep_runs_on_an_elastic_checkpoint(small_demo, elastic_checkpoint, tmp_path):
+    import csv
+
+    out = tmp_path / "sweep.csv"
+    result = CliRunner().invoke(app, [
+        "sweep", "--data", str(small_demo), "--checkpoint", f"el={elastic_checkpoint}",
+        "--r", "0,4", "--runs", "1", "--warmup", "0", "--batch-size", "2", "--device", "cpu",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [int(row["tokens"]) for row in rows] == [98, 98 - 2 * 4]
+    whole = evaluate_checkpoint(elastic_checkpoint, load_manifest(small_demo))
+    assert float(rows[0]["metric"]) == pytest.approx(whole.metrics.accuracy, abs=5e-5)

@@ -31,13 +31,7 @@ WINDOW = 64  # frames of the tiny test model (0.64 s)
 RATE = 16000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra threads only thrash on a busy 2-core machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def samples_for_frames(frames: int) -> int:

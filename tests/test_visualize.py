@@ -29,13 +29,7 @@ from fastast_cli.reports.plots import plot_tradeoff
 WINDOW = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra threads only thrash on a busy 2-core machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_a
 from fastast_cli.evaluation.throughput import sweep_throughput
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.models.elastic import ElasticAST
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def sweep_run(
         return [], ""
     models = {fold: load_classifier(run.path(rs[0], fold), device=device) for fold in folds}
     first = next(iter(models.values()))
-    if not isinstance(first, AST):
+    if not isinstance(first, AST | ElasticAST):
         raise FastASTError(f"{run.checkpoint}: token merging sweeps need an AST checkpoint")
     for fold, model in models.items():
         check_labels(model, manifest, run.path(rs[0], fold))
@@ -124,7 +125,7 @@ def sweep_run(
         values = []
         for fold in folds:
             model = load_classifier(run.path(r, fold), device=device) if run.per_r else models[fold]
-            assert isinstance(model, AST)
+            assert isinstance(model, AST | ElasticAST)
             model.set_r(r, schedule)
             evaluation = evaluate_model(model, manifest, run.path(r, fold), fold=fold,
                                         batch_size=eval_batch_size, device=device)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fastast_cli.data.audio import read_audio, resample, to_mono
+from fastast_cli.data.elastic_features import fit_native_length
 from fastast_cli.data.features import (
     AST_NORM_STATS,
     FRAME_SHIFT_MS,
@@ -35,6 +36,7 @@ from fastast_cli.data.features import (
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.tome import RSchedule
 
 PathLike = str | os.PathLike[str]
@@ -49,6 +51,8 @@ class InputSpec:
 
     stats_note: None when mean/std come from the checkpoint, else a sentence saying which
         fallback was used (for the CLI to print).
+    native: clips shorter than a window keep their own length (ElasticAST) instead of being
+        padded to `target_length`.
     """
 
     target_length: int
@@ -56,6 +60,7 @@ class InputSpec:
     mean: float
     std: float
     stats_note: str | None = None
+    native: bool = False
 
 
 @dataclass
@@ -128,19 +133,20 @@ def input_spec(model: nn.Module) -> InputSpec:
     checkpoint's meta, else AST's AudioSet statistics (with a note saying so).
     """
     meta = getattr(model, "meta", {}) or {}
-    if isinstance(model, AST):
+    native = isinstance(model, ElasticAST)
+    if isinstance(model, AST | ElasticAST):
         length, bins = model.config.target_length, model.config.num_mel_bins
     else:
         length = int(meta.get("target_length") or DEFAULT_CNN_FRAMES)
         bins = int(meta.get("num_mel_bins") or NUM_MEL_BINS)
     if meta.get("mean") is not None and meta.get("std") is not None:
-        return InputSpec(length, bins, float(meta["mean"]), float(meta["std"]))
+        return InputSpec(length, bins, float(meta["mean"]), float(meta["std"]), native=native)
     mean, std = AST_NORM_STATS["audioset"]
     note = (
         f"the checkpoint stores no input mean/std: using AST's AudioSet statistics "
         f"(mean {mean}, std {std})"
     )
-    return InputSpec(length, bins, mean, std, note)
+    return InputSpec(length, bins, mean, std, note, native)
 
 
 def hop_frames(hop_s: float | None, window: int) -> int:
@@ -172,7 +178,8 @@ def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
 def clip_features(
     waveform: np.ndarray | torch.Tensor, sample_rate: int, spec: InputSpec
 ) -> torch.Tensor:
-    """Normalized fbank of a whole clip `[max(frames, T), F]` (shorter clips padded to T).
+    """Normalized fbank of a whole clip `[max(frames, T), F]` (shorter clips padded to T, or
+    for native-length models kept at their length, at least one patch).
 
     waveform: [samples] or [channels, samples] at `sample_rate`; channels are averaged and the
     audio resampled to 16 kHz first.
@@ -181,7 +188,8 @@ def clip_features(
                     SAMPLE_RATE)
     features = fbank(mono, SAMPLE_RATE, spec.num_mel_bins)  # [frames, F]
     if features.shape[0] < spec.target_length:
-        features = pad_or_cut(features, spec.target_length)
+        features = (fit_native_length(features) if spec.native
+                    else pad_or_cut(features, spec.target_length))
     return normalize(features, spec.mean, spec.std)
 
 

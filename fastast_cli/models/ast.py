@@ -137,14 +137,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, tokens: torch.Tensor, bias: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, tokens: torch.Tensor, bias: torch.Tensor | None = None, keys: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens [B, N, D] → (output [B, N, D], keys averaged over heads [B, N, hd] or None)."""
         batch, length, dim = tokens.shape
         qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, hd]
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         out = out.transpose(1, 2).reshape(batch, length, dim)
-        return self.proj(out), key.mean(dim=1)  # [B, N, D], [B, N, hd]
+        return self.proj(out), key.mean(dim=1) if keys else None
 
 
 class Mlp(nn.Module):
@@ -175,10 +176,10 @@ class Block(nn.Module):
         self, tokens: torch.Tensor, state: TokenState, r: int, proportional: bool
     ) -> torch.Tensor:
         bias = state.attention_bias(tokens.dtype, proportional)
-        attended, keys = self.attn(self.norm1(tokens), bias)
-        tokens = tokens + attended
         r = min(r, max_merge(tokens.shape[1], NUM_PREFIX_TOKENS))
-        if r > 0:
+        attended, keys = self.attn(self.norm1(tokens), bias, keys=r > 0)
+        tokens = tokens + attended
+        if keys is not None:
             matching = bipartite_soft_matching(keys, r, NUM_PREFIX_TOKENS)
             tokens = state.merge(matching, tokens)  # [B, N - r, D]
         return tokens + self.mlp(self.norm2(tokens))

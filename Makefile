@@ -22,7 +22,7 @@ setup: $(VENV)/.installed
 # The end-to-end demo on the generated demo set, CPU-sized: prepare → CNN teacher → AST students
 # with token merging, without and with distillation → sweep r. Each step is skipped when its
 # result exists (a run is complete once its summary.json exists).
-demo: setup $(DEMO_RESULTS)/sweep.csv
+demo: setup $(DEMO_RESULTS)/sweep.png
 
 $(DEMO_DATA)/manifest.yaml: | setup
 	$(FASTAST) prepare demo --out $(DEMO_DATA)
@@ -40,7 +40,8 @@ $(DEMO_RUNS)/tome-kd/summary.json: $(DEMO_RUNS)/teacher/summary.json
 		--teacher-checkpoint $(DEMO_RUNS)/teacher/best.pt \
 		--out $(DEMO_RUNS)/tome-kd $(if $(wildcard $(DEMO_RUNS)/tome-kd/last.pt),--resume)
 
-$(DEMO_RESULTS)/sweep.csv: $(DEMO_RUNS)/tome/summary.json $(DEMO_RUNS)/tome-kd/summary.json
+# sweep.png is written last: an interrupted sweep (its CSV holds the finished rows) is resumed.
+$(DEMO_RESULTS)/sweep.png: $(DEMO_RUNS)/tome/summary.json $(DEMO_RUNS)/tome-kd/summary.json
 	$(FASTAST) sweep --data $(DEMO_DATA) --r 0:24:4 --budget 1.3x \
 		--checkpoint tome=$(DEMO_RUNS)/tome/best.pt \
 		--checkpoint tome+kd=$(DEMO_RUNS)/tome-kd/best.pt \

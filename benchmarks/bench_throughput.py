@@ -20,13 +20,9 @@ from rich.console import Console
 from torch import nn
 
 from fastast_cli import build_model
+from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.evaluation.flops import count_flops
-from fastast_cli.evaluation.throughput import (
-    final_tokens,
-    resolve_device,
-    resolve_dtype,
-    time_forward,
-)
+from fastast_cli.evaluation.throughput import final_tokens, time_forward
 from fastast_cli.presets import PRESETS
 from fastast_cli.reports.tables import Column, rich_table
 

@@ -19,7 +19,8 @@ import torch
 from rich.console import Console
 
 from fastast_cli import build_model
-from fastast_cli.evaluation.throughput import final_tokens, resolve_device, synchronize
+from fastast_cli.devices import resolve_device, synchronize
+from fastast_cli.evaluation.throughput import final_tokens
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
 from fastast_cli.presets import PRESETS
 from fastast_cli.reports.tables import Column, rich_table

@@ -7,6 +7,7 @@ never half a file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
 
 
 @contextmanager
@@ -37,7 +41,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
     )
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -52,6 +56,17 @@ def write_text(target: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and ±inf (not valid JSON) replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_json(target: str | os.PathLike[str], data: Any, indent: int | None = 1) -> None:
-    """Write `data` as JSON to `target` atomically."""
-    write_text(target, json.dumps(data, indent=indent) + "\n")
+    """Write `data` as JSON to `target` atomically (non-finite numbers become null)."""
+    write_text(target, json.dumps(json_safe(data), indent=indent, allow_nan=False) + "\n")

@@ -128,3 +128,17 @@ def test_sweep_command_measures_a_checkpoint(tmp_path):
     broken.write_text("not a checkpoint")
     result = CliRunner().invoke(app, ["sweep", "--checkpoint", str(broken)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_devices_and_dtypes_are_checked():
+    from fastast_cli.devices import resolve_device, resolve_dtype
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(FastASTError, match="not a device"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FastASTError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    with pytest.raises(FastASTError, match="unknown dtype"):
+        resolve_dtype("fp8", torch.device("cpu"))

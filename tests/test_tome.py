@@ -164,3 +164,10 @@ def test_merging_identical_pairs_is_exact_with_proportional_attention(proportion
         assert difference < 1e-5
     else:  # without log(size) the merged keys lose half their weight: not exact
         assert difference > 1e-3
+
+
+def test_models_without_qkv_bias_build_and_run():
+    model = build_model("tiny", 3, target_length=32, qkv_bias=False).eval()
+    assert model.blocks[0].attn.qkv.bias is None
+    with torch.no_grad():
+        assert model(torch.randn(1, 32, 128)).shape == (1, 3)

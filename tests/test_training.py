@@ -260,3 +260,27 @@ def train_initial_weights(data: Path, out: Path) -> dict[str, torch.Tensor]:
     trainer = Trainer(config(data, out, r=4), loop_module.Ranks(), torch.device("cpu"),
                       loop_module.SilentReporter())
     return trainer.model.state_dict()
+
+
+def test_recipe_values_are_typed_and_validated(tmp_path):
+    recipe = tmp_path / "typed.yaml"
+    recipe.write_text("base: demo\nlr: 1e-4\nepochs: '3'\nelastic: 'false'\n")
+    loaded = load_config(recipe, {"out": str(tmp_path)})
+    assert (loaded.lr, loaded.epochs, loaded.elastic) == (1e-4, 3, False)
+    for bad, message in (({"schedule": "decr"}, "schedule"), ({"size": "huge"}, "size"),
+                         ({"pooling": "max"}, "pooling"), ({"lr_step": 0}, "lr_step"),
+                         ({"epochs": "many"}, "not a valid")):
+        with pytest.raises(FastASTError, match=message):
+            load_config("demo", {"out": str(tmp_path), **bad})
+
+
+def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_demo, tmp_path):
+    train(config(small_demo, tmp_path / "a", epochs=1))
+    with pytest.raises(FastASTError, match="other settings.*depth"):
+        train(config(small_demo, tmp_path / "a", epochs=2, depth=3), resume=True)
+    from fastast_cli import build_model
+    from fastast_cli.models.checkpoints import save_checkpoint
+
+    wrong = save_checkpoint(tmp_path / "wide.pt", build_model("tiny", 10, target_length=512))
+    with pytest.raises(FastASTError, match="reads 512 frames"):
+        train(config(small_demo, tmp_path / "b", teacher="ast", teacher_checkpoint=str(wrong)))

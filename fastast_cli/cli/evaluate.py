@@ -9,6 +9,8 @@ import typer
 
 from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.data.manifest import load_manifest
+from fastast_cli.devices import resolve_device
+from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import (
     check_labels,
     evaluate_checkpoint,
@@ -19,7 +21,6 @@ from fastast_cli.evaluation.evaluate import (
     parse_resolutions,
     save_evaluation,
 )
-from fastast_cli.evaluation.throughput import resolve_device
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.reports.tables import Column, rich_table, write_csv
 
@@ -62,10 +63,13 @@ def evaluate(
         length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", r=r,
                      split=split, fold=fold, batch_size=batch_size, device=device, out=out)
         return
+    if folds and "{fold}" not in checkpoint:
+        raise FastASTError("--folds needs a --checkpoint pattern holding {fold}, e.g. "
+                           "runs/esc50-fold{fold}/best.pt")
     chosen = parse_folds(folds) if folds else [fold]
     rows, summaries = [], []
     for number in chosen:
-        path = checkpoint.format(fold=number) if folds else checkpoint
+        path = checkpoint.replace("{fold}", str(number))
         evaluation = evaluate_checkpoint(
             path, manifest, split=split, fold=number, r=r, batch_size=batch_size,
             device=resolve_device(device),

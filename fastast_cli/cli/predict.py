@@ -7,14 +7,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 
 from fastast_cli.atomic import write_json
 from fastast_cli.cli._app import app, console, err_console, user_errors
+from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.throughput import resolve_device
 from fastast_cli.inference.clips import (
     FRAMES_PER_SECOND,
     ClipFailure,
@@ -89,7 +88,7 @@ def predict(
 ) -> None:
     """Load, score every file, print tables (or JSON), list failures."""
     predictor = load_predictor(checkpoint, r, hop_s=hop, how=how.value, batch_size=batch_size,
-                               device=checked_device(device))
+                               device=resolve_device(device))
     notes = err_console if as_json else console
     if predictor.spec.stats_note:
         notes.print(f"note: {predictor.spec.stats_note}")
@@ -114,14 +113,3 @@ def predict(
         raise FastASTError(f"could not score {what}")
     if run.failed:
         notes.print(f"{len(run.scored)} scored, {len(run.failed)} failed (listed above)")
-
-
-def checked_device(name: str) -> torch.device:
-    """The torch device for `--device`; an unknown name or missing CUDA is a user error."""
-    try:
-        device = resolve_device(name)
-    except RuntimeError:
-        raise FastASTError(f"--device {name!r} is not a device: use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FastASTError(f"--device {name}: CUDA is not available on this machine")
-    return device

@@ -11,10 +11,11 @@ import typer
 
 from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.data.manifest import Manifest, load_manifest
+from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
 from fastast_cli.evaluation.sweep import SweepRow, parse_run, recommend, sweep_run
-from fastast_cli.evaluation.throughput import resolve_device, sweep_throughput
+from fastast_cli.evaluation.throughput import sweep_throughput
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar
@@ -222,6 +223,7 @@ def sweep(
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
     rs = parse_r_values(r)
+    resolve_dtype(dtype, resolve_device(device))  # a bad --device or --dtype fails here, clearly
     if data is not None:
         if not checkpoint:
             raise FastASTError("--data needs at least one --checkpoint to evaluate")

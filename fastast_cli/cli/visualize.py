@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.cli._app import app, console, user_errors
-from fastast_cli.cli.predict import checked_device
+from fastast_cli.devices import resolve_device
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
 from fastast_cli.reports.plots import image_format
@@ -37,7 +37,7 @@ def visualize(
 ) -> None:
     """Load the AST, track token sources on one window, draw and save the figure."""
     image_format(out)  # an unwritable suffix fails before any work
-    model = require_ast(load_classifier(checkpoint, r, device=checked_device(device)), checkpoint)
+    model = require_ast(load_classifier(checkpoint, r, device=resolve_device(device)), checkpoint)
     view = file_merge_view(model, file, offset)
     title = (
         f"{file.name}: {view.config.num_patches} patches → {view.num_groups} tokens at r={r}"

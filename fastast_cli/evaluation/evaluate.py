@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastast_cli.atomic import write_json
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest
@@ -120,7 +120,7 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
     metrics = evaluation.metrics
     summary = {"checkpoint": evaluation.checkpoint, "split": evaluation.split,
                "fold": evaluation.fold, **metrics.summary()}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "metrics.json", summary, indent=2)
     per_class = [
         {"index": i, "label": name, "ap": metrics.per_class_ap[i], "auc": metrics.per_class_auc[i]}
         for i, name in enumerate(evaluation.labels)
@@ -185,6 +185,8 @@ def evaluate_lengths(
     """
     device = device or torch.device("cpu")
     elastic = isinstance(model, ElasticAST)
+    if not isinstance(model, AST | ElasticAST):
+        raise FastASTError("--lengths and --resolutions compare AST and ElasticAST checkpoints")
     mean, std = input_stats(model, manifest, fold)
     rows: list[dict[str, float | str]] = []
     for seconds in lengths:

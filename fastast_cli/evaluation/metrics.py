@@ -13,6 +13,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
+
 
 @dataclass
 class Metrics:
@@ -61,7 +63,7 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
         return math.nan
     tpr = np.r_[0.0, true_positives / true_positives[-1]]
     fpr = np.r_[0.0, false_positives / false_positives[-1]]
-    return float(np.trapezoid(tpr, fpr))
+    return float(_trapezoid(tpr, fpr))
 
 
 def d_prime(auc: float) -> float:

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
 from fastast_cli.models.tome import resolve_schedule, tokens_per_block
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -35,43 +34,17 @@ class ThroughputRow:
     flop_speedup: float  # GFLOPs of the reference setting divided by this one's
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is fp16 mixed precision on CUDA and fp32 elsewhere (bf16 is emulated on most CPUs)."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Mixed precision for fp16/bf16; nothing for fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @contextlib.contextmanager
 def merging(model: AST, r: int, schedule: str) -> Iterator[AST]:
     """Temporarily set the model's merging rate."""
-    saved = list(model.r_schedule)
+    saved = (list(model.r_schedule), getattr(model, "r_fraction", None))
     model.set_r(r, schedule, model.proportional_attention)
     try:
         yield model
     finally:
-        model.r_schedule = saved
+        model.r_schedule = saved[0]
+        if saved[1] is not None:
+            model.r_fraction = saved[1]
 
 
 def time_forward(
@@ -113,7 +86,7 @@ def sweep_throughput(
     """
     if not rs:
         raise ValueError("no r values to sweep")
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     config = model.config
     model = model.to(device).eval()

@@ -29,6 +29,7 @@ from fastast_cli.data.features import (
     FRAME_SHIFT_MS,
     NUM_MEL_BINS,
     SAMPLE_RATE,
+    as_channels_first,
     fbank,
     normalize,
     pad_or_cut,
@@ -181,11 +182,10 @@ def clip_features(
     """Normalized fbank of a whole clip `[max(frames, T), F]` (shorter clips padded to T, or
     for native-length models kept at their length, at least one patch).
 
-    waveform: [samples] or [channels, samples] at `sample_rate`; channels are averaged and the
-    audio resampled to 16 kHz first.
+    waveform: [samples], [channels, samples] or [samples, channels] at `sample_rate`; channels
+    are averaged and the audio resampled to 16 kHz first.
     """
-    mono = resample(to_mono(torch.as_tensor(waveform, dtype=torch.float32)), sample_rate,
-                    SAMPLE_RATE)
+    mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
     features = fbank(mono, SAMPLE_RATE, spec.num_mel_bins)  # [frames, F]
     if features.shape[0] < spec.target_length:
         features = (fit_native_length(features) if spec.native

@@ -218,7 +218,8 @@ class AST(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def set_r(
         self, r: RSchedule, schedule: str = "constant", proportional_attention: bool = True

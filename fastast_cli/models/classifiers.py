@@ -62,7 +62,6 @@ def build_classifier(
         )
         if pretrained is not None:
             init_from_pretrained(model, pretrained)
-            model.config.labels = list(labels)
         if elastic:  # factorized positions from the 2-D grid; clips up to target_length frames
             return ElasticAST.from_ast(model, target_length=target_length, max_tokens=max_tokens)
         return model
@@ -113,12 +112,15 @@ def load_classifier(
     if architecture == "ast":
         return load_model(path, r, device=device)
     assert payload is not None
+    if architecture == "elastic":  # loads its own weights and meta
+        try:
+            return ElasticAST.from_checkpoint(payload).set_r(r).to(device).eval()
+        except ValueError as error:
+            raise CheckpointError(f"{path}: {error}") from None
     if architecture == "cnn":
         model: nn.Module = CNNClassifier(CNNConfig.from_dict(payload["config"]))
     elif architecture == "passt":
         model = PaSSTClassifier(PaSSTConfig.from_dict(payload["config"]))
-    elif architecture == "elastic":
-        model = ElasticAST.from_checkpoint(payload).set_r(r)
     else:
         raise CheckpointError(f"{path} holds an unknown kind of model ({architecture!r})")
     missing, unexpected = model.load_state_dict(payload["model"], strict=False)

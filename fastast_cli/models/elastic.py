@@ -230,7 +230,8 @@ class ElasticAST(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def _position_tables(self) -> list[nn.Parameter]:
         return [getattr(self, name) for name in POSITION_TABLES]

@@ -55,11 +55,12 @@ class MergeView:
 
 
 def require_ast(model: nn.Module, checkpoint: PathLike) -> AST:
-    """The model as an AST; a CNN (nothing to merge) is a user error."""
+    """The model as a fixed-length AST; anything else (a CNN, PaSST, an ElasticAST) is a user
+    error."""
     if not isinstance(model, AST):
         kind = getattr(getattr(model, "config", None), "backbone", type(model).__name__)
         raise FastASTError(
-            f"{checkpoint} is a CNN ({kind}); merge views need an AST checkpoint"
+            f"{checkpoint} is a {kind}; merge views need a fixed-length AST checkpoint"
         )
     return model
 

@@ -9,13 +9,18 @@ configuration is saved with every run.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fastast_cli.errors import FastASTError
+from fastast_cli.models.ast import SIZES
+from fastast_cli.models.teachers import BACKBONES, POOLINGS
+
+MODELS = ("ast", *BACKBONES, "passt")
+SCHEDULES = ("constant", "decreasing")
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -78,18 +83,29 @@ class TrainConfig:
         return asdict(self)
 
     def updated(self, values: dict[str, Any], source: str) -> TrainConfig:
-        """A copy with `values` applied (None values are skipped: flags not given)."""
+        """A copy with `values` applied (None values are skipped: flags not given), each
+        converted to its field's type (YAML reads `1e-4` as a string)."""
         merged = self.to_dict()
         for key, value in values.items():
             if key not in merged:
                 raise FastASTError(f"{source}: unknown setting {key!r}")
             if value is not None:
-                merged[key] = value
+                merged[key] = _converted(key, value, merged[key], source)
         return TrainConfig(**merged)
 
     def check(self) -> None:
         """Refuse settings that cannot work, with the reason."""
         problems = []
+        if self.model not in MODELS:
+            problems.append(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        if self.size not in SIZES:
+            problems.append(f"size must be one of {', '.join(SIZES)}, not {self.size!r}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling must be mean or attention, not {self.pooling!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be constant or decreasing, not {self.schedule!r}")
+        if self.lr_step < 1 or self.depth < 1 or self.fstride < 1 or self.tstride < 1:
+            problems.append("lr_step, depth, fstride and tstride must be >= 1")
         if self.data is None:
             problems.append("no data: give --data (a manifest.yaml from `fastast prepare`)")
         if self.out is None:
@@ -117,6 +133,32 @@ class TrainConfig:
             problems.append(f"teacher {self.teacher!r} needs --teacher-checkpoint")
         if problems:
             raise FastASTError("; ".join(problems))
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def _converted(key: str, value: Any, default: Any, source: str) -> Any:
+    """`value` as the type of setting `key` (int, float, bool, str or a list of floats)."""
+    kind = FIELD_TYPES[key]
+    try:
+        if "bool" in kind:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if kind.startswith("list"):
+            return [float(v) for v in value]
+        if "float" in kind:
+            return float(value)
+        if "int" in kind:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise FastASTError(f"{source}: {key} = {value!r} is not a valid {kind}") from None
 
 
 def recipe_path(name_or_path: str | os.PathLike[str]) -> Path:

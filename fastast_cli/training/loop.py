@@ -12,6 +12,7 @@ epoch.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -27,14 +28,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fastast_cli.atomic import write_text
+from fastast_cli.atomic import atomic_path, json_safe, write_json, write_text
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest, load_manifest
+from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
-from fastast_cli.evaluation.throughput import resolve_device
 from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
@@ -44,6 +45,9 @@ from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss
 from fastast_cli.training.sampling import EpochSampler, SeededItems
+
+# Settings that may differ when a run is resumed; any other change is refused.
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "out", "data", "cache", "amp"})
 
 LOG_FIELDS = ("epoch", "train_loss", "lr", "accuracy", "mAP", "mAUC", "d_prime",
               "samples_per_s", "seconds")
@@ -180,6 +184,14 @@ class Trainer:
         )
         if isinstance(model, AST | ElasticAST):
             model.set_r(config.r, config.schedule, config.proportional_attention)
+        if isinstance(model, ElasticAST):
+            longest = model.num_tokens(
+                torch.zeros(self.manifest.target_length, self.manifest.num_mel_bins))
+            if longest > config.max_tokens:
+                raise FastASTError(
+                    f"--max-tokens {config.max_tokens} cannot hold the longest clip "
+                    f"({self.manifest.target_length} frames = {longest} tokens): raise it"
+                )
         return model
 
     def _load_teacher(self) -> nn.Module | None:
@@ -191,6 +203,16 @@ class Trainer:
         if config.teacher != kind and not (config.teacher in BACKBONES and kind in BACKBONES):
             raise FastASTError(
                 f"--teacher {config.teacher} but {config.teacher_checkpoint} holds a {kind} model"
+            )
+        frames = getattr(teacher.config, "target_length", None)
+        if frames is not None and (frames, teacher.config.num_mel_bins) != (
+            self.manifest.target_length, self.manifest.num_mel_bins
+        ):
+            raise FastASTError(
+                f"the teacher {config.teacher_checkpoint} reads {frames} frames × "
+                f"{teacher.config.num_mel_bins} bins, but {self.manifest.path} gives "
+                f"{self.manifest.target_length} × {self.manifest.num_mel_bins}: train the teacher "
+                "on this dataset (train-teacher, or --pretrained to adapt a checkpoint)"
             )
         if teacher.labels and teacher.labels != self.manifest.label_names:
             raise FastASTError(
@@ -329,18 +351,23 @@ class Trainer:
         """
         path = self.out / "teacher_logits.pt"
         clips = [str(entry.wav) for entry in self.train_items.dataset.entries]
-        source = str(Path(self.config.teacher_checkpoint or "").resolve())
-        if path.exists():
+        teacher_file = Path(self.config.teacher_checkpoint or "").resolve()
+        stat = teacher_file.stat()
+        source = f"{teacher_file}:{stat.st_size}:{stat.st_mtime_ns}"  # retrained → recomputed
+        try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
             if cached.get("clips") == clips and cached.get("teacher") == source:
                 return cached["logits"]
+        except Exception:  # missing, or damaged by an interruption: compute it again
+            pass
         self.reporter.note("computing the teacher's logits once (teacher_logits: cached)")
         clean = self._dataset("train", training=False)
         assert self.teacher is not None
         logits, _ = predict_dataset(self.teacher, clean, self.config.batch_size, self.device,
                                     self.use_amp)
         if self.ranks.is_main:
-            torch.save({"clips": clips, "teacher": source, "logits": logits}, path)
+            with atomic_path(path) as temporary:
+                torch.save({"clips": clips, "teacher": source, "logits": logits}, temporary)
         return logits
 
     # --- end of epoch ------------------------------------------------------------------------
@@ -379,7 +406,7 @@ class Trainer:
             "best_checkpoint": str(self.out / "best.pt"), "last": self.progress.history[-1],
             "averaged": averaged.summary() if averaged is not None else None,
         }
-        write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_json(self.out / "summary.json", summary, indent=2)
 
     def _evaluate(self, model: nn.Module) -> Metrics:
         predictions, targets = predict_dataset(model, self.eval_set, self.config.batch_size,
@@ -396,7 +423,7 @@ class Trainer:
                 writer.writeheader()
             writer.writerow(row)
         with (self.out / "log.jsonl").open("a") as stream:
-            stream.write(json.dumps(row) + "\n")
+            stream.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
 
     def _model_meta(self, row: dict[str, float] | None = None) -> dict[str, Any]:
         """What evaluate/sweep/predict need besides the weights."""
@@ -435,7 +462,7 @@ class Trainer:
         if self.averaged is None:
             return None
         reference = self.model.state_dict()
-        averaged_model = self._build_model().to(self.device)
+        averaged_model = copy.deepcopy(self.model)
         averaged_model.load_state_dict(
             {k: v.to(reference[k].dtype) for k, v in self.averaged.items()}
         )
@@ -475,8 +502,8 @@ class Trainer:
         payload = read_checkpoint(path)
         meta = payload["meta"]
         saved_config = meta.get("train_config", {})
-        changed = [k for k in ("model", "size", "data", "fold", "batch_size", "seed", "loss")
-                   if saved_config.get(k) != getattr(self.config, k)]
+        changed = [k for k, v in self.config.to_dict().items()
+                   if k not in RESUMABLE_CHANGES and saved_config.get(k, v) != v]
         if changed:
             raise FastASTError(
                 f"{path} was trained with other settings ({', '.join(changed)}); "

@@ -142,7 +142,7 @@ def test_mixup_mixes_waveforms_and_labels(
         features, target = ds[0]
         # find the partner whose mix reproduces the item
         for j, wave in enumerate(waves):
-            mixed = ds._features_of(dataset_module.mix_waveforms(waves[0], wave, 0.7))
+            mixed = ds.features_of(dataset_module.mix_waveforms(waves[0], wave, 0.7))
             if torch.allclose(features, normalize(mixed, -5.0, 4.0), atol=1e-4):
                 partners.add(j)
                 assert torch.allclose(target, 0.7 * ds.targets[0] + 0.3 * ds.targets[j])

@@ -99,6 +99,7 @@ class ASTDataset(Dataset):
         self.mixup = mixup if training else 0.0
         self.noise = noise and training
         self.cache = ArrayCache(cache_dir) if cache_dir is not None else None
+        self.cache_waves = self.mixup > 0.0  # mixed items need waveforms, not fbanks
 
     @property
     def num_classes(self) -> int:
@@ -114,15 +115,19 @@ class ASTDataset(Dataset):
         return len(self.entries)
 
     def waveform(self, index: int) -> torch.Tensor:
-        """Mono 16-kHz waveform `[samples]` of clip `index` (cached when mixup is on)."""
+        """Mono 16-kHz waveform `[samples]` of clip `index` (cached when `cache_waves`)."""
         path = self.entries[index].wav
-        if self.cache is None or self.mixup == 0.0:
+        if self.cache is None or not self.cache_waves:
             return load_mono(path, SAMPLE_RATE)
         key = clip_key(path, "wave", sample_rate=SAMPLE_RATE)
         array = self.cache.get_or_compute("wave", key, lambda: load_mono(path, SAMPLE_RATE).numpy())
         return torch.from_numpy(np.array(array, dtype=np.float32))
 
-    def _features_of(self, wave: torch.Tensor) -> torch.Tensor:
+    def clip_wave(self, index: int) -> torch.Tensor:
+        """The waveform an item is made from (subclasses may cut it)."""
+        return self.waveform(index)
+
+    def features_of(self, wave: torch.Tensor) -> torch.Tensor:
         """Raw fbank `[target_length, num_mel_bins]` of a 16-kHz waveform."""
         return pad_or_cut(fbank(wave, SAMPLE_RATE, self.num_mel_bins), self.target_length)
 
@@ -130,7 +135,7 @@ class ASTDataset(Dataset):
         """Un-normalized, padded/cut fbank `[target_length, num_mel_bins]` of clip `index`."""
         path = self.entries[index].wav
         if self.cache is None:
-            return self._features_of(load_mono(path, SAMPLE_RATE))
+            return self.features_of(load_mono(path, SAMPLE_RATE))
         key = clip_key(
             path,
             "fbank",
@@ -139,7 +144,7 @@ class ASTDataset(Dataset):
             target_length=self.target_length,
         )
         array = self.cache.get_or_compute(
-            "fbank", key, lambda: self._features_of(load_mono(path, SAMPLE_RATE)).numpy()
+            "fbank", key, lambda: self.features_of(load_mono(path, SAMPLE_RATE)).numpy()
         )
         return torch.from_numpy(np.array(array, dtype=np.float32))
 
@@ -147,9 +152,9 @@ class ASTDataset(Dataset):
         """AST mixup: raw fbank of λ·wave_i + (1-λ)·wave_j and the mixed target."""
         partner = int(torch.randint(len(self.entries), (1,)))
         lam = sample_mixup_lambda()
-        wave = mix_waveforms(self.waveform(index), self.waveform(partner), lam)
+        wave = mix_waveforms(self.clip_wave(index), self.clip_wave(partner), lam)
         target = mix_targets(self.targets[index], self.targets[partner], lam)
-        return self._features_of(wave), target
+        return self.features_of(wave), target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mixup > 0.0 and float(torch.rand(())) < self.mixup:
@@ -168,12 +173,12 @@ class NativeLengthDataset(ASTDataset):
     """Clips at their own length and a chosen time resolution, for ElasticAST (and for showing
     how a fixed-length AST fares off its training length and resolution).
 
-    Per item: waveform → (cut to `seconds`) → (mixup) → fbank with frames every 10 ms × q →
-    native length, at most `target_length` frames (or, with `fixed_length`, padded/cut to exactly
-    that many, as a fixed AST needs) → SpecAugment → normalize. In training q is drawn
-    uniformly from `resolutions` per item; in evaluation q = `resolutions[0]`. No fbank cache:
-    the frames depend on q. Items are `(fbank [T_i, F], target [C])`; batch them with
-    `collate_native`.
+    Per item, as ASTDataset: waveform (cut to `seconds` when given) → (mixup) → fbank with frames
+    every 10 ms × q → native length, at most `target_length` frames (or, with `fixed_length`,
+    padded/cut to exactly that many, as a fixed AST needs) → SpecAugment → normalize. In
+    training q is drawn uniformly from `resolutions` per item; in evaluation q =
+    `resolutions[0]`. The fbank depends on q, so only waveforms are cached (with `cache_dir`).
+    Items are `(fbank [T_i, F], target [C])`; batch them with `collate_native`.
     """
 
     def __init__(
@@ -189,34 +194,25 @@ class NativeLengthDataset(ASTDataset):
         fixed_length: bool = False,
         **options,
     ) -> None:
-        options.pop("cache_dir", None)
         super().__init__(datafile, labels_csv, target_length=target_length, mean=mean, std=std,
                          **options)
         self.resolutions = resolutions
         self.seconds = seconds
         self.fixed_length = fixed_length
+        self.cache_waves = True
 
-    def _wave(self, index: int) -> torch.Tensor:
+    def clip_wave(self, index: int) -> torch.Tensor:
         wave = self.waveform(index)
-        if self.seconds is not None:
-            wave = wave[: int(self.seconds * SAMPLE_RATE)]
-        return wave
+        return wave if self.seconds is None else wave[: int(self.seconds * SAMPLE_RATE)]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        wave, target = self._wave(index), self.targets[index].clone()
-        if self.mixup > 0.0 and float(torch.rand(())) < self.mixup:
-            partner = int(torch.randint(len(self.entries), (1,)))
-            lam = sample_mixup_lambda()
-            wave = mix_waveforms(wave, self._wave(partner), lam)
-            target = mix_targets(target, self.targets[partner], lam)
+    def features_of(self, wave: torch.Tensor) -> torch.Tensor:
+        """Raw fbank of a waveform at this item's resolution q, native (or fixed) length."""
         low, high = self.resolutions
         q = draw_resolution(low, high) if self.training else low
         raw = fbank(wave, SAMPLE_RATE, self.num_mel_bins, shift_for_resolution(q))
-        raw = (pad_or_cut(raw, self.target_length) if self.fixed_length
-               else fit_native_length(raw, self.target_length))
-        if self.freqm or self.timem:
-            raw = spec_augment(raw, self.freqm, self.timem)
-        features = normalize(raw, self.mean, self.std)
-        if self.noise:
-            features = noise_and_roll(features)
-        return features.contiguous(), target
+        if self.fixed_length:
+            return pad_or_cut(raw, self.target_length)
+        return fit_native_length(raw, self.target_length)
+
+    def raw_fbank(self, index: int) -> torch.Tensor:
+        return self.features_of(self.clip_wave(index))

@@ -161,6 +161,8 @@ class Trainer:
         if training:
             options.update(freqm=config.freqm, timem=config.timem, mixup=config.mixup,
                            noise=config.noise)
+        if config.cache:
+            options["cache_dir"] = self.manifest.cache_dir
         if config.elastic:
             low, high = config.resolutions
             return NativeLengthDataset(
@@ -169,8 +171,6 @@ class Trainer:
                 num_mel_bins=self.manifest.num_mel_bins,
                 resolutions=(low, high) if training else (1.0, 1.0), **options,
             )
-        if config.cache:
-            options["cache_dir"] = self.manifest.cache_dir
         return self.manifest.dataset_for(split, config.fold, **options)
 
     def _build_model(self) -> nn.Module:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,7 @@ from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
-from fastast_cli.evaluation.sweep import SweepRow, parse_run, recommend, sweep_run
+from fastast_cli.evaluation.sweep import SweepRow, parse_run, read_rows, recommend, run_sweep
 from fastast_cli.evaluation.throughput import sweep_throughput
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
@@ -95,28 +94,6 @@ def sweep_model(
     return model, f"random {size} AST, {preset} shape ({length} frames × {shape.num_mel_bins} bins)"
 
 
-def read_finished(path: Path) -> list[SweepRow]:
-    """Rows of an earlier (maybe interrupted) sweep written to `path`."""
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(newline="") as stream:
-        for record in csv.DictReader(stream):
-            try:
-                rows.append(SweepRow(
-                    run=record["run"], r=int(record["r"]), metric=float(record["metric"]),
-                    metric_std=float(record["metric_std"]), drop=float(record["drop"]),
-                    samples_per_s=float(record["samples_per_s"]),
-                    speedup=float(record["speedup"]), tokens=int(record["tokens"]),
-                    gflops=float(record["gflops"]), checkpoint=record["checkpoint"],
-                ))
-            except (KeyError, ValueError):
-                raise FastASTError(
-                    f"{path} is not a sweep table of this kind: remove it or pick another --out"
-                ) from None
-    return rows
-
-
 def data_sweep(
     manifest: Manifest, specs: list[str], rs: list[int], folds: str | None, out: Path | None,
     budget: str | None, options: dict,
@@ -124,34 +101,25 @@ def data_sweep(
     """Metric and throughput per run and r; rows saved as they finish; resumes from `out`."""
     runs = [parse_run(spec) for spec in specs]
     fold_numbers: list[int | None] = list(parse_folds(folds)) if folds else [None]
-    order = {run.name: index for index, run in enumerate(runs)}
-    rows = [row for row in (read_finished(out) if out else []) if row.run in order]
-    metric = "metric"
-    total = len(runs) * len(rs)
-    with progress_bar("sweeping", total) as advance:
-        for _ in rows:
+    previous = read_rows(out) if out is not None else []
+
+    def save(rows: list[SweepRow]) -> None:  # CSV cells use column keys: the metric name is moot
+        if out is not None:
+            write_csv(out, [row.to_dict() for row in rows], metric_columns("metric"))
+
+    with progress_bar("sweeping", len(runs) * len(rs)) as advance:
+        def saved_one(rows: list[SweepRow]) -> None:
+            save(rows)
             advance()
-        for run in runs:
-            mine = [row for row in rows if row.run == run.name]
-            done = {row.r for row in mine}
-            reference = next((row.metric for row in mine if row.r == rs[0]), None)
 
-            def keep(row: SweepRow) -> None:
-                rows.append(row)
-                rows.sort(key=lambda row: (order[row.run], row.r))
-                if out is not None:  # CSV cells use the column keys: the metric's name is moot
-                    write_csv(out, [row.to_dict() for row in rows], metric_columns("metric"))
-                advance()
-
-            _, name = sweep_run(run, rs, manifest, folds=fold_numbers, done=done,
-                                reference_metric=reference, on_row=keep, **options)
-            metric = name or metric
+        rows, metric = run_sweep(runs, rs, manifest, folds=fold_numbers, previous=previous,
+                                 on_rows=saved_one, **options)
     console.print(rich_table(
         f"Sweep on {manifest.path} ({metric}; drop vs r={rs[0]}; speed on random input)",
         [row.to_dict() for row in rows], metric_columns(metric),
     ))
     if out is not None:
-        write_csv(out, [row.to_dict() for row in rows], metric_columns(metric))
+        save(rows)
         plot = plot_tradeoff(
             [row.to_dict() for row in rows], "samples_per_s", "metric", "r",
             out.with_suffix(".png"),

@@ -12,9 +12,12 @@ the architecture and r, so it is measured once per r and run. Finished rows are 
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -140,6 +143,64 @@ def sweep_run(
         if on_row is not None:
             on_row(row)
     return rows, metric
+
+
+def run_sweep(
+    checkpoints: Sequence[SweepRun],
+    rs: Sequence[int],
+    manifest: Manifest,
+    *,
+    previous: Sequence[SweepRow] = (),
+    on_rows: Callable[[list[SweepRow]], None] | None = None,
+    **options: Any,
+) -> tuple[list[SweepRow], str]:
+    """Sweep every run in `checkpoints` over `rs` (`options` go to `sweep_run`), keeping the
+    rows of an earlier sweep (`previous`) and measuring only what they lack. After each new row
+    `on_rows` gets all rows so far, ordered by run then r (save them there). Returns those rows
+    and the metric's name.
+    """
+    order = {run.name: index for index, run in enumerate(checkpoints)}
+    rows = [row for row in previous if row.run in order]
+    metric = "metric"
+    for _ in rows:  # finished rows count as progress too
+        if on_rows is not None:
+            on_rows(rows)
+
+    def keep(row: SweepRow) -> None:
+        rows.append(row)
+        rows.sort(key=lambda row: (order[row.run], row.r))
+        if on_rows is not None:
+            on_rows(rows)
+
+    for run in checkpoints:
+        mine = [row for row in rows if row.run == run.name]
+        reference = next((row.metric for row in mine if row.r == rs[0]), None)
+        _, name = sweep_run(run, rs, manifest, done={row.r for row in mine},
+                            reference_metric=reference, on_row=keep, **options)
+        metric = name or metric
+    return rows, metric
+
+
+def read_rows(path: Path) -> list[SweepRow]:
+    """Rows of an earlier (maybe interrupted) sweep written as CSV to `path`; none if absent."""
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(newline="") as stream:
+        for record in csv.DictReader(stream):
+            try:
+                rows.append(SweepRow(
+                    run=record["run"], r=int(record["r"]), metric=float(record["metric"]),
+                    metric_std=float(record["metric_std"]), drop=float(record["drop"]),
+                    samples_per_s=float(record["samples_per_s"]),
+                    speedup=float(record["speedup"]), tokens=int(record["tokens"]),
+                    gflops=float(record["gflops"]), checkpoint=record["checkpoint"],
+                ))
+            except (KeyError, ValueError):
+                raise FastASTError(
+                    f"{path} is not a sweep table of this kind: remove it or pick another --out"
+                ) from None
+    return rows
 
 
 def recommend(rows: Sequence[SweepRow], budget: str) -> SweepRow | None:

@@ -83,3 +83,14 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(FastASTError, match="target_length"):
         load_manifest(tmp_path)
+
+
+def test_a_damaged_manifest_is_a_clear_error(tmp_path) -> None:
+    import pytest
+
+    from fastast_cli.data.manifest import load_manifest
+    from fastast_cli.errors import FastASTError
+
+    (tmp_path / "manifest.yaml").write_text("format: 1\ndataset: x\nfolds:\n  1: {train: a}\n")
+    with pytest.raises(FastASTError, match="damaged|missing|no "):
+        load_manifest(tmp_path)

@@ -61,3 +61,12 @@ def test_wrong_layout_and_ratios(tmp_path: Path) -> None:
     src = make_class_folders(tmp_path / "src", {"a": 2})
     with pytest.raises(FastASTError, match="ratios"):
         prepare_folder(src, tmp_path / "out", ratios=(0.0, 0.5, 0.5))
+
+
+def test_an_output_folder_inside_the_source_is_not_a_class(tmp_path: Path) -> None:
+    src = make_class_folders(tmp_path / "src", CLASSES)
+    prepare_folder(src, src / "prepared", seed=0)
+    report = prepare_folder(src, src / "prepared", seed=0)  # its audio_16k/ holds wavs now
+    assert sum(report.counts.values()) == 40
+    labels = read_labels_csv(src / "prepared" / "class_labels_indices.csv")
+    assert list(labels.names) == ["cat", "dog barking", "rain"]

@@ -254,6 +254,8 @@ def test_epoch_sampler_shards_are_disjoint_reproducible_and_resumable():
     assert list(again) == shards[0][2:]
     again.set_epoch(5)
     assert list(again) != shards[0]
+    crowded = [EpochSampler(3, seed=0, rank=rank, world=8) for rank in range(8)]
+    assert all(len(list(sampler)) == len(sampler) == 1 for sampler in crowded)
 
 
 def train_initial_weights(data: Path, out: Path) -> dict[str, torch.Tensor]:

@@ -148,7 +148,10 @@ def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str
     marker = dest / MARKER
     signature = _signature(archive)
     if marker.exists():
-        previous = json.loads(marker.read_text(encoding="utf-8"))
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = {}  # a damaged marker: extract again
         if all(previous.get(k) == v for k, v in signature.items()):
             return ExtractReport(dest, previous.get("files", 0), previous.get("unsafe", []), True)
     partial = dest.with_name(dest.name + ".partial")
@@ -165,7 +168,8 @@ def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str
             _tar_members(archive, partial, report)
         else:
             raise FastASTError(f"{archive}: expected a .zip or .tar(.gz) archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as error:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError,
+            RuntimeError, NotImplementedError) as error:  # also encrypted or Deflate64 zips
         shutil.rmtree(partial, ignore_errors=True)
         raise FastASTError(f"{archive}: damaged or unreadable archive ({error})") from None
     except BaseException:

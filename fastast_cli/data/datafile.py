@@ -97,6 +97,8 @@ def read_datafile(path: str | os.PathLike[str]) -> list[Entry]:
         content = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise FastASTError(f"cannot read datafile {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise FastASTError(f"datafile {path} is not text (expected AST's JSON format)") from None
     except json.JSONDecodeError as error:
         raise FastASTError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
     data = content.get("data") if isinstance(content, dict) else None

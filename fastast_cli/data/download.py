@@ -9,6 +9,7 @@ streaming (including the bytes already in `.part`), checked against the expected
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -67,8 +68,8 @@ def _connect(url: str, part: Path, timeout: float) -> tuple[HTTPResponse, int]:
                 raise _fail(url, f"HTTP {error.code} {error.reason}") from None
             part.unlink()  # 416: `.part` is not a prefix the server can continue: start over
             offset, response = 0, _open(url, 0, timeout)
-    except (TimeoutError, urllib.error.URLError, OSError) as error:
-        raise _fail(url, getattr(error, "reason", error)) from None
+    except (TimeoutError, urllib.error.URLError, OSError, ValueError) as error:
+        raise _fail(url, getattr(error, "reason", error)) from None  # ValueError: not a URL
     return response, offset if response.status == 206 else 0
 
 
@@ -117,7 +118,7 @@ def download(
         total = offset + int(length) if length and length.isdigit() else None
         try:
             _stream(response, part, hasher, offset, total)
-        except (TimeoutError, urllib.error.URLError, OSError) as error:
+        except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as error:
             raise _fail(url, f"interrupted: {error}; run again to resume") from None
     if total is not None and part.stat().st_size != total:
         raise _fail(url, f"got {part.stat().st_size} of {total} bytes; run again to resume")

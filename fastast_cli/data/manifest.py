@@ -217,6 +217,16 @@ def _require(data: dict[str, Any], key: str, path: Path) -> Any:
 def load_manifest(path_or_dir: str | os.PathLike[str]) -> Manifest:
     """Read `manifest.yaml` (or `DIR/manifest.yaml`) written by `fastast prepare`."""
     path = manifest_path(path_or_dir)
+    try:
+        return _read_manifest(path)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise FastASTError(
+            f"{path} is damaged ({type(error).__name__}: {error}); run `fastast prepare` again"
+        ) from None
+
+
+def _read_manifest(path: Path) -> Manifest:
+    """The manifest at `path`; malformed values raise KeyError/TypeError/ValueError."""
     if not path.exists():
         raise FastASTError(
             f"no manifest at {path}: pass a folder made by `fastast prepare` or its manifest.yaml"

@@ -62,7 +62,8 @@ class EpochSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, -1))
         order = torch.randperm(self.size, generator=generator).tolist()
         per_rank = -(-self.size // self.world)
-        order += order[: per_rank * self.world - self.size]
+        repeats = -(-per_rank * self.world // self.size)  # more ranks than items: wrap around
+        order = (order * repeats)[: per_rank * self.world]
         return order[self.rank :: self.world]
 
     def __iter__(self) -> Iterator[int]:

@@ -38,11 +38,13 @@ SPLITS = ("train", "valid", "test")
 MIN_FRAMES, MAX_FRAMES = 16, 1024
 
 
-def class_files(src: Path) -> dict[str, list[Path]]:
-    """Audio files per class folder (sorted), only folders that hold audio."""
+def class_files(src: Path, skip: Path | None = None) -> dict[str, list[Path]]:
+    """Audio files per class folder (sorted), only folders that hold audio; `skip` (the output
+    folder, when it lies inside `src`) is never a class."""
     classes = {}
     for folder in sorted(
-        p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+        p for p in src.iterdir()
+        if p.is_dir() and not p.name.startswith((".", "_")) and p.resolve() != skip
     ):
         files = sorted(
             f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()
@@ -123,7 +125,7 @@ def prepare_folder(
         raise FastASTError(f"--src {src} is not a folder (expected one subfolder per class)")
     src = src.resolve()
     fractions = parse_ratios(ratios)
-    classes = class_files(src)
+    classes = class_files(src, skip=Path(out).expanduser().resolve())
     all_files = [f for files in classes.values() for f in files]
     workspace = Workspace.open(out, "folder", target_length or auto_target_length(all_files))
     loose = [f for f in src.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]

@@ -9,13 +9,14 @@ checkpoints (`module.v.*`, `module.mlp_head.*`) and timm DeiT weights load by na
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastast_cli.models.records import ConfigRecord
 from fastast_cli.models.tome import (
     Matching,
     RSchedule,
@@ -36,7 +37,7 @@ SIZES: dict[str, dict[str, int]] = {
 
 
 @dataclass
-class ASTConfig:
+class ASTConfig(ConfigRecord):
     """Everything needed to rebuild an AST; stored inside every fastast checkpoint."""
 
     num_classes: int = 527
@@ -59,15 +60,6 @@ class ASTConfig:
         if size not in SIZES:
             raise ValueError(f"unknown model size {size!r}: choose one of {', '.join(SIZES)}")
         return cls(**{**SIZES[size], **overrides})
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ASTConfig:
-        """Rebuild from `to_dict()` output, ignoring keys this version does not know."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def grid(self) -> tuple[int, int]:

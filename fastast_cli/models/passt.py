@@ -14,7 +14,7 @@ cut or interpolated to the model's length, the head is re-created when the class
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastast_cli.errors import FastASTError
+from fastast_cli.models.records import ConfigRecord
 
 ARCH = "passt_s_swa_p16_128_ap476"
 HEAD_PREFIX = "head."
@@ -32,7 +33,7 @@ def passt_available() -> bool:
 
 
 @dataclass
-class PaSSTConfig:
+class PaSSTConfig(ConfigRecord):
     """Everything needed to rebuild a PaSST teacher; stored in its checkpoints."""
 
     num_classes: int
@@ -43,14 +44,6 @@ class PaSSTConfig:
     patchout_time: int = 40  # time patch columns dropped in training (PaSST-S: 40 of ~99)
     patchout_freq: int = 4  # frequency patch rows dropped in training
     labels: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PaSSTConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class PaSSTClassifier(nn.Module):

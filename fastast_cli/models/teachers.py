@@ -12,12 +12,14 @@ returning logits rather than PSLA's probabilities, so the temperature τ applies
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm
 import torch
 from torch import nn
+
+from fastast_cli.models.records import ConfigRecord
 
 # User-facing names → timm model names.
 BACKBONES = {
@@ -29,7 +31,7 @@ POOLINGS = ("mean", "attention")
 
 
 @dataclass
-class CNNConfig:
+class CNNConfig(ConfigRecord):
     """Everything needed to rebuild a CNN teacher; stored in its checkpoints."""
 
     num_classes: int
@@ -37,14 +39,6 @@ class CNNConfig:
     pooling: str = "mean"
     heads: int = 4
     labels: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CNNConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class MeanPool(nn.Module):

@@ -146,7 +146,8 @@ class Layout:
     def token_clip(self) -> torch.Tensor:
         """[N] clip of every flat token."""
         clips = torch.arange(self.num_clips, device=self.device)
-        return clips.repeat_interleave(self.count_tensor)
+        # output_size spares a device → host sync on CUDA
+        return clips.repeat_interleave(self.count_tensor, output_size=self.num_tokens)
 
     @cached_property
     def token_position(self) -> torch.Tensor:

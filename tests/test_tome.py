@@ -171,3 +171,17 @@ def test_models_without_qkv_bias_build_and_run():
     assert model.blocks[0].attn.qkv.bias is None
     with torch.no_grad():
         assert model(torch.randn(1, 32, 128)).shape == (1, 3)
+
+
+def test_merging_runs_under_mixed_precision():
+    """The autocast path GPUs take (fp16 there; bf16 here, as the CPU's autocast dtype):
+    masks, log(sizes) and merges must keep working in reduced precision."""
+    model = tiny(128).set_r(10)
+    fbank = torch.randn(2, 128, 128)
+    with torch.no_grad():
+        full = model(fbank)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reduced = model(fbank)
+    assert reduced.dtype == torch.bfloat16
+    assert model.last_state.sizes.shape[1] == 146 - 120
+    torch.testing.assert_close(reduced.float(), full, atol=0.15, rtol=0.1)

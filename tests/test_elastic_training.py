@@ -60,9 +60,9 @@ def test_elastic_run_trains_saves_and_evaluates(small_demo, tmp_path):
     assert len((tmp_path / "ev/lengths.csv").read_text().splitlines()) == 5
 
 
-def test_elastic_needs_an_ast_without_teacher(tmp_path):
+def test_elastic_needs_an_ast_student(tmp_path):
     with pytest.raises(FastASTError, match="elastic training"):
-        load_config("demo-distill", {"elastic": True, "out": str(tmp_path)})
+        load_config("demo-teacher", {"elastic": True, "out": str(tmp_path)})
     with pytest.raises(FastASTError, match="resolutions"):
         load_config("demo", {"elastic": True, "resolutions": [3.0, 1.0], "out": str(tmp_path)})
 
@@ -111,3 +111,27 @@ def test_sweep_runs_on_an_elastic_checkpoint(small_demo, elastic_checkpoint, tmp
     assert [int(row["tokens"]) for row in rows] == [98, 98 - 2 * 4]
     whole = evaluate_checkpoint(elastic_checkpoint, load_manifest(small_demo))
     assert float(rows[0]["metric"]) == pytest.approx(whole.metrics.accuracy, abs=5e-5)
+
+
+def test_elastic_student_learns_from_a_fixed_teacher_on_padded_clips(small_demo, tmp_path):
+    from fastast_cli.data.elastic_features import pad_clips
+    from fastast_cli.training.config import TrainConfig
+    from fastast_cli.training.loop import Ranks, SilentReporter, Trainer, train
+
+    base = {"model": "ast", "size": "tiny", "depth": 2, "fstride": 16, "tstride": 16,
+            "data": str(small_demo), "epochs": 1, "batch_size": 8, "lr": 2e-4, "loss": "ce",
+            "num_workers": 0, "device": "cpu"}
+    train(TrainConfig(**base, out=str(tmp_path / "teacher")))
+    student = TrainConfig(**base, out=str(tmp_path / "student"), elastic=True,
+                          resolutions=[1.0, 2.0], max_tokens=256, teacher="ast",
+                          teacher_checkpoint=str(tmp_path / "teacher/best.pt"))
+    trainer = Trainer(student, Ranks(), torch.device("cpu"), SilentReporter())
+    seen = {"student": [], "teacher": []}
+    trainer.model.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0]))
+    trainer.teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0]))
+    trainer.run(resume=False)
+    pad = -trainer.mean / (2 * trainer.std)
+    for clips, batch in zip(seen["student"], seen["teacher"], strict=False):
+        assert batch.shape[1] == 200 and any(clip.shape[0] < 200 for clip in clips)
+        torch.testing.assert_close(batch, pad_clips(clips, 200, pad))
+    assert len(seen["teacher"]) == 8

@@ -37,7 +37,8 @@ R = Annotated[int | None, typer.Option(
 Schedule = Annotated[str | None, typer.Option(help="r schedule: constant or decreasing.")]
 Elastic = Annotated[bool | None, typer.Option(
     "--elastic/--fixed", help="ElasticAST: clips at their native length packed into rows, "
-    "training at random time resolutions (AST only, no teacher).", show_default=False)]
+    "training at random time resolutions (AST students; a teacher gets the clips padded to "
+    "the dataset's length).", show_default=False)]
 MaxTokens = Annotated[int | None, typer.Option(
     min=16, help="ElasticAST: tokens per packed row (2048 by default).")]
 Resolutions = Annotated[str | None, typer.Option(

@@ -107,3 +107,13 @@ def collate_native(batch: Sequence[tuple]) -> tuple:
     fbanks = [item[0] for item in batch]
     rest = default_collate([tuple(item[1:]) for item in batch])
     return (fbanks, *rest)
+
+
+def pad_clips(clips: Sequence[torch.Tensor], length: int, value: float) -> torch.Tensor:
+    """Native-length clips [T_i, F] → one batch [B, length, F]: each cut to `length` frames or
+    padded at the end with `value` (for a fixed-length model, e.g. a teacher)."""
+    batch = clips[0].new_full((len(clips), length, clips[0].shape[1]), value)
+    for row, clip in zip(batch, clips, strict=True):
+        frames = min(length, clip.shape[0])
+        row[:frames] = clip[:frames]
+    return batch

@@ -124,8 +124,8 @@ class TrainConfig:
             problems.append("epochs and batch_size must be >= 1 and lr > 0")
         if (self.average_from is None) != (self.average_to is None):
             problems.append("weight averaging needs both average_from and average_to")
-        if self.elastic and (self.model != "ast" or self.teacher != "none"):
-            problems.append("elastic training is for an AST without a teacher (--teacher none)")
+        if self.elastic and self.model != "ast":
+            problems.append("elastic training is for an AST student (--model ast)")
         if len(self.resolutions) != 2 or not 0 < self.resolutions[0] <= self.resolutions[1]:
             problems.append(f"resolutions must be [low, high] with 0 < low <= high, "
                             f"got {self.resolutions}")

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from fastast_cli.atomic import atomic_path, json_safe, write_json, write_text
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
-from fastast_cli.data.elastic_features import collate_native
+from fastast_cli.data.elastic_features import collate_native, pad_clips
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
@@ -333,12 +333,20 @@ class Trainer:
         self.scaler.update()
         return float(loss.item())
 
-    def _teacher_logits(self, fbank: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
-        """The teacher's logits for this very batch (online), or its cached clean-clip logits."""
+    def _teacher_logits(
+        self, fbank: torch.Tensor | list[torch.Tensor], index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The teacher's logits for this very batch (online), or its cached clean-clip logits.
+
+        Native-length clips (ElasticAST students) reach a fixed-length teacher padded as AST
+        pads: zero log-mel frames at the end, i.e. (0 - mean) / (2·std) after normalization.
+        """
         if self.teacher is None:
             return None
         if self.cached_logits is not None:
             return self.cached_logits[index].to(self.device)
+        if isinstance(fbank, list):
+            fbank = pad_clips(fbank, self.manifest.target_length, -self.mean / (2 * self.std))
         with torch.no_grad():
             return self.teacher(fbank).float()
 
@@ -361,7 +369,8 @@ class Trainer:
         except Exception:  # missing, or damaged by an interruption: compute it again
             pass
         self.reporter.note("computing the teacher's logits once (teacher_logits: cached)")
-        clean = self._dataset("train", training=False)
+        options = {"cache_dir": self.manifest.cache_dir} if self.config.cache else {}
+        clean = self.manifest.dataset_for("train", self.config.fold, **options)  # fixed length
         assert self.teacher is not None
         logits, _ = predict_dataset(self.teacher, clean, self.config.batch_size, self.device,
                                     self.use_amp)

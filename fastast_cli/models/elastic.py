@@ -350,6 +350,7 @@ class ElasticAST(nn.Module):
         plan = self.merge_plan(layout.counts) if plan is None else plan
         for block, r in zip(self.blocks, plan, strict=True):
             tokens = block(tokens, state, r, self.proportional_attention)
+        state.layout.forget_mask()  # the [R, 1, L, L] mask is not needed past the last block
         self.last_state = None if self.training else state
         return tokens, state.layout
 

@@ -179,6 +179,10 @@ class Layout:
         mask = torch.zeros(same_clip.shape, device=self.device)
         return mask.masked_fill_(~same_clip, float("-inf"))[:, None]
 
+    def forget_mask(self) -> None:
+        """Free the cached attention mask (R·L² floats) once no attention will use it."""
+        self.__dict__.pop("attention_mask", None)
+
     def to_rows(self, values: torch.Tensor) -> torch.Tensor:
         """Flat values [N, C] → rows [R, L, C], padding slots zero."""
         channels = values.shape[-1]

@@ -208,6 +208,7 @@ def load_model(
     fstride: int | None = None,
     tstride: int | None = None,
     device: str | torch.device = "cpu",
+    payload: Any = None,
 ) -> AST:
     """Build the AST a checkpoint describes, load its weights, and return it in eval mode.
 
@@ -219,9 +220,10 @@ def load_model(
         embeddings are cut or interpolated when the patch grid differs from the checkpoint's.
         Original AST files do not store their strides: for them fstride/tstride name the strides
         the checkpoint was trained with (default 10/10; `audioset_12_12_*` needs 12/12).
+    payload: the file's contents when the caller has read them already (`read_file`).
     The checkpoint's metadata lands in `model.meta` and what loading did in `model.load_notes`.
     """
-    weights = read_weights(path, fstride=fstride, tstride=tstride)
+    weights = read_weights(path, fstride=fstride, tstride=tstride, payload=payload)
     config = _model_config(weights, path, num_classes, target_length, fstride, tstride)
     model = AST(config)
     _load_weights(model, weights, path)
@@ -261,7 +263,7 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
 
 
 def read_weights(
-    path: PathLike, *, fstride: int | None = None, tstride: int | None = None
+    path: PathLike, *, fstride: int | None = None, tstride: int | None = None, payload: Any = None
 ) -> PretrainedWeights:
     """Read any supported checkpoint and rename its tensors to `AST.state_dict()` names.
 
@@ -271,13 +273,26 @@ def read_weights(
     path = _existing_path(path)
     if path.is_dir():
         return _read_hf_folder(path)
-    payload = _load_file(path)
+    payload = _load_file(path) if payload is None else payload
     if _is_fastast(payload):
         return _fastast_weights(payload, path)
     return _state_dict_weights(_unwrap_state_dict(payload, path), path, fstride, tstride)
 
 
 # --- reading files safely --------------------------------------------------------------------
+
+
+def read_file(path: PathLike) -> Any:
+    """The contents of a checkpoint file (a dict of tensors and plain values), read safely."""
+    return _load_file(_existing_path(path))
+
+
+def fastast_payload(payload: Any, path: PathLike) -> dict[str, Any] | None:
+    """`payload` when it is a fastast checkpoint this version reads, else None."""
+    if not _is_fastast(payload):
+        return None
+    _check_version(payload, Path(path))
+    return payload
 
 
 def read_state_dict(path: PathLike) -> StateDict:

@@ -10,9 +10,10 @@ from torch import nn
 from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models.ast import AST, build_model
 from fastast_cli.models.checkpoints import (
+    fastast_payload,
     init_from_pretrained,
     load_model,
-    read_checkpoint,
+    read_file,
     read_state_dict,
 )
 from fastast_cli.models.elastic import ElasticAST
@@ -102,15 +103,11 @@ def load_classifier(
 ) -> nn.Module:
     """Any trained classifier, in eval mode: fastast AST, CNN or PaSST checkpoints, original AST
     `.pth` files and Hugging Face AST folders. `r` sets token merging on ASTs."""
-    payload = None
-    if os.path.isfile(path):
-        try:
-            payload = read_checkpoint(path)
-        except CheckpointError:
-            payload = None  # not a fastast file: load_model tells what it is
+    contents = read_file(path) if os.path.isfile(path) else None  # read once, whatever it is
+    payload = fastast_payload(contents, path)
     architecture = payload.get("architecture", "ast") if payload is not None else "ast"
     if architecture == "ast":
-        return load_model(path, r, device=device)
+        return load_model(path, r, device=device, payload=contents)
     assert payload is not None
     if architecture == "elastic":  # loads its own weights and meta
         try:

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.evaluate import parse_resolutions
 from fastast_cli.reports.tables import Column, rich_table
 from fastast_cli.training.config import load_config
 from fastast_cli.training.loop import RunResult, train
@@ -46,15 +47,15 @@ Resolutions = Annotated[str | None, typer.Option(
     "10 ms × q), e.g. 1,4.")]
 
 
-def parse_resolutions(spec: str | None) -> list[float] | None:
-    """`1,4` → [1.0, 4.0]; None stays None (the recipe's value)."""
+def parse_resolution_range(spec: str | None) -> list[float] | None:
+    """`1,4` → [1.0, 4.0] (training draws q from that range); None keeps the recipe's value."""
     if spec is None:
         return None
-    try:
-        low, high = (float(v) for v in spec.split(","))
-    except ValueError:
-        raise FastASTError(f"--resolutions {spec!r}: give LOW,HIGH, e.g. 1,4") from None
-    return [low, high]
+    values = parse_resolutions(spec)
+    if len(values) != 2:
+        raise FastASTError(f"--resolutions {spec!r}: give LOW,HIGH, e.g. 1,4")
+    return values
+
 
 LOG_COLUMNS = [
     Column("epoch", "epoch"),
@@ -146,7 +147,7 @@ def train_teacher(
     """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
     run(recipe, {
         "elastic": elastic, "max_tokens": max_tokens,
-        "resolutions": parse_resolutions(resolutions),
+        "resolutions": parse_resolution_range(resolutions),
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "fold": fold, "seed": seed, "device": device, "num_workers": num_workers,
@@ -191,7 +192,7 @@ def distill(
     """Train an AST student with token merging and cross-model knowledge distillation."""
     run(recipe, {
         "elastic": elastic, "max_tokens": max_tokens,
-        "resolutions": parse_resolutions(resolutions),
+        "resolutions": parse_resolution_range(resolutions),
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
         "r": r, "schedule": schedule, "model": "ast", "size": model, "pretrained": pretrained,

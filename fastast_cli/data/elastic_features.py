@@ -21,7 +21,6 @@ from torch.utils.data import default_collate
 
 from fastast_cli.data.audio import resample, to_mono
 from fastast_cli.data.features import (
-    FRAME_LENGTH_MS,
     FRAME_SHIFT_MS,
     NUM_MEL_BINS,
     SAMPLE_RATE,
@@ -88,12 +87,6 @@ def draw_resolution(
     if not 0 < low <= high:
         raise ValueError(f"need 0 < low <= high for a resolution range, got [{low}, {high}]")
     return low + (high - low) * float(torch.rand((), generator=generator))
-
-
-def clip_seconds(fbank: torch.Tensor, resolution: float = 1.0) -> float:
-    """Audio seconds an fbank `[frames, bins]` at resolution q spans (window included)."""
-    frames = fbank.shape[0]
-    return ((frames - 1) * shift_for_resolution(resolution) + FRAME_LENGTH_MS) / 1000
 
 
 def frames_for_seconds(seconds: float, resolution: float = 1.0) -> int:

@@ -37,11 +37,6 @@ META_COLUMNS = ("filename", "fold", "target", "category")
 WHAT = "ESC-50 (ESC-50-master.zip or its extracted folder)"
 
 
-def esc50_mid(target: int) -> str:
-    """ESC-50's label mid as in AST's labels CSV: `/m/07rwj00` … `/m/07rwj49`."""
-    return f"/m/07rwj{target:02d}"
-
-
 def read_meta(root: Path) -> list[tuple[str, int, int, str]]:
     """Rows (filename, fold, target, category) of `<root>/meta/esc50.csv`."""
     path = root / META

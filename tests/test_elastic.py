@@ -328,3 +328,33 @@ def test_collate_native():
     batch = [(torch.zeros(30, 128), torch.tensor([1.0, 0])), (torch.zeros(50, 128), torch.ones(2))]
     fbanks, targets = collate_native(batch)
     assert [len(f) for f in fbanks] == [30, 50] and targets.shape == (2, 2)
+
+
+def test_packed_unmerged_tokens_keep_their_position_order():
+    # Three clips in two rows; in each clip the unmerged A tokens (slots 2 … 2 + Na - r) must
+    # come from increasing positions, as in ToMe, whatever their edge scores.
+    layout = Layout((14, 11, 9), (0, 0, 1))
+    torch.manual_seed(1)
+    keys = torch.randn(34, 8)
+    r = [3, 2, 1]
+    matching = packed_bipartite_matching(keys, layout, r, protected=2)
+    starts, after = [0, 14, 25], [0, 11, 20, 28]
+    for clip, count in enumerate(layout.counts):
+        num_a = (count - 2 + 1) // 2
+        kept = matching.kept[after[clip] + 2 : after[clip] + 2 + num_a - r[clip]] - starts[clip]
+        assert torch.all(kept[1:] > kept[:-1]), kept
+        assert torch.all((kept - 2) % 2 == 0)  # A tokens only
+
+
+def test_packed_merging_matches_tome_over_several_blocks():
+    # Two merges in a row: the second split depends on the order the first one left.
+    torch.manual_seed(2)
+    keys1, keys2 = torch.randn(1, 30, 8), torch.randn(1, 22, 8)
+    tokens = torch.randn(1, 30, 16)
+    state = TokenState()
+    expected = state.merge(bipartite_soft_matching(keys1, 8, protected=2), tokens)
+    expected = state.merge(bipartite_soft_matching(keys2, 6, protected=2), expected)
+    packed = PackedState(Layout((30,), (0,)))
+    merged = packed.merge(packed_bipartite_matching(keys1[0], packed.layout, [8], 2), tokens[0])
+    merged = packed.merge(packed_bipartite_matching(keys2[0], packed.layout, [6], 2), merged)
+    torch.testing.assert_close(merged, expected[0], atol=1e-6, rtol=0)

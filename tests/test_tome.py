@@ -185,3 +185,20 @@ def test_merging_runs_under_mixed_precision():
     assert reduced.dtype == torch.bfloat16
     assert model.last_state.sizes.shape[1] == 146 - 120
     torch.testing.assert_close(reduced.float(), full, atol=0.15, rtol=0.1)
+
+
+def test_unmerged_tokens_keep_their_position_order():
+    # 2 protected + 10 mergeable tokens; A = positions 2, 4, ..., 10. The A tokens' best edges
+    # grow towards the front (A4 weakest ... A0 strongest), so by score the unmerged A tokens
+    # would come out in descending position order; ToMe puts them back in position order.
+    torch.manual_seed(0)
+    keys = torch.randn(1, 12, 8)
+    for i, position in enumerate(range(2, 12, 2)):  # A token i almost equals its B neighbour
+        keys[0, position] = keys[0, position + 1] + 0.05 * (i + 1) * torch.randn(8)
+    matching = bipartite_soft_matching(keys, 2, protected=2)
+    positions = torch.arange(12.0)[None, :, None]
+    after = matching.merge(positions, reduce="amax")[0, :, 0]  # source position of each token
+    unmerged_a = after[2 : 2 + 5 - 2]
+    assert torch.all(unmerged_a[1:] > unmerged_a[:-1]), unmerged_a
+    assert after[:2].tolist() == [0.0, 1.0]
+

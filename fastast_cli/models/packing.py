@@ -17,7 +17,7 @@ Token merging in packed rows (`packed_bipartite_matching`) does for every clip e
 `tome.bipartite_soft_matching` does for that clip alone: the clip's mergeable tokens (all but
 its CLS and DIST) alternate between set A and set B by their position inside the clip; each A
 token finds its most similar B token *of the same clip*; the clip's own r_i best edges are
-merged; the clip becomes `[CLS, DIST, unmerged A by descending score, B]`. Each clip may have its
+merged; the clip becomes `[CLS, DIST, unmerged A in position order, B]`. Each clip may have its
 own r_i, so the flat tensor shrinks by a different amount per clip and the rows are re-laid out
 after every merge (`Layout.resized`); a merge never crosses clips and padding is never a
 candidate, because A and B are taken from the flat tokens, which hold no padding.
@@ -332,7 +332,8 @@ def _destinations(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat index [N] of every token after merging, and which tokens merge [N] (bool).
 
-    Each clip becomes [prefix, unmerged A by rank, B]; a merged A token goes to its partner.
+    Each clip becomes [prefix, unmerged A in position order, B]; a merged A token goes to its
+    partner.
     """
     device = rank.device
     remove = torch.tensor(r, device=device, dtype=torch.long)  # [K]
@@ -343,9 +344,11 @@ def _destinations(
     b_clip = sets.b_layout.token_clip
     destination[sets.b_index] = first_b[b_clip] + sets.b_layout.token_position
     a_clip = sets.a_layout.token_clip
-    kept = start[a_clip] + protected + rank - remove[a_clip]
-    merged_into = first_b[a_clip] + partner
     goes = rank < remove[a_clip]  # [Na]
+    stays_before = exclusive_cumsum((~goes).long())  # [Na] unmerged A tokens earlier in flat order
+    within = stays_before - stays_before[sets.a_layout.starts[a_clip]]  # ... earlier in the clip
+    kept = start[a_clip] + protected + within
+    merged_into = first_b[a_clip] + partner
     destination[sets.a_index] = torch.where(goes, merged_into, kept)
     merged = torch.zeros_like(destination, dtype=torch.bool)
     merged[sets.a_index] = goes

@@ -9,7 +9,8 @@ merged into their most similar partner:
    keys averaged over heads);
 3. the `r` A tokens with the strongest edges are merged into their B partners by a size-weighted
    average; the other A tokens stay;
-4. the result is `[protected, unmerged A, B]`.
+4. the result is `[protected, unmerged A, B]`, the unmerged A tokens in position order (as in
+   ToMe, so the alternating A/B split of the next block sees the tokens in their original order).
 
 Protected tokens never take part in the matching, so they keep their values and stay at the
 front, whatever `r` is. `sizes` counts how many original patches each token stands for; it feeds
@@ -31,8 +32,8 @@ RSchedule = int | Sequence[int]
 class Matching:
     """The outcome of bipartite soft matching for one block; applies to any per-token tensor.
 
-    `unmerged` [B, Na - r, 1] indexes the A tokens that stay, `merged` [B, r, 1] the A tokens that
-    go, and `partner` [B, r, 1] the B token each of them is merged into.
+    `unmerged` [B, Na - r, 1] indexes the A tokens that stay (ascending: position order),
+    `merged` [B, r, 1] the A tokens that go, and `partner` [B, r, 1] the B token each of them is merged into.
     """
 
     protected: int
@@ -64,7 +65,8 @@ def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Match
     similarity = set_a @ set_b.transpose(-1, -2)  # [B, Na, Nb]
     best, partner = similarity.max(dim=-1)  # [B, Na]
     order = best.argsort(dim=-1, descending=True).unsqueeze(-1)  # [B, Na, 1]
-    merged, unmerged = order[:, :r], order[:, r:]
+    merged = order[:, :r]
+    unmerged = order[:, r:].sort(dim=1).values  # back to position order
     return Matching(protected, unmerged, merged, partner.unsqueeze(-1).gather(1, merged))
 
 

@@ -32,7 +32,8 @@ def test_stratified_split_by_ratio(tmp_path: Path) -> None:
     assert labels.mids == ("/fastast/cat", "/fastast/dog_barking", "/fastast/rain")
     m = load_manifest(tmp_path / "out")
     assert m.target_length == 48  # 0.5-s clips: 48 frames
-    assert m.dataset == "folder" and m.eval_split == "valid"
+    assert m.dataset == "folder" and m.eval_split == "test"  # reported on test
+    assert m.selection_split == "valid"  # best.pt chosen on valid
     names = {split: {e.wav for e in read_datafile(m.datafile(split))} for split in m.split_names}
     assert not names["train"] & names["valid"] and not names["train"] & names["test"]
 

@@ -22,6 +22,7 @@ from fastast_cli.evaluation.evaluate import (
     save_evaluation,
 )
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.models.merging import MergeSettings
 from fastast_cli.reports.tables import Column, rich_table, write_csv
 
 METRICS = {"accuracy": "accuracy", "mAP": "mAP", "mAUC": "mAUC", "d_prime": "d'"}
@@ -32,6 +33,12 @@ def _cells(fold: object, values: dict[str, float]) -> dict[str, str]:
     return {"fold": str(fold), **{key: f"{values[key]:.4f}" for key in METRICS}}
 
 
+def merging_line(model_or_settings: object) -> str:
+    """How the model merged tokens, for a table title ('' for models without merging)."""
+    settings = getattr(model_or_settings, "merge_settings", model_or_settings)
+    return f"; {settings.describe()}" if isinstance(settings, MergeSettings) else ""
+
+
 @app.command()
 @user_errors
 def evaluate(
@@ -39,9 +46,19 @@ def evaluate(
         help="fastast checkpoint, original AST .pth or Hugging Face AST folder. With --folds, "
         "a pattern holding {fold}, e.g. runs/esc50-fold{fold}/best.pt.")],
     data: Annotated[Path, typer.Option(help="Prepared dataset: manifest.yaml or its folder.")],
-    r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (ToMe).")] = 0,
+    r: Annotated[int | None, typer.Option("--r", min=0, help=(
+        "Tokens merged per block (ToMe). Default: what the checkpoint was trained with "
+        "(0 for checkpoints that record none)."))] = None,
+    schedule: Annotated[str | None, typer.Option(help=(
+        "r schedule: constant or decreasing. Default: the checkpoint's (constant)."))] = None,
+    proportional_attention: Annotated[bool | None, typer.Option(
+        "--proportional-attention/--no-proportional-attention", help=(
+            "ToMe's proportional attention. Default: the checkpoint's (on for checkpoints "
+            "that record none, as for models used off the shelf)."), show_default=False)
+    ] = None,
     split: Annotated[str | None, typer.Option(
-        help="Split to score (default: eval, valid or test, whichever the dataset has).")] = None,
+        help="Split to score (default: test, or eval, where the dataset has one; valid, the "
+        "split best.pt is chosen on, only when asked or when it is all there is).")] = None,
     fold: Annotated[int | None, typer.Option(help="Fold of a cross-validation dataset.")] = None,
     folds: Annotated[str | None, typer.Option(
         help="Several folds, e.g. 1-5: mean ± std over folds (one checkpoint per fold).")] = None,
@@ -59,21 +76,24 @@ def evaluate(
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
     manifest = load_manifest(data)
+    merging = {"r": r, "schedule": schedule, "proportional_attention": proportional_attention}
+    split = split or manifest.eval_split
     if lengths is not None or resolutions is not None:
-        length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", r=r,
+        length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", merging=merging,
                      split=split, fold=fold, batch_size=batch_size, device=device, out=out)
         return
     if folds and "{fold}" not in checkpoint:
         raise FastASTError("--folds needs a --checkpoint pattern holding {fold}, e.g. "
                            "runs/esc50-fold{fold}/best.pt")
     chosen = parse_folds(folds) if folds else [fold]
-    rows, summaries = [], []
+    rows, summaries, settings = [], [], set()
     for number in chosen:
         path = checkpoint.replace("{fold}", str(number))
         evaluation = evaluate_checkpoint(
-            path, manifest, split=split, fold=number, r=r, batch_size=batch_size,
-            device=resolve_device(device),
+            path, manifest, split=split, fold=number, batch_size=batch_size,
+            device=resolve_device(device), **merging,
         )
+        settings.add(merging_line(evaluation.merging))
         summaries.append(evaluation.metrics.summary())
         rows.append(_cells("-" if number is None else number, summaries[-1]))
         if out is not None:
@@ -82,24 +102,27 @@ def evaluate(
         spread = {key: mean_and_std([s[key] for s in summaries]) for key in METRICS}
         rows.append({"fold": "mean ± std",
                      **{key: f"{m:.4f} ± {sd:.4f}" for key, (m, sd) in spread.items()}})
-    console.print(rich_table(f"{checkpoint} on {manifest.path} (r={r})", rows, COLUMNS))
+    title = f"{checkpoint} on {manifest.path}, {split} split{''.join(sorted(settings))}"
+    console.print(rich_table(title, rows, COLUMNS))
     if out is not None:
         console.print(f"wrote metrics.json, per_class.csv and predictions.csv under {out}")
 
 
-def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, r: int,
-                 split: str | None, fold: int | None, batch_size: int, device: str,
+def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, merging: dict,
+                 split: str, fold: int | None, batch_size: int, device: str,
                  out: Path | None) -> None:
     """Metric per clip length and time resolution, as a table (and lengths.csv in --out)."""
-    model = load_classifier(checkpoint, r, device=resolve_device(device))
+    model = load_classifier(checkpoint, device=resolve_device(device), **merging)
     check_labels(model, manifest, checkpoint)
     rows = evaluate_lengths(model, manifest, parse_lengths(lengths), parse_resolutions(resolutions),
                             split=split, fold=fold, batch_size=batch_size,
                             device=resolve_device(device))
-    columns = [Column("length", "seconds"), Column("resolution", "q", "{:g}")] + [
+    columns = [Column("split", "split"), Column("length", "seconds"),
+               Column("resolution", "q", "{:g}")] + [
         Column(key, header, "{:.4f}") for key, header in METRICS.items()]
-    console.print(rich_table(f"{checkpoint} by clip length and time resolution (r={r})",
-                             rows, columns))
+    title = (f"{checkpoint} by clip length and time resolution, {split} split"
+             f"{merging_line(model)}")
+    console.print(rich_table(title, rows, columns))
     if out is not None:
         write_csv(out / "lengths.csv", rows, columns)
         console.print(f"wrote {out / 'lengths.csv'}")

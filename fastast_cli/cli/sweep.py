@@ -14,8 +14,9 @@ from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
 from fastast_cli.evaluation.sweep import SweepRow, parse_run, read_rows, recommend, run_sweep
-from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.models.ast import AST, SIZES, build_model
+from fastast_cli.models.merging import MergeSettings
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar
 from fastast_cli.reports.plots import plot_tradeoff
@@ -53,6 +54,8 @@ def metric_columns(metric: str) -> list[Column]:
         Column("tokens", "tokens left"),
         Column("gflops", "GFLOPs", "{:.2f}"),
         Column("checkpoint", "checkpoint"),
+        Column("split", "split"),
+        Column("batch", "timing batch"),
     ]
 
 
@@ -96,12 +99,14 @@ def sweep_model(
 
 def data_sweep(
     manifest: Manifest, specs: list[str], rs: list[int], folds: str | None, out: Path | None,
-    budget: str | None, options: dict,
+    budget: str | None, options: dict, split: str | None = None,
 ) -> None:
     """Metric and throughput per run and r; rows saved as they finish; resumes from `out`."""
     runs = [parse_run(spec) for spec in specs]
     fold_numbers: list[int | None] = list(parse_folds(folds)) if folds else [None]
     previous = read_rows(out) if out is not None else []
+    split = split or manifest.eval_split
+    manifest.datafile(split, fold_numbers[0])  # an unknown split fails here, clearly
 
     def save(rows: list[SweepRow]) -> None:  # CSV cells use column keys: the metric name is moot
         if out is not None:
@@ -113,9 +118,10 @@ def data_sweep(
             advance()
 
         rows, metric = run_sweep(runs, rs, manifest, folds=fold_numbers, previous=previous,
-                                 on_rows=saved_one, **options)
+                                 split=split, on_rows=saved_one, **options)
     console.print(rich_table(
-        f"Sweep on {manifest.path} ({metric}; drop vs r={rs[0]}; speed on random input)",
+        f"Sweep on {manifest.path}, {split} split ({metric}; drop vs r={rs[0]}; speed on "
+        "random input)",
         [row.to_dict() for row in rows], metric_columns(metric),
     ))
     if out is not None:
@@ -123,7 +129,8 @@ def data_sweep(
         plot = plot_tradeoff(
             [row.to_dict() for row in rows], "samples_per_s", "metric", "r",
             out.with_suffix(".png"),
-            f"{metric} against throughput per r ({manifest.dataset})", x_label="samples/s",
+            f"{metric} ({split} split) against throughput per r ({manifest.dataset})",
+            x_label="samples/s",
             y_label=metric, series_key="run",
         )
         console.print(f"wrote {out} and {plot}")
@@ -158,6 +165,10 @@ def sweep(
     ] = None,
     folds: Annotated[str | None, typer.Option(
         help="Cross-validation folds for {fold} checkpoints, e.g. 1-5 (mean ± std).")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Split to score with --data (default: test, or eval, where the dataset has one; "
+        "valid selects models and is scored only when asked or when it is all there is).")
+    ] = None,
     budget: Annotated[str | None, typer.Option(
         help="Recommend the r with the smallest drop that reaches this speed: samples/s "
         "(e.g. 120) or a speedup (e.g. 1.5x).")] = None,
@@ -170,10 +181,19 @@ def sweep(
     model_size: Annotated[Size, typer.Option(
         "--model", help="Size of the randomly initialised AST (without --checkpoint).")
     ] = "base",  # type: ignore[assignment]
-    schedule: Annotated[Schedule, typer.Option(
-        help="r per block: constant, or decreasing from 2r to 0 (same total).")
-    ] = Schedule.constant,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per timed forward pass.")] = 8,
+    schedule: Annotated[Schedule | None, typer.Option(
+        help="r per block: constant, or decreasing from 2r to 0 (same total). Default: the "
+        "checkpoint's (constant without one).")
+    ] = None,
+    proportional_attention: Annotated[bool | None, typer.Option(
+        "--proportional-attention/--no-proportional-attention", help=(
+            "ToMe's proportional attention. Default: the checkpoint's (on for checkpoints "
+            "that record none, and for random models)."), show_default=False)
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=(
+        "Samples per timed forward pass. Default: on CUDA the largest of 256, 128, 64, ... "
+        "that fits in memory (ToMe times batches of 64–256); 8 on CPU. Printed with the "
+        "table."))] = None,
     eval_batch_size: Annotated[int, typer.Option(
         min=1, help="Clips per forward pass when evaluating.")] = 32,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")
@@ -197,24 +217,32 @@ def sweep(
             raise FastASTError("--data needs at least one --checkpoint to evaluate")
         options = {"batch_size": batch_size, "eval_batch_size": eval_batch_size,
                    "device": resolve_device(device), "dtype": dtype,
-                   "schedule": schedule.value, "warmup": warmup, "runs": runs}
-        data_sweep(load_manifest(data), checkpoint, rs, folds, out, budget, options)
+                   "schedule": schedule and schedule.value,
+                   "proportional_attention": proportional_attention,
+                   "warmup": warmup, "runs": runs}
+        data_sweep(load_manifest(data), checkpoint, rs, folds, out, budget, options, split)
         return
     if checkpoint and len(checkpoint) > 1:
         raise FastASTError("without --data, sweep one --checkpoint at a time")
     model, description = sweep_model(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
+    settings = MergeSettings.from_meta(model.meta).overridden(
+        None, schedule and schedule.value, proportional_attention).apply(model)
     try:
+        batch_size = batch_size or default_batch_size(model, device, dtype, rs[0],
+                                                      settings.schedule)
         with progress_bar("measuring", len(rs) * (warmup + runs)) as advance:
             rows = sweep_throughput(
                 model, rs, batch_size=batch_size, device=device, dtype=dtype,
-                schedule=schedule.value, warmup=warmup, runs=runs, on_step=advance,
+                schedule=settings.schedule, warmup=warmup, runs=runs, on_step=advance,
             )
     except (ValueError, RuntimeError) as error:
         raise FastASTError(str(error)) from None
     records = [vars(row) for row in rows]
-    title = f"Throughput: {description}, batch {batch_size}, {schedule.value} r"
+    attention = "on" if settings.proportional_attention else "off"
+    title = (f"Throughput: {description}, timing batch {batch_size}, {settings.schedule} r, "
+             f"proportional attention {attention}")
     console.print(rich_table(title, records, THROUGHPUT_COLUMNS))
     if out is not None:
         write_csv(out, records, THROUGHPUT_COLUMNS)

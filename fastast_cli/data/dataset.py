@@ -62,6 +62,9 @@ class ASTDataset(Dataset):
     Both float32. `target` is multi-hot over the labels CSV's classes (mixed when mixup hits).
     `freqm`/`timem` (SpecAugment widths), `mixup` (probability) and `noise` (Speech Commands
     noise + roll) apply only with `training=True`. See the module docstring for `cache_dir`.
+    With `return_mix`, items are `(fbank, target, partner, λ)`: the mixup partner's index and
+    the first clip's weight (the item's own index and 1.0 when it is not mixed), so that
+    anything stored per clip (cached teacher logits) can be mixed the same way.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class ASTDataset(Dataset):
         noise: bool = False,
         training: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
+        return_mix: bool = False,
     ) -> None:
         if not 0.0 <= mixup <= 1.0:
             raise FastASTError(f"mixup is a probability in [0, 1], got {mixup}")
@@ -100,6 +104,7 @@ class ASTDataset(Dataset):
         self.noise = noise and training
         self.cache = ArrayCache(cache_dir) if cache_dir is not None else None
         self.cache_waves = self.mixup > 0.0  # mixed items need waveforms, not fbanks
+        self.return_mix = return_mix
 
     @property
     def num_classes(self) -> int:
@@ -148,24 +153,27 @@ class ASTDataset(Dataset):
         )
         return torch.from_numpy(np.array(array, dtype=np.float32))
 
-    def _mixed(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """AST mixup: raw fbank of λ·wave_i + (1-λ)·wave_j and the mixed target."""
+    def _mixed(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+        """AST mixup: raw fbank of λ·wave_i + (1-λ)·wave_j, the mixed target, j and λ."""
         partner = int(torch.randint(len(self.entries), (1,)))
         lam = sample_mixup_lambda()
         wave = mix_waveforms(self.clip_wave(index), self.clip_wave(partner), lam)
         target = mix_targets(self.targets[index], self.targets[partner], lam)
-        return self.features_of(wave), target
+        return self.features_of(wave), target, partner, lam
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple:
         if self.mixup > 0.0 and float(torch.rand(())) < self.mixup:
-            features, target = self._mixed(index)
+            features, target, partner, lam = self._mixed(index)
         else:
             features, target = self.raw_fbank(index), self.targets[index].clone()
+            partner, lam = index, 1.0
         if self.freqm or self.timem:
             features = spec_augment(features, self.freqm, self.timem)
         features = normalize(features, self.mean, self.std)
         if self.noise:
             features = noise_and_roll(features)
+        if self.return_mix:
+            return features.contiguous(), target, partner, lam
         return features.contiguous(), target
 
 

@@ -25,15 +25,18 @@ It sits at the root of a prepared dataset folder; all its paths are relative to 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fastast_cli.atomic import write_text
-from fastast_cli.data.datafile import read_labels_csv
+from fastast_cli.data.datafile import read_datafile, read_labels_csv
 from fastast_cli.errors import FastASTError
 
 if TYPE_CHECKING:
@@ -97,11 +100,44 @@ class Manifest:
 
     @property
     def eval_split(self) -> str:
-        """The split to report results on: `eval` for fold datasets, else valid/eval/test."""
-        for name in ("eval", "valid", "test"):
+        """The split results are reported on: the held-out `test` (or `eval`) split when the
+        dataset has one, as AST reports; `valid` only when it is all there is."""
+        return self._first_split(("eval", "test", "valid"))
+
+    @property
+    def selection_split(self) -> str:
+        """The split training picks `best.pt` on: `valid` when there is one, so the reported
+        split never chooses the model."""
+        return self._first_split(("valid", "eval", "test"))
+
+    def _first_split(self, preference: tuple[str, ...]) -> str:
+        for name in preference:
             if name in self.split_names:
                 return name
         raise FastASTError(f"{self.path}: no evaluation split (eval, valid or test)")
+
+    def resolved_fold(self, fold: int | None) -> int | None:
+        """The fold a run on `fold` uses: the number given, the default one, or None without
+        folds."""
+        return (self.default_fold if fold is None else fold) if self.folds else None
+
+    @cached_property
+    def identity(self) -> str:
+        """A fingerprint of the dataset's partition: its labels and which clips (by path below
+        the dataset folder) sit in every split and fold. Two preparations of the same data agree;
+        checkpoints record it so that a teacher's fold numbers are known to mean the same clips.
+        """
+        def clips(datafile: Path) -> list[str]:
+            return sorted(_relative_name(entry.wav, self.root)
+                          for entry in read_datafile(datafile))
+
+        parts: dict[str, Any] = {"dataset": self.dataset, "labels": self.label_mids,
+                                 "splits": {name: clips(path) for name, path in
+                                            sorted(self.splits.items())},
+                                 "folds": {str(number): [clips(f.train), clips(f.eval)]
+                                           for number, f in sorted(self.folds.items())}}
+        encoded = json.dumps(parts, sort_keys=True).encode()
+        return f"{self.dataset}:{hashlib.sha256(encoded).hexdigest()[:16]}"
 
     def _fold(self, fold: int | None) -> Fold:
         """The requested fold, or the default one."""
@@ -191,6 +227,14 @@ class Manifest:
         data["extras"] = {k: rel(v) if isinstance(v, Path) else v for k, v in self.extras.items()}
         data["fastast_version"] = __version__
         return data
+
+
+def _relative_name(path: Path, root: Path) -> str:
+    """`path` below `root` in POSIX form, else its full path."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def manifest_path(path_or_dir: str | os.PathLike[str]) -> Path:

@@ -21,6 +21,7 @@ from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.merging import MergeSettings
 from fastast_cli.reports.tables import Column, write_csv
 
 PathLike = str | os.PathLike[str]
@@ -38,6 +39,7 @@ class Evaluation:
     targets: torch.Tensor  # [N, C]
     clips: list[str]
     labels: list[str]
+    merging: MergeSettings | None = None  # token merging the model ran with (ASTs)
 
 
 def input_stats(model: nn.Module, manifest: Manifest, fold: int | None) -> tuple[float, float]:
@@ -67,14 +69,18 @@ def evaluate_checkpoint(
     *,
     split: str | None = None,
     fold: int | None = None,
-    r: int = 0,
+    r: int | None = None,
+    schedule: str | None = None,
+    proportional_attention: bool | None = None,
     batch_size: int = 32,
     device: torch.device | None = None,
     num_workers: int = 0,
 ) -> Evaluation:
-    """Load `checkpoint` (merging at `r` for ASTs) and score it on `split` of `manifest`."""
+    """Load `checkpoint` and score it on `split` of `manifest`. ASTs merge tokens as their
+    checkpoint records, unless `r`, `schedule` or `proportional_attention` say otherwise."""
     device = device or torch.device("cpu")
-    model = load_classifier(checkpoint, r, device=device)
+    model = load_classifier(checkpoint, r, schedule=schedule,
+                            proportional_attention=proportional_attention, device=device)
     check_labels(model, manifest, checkpoint)
     return evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
                           batch_size=batch_size, device=device, num_workers=num_workers)
@@ -111,15 +117,19 @@ def evaluate_model(
                                       collate_fn=collate_native if elastic else None)
     metrics = compute_metrics(logits.numpy(), targets.numpy())
     clips = [str(entry.wav) for entry in dataset.entries]
-    return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names)
+    return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
+                      getattr(model, "merge_settings", None))
 
 
 def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
     """metrics.json, per_class.csv (AP and AUC per class) and predictions.csv (one row a clip)."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluation.metrics
+    merging = evaluation.merging
     summary = {"checkpoint": evaluation.checkpoint, "split": evaluation.split,
-               "fold": evaluation.fold, **metrics.summary()}
+               "fold": evaluation.fold, **metrics.summary(),
+               "merging": None if merging is None else
+               {**merging.to_meta(), "source": merging.source}}
     write_json(out / "metrics.json", summary, indent=2)
     per_class = [
         {"index": i, "label": name, "ap": metrics.per_class_ap[i], "auc": metrics.per_class_auc[i]}
@@ -178,7 +188,8 @@ def evaluate_lengths(
     device: torch.device | None = None,
 ) -> list[dict[str, float | str]]:
     """Metrics with clips cut to each length (seconds; None = whole clip) at each time
-    resolution q (frame shift 10 ms × q): the ElasticAST curve.
+    resolution q (frame shift 10 ms × q): the ElasticAST curve, on `split` (default: the
+    dataset's reporting split).
 
     An ElasticAST reads each clip at its own length; a fixed AST gets the same clips padded or
     cut to its input length, as it must. One row per (length, q).
@@ -188,11 +199,12 @@ def evaluate_lengths(
     if not isinstance(model, AST | ElasticAST):
         raise FastASTError("--lengths and --resolutions compare AST and ElasticAST checkpoints")
     mean, std = input_stats(model, manifest, fold)
+    split = split or manifest.eval_split
     rows: list[dict[str, float | str]] = []
     for seconds in lengths:
         for q in resolutions:
             dataset = NativeLengthDataset(
-                manifest.datafile(split or manifest.eval_split, fold), manifest.labels_csv,
+                manifest.datafile(split, fold), manifest.labels_csv,
                 target_length=model.config.target_length, mean=mean, std=std,
                 num_mel_bins=manifest.num_mel_bins, resolutions=(q, q), seconds=seconds,
                 fixed_length=not elastic,
@@ -202,7 +214,7 @@ def evaluate_lengths(
                 collate_fn=collate_native if elastic else None,
             )
             metrics = compute_metrics(logits.numpy(), targets.numpy())
-            rows.append({"length": "full" if seconds is None else f"{seconds:g}",
+            rows.append({"split": split, "length": "full" if seconds is None else f"{seconds:g}",
                          "resolution": q, **metrics.summary()})
     return rows
 

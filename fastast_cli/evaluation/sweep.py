@@ -24,7 +24,7 @@ import torch
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_and_std
-from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
@@ -59,6 +59,8 @@ class SweepRow:
     tokens: int
     gflops: float
     checkpoint: str
+    split: str
+    batch: int  # timing batch of samples_per_s
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -90,13 +92,15 @@ def sweep_run(
     manifest: Manifest,
     *,
     folds: Sequence[int | None] = (None,),
+    split: str | None = None,
     done: Collection[int] = (),
     reference_metric: float | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     eval_batch_size: int = 32,
     device: torch.device | None = None,
     dtype: str = "auto",
-    schedule: str = "constant",
+    schedule: str | None = None,
+    proportional_attention: bool | None = None,
     warmup: int = 2,
     runs: int = 5,
     on_row: Callable[[SweepRow], None] | None = None,
@@ -104,20 +108,30 @@ def sweep_run(
 ) -> tuple[list[SweepRow], str]:
     """Sweep one run over `rs`, skipping the r values in `done`; returns new rows and metric name.
 
+    The metric is scored on `split` (default: the dataset's reporting split, test where it has
+    one; see `Manifest.eval_split`). The schedule and proportional attention are the
+    checkpoint's (`MergeSettings`) unless `schedule` / `proportional_attention` are given.
+
+    `batch_size`: the timing batch (default: `default_batch_size`, filling the device).
     `reference_metric`: the run's r = rs[0] metric from an earlier, interrupted sweep (drops are
     relative to it when that row is among `done`).
     """
     device = device or torch.device("cpu")
+    split = split or manifest.eval_split
     todo = [r for r in rs if r not in done]
     if not todo:
         return [], ""
-    models = {fold: load_classifier(run.path(rs[0], fold), device=device) for fold in folds}
+    merging = {"schedule": schedule, "proportional_attention": proportional_attention}
+    models = {fold: load_classifier(run.path(rs[0], fold), device=device, **merging)
+              for fold in folds}
     first = next(iter(models.values()))
     if not isinstance(first, AST | ElasticAST):
         raise FastASTError(f"{run.checkpoint}: token merging sweeps need an AST checkpoint")
     for fold, model in models.items():
         check_labels(model, manifest, run.path(rs[0], fold))
     metric = metric_name(first, manifest)
+    schedule = first.merge_settings.schedule
+    batch_size = batch_size or default_batch_size(first, device, dtype, rs[0], schedule)
     timed = [rs[0]] + [r for r in todo if r != rs[0]]  # speedups always relative to rs[0]
     speed = {row.r: row for row in sweep_throughput(
         first, timed, batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
@@ -127,18 +141,20 @@ def sweep_run(
     for r in todo:
         values = []
         for fold in folds:
-            model = load_classifier(run.path(r, fold), device=device) if run.per_r else models[fold]
+            model = (load_classifier(run.path(r, fold), device=device, **merging) if run.per_r
+                     else models[fold])
             assert isinstance(model, AST | ElasticAST)
-            model.set_r(r, schedule)
-            evaluation = evaluate_model(model, manifest, run.path(r, fold), fold=fold,
-                                        batch_size=eval_batch_size, device=device)
+            model.merge_settings.overridden(r=r).apply(model)
+            evaluation = evaluate_model(model, manifest, run.path(r, fold), split=split,
+                                        fold=fold, batch_size=eval_batch_size, device=device)
             values.append(evaluation.metrics.summary()[metric])
         mean, std = mean_and_std(values)
         if reference_metric is None:
             reference_metric = mean
         timing = speed[r]
         row = SweepRow(run.name, r, mean, std, mean - reference_metric, timing.samples_per_s,
-                       timing.speedup, timing.tokens, timing.gflops, run.path(r, folds[0]))
+                       timing.speedup, timing.tokens, timing.gflops, run.path(r, folds[0]), split,
+                       batch_size)
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -151,16 +167,19 @@ def run_sweep(
     manifest: Manifest,
     *,
     previous: Sequence[SweepRow] = (),
+    split: str | None = None,
     on_rows: Callable[[list[SweepRow]], None] | None = None,
     **options: Any,
 ) -> tuple[list[SweepRow], str]:
     """Sweep every run in `checkpoints` over `rs` (`options` go to `sweep_run`), keeping the
-    rows of an earlier sweep (`previous`) and measuring only what they lack. After each new row
+    rows of an earlier sweep (`previous`, those scored on the same `split`) and measuring only
+    what they lack. After each new row
     `on_rows` gets all rows so far, ordered by run then r (save them there). Returns those rows
     and the metric's name.
     """
     order = {run.name: index for index, run in enumerate(checkpoints)}
-    rows = [row for row in previous if row.run in order]
+    split = split or manifest.eval_split
+    rows = [row for row in previous if row.run in order and row.split == split]
     metric = "metric"
     for _ in rows:  # finished rows count as progress too
         if on_rows is not None:
@@ -175,7 +194,7 @@ def run_sweep(
     for run in checkpoints:
         mine = [row for row in rows if row.run == run.name]
         reference = next((row.metric for row in mine if row.r == rs[0]), None)
-        _, name = sweep_run(run, rs, manifest, done={row.r for row in mine},
+        _, name = sweep_run(run, rs, manifest, split=split, done={row.r for row in mine},
                             reference_metric=reference, on_row=keep, **options)
         metric = name or metric
     return rows, metric
@@ -195,6 +214,8 @@ def read_rows(path: Path) -> list[SweepRow]:
                     samples_per_s=float(record["samples_per_s"]),
                     speedup=float(record["speedup"]), tokens=int(record["tokens"]),
                     gflops=float(record["gflops"]), checkpoint=record["checkpoint"],
+                    split=record.get("split", ""),  # older tables: split unknown, re-measured
+                    batch=int(record.get("batch") or 0),
                 ))
             except (KeyError, ValueError):
                 raise FastASTError(

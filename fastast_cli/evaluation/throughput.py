@@ -21,6 +21,37 @@ from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
 from fastast_cli.models.tome import resolve_schedule, tokens_per_block
 
+# Timing batches tried on an accelerator, largest first (ToMe's benchmarks use 64–256); CPU runs
+# keep a small batch so that a sweep finishes in minutes.
+ACCELERATOR_BATCHES = (256, 128, 64, 32, 16, 8)
+CPU_BATCH = 8
+
+
+def default_batch_size(
+    model: AST, device: str | torch.device = "auto", dtype: str = "auto", r: int = 0,
+    schedule: str = "constant",
+) -> int:
+    """The timing batch that fills the device: on CUDA the largest of `ACCELERATOR_BATCHES`
+    whose forward pass at merging rate `r` (the fewest merges of the sweep: the most memory)
+    fits in memory; `CPU_BATCH` elsewhere."""
+    device = resolve_device(device)
+    if device.type != "cuda":
+        return CPU_BATCH
+    torch_dtype = resolve_dtype(dtype, device)
+    config = model.config
+    model = model.to(device).eval()
+    for size in ACCELERATOR_BATCHES:
+        batch = torch.zeros(size, config.target_length, config.num_mel_bins, device=device)
+        try:
+            with merging(model, r, schedule):
+                time_forward(model, batch, device, torch_dtype)
+            return size
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+        finally:
+            del batch
+    return ACCELERATOR_BATCHES[-1]
+
 
 @dataclass
 class ThroughputRow:

@@ -17,6 +17,7 @@ from fastast_cli.models.checkpoints import (
     read_state_dict,
 )
 from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig, load_passt_weights
 from fastast_cli.models.teachers import (
     BACKBONES,
@@ -99,23 +100,41 @@ def _load_cnn_backbone(model: CNNClassifier, path: PathLike) -> None:
 
 
 def load_classifier(
-    path: PathLike, r: RSchedule = 0, *, device: str | torch.device = "cpu"
+    path: PathLike,
+    r: RSchedule | float | None = None,
+    *,
+    schedule: str | None = None,
+    proportional_attention: bool | None = None,
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Any trained classifier, in eval mode: fastast AST, CNN or PaSST checkpoints, original AST
-    `.pth` files and Hugging Face AST folders. `r` sets token merging on ASTs."""
+    `.pth` files and Hugging Face AST folders.
+
+    ASTs merge tokens as their checkpoint records (`MergeSettings`; none recorded: no merging,
+    proportional attention on); `r`, `schedule` and `proportional_attention` override what they
+    are given for. The settings used are in `model.merge_settings`.
+    """
     contents = read_file(path) if os.path.isfile(path) else None  # read once, whatever it is
     payload = fastast_payload(contents, path)
     architecture = payload.get("architecture", "ast") if payload is not None else "ast"
-    if architecture == "ast":
-        return load_model(path, r, device=device, payload=contents)
-    assert payload is not None
-    if architecture == "elastic":  # loads its own weights and meta
+    if architecture in ("ast", "elastic"):
+        if architecture == "ast":
+            model: nn.Module = load_model(path, device=device, payload=contents)
+        else:  # loads its own weights and meta
+            assert payload is not None
+            try:
+                model = ElasticAST.from_checkpoint(payload).to(device).eval()
+            except ValueError as error:
+                raise CheckpointError(f"{path}: {error}") from None
+        settings = MergeSettings.from_meta(model.meta).overridden(
+            r, schedule, proportional_attention)
         try:
-            return ElasticAST.from_checkpoint(payload).set_r(r).to(device).eval()
+            return settings.apply(model)
         except ValueError as error:
-            raise CheckpointError(f"{path}: {error}") from None
+            raise FastASTError(f"{path}: {error}") from None
+    assert payload is not None
     if architecture == "cnn":
-        model: nn.Module = CNNClassifier(CNNConfig.from_dict(payload["config"]))
+        model = CNNClassifier(CNNConfig.from_dict(payload["config"]))
     elif architecture == "passt":
         model = PaSSTClassifier(PaSSTConfig.from_dict(payload["config"]))
     else:

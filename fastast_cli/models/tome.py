@@ -33,7 +33,8 @@ class Matching:
     """The outcome of bipartite soft matching for one block; applies to any per-token tensor.
 
     `unmerged` [B, Na - r, 1] indexes the A tokens that stay (ascending: position order),
-    `merged` [B, r, 1] the A tokens that go, and `partner` [B, r, 1] the B token each of them is merged into.
+    `merged` [B, r, 1] the A tokens that go, and `partner` [B, r, 1] the B token each of them
+    is merged into.
     """
 
     protected: int
@@ -65,8 +66,8 @@ def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Match
     similarity = set_a @ set_b.transpose(-1, -2)  # [B, Na, Nb]
     best, partner = similarity.max(dim=-1)  # [B, Na]
     order = best.argsort(dim=-1, descending=True).unsqueeze(-1)  # [B, Na, 1]
-    merged = order[:, :r]
-    unmerged = order[:, r:].sort(dim=1).values  # back to position order
+    merged, unmerged = order[:, :r], order[:, r:]
+    unmerged = unmerged.sort(dim=1).values  # back to position order, as ToMe keeps them
     return Matching(protected, unmerged, merged, partner.unsqueeze(-1).gather(1, merged))
 
 

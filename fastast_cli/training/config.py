@@ -41,10 +41,10 @@ class TrainConfig:
     elastic: bool = False
     max_tokens: int = 2048  # tokens per packed row
     resolutions: list[float] = field(default_factory=lambda: [1.0, 1.0])  # training q range
-    # Token merging (AST only), used in training and evaluation alike.
+    # Token merging (AST only), stored in the checkpoint: evaluation uses it too by default.
     r: int = 0
     schedule: str = "constant"
-    proportional_attention: bool = True
+    proportional_attention: bool = False  # off in training, as ToMe trains
     # Knowledge distillation (distill only).
     teacher: str = "none"  # none, ast, or a CNN name; must match the teacher checkpoint
     teacher_checkpoint: str | None = None

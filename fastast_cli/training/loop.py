@@ -40,10 +40,12 @@ from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
 from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.teachers import BACKBONES
 from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss
+from fastast_cli.training.provenance import check_teacher_data, data_record, teacher_path
 from fastast_cli.training.sampling import EpochSampler, SeededItems
 
 # Settings that may differ when a run is resumed; any other change is refused.
@@ -96,6 +98,21 @@ class Progress:
 
 
 @dataclass
+class Mix:
+    """Which clips a training batch mixed: item `index` [B] with `partner` [B] by weight `lam`
+    [B] (partner = index and lam = 1 for unmixed items)."""
+
+    index: torch.Tensor
+    partner: torch.Tensor
+    lam: torch.Tensor
+
+    def apply(self, per_clip: torch.Tensor) -> torch.Tensor:
+        """Per-clip values [N, C] → the batch's mixed values [B, C]."""
+        lam = self.lam.to(per_clip.dtype)[:, None]
+        return lam * per_clip[self.index] + (1 - lam) * per_clip[self.partner]
+
+
+@dataclass
 class RunResult:
     """What a finished run produced."""
 
@@ -141,8 +158,10 @@ class Trainer:
         self.use_amp = config.amp and device.type == "cuda"
         torch.manual_seed(config.seed)  # the model's initial weights
         self.train_items = SeededItems(self._dataset("train", training=True), config.seed)
-        self.eval_set = self._dataset(self.manifest.eval_split, training=False)
+        self.eval_set = self._dataset(self.manifest.selection_split, training=False)
         self.model = self._build_model().to(device)
+        self.teacher_path = teacher_path(config.teacher_checkpoint or "", self.manifest,
+                                         config.fold)
         self.teacher = self._load_teacher()
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -158,9 +177,9 @@ class Trainer:
     def _dataset(self, split: str, training: bool) -> ASTDataset:
         config = self.config
         options: dict[str, Any] = {"training": training}
-        if training:
+        if training:  # partner and λ of mixup come along, for cached teacher logits
             options.update(freqm=config.freqm, timem=config.timem, mixup=config.mixup,
-                           noise=config.noise)
+                           noise=config.noise, return_mix=True)
         if config.cache:
             options["cache_dir"] = self.manifest.cache_dir
         if config.elastic:
@@ -198,25 +217,28 @@ class Trainer:
         config = self.config
         if config.teacher == "none":
             return None
-        teacher = load_classifier(config.teacher_checkpoint or "", device=self.device)
+        teacher = load_classifier(self.teacher_path, device=self.device)
         kind = model_kind(teacher)
         if config.teacher != kind and not (config.teacher in BACKBONES and kind in BACKBONES):
             raise FastASTError(
-                f"--teacher {config.teacher} but {config.teacher_checkpoint} holds a {kind} model"
+                f"--teacher {config.teacher} but {self.teacher_path} holds a {kind} model"
             )
+        warning = check_teacher_data(teacher.meta, self.teacher_path, self.manifest, config.fold)
+        if warning is not None:
+            self.reporter.note(f"warning: {warning}")
         frames = getattr(teacher.config, "target_length", None)
         if frames is not None and (frames, teacher.config.num_mel_bins) != (
             self.manifest.target_length, self.manifest.num_mel_bins
         ):
             raise FastASTError(
-                f"the teacher {config.teacher_checkpoint} reads {frames} frames × "
+                f"the teacher {self.teacher_path} reads {frames} frames × "
                 f"{teacher.config.num_mel_bins} bins, but {self.manifest.path} gives "
                 f"{self.manifest.target_length} × {self.manifest.num_mel_bins}: train the teacher "
                 "on this dataset (train-teacher, or --pretrained to adapt a checkpoint)"
             )
         if teacher.labels and teacher.labels != self.manifest.label_names:
             raise FastASTError(
-                f"the teacher {config.teacher_checkpoint} was trained on other labels "
+                f"the teacher {self.teacher_path} was trained on other labels "
                 f"({len(teacher.labels)} classes) than {self.manifest.path}"
             )
         teacher_mean = teacher.meta.get("mean")
@@ -287,9 +309,9 @@ class Trainer:
         samples, started = 0, time.perf_counter()
         batches: Iterator = iter(loader)
         try:
-            for fbank, target, index in batches:
+            for fbank, target, partner, lam, index in batches:
                 lr = learning_rate(config, progress.epoch, progress.step)
-                loss = self._step(network, fbank, target, index, lr)
+                loss = self._step(network, fbank, target, Mix(index, partner, lam), lr)
                 progress.epoch_loss += loss * len(fbank)
                 progress.epoch_samples += len(fbank)
                 samples += len(fbank)
@@ -309,14 +331,14 @@ class Trainer:
         return mean_loss, time.perf_counter() - started, samples
 
     def _step(self, network: nn.Module, fbank: torch.Tensor, target: torch.Tensor,
-              index: torch.Tensor, lr: float) -> float:
+              mix: Mix, lr: float) -> float:
         fbank = to_device(fbank, self.device)
         target = target.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
             logits = network(fbank)
-            teacher_logits = self._teacher_logits(fbank, index)
+            teacher_logits = self._teacher_logits(fbank, mix)
             loss = distillation_loss(
                 logits.float(), target, teacher_logits, self.config.loss,
                 self.config.kd_lambda, self.config.temperature,
@@ -334,9 +356,11 @@ class Trainer:
         return float(loss.item())
 
     def _teacher_logits(
-        self, fbank: torch.Tensor | list[torch.Tensor], index: torch.Tensor
+        self, fbank: torch.Tensor | list[torch.Tensor], mix: Mix
     ) -> torch.Tensor | None:
-        """The teacher's logits for this very batch (online), or its cached clean-clip logits.
+        """The teacher's logits for this very batch (online), or its cached clean-clip logits,
+        mixed as the batch was: λ·z_i + (1-λ)·z_partner (EfficientAT mixes its stored teacher
+        logits so).
 
         Native-length clips (ElasticAST students) reach a fixed-length teacher padded as AST
         pads: zero log-mel frames at the end, i.e. (0 - mean) / (2·std) after normalization.
@@ -344,7 +368,7 @@ class Trainer:
         if self.teacher is None:
             return None
         if self.cached_logits is not None:
-            return self.cached_logits[index].to(self.device)
+            return mix.apply(self.cached_logits).to(self.device)
         if isinstance(fbank, list):
             fbank = pad_clips(fbank, self.manifest.target_length, -self.mean / (2 * self.std))
         with torch.no_grad():
@@ -359,7 +383,7 @@ class Trainer:
         """
         path = self.out / "teacher_logits.pt"
         clips = [str(entry.wav) for entry in self.train_items.dataset.entries]
-        teacher_file = Path(self.config.teacher_checkpoint or "").resolve()
+        teacher_file = Path(self.teacher_path).resolve()
         stat = teacher_file.stat()
         source = f"{teacher_file}:{stat.st_size}:{stat.st_mtime_ns}"  # retrained → recomputed
         try:
@@ -440,6 +464,9 @@ class Trainer:
             "mean": self.mean, "std": self.std, "target_length": self.manifest.target_length,
             "dataset": self.manifest.dataset, "r": self.config.r, "schedule": self.config.schedule,
             "loss": self.config.loss, "metric": self.config.metric,
+            **data_record(self.manifest, self.config.fold),
+            "merging": MergeSettings(self.config.r, self.config.schedule,
+                                     self.config.proportional_attention).to_meta(),
         }
         if row is not None:
             meta["epoch"] = int(row["epoch"])

@@ -1,0 +1,76 @@
+"""How a model merges tokens, as stored in its checkpoint and applied when it is loaded.
+
+Training records its token-merging settings in the checkpoint's metadata under `merging`
+(method `tome`, r, schedule, proportional attention), so that evaluate, predict, sweep and
+visualize run the model as it was trained unless a flag says otherwise. Checkpoints without
+that record (older fastast runs, original AST and Hugging Face files) load as before: no merging,
+and proportional attention on, as ToMe applies it to models used off the shelf.
+
+Proportional attention (ToMe, Bolya et al. 2023, §3 "Proportional attention", Eq. 1) adds
+log(size) to the attention logits of merged keys. ToMe's authors turn it off when training with
+merging and on for off-the-shelf models; training here defaults to off (`TrainConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import nn
+
+from fastast_cli.models.tome import RSchedule
+
+META_KEY = "merging"
+METHOD = "tome"
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """Token merging of a model: `r` (int, per-block list, or an ElasticAST fraction), the
+    schedule, proportional attention, and where these values came from (for tables)."""
+
+    r: RSchedule | float = 0
+    schedule: str = "constant"
+    proportional_attention: bool = True
+    source: str = "default"  # "checkpoint", "default" (nothing stored) or "flags"
+
+    def to_meta(self) -> dict[str, Any]:
+        """The checkpoint record (`meta["merging"]`)."""
+        r = list(self.r) if isinstance(self.r, list | tuple) else self.r
+        return {"method": METHOD, "r": r, "schedule": self.schedule,
+                "proportional_attention": self.proportional_attention}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None) -> MergeSettings:
+        """The settings a checkpoint stores; the off-the-shelf defaults when it stores none."""
+        record = (meta or {}).get(META_KEY)
+        if not isinstance(record, dict) or record.get("method", METHOD) != METHOD:
+            return cls()
+        return cls(record.get("r", 0), record.get("schedule", "constant"),
+                   bool(record.get("proportional_attention", True)), "checkpoint")
+
+    def overridden(
+        self,
+        r: RSchedule | float | None = None,
+        schedule: str | None = None,
+        proportional_attention: bool | None = None,
+    ) -> MergeSettings:
+        """These settings with every value that is not None replaced (command-line flags)."""
+        given = {"r": r, "schedule": schedule, "proportional_attention": proportional_attention}
+        changes = {key: value for key, value in given.items() if value is not None}
+        return replace(self, **changes, source="flags") if changes else self
+
+    def describe(self) -> str:
+        """One line for table titles, e.g. `ToMe r=8 constant, proportional attention off
+        (from the checkpoint)`."""
+        attention = "on" if self.proportional_attention else "off"
+        origin = {"checkpoint": "from the checkpoint", "default": "no merging stored",
+                  "flags": "set by flags"}[self.source]
+        return (f"ToMe r={self.r} {self.schedule}, proportional attention {attention} "
+                f"({origin})")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Set these settings on an AST or ElasticAST (`set_r`) and remember them on the model."""
+        model.set_r(self.r, self.schedule, self.proportional_attention)
+        model.merge_settings = self
+        return model

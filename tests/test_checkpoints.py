@@ -16,6 +16,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from fastast_cli import load_model
+from fastast_cli.data.features import AST_NORM_STATS
 from fastast_cli.errors import CheckpointError
 from fastast_cli.models import build_model, init_from_pretrained, read_checkpoint, save_checkpoint
 from fastast_cli.models.pos_embed import resample_pos_embed
@@ -188,7 +189,9 @@ def original_ast_state_dict(hf) -> OrderedDict:
 
 @pytest.fixture(scope="module")
 def original_reference():
-    return hf_reference(seed=5, num_labels=7, **HF_ORIGINAL_LIKE)
+    reference = hf_reference(seed=5, num_labels=7, **HF_ORIGINAL_LIKE)
+    reference.classifier.layernorm.eps = 1e-5  # the original mlp_head: torch's default LayerNorm
+    return reference
 
 
 @pytest.fixture
@@ -207,7 +210,32 @@ def test_original_ast_checkpoint_gives_reference_logits(original_checkpoint, ori
     assert (config.embed_dim, config.depth, config.num_heads, config.num_classes) == (192, 2, 3, 7)
     assert (config.fstride, config.tstride, config.target_length) == (10, 10, 128)
     assert config.grid == (12, 12) and config.layer_norm_eps == 1e-6
-    assert model.meta == {} and model.labels == []
+    assert model.mlp_head[0].eps == 1e-5 and model.norm.eps == 1e-6
+    assert (model.meta["mean"], model.meta["std"]) == AST_NORM_STATS["audioset"]
+    assert model.labels == []
+
+
+def test_original_ast_head_eps_survives_a_round_trip_and_hf_keeps_its_own(
+        tmp_path, original_checkpoint, original_reference):
+    model = load_model(original_checkpoint)
+    again = load_model(save_checkpoint(tmp_path / "re.pt", model))
+    assert again.mlp_head[0].eps == 1e-5 and again.norm.eps == 1e-6
+    hf_folder = tmp_path / "hf"
+    original_reference.save_pretrained(hf_folder)
+    assert load_model(hf_folder).mlp_head[0].eps == 1e-6  # the config's layer_norm_eps
+
+
+def test_evaluate_and_predict_agree_on_original_ast_stats(tmp_path, original_reference):
+    from fastast_cli.evaluation.evaluate import input_stats
+    from fastast_cli.inference.clips import input_spec
+
+    for name, dataset in (("audioset_10_10_x.pth", "audioset"),
+                          ("speechcommands_10_10_0.9812.pth", "speechcommands")):
+        torch.save(original_ast_state_dict(original_reference), tmp_path / name)
+        model = load_model(tmp_path / name)
+        spec = input_spec(model)
+        assert input_stats(model, None, None) == (spec.mean, spec.std) == AST_NORM_STATS[dataset]
+        assert dataset in spec.stats_note
 
 
 def test_original_ast_checkpoint_at_another_length(original_checkpoint):

@@ -86,7 +86,7 @@ def evaluate(
         raise FastASTError("--folds needs a --checkpoint pattern holding {fold}, e.g. "
                            "runs/esc50-fold{fold}/best.pt")
     chosen = parse_folds(folds) if folds else [fold]
-    rows, summaries, settings = [], [], set()
+    rows, summaries, settings, notes = [], [], set(), set()
     for number in chosen:
         path = checkpoint.replace("{fold}", str(number))
         evaluation = evaluate_checkpoint(
@@ -94,6 +94,7 @@ def evaluate(
             device=resolve_device(device), **merging,
         )
         settings.add(merging_line(evaluation.merging))
+        notes.update(evaluation.notes())
         summaries.append(evaluation.metrics.summary())
         rows.append(_cells("-" if number is None else number, summaries[-1]))
         if out is not None:
@@ -104,6 +105,8 @@ def evaluate(
                      **{key: f"{m:.4f} ± {sd:.4f}" for key, (m, sd) in spread.items()}})
     title = f"{checkpoint} on {manifest.path}, {split} split{''.join(sorted(settings))}"
     console.print(rich_table(title, rows, COLUMNS))
+    for note in sorted(notes):
+        console.print(f"note: {note}")
     if out is not None:
         console.print(f"wrote metrics.json, per_class.csv and predictions.csv under {out}")
 

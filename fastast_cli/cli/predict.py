@@ -42,9 +42,10 @@ def settings_line(predictor: Predictor) -> str:
     """One line saying how scores are made: score function, windows and aggregation."""
     window = predictor.spec.target_length / FRAMES_PER_SECOND
     hop = predictor.hop / FRAMES_PER_SECOND
+    merging = getattr(predictor.model, "merge_settings", None)
     return (
         f"scores: {SCORE_NOTES[predictor.kind]}; windows of {window:g} s every {hop:g} s, "
-        f"{predictor.aggregate} over windows"
+        f"{predictor.aggregate} over windows" + (f"; {merging.describe()}" if merging else "")
     )
 
 
@@ -71,7 +72,9 @@ def predict(
         help="Audio files (wav, flac, ogg, ...), any length, rate and channel count.")],
     checkpoint: Annotated[Path, typer.Option(
         help="fastast checkpoint (AST or CNN), original AST .pth or Hugging Face AST folder.")],
-    r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (ToMe; ASTs).")] = 0,
+    r: Annotated[int | None, typer.Option("--r", min=0, help=(
+        "Tokens merged per block (ToMe; ASTs). Default: what the checkpoint was trained with "
+        "(0 for checkpoints that record none)."))] = None,
     top: Annotated[int, typer.Option("--top-k", min=1, help="Labels shown per file.")] = 5,
     how: Annotated[Aggregate, typer.Option(
         "--aggregate", help="How window scores combine on long clips: mean or max.")] = (
@@ -102,7 +105,9 @@ def predict(
             print_clip(console, outcome, labels, top)
 
     run = predict_files(predictor, files, on_file=report)
-    payload = run_to_dict(run, predictor, top, checkpoint=str(checkpoint), r=r)
+    merging = getattr(predictor.model, "merge_settings", None)
+    payload = run_to_dict(run, predictor, top, checkpoint=str(checkpoint),
+                          r=merging.r if merging else 0)
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
     if out is not None:

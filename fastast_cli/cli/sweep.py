@@ -228,7 +228,8 @@ def sweep(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
     settings = MergeSettings.from_meta(model.meta).overridden(
-        None, schedule and schedule.value, proportional_attention).apply(model)
+        None, schedule and schedule.value, proportional_attention)
+    settings.apply(model)
     try:
         batch_size = batch_size or default_batch_size(model, device, dtype, rs[0],
                                                       settings.schedule)

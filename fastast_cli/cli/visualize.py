@@ -13,6 +13,8 @@ from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
 from fastast_cli.reports.plots import image_format
 
+DEFAULT_R = 8  # merging shown for checkpoints trained without it
+
 
 @app.command(
     help="Draw what token merging (ToMe) grouped on one audio window: the log-mel spectrogram "
@@ -26,7 +28,9 @@ def visualize(
     checkpoint: Annotated[Path, typer.Option(
         help="fastast AST checkpoint, original AST .pth or Hugging Face AST folder.")],
     out: Annotated[Path, typer.Option(help="Image to write (PNG; .svg or .pdf also work).")],
-    r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (ToMe).")] = 8,
+    r: Annotated[int | None, typer.Option("--r", min=0, help=(
+        "Tokens merged per block (ToMe). Default: the checkpoint's training r when it merged, "
+        "else 8."))] = None,
     offset: Annotated[float, typer.Option(
         min=0.0, help="Seconds into the file where the drawn window starts.")] = 0.0,
     alpha: Annotated[float, typer.Option(
@@ -38,9 +42,13 @@ def visualize(
     """Load the AST, track token sources on one window, draw and save the figure."""
     image_format(out)  # an unwritable suffix fails before any work
     model = require_ast(load_classifier(checkpoint, r, device=resolve_device(device)), checkpoint)
+    if r is None and not any(model.r_schedule):  # trained without merging: show r = 8
+        model.merge_settings.overridden(r=DEFAULT_R).apply(model)
     view = file_merge_view(model, file, offset)
+    settings = model.merge_settings
     title = (
-        f"{file.name}: {view.config.num_patches} patches → {view.num_groups} tokens at r={r}"
+        f"{file.name}: {view.config.num_patches} patches → {view.num_groups} tokens at "
+        f"r={settings.r} ({settings.schedule})"
     )
     draw_merge_view(view, out, title=title, alpha=alpha, size=(width, height))
     sizes = view.group_sizes()

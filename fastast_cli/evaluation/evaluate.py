@@ -40,6 +40,26 @@ class Evaluation:
     clips: list[str]
     labels: list[str]
     merging: MergeSettings | None = None  # token merging the model ran with (ASTs)
+    stats_note: str | None = None  # where the input mean/std came from, when it was assumed
+
+    @property
+    def excluded_classes(self) -> list[str]:
+        """Names of the classes without a positive clip in this split (not in mAP)."""
+        return [self.labels[c] for c in self.metrics.classes_without_positives]
+
+    def notes(self) -> list[str]:
+        """What a reader of the numbers must know: assumed input statistics, classes that mAP
+        leaves out."""
+        notes = [self.stats_note] if self.stats_note else []
+        excluded = self.excluded_classes
+        if excluded:
+            total = len(self.labels)
+            notes.append(
+                f"mAP averages {total - len(excluded)} of {total} classes: "
+                f"{len(excluded)} have no positive clip in the {self.split} split and are left "
+                f"out (scikit-learn's macro average would count them as AP 0): "
+                f"{', '.join(excluded)}")
+        return notes
 
 
 def input_stats(model: nn.Module, manifest: Manifest, fold: int | None) -> tuple[float, float]:
@@ -118,7 +138,8 @@ def evaluate_model(
     metrics = compute_metrics(logits.numpy(), targets.numpy())
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
-                      getattr(model, "merge_settings", None))
+                      getattr(model, "merge_settings", None),
+                      (getattr(model, "meta", None) or {}).get("stats_note"))
 
 
 def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
@@ -128,6 +149,8 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
     merging = evaluation.merging
     summary = {"checkpoint": evaluation.checkpoint, "split": evaluation.split,
                "fold": evaluation.fold, **metrics.summary(),
+               "map_classes": len(evaluation.labels) - len(evaluation.excluded_classes),
+               "classes_without_positives": evaluation.excluded_classes,
                "merging": None if merging is None else
                {**merging.to_meta(), "source": merging.source}}
     write_json(out / "metrics.json", summary, indent=2)

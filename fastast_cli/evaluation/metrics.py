@@ -35,6 +35,12 @@ class Metrics:
         return {"accuracy": self.accuracy, "mAP": self.mAP, "mAUC": self.mAUC,
                 "d_prime": self.d_prime}
 
+    @property
+    def classes_without_positives(self) -> list[int]:
+        """Classes left out of mAP (no positive example). scikit-learn's
+        `average_precision_score(average="macro")` would count each as AP 0 instead."""
+        return [c for c, ap in enumerate(self.per_class_ap) if math.isnan(ap)]
+
 
 def _threshold_counts(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """True and false positives at each distinct score threshold, highest threshold first."""

@@ -141,7 +141,8 @@ def input_spec(model: nn.Module) -> InputSpec:
         length = int(meta.get("target_length") or DEFAULT_CNN_FRAMES)
         bins = int(meta.get("num_mel_bins") or NUM_MEL_BINS)
     if meta.get("mean") is not None and meta.get("std") is not None:
-        return InputSpec(length, bins, float(meta["mean"]), float(meta["std"]), native=native)
+        return InputSpec(length, bins, float(meta["mean"]), float(meta["std"]),
+                         meta.get("stats_note"), native)
     mean, std = AST_NORM_STATS["audioset"]
     note = (
         f"the checkpoint stores no input mean/std: using AST's AudioSet statistics "
@@ -260,14 +261,15 @@ class Predictor:
 
 def load_predictor(
     checkpoint: PathLike,
-    r: RSchedule = 0,
+    r: RSchedule | None = None,
     *,
     hop_s: float | None = None,
     how: str = "mean",
     batch_size: int = 8,
     device: str | torch.device = "cpu",
 ) -> Predictor:
-    """A Predictor for any checkpoint `load_classifier` reads (merging at `r` for ASTs).
+    """A Predictor for any checkpoint `load_classifier` reads (ASTs merge as their checkpoint
+    records, or at `r` when given).
 
     hop_s: seconds between window starts (default half a window); how: `mean` or `max`.
     """

@@ -53,6 +53,14 @@ class ASTConfig(ConfigRecord):
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
     labels: list[str] = field(default_factory=list)
+    # The head's LayerNorm, when its eps differs from the backbone's (original AST files: torch's
+    # default 1e-5); None: layer_norm_eps, as in Hugging Face's AST and earlier fastast configs.
+    head_layer_norm_eps: float | None = None
+
+    @property
+    def head_eps(self) -> float:
+        """eps of the classification head's LayerNorm."""
+        return self.layer_norm_eps if self.head_layer_norm_eps is None else self.head_layer_norm_eps
 
     @classmethod
     def for_size(cls, size: str, **overrides: Any) -> ASTConfig:
@@ -194,7 +202,7 @@ class AST(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp_head = nn.Sequential(
-            nn.LayerNorm(dim, eps=config.layer_norm_eps), nn.Linear(dim, config.num_classes)
+            nn.LayerNorm(dim, eps=config.head_eps), nn.Linear(dim, config.num_classes)
         )
         self.r_schedule = [0] * config.depth
         self.proportional_attention = True

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fastast_cli.atomic import atomic_path
+from fastast_cli.data.features import AST_NORM_STATS
 from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, SIZES, ASTConfig
 from fastast_cli.models.pos_embed import resample_pos_embed, square_grid
@@ -53,6 +54,8 @@ FORMAT_VERSION = 1
 DEFAULT_STRIDE = 10
 AST_NUM_MEL_BINS = 128
 AST_LAYER_NORM_EPS = 1e-6
+# The original AST's mlp_head LayerNorm is torch's default.
+AST_HEAD_LAYER_NORM_EPS = 1e-5
 NUM_HEADS_BY_DIM = {size["embed_dim"]: size["num_heads"] for size in SIZES.values()}
 # Input lengths of the AST recipes (AudioSet, ESC-50, Speech Commands); preferred when a time
 # grid fits several lengths.
@@ -515,9 +518,23 @@ def _original_ast_weights(
         tstride=tstride,
         num_mel_bins=AST_NUM_MEL_BINS,
         target_length=_target_length(t_dim, patch_size, tstride),
+        head_layer_norm_eps=AST_HEAD_LAYER_NORM_EPS,
         **architecture,
     )
-    return PretrainedWeights(state_dict, config, (f_dim, t_dim), "original AST checkpoint")
+    return PretrainedWeights(state_dict, config, (f_dim, t_dim), "original AST checkpoint",
+                             _original_normalization(path))
+
+
+def _original_normalization(path: Path) -> dict[str, Any]:
+    """Input mean/std of an original AST file, which stores none: AST's statistics of the data
+    its file name names (`speechcommands_*`, `esc50_*`), else AudioSet's (every other released
+    AST checkpoint). Evaluation and prediction both read them from the model's meta."""
+    name = path.name.lower()
+    dataset = next((d for d in AST_NORM_STATS if name.startswith(d)), "audioset")
+    mean, std = AST_NORM_STATS[dataset]
+    return {"mean": mean, "std": std,
+            "stats_note": f"the original AST checkpoint stores no input mean/std: using AST's "
+                          f"{dataset} statistics (mean {mean}, std {std})"}
 
 
 def _target_length(t_dim: int, patch_size: int, tstride: int) -> int:

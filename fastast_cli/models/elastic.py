@@ -213,7 +213,7 @@ class ElasticAST(nn.Module):
         self.blocks = nn.ModuleList(PackedBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp_head = nn.Sequential(
-            nn.LayerNorm(dim, eps=config.layer_norm_eps), nn.Linear(dim, config.num_classes)
+            nn.LayerNorm(dim, eps=config.head_eps), nn.Linear(dim, config.num_classes)
         )
         self.max_tokens = config.max_tokens
         self.r_schedule = [0] * config.depth

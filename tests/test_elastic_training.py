@@ -113,7 +113,7 @@ def test_sweep_runs_on_an_elastic_checkpoint(small_demo, elastic_checkpoint, tmp
     assert float(rows[0]["metric"]) == pytest.approx(whole.metrics.accuracy, abs=5e-5)
 
 
-def test_elastic_student_learns_from_a_fixed_teacher_on_padded_clips(small_demo, tmp_path):
+def test_elastic_student_teaches_a_fixed_teacher_the_q1_view_of_each_clip(small_demo, tmp_path):
     from fastast_cli.data.elastic_features import pad_clips
     from fastast_cli.training.config import TrainConfig
     from fastast_cli.training.loop import Ranks, SilentReporter, Trainer, train
@@ -124,14 +124,94 @@ def test_elastic_student_learns_from_a_fixed_teacher_on_padded_clips(small_demo,
     train(TrainConfig(**base, out=str(tmp_path / "teacher")))
     student = TrainConfig(**base, out=str(tmp_path / "student"), elastic=True,
                           resolutions=[1.0, 2.0], max_tokens=256, teacher="ast",
-                          teacher_checkpoint=str(tmp_path / "teacher/best.pt"))
+                          teacher_checkpoint=str(tmp_path / "teacher/best.pt"), freqm=8,
+                          timem=20)
     trainer = Trainer(student, Ranks(), torch.device("cpu"), SilentReporter())
     seen = {"student": [], "teacher": []}
     trainer.model.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0]))
     trainer.teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0]))
     trainer.run(resume=False)
     pad = -trainer.mean / (2 * trainer.std)
+    lengths = set()
     for clips, batch in zip(seen["student"], seen["teacher"], strict=False):
-        assert batch.shape[1] == 200 and any(clip.shape[0] < 200 for clip in clips)
-        torch.testing.assert_close(batch, pad_clips(clips, 200, pad))
+        assert batch.shape[1:] == (200, 128)
+        for clip, view in zip(clips, batch, strict=True):
+            lengths.add(clip.shape[0])
+            if clip.shape[0] > 150:  # q = 1: the view is the student's clip, padded as AST pads
+                torch.testing.assert_close(view, pad_clips([clip], 200, pad)[0])
+            else:  # q = 2: half the frames; the teacher still reads the q = 1 clip
+                assert view.shape[0] == 200 and not torch.equal(view[: clip.shape[0]], clip)
     assert len(seen["teacher"]) == 8
+    assert lengths == {198, 99}  # 2-s clips at q = 1 and q = 2 only (discrete q)
+
+
+def test_teacher_view_masks_the_same_stretch_of_audio(small_demo):
+    manifest = load_manifest(small_demo)
+    data = native(manifest, resolutions=(2.0, 2.0), training=True, freqm=20, timem=100,
+                  teacher_length=200)
+    torch.manual_seed(3)
+    features, _, view = data[0]
+    pad = (0 - data.mean) / (2 * data.std)
+    masked_time = (features == pad).all(dim=1).nonzero()[:, 0]  # the student's time mask
+    masked_freq = (features == pad).all(dim=0).nonzero()[:, 0]
+    assert len(masked_time) > 0 and len(masked_freq) > 0
+    assert (view[:, masked_freq] == pad).all()  # the same frequency band
+    start, stop = int(masked_time[0]) * 2, (int(masked_time[-1]) + 1) * 2
+    assert (view[start:stop] == pad).all()  # the same seconds, at q = 1
+    assert not (view[stop + 2 : stop + 6] == pad).all()
+
+
+def test_time_mask_scales_with_the_clip_length_and_resolution(small_demo):
+    manifest = load_manifest(small_demo)
+    full = native(manifest, timem=48, training=True)
+    assert full.time_mask_width(200) == 48 and full.time_mask_width(50) == 12
+    short = native(manifest, resolutions=(4.0, 4.0), seconds=1.0, timem=48, training=True)
+    torch.manual_seed(0)
+    widths = []
+    for _ in range(40):
+        features = short[0][0]
+        widths.append(int((features == (0 - short.mean) / (2 * short.std)).all(dim=1).sum()))
+    frames = short[0][0].shape[0]  # 1 s at q = 4: 25 frames
+    assert frames == 25 and max(widths) <= round(48 * 25 / 200) < frames
+
+
+def test_resolutions_are_drawn_from_whole_steps_by_default():
+    from fastast_cli.data.elastic_features import draw_resolution
+
+    generator = torch.Generator().manual_seed(0)
+    drawn = {draw_resolution(1.0, 4.0, generator, discrete=True) for _ in range(200)}
+    assert drawn == {1.0, 2.0, 3.0, 4.0}
+    continuous = {draw_resolution(1.0, 4.0, generator) for _ in range(50)}
+    assert len(continuous) == 50 and all(1.0 <= q <= 4.0 for q in continuous)
+    from fastast_cli.training.config import TrainConfig
+
+    assert TrainConfig().resolution_sampling == "discrete" and TrainConfig().token_dropout == 0.1
+
+
+def test_token_dropout_drops_patches_in_training_only():
+    from fastast_cli.models.elastic import build_elastic
+
+    torch.manual_seed(0)
+    model = build_elastic("tiny", 10, depth=2, target_length=400)
+    model.token_dropout = 0.1
+    clips = [torch.randn(400, 128), torch.randn(160, 128)]
+    tokens = model.embed(clips)
+    counts = [model.num_tokens(clip) for clip in clips]  # 2 + 8 × 25, 2 + 8 × 10
+    torch.manual_seed(1)
+    kept, kept_counts = model.drop_tokens(tokens, counts)
+    assert len(kept) == sum(kept_counts) and all(k < n for k, n in zip(kept_counts, counts,
+                                                                       strict=True))
+    dropped = 1 - (sum(kept_counts) - 4) / (sum(counts) - 4)
+    assert 0.03 < dropped < 0.2
+    torch.testing.assert_close(kept[:2], tokens[:2])  # CLS and DIST of clip 0 stay
+    start = kept_counts[0]
+    torch.testing.assert_close(kept[start : start + 2], tokens[counts[0] : counts[0] + 2])
+    model.eval()
+    with torch.no_grad():
+        first, second = model(clips), model(clips)
+    torch.testing.assert_close(first, second)  # no dropout in evaluation
+    model.train()
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    model(clips)
+    assert seen[0] < sum(counts)

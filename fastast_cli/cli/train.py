@@ -45,6 +45,13 @@ MaxTokens = Annotated[int | None, typer.Option(
 Resolutions = Annotated[str | None, typer.Option(
     help="ElasticAST: range of the training time resolution q as LOW,HIGH (frame shift "
     "10 ms × q), e.g. 1,4.")]
+ResolutionSampling = Annotated[str | None, typer.Option(
+    help="ElasticAST: draw q from the whole steps of the range (discrete, ElasticAST's "
+    "{1, 2, 3, 4}; the default) or uniformly from it (continuous).")]
+ProportionalAttention = Annotated[bool | None, typer.Option(
+    "--proportional-attention/--no-proportional-attention", help="ToMe's proportional "
+    "attention in training (off by default, as ToMe trains); stored in the checkpoint, so "
+    "evaluation uses the same.", show_default=False)]
 
 
 def parse_resolution_range(spec: str | None) -> list[float] | None:
@@ -142,12 +149,14 @@ def train_teacher(
     elastic: Elastic = None,
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
+    resolution_sampling: ResolutionSampling = None,
     resume: Resume = False,
 ) -> None:
     """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
     run(recipe, {
         "elastic": elastic, "max_tokens": max_tokens,
         "resolutions": parse_resolution_range(resolutions),
+        "resolution_sampling": resolution_sampling,
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "fold": fold, "seed": seed, "device": device, "num_workers": num_workers,
@@ -164,7 +173,9 @@ def distill(
     teacher: Annotated[str | None, typer.Option(
         help="none (ToMe only), efficientnet-b2 (or another CNN), ast or passt.")] = None,
     teacher_checkpoint: Annotated[Path | None, typer.Option(
-        help="The trained teacher (from train-teacher, or an AST checkpoint).")] = None,
+        help="The trained teacher (from train-teacher, or an AST checkpoint). {fold} in the "
+        "path is the run's fold: each fold's student learns from its own fold's teacher.")
+    ] = None,
     kd_lambda: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="λ of Eq. 1: weight of the ground-truth loss.")] = None,
     temperature: Annotated[float | None, typer.Option(
@@ -174,6 +185,7 @@ def distill(
         "cached: computed once on clean clips (faster, inconsistent under augmentation).")] = None,
     r: R = None,
     schedule: Schedule = None,
+    proportional_attention: ProportionalAttention = None,
     model: Annotated[str | None, typer.Option(
         help="Student AST size: tiny, small or base.")] = None,
     pretrained: Pretrained = None,
@@ -187,12 +199,15 @@ def distill(
     elastic: Elastic = None,
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
+    resolution_sampling: ResolutionSampling = None,
     resume: Resume = False,
 ) -> None:
     """Train an AST student with token merging and cross-model knowledge distillation."""
     run(recipe, {
         "elastic": elastic, "max_tokens": max_tokens,
         "resolutions": parse_resolution_range(resolutions),
+        "resolution_sampling": resolution_sampling,
+        "proportional_attention": proportional_attention,
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
         "r": r, "schedule": schedule, "model": "ast", "size": model, "pretrained": pretrained,

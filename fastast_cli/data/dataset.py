@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from fastast_cli.data.audio import load_mono
 from fastast_cli.data.augment import (
+    mask_band,
     mix_targets,
     mix_waveforms,
     noise_and_roll,
@@ -153,16 +154,24 @@ class ASTDataset(Dataset):
         )
         return torch.from_numpy(np.array(array, dtype=np.float32))
 
-    def _mixed(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, float]:
-        """AST mixup: raw fbank of λ·wave_i + (1-λ)·wave_j, the mixed target, j and λ."""
+    def _mixed_wave(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+        """AST mixup: the waveform λ·wave_i + (1-λ)·wave_j, the mixed target, j and λ."""
         partner = int(torch.randint(len(self.entries), (1,)))
         lam = sample_mixup_lambda()
         wave = mix_waveforms(self.clip_wave(index), self.clip_wave(partner), lam)
         target = mix_targets(self.targets[index], self.targets[partner], lam)
+        return wave, target, partner, lam
+
+    def _mixed(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+        """Raw fbank of the mixup of clip `index`, the mixed target, partner j and λ."""
+        wave, target, partner, lam = self._mixed_wave(index)
         return self.features_of(wave), target, partner, lam
 
+    def _mixup_hits(self) -> bool:
+        return self.mixup > 0.0 and float(torch.rand(())) < self.mixup
+
     def __getitem__(self, index: int) -> tuple:
-        if self.mixup > 0.0 and float(torch.rand(())) < self.mixup:
+        if self._mixup_hits():
             features, target, partner, lam = self._mixed(index)
         else:
             features, target = self.raw_fbank(index), self.targets[index].clone()
@@ -184,9 +193,14 @@ class NativeLengthDataset(ASTDataset):
     Per item, as ASTDataset: waveform (cut to `seconds` when given) → (mixup) → fbank with frames
     every 10 ms × q → native length, at most `target_length` frames (or, with `fixed_length`,
     padded/cut to exactly that many, as a fixed AST needs) → SpecAugment → normalize. In
-    training q is drawn uniformly from `resolutions` per item; in evaluation q =
-    `resolutions[0]`. The fbank depends on q, so only waveforms are cached (with `cache_dir`).
-    Items are `(fbank [T_i, F], target [C])`; batch them with `collate_native`.
+    training q is drawn per item from `resolutions`: one of the whole steps low, low + 1, ...,
+    high (`discrete`, ElasticAST's {1, 2, 3, 4}), or uniformly from [low, high]; in evaluation
+    q = `resolutions[0]`. The time mask scales with the clip: at most timem × T_i /
+    target_length frames, so it covers the same share of a clip at every length and q
+    (`time_mask_width`). The fbank depends on q, so only waveforms are cached (`cache_dir`).
+    Items are `(fbank [T_i, F], target [C])` (more with `return_mix`, and with `teacher_length`
+    a last field: the same augmented clip at q = 1, padded or cut to `teacher_length` frames,
+    for a fixed-length teacher); batch them with `collate_native`.
     """
 
     def __init__(
@@ -198,29 +212,80 @@ class NativeLengthDataset(ASTDataset):
         mean: float,
         std: float,
         resolutions: tuple[float, float] = (1.0, 1.0),
+        discrete: bool = True,
         seconds: float | None = None,
         fixed_length: bool = False,
+        teacher_length: int | None = None,
         **options,
     ) -> None:
         super().__init__(datafile, labels_csv, target_length=target_length, mean=mean, std=std,
                          **options)
         self.resolutions = resolutions
+        self.discrete = discrete
         self.seconds = seconds
         self.fixed_length = fixed_length
+        self.teacher_length = teacher_length
         self.cache_waves = True
 
     def clip_wave(self, index: int) -> torch.Tensor:
         wave = self.waveform(index)
         return wave if self.seconds is None else wave[: int(self.seconds * SAMPLE_RATE)]
 
-    def features_of(self, wave: torch.Tensor) -> torch.Tensor:
-        """Raw fbank of a waveform at this item's resolution q, native (or fixed) length."""
+    def resolution(self) -> float:
+        """This item's q: drawn in training (see the class docstring), else `resolutions[0]`."""
         low, high = self.resolutions
-        q = draw_resolution(low, high) if self.training else low
+        return draw_resolution(low, high, discrete=self.discrete) if self.training else low
+
+    def features_at(self, wave: torch.Tensor, q: float) -> torch.Tensor:
+        """Raw fbank of a waveform at resolution q, native (or fixed) length."""
         raw = fbank(wave, SAMPLE_RATE, self.num_mel_bins, shift_for_resolution(q))
         if self.fixed_length:
             return pad_or_cut(raw, self.target_length)
         return fit_native_length(raw, self.target_length)
 
+    def features_of(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.features_at(wave, self.resolution())
+
     def raw_fbank(self, index: int) -> torch.Tensor:
         return self.features_of(self.clip_wave(index))
+
+    def time_mask_width(self, frames: int) -> int:
+        """Widest time mask for a clip of `frames` frames: timem scaled by the clip's share of
+        the full input (`target_length` frames at q = 1)."""
+        return round(self.timem * min(frames, self.target_length) / self.target_length)
+
+    def __getitem__(self, index: int) -> tuple:
+        if self._mixup_hits():
+            wave, target, partner, lam = self._mixed_wave(index)
+        else:
+            wave, target = self.clip_wave(index), self.targets[index].clone()
+            partner, lam = index, 1.0
+        q = self.resolution()
+        raw = self.features_at(wave, q)
+        features = raw.clone()
+        freq_band = mask_band(features, 1, self.freqm) if self.freqm else (0, 0)
+        time_band = (mask_band(features, 0, self.time_mask_width(len(features)))
+                     if self.timem else (0, 0))
+        features = normalize(features, self.mean, self.std)
+        if self.noise:
+            features = noise_and_roll(features)
+        item: tuple = (features.contiguous(), target)
+        if self.return_mix:
+            item = (*item, partner, lam)
+        if self.teacher_length is not None:
+            item = (*item, self.teacher_view(wave, q, freq_band, time_band))
+        return item
+
+    def teacher_view(self, wave: torch.Tensor, q: float, freq_band: tuple[int, int],
+                     time_band: tuple[int, int]) -> torch.Tensor:
+        """The item's clip as a fixed-length teacher reads it: fbank at q = 1, padded or cut to
+        `teacher_length` frames, with the item's frequency mask and its time mask moved to
+        q = 1 frames (the same stretch of audio), normalized. (Speech Commands noise is not
+        repeated on it.)"""
+        raw = pad_or_cut(fbank(wave, SAMPLE_RATE, self.num_mel_bins), self.teacher_length)
+        start, width = freq_band
+        raw[:, start : start + width] = 0.0
+        start, width = time_band
+        if width:
+            raw[round(start * q) : round((start + width) * q)] = 0.0
+        return normalize(raw, self.mean, self.std).contiguous()

@@ -81,11 +81,19 @@ def elastic_features(
 
 
 def draw_resolution(
-    low: float = 1.0, high: float = 4.0, generator: torch.Generator | None = None
+    low: float = 1.0,
+    high: float = 4.0,
+    generator: torch.Generator | None = None,
+    *,
+    discrete: bool = False,
 ) -> float:
-    """A training resolution q drawn uniformly from [low, high] (ElasticAST: [1, 4])."""
+    """A training resolution q: with `discrete`, one of low, low + 1, ... ≤ high, each equally
+    likely (ElasticAST draws from {1, 2, 3, 4}); else uniform in [low, high]."""
     if not 0 < low <= high:
         raise ValueError(f"need 0 < low <= high for a resolution range, got [{low}, {high}]")
+    if discrete:
+        steps = math.floor(high - low + 1e-9) + 1
+        return low + int(torch.randint(steps, (), generator=generator))
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 

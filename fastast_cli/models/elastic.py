@@ -220,6 +220,7 @@ class ElasticAST(nn.Module):
         self.r_fraction: float | None = None
         self.schedule = "constant"
         self.proportional_attention = True
+        self.token_dropout = 0.0  # share of patch tokens dropped in training (ElasticAST: 0.1)
         self.last_state: PackedState | None = None  # kept in eval mode only
         self.meta: dict[str, Any] = {}
         self._init_weights()
@@ -366,12 +367,28 @@ class ElasticAST(nn.Module):
         """Clips [T_i, F] → pooled representation [num_clips, D]."""
         if len(clips) == 0:
             raise ValueError("no clips to run")
-        if layout is None:
+        tokens = self.embed(clips)
+        if self.training and self.token_dropout > 0:
+            tokens, counts = self.drop_tokens(tokens, [self.num_tokens(fbank) for fbank in clips])
+            layout = Layout.pack(counts, self.max_tokens, tokens.device)
+        elif layout is None:
             layout = self.pack(clips)
         elif list(layout.counts) != [self.num_tokens(fbank) for fbank in clips]:
             raise ValueError("the layout does not hold these clips' token counts")
-        tokens, layout = self.forward_blocks(self.embed(clips), layout)
+        tokens, layout = self.forward_blocks(tokens, layout)
         return self.pool(tokens, layout)
+
+    def drop_tokens(
+        self, tokens: torch.Tensor, counts: Sequence[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Token dropout (ElasticAST, 0.1 in training): every patch token is dropped with
+        probability `token_dropout`; CLS and DIST always stay. Flat tokens [N, D] with `counts`
+        per clip → the kept tokens [N', D] and the new counts."""
+        layout = Layout.one_per_row(counts, tokens.device)
+        keep = (layout.token_position < NUM_PREFIX_TOKENS) | (
+            torch.rand(len(tokens), device=tokens.device) >= self.token_dropout)  # [N]
+        kept_counts = torch.bincount(layout.token_clip[keep], minlength=len(counts))
+        return tokens[keep], kept_counts.tolist()
 
     def forward(self, clips: Sequence[torch.Tensor], layout: Layout | None = None) -> torch.Tensor:
         return self.mlp_head(self.forward_features(clips, layout))

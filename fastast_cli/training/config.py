@@ -41,6 +41,8 @@ class TrainConfig:
     elastic: bool = False
     max_tokens: int = 2048  # tokens per packed row
     resolutions: list[float] = field(default_factory=lambda: [1.0, 1.0])  # training q range
+    resolution_sampling: str = "discrete"  # q in {low, low + 1, ..., high}, or continuous
+    token_dropout: float = 0.1  # ElasticAST: share of patch tokens dropped in training
     # Token merging (AST only), stored in the checkpoint: evaluation uses it too by default.
     r: int = 0
     schedule: str = "constant"
@@ -129,6 +131,11 @@ class TrainConfig:
         if len(self.resolutions) != 2 or not 0 < self.resolutions[0] <= self.resolutions[1]:
             problems.append(f"resolutions must be [low, high] with 0 < low <= high, "
                             f"got {self.resolutions}")
+        if self.resolution_sampling not in ("discrete", "continuous"):
+            problems.append("resolution_sampling must be discrete or continuous, not "
+                            f"{self.resolution_sampling!r}")
+        if not 0.0 <= self.token_dropout < 1.0:
+            problems.append(f"token_dropout must lie in [0, 1), got {self.token_dropout}")
         if self.teacher != "none" and self.teacher_checkpoint is None:
             problems.append(f"teacher {self.teacher!r} needs --teacher-checkpoint")
         if problems:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from fastast_cli.atomic import atomic_path, json_safe, write_json, write_text
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
-from fastast_cli.data.elastic_features import collate_native, pad_clips
+from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
@@ -163,6 +163,8 @@ class Trainer:
         self.teacher_path = teacher_path(config.teacher_checkpoint or "", self.manifest,
                                          config.fold)
         self.teacher = self._load_teacher()
+        if self._teacher_needs_fixed_view():  # teach from the q = 1 view of each clip
+            self.train_items.dataset.teacher_length = self.manifest.target_length
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
@@ -188,7 +190,8 @@ class Trainer:
                 self.manifest.datafile(split, config.fold), self.manifest.labels_csv,
                 target_length=self.manifest.target_length, mean=self.mean, std=self.std,
                 num_mel_bins=self.manifest.num_mel_bins,
-                resolutions=(low, high) if training else (1.0, 1.0), **options,
+                resolutions=(low, high) if training else (1.0, 1.0),
+                discrete=config.resolution_sampling == "discrete", **options,
             )
         return self.manifest.dataset_for(split, config.fold, **options)
 
@@ -204,6 +207,7 @@ class Trainer:
         if isinstance(model, AST | ElasticAST):
             model.set_r(config.r, config.schedule, config.proportional_attention)
         if isinstance(model, ElasticAST):
+            model.token_dropout = config.token_dropout
             longest = model.num_tokens(
                 torch.zeros(self.manifest.target_length, self.manifest.num_mel_bins))
             if longest > config.max_tokens:
@@ -251,6 +255,13 @@ class Trainer:
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
         return teacher
+
+    def _teacher_needs_fixed_view(self) -> bool:
+        """An ElasticAST student taught online by a fixed-length teacher: the teacher reads the
+        q = 1 view of each clip (same audio, same masks), padded or cut as AST does."""
+        return (self.config.elastic and self.teacher is not None
+                and self.config.teacher_logits == "online"
+                and not isinstance(self.teacher, ElasticAST))
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -309,9 +320,10 @@ class Trainer:
         samples, started = 0, time.perf_counter()
         batches: Iterator = iter(loader)
         try:
-            for fbank, target, partner, lam, index in batches:
+            for fbank, target, partner, lam, *teacher_view, index in batches:
                 lr = learning_rate(config, progress.epoch, progress.step)
-                loss = self._step(network, fbank, target, Mix(index, partner, lam), lr)
+                loss = self._step(network, fbank, target, Mix(index, partner, lam), lr,
+                                  teacher_view[0] if teacher_view else None)
                 progress.epoch_loss += loss * len(fbank)
                 progress.epoch_samples += len(fbank)
                 samples += len(fbank)
@@ -331,14 +343,14 @@ class Trainer:
         return mean_loss, time.perf_counter() - started, samples
 
     def _step(self, network: nn.Module, fbank: torch.Tensor, target: torch.Tensor,
-              mix: Mix, lr: float) -> float:
+              mix: Mix, lr: float, teacher_view: torch.Tensor | None = None) -> float:
         fbank = to_device(fbank, self.device)
         target = target.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
             logits = network(fbank)
-            teacher_logits = self._teacher_logits(fbank, mix)
+            teacher_logits = self._teacher_logits(fbank, mix, teacher_view)
             loss = distillation_loss(
                 logits.float(), target, teacher_logits, self.config.loss,
                 self.config.kd_lambda, self.config.temperature,
@@ -356,21 +368,23 @@ class Trainer:
         return float(loss.item())
 
     def _teacher_logits(
-        self, fbank: torch.Tensor | list[torch.Tensor], mix: Mix
+        self, fbank: torch.Tensor | list[torch.Tensor], mix: Mix,
+        teacher_view: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """The teacher's logits for this very batch (online), or its cached clean-clip logits,
         mixed as the batch was: λ·z_i + (1-λ)·z_partner (EfficientAT mixes its stored teacher
         logits so).
 
-        Native-length clips (ElasticAST students) reach a fixed-length teacher padded as AST
-        pads: zero log-mel frames at the end, i.e. (0 - mean) / (2·std) after normalization.
+        A fixed-length teacher of an ElasticAST student reads `teacher_view` [B, T, F]: each
+        clip at q = 1 with the student's masks, padded as AST pads (zero log-mel frames at the
+        end). Native-length clips without a view (an ElasticAST teacher) go to it as they are.
         """
         if self.teacher is None:
             return None
         if self.cached_logits is not None:
             return mix.apply(self.cached_logits).to(self.device)
-        if isinstance(fbank, list):
-            fbank = pad_clips(fbank, self.manifest.target_length, -self.mean / (2 * self.std))
+        if teacher_view is not None:
+            fbank = to_device(teacher_view, self.device)
         with torch.no_grad():
             return self.teacher(fbank).float()
 

@@ -215,6 +215,9 @@ def test_load_classifier_defaults_to_the_stored_merging(small_demo, tmp_path):
     old = load_classifier(tiny_checkpoint(tmp_path / "old.pt", manifest, r=5,
                                           schedule="constant"))
     assert old.r_schedule == [0, 0] and old.proportional_attention  # as before: plain AST
+    unmerged = {**stored, "r": 0}  # trained without merging: merged later off the shelf
+    plain = load_classifier(tiny_checkpoint(tmp_path / "plain.pt", manifest, merging=unmerged), 4)
+    assert plain.r_schedule == [8, 0] and plain.proportional_attention
     assert TrainConfig().proportional_attention is False  # ToMe trains without it
 
 

@@ -42,12 +42,18 @@ class MergeSettings:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None) -> MergeSettings:
-        """The settings a checkpoint stores; the off-the-shelf defaults when it stores none."""
+        """The settings a checkpoint stores; the off-the-shelf defaults when it stores none.
+
+        A model trained without merging (r = 0) never used proportional attention, whatever
+        was recorded: merging it later is off-the-shelf use, so the attention is on.
+        """
         record = (meta or {}).get(META_KEY)
         if not isinstance(record, dict) or record.get("method", METHOD) != METHOD:
             return cls()
-        return cls(record.get("r", 0), record.get("schedule", "constant"),
-                   bool(record.get("proportional_attention", True)), "checkpoint")
+        r = record.get("r", 0)
+        merged = any(r) if isinstance(r, list) else bool(r)
+        proportional = bool(record.get("proportional_attention", True)) if merged else True
+        return cls(r, record.get("schedule", "constant"), proportional, "checkpoint")
 
     def overridden(
         self,

@@ -79,6 +79,9 @@ def test_evaluate_reports_the_test_split_and_training_selects_on_valid(three_spl
     assert result.exit_code == 0, result.output
     assert "test split" in words(result.output)
     assert json.loads((tmp_path / "ev/metrics.json").read_text())["split"] == "test"
+    for name in ("per_class.csv", "predictions.csv"):
+        assert {row["split"] for row in csv.DictReader((tmp_path / "ev" / name).open())} == {
+            "test"}
     trainer = Trainer(config(three_splits, tmp_path / "run"), loop_module.Ranks(),
                       torch.device("cpu"), loop_module.SilentReporter())
     assert trainer.eval_set.datafile == manifest.datafile("valid")

@@ -154,25 +154,27 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
                "merging": None if merging is None else
                {**merging.to_meta(), "source": merging.source}}
     write_json(out / "metrics.json", summary, indent=2)
+    split = evaluation.split
     per_class = [
-        {"index": i, "label": name, "ap": metrics.per_class_ap[i], "auc": metrics.per_class_auc[i]}
+        {"index": i, "label": name, "ap": metrics.per_class_ap[i], "auc": metrics.per_class_auc[i],
+         "split": split}
         for i, name in enumerate(evaluation.labels)
     ]
     write_csv(out / "per_class.csv", per_class, [
         Column("index", "index"), Column("label", "label"),
-        Column("ap", "AP", "{:.6f}"), Column("auc", "AUC", "{:.6f}"),
+        Column("ap", "AP", "{:.6f}"), Column("auc", "AUC", "{:.6f}"), Column("split", "split"),
     ])
     top = evaluation.logits.argmax(dim=1).tolist()
     truth = evaluation.targets.argmax(dim=1).tolist()
     predictions = [
-        {"clip": clip, "predicted": evaluation.labels[p], "target": evaluation.labels[t],
-         "logits": " ".join(f"{v:.5f}" for v in row)}
+        {"clip": clip, "split": split, "predicted": evaluation.labels[p],
+         "target": evaluation.labels[t], "logits": " ".join(f"{v:.5f}" for v in row)}
         for clip, p, t, row in zip(evaluation.clips, top, truth, evaluation.logits.tolist(),
                                    strict=True)
     ]
     write_csv(out / "predictions.csv", predictions, [
-        Column("clip", "clip"), Column("predicted", "predicted"), Column("target", "target"),
-        Column("logits", "logits"),
+        Column("clip", "clip"), Column("split", "split"), Column("predicted", "predicted"),
+        Column("target", "target"), Column("logits", "logits"),
     ])
     return [out / "metrics.json", out / "per_class.csv", out / "predictions.csv"]
 

@@ -187,7 +187,7 @@ def test_cached_teacher_logits_are_mixed_like_the_input(small_demo, tmp_path, mo
     mixes = []
     real_logits = trainer._teacher_logits
     monkeypatch.setattr(trainer, "_teacher_logits",
-                        lambda fbank, mix: mixes.append(mix) or real_logits(fbank, mix))
+                        lambda fbank, mix, view: mixes.append(mix) or real_logits(fbank, mix, view))
     trainer.run(resume=False)
     cache = trainer.cached_logits
     targets = trainer.train_items.dataset.targets

@@ -160,8 +160,9 @@ class Trainer:
         self.train_items = SeededItems(self._dataset("train", training=True), config.seed)
         self.eval_set = self._dataset(self.manifest.selection_split, training=False)
         self.model = self._build_model().to(device)
-        self.teacher_path = teacher_path(config.teacher_checkpoint or "", self.manifest,
-                                         config.fold)
+        self.teacher_path = ("" if config.teacher == "none" else
+                             teacher_path(config.teacher_checkpoint or "", self.manifest,
+                                          config.fold))
         self.teacher = self._load_teacher()
         if self._teacher_needs_fixed_view():  # teach from the q = 1 view of each clip
             self.train_items.dataset.teacher_length = self.manifest.target_length

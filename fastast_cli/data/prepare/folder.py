@@ -43,14 +43,6 @@ SPLITS = ("train", "valid", "test")
 MIN_FRAMES, MAX_FRAMES = 16, 1024
 
 
-def own_output(out: Path, src: Path) -> list[Path]:
-    """What `prepare` writes under `out`, resolved, that may lie inside `src`: never read back
-    as source audio (so a re-run into `--out` inside `--src` sees the same classes)."""
-    out = out.expanduser().resolve()
-    inside = [out] if out != src and out.is_relative_to(src) else []
-    return inside + [out / name for name in OUTPUT_FOLDERS]
-
-
 @dataclass
 class ClassScan:
     """The class folders of a source tree: audio files per class, and what was left out."""
@@ -60,23 +52,27 @@ class ClassScan:
     escaped: list[str]  # files (relative to src) that are links out of src
 
 
-def class_files(src: Path, skip: Sequence[Path] = ()) -> ClassScan:
+def class_files(src: Path, out: Path | None = None) -> ClassScan:
     """Audio files per class folder of `src` (sorted), only folders that hold audio.
 
-    Left out: files and folders under `skip` (prepare's own output) and files that are links
-    out of `src`.
+    Prepare's own output is never read back as source audio, so a re-run with `out` inside
+    `src` sees the same classes: files in the folders prepare writes under `out` are left out,
+    and `out` itself is a class only if it holds audio of its own. Files that are links out of
+    `src` are refused.
     """
+    out = out.expanduser().resolve() if out is not None else None
+    written = [out / name for name in OUTPUT_FOLDERS] if out is not None else []
     scan = ClassScan({}, [], [])
     for folder in sorted(
         p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
     ):
-        if _under_any(folder, skip):
+        if _under_any(folder, written):
             continue
         files = []
         for path in sorted(folder.rglob("*")):
             if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
                 continue
-            if _under_any(path, skip):
+            if _under_any(path, written):
                 continue
             if stays_under(src, path):
                 files.append(path)
@@ -84,7 +80,7 @@ def class_files(src: Path, skip: Sequence[Path] = ()) -> ClassScan:
                 scan.escaped.append(path.relative_to(src).as_posix())
         if files:
             scan.classes[folder.name] = files
-        else:
+        elif folder.resolve() != out:
             scan.empty.append(folder.name)
     if not scan.classes:
         raise FastASTError(
@@ -166,7 +162,7 @@ def prepare_folder(
         raise FastASTError(f"--src {src} is not a folder (expected one subfolder per class)")
     src = src.resolve()
     fractions = parse_ratios(ratios)
-    scan = class_files(src, skip=own_output(Path(out), src))
+    scan = class_files(src, out=Path(out))
     classes = scan.classes
     all_files = [f for files in classes.values() for f in files]
     workspace = Workspace.open(out, "folder", target_length or auto_target_length(all_files))

@@ -169,3 +169,25 @@ def test_cli_warns_about_refused_names(tmp_path: Path, victim: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "1 names refused: they lead outside their dataset folder" in result.stderr
+
+
+def test_datafile_names_only_ever_key_the_cache(tmp_path: Path, victim: Path) -> None:
+    """Absolute and `..` wav names in a datafile are read (AST datafiles use them) but nothing
+    is written from them: cache entries are named by a hash, under the cache folder."""
+    import json
+
+    from fastast_cli.data.dataset import ASTDataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text(json.dumps({"data": [
+        {"wav": "../home/victim.wav", "labels": "/m/a"}, {"wav": str(victim), "labels": "/m/a"}
+    ]}))
+    (data / "labels.csv").write_text("index,mid,display_name\n0,/m/a,a\n")
+    before = _snapshot(tmp_path, tmp_path / "cache")
+    dataset = ASTDataset(data / "train.json", data / "labels.csv", target_length=32, mean=0.0,
+                         std=1.0, mixup=1.0, training=True, cache_dir=tmp_path / "cache")
+    assert all(dataset[i][0].shape == (32, 128) for i in range(2))
+    assert _snapshot(tmp_path, tmp_path / "cache") == before
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert [len(p.stem) for p in cached] == [40]  # both names are one file: one sha1 entry

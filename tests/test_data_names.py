@@ -191,3 +191,24 @@ def test_datafile_names_only_ever_key_the_cache(tmp_path: Path, victim: Path) ->
     assert _snapshot(tmp_path, tmp_path / "cache") == before
     cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert [len(p.stem) for p in cached] == [40]  # both names are one file: one sha1 entry
+
+
+def test_speechcommands_and_audioset_runs_into_their_source_repeat(tmp_path: Path) -> None:
+    for where in ("prepared", "."):
+        root = make_speechcommands_tree(tmp_path / f"sc{len(where)}")
+        write_tone(root / "no" / "cafe0000_nohash_0.wav", sample_rate=8000, seconds=0.2)
+        first, again = (prepare_speechcommands(root, root / where) for _ in range(2))
+        assert first.counts == again.counts == {
+            "train": 10, "valid": 3, "test": 3, "background_noise": 2
+        }
+        assert first.converted == 1 and again.reused == 18
+
+    audio = tmp_path / "audio"
+    write_tone(audio / "aaaaaaaaaaa.wav", sample_rate=8000, seconds=0.3)  # converted
+    segments = write_segments(tmp_path / "train.csv", [("aaaaaaaaaaa", "/m/09x0r")])
+    labels = write_audioset_labels(tmp_path / "labels.csv")
+    for _ in range(2):
+        report = prepare_audioset([str(segments)], labels, audio, audio / "out")
+        wavs = _all_wavs(audio / "out")
+        assert report.counts == {"train": 1} and report.escaped == []
+    assert wavs == {(audio / "out" / "audio_16k" / "aaaaaaaaaaa.wav").resolve()}

@@ -26,6 +26,7 @@ from fastast_cli.data.prepare.common import (
     sum_stats,
     write_labels,
     write_split,
+    written_by_prepare,
 )
 from fastast_cli.data.safepath import stays_under
 from fastast_cli.errors import FastASTError
@@ -66,7 +67,8 @@ def read_segments(path: Path) -> list[tuple[str, list[str]]]:
 
 def index_audio(audio_dir: Path, workspace: Workspace) -> dict[str, Path]:
     """Audio files under `audio_dir` by every YTID their name may stand for; files that are
-    links out of `audio_dir` are refused.
+    links out of `audio_dir` are refused, prepare's own output (`--out` inside `audio_dir`) is
+    left out.
 
     A YTID from a segment CSV is only ever a key into this index, never joined to a path.
     """
@@ -76,6 +78,8 @@ def index_audio(audio_dir: Path, workspace: Workspace) -> dict[str, Path]:
     loose: dict[str, Path] = {}
     for path in sorted(audio_dir.rglob("*")):
         if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+            continue
+        if written_by_prepare(workspace.out, path):
             continue
         if not stays_under(audio_dir, path):
             workspace.refuse(path.relative_to(audio_dir).as_posix(), audio_dir)

@@ -179,6 +179,13 @@ class Workspace:
         return FastASTError(message)
 
 
+def written_by_prepare(out: Path, path: Path) -> bool:
+    """Whether `path` (links followed) lies in a folder prepare writes under `out`: such files
+    are never read back as source audio, so a re-run with `--out` inside the source is the same."""
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(out.resolve() / name) for name in OUTPUT_FOLDERS)
+
+
 def _signature(path: Path) -> list[int]:
     """[size, mtime_ns] of a source file."""
     info = path.stat()

@@ -15,7 +15,6 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import soundfile as sf
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
 from fastast_cli.data.features import SAMPLE_RATE, num_frames
 from fastast_cli.data.prepare.common import (
-    OUTPUT_FOLDERS,
     Clip,
     PrepareReport,
     Workspace,
@@ -35,6 +33,7 @@ from fastast_cli.data.prepare.common import (
     sum_stats,
     write_labels,
     write_split,
+    written_by_prepare,
 )
 from fastast_cli.data.safepath import stays_under
 from fastast_cli.errors import FastASTError
@@ -61,18 +60,17 @@ def class_files(src: Path, out: Path | None = None) -> ClassScan:
     `src` are refused.
     """
     out = out.expanduser().resolve() if out is not None else None
-    written = [out / name for name in OUTPUT_FOLDERS] if out is not None else []
     scan = ClassScan({}, [], [])
     for folder in sorted(
         p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
     ):
-        if _under_any(folder, written):
+        if out is not None and written_by_prepare(out, folder):
             continue
         files = []
         for path in sorted(folder.rglob("*")):
             if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
                 continue
-            if _under_any(path, written):
+            if out is not None and written_by_prepare(out, path):
                 continue
             if stays_under(src, path):
                 files.append(path)
@@ -88,12 +86,6 @@ def class_files(src: Path, out: Path | None = None) -> ClassScan:
             f"(e.g. {src}/dog/*.wav, {src}/rain/*.wav); found none"
         )
     return scan
-
-
-def _under_any(path: Path, folders: Sequence[Path]) -> bool:
-    """Whether `path` (links followed) is one of `folders` or lies inside one."""
-    resolved = path.resolve()
-    return any(resolved.is_relative_to(folder) for folder in folders)
 
 
 def parse_ratios(ratios: tuple[float, ...]) -> tuple[float, float, float]:

@@ -20,6 +20,7 @@ from fastast_cli.data.prepare.common import (
     sum_stats,
     write_labels,
     write_split,
+    written_by_prepare,
 )
 from fastast_cli.data.prepare.sources import resolve_source
 from fastast_cli.data.safepath import resolve_under
@@ -93,9 +94,14 @@ def read_list(path: Path, workspace: Workspace) -> set[str]:
 
 def word_clips(root: Path, workspace: Workspace) -> list[str]:
     """Relative paths `word/file.wav` of every clip in a word folder, sorted; files or word
-    folders that are links out of `root` are refused."""
+    folders that are links out of `root` are refused, prepare's own output is no word."""
     words = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+        p.name
+        for p in root.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(("_", "."))
+        and p.resolve() != workspace.out
+        and not written_by_prepare(workspace.out, p)
     )
     unknown = [w for w in words if w not in SPEECHCOMMANDS_LABELS]
     if unknown:

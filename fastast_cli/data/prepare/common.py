@@ -49,6 +49,7 @@ LOG_NAME = "prepare.log"
 LABELS_NAME = "class_labels_indices.csv"
 STATE_VERSION = 1
 OUTPUT_FOLDERS = ("audio_16k", "datafiles", "raw", "downloads", "source")  # what prepare writes
+DERIVED_FOLDERS = ("audio_16k", "datafiles")  # ... of which its own results (not sources)
 SAVE_EVERY_S = 30.0  # resume state is saved this often (and at the end)
 
 
@@ -180,10 +181,11 @@ class Workspace:
 
 
 def written_by_prepare(out: Path, path: Path) -> bool:
-    """Whether `path` (links followed) lies in a folder prepare writes under `out`: such files
-    are never read back as source audio, so a re-run with `--out` inside the source is the same."""
+    """Whether `path` (links followed) lies in a folder of prepare's results under `out`: such
+    files are never read back as source audio, so a re-run with `--out` inside the source is
+    the same."""
     resolved = path.resolve()
-    return any(resolved.is_relative_to(out.resolve() / name) for name in OUTPUT_FOLDERS)
+    return any(resolved.is_relative_to(out.resolve() / name) for name in DERIVED_FOLDERS)
 
 
 def _signature(path: Path) -> list[int]:

@@ -51,7 +51,7 @@ class ClassScan:
     escaped: list[str]  # files (relative to src) that are links out of src
 
 
-def class_files(src: Path, out: Path | None = None) -> ClassScan:
+def class_files(src: Path, out: Path) -> ClassScan:
     """Audio files per class folder of `src` (sorted), only folders that hold audio.
 
     Prepare's own output is never read back as source audio, so a re-run with `out` inside
@@ -59,18 +59,18 @@ def class_files(src: Path, out: Path | None = None) -> ClassScan:
     and `out` itself is a class only if it holds audio of its own. Files that are links out of
     `src` are refused.
     """
-    out = out.expanduser().resolve() if out is not None else None
+    out = out.expanduser().resolve()
     scan = ClassScan({}, [], [])
     for folder in sorted(
         p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
     ):
-        if out is not None and written_by_prepare(out, folder):
+        if written_by_prepare(out, folder):
             continue
         files = []
         for path in sorted(folder.rglob("*")):
             if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
                 continue
-            if out is not None and written_by_prepare(out, path):
+            if written_by_prepare(out, path):
                 continue
             if stays_under(src, path):
                 files.append(path)
@@ -154,7 +154,7 @@ def prepare_folder(
         raise FastASTError(f"--src {src} is not a folder (expected one subfolder per class)")
     src = src.resolve()
     fractions = parse_ratios(ratios)
-    scan = class_files(src, out=Path(out))
+    scan = class_files(src, Path(out))
     classes = scan.classes
     all_files = [f for files in classes.values() for f in files]
     workspace = Workspace.open(out, "folder", target_length or auto_target_length(all_files))

@@ -2,7 +2,8 @@
 
 Every member path is checked before anything is written: absolute paths, drive letters, `..`
 components and paths that would leave the destination (also through an existing symlink) are
-skipped, as are links, devices and FIFOs (a dataset needs none). Skipped members are reported;
+skipped (`fastast_cli.data.safepath`), as are links, devices and FIFOs (a dataset needs none;
+a zip member without file-type bits is a regular file). Skipped members are reported;
 everything else is extracted. Files are streamed, never unpacked by the library's own
 `extract`, so nothing outside the destination can be created.
 
@@ -78,11 +79,13 @@ def _signature(archive: Path) -> dict[str, object]:
 
 def _size(n: float) -> str:
     """Bytes for a message: `4.0 GiB`."""
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB"):
         n /= 1024
-    raise AssertionError("unreachable")
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
 
 
 @dataclass

@@ -87,6 +87,12 @@ def test_evaluate_reports_the_test_split_and_training_selects_on_valid(three_spl
     assert trainer.eval_set.datafile == manifest.datafile("valid")
 
 
+def test_an_empty_test_split_is_not_the_reported_one(three_splits):
+    manifest = load_manifest(three_splits)
+    manifest.counts["test"] = 0
+    assert manifest.eval_split == "valid"
+
+
 def test_sweep_scores_the_test_split_names_it_and_takes_split(three_splits, tmp_path):
     manifest = load_manifest(three_splits)
     checkpoint = tiny_checkpoint(tmp_path / "m.pt", manifest)

@@ -111,8 +111,9 @@ class Manifest:
         return self._first_split(("valid", "eval", "test"))
 
     def _first_split(self, preference: tuple[str, ...]) -> str:
+        """The first split of `preference` the dataset has with clips in it."""
         for name in preference:
-            if name in self.split_names:
+            if name in self.split_names and self.counts.get(name) != 0:
                 return name
         raise FastASTError(f"{self.path}: no evaluation split (eval, valid or test)")
 

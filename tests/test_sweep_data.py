@@ -101,7 +101,8 @@ def test_per_r_checkpoints_and_fold_patterns(small_demo, tiny_checkpoints, tmp_p
 
 def test_budget_recommends_the_smallest_drop_that_is_fast_enough():
     def row(r, drop, speed, speedup):
-        return SweepRow("a", r, 0.9 + drop, 0.0, drop, speed, speedup, 10, 1.0, "x", "eval", 8)
+        return SweepRow("a", r, 0.9 + drop, 0.0, drop, speed, speedup, 10, 1.0, "x", "eval", 8,
+                        "constant, proportional attention on")
 
     rows = [row(0, 0.0, 100, 1.0), row(10, -0.01, 130, 1.3), row(20, -0.03, 160, 1.6),
             row(30, -0.02, 170, 1.7)]

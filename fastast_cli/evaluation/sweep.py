@@ -61,6 +61,7 @@ class SweepRow:
     checkpoint: str
     split: str
     batch: int  # timing batch of samples_per_s
+    merging: str  # schedule and proportional attention the metric was measured with
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -144,7 +145,8 @@ def sweep_run(
             model = (load_classifier(run.path(r, fold), device=device, **merging) if run.per_r
                      else models[fold])
             assert isinstance(model, AST | ElasticAST)
-            model.merge_settings.overridden(r=r).apply(model)
+            settings = model.merge_settings.overridden(r=r)
+            settings.apply(model)
             evaluation = evaluate_model(model, manifest, run.path(r, fold), split=split,
                                         fold=fold, batch_size=eval_batch_size, device=device)
             values.append(evaluation.metrics.summary()[metric])
@@ -154,7 +156,7 @@ def sweep_run(
         timing = speed[r]
         row = SweepRow(run.name, r, mean, std, mean - reference_metric, timing.samples_per_s,
                        timing.speedup, timing.tokens, timing.gflops, run.path(r, folds[0]), split,
-                       batch_size)
+                       batch_size, settings.attention_line())
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -215,7 +217,7 @@ def read_rows(path: Path) -> list[SweepRow]:
                     speedup=float(record["speedup"]), tokens=int(record["tokens"]),
                     gflops=float(record["gflops"]), checkpoint=record["checkpoint"],
                     split=record.get("split", ""),  # older tables: split unknown, re-measured
-                    batch=int(record.get("batch") or 0),
+                    batch=int(record.get("batch") or 0), merging="",
                 ))
             except (KeyError, ValueError):
                 raise FastASTError(

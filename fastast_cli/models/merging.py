@@ -66,14 +66,17 @@ class MergeSettings:
         changes = {key: value for key, value in given.items() if value is not None}
         return replace(self, **changes, source="flags") if changes else self
 
+    def attention_line(self) -> str:
+        """Schedule and proportional attention, e.g. `constant, proportional attention off`."""
+        attention = "on" if self.proportional_attention else "off"
+        return f"{self.schedule}, proportional attention {attention}"
+
     def describe(self) -> str:
         """One line for table titles, e.g. `ToMe r=8 constant, proportional attention off
         (from the checkpoint)`."""
-        attention = "on" if self.proportional_attention else "off"
         origin = {"checkpoint": "from the checkpoint", "default": "no merging stored",
                   "flags": "set by flags"}[self.source]
-        return (f"ToMe r={self.r} {self.schedule}, proportional attention {attention} "
-                f"({origin})")
+        return f"ToMe r={self.r} {self.attention_line()} ({origin})"
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Set these settings on an AST or ElasticAST (`set_r`) and remember them on the model."""

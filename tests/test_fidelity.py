@@ -268,3 +268,17 @@ def test_evaluate_notes_classes_left_out_of_map(three_splits, tmp_path, monkeypa
     evaluation.metrics = compute_metrics(evaluation.logits.numpy(), evaluation.targets.numpy())
     assert evaluation.excluded_classes == [manifest.label_names[0]]
     assert "mAP averages 2 of 3 classes" in evaluation.notes()[0]
+
+
+def test_evaluate_scores_a_checkpoint_on_its_own_fold_only(small_demo, tmp_path):
+    manifest = load_manifest(small_demo)
+    checkpoint = tiny_checkpoint(tmp_path / "f3.pt", manifest, **data_record(manifest, 3))
+    assert evaluate_checkpoint(checkpoint, manifest).fold == 3  # its own fold by default
+    with pytest.raises(FastASTError, match="trained for fold 3, so fold 1's evaluation clips"):
+        evaluate_checkpoint(checkpoint, manifest, fold=1)
+    result = run_cli("evaluate", "--checkpoint", str(checkpoint), "--data", str(small_demo),
+                     "--fold", "2", "--device", "cpu")
+    assert result.exit_code == 2 and "trained for fold 3" in words(result.output)
+    other = tiny_checkpoint(tmp_path / "other.pt", manifest, data_identity="demo:0", fold=1)
+    with pytest.raises(FastASTError, match="another preparation"):
+        evaluate_checkpoint(other, manifest, fold=1)

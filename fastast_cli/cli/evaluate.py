@@ -96,7 +96,7 @@ def evaluate(
         settings.add(merging_line(evaluation.merging))
         notes.update(evaluation.notes())
         summaries.append(evaluation.metrics.summary())
-        rows.append(_cells("-" if number is None else number, summaries[-1]))
+        rows.append(_cells("-" if evaluation.fold is None else evaluation.fold, summaries[-1]))
         if out is not None:
             save_evaluation(evaluation, out / f"fold{number}" if folds else out)
     if len(summaries) > 1:

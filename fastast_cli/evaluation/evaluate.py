@@ -83,6 +83,31 @@ def check_labels(model: nn.Module, manifest: Manifest, checkpoint: PathLike) -> 
         raise FastASTError(f"{checkpoint} was trained on other labels than {manifest.path}")
 
 
+def scored_fold(model: nn.Module, manifest: Manifest, fold: int | None, name: str) -> int | None:
+    """The fold to score: the one asked for, else the one the checkpoint was trained for.
+
+    A checkpoint trained for another fold of this dataset (or on another preparation of it) is
+    refused: its training clips include this fold's evaluation clips.
+    """
+    meta = getattr(model, "meta", None) or {}
+    if not manifest.folds or meta.get("fold") is None:
+        return fold
+    if meta.get("data_identity") != manifest.identity:
+        raise FastASTError(
+            f"{name} was trained on another preparation of the data "
+            f"({meta.get('data_identity')}, here {manifest.identity}): its folds may hold these "
+            "evaluation clips"
+        )
+    trained = int(meta["fold"])
+    if fold is not None and fold != trained:
+        raise FastASTError(
+            f"{name} was trained for fold {trained}, so fold {fold}'s evaluation clips were "
+            f"among its training clips: score it on fold {trained} (or use fold {fold}'s "
+            "checkpoint)"
+        )
+    return trained
+
+
 def evaluate_checkpoint(
     checkpoint: PathLike,
     manifest: Manifest,
@@ -120,6 +145,7 @@ def evaluate_model(
     """Score a loaded model (at its current merging rate) on `split` of `manifest`."""
     device = device or torch.device("cpu")
     split = split or manifest.eval_split
+    fold = scored_fold(model, manifest, fold, name)
     mean, std = input_stats(model, manifest, fold)
     elastic = isinstance(model, ElasticAST)
     options = {"mean": mean, "std": std, "num_mel_bins": manifest.num_mel_bins}
@@ -223,6 +249,7 @@ def evaluate_lengths(
     elastic = isinstance(model, ElasticAST)
     if not isinstance(model, AST | ElasticAST):
         raise FastASTError("--lengths and --resolutions compare AST and ElasticAST checkpoints")
+    fold = scored_fold(model, manifest, fold, "the checkpoint")
     mean, std = input_stats(model, manifest, fold)
     split = split or manifest.eval_split
     rows: list[dict[str, float | str]] = []

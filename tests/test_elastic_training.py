@@ -186,6 +186,7 @@ def test_resolutions_are_drawn_from_whole_steps_by_default():
     from fastast_cli.training.config import TrainConfig
 
     assert TrainConfig().resolution_sampling == "discrete" and TrainConfig().token_dropout == 0.1
+    assert TrainConfig().resolutions == [1.0, 4.0]  # ElasticAST's q ∈ {1, 2, 3, 4}
 
 
 def test_token_dropout_drops_patches_in_training_only():

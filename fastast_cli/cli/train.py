@@ -38,13 +38,13 @@ R = Annotated[int | None, typer.Option(
 Schedule = Annotated[str | None, typer.Option(help="r schedule: constant or decreasing.")]
 Elastic = Annotated[bool | None, typer.Option(
     "--elastic/--fixed", help="ElasticAST: clips at their native length packed into rows, "
-    "training at random time resolutions (AST students; a teacher gets the clips padded to "
-    "the dataset's length).", show_default=False)]
+    "training at random time resolutions (AST students; a fixed-length teacher reads each "
+    "clip at q = 1, padded to the dataset's length).", show_default=False)]
 MaxTokens = Annotated[int | None, typer.Option(
     min=16, help="ElasticAST: tokens per packed row (2048 by default).")]
 Resolutions = Annotated[str | None, typer.Option(
     help="ElasticAST: range of the training time resolution q as LOW,HIGH (frame shift "
-    "10 ms × q), e.g. 1,4.")]
+    "10 ms × q); 1,4 by default, as ElasticAST.")]
 ResolutionSampling = Annotated[str | None, typer.Option(
     help="ElasticAST: draw q from the whole steps of the range (discrete, ElasticAST's "
     "{1, 2, 3, 4}; the default) or uniformly from it (continuous).")]

@@ -40,7 +40,7 @@ class TrainConfig:
     # ElasticAST: native-length clips packed into rows, any time resolution.
     elastic: bool = False
     max_tokens: int = 2048  # tokens per packed row
-    resolutions: list[float] = field(default_factory=lambda: [1.0, 1.0])  # training q range
+    resolutions: list[float] = field(default_factory=lambda: [1.0, 4.0])  # training q range
     resolution_sampling: str = "discrete"  # q in {low, low + 1, ..., high}, or continuous
     token_dropout: float = 0.1  # ElasticAST: share of patch tokens dropped in training
     # Token merging (AST only), stored in the checkpoint: evaluation uses it too by default.

@@ -119,10 +119,10 @@ def data_sweep(
 
         rows, metric = run_sweep(runs, rs, manifest, folds=fold_numbers, previous=previous,
                                  split=split, on_rows=saved_one, **options)
-    merging = "; ".join(sorted({f"{row.run}: {row.merging}" for row in rows if row.merging}))
+    merging = "".join(sorted({f"; {row.run}: {row.merging}" for row in rows if row.merging}))
     console.print(rich_table(
         f"Sweep on {manifest.path}, {split} split ({metric}; drop vs r={rs[0]}; speed on "
-        f"random input; {merging})",
+        f"random input{merging})",
         [row.to_dict() for row in rows], metric_columns(metric),
     ))
     if out is not None:

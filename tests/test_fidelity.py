@@ -282,3 +282,17 @@ def test_evaluate_scores_a_checkpoint_on_its_own_fold_only(small_demo, tmp_path)
     other = tiny_checkpoint(tmp_path / "other.pt", manifest, data_identity="demo:0", fold=1)
     with pytest.raises(FastASTError, match="another preparation"):
         evaluate_checkpoint(other, manifest, fold=1)
+
+
+def test_timing_batch_is_the_largest_that_fits():
+    from fastast_cli.evaluation.throughput import (
+        ACCELERATOR_BATCHES,
+        default_batch_size,
+        largest_fitting,
+    )
+
+    tried = []
+    assert largest_fitting(ACCELERATOR_BATCHES, lambda n: tried.append(n) or n <= 64) == 64
+    assert tried == [256, 128, 64]  # largest first, stops at the first that fits
+    assert largest_fitting(ACCELERATOR_BATCHES, lambda n: False) == ACCELERATOR_BATCHES[-1]
+    assert default_batch_size(build_model("tiny", 3, target_length=64), "cpu") == 8

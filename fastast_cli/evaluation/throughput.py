@@ -40,17 +40,23 @@ def default_batch_size(
     torch_dtype = resolve_dtype(dtype, device)
     config = model.config
     model = model.to(device).eval()
-    for size in ACCELERATOR_BATCHES:
-        batch = torch.zeros(size, config.target_length, config.num_mel_bins, device=device)
+
+    def fits(size: int) -> bool:
         try:
+            batch = torch.zeros(size, config.target_length, config.num_mel_bins, device=device)
             with merging(model, r, schedule):
                 time_forward(model, batch, device, torch_dtype)
-            return size
+            return True
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-        finally:
-            del batch
-    return ACCELERATOR_BATCHES[-1]
+            return False
+
+    return largest_fitting(ACCELERATOR_BATCHES, fits)
+
+
+def largest_fitting(sizes: Sequence[int], fits: Callable[[int], bool]) -> int:
+    """The first of `sizes` (largest first) that `fits`; the last one when none does."""
+    return next((size for size in sizes if fits(size)), sizes[-1])
 
 
 @dataclass

@@ -296,3 +296,15 @@ def test_timing_batch_is_the_largest_that_fits():
     assert tried == [256, 128, 64]  # largest first, stops at the first that fits
     assert largest_fitting(ACCELERATOR_BATCHES, lambda n: False) == ACCELERATOR_BATCHES[-1]
     assert default_batch_size(build_model("tiny", 3, target_length=64), "cpu") == 8
+
+
+def test_a_damaged_merging_record_is_one_clear_error(small_demo, tmp_path):
+    manifest = load_manifest(small_demo)
+    for r in (2.5, "x", [1]):
+        path = tiny_checkpoint(tmp_path / "bad.pt", manifest,
+                               merging={"method": "tome", "r": r, "schedule": "constant",
+                                        "proportional_attention": False})
+        with pytest.raises(FastASTError, match="token merging settings"):
+            load_classifier(path)
+    with pytest.raises(FastASTError, match="unknown r schedule"):
+        load_classifier(path, 2, schedule="sideways")

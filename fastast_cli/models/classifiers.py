@@ -130,8 +130,9 @@ def load_classifier(
             r, schedule, proportional_attention)
         try:
             return settings.apply(model)
-        except ValueError as error:
-            raise FastASTError(f"{path}: {error}") from None
+        except (ValueError, TypeError) as error:  # e.g. a damaged merging record
+            raise FastASTError(f"{path}: token merging settings {settings.to_meta()} do not "
+                               f"apply ({error})") from None
     assert payload is not None
     if architecture == "cnn":
         model = CNNClassifier(CNNConfig.from_dict(payload["config"]))

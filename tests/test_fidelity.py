@@ -85,6 +85,8 @@ def test_evaluate_reports_the_test_split_and_training_selects_on_valid(three_spl
     trainer = Trainer(config(three_splits, tmp_path / "run"), loop_module.Ranks(),
                       torch.device("cpu"), loop_module.SilentReporter())
     assert trainer.eval_set.datafile == manifest.datafile("valid")
+    assert trainer.run(resume=False).split == "valid"
+    assert json.loads((tmp_path / "run/summary.json").read_text())["split"] == "valid"
 
 
 def test_an_empty_test_split_is_not_the_reported_one(three_splits):

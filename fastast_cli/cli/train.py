@@ -118,7 +118,8 @@ def run(recipe: Path | None, overrides: dict[str, Any], resume: bool) -> RunResu
         result = train(config, resume=resume, reporter=reporter)
     finally:
         reporter.close()
-    console.print(rich_table(f"Run {result.out}", result.history, LOG_COLUMNS))
+    console.print(rich_table(f"Run {result.out} ({result.split} split)", result.history,
+                             LOG_COLUMNS))
     console.print(
         f"best {config.metric} {result.best_metric:.4f} at epoch {result.best_epoch}: "
         f"{result.out / 'best.pt'}"

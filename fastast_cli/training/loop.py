@@ -121,6 +121,7 @@ class RunResult:
     best_epoch: int
     history: list[dict[str, float]]
     averaged_metrics: Metrics | None = None
+    split: str = "valid"  # the split the history's metrics (and best.pt) were measured on
 
 
 def learning_rate(config: TrainConfig, epoch: int, step: int) -> float:
@@ -287,7 +288,7 @@ class Trainer:
         if self.ranks.is_main:
             self._write_summary(averaged_metrics)
         return RunResult(self.out, self.progress.best, self.progress.best_epoch,
-                         self.progress.history, averaged_metrics)
+                         self.progress.history, averaged_metrics, self.manifest.selection_split)
 
     def _network(self) -> nn.Module:
         if not self.ranks.active:
@@ -449,7 +450,8 @@ class Trainer:
     def _write_summary(self, averaged: Metrics | None) -> None:
         """summary.json: written once the run is complete (a finished-run marker for tools)."""
         summary = {
-            "metric": self.config.metric, "best": self.progress.best,
+            "metric": self.config.metric, "split": self.manifest.selection_split,
+            "best": self.progress.best,
             "best_epoch": self.progress.best_epoch, "epochs": self.config.epochs,
             "best_checkpoint": str(self.out / "best.pt"), "last": self.progress.history[-1],
             "averaged": averaged.summary() if averaged is not None else None,

@@ -117,14 +117,17 @@ def data_sweep(
             save(rows)
             advance()
 
+        notes: set[str] = set()
         rows, metric = run_sweep(runs, rs, manifest, folds=fold_numbers, previous=previous,
-                                 split=split, on_rows=saved_one, **options)
+                                 split=split, on_rows=saved_one, on_note=notes.add, **options)
     merging = "".join(sorted({f"; {row.run}: {row.merging}" for row in rows if row.merging}))
     console.print(rich_table(
         f"Sweep on {manifest.path}, {split} split ({metric}; drop vs r={rs[0]}; speed on "
         f"random input{merging})",
         [row.to_dict() for row in rows], metric_columns(metric),
     ))
+    for note in sorted(notes):
+        console.print(f"note: {note}")
     if out is not None:
         save(rows)
         plot = plot_tradeoff(

@@ -106,6 +106,7 @@ def sweep_run(
     runs: int = 5,
     on_row: Callable[[SweepRow], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> tuple[list[SweepRow], str]:
     """Sweep one run over `rs`, skipping the r values in `done`; returns new rows and metric name.
 
@@ -113,6 +114,7 @@ def sweep_run(
     one; see `Manifest.eval_split`). The schedule and proportional attention are the
     checkpoint's (`MergeSettings`) unless `schedule` / `proportional_attention` are given.
 
+    `on_note`: gets what a reader of the metric must know (classes left out of mAP).
     `batch_size`: the timing batch (default: `default_batch_size`, filling the device).
     `reference_metric`: the run's r = rs[0] metric from an earlier, interrupted sweep (drops are
     relative to it when that row is among `done`).
@@ -150,6 +152,9 @@ def sweep_run(
             evaluation = evaluate_model(model, manifest, run.path(r, fold), split=split,
                                         fold=fold, batch_size=eval_batch_size, device=device)
             values.append(evaluation.metrics.summary()[metric])
+            if on_note is not None and metric == "mAP":
+                for note in evaluation.notes():
+                    on_note(note)
         mean, std = mean_and_std(values)
         if reference_metric is None:
             reference_metric = mean

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fastast_cli.errors import FastASTError
 
@@ -36,7 +37,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FastASTError as error:
-            err_console.print(f"[bold red]error:[/] {error}")
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}")  # [..] is text
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
@@ -21,6 +22,7 @@ from fastast_cli.evaluation.evaluate import (
     parse_resolutions,
     save_evaluation,
 )
+from fastast_cli.export.backends import check_backend
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.reports.tables import Column, rich_table, write_csv
 
@@ -56,10 +58,14 @@ def evaluate(
     resolutions: Annotated[str | None, typer.Option(
         help="With --lengths (or alone): time resolutions q, frame shift 10 ms × q, e.g. "
         "1,2,4.")] = None,
+    backend: BackendOption = "torch",
+    onnx: OnnxOption = None,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
     manifest = load_manifest(data)
     if lengths is not None or resolutions is not None:
+        if backend != "torch" or onnx is not None:
+            raise FastASTError("--lengths and --resolutions run on the torch backend")
         length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", r=r,
                      split=split, fold=fold, batch_size=batch_size, device=device, out=out)
         return
@@ -72,7 +78,7 @@ def evaluate(
         path = checkpoint.replace("{fold}", str(number))
         evaluation = evaluate_checkpoint(
             path, manifest, split=split, fold=number, r=r, batch_size=batch_size,
-            device=resolve_device(device),
+            device=resolve_device(device), backend=check_backend(backend), onnx_file=onnx,
         )
         summaries.append(evaluation.metrics.summary())
         rows.append(_cells("-" if number is None else number, summaries[-1]))

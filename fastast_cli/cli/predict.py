@@ -12,8 +12,10 @@ from rich.console import Console
 
 from fastast_cli.atomic import write_json
 from fastast_cli.cli._app import app, console, err_console, user_errors
+from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
+from fastast_cli.export.backends import make_forward
 from fastast_cli.inference.clips import (
     FRAMES_PER_SECOND,
     ClipFailure,
@@ -85,10 +87,13 @@ def predict(
         help="Also write the results as JSON to this file.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
+    backend: BackendOption = "torch",
+    onnx: OnnxOption = None,
 ) -> None:
     """Load, score every file, print tables (or JSON), list failures."""
     predictor = load_predictor(checkpoint, r, hop_s=hop, how=how.value, batch_size=batch_size,
                                device=resolve_device(device))
+    predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx)
     notes = err_console if as_json else console
     if predictor.spec.stats_note:
         notes.print(f"note: {predictor.spec.stats_note}")

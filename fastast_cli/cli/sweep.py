@@ -15,6 +15,7 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
 from fastast_cli.evaluation.sweep import SweepRow, parse_run, read_rows, recommend, run_sweep
 from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.export.backends import parse_backends
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar
@@ -38,6 +39,7 @@ THROUGHPUT_COLUMNS = [
     Column("speedup", "speedup", "{:.2f}", "x"),
     Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
 ]
+BACKEND_COLUMN = Column("backend", "backend")
 
 
 def metric_columns(metric: str) -> list[Column]:
@@ -188,16 +190,23 @@ def sweep(
         help="CSV of the table. With --data it is written row by row, a rerun with the same "
         "--out skips the rows it holds, and a PNG plot of the metric against samples/s is "
         "written beside it.")] = None,
+    backend: Annotated[str, typer.Option(
+        help="Inference backends, e.g. torch,compile,onnxruntime: each r is timed (and with "
+        "--data evaluated) on each, interleaved in one run. compile: torch.compile; "
+        "onnxruntime: ONNX exports cached in $FASTAST_CACHE_DIR or ~/.cache/fastast.")
+    ] = "torch",
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
     rs = parse_r_values(r)
+    backends = parse_backends(backend)
     resolve_dtype(dtype, resolve_device(device))  # a bad --device or --dtype fails here, clearly
     if data is not None:
         if not checkpoint:
             raise FastASTError("--data needs at least one --checkpoint to evaluate")
         options = {"batch_size": batch_size, "eval_batch_size": eval_batch_size,
                    "device": resolve_device(device), "dtype": dtype,
-                   "schedule": schedule.value, "warmup": warmup, "runs": runs}
+                   "schedule": schedule.value, "warmup": warmup, "runs": runs,
+                   "backends": backends}
         data_sweep(load_manifest(data), checkpoint, rs, folds, out, budget, options)
         return
     if checkpoint and len(checkpoint) > 1:
@@ -206,16 +215,18 @@ def sweep(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
     try:
-        with progress_bar("measuring", len(rs) * (warmup + runs)) as advance:
+        with progress_bar("measuring", len(backends) * len(rs) * (warmup + runs)) as advance:
             rows = sweep_throughput(
                 model, rs, batch_size=batch_size, device=device, dtype=dtype,
                 schedule=schedule.value, warmup=warmup, runs=runs, on_step=advance,
+                backends=backends,
             )
     except (ValueError, RuntimeError) as error:
         raise FastASTError(str(error)) from None
     records = [vars(row) for row in rows]
     title = f"Throughput: {description}, batch {batch_size}, {schedule.value} r"
-    console.print(rich_table(title, records, THROUGHPUT_COLUMNS))
+    columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
+    console.print(rich_table(title, records, columns))
     if out is not None:
-        write_csv(out, records, THROUGHPUT_COLUMNS)
+        write_csv(out, records, columns)
         console.print(f"wrote {out}")

@@ -13,6 +13,7 @@ set on the model afterwards, as an ONNX graph does: forwards at several r can sh
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -78,18 +79,23 @@ def make_forward(
         runner = torch.compile(model, dynamic=False)
 
     def forward(fbank: torch.Tensor) -> torch.Tensor:
-        _restore_merging(model, settings)
-        return runner(fbank)
+        current = _merging_settings(model)
+        _set_merging(model, settings)
+        try:
+            return runner(fbank)
+        finally:
+            _set_merging(model, current)
 
     return forward
 
 
 def _merging_settings(model: nn.Module) -> dict[str, Any]:
-    return {key: getattr(model, key) for key in ("r_schedule", "proportional_attention")
-            if hasattr(model, key)}
+    """The attributes that decide how a model merges tokens (copied)."""
+    keys = ("r_schedule", "r_fraction", "proportional_attention")
+    return {key: copy.copy(getattr(model, key)) for key in keys if hasattr(model, key)}
 
 
-def _restore_merging(model: nn.Module, settings: dict[str, Any]) -> None:
+def _set_merging(model: nn.Module, settings: dict[str, Any]) -> None:
     for key, value in settings.items():
         setattr(model, key, value)
 

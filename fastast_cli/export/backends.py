@@ -109,8 +109,10 @@ def onnx_forward(path: Path, model: nn.Module) -> Forward:
     _check_matches(read_metadata(path), model, path)
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                  if p in ort.get_available_providers()]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
         raise FastASTError(f"onnxruntime cannot load {path} ({error})") from None
 

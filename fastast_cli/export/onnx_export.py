@@ -148,7 +148,7 @@ def _translations() -> dict[Any, Any]:
     """ONNX for ops the exporter lacks: the stable sort of bipartite soft matching."""
     opset = import_extra("onnxscript", "ONNX export").opset18
 
-    def stable_sort(values, stable=None, dim: int = -1, descending: bool = False):  # noqa: ANN001
+    def stable_sort(values, stable=None, dim: int = -1, descending: bool = False):
         """aten.sort.stable as TopK over the whole axis: ONNX TopK keeps the lower index first
         among equal values, which is exactly a stable sort."""
         end = None if dim == -1 else dim + 1

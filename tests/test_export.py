@@ -49,10 +49,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint: Path) -> tuple[Path, str]:
-    """`fastast export` of the checkpoint at r = 6: the file and what the command printed."""
+def exported(checkpoint: Path, small_demo: Path) -> tuple[Path, str]:
+    """`fastast export` of the checkpoint at r = 6, checked on clips of the demo set: the file
+    and what the command printed."""
     out = checkpoint.parent / "model.onnx"
-    result = invoke("export", str(checkpoint), "--out", str(out), "--r", "6")
+    result = invoke("export", str(checkpoint), "--out", str(out), "--r", "6", "--data",
+                    str(small_demo))
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -133,7 +135,7 @@ def test_metadata_round_trip(checkpoint: Path, exported: tuple[Path, str]) -> No
 def test_cli_export_prints_the_parity_and_keeps_existing_files(checkpoint: Path,
                                                                exported: tuple[Path, str]) -> None:
     out, output = exported
-    assert "max |ONNX - PyTorch| logit difference" in output
+    assert "max |ONNX - PyTorch| logit difference" in output and "on clips of" in output
     before = out.read_bytes()
     line = one_error_line(invoke("export", str(checkpoint), "--out", str(out)))
     assert "already exists" in line and out.read_bytes() == before
@@ -187,10 +189,12 @@ def test_models_transformers_cannot_hold_are_refused(checkpoint: Path, tmp_path:
     save_checkpoint(cnn, CNNClassifier(CNNConfig(4, "mobilenetv3-small", labels=LABELS)))
     assert "only AST checkpoints" in one_error_line(
         invoke("export", str(cnn), "--format", "hf", "--out", str(tmp_path / "b")))
+    assert "ONNX cannot express" in one_error_line(
+        invoke("export", str(elastic), "--out", str(tmp_path / "d.onnx")))
     assert "no token merging" in one_error_line(
         invoke("export", str(checkpoint), "--format", "hf", "--r", "4", "--out",
                str(tmp_path / "c")))
-    assert not any((tmp_path / name).exists() for name in "abc")
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "c", "d.onnx"))
 
 
 # --- backends --------------------------------------------------------------------------------
@@ -226,6 +230,8 @@ def test_cache_key_follows_weights_and_settings() -> None:
     assert cache_key(tiny_ast(seed=1), "tome") != key
     model.set_r(4)
     assert cache_key(model, "tome") != key
+    model.meta = {"mean": -4.0, "std": 4.0}  # the stats travel in the metadata
+    assert cache_key(model, "tome") not in (key, cache_key(model.set_r(0), "tome"))
 
 
 def test_a_forward_keeps_the_merging_it_was_made_with() -> None:

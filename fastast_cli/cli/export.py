@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 
 from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.data.manifest import load_manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.hf import export_hf
 from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
+from fastast_cli.export.parity import dataset_features
 from fastast_cli.export.reduction import METHODS, apply_reduction
 from fastast_cli.models.classifiers import load_classifier
 
@@ -27,10 +29,11 @@ class Schedule(str, Enum):
 
 
 @app.command(
-    help="Export a checkpoint for use outside fastast. onnx: normalized fbank [batch, frames, "
-    "mel bins] in, logits out, token merging at --r baked in, dynamic batch axis; labels, "
+    help="Export a checkpoint for use outside fastast. onnx: normalized fbank (batch × frames × "
+    "mel bins) in, logits out, token merging at --r baked in, dynamic batch axis; labels, "
     "normalization, sample rate, frames, r and method in the file's metadata; checked against "
-    "PyTorch on random and on audio-feature input before it is written. hf: a transformers "
+    "PyTorch on random input and on audio features (--data clips, else synthetic audio) before "
+    "it is written. hf: a transformers "
     "ASTForAudioClassification folder (config.json, model.safetensors, preprocessor_config.json "
     "with the input mean/std) of a fixed-length AST, without merging."
 )
@@ -40,7 +43,7 @@ def export(
         help="fastast checkpoint, original AST .pth or Hugging Face AST folder.")],
     out: Annotated[Path, typer.Option(
         help="The .onnx file (onnx) or a new folder (hf); an existing one is never replaced.")],
-    format: Annotated[Format, typer.Option(help="onnx or hf.")] = Format.onnx,
+    kind: Annotated[Format, typer.Option("--format", help="onnx or hf.")] = Format.onnx,
     r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (onnx).")] = 0,
     method: Annotated[str, typer.Option(
         help=f"Token reduction method: {', '.join(METHODS)}.")] = "tome",
@@ -50,22 +53,27 @@ def export(
     tolerance: Annotated[float, typer.Option(
         min=0.0, help="Largest accepted difference between ONNX and PyTorch logits.")
     ] = DEFAULT_TOLERANCE,
+    data: Annotated[Path | None, typer.Option(
+        help="Prepared dataset (manifest.yaml or folder): check the ONNX graph on its first "
+        "evaluation clips (default: synthetic audio through the same features).")] = None,
 ) -> None:
     """Load, set merging, export, report."""
-    if format is Format.hf and r > 0:
+    if kind is Format.hf and r > 0:
         raise FastASTError("transformers' AST has no token merging: export --format hf with "
                            "--r 0, or use --format onnx for a merged model")
-    if format is Format.onnx and out.exists():
+    if kind is Format.onnx and out.exists():
         raise FastASTError(f"{out} already exists: remove it or pick another --out")
     model = load_classifier(checkpoint)
     apply_reduction(model, method, r, schedule.value)
-    if format is Format.hf:
+    if kind is Format.hf:
         files = export_hf(model, out)
         console.print(f"wrote {', '.join(file.name for file in files)} in {out}")
         return
-    report = export_onnx(model, out, method=method, tolerance=tolerance)
+    features = dataset_features(model, load_manifest(data)) if data is not None else None
+    report = export_onnx(model, out, method=method, tolerance=tolerance, features=features)
     console.print(
         f"wrote {report.path} (r={report.metadata['r']}, {report.metadata['method']}); max "
         f"|ONNX - PyTorch| logit difference: {report.max_diff_random:.2e} on random input, "
-        f"{report.max_diff_features:.2e} on audio features (tolerance {tolerance:g})"
+        f"{report.max_diff_features:.2e} on {'clips of ' + str(data) if data else 'audio'} "
+        f"features (tolerance {tolerance:g})"
     )

@@ -143,11 +143,14 @@ def user_cache_dir() -> Path:
 
 
 def cache_key(model: nn.Module, method: str) -> str:
-    """A digest of the weights, architecture, merging settings, method and software versions."""
+    """A digest of the weights, architecture, input statistics, merging settings, method and
+    software versions: everything the exported graph and its metadata depend on."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
+    meta = getattr(model, "meta", {}) or {}
     settings = {
         "config": config.to_dict() if config is not None else type(model).__name__,
+        "stats": [meta.get("mean"), meta.get("std")],
         "merging": _merging_settings(model), "method": method,
         "versions": [__version__, torch.__version__],
     }

@@ -94,9 +94,12 @@ def export_onnx(
     *,
     method: str = "tome",
     tolerance: float = DEFAULT_TOLERANCE,
+    features: torch.Tensor | None = None,
 ) -> ExportReport:
     """Export `model` (eval mode, at its current merging) to `path` and check it against PyTorch.
 
+    features: normalized fbank of real clips [B, frames, bins] for the parity check (e.g. from
+        `dataset_features`); by default synthetic audio through the same feature pipeline.
     The file is written beside `path` first and only moved there once the parity check passed:
     a failed check raises FastASTError and leaves nothing behind.
     """
@@ -118,7 +121,9 @@ def export_onnx(
             program.model.metadata_props[key] = json.dumps(value)
         program.save(str(temporary))
         session = ort.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
-        diffs = [_max_difference(model, session, batch) for batch in parity_inputs(model)]
+        noise, synthetic = parity_inputs(model)
+        batches = [noise, synthetic if features is None else features]
+        diffs = [_max_difference(model, session, batch) for batch in batches]
         if not all(diff <= tolerance for diff in diffs):
             raise FastASTError(
                 f"the ONNX graph differs from PyTorch by up to {max(diffs):.2e} in the logits "

@@ -64,7 +64,7 @@ def onnx_metadata(model: nn.Module, method: str) -> dict[str, Any]:
         "sample_rate": SAMPLE_RATE,
         "frames": spec.target_length,
         "num_mel_bins": spec.num_mel_bins,
-        "r": r_schedule[0] if len(set(r_schedule)) == 1 else r_schedule,
+        "r": r_schedule[0] if len(set(r_schedule)) == 1 else (r_schedule or 0),  # 0: no merging
         "r_schedule": r_schedule,
         "method": method if any(r_schedule) else "none",
         "proportional_attention": bool(getattr(model, "proportional_attention", False)),
@@ -141,7 +141,7 @@ def _trace(model: nn.Module, metadata: dict[str, Any]) -> Any:
             warnings.simplefilter("ignore")
             return torch.onnx.export(
                 model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes={"fbank": {0: torch.export.Dim.DYNAMIC}},
+                output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
                 custom_translation_table=_translations(), verbose=False,
             )
     except Exception as error:

@@ -76,6 +76,7 @@ def make_forward(
     settings = _merging_settings(model)
     runner: Callable[[torch.Tensor], torch.Tensor] = model
     if backend == "compile":
+        _allow_recompiles()
         runner = torch.compile(model, dynamic=False)
 
     def forward(fbank: torch.Tensor) -> torch.Tensor:
@@ -87,6 +88,13 @@ def make_forward(
             _set_merging(model, current)
 
     return forward
+
+
+def _allow_recompiles(per_function: int = 64) -> None:
+    """Room for one compiled graph per r and batch shape: past dynamo's default of 8 graphs a
+    function silently falls back to eager, which would mislabel a sweep's compiled timings."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, per_function)
 
 
 def _merging_settings(model: nn.Module) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def data_sweep(
         if out is not None:
             write_csv(out, [row.to_dict() for row in rows], metric_columns("metric"))
 
-    with progress_bar("sweeping", len(runs) * len(rs)) as advance:
+    with progress_bar("sweeping", len(runs) * len(rs) * len(options["backends"])) as advance:
         def saved_one(rows: list[SweepRow]) -> None:
             save(rows)
             advance()

@@ -156,6 +156,15 @@ def main() -> None:
     console.print(rich_table(title, rows, columns))
     console.print(f"matmul peak ({args.matmul_size}² {str(dtype).replace('torch.', '')}, same "
                   f"run): {peak:.1f} GFLOP/s")
+    for r in rs:
+        ours = [row for row in rows if row["r"] == r and row["backend"] != "transformers"]
+        best = max(ours, key=lambda row: row["samples_per_s"])
+        goal = "≥ 90 % of peak" if r == 0 else "speedup / FLOP speedup ≥ 1.0"
+        console.print(
+            f"r={r}: fastest {best['backend']} at {best['samples_per_s']:.2f} samples/s, "
+            f"{best['of_peak']:.0f} % of peak, speedup / FLOP speedup {best['efficiency']:.2f} "
+            f"(goal: {goal})"
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from fastast_cli.errors import FastASTError
+from fastast_cli.errors import FastASTError, Interrupted
 
 app = typer.Typer(
     name="fastast",
@@ -29,14 +29,39 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(func: F) -> F:
-    """Turn a FastASTError raised by the engine into one red line on stderr and exit code 2."""
+    """Turn a FastASTError raised by the engine into one red line on stderr and exit code 2
+    (an `Interrupted` one into a yellow line and 130); a bare Ctrl-C into one line and 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except Interrupted as error:
+            err_console.print(f"[bold yellow]interrupted:[/] {error}")
+            raise typer.Exit(code=error.exit_code) from None
         except FastASTError as error:
             err_console.print(f"[bold red]error:[/] {error}")
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=error.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold yellow]interrupted[/] (Ctrl-C)")
+            raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def merging_note(model: Any, r: int, schedule: str = "constant") -> str | None:
+    """A one-line note when `r` asks for more merging than a fixed AST's tokens allow (its
+    blocks then merge what they can, which no table would show); None otherwise."""
+    from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
+    from fastast_cli.models.tome import first_capped_block, resolve_schedule
+
+    if not isinstance(model, AST) or r == 0:
+        return None
+    config = model.config
+    capped = first_capped_block(config.num_patches + NUM_PREFIX_TOKENS,
+                                resolve_schedule(r, config.depth, schedule), NUM_PREFIX_TOKENS)
+    if capped is None:
+        return None
+    block, cap = capped
+    return (f"note: r={r} is more than {config.num_patches} patches allow: block {block + 1} "
+            f"merges only {cap} tokens (half of those left), and so on; the result is capped")

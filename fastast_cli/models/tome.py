@@ -134,3 +134,16 @@ def tokens_per_block(num_tokens: int, schedule: Sequence[int], protected: int) -
         num_tokens -= min(r, max_merge(num_tokens, protected))
         counts.append(num_tokens)
     return counts
+
+
+def first_capped_block(
+    num_tokens: int, schedule: Sequence[int], protected: int
+) -> tuple[int, int] | None:
+    """The first block (0-based) whose r exceeds what it can merge, and what it can merge
+    there; None when every block merges its full r."""
+    for block, r in enumerate(schedule):
+        cap = max_merge(num_tokens, protected)
+        if r > cap:
+            return block, cap
+        num_tokens -= r
+    return None

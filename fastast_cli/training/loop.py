@@ -270,6 +270,7 @@ class Trainer:
         check_run_folder(self.out, resume=resume, overwrite=overwrite)
         if resume:
             self._restore(self.out / "last.pt")
+        self.ranks.barrier()  # every rank has checked the folder before rank 0 writes to it
         try:
             if self.ranks.is_main:
                 self._start_folder(overwrite)

@@ -276,3 +276,22 @@ def test_a_copied_shipped_recipe_finds_its_base(tmp_path):
     missing.write_text("base: nowhere.yaml\n")
     with pytest.raises(FastASTError, match="base 'nowhere.yaml' is neither beside it"):
         load_config(missing, {"out": str(tmp_path)})
+
+
+def test_training_notes_once_when_r_exceeds_what_the_tokens_allow(small_demo, recipe, tmp_path):
+    class Notes(loop_module.SilentReporter):
+        def __init__(self) -> None:
+            self.notes: list[str] = []
+
+        def note(self, message: str) -> None:
+            self.notes.append(message)
+
+    notes = {}
+    for r in (20, 60):
+        reporter = Notes()
+        Trainer(tiny(recipe, small_demo, tmp_path / f"r{r}", r=r), loop_module.Ranks(),
+                torch.device("cpu"), reporter)
+        notes[r] = reporter.notes
+    assert notes[20] == []  # 98 tokens → 78 → 58: every block merges its 20
+    assert len(notes[60]) == 1 and notes[60][0].startswith(
+        "note: r=60 is more than 96 patches allow: block 1 merges only 48 tokens")

@@ -50,18 +50,10 @@ def user_errors(func: F) -> F:
 
 
 def merging_note(model: Any, r: int, schedule: str = "constant") -> str | None:
-    """A one-line note when `r` asks for more merging than a fixed AST's tokens allow (its
-    blocks then merge what they can, which no table would show); None otherwise."""
-    from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
-    from fastast_cli.models.tome import first_capped_block, resolve_schedule
+    """`capped_merging_note` for a fixed AST (None for other models and r = 0)."""
+    from fastast_cli.models.ast import AST
+    from fastast_cli.models.tome import capped_merging_note
 
     if not isinstance(model, AST) or r == 0:
         return None
-    config = model.config
-    capped = first_capped_block(config.num_patches + NUM_PREFIX_TOKENS,
-                                resolve_schedule(r, config.depth, schedule), NUM_PREFIX_TOKENS)
-    if capped is None:
-        return None
-    block, cap = capped
-    return (f"note: r={r} is more than {config.num_patches} patches allow: block {block + 1} "
-            f"merges only {cap} tokens (half of those left), and so on; the result is capped")
+    return capped_merging_note(model.config.num_patches, model.config.depth, r, schedule)

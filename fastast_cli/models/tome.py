@@ -147,3 +147,17 @@ def first_capped_block(
             return block, cap
         num_tokens -= r
     return None
+
+
+def capped_merging_note(num_patches: int, depth: int, r: RSchedule,
+                        schedule: str = "constant", protected: int = 2) -> str | None:
+    """A one-line note when `r` asks for more merging than `num_patches` patches (+ the
+    `protected` CLS and DIST tokens) allow over `depth` blocks: those blocks merge what they
+    can, which no result shows. None when every block merges its full r."""
+    capped = first_capped_block(num_patches + protected, resolve_schedule(r, depth, schedule),
+                                protected)
+    if capped is None:
+        return None
+    block, cap = capped
+    return (f"note: r={r} is more than {num_patches} patches allow: block {block + 1} merges "
+            f"only {cap} tokens (half of those left), and so on; the merging is capped")

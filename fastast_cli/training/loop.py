@@ -50,6 +50,7 @@ from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
 from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.tome import capped_merging_note
 from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss
@@ -211,6 +212,11 @@ class Trainer:
         )
         if isinstance(model, AST | ElasticAST):
             model.set_r(config.r, config.schedule, config.proportional_attention)
+        if isinstance(model, AST) and config.r:
+            note = capped_merging_note(model.config.num_patches, model.config.depth, config.r,
+                                       config.schedule)
+            if note:
+                self.reporter.note(note)
         if isinstance(model, ElasticAST):
             longest = model.num_tokens(
                 torch.zeros(self.manifest.target_length, self.manifest.num_mel_bins))

@@ -29,10 +29,12 @@ def check_labelled(entries: Sequence[Entry], datafile: Path) -> None:
         )
 
 
-def check_clips(entries: Sequence[Entry], datafile: Path, split: str) -> None:
-    """The split has clips, and every audio file it lists exists (one stat per file)."""
+def check_clips(entries: Sequence[Entry], datafile: Path, split: str, use: str = "") -> None:
+    """The split has clips, and every audio file it lists exists (one stat per file). `use`
+    says what the split is needed for, in the message about an empty one."""
     if not entries:
-        raise FastASTError(f"the {split} split is empty: {datafile} lists no clips")
+        raise FastASTError(f"the {split} split is empty: {datafile} lists no clips"
+                           + (f" ({use})" if use else ""))
     missing = [str(entry.wav) for entry in entries if not os.path.isfile(entry.wav)]
     if missing:
         raise FastASTError(

@@ -167,9 +167,10 @@ class Trainer:
         torch.manual_seed(config.seed)  # the model's initial weights
         self.train_items = SeededItems(self._dataset("train", training=True), config.seed)
         self.eval_set = self._dataset(self.manifest.eval_split, training=False)
-        for split, dataset in (("train", self.train_items.dataset),
-                               (self.manifest.eval_split, self.eval_set)):
-            check_clips(dataset.entries, dataset.datafile, split)
+        check_clips(self.train_items.dataset.entries, self.train_items.dataset.datafile, "train",
+                    "nothing to train on")
+        check_clips(self.eval_set.entries, self.eval_set.datafile, self.manifest.eval_split,
+                    "every epoch is validated on it, and best.pt is the best validated epoch")
         self.model = self._build_model().to(device)
         self.teacher = self._load_teacher()
         self.optimizer = torch.optim.Adam(

@@ -89,18 +89,20 @@ def test_a_folder_with_any_run_file_is_refused_unless_resumed_or_overwritten(
 
 # --- 5: Ctrl-C anywhere leaves a resumable last.pt ---------------------------------------------
 
-# Runs `fastast ARGS` with SIGINT sent to itself once, at a chosen point of the run.
+# Runs `fastast ARGS` with SIGINT sent to itself once, at a chosen point of the run: the first
+# validation, or the write of epoch 1's last.pt (a run's second last.pt, after its initial one).
 INTERRUPTING = """
 import os, signal, sys
 from fastast_cli.training import loop
 point, args = sys.argv[1], sys.argv[2:]
 name = {"validation": "predict_dataset", "last.pt": "save_checkpoint"}[point]
-original, sent = getattr(loop, name), []
+original, calls = getattr(loop, name), []
 
 def interrupting(*positional, **keywords):
-    if not sent and (point == "validation" or positional[0].name == "last.pt"):
-        sent.append(1)
-        os.kill(os.getpid(), signal.SIGINT)
+    if point == "validation" or positional[0].name == "last.pt":
+        calls.append(1)
+        if len(calls) == (1 if point == "validation" else 2):
+            os.kill(os.getpid(), signal.SIGINT)
     return original(*positional, **keywords)
 
 setattr(loop, name, interrupting)
@@ -295,3 +297,22 @@ def test_training_notes_once_when_r_exceeds_what_the_tokens_allow(small_demo, re
     assert notes[20] == []  # 98 tokens → 78 → 58: every block merges its 20
     assert len(notes[60]) == 1 and notes[60][0].startswith(
         "note: r=60 is more than 96 patches allow: block 1 merges only 48 tokens")
+
+
+def test_a_new_run_writes_its_initial_last_pt_first(small_demo, recipe, tmp_path, monkeypatch):
+    """Killed right after its first file, a run folder can still be resumed."""
+    out = tmp_path / "run"
+    written: list[str] = []
+    original = loop_module.write_text
+
+    def record_and_kill(path, text):
+        written.extend(sorted(p.name for p in out.iterdir()))
+        raise SystemExit("killed")  # stands for SIGKILL right after the first file
+
+    monkeypatch.setattr(loop_module, "write_text", record_and_kill)
+    with pytest.raises(SystemExit):
+        train(tiny(recipe, small_demo, out, epochs=1))
+    assert written == ["last.pt"]
+    monkeypatch.setattr(loop_module, "write_text", original)
+    result = train(tiny(recipe, small_demo, out, epochs=1), resume=True)
+    assert [row["epoch"] for row in result.history] == [1]

@@ -297,7 +297,11 @@ class Trainer:
 
     def _start_folder(self, overwrite: bool) -> None:
         """Create (or clear, with `overwrite`) the run folder and write config.yaml; on resume,
-        drop log rows that `last.pt` does not cover and temporaries of a killed process."""
+        drop log rows that `last.pt` does not cover and temporaries of a killed process.
+
+        A new run's first file is its initial `last.pt`: a folder holding any run file can then
+        always be resumed, whenever the process was killed.
+        """
         if overwrite:
             clear_run_folder(self.out)
         remove_run_temporaries(self.out)
@@ -305,6 +309,8 @@ class Trainer:
         if dropped:
             self.reporter.note(f"dropped {dropped} log rows of epochs after the saved state")
         self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / "last.pt").exists():
+            self._save_last()
         write_text(self.out / "config.yaml",
                    yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 

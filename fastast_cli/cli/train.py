@@ -21,7 +21,8 @@ Recipe = Annotated[Path | None, typer.Option(
 Data = Annotated[Path | None, typer.Option(
     help="Prepared dataset: manifest.yaml or its folder (from `fastast prepare`).")]
 Out = Annotated[Path | None, typer.Option(
-    help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml.")]
+    help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml. A "
+    "folder that already holds a run is refused unless you pass --resume or --overwrite.")]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int | None, typer.Option(min=1, help="Samples per step (per process).")]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate (Adam).")]

@@ -130,3 +130,15 @@ def test_sweep_without_data_takes_named_checkpoints_notes_capped_r_and_says_repl
     assert again.exit_code == 0 and f"replaced {out}" in again.output.replace("\n", "")
     pattern = invoke("sweep", "--checkpoint", str(tmp_path / "r{r}/best.pt"))
     assert pattern.exit_code == 2 and "patterns need --data" in pattern.output
+
+
+def test_predict_and_visualize_say_when_they_replaced_the_named_file(checkpoint, clip,
+                                                                     tmp_path):
+    for command, name in (("predict", "scores.json"), ("visualize", "merge.png")):
+        out = tmp_path / name
+        out.write_bytes(b"an older result")
+        result = invoke(command, str(clip), "--checkpoint", str(checkpoint), "--device", "cpu",
+                        "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert f"replaced {out}" in result.output.replace("\n", ""), result.output
+        assert out.read_bytes() != b"an older result"

@@ -145,7 +145,6 @@ class TrainConfig:
         if problems:
             raise FastASTError("; ".join(problems))
 
-
     def _range_problems(self) -> list[str]:
         """Numbers outside the range where they mean something."""
         limits = {  # setting: (lowest allowed, why)

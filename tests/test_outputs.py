@@ -55,6 +55,7 @@ def test_every_command_refuses_an_unwritable_out_before_any_work(
         small_demo, checkpoint, clip, tmp_path, no_measuring):
     for why, path in unwritable(tmp_path).items():
         commands = {
+            "prepare": ["prepare", "demo", "--out", str(path.parent)],
             "train-teacher": ["train-teacher", "--recipe", "demo", "--data", str(small_demo),
                               "--out", str(path.parent)],
             "evaluate": ["evaluate", "--checkpoint", str(checkpoint), "--data", str(small_demo),

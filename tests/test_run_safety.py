@@ -75,12 +75,14 @@ def test_a_folder_with_any_run_file_is_refused_unless_resumed_or_overwritten(
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "log.csv", "notes.txt"]
     with pytest.raises(FastASTError, match="give one of them"):
         train(config, resume=True, overwrite=True)
-    result = CliRunner().invoke(app, ["train-teacher", "--recipe", str(recipe), "--data",
-                                      str(small_demo), "--out", str(out), "--epochs", "1"])
+    command = ["train-teacher", "--recipe", str(recipe), "--data", str(small_demo), "--out",
+               str(out), "--epochs", "1"]
+    result = CliRunner().invoke(app, command)
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert (out / "best.pt").read_bytes() == b"the user's precious model"
 
-    train(config, overwrite=True)  # starts over: run files replaced, the rest left alone
+    result = CliRunner().invoke(app, [*command, "--overwrite"])  # starts over: run files
+    assert result.exit_code == 0, result.output  # replaced, the rest left alone
     assert read_checkpoint(out / "best.pt")["meta"]["epoch"] == 1
     assert (out / "log.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
     assert len((out / "log.csv").read_text().splitlines()) == 2

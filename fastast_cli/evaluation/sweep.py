@@ -25,6 +25,7 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_and_std
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
+from fastast_cli.export.backends import make_forward
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
@@ -68,9 +69,10 @@ class SweepRow:
 
 
 def parse_run(spec: str) -> SweepRun:
-    """`name=path` or a bare path (named after its folder)."""
+    """`name=path` or a bare path (named after its folder; an existing file's path may hold
+    `=`)."""
     name, sep, path = spec.partition("=")
-    if not sep:
+    if not sep or Path(spec).is_file():
         path = spec
         parts = [p for p in re.split(r"[\\/]", spec) if p]
         name = parts[-2] if len(parts) >= 2 else parts[-1] if parts else spec
@@ -107,6 +109,7 @@ def sweep_run(
     on_row: Callable[[SweepRow], None] | None = None,
     on_step: Callable[[], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    backends: Sequence[str] = ("torch",),
 ) -> tuple[list[SweepRow], str]:
     """Sweep one run over `rs`, skipping the r values in `done`; returns new rows and metric name.
 
@@ -117,7 +120,8 @@ def sweep_run(
     `on_note`: gets what a reader of the metric must know (classes left out of mAP).
     `batch_size`: the timing batch (default: `default_batch_size`, filling the device).
     `reference_metric`: the run's r = rs[0] metric from an earlier, interrupted sweep (drops are
-    relative to it when that row is among `done`).
+    relative to it when that row is among `done`). Each r is evaluated and timed on each of
+    `backends` (timing interleaved); rows are named with `backend_run_name`.
     """
     device = device or torch.device("cpu")
     split = split or manifest.eval_split
@@ -136,36 +140,45 @@ def sweep_run(
     schedule = first.merge_settings.schedule
     batch_size = batch_size or default_batch_size(first, device, dtype, rs[0], schedule)
     timed = [rs[0]] + [r for r in todo if r != rs[0]]  # speedups always relative to rs[0]
-    speed = {row.r: row for row in sweep_throughput(
+    speed = {(row.backend, row.r): row for row in sweep_throughput(
         first, timed, batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
-        warmup=warmup, runs=runs, on_step=on_step,
+        warmup=warmup, runs=runs, on_step=on_step, backends=backends,
     )}
     rows: list[SweepRow] = []
     for r in todo:
-        values = []
+        values: dict[str, list[float]] = {backend: [] for backend in backends}
         for fold in folds:
             model = (load_classifier(run.path(r, fold), device=device, **merging) if run.per_r
                      else models[fold])
             assert isinstance(model, AST | ElasticAST)
             settings = model.merge_settings.overridden(r=r)
             settings.apply(model)
-            evaluation = evaluate_model(model, manifest, run.path(r, fold), split=split,
-                                        fold=fold, batch_size=eval_batch_size, device=device)
-            values.append(evaluation.metrics.summary()[metric])
+            for backend in backends:
+                evaluation = evaluate_model(model, manifest, run.path(r, fold), split=split,
+                                            fold=fold, batch_size=eval_batch_size, device=device,
+                                            forward=make_forward(model, backend))
+                values[backend].append(evaluation.metrics.summary()[metric])
             if on_note is not None and metric == "mAP":
                 for note in evaluation.notes():
                     on_note(note)
-        mean, std = mean_and_std(values)
-        if reference_metric is None:
-            reference_metric = mean
-        timing = speed[r]
-        row = SweepRow(run.name, r, mean, std, mean - reference_metric, timing.samples_per_s,
-                       timing.speedup, timing.tokens, timing.gflops, run.path(r, folds[0]), split,
-                       batch_size, settings.attention_line())
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+        for backend in backends:
+            mean, std = mean_and_std(values[backend])
+            if reference_metric is None:
+                reference_metric = mean
+            timing = speed[backend, r]
+            row = SweepRow(backend_run_name(run.name, backend, backends), r, mean, std,
+                           mean - reference_metric, timing.samples_per_s, timing.speedup,
+                           timing.tokens, timing.gflops, run.path(r, folds[0]), split,
+                           batch_size, settings.attention_line())
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows, metric
+
+
+def backend_run_name(name: str, backend: str, backends: Sequence[str]) -> str:
+    """A run's name in the table: itself on the torch backend alone, else `name (backend)`."""
+    return name if list(backends) == ["torch"] else f"{name} ({backend})"
 
 
 def run_sweep(
@@ -184,7 +197,10 @@ def run_sweep(
     `on_rows` gets all rows so far, ordered by run then r (save them there). Returns those rows
     and the metric's name.
     """
-    order = {run.name: index for index, run in enumerate(checkpoints)}
+    backends = options.get("backends", ("torch",))
+    names = {run.name: [backend_run_name(run.name, b, backends) for b in backends]
+             for run in checkpoints}
+    order = {name: index for index, name in enumerate(n for ns in names.values() for n in ns)}
     split = split or manifest.eval_split
     rows = [row for row in previous if row.run in order and row.split == split]
     metric = "metric"
@@ -199,9 +215,11 @@ def run_sweep(
             on_rows(rows)
 
     for run in checkpoints:
-        mine = [row for row in rows if row.run == run.name]
+        mine = [row for row in rows if row.run in names[run.name]]
         reference = next((row.metric for row in mine if row.r == rs[0]), None)
-        _, name = sweep_run(run, rs, manifest, split=split, done={row.r for row in mine},
+        done = {r for r in rs if len({row.run for row in mine if row.r == r}) == len(backends)}
+        rows[:] = [row for row in rows if row.run not in names[run.name] or row.r in done]
+        _, name = sweep_run(run, rs, manifest, split=split, done=done,
                             reference_metric=reference, on_row=keep, **options)
         metric = name or metric
     return rows, metric

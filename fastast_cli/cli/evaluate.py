@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.cli._app import Quiet, app, console, user_errors
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
@@ -22,6 +22,7 @@ from fastast_cli.evaluation.evaluate import (
     save_evaluation,
 )
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.progress import set_progress
 from fastast_cli.reports.tables import Column, rich_table, write_csv
 
 METRICS = {"accuracy": "accuracy", "mAP": "mAP", "mAUC": "mAUC", "d_prime": "d'"}
@@ -56,8 +57,10 @@ def evaluate(
     resolutions: Annotated[str | None, typer.Option(
         help="With --lengths (or alone): time resolutions q, frame shift 10 ms × q, e.g. "
         "1,2,4.")] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
+    set_progress(not quiet)
     manifest = load_manifest(data)
     if lengths is not None or resolutions is not None:
         length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", r=r,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.cli._app import Quiet, app, console, user_errors
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
@@ -17,7 +17,7 @@ from fastast_cli.evaluation.sweep import SweepRow, parse_run, read_rows, recomme
 from fastast_cli.evaluation.throughput import sweep_throughput
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
-from fastast_cli.progress import progress_bar
+from fastast_cli.progress import progress_bar, set_progress
 from fastast_cli.reports.plots import plot_tradeoff
 from fastast_cli.reports.tables import Column, rich_table, write_csv
 
@@ -188,8 +188,10 @@ def sweep(
         help="CSV of the table. With --data it is written row by row, a rerun with the same "
         "--out skips the rows it holds, and a PNG plot of the metric against samples/s is "
         "written beside it.")] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
+    set_progress(not quiet)
     rs = parse_r_values(r)
     resolve_dtype(dtype, resolve_device(device))  # a bad --device or --dtype fails here, clearly
     if data is not None:

@@ -303,7 +303,7 @@ class Predictor:
         duration = samples / sample_rate
         rows = timeline_rows([span.start for span in spans], [span.stop for span in spans],
                              scores, duration)
-        return self._clip(path, duration, rows)
+        return self.clip_of(path, duration, rows)
 
     def stream(self, blocks: Iterable[np.ndarray], sample_rate: int,
                eager: bool = False) -> ScoreStream:
@@ -319,7 +319,7 @@ class Predictor:
         """Scores of audio arriving in blocks `[channels, n]`, in constant memory (plus rows)."""
         stream = self.stream(blocks, sample_rate)
         rows = list(stream)
-        return self._clip(path, stream.duration_s, rows)
+        return self.clip_of(path, stream.duration_s, rows)
 
     def score_file(self, path: PathLike, block_s: float = DEFAULT_BLOCK_SECONDS) -> ClipScores:
         """Scores of one audio file read `block_s` seconds at a time; raises AudioReadError when
@@ -329,7 +329,8 @@ class Predictor:
             return self.score_blocks(read_blocks(sound, block, str(path)), sound.samplerate,
                                      str(path))
 
-    def _clip(self, path: str, duration_s: float, rows: list[WindowRow]) -> ClipScores:
+    def clip_of(self, path: str, duration_s: float, rows: list[WindowRow]) -> ClipScores:
+        """A ClipScores from timeline rows: per-window scores and their aggregate."""
         if not rows:
             raise AudioReadError(f"{path}: no audio samples (empty file)")
         per_window = torch.stack([row.scores for row in rows])

@@ -89,6 +89,13 @@ class WindowPlan:
             return [Span(regular_count * self.hop, num_frames)]
         return [Span(num_frames - self.window, num_frames)]
 
+    def count(self, num_frames: int) -> int:
+        """How many windows `spans(num_frames)` holds, without listing them."""
+        if num_frames <= self.window:
+            return 1
+        regular = (num_frames - self.window) // self.hop + 1
+        return regular + len(self.closing(regular, num_frames))
+
     def spans(self, num_frames: int) -> list[Span]:
         """Every window of a clip of `num_frames` frames.
 

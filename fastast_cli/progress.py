@@ -8,6 +8,8 @@ sweeps, prediction over many files) reports through a `Task`:
   `FASTAST_PROGRESS_INTERVAL` seconds (30 by default) and one when the task ends, e.g.
   `epoch 2/10: step 40/120 (33%), loss 0.6931, 45.2 samples/s, elapsed 0:00:30, remaining 0:01:00`;
 - progress turned off (`--quiet`, `set_progress(False)` or `FASTAST_NO_PROGRESS=1`): nothing.
+
+Under torchrun only rank 0 reports (the others would repeat its lines).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ INTERVAL_ENV = "FASTAST_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 30.0
 
 _state = {"enabled": not os.environ.get("FASTAST_NO_PROGRESS")}
+_main_process = os.environ.get("RANK", "0") == "0"  # torchrun's global rank
 _shared: dict[str, Any] = {"progress": None, "users": 0}  # the one rich display on a terminal
 
 
@@ -49,8 +52,8 @@ def set_progress(enabled: bool) -> None:
 
 
 def progress_enabled() -> bool:
-    """Whether progress is currently shown."""
-    return _state["enabled"]
+    """Whether progress is currently shown (never on a torchrun rank other than 0)."""
+    return _state["enabled"] and _main_process
 
 
 def progress_interval() -> float:

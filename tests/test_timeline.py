@@ -109,6 +109,24 @@ def test_timeline_rows_cover_the_file(checkpoint: Path, tmp_path: Path) -> None:
         assert sum(float(row[label]) for label in LABELS) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_window_option_and_plot(checkpoint: Path, tmp_path: Path) -> None:
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, noise(2.0), RATE)
+    out, png = tmp_path / "t.csv", tmp_path / "t.png"
+    result = invoke(str(wav), "--checkpoint", str(checkpoint), "--timeline", str(out),
+                    "--window", "0.32", "--plot", str(png), "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out)
+    starts = [float(row["start_s"]) for row in rows]
+    assert starts[:3] == pytest.approx([0.0, 0.16, 0.32])  # hop: half the window
+    assert float(rows[0]["end_s"]) == pytest.approx(0.32)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    too_long = invoke(str(wav), "--checkpoint", str(checkpoint), "--window", "1.0")
+    assert too_long.exit_code == 2 and "--window must lie between" in too_long.stderr
+    bad_plot = invoke(str(wav), "--checkpoint", str(checkpoint), "--plot", str(tmp_path / "t.xyz"))
+    assert bad_plot.exit_code == 2 and "cannot write .xyz" in bad_plot.stderr
+
+
 def test_timeline_top_k_columns(checkpoint: Path, tmp_path: Path) -> None:
     wav = tmp_path / "clip.wav"
     sf.write(wav, noise(1.5), RATE)

@@ -43,7 +43,7 @@ from fastast_cli.inference.timeline import (
     top_classes,
 )
 from fastast_cli.progress import set_progress, task
-from fastast_cli.reports.plots import plot_timeline
+from fastast_cli.reports.plots import image_format, plot_timeline
 from fastast_cli.reports.tables import Column, rich_table
 
 SCORE_NOTES = {
@@ -126,7 +126,8 @@ class TimelineOptions:
     all_classes: bool
     threshold: float
     thresholds: Path | None
-    rows: list[WindowRow] = field(default_factory=list)
+    rows: list[WindowRow] = field(default_factory=list)  # kept for files and plots
+    scored: int = 0
 
 
 def expected_windows(predictor: Predictor, frames: int, rate: int) -> int | None:
@@ -171,7 +172,9 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
                     sys.stdout.write(json.dumps(row_record(row, labels, per_row)) + "\n")
                     sys.stdout.flush()
                 tracker.add(row)
-                options.rows.append(row)
+                options.scored += 1
+                if source is not None or options.plot is not None:
+                    options.rows.append(row)
                 work.advance()
         except AudioReadError as error:
             failure = str(error)
@@ -182,7 +185,7 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
         wall = time.monotonic() - started
     speed = stream.duration_s / wall if wall > 0 else math.inf
     err_console.print(f"{stream.duration_s:.1f} s of audio in {wall:.1f} s: {speed:.1f}× real "
-                      f"time, {len(options.rows)} windows", highlight=False)
+                      f"time, {options.scored} windows", highlight=False)
     if options.timeline is not None:
         notes.print(f"wrote {options.timeline}", highlight=False)
     if options.events is not None:
@@ -289,6 +292,11 @@ def predict(
         raise FastASTError("--rate and --channels describe raw PCM on standard input (-)")
     if channels is not None and rate is None:
         raise FastASTError("--channels needs --rate (raw PCM on standard input)")
+    if stdin and (as_json or out is not None):
+        raise FastASTError("with - (standard input) the rows are JSON lines on stdout already; "
+                           "save them with --timeline or --events instead of --json/--out")
+    if plot is not None:
+        image_format(plot)  # a suffix matplotlib cannot write fails now, not after scoring
     paths = [] if stdin else expand_inputs(files)
     timeline_mode = stdin or any(x is not None for x in (timeline, plot, events))
     if timeline_mode and len(paths) > 1:
@@ -304,18 +312,8 @@ def predict(
         options = TimelineOptions(timeline, plot, events, top,
                                   timeline_classes == TimelineClasses.all, threshold, thresholds)
         raw = {} if rate is None else {"rate": rate, "channels": channels or 1}
-        source = None if stdin else paths[0]
-        duration, failure = score_timeline(predictor, source, options, raw, notes)
-        if source is not None and options.rows:
-            clip = predictor.clip_of(str(source), duration, options.rows)
-            if not as_json:
-                print_clip(console, clip, labels, top)
-            finish_json(PredictionRun([clip]), predictor, top, as_json, out, notes,
-                        checkpoint=str(checkpoint), r=r)
-        if failure is not None:
-            raise FastASTError(f"{failure} ({len(options.rows)} windows scored before, kept)")
-        if not options.rows:
-            raise FastASTError(f"{source or 'stdin'}: no audio samples")
+        one_timeline(predictor, None if stdin else paths[0], options, raw, notes,
+                     as_json, out, checkpoint=str(checkpoint), r=r)
         return
 
     def report(outcome: ClipScores | ClipFailure) -> None:
@@ -331,6 +329,23 @@ def predict(
         raise FastASTError(f"could not score {what}")
     if run.failed:
         notes.print(f"{len(run.scored)} scored, {len(run.failed)} failed (listed above)")
+
+
+def one_timeline(predictor: Predictor, source: Path | None, options: TimelineOptions,
+                 raw: dict[str, Any], notes: Console, as_json: bool, out: Path | None,
+                 **header: Any) -> None:
+    """Timeline mode: score one file (or stdin), then its top-k table and JSON (files); a
+    stream that ended early or held no audio raises after everything scored was saved."""
+    duration, failure = score_timeline(predictor, source, options, raw, notes)
+    if source is not None and options.rows:
+        clip = predictor.clip_of(str(source), duration, options.rows)
+        if not as_json:
+            print_clip(console, clip, predictor.labels, options.k)
+        finish_json(PredictionRun([clip]), predictor, options.k, as_json, out, notes, **header)
+    if failure is not None:
+        raise FastASTError(f"{failure} ({options.scored} windows scored before, kept)")
+    if not options.scored:
+        raise FastASTError(f"{source or 'stdin'}: no audio samples")
 
 
 def finish_json(run: PredictionRun, predictor: Predictor, k: int, as_json: bool,

@@ -148,13 +148,14 @@ def plot_timeline(
     time in seconds on the x axis.
 
     starts_s, ends_s: [W] each window's span; scores: [W, K] the classes' scores in [0, 1];
-    labels: [K]. Windows overlap, so each is drawn from its start to the next one's start (the
-    last to its end).
+    labels: [K]. Windows overlap, so each is drawn around its middle, up to halfway to its
+    neighbours' middles (the first from the start, the last to the end).
     """
     if not starts_s:
         raise ValueError("no windows to plot")
-    edges = [*starts_s[1:], ends_s[-1]]
-    x = [starts_s[0], *edges]  # [W + 1] column edges in seconds
+    middles = [(start + end) / 2 for start, end in zip(starts_s, ends_s, strict=True)]
+    halfway = [(a + b) / 2 for a, b in zip(middles, middles[1:], strict=False)]
+    x = [starts_s[0], *halfway, ends_s[-1]]  # [W + 1] column edges in seconds
     values = [[row[k] for row in scores] for k in range(len(labels))]  # [K, W]
     figure = new_figure(width_px, 140 + 28 * len(labels))
     axes = figure.add_subplot()

@@ -59,7 +59,8 @@ class Span:
 @dataclass(frozen=True)
 class WindowPlan:
     """Where windows of `window` frames go, every `hop` frames; `native`: the last partial
-    window keeps its own length instead of ending at the clip's end."""
+    window keeps its own length instead of ending at the clip's end (unless the hop is longer
+    than a window and the next start lies past the end: then it ends at the end, full)."""
 
     window: int
     hop: int
@@ -85,8 +86,9 @@ class WindowPlan:
         last_stop = (regular_count - 1) * self.hop + self.window
         if last_stop >= num_frames:
             return []
-        if self.native:
-            return [Span(regular_count * self.hop, num_frames)]
+        start = regular_count * self.hop  # the next start on the hop grid
+        if self.native and start < num_frames:
+            return [Span(start, num_frames)]
         return [Span(num_frames - self.window, num_frames)]
 
     def count(self, num_frames: int) -> int:

@@ -347,6 +347,15 @@ def test_stdin_options_checked(checkpoint: Path, tmp_path: Path) -> None:
     result = invoke(str(wav), str(wav), "--checkpoint", str(checkpoint), "--timeline",
                     str(tmp_path / "t.csv"))
     assert result.exit_code == 2 and "one file" in result.stderr
+    before = wav.read_bytes()
+    result = invoke(str(wav), "--checkpoint", str(checkpoint), "--timeline", str(wav))
+    assert result.exit_code == 2 and "is an input file" in result.stderr
+    assert wav.read_bytes() == before  # the recording is never overwritten
+    result = invoke(str(wav), "--checkpoint", str(checkpoint), "--timeline",
+                    str(tmp_path / "x.json"), "--events", str(tmp_path / "x.json"))
+    assert result.exit_code == 2 and "also the --timeline output" in result.stderr
+    result = invoke("-", "--checkpoint", str(checkpoint), "--json", stdin=b"")
+    assert result.exit_code == 2 and "JSON lines on stdout already" in result.stderr
 
 
 # --- folders and progress lines --------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -104,6 +105,19 @@ def expand_inputs(files: list[Path]) -> list[Path]:
     return paths
 
 
+def check_outputs(inputs: list[Path], outputs: dict[str, Path | None]) -> None:
+    """Refuse an output that would overwrite an input file or another output."""
+    taken = {path.resolve(): "an input file" for path in inputs}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if path.resolve() in taken:
+            raise FastASTError(f"{option} {path} is {taken[path.resolve()]}: choose another path")
+        if path.is_dir():
+            raise FastASTError(f"{option} {path} is a folder: give a file path")
+        taken[path.resolve()] = f"also the {option} output"
+
+
 def stdin_source() -> int | BinaryIO:
     """Standard input for soundfile: its file descriptor, or its buffer when it has none."""
     if sys.stdin is None or sys.stdin.isatty():
@@ -182,6 +196,8 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
             if source is not None:
                 raise
             failure = "interrupted"
+        except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         wall = time.monotonic() - started
     speed = stream.duration_s / wall if wall > 0 else math.inf
     err_console.print(f"{stream.duration_s:.1f} s of audio in {wall:.1f} s: {speed:.1f}× real "
@@ -301,6 +317,8 @@ def predict(
     timeline_mode = stdin or any(x is not None for x in (timeline, plot, events))
     if timeline_mode and len(paths) > 1:
         raise FastASTError("--timeline, --events and --plot take one file (or -)")
+    check_outputs(paths, {"--timeline": timeline, "--plot": plot, "--events": events,
+                          "--out": out})
     predictor = load_predictor(checkpoint, r, hop_s=hop, window_s=window, how=how.value,
                                batch_size=batch_size, device=resolve_device(device))
     notes = err_console if as_json or stdin else console

@@ -285,10 +285,12 @@ def predict(
         help="Per-class thresholds: JSON {\"label\": value} or CSV with columns label, "
         "threshold; other classes use --threshold.")] = None,
     rate: Annotated[int | None, typer.Option(
-        min=1, help="Standard input is raw 16-bit little-endian PCM at this sample rate.")
+        min=1000, max=384000,
+        help="Standard input is raw 16-bit little-endian PCM at this sample rate.")
     ] = None,
     channels: Annotated[int | None, typer.Option(
-        min=1, help="Channels of raw PCM on standard input (with --rate; default 1).")] = None,
+        min=1, max=256, help="Channels of raw PCM on standard input (with --rate; default 1).")
+    ] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the results as JSON on stdout (notes and failures go to stderr).")
     ] = False,

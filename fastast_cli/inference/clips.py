@@ -371,28 +371,38 @@ class ScoreStream:
         return self.samples / self.sample_rate
 
     def __iter__(self) -> Iterator[WindowRow]:
-        resampler = StreamResampler(self.sample_rate, SAMPLE_RATE)
-        pending: list[Window] = []
-        held: WindowRow | None = None
-        for block in self.blocks:
-            self.samples += block.shape[-1]
-            pending.extend(self.cutter.push(resampler.push(to_mono(block))))
-            while len(pending) >= self.predictor.batch_size or (self.eager and pending):
-                batch, pending = pending[: self.predictor.batch_size], pending[
-                    self.predictor.batch_size :]
-                for row in self._score(batch):
-                    if held is not None:
-                        yield held
-                    held = row
-        pending.extend(self.cutter.push(resampler.finish()))
-        pending.extend(self.cutter.finish())
-        for row in self._score(pending) if pending else []:
+        held: WindowRow | None = None  # the latest row, yielded once the next one exists
+        for row in self._rows():
             if held is not None:
                 yield held
             held = row
         if held is not None:
             held.end_s = self.duration_s
             yield held
+
+    def _windows(self) -> Iterator[Window | None]:
+        """The windows in time order, with None after each block's."""
+        resampler = StreamResampler(self.sample_rate, SAMPLE_RATE)
+        for block in self.blocks:
+            self.samples += block.shape[-1]
+            yield from self.cutter.push(resampler.push(to_mono(block)))
+            yield None
+        yield from self.cutter.push(resampler.finish())
+        yield from self.cutter.finish()
+
+    def _rows(self) -> Iterator[WindowRow]:
+        """Rows as windows are scored, `batch_size` at a time (eager: also at each block's end),
+        so at most one batch of window inputs is held."""
+        pending: list[Window] = []
+        for window in self._windows():
+            if window is not None:
+                pending.append(window)
+            if len(pending) == self.predictor.batch_size or (
+                    window is None and self.eager and pending):
+                yield from self._score(pending)
+                pending = []
+        if pending:
+            yield from self._score(pending)
 
     def _score(self, windows: list[Window]) -> list[WindowRow]:
         scores = self.predictor.forward([window.features for window in windows])

@@ -291,6 +291,8 @@ class Predictor:
         """Scores of one waveform `[samples]` or `[channels, samples]` at `sample_rate` Hz,
         decoded whole (the reference for `score_blocks`, which keeps memory constant)."""
         samples = torch.as_tensor(waveform).shape[-1]
+        if samples == 0:
+            raise AudioReadError(f"{path}: no audio samples")
         mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
         spans = self.plan.spans(max(frames_in(mono.shape[0]), 1))
         inputs = []

@@ -400,3 +400,24 @@ def test_progress_lines_for_training_epochs(monkeypatch, capsys) -> None:
     assert lines[0].startswith("epoch 2/3: step 1/4 (25%), loss 0.2500, lr 1.00e-03, "
                                "64.0 samples/s, elapsed 0:00:00, remaining")
     assert lines[-1].startswith("epoch 2/3: step 4/4 (100%)") and "remaining" not in lines[-1]
+
+
+def test_training_reporter_logs_plain_lines(monkeypatch, capsys) -> None:
+    from fastast_cli.cli.train import ConsoleReporter
+
+    monkeypatch.setenv("FASTAST_PROGRESS_INTERVAL", "3600")  # only the epoch-end line
+    set_progress(True)
+    try:
+        reporter = ConsoleReporter()
+        reporter.epoch_started(0, 2, 3)
+        for _ in range(3):
+            reporter.batch_done(0.5, 1e-4, 32.0)
+        reporter.epoch_done({"epoch": 1, "train_loss": 0.5, "accuracy": 0.25, "mAP": 0.3,
+                             "samples_per_s": 32.0})
+        reporter.close()
+    finally:
+        set_progress(False)
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "epoch 1/2: step 3/3 (100%), loss 0.5000, lr 1.00e-04, 32.0 samples/s, elapsed 0:00:00"]
+    assert "epoch 1: loss 0.5000  accuracy 0.2500" in captured.out

@@ -364,8 +364,13 @@ def one_timeline(predictor: Predictor, source: Path | None, options: TimelineOpt
         finish_json(PredictionRun([clip]), predictor, options.k, as_json, out, notes, **header)
     if failure is not None:
         raise FastASTError(f"{failure} ({options.scored} windows scored before, kept)")
+    if not options.scored and source is not None:
+        raise FastASTError(f"{source}: no audio samples")
     if not options.scored:
-        raise FastASTError(f"{source or 'stdin'}: no audio samples")
+        raise FastASTError(
+            "stdin: no audio samples (a WAV header written before the length was known may "
+            "declare none; stream raw PCM instead, e.g. sox -d -t raw -r 16000 -c 1 -b 16 "
+            "-e signed - | fastast predict - --rate 16000 --checkpoint C)")
 
 
 def finish_json(run: PredictionRun, predictor: Predictor, k: int, as_json: bool,

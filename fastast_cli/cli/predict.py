@@ -192,10 +192,11 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
                 work.advance()
         except AudioReadError as error:
             failure = str(error)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a live stream ends here; a file is left unfinished
             if source is not None:
-                raise
-            failure = "interrupted"
+                failure = f"{name}: interrupted"
+            else:
+                err_console.print("stopped (Ctrl-C)")
         except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         wall = time.monotonic() - started

@@ -356,6 +356,11 @@ def test_stdin_options_checked(checkpoint: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "also the --timeline output" in result.stderr
     result = invoke("-", "--checkpoint", str(checkpoint), "--json", stdin=b"")
     assert result.exit_code == 2 and "JSON lines on stdout already" in result.stderr
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(0, np.float32), RATE, format="WAV")  # a header, no data
+    result = invoke("-", "--checkpoint", str(checkpoint), stdin=buffer.getvalue())
+    assert result.exit_code == 2 and "no audio samples" in result.stderr
+    assert "--rate 16000" in result.stderr
 
 
 # --- folders and progress lines --------------------------------------------------------------

@@ -88,6 +88,9 @@ def _acquire_display() -> Progress:
             TextColumn("[bold]{task.description}"), BarColumn(), _CountColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=Console(stderr=True), transient=True,
+            # stdout printed above the bars only when it shares the terminal; a redirected
+            # stdout (a file, a pipe of JSON lines) must keep its output
+            redirect_stdout=sys.stdout is not None and sys.stdout.isatty(),
         )
         progress.start()
         _shared["progress"] = progress

@@ -19,6 +19,7 @@ from rich.console import Console
 from fastast_cli.atomic import atomic_path, write_json
 from fastast_cli.cli._app import Quiet, app, console, err_console, user_errors
 from fastast_cli.data.audio import AUDIO_EXTENSIONS, AudioReadError, open_audio, read_blocks
+from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
 from fastast_cli.inference.clips import (
@@ -148,7 +149,7 @@ def expected_windows(predictor: Predictor, frames: int, rate: int) -> int | None
     """Windows a file of `frames` samples at `rate` Hz will give (None when unknown)."""
     if frames <= 0 or frames >= 2**62:
         return None
-    samples = math.ceil(frames * 16000 / rate)
+    samples = math.ceil(frames * SAMPLE_RATE / rate)
     return predictor.plan.count(max(frames_in(samples), 1))
 
 

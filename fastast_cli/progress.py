@@ -199,11 +199,12 @@ def task(description: str, total: int | None, **options: Any) -> Iterator[Task]:
         work.close()
 
 
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Yield from `items` while reporting progress."""
+def track(items: Iterable[T], description: str, total: int | None = None,
+          transient: bool = False) -> Iterator[T]:
+    """Yield from `items` while reporting progress (transient: see `Task`)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    with task(description, total) as work:
+    with task(description, total, transient=transient) as work:
         for item in items:
             yield item
             work.advance()

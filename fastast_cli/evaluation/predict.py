@@ -39,7 +39,7 @@ def predict_dataset(
                         collate_fn=collate_fn)
     outputs, targets = [], []
     with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=amp):
-        for fbank, target, *_ in track(loader, "evaluate"):
+        for fbank, target, *_ in track(loader, "evaluate", transient=True):
             outputs.append(model(to_device(fbank, device)).float().cpu())
             targets.append(target)
     if not outputs:

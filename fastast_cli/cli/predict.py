@@ -16,8 +16,8 @@ from typing import Annotated, Any, BinaryIO
 import typer
 from rich.console import Console
 
-from fastast_cli.atomic import atomic_path, write_json
-from fastast_cli.cli._app import Quiet, app, console, err_console, user_errors
+from fastast_cli.atomic import atomic_path, check_output, write_json
+from fastast_cli.cli._app import Quiet, app, console, err_console, merging_note, user_errors
 from fastast_cli.data.audio import AUDIO_EXTENSIONS, AudioReadError, open_audio, read_blocks
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.devices import resolve_device
@@ -107,15 +107,15 @@ def expand_inputs(files: list[Path]) -> list[Path]:
 
 
 def check_outputs(inputs: list[Path], outputs: dict[str, Path | None]) -> None:
-    """Refuse an output that would overwrite an input file or another output."""
+    """Refuse, before any work, an output file that cannot be written or that would overwrite
+    an input file or another output."""
     taken = {path.resolve(): "an input file" for path in inputs}
     for option, path in outputs.items():
         if path is None:
             continue
         if path.resolve() in taken:
             raise FastASTError(f"{option} {path} is {taken[path.resolve()]}: choose another path")
-        if path.is_dir():
-            raise FastASTError(f"{option} {path} is a folder: give a file path")
+        check_output(path, folder=False, option=option)
         taken[path.resolve()] = f"also the {option} output"
 
 
@@ -297,7 +297,7 @@ def predict(
         "--json", help="Print the results as JSON on stdout (notes and failures go to stderr).")
     ] = False,
     out: Annotated[Path | None, typer.Option(
-        help="Also write the results as JSON to this file.")] = None,
+        help="Also write the results as JSON to this file (replaced if it exists).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
     quiet: Quiet = False,
@@ -329,6 +329,9 @@ def predict(
     if predictor.spec.stats_note:
         notes.print(f"note: {predictor.spec.stats_note}")
     notes.print(settings_line(predictor))
+    note = merging_note(predictor.model, r)
+    if note:
+        notes.print(note)
     labels = predictor.labels
     if timeline_mode:
         options = TimelineOptions(timeline, plot, events, top,
@@ -382,5 +385,6 @@ def finish_json(run: PredictionRun, predictor: Predictor, k: int, as_json: bool,
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
     if out is not None:
+        replaced = out.exists()
         write_json(out, payload, indent=2)
-        notes.print(f"wrote {out}")
+        notes.print(f"{'replaced' if replaced else 'wrote'} {out}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import app, console, err_console, user_errors
 from fastast_cli.data.prepare import (
     PrepareReport,
@@ -41,8 +42,10 @@ CHECKSUM_HELP = (
 
 
 def _out(out: Path | None, dataset: str) -> Path:
-    """The output folder: --out or data/<dataset>."""
-    return out if out is not None else Path("data") / dataset
+    """The output folder: --out or data/<dataset>, checked writable before any work."""
+    folder = out if out is not None else Path("data") / dataset
+    check_output(folder, folder=True)
+    return folder
 
 
 def _summary(report: PrepareReport) -> None:

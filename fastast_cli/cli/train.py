@@ -21,7 +21,8 @@ Recipe = Annotated[Path | None, typer.Option(
 Data = Annotated[Path | None, typer.Option(
     help="Prepared dataset: manifest.yaml or its folder (from `fastast prepare`).")]
 Out = Annotated[Path | None, typer.Option(
-    help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml.")]
+    help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml. A "
+    "folder that already holds a run is refused unless you pass --resume or --overwrite.")]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int | None, typer.Option(min=1, help="Samples per step (per process).")]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate (Adam).")]
@@ -33,6 +34,10 @@ Pretrained = Annotated[Path | None, typer.Option(
     help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet CNN.")]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the interrupted run in --out exactly where it stopped.")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Start over in an --out that holds a run: its run files (best.pt, "
+    "last.pt, logs, config.yaml, ...) are replaced; other files are left alone. Without it "
+    "(or --resume) a folder holding any run file is refused.")]
 R = Annotated[int | None, typer.Option(
     "--r", min=0, help="Tokens merged per block (ToMe), in training and evaluation.")]
 Schedule = Annotated[str | None, typer.Option(help="r schedule: constant or decreasing.")]
@@ -98,14 +103,14 @@ class ConsoleReporter:
 
 
 def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
-        quiet: bool = False) -> RunResult:
+        overwrite: bool, quiet: bool = False) -> RunResult:
     """Load the configuration, train, and print the run's summary."""
     set_progress(not quiet)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     config = load_config(recipe, overrides)
     reporter = ConsoleReporter()
     try:
-        result = train(config, resume=resume, reporter=reporter)
+        result = train(config, resume=resume, overwrite=overwrite, reporter=reporter)
     finally:
         reporter.close()
     console.print(rich_table(f"Run {result.out}", result.history, LOG_COLUMNS))
@@ -140,6 +145,7 @@ def train_teacher(
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
@@ -150,7 +156,7 @@ def train_teacher(
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "fold": fold, "seed": seed, "device": device, "num_workers": num_workers,
         "teacher": "none",
-    }, resume, quiet)
+    }, resume, overwrite, quiet)
 
 
 @app.command()
@@ -160,7 +166,9 @@ def distill(
     data: Data = None,
     out: Out = None,
     teacher: Annotated[str | None, typer.Option(
-        help="none (ToMe only), efficientnet-b2 (or another CNN), ast or passt.")] = None,
+        help="Teacher kind: none (ToMe only), efficientnet-b2 (or another CNN), ast or passt. "
+        "Default: the kind the teacher checkpoint records (none without a checkpoint); when "
+        "given it must match the checkpoint.")] = None,
     teacher_checkpoint: Annotated[Path | None, typer.Option(
         help="The trained teacher (from train-teacher, or an AST checkpoint).")] = None,
     kd_lambda: Annotated[float | None, typer.Option(
@@ -186,6 +194,7 @@ def distill(
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Train an AST student with token merging and cross-model knowledge distillation."""
@@ -197,4 +206,4 @@ def distill(
         "r": r, "schedule": schedule, "model": "ast", "size": model, "pretrained": pretrained,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "fold": fold, "seed": seed,
         "device": device, "num_workers": num_workers,
-    }, resume, quiet)
+    }, resume, overwrite, quiet)

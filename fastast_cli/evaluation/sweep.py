@@ -65,9 +65,10 @@ class SweepRow:
 
 
 def parse_run(spec: str) -> SweepRun:
-    """`name=path` or a bare path (named after its folder)."""
+    """`name=path` or a bare path (named after its folder; an existing file's path may hold
+    `=`)."""
     name, sep, path = spec.partition("=")
-    if not sep:
+    if not sep or Path(spec).is_file():
         path = spec
         parts = [p for p in re.split(r"[\\/]", spec) if p]
         name = parts[-2] if len(parts) >= 2 else parts[-1] if parts else spec

@@ -134,3 +134,30 @@ def tokens_per_block(num_tokens: int, schedule: Sequence[int], protected: int) -
         num_tokens -= min(r, max_merge(num_tokens, protected))
         counts.append(num_tokens)
     return counts
+
+
+def first_capped_block(
+    num_tokens: int, schedule: Sequence[int], protected: int
+) -> tuple[int, int] | None:
+    """The first block (0-based) whose r exceeds what it can merge, and what it can merge
+    there; None when every block merges its full r."""
+    for block, r in enumerate(schedule):
+        cap = max_merge(num_tokens, protected)
+        if r > cap:
+            return block, cap
+        num_tokens -= r
+    return None
+
+
+def capped_merging_note(num_patches: int, depth: int, r: RSchedule,
+                        schedule: str = "constant", protected: int = 2) -> str | None:
+    """A one-line note when `r` asks for more merging than `num_patches` patches (+ the
+    `protected` CLS and DIST tokens) allow over `depth` blocks: those blocks merge what they
+    can, which no result shows. None when every block merges its full r."""
+    capped = first_capped_block(num_patches + protected, resolve_schedule(r, depth, schedule),
+                                protected)
+    if capped is None:
+        return None
+    block, cap = capped
+    return (f"note: r={r} is more than {num_patches} patches allow: block {block + 1} merges "
+            f"only {cap} tokens (half of those left), and so on; the merging is capped")

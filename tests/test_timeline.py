@@ -124,6 +124,10 @@ def test_window_option_and_plot(checkpoint: Path, tmp_path: Path) -> None:
     assert starts[:3] == pytest.approx([0.0, 0.16, 0.32])  # hop: half the window
     assert float(rows[0]["end_s"]) == pytest.approx(0.32)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in result.stdout
+    again = invoke(str(wav), "--checkpoint", str(checkpoint), "--timeline", str(out),
+                   "--window", "0.32")
+    assert again.exit_code == 0 and f"replaced {out}" in again.stdout
     too_long = invoke(str(wav), "--checkpoint", str(checkpoint), "--window", "1.0")
     assert too_long.exit_code == 2 and "--window must lie between" in too_long.stderr
     bad_plot = invoke(str(wav), "--checkpoint", str(checkpoint), "--plot", str(tmp_path / "t.xyz"))

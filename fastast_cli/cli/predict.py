@@ -143,6 +143,11 @@ class TimelineOptions:
     thresholds: Path | None
     rows: list[WindowRow] = field(default_factory=list)  # kept for files and plots
     scored: int = 0
+    existing: set[Path] = field(default_factory=set)  # outputs that were there before
+
+    def written(self, path: Path) -> str:
+        """`wrote PATH`, or `replaced PATH` for a file that existed before the run."""
+        return f"{'replaced' if path in self.existing else 'wrote'} {path}"
 
 
 def expected_windows(predictor: Predictor, frames: int, rate: int) -> int | None:
@@ -159,6 +164,8 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
     JSON lines printed (stdin) as they come, events tracked. Returns the audio's duration and
     the reason it ended early (None when it did not); rows kept in `options.rows`."""
     labels = predictor.labels
+    options.existing = {path for path in (options.timeline, options.plot, options.events)
+                        if path is not None and path.exists()}
     per_row = None if options.all_classes else options.k
     thresholds = load_thresholds(options.thresholds, options.threshold, labels)
     tracker = EventTracker(thresholds, labels)
@@ -205,7 +212,7 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
     err_console.print(f"{stream.duration_s:.1f} s of audio in {wall:.1f} s: {speed:.1f}× real "
                       f"time, {options.scored} windows", highlight=False)
     if options.timeline is not None:
-        notes.print(f"wrote {options.timeline}", highlight=False)
+        notes.print(options.written(options.timeline), highlight=False)
     if options.events is not None:
         write_events(options, tracker.events(), name, notes)
     if options.plot is not None and options.rows:
@@ -224,7 +231,7 @@ def write_events(options: TimelineOptions, events: list[Event], name: str,
         "thresholds_file": None if options.thresholds is None else str(options.thresholds),
         "events": records,
     }, indent=2)
-    notes.print(f"wrote {options.events} ({len(records)} events)", highlight=False)
+    notes.print(f"{options.written(options.events)} ({len(records)} events)", highlight=False)
 
 
 def draw_timeline(options: TimelineOptions, labels: list[str], name: str,
@@ -237,7 +244,7 @@ def draw_timeline(options: TimelineOptions, labels: list[str], name: str,
                   [[float(row.scores[i]) for i in chosen] for row in rows],
                   [labels[i] for i in chosen], options.plot,
                   f"{Path(name).name}: top {len(chosen)} classes over time")
-    notes.print(f"wrote {options.plot}", highlight=False)
+    notes.print(options.written(options.plot), highlight=False)
 
 
 @app.command(

@@ -15,7 +15,15 @@ INTERRUPTED = 130  # exit code of a process stopped by Ctrl-C (128 + SIGINT)
 
 def _load_app() -> Any:
     """The Typer app with every subcommand registered (imports torch)."""
-    from fastast_cli.cli import evaluate, predict, prepare, sweep, train, visualize  # noqa: F401
+    from fastast_cli.cli import (  # noqa: F401
+        evaluate,
+        export,
+        predict,
+        prepare,
+        sweep,
+        train,
+        visualize,
+    )
     from fastast_cli.cli._app import app
 
     return app

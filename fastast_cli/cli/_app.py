@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fastast_cli.errors import FastASTError, Interrupted
 
@@ -43,7 +44,7 @@ def user_errors(func: F) -> F:
             err_console.print(f"[bold yellow]interrupted:[/] {error}")
             raise typer.Exit(code=error.exit_code) from None
         except FastASTError as error:
-            err_console.print(f"[bold red]error:[/] {error}")
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}")  # [..] is text
             raise typer.Exit(code=error.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[bold yellow]interrupted[/] (Ctrl-C)")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
+from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
@@ -22,6 +23,7 @@ from fastast_cli.evaluation.evaluate import (
     parse_resolutions,
     save_evaluation,
 )
+from fastast_cli.export.backends import check_backend
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.progress import set_progress
 from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
@@ -62,6 +64,8 @@ def evaluate(
     resolutions: Annotated[str | None, typer.Option(
         help="With --lengths (or alone): time resolutions q, frame shift 10 ms × q, e.g. "
         "1,2,4.")] = None,
+    backend: BackendOption = "torch",
+    onnx: OnnxOption = None,
     quiet: Quiet = False,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
@@ -71,6 +75,8 @@ def evaluate(
         for number in parse_folds(folds) if folds else [None]:
             check_evaluation_out(out / f"fold{number}" if folds else out)
     if lengths is not None or resolutions is not None:
+        if backend != "torch" or onnx is not None:
+            raise FastASTError("--lengths and --resolutions run on the torch backend")
         length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", r=r,
                      split=split, fold=fold, batch_size=batch_size, device=device, out=out)
         return
@@ -83,7 +89,7 @@ def evaluate(
         path = checkpoint.replace("{fold}", str(number))
         evaluation = evaluate_checkpoint(
             path, manifest, split=split, fold=number, r=r, batch_size=batch_size,
-            device=resolve_device(device),
+            device=resolve_device(device), backend=check_backend(backend), onnx_file=onnx,
         )
         summaries.append(evaluation.metrics.summary())
         rows.append(_cells("-" if number is None else number, summaries[-1]))

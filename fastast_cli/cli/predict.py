@@ -18,10 +18,12 @@ from rich.console import Console
 
 from fastast_cli.atomic import atomic_path, check_output, write_json
 from fastast_cli.cli._app import Quiet, app, console, err_console, merging_note, user_errors
+from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.data.audio import AUDIO_EXTENSIONS, AudioReadError, open_audio, read_blocks
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
+from fastast_cli.export.backends import make_forward
 from fastast_cli.inference.clips import (
     FRAMES_PER_SECOND,
     ClipFailure,
@@ -307,6 +309,8 @@ def predict(
         help="Also write the results as JSON to this file (replaced if it exists).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
+    backend: BackendOption = "torch",
+    onnx: OnnxOption = None,
     quiet: Quiet = False,
 ) -> None:
     """Load, score every file, print tables (or JSON), list failures."""
@@ -332,6 +336,7 @@ def predict(
                           "--out": out})
     predictor = load_predictor(checkpoint, r, hop_s=hop, window_s=window, how=how.value,
                                batch_size=batch_size, device=resolve_device(device))
+    predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx)
     notes = err_console if as_json or stdin else console
     if predictor.spec.stats_note:
         notes.print(f"note: {predictor.spec.stats_note}")

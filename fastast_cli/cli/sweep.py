@@ -16,6 +16,7 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
 from fastast_cli.evaluation.sweep import SweepRow, parse_run, read_rows, recommend, run_sweep
 from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.export.backends import parse_backends
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar, set_progress
@@ -39,6 +40,7 @@ THROUGHPUT_COLUMNS = [
     Column("speedup", "speedup", "{:.2f}", "x"),
     Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
 ]
+BACKEND_COLUMN = Column("backend", "backend")
 
 
 def metric_columns(metric: str) -> list[Column]:
@@ -144,7 +146,7 @@ def data_sweep(
         if out is not None:
             write_csv(out, [row.to_dict() for row in rows], metric_columns("metric"))
 
-    with progress_bar("sweeping", len(runs) * len(rs)) as advance:
+    with progress_bar("sweeping", len(runs) * len(rs) * len(options["backends"])) as advance:
         def saved_one(rows: list[SweepRow]) -> None:
             save(rows)
             advance()
@@ -229,11 +231,17 @@ def sweep(
         "--out skips the rows it holds, and a PNG plot of the metric against samples/s is "
         "written beside it. A file there that is not a sweep table of the same kind is "
         "refused, never replaced.")] = None,
+    backend: Annotated[str, typer.Option(
+        help="Inference backends, e.g. torch,compile,onnxruntime: each r is timed (and with "
+        "--data evaluated) on each, interleaved in one run. compile: torch.compile; "
+        "onnxruntime: ONNX exports cached in $FASTAST_CACHE_DIR or ~/.cache/fastast.")
+    ] = "torch",
     quiet: Quiet = False,
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
     set_progress(not quiet)
     rs = parse_r_values(r)
+    backends = parse_backends(backend)
     resolve_dtype(dtype, resolve_device(device))  # a bad --device or --dtype fails here, clearly
     if data is not None:
         if not checkpoint:
@@ -242,13 +250,15 @@ def sweep(
             check_data_sweep_out(out)
         options = {"batch_size": batch_size, "eval_batch_size": eval_batch_size,
                    "device": resolve_device(device), "dtype": dtype,
-                   "schedule": schedule.value, "warmup": warmup, "runs": runs}
+                   "schedule": schedule.value, "warmup": warmup, "runs": runs,
+                   "backends": backends}
         data_sweep(load_manifest(data), checkpoint, rs, folds, out, budget, options)
         return
     if checkpoint and len(checkpoint) > 1:
         raise FastASTError("without --data, sweep one --checkpoint at a time")
+    columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
     if out is not None:
-        check_table_target(out, THROUGHPUT_COLUMNS)
+        check_table_target(out, columns)
     model, description = sweep_model(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
@@ -256,17 +266,18 @@ def sweep(
     if note:
         console.print(note)
     try:
-        with progress_bar("measuring", len(rs) * (warmup + runs)) as advance:
+        with progress_bar("measuring", len(backends) * len(rs) * (warmup + runs)) as advance:
             rows = sweep_throughput(
                 model, rs, batch_size=batch_size, device=device, dtype=dtype,
                 schedule=schedule.value, warmup=warmup, runs=runs, on_step=advance,
+                backends=backends,
             )
     except (ValueError, RuntimeError) as error:
         raise FastASTError(str(error)) from None
     records = [vars(row) for row in rows]
     title = f"Throughput: {description}, batch {batch_size}, {schedule.value} r"
-    console.print(rich_table(title, records, THROUGHPUT_COLUMNS))
+    console.print(rich_table(title, records, columns))
     if out is not None:
         replaced = out.exists()
-        write_csv(out, records, THROUGHPUT_COLUMNS)
+        write_csv(out, records, columns)
         console.print(f"{'replaced' if replaced else 'wrote'} {out}")

@@ -32,6 +32,9 @@ Fold = Annotated[int | None, typer.Option(help="Cross-validation fold (ESC-50, d
 Workers = Annotated[int | None, typer.Option(min=0, help="Data-loader worker processes.")]
 Pretrained = Annotated[Path | None, typer.Option(
     help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet CNN.")]
+Compile = Annotated[bool | None, typer.Option(
+    "--compile/--eager", help="Run training steps through torch.compile (first steps slower "
+    "while it compiles; evaluation stays eager). Off by default.", show_default=False)]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the interrupted run in --out exactly where it stopped.")]
 Overwrite = Annotated[bool, typer.Option(
@@ -144,13 +147,14 @@ def train_teacher(
     elastic: Elastic = None,
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
+    compile: Compile = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
     run(recipe, {
-        "elastic": elastic, "max_tokens": max_tokens,
+        "elastic": elastic, "max_tokens": max_tokens, "compile": compile,
         "resolutions": parse_resolution_range(resolutions),
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -193,13 +197,14 @@ def distill(
     elastic: Elastic = None,
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
+    compile: Compile = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Train an AST student with token merging and cross-model knowledge distillation."""
     run(recipe, {
-        "elastic": elastic, "max_tokens": max_tokens,
+        "elastic": elastic, "max_tokens": max_tokens, "compile": compile,
         "resolutions": parse_resolution_range(resolutions),
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,

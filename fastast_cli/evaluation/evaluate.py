@@ -20,6 +20,7 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset
+from fastast_cli.export.backends import Forward, make_forward
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
@@ -78,13 +79,18 @@ def evaluate_checkpoint(
     batch_size: int = 32,
     device: torch.device | None = None,
     num_workers: int = 0,
+    backend: str = "torch",
+    onnx_file: PathLike | None = None,
 ) -> Evaluation:
-    """Load `checkpoint` (merging at `r` for ASTs) and score it on `split` of `manifest`."""
+    """Load `checkpoint` (merging at `r` for ASTs) and score it on `split` of `manifest`, run by
+    `backend` (torch, compile or onnxruntime; `onnx_file`: an exported graph for onnxruntime)."""
     device = device or torch.device("cpu")
     model = load_classifier(checkpoint, r, device=device)
     check_labels(model, manifest, checkpoint)
+    forward = make_forward(model, backend, onnx_file=onnx_file)
     return evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
-                          batch_size=batch_size, device=device, num_workers=num_workers)
+                          batch_size=batch_size, device=device, num_workers=num_workers,
+                          forward=forward)
 
 
 def evaluate_model(
@@ -97,8 +103,10 @@ def evaluate_model(
     batch_size: int = 32,
     device: torch.device | None = None,
     num_workers: int = 0,
+    forward: Forward | None = None,
 ) -> Evaluation:
-    """Score a loaded model (at its current merging rate) on `split` of `manifest`."""
+    """Score a loaded model (at its current merging rate) on `split` of `manifest`; `forward`
+    (from `make_forward`) runs it on another backend."""
     device = device or torch.device("cpu")
     split = split or manifest.eval_split
     mean, std = input_stats(model, manifest, fold)
@@ -116,7 +124,8 @@ def evaluate_model(
     check_clips(dataset.entries, dataset.datafile, split)
     logits, targets = predict_dataset(model, dataset, batch_size, device,
                                       amp=device.type == "cuda", num_workers=num_workers,
-                                      collate_fn=collate_native if elastic else None)
+                                      collate_fn=collate_native if elastic else None,
+                                      forward=forward)
     metrics = compute_metrics(logits.numpy(), targets.numpy())
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names)

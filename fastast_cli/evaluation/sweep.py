@@ -25,6 +25,7 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_and_std
 from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.export.backends import make_forward
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
@@ -102,11 +103,13 @@ def sweep_run(
     runs: int = 5,
     on_row: Callable[[SweepRow], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    backends: Sequence[str] = ("torch",),
 ) -> tuple[list[SweepRow], str]:
     """Sweep one run over `rs`, skipping the r values in `done`; returns new rows and metric name.
 
     `reference_metric`: the run's r = rs[0] metric from an earlier, interrupted sweep (drops are
-    relative to it when that row is among `done`).
+    relative to it when that row is among `done`). Each r is evaluated and timed on each of
+    `backends` (timing interleaved); rows are named with `backend_run_name`.
     """
     device = device or torch.device("cpu")
     todo = [r for r in rs if r not in done]
@@ -120,30 +123,39 @@ def sweep_run(
         check_labels(model, manifest, run.path(rs[0], fold))
     metric = metric_name(first, manifest)
     timed = [rs[0]] + [r for r in todo if r != rs[0]]  # speedups always relative to rs[0]
-    speed = {row.r: row for row in sweep_throughput(
+    speed = {(row.backend, row.r): row for row in sweep_throughput(
         first, timed, batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
-        warmup=warmup, runs=runs, on_step=on_step,
+        warmup=warmup, runs=runs, on_step=on_step, backends=backends,
     )}
     rows: list[SweepRow] = []
     for r in todo:
-        values = []
+        values: dict[str, list[float]] = {backend: [] for backend in backends}
         for fold in folds:
             model = load_classifier(run.path(r, fold), device=device) if run.per_r else models[fold]
             assert isinstance(model, AST | ElasticAST)
             model.set_r(r, schedule)
-            evaluation = evaluate_model(model, manifest, run.path(r, fold), fold=fold,
-                                        batch_size=eval_batch_size, device=device)
-            values.append(evaluation.metrics.summary()[metric])
-        mean, std = mean_and_std(values)
-        if reference_metric is None:
-            reference_metric = mean
-        timing = speed[r]
-        row = SweepRow(run.name, r, mean, std, mean - reference_metric, timing.samples_per_s,
-                       timing.speedup, timing.tokens, timing.gflops, run.path(r, folds[0]))
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+            for backend in backends:
+                evaluation = evaluate_model(model, manifest, run.path(r, fold), fold=fold,
+                                            batch_size=eval_batch_size, device=device,
+                                            forward=make_forward(model, backend))
+                values[backend].append(evaluation.metrics.summary()[metric])
+        for backend in backends:
+            mean, std = mean_and_std(values[backend])
+            if reference_metric is None:
+                reference_metric = mean
+            timing = speed[backend, r]
+            row = SweepRow(backend_run_name(run.name, backend, backends), r, mean, std,
+                           mean - reference_metric, timing.samples_per_s, timing.speedup,
+                           timing.tokens, timing.gflops, run.path(r, folds[0]))
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows, metric
+
+
+def backend_run_name(name: str, backend: str, backends: Sequence[str]) -> str:
+    """A run's name in the table: itself on the torch backend alone, else `name (backend)`."""
+    return name if list(backends) == ["torch"] else f"{name} ({backend})"
 
 
 def run_sweep(
@@ -160,7 +172,10 @@ def run_sweep(
     `on_rows` gets all rows so far, ordered by run then r (save them there). Returns those rows
     and the metric's name.
     """
-    order = {run.name: index for index, run in enumerate(checkpoints)}
+    backends = options.get("backends", ("torch",))
+    names = {run.name: [backend_run_name(run.name, b, backends) for b in backends]
+             for run in checkpoints}
+    order = {name: index for index, name in enumerate(n for ns in names.values() for n in ns)}
     rows = [row for row in previous if row.run in order]
     metric = "metric"
     for _ in rows:  # finished rows count as progress too
@@ -174,9 +189,11 @@ def run_sweep(
             on_rows(rows)
 
     for run in checkpoints:
-        mine = [row for row in rows if row.run == run.name]
+        mine = [row for row in rows if row.run in names[run.name]]
         reference = next((row.metric for row in mine if row.r == rs[0]), None)
-        _, name = sweep_run(run, rs, manifest, done={row.r for row in mine},
+        done = {r for r in rs if len({row.run for row in mine if row.r == r}) == len(backends)}
+        rows[:] = [row for row in rows if row.run not in names[run.name] or row.r in done]
+        _, name = sweep_run(run, rs, manifest, done=done,
                             reference_metric=reference, on_row=keep, **options)
         metric = name or metric
     return rows, metric

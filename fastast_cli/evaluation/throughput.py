@@ -18,6 +18,7 @@ import torch
 
 from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
+from fastast_cli.export.backends import make_forward
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
 from fastast_cli.models.tome import resolve_schedule, tokens_per_block
 
@@ -32,6 +33,7 @@ class ThroughputRow:
     samples_per_s: float
     speedup: float  # samples/s relative to r = 0 (or the first r) in the same run
     flop_speedup: float  # GFLOPs of the reference setting divided by this one's
+    backend: str = "torch"  # what ran it (export.backends)
 
 
 @contextlib.contextmanager
@@ -48,9 +50,11 @@ def merging(model: AST, r: int, schedule: str) -> Iterator[AST]:
 
 
 def time_forward(
-    model: AST, batch: torch.Tensor, device: torch.device, dtype: torch.dtype
+    model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, device: torch.device,
+    dtype: torch.dtype,
 ) -> float:
-    """Seconds of one synchronized forward pass of `batch` [B, T, F]."""
+    """Seconds of one synchronized forward pass of `batch` [B, T, F] through `model` (a model
+    or a backend's forward)."""
     with torch.inference_mode(), autocast(device, dtype):
         synchronize(device)
         start = time.perf_counter()
@@ -78,11 +82,14 @@ def sweep_throughput(
     runs: int = 5,
     seed: int = 0,
     on_step: Callable[[], None] | None = None,
+    backends: Sequence[str] = ("torch",),
 ) -> list[ThroughputRow]:
     """Measure samples/s and count FLOPs at each r on one random batch of the model's shape.
 
-    Speedups are relative to the first r in `rs` (put 0 first for the usual table).
-    `on_step` is called after each forward pass: there are len(rs) · (warmup + runs) of them.
+    Each r runs on each of `backends` (export.backends: torch, compile, onnxruntime), all
+    settings interleaved. Speedups are relative to the first backend at the first r in `rs`
+    (put 0 first for the usual table). `on_step` is called after each forward pass: there are
+    len(backends) · len(rs) · (warmup + runs) of them.
     """
     if not rs:
         raise ValueError("no r values to sweep")
@@ -99,30 +106,34 @@ def sweep_throughput(
         with merging(model, r, schedule):
             gflops[r] = count_flops(model, batch[:1]) / 1e9
 
-    timings: dict[int, list[float]] = {r: [] for r in rs}
-    for r in rs:
+    settings = [(backend, r) for backend in backends for r in rs]
+    forwards = {}
+    for backend, r in settings:
         with merging(model, r, schedule):
-            for _ in range(warmup):
-                time_forward(model, batch, device, torch_dtype)
-                _tick(on_step)
+            forwards[backend, r] = make_forward(model, backend)
+    timings: dict[tuple[str, int], list[float]] = {setting: [] for setting in settings}
+    for setting in settings:
+        for _ in range(warmup):
+            time_forward(forwards[setting], batch, device, torch_dtype)
+            _tick(on_step)
     for _ in range(runs):
-        for r in rs:
-            with merging(model, r, schedule):
-                timings[r].append(time_forward(model, batch, device, torch_dtype))
-                _tick(on_step)
+        for setting in settings:
+            timings[setting].append(time_forward(forwards[setting], batch, device, torch_dtype))
+            _tick(on_step)
 
-    throughput = {r: batch_size / statistics.median(timings[r]) for r in rs}
-    reference = rs[0]
+    throughput = {s: batch_size / statistics.median(timings[s]) for s in settings}
+    reference = settings[0]
     return [
         ThroughputRow(
             r=r,
             tokens=final_tokens(model, r, schedule),
             gflops=gflops[r],
-            samples_per_s=throughput[r],
-            speedup=throughput[r] / throughput[reference],
-            flop_speedup=gflops[reference] / gflops[r],
+            samples_per_s=throughput[backend, r],
+            speedup=throughput[backend, r] / throughput[reference],
+            flop_speedup=gflops[reference[1]] / gflops[r],
+            backend=backend,
         )
-        for r in rs
+        for backend, r in settings
     ]
 
 

@@ -260,6 +260,7 @@ class Predictor:
     kind: str = "sigmoid"
     batch_size: int = 8
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # a backend's, else the model
     window: int = 0
 
     def __post_init__(self) -> None:
@@ -274,15 +275,17 @@ class Predictor:
         """Where the windows go (native-length models score the last partial one as it is)."""
         return WindowPlan(self.window, self.hop, self.spec.native)
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Window inputs [T_i, F] → scores [B, C] (float32, CPU), `batch_size` per pass;
-        native-length windows go to the model as a list, fixed ones as one tensor [B, T, F]."""
+    def score_inputs(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Window inputs [T_i, F] → scores [B, C] (float32, CPU), `batch_size` per pass, through
+        the backend's `forward` (else the model); native-length windows go to the model as a
+        list, fixed ones as one tensor [B, T, F]."""
         outputs = []
         with torch.inference_mode():
             for first in range(0, len(inputs), self.batch_size):
                 chunk = [x.to(self.device) for x in inputs[first : first + self.batch_size]]
                 batch = chunk if self.spec.native else torch.stack(chunk)
-                outputs.append(to_scores(self.model(batch).float().cpu(), self.kind))
+                logits = (self.forward or self.model)(batch).float().cpu()
+                outputs.append(to_scores(logits, self.kind))
         return torch.cat(outputs)
 
     def score_waveform(
@@ -301,7 +304,7 @@ class Predictor:
             raw = fbank(wave, SAMPLE_RATE, self.spec.num_mel_bins)[: span.stop - span.start]
             inputs.append(window_input(raw, self.window, self.spec.target_length,
                                        self.spec.native, self.spec.mean, self.spec.std))
-        scores = self.forward(inputs)
+        scores = self.score_inputs(inputs)
         duration = samples / sample_rate
         rows = timeline_rows([span.start for span in spans], [span.stop for span in spans],
                              scores, duration)
@@ -407,7 +410,7 @@ class ScoreStream:
             yield from self._score(pending)
 
     def _score(self, windows: list[Window]) -> list[WindowRow]:
-        scores = self.predictor.forward([window.features for window in windows])
+        scores = self.predictor.score_inputs([window.features for window in windows])
         return [WindowRow(w.span.start, w.span.start / FRAMES_PER_SECOND,
                           w.span.stop / FRAMES_PER_SECOND, row)
                 for w, row in zip(windows, scores, strict=True)]
@@ -437,7 +440,7 @@ def load_predictor(
     spec = input_spec(model)
     window = window_frames(window_s, spec.target_length)
     return Predictor(model, spec, hop_frames(hop_s, window), how, score_kind(model),
-                     batch_size, device, window)
+                     batch_size, device, window=window)
 
 
 def predict_files(

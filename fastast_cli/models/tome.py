@@ -63,7 +63,8 @@ def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Match
     set_a, set_b = metric[:, ::2], metric[:, 1::2]
     similarity = set_a @ set_b.transpose(-1, -2)  # [B, Na, Nb]
     best, partner = similarity.max(dim=-1)  # [B, Na]
-    order = best.argsort(dim=-1, descending=True).unsqueeze(-1)  # [B, Na, 1]
+    # stable: ties keep position order, so every backend (eager, compiled, ONNX) merges alike
+    order = best.argsort(dim=-1, descending=True, stable=True).unsqueeze(-1)  # [B, Na, 1]
     merged, unmerged = order[:, :r], order[:, r:]
     return Matching(protected, unmerged, merged, partner.unsqueeze(-1).gather(1, merged))
 

@@ -78,6 +78,7 @@ class TrainConfig:
     average_from: int | None = None  # checkpoint weight averaging over epochs [from, to]
     average_to: int | None = None
     amp: bool = True  # mixed precision on CUDA
+    compile: bool = False  # training steps through torch.compile (evaluation stays eager)
     seed: int = 0
     device: str = "auto"
     out: str | None = None  # run folder

@@ -330,10 +330,13 @@ class Trainer:
         ) from None
 
     def _network(self) -> nn.Module:
-        if not self.ranks.active:
-            return self.model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids)
+        """What training steps run: the model, wrapped for DDP and, with `compile`, compiled
+        (its parameters stay the model's; checkpoints and evaluation use the model itself)."""
+        network = self.model
+        if self.ranks.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            network = DistributedDataParallel(self.model, device_ids=ids)
+        return torch.compile(network) if self.config.compile else network
 
     def _loader(self) -> DataLoader:
         sampler = EpochSampler(len(self.train_items), self.config.seed,

@@ -41,7 +41,7 @@ from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.teachers import BACKBONES
-from fastast_cli.training.config import TrainConfig
+from fastast_cli.training.config import TrainConfig, warmup_steps_for
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss
 from fastast_cli.training.sampling import EpochSampler, SeededItems
@@ -106,10 +106,11 @@ class RunResult:
     averaged_metrics: Metrics | None = None
 
 
-def learning_rate(config: TrainConfig, epoch: int, step: int) -> float:
-    """AST's schedule: linear warm-up over the first steps, then ×lr_decay at epochs
-    lr_start, lr_start + lr_step, ... (0-based epochs: the decay applies from epoch lr_start)."""
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+def learning_rate(config: TrainConfig, epoch: int, step: int, warmup_steps: int) -> float:
+    """AST's schedule: linear warm-up over the first `warmup_steps` steps (the run's, from
+    `warmup_steps_for`), then ×lr_decay at epochs lr_start, lr_start + lr_step, ... (0-based
+    epochs: the decay applies from epoch lr_start)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
     decays = 0 if epoch < config.lr_start else (epoch - config.lr_start) // config.lr_step + 1
     return config.lr * warm * config.lr_decay**decays
 
@@ -150,6 +151,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.progress = Progress()
+        self.warmup_steps = warmup_steps_for(config, len(self._loader()))
         self.averaged: dict[str, torch.Tensor] | None = None
         self.cached_logits: torch.Tensor | None = None
 
@@ -243,6 +245,10 @@ class Trainer:
         if self.ranks.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_text(self.out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if config.from_scratch and not resume:
+            self.reporter.note(
+                f"training {config.model} from scratch (no --pretrained): lr warm-up over the "
+                f"first {self.warmup_steps} steps")
         if self.teacher is not None and config.teacher_logits == "cached":
             self.cached_logits = self._teacher_logits_cache()
         network = self._network()
@@ -288,7 +294,7 @@ class Trainer:
         batches: Iterator = iter(loader)
         try:
             for fbank, target, index in batches:
-                lr = learning_rate(config, progress.epoch, progress.step)
+                lr = learning_rate(config, progress.epoch, progress.step, self.warmup_steps)
                 loss = self._step(network, fbank, target, index, lr)
                 progress.epoch_loss += loss * len(fbank)
                 progress.epoch_samples += len(fbank)
@@ -387,7 +393,8 @@ class Trainer:
         metrics = self._evaluate(self.model)
         row = {
             "epoch": progress.epoch + 1, "train_loss": loss,
-            "lr": learning_rate(config, progress.epoch, max(progress.step - 1, 0)),
+            "lr": learning_rate(config, progress.epoch, max(progress.step - 1, 0),
+                                self.warmup_steps),
             **metrics.summary(), "samples_per_s": samples * self.ranks.world / max(seconds, 1e-9),
             "seconds": seconds,
         }

@@ -6,8 +6,11 @@ are averaged, mean ± std). Without `{r}` the same weights are evaluated at ever
 
 Each row joins the metric measured on the dataset with throughput measured on random input of
 the model's shape (interleaved timing, see evaluation.throughput); throughput depends only on
-the architecture and r, so it is measured once per r and run. Finished rows are handed to
-`on_row` at once so that the caller can save them: an interrupted sweep loses nothing.
+the architecture and r, so it is measured once per architecture and r: the runs of a sweep are
+timed together in one interleaved loop, with one reference r per architecture, and runs of
+identical architectures share one measurement (they report the same samples/s). Finished rows
+are handed to `on_row` at once so that the caller can save them: an interrupted sweep loses
+nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ import torch
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_and_std
-from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.evaluation.throughput import ThroughputRow, sweep_throughputs
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
@@ -52,7 +55,7 @@ class SweepRow:
     run: str
     r: int
     metric: float
-    metric_std: float
+    metric_std: float | None  # standard deviation over folds; None for a single fold
     drop: float
     samples_per_s: float
     speedup: float
@@ -84,6 +87,59 @@ def metric_name(model: torch.nn.Module, manifest: Manifest) -> str:
     return "mAP" if manifest.dataset == "audioset" else "accuracy"
 
 
+def architecture(model: AST | ElasticAST) -> str:
+    """What decides a model's speed: its class, its config without the label names, and
+    proportional attention. Two models with the same key run at the same samples/s."""
+    config = {f.name: getattr(model.config, f.name) for f in fields(model.config)
+              if f.name != "labels"}
+    return repr((type(model).__name__, config, getattr(model, "proportional_attention", None)))
+
+
+def load_sweepable(path: str, device: torch.device) -> AST | ElasticAST:
+    """The checkpoint at `path`, refused unless it is an AST (merging needs one)."""
+    model = load_classifier(path, device=device)
+    if not isinstance(model, AST | ElasticAST):
+        raise FastASTError(f"{path}: token merging sweeps need an AST checkpoint")
+    return model
+
+
+def measure_runs(
+    todo: dict[SweepRun, list[int]],
+    rs: Sequence[int],
+    *,
+    fold: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+    dtype: str = "auto",
+    schedule: str = "constant",
+    warmup: int = 2,
+    runs: int = 5,
+    on_step: Callable[[], None] | None = None,
+) -> dict[str, dict[int, ThroughputRow]]:
+    """Throughput of each run at rs[0] and at the r values it still needs (`todo`), keyed by
+    run name then r. One model per architecture is timed; all architectures and r values in one
+    interleaved loop, speedups relative to rs[0] of the same architecture."""
+    device = device or torch.device("cpu")
+    models: dict[str, AST | ElasticAST] = {}
+    wanted: dict[str, list[int]] = {}
+    owner: dict[str, str] = {}
+    for run, missing in todo.items():
+        model = load_sweepable(run.path(rs[0], fold), device)
+        key = architecture(model)
+        models.setdefault(key, model)
+        owner[run.name] = key
+        wanted.setdefault(key, [rs[0]])
+        wanted[key] += [r for r in missing if r not in wanted[key]]
+    keys = list(models)
+    measured = sweep_throughputs(
+        [models[key] for key in keys], [wanted[key] for key in keys], batch_size=batch_size,
+        device=device, dtype=dtype, schedule=schedule, warmup=warmup, runs=runs,
+        on_step=on_step,
+    )
+    speed = {key: {row.r: row for row in rows} for key, rows in zip(keys, measured, strict=True)}
+    return {name: speed[key] for name, key in owner.items()}
+
+
 def sweep_run(
     run: SweepRun,
     rs: Sequence[int],
@@ -101,28 +157,28 @@ def sweep_run(
     runs: int = 5,
     on_row: Callable[[SweepRow], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    speed: dict[int, ThroughputRow] | None = None,
 ) -> tuple[list[SweepRow], str]:
     """Sweep one run over `rs`, skipping the r values in `done`; returns new rows and metric name.
 
     `reference_metric`: the run's r = rs[0] metric from an earlier, interrupted sweep (drops are
-    relative to it when that row is among `done`).
+    relative to it when that row is among `done`). `speed`: the run's throughput per r measured
+    beforehand (`measure_runs`); measured here when not given.
     """
     device = device or torch.device("cpu")
     todo = [r for r in rs if r not in done]
     if not todo:
         return [], ""
-    models = {fold: load_classifier(run.path(rs[0], fold), device=device) for fold in folds}
+    models = {fold: load_sweepable(run.path(rs[0], fold), device) for fold in folds}
     first = next(iter(models.values()))
-    if not isinstance(first, AST | ElasticAST):
-        raise FastASTError(f"{run.checkpoint}: token merging sweeps need an AST checkpoint")
     for fold, model in models.items():
         check_labels(model, manifest, run.path(rs[0], fold))
     metric = metric_name(first, manifest)
-    timed = [rs[0]] + [r for r in todo if r != rs[0]]  # speedups always relative to rs[0]
-    speed = {row.r: row for row in sweep_throughput(
-        first, timed, batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
-        warmup=warmup, runs=runs, on_step=on_step,
-    )}
+    if speed is None:
+        speed = measure_runs(
+            {run: todo}, rs, fold=folds[0], batch_size=batch_size, device=device, dtype=dtype,
+            schedule=schedule, warmup=warmup, runs=runs, on_step=on_step,
+        )[run.name]
     rows: list[SweepRow] = []
     for r in todo:
         values = []
@@ -137,12 +193,17 @@ def sweep_run(
         if reference_metric is None:
             reference_metric = mean
         timing = speed[r]
-        row = SweepRow(run.name, r, mean, std, mean - reference_metric, timing.samples_per_s,
+        spread = std if len(folds) > 1 else None
+        row = SweepRow(run.name, r, mean, spread, mean - reference_metric, timing.samples_per_s,
                        timing.speedup, timing.tokens, timing.gflops, run.path(r, folds[0]))
         rows.append(row)
         if on_row is not None:
             on_row(row)
     return rows, metric
+
+
+# The options of `sweep_run` that decide how throughput is measured.
+TIMING_OPTIONS = ("batch_size", "device", "dtype", "schedule", "warmup", "runs", "on_step")
 
 
 def run_sweep(
@@ -160,6 +221,8 @@ def run_sweep(
     and the metric's name.
     """
     order = {run.name: index for index, run in enumerate(checkpoints)}
+    if len(order) < len(checkpoints):
+        raise FastASTError("two --checkpoint runs share a name: name them, e.g. kd=PATH")
     rows = [row for row in previous if row.run in order]
     metric = "metric"
     for _ in rows:  # finished rows count as progress too
@@ -172,11 +235,17 @@ def run_sweep(
         if on_rows is not None:
             on_rows(rows)
 
-    for run in checkpoints:
-        mine = [row for row in rows if row.run == run.name]
-        reference = next((row.metric for row in mine if row.r == rs[0]), None)
-        _, name = sweep_run(run, rs, manifest, done={row.r for row in mine},
-                            reference_metric=reference, on_row=keep, **options)
+    done = {run: {row.r for row in rows if row.run == run.name} for run in checkpoints}
+    todo = {run: [r for r in rs if r not in done[run]] for run in checkpoints}
+    todo = {run: missing for run, missing in todo.items() if missing}
+    timing = {key: options[key] for key in TIMING_OPTIONS if key in options}
+    folds = options.get("folds", (None,))
+    speeds = measure_runs(todo, rs, fold=folds[0], **timing) if todo else {}
+    for run in todo:
+        reference = next((row.metric for row in rows
+                          if row.run == run.name and row.r == rs[0]), None)
+        _, name = sweep_run(run, rs, manifest, done=done[run], reference_metric=reference,
+                            on_row=keep, speed=speeds[run.name], **options)
         metric = name or metric
     return rows, metric
 
@@ -191,7 +260,8 @@ def read_rows(path: Path) -> list[SweepRow]:
             try:
                 rows.append(SweepRow(
                     run=record["run"], r=int(record["r"]), metric=float(record["metric"]),
-                    metric_std=float(record["metric_std"]), drop=float(record["drop"]),
+                    metric_std=float(record["metric_std"]) if record["metric_std"] else None,
+                    drop=float(record["drop"]),
                     samples_per_s=float(record["samples_per_s"]),
                     speedup=float(record["speedup"]), tokens=int(record["tokens"]),
                     gflops=float(record["gflops"]), checkpoint=record["checkpoint"],

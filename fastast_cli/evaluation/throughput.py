@@ -84,46 +84,81 @@ def sweep_throughput(
     Speedups are relative to the first r in `rs` (put 0 first for the usual table).
     `on_step` is called after each forward pass: there are len(rs) · (warmup + runs) of them.
     """
-    if not rs:
+    return sweep_throughputs(
+        [model], [rs], batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
+        warmup=warmup, runs=runs, seed=seed, on_step=on_step,
+    )[0]
+
+
+def sweep_throughputs(
+    models: Sequence[AST],
+    rs: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    dtype: str = "auto",
+    schedule: str = "constant",
+    warmup: int = 2,
+    runs: int = 5,
+    seed: int = 0,
+    on_step: Callable[[], None] | None = None,
+) -> list[list[ThroughputRow]]:
+    """`sweep_throughput` of several models (e.g. different architectures) at once: models[i]
+    at the merging rates rs[i], the timed runs of every (model, r) interleaved in one loop so
+    that machine load hits them all alike. Returns the rows of each model, its speedups relative
+    to its own first r. `on_step` is called after each of the Σ len(rs[i]) · (warmup + runs)
+    forward passes.
+    """
+    if len(models) != len(rs) or not all(rs):
         raise ValueError("no r values to sweep")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    config = model.config
-    model = model.to(device).eval()
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch_size, config.target_length, config.num_mel_bins)
-    batch = torch.randn(shape, generator=generator).to(device)
+    models = [model.to(device).eval() for model in models]
+    batches = [_random_batch(model, batch_size, seed).to(device) for model in models]
+    settings = [(index, r) for index, model_rs in enumerate(rs) for r in model_rs]
 
     gflops = {}
-    for r in rs:
-        with merging(model, r, schedule):
-            gflops[r] = count_flops(model, batch[:1]) / 1e9
+    for index, r in settings:
+        with merging(models[index], r, schedule):
+            gflops[index, r] = count_flops(models[index], batches[index][:1]) / 1e9
 
-    timings: dict[int, list[float]] = {r: [] for r in rs}
-    for r in rs:
-        with merging(model, r, schedule):
+    timings: dict[tuple[int, int], list[float]] = {setting: [] for setting in settings}
+    for index, r in settings:
+        with merging(models[index], r, schedule):
             for _ in range(warmup):
-                time_forward(model, batch, device, torch_dtype)
+                time_forward(models[index], batches[index], device, torch_dtype)
                 _tick(on_step)
     for _ in range(runs):
-        for r in rs:
-            with merging(model, r, schedule):
-                timings[r].append(time_forward(model, batch, device, torch_dtype))
+        for index, r in settings:
+            with merging(models[index], r, schedule):
+                timings[index, r].append(
+                    time_forward(models[index], batches[index], device, torch_dtype))
                 _tick(on_step)
 
-    throughput = {r: batch_size / statistics.median(timings[r]) for r in rs}
-    reference = rs[0]
+    throughput = {setting: batch_size / statistics.median(timings[setting])
+                  for setting in settings}
     return [
-        ThroughputRow(
-            r=r,
-            tokens=final_tokens(model, r, schedule),
-            gflops=gflops[r],
-            samples_per_s=throughput[r],
-            speedup=throughput[r] / throughput[reference],
-            flop_speedup=gflops[reference] / gflops[r],
-        )
-        for r in rs
+        [
+            ThroughputRow(
+                r=r,
+                tokens=final_tokens(model, r, schedule),
+                gflops=gflops[index, r],
+                samples_per_s=throughput[index, r],
+                speedup=throughput[index, r] / throughput[index, model_rs[0]],
+                flop_speedup=gflops[index, model_rs[0]] / gflops[index, r],
+            )
+            for r in model_rs
+        ]
+        for index, (model, model_rs) in enumerate(zip(models, rs, strict=True))
     ]
+
+
+def _random_batch(model: AST, batch_size: int, seed: int) -> torch.Tensor:
+    """A fixed random batch [batch_size, frames, mel_bins] of the model's input shape."""
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((batch_size, config.target_length, config.num_mel_bins),
+                       generator=generator)
 
 
 def _tick(on_step: Callable[[], None] | None) -> None:

@@ -4,7 +4,15 @@ Each subcommand lives in its own module and registers itself on `app`; no engine
 imports anything from here.
 """
 
-from fastast_cli.cli import evaluate, predict, prepare, sweep, train, visualize  # noqa: F401
+from fastast_cli.cli import (  # noqa: F401
+    evaluate,
+    predict,
+    prepare,
+    report,
+    sweep,
+    train,
+    visualize,
+)
 from fastast_cli.cli._app import app
 
 

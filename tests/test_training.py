@@ -330,6 +330,12 @@ def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_dem
     train(config(small_demo, tmp_path / "a", epochs=1))
     with pytest.raises(FastASTError, match="other settings.*depth"):
         train(config(small_demo, tmp_path / "a", epochs=2, depth=3), resume=True)
+    # A run without warm-up (saved before the from-scratch default) resumes only without it.
+    train(config(small_demo, tmp_path / "old", epochs=1, warmup_steps=0))
+    with pytest.raises(FastASTError, match="other settings.*warmup_steps"):
+        train(config(small_demo, tmp_path / "old", epochs=2), resume=True)
+    assert len(train(config(small_demo, tmp_path / "old", epochs=2, warmup_steps=0),
+                     resume=True).history) == 2
     from fastast_cli import build_model
     from fastast_cli.models.checkpoints import save_checkpoint
 

@@ -517,7 +517,11 @@ class Trainer:
             raise FastASTError(f"nothing to resume: {path} does not exist")
         payload = read_checkpoint(path)
         meta = payload["meta"]
-        saved_config = meta.get("train_config", {})
+        saved_config = dict(meta.get("train_config", {}))
+        if self.config.warmup_steps is None and saved_config.get("warmup_steps") == (
+            self.warmup_steps
+        ):  # a run saved before warm-up had a default, with the default's steps
+            saved_config["warmup_steps"] = None
         changed = [k for k, v in self.config.to_dict().items()
                    if k not in RESUMABLE_CHANGES and saved_config.get(k, v) != v]
         if changed:

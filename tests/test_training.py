@@ -342,3 +342,17 @@ def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_dem
     wrong = save_checkpoint(tmp_path / "wide.pt", build_model("tiny", 10, target_length=512))
     with pytest.raises(FastASTError, match="reads 512 frames"):
         train(config(small_demo, tmp_path / "b", teacher="ast", teacher_checkpoint=str(wrong)))
+
+
+def test_compile_wraps_the_training_steps_only(small_demo, tmp_path):
+    """--compile: steps run through torch.compile on the model's own parameters; checkpoints
+    and evaluation keep using the plain model (nothing is compiled until a step runs)."""
+    assert load_config("demo", {"compile": True, "out": str(tmp_path)}).compile
+    trainer = Trainer(config(small_demo, tmp_path / "c", compile=True), loop_module.Ranks(),
+                      torch.device("cpu"), loop_module.SilentReporter())
+    network = trainer._network()
+    assert isinstance(network, torch._dynamo.eval_frame.OptimizedModule)
+    assert network._orig_mod is trainer.model
+    eager = Trainer(config(small_demo, tmp_path / "e"), loop_module.Ranks(),
+                    torch.device("cpu"), loop_module.SilentReporter())
+    assert eager._network() is eager.model

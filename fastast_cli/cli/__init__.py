@@ -1,23 +1,48 @@
 """The `fastast` command line: parses flags, loads recipes and calls the engine.
 
 Each subcommand lives in its own module and registers itself on `app`; no engine module
-imports anything from here.
+imports anything from here. The commands (and torch) are imported on first use of `app`, so
+that `main` can turn a Ctrl-C during those slow imports into a quiet exit.
 """
 
-from fastast_cli.cli import (  # noqa: F401
-    evaluate,
-    predict,
-    prepare,
-    report,
-    sweep,
-    train,
-    visualize,
-)
-from fastast_cli.cli._app import app
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+INTERRUPTED = 130  # exit code of a process stopped by Ctrl-C (128 + SIGINT)
+
+
+def _load_app() -> Any:
+    """The Typer app with every subcommand registered (imports torch)."""
+    from fastast_cli.cli import (  # noqa: F401
+        evaluate,
+        export,
+        predict,
+        prepare,
+        report,
+        sweep,
+        train,
+        visualize,
+    )
+    from fastast_cli.cli._app import app
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _load_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
     """Console entry point of `fastast` and `python -m fastast_cli`."""
+    try:
+        app = _load_app()
+    except KeyboardInterrupt:
+        print("interrupted while starting (Ctrl-C)", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     app()
 
 

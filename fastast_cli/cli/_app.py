@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from fastast_cli.errors import FastASTError
+from fastast_cli.errors import FastASTError, Interrupted
 
 app = typer.Typer(
     name="fastast",
@@ -29,14 +30,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(func: F) -> F:
-    """Turn a FastASTError raised by the engine into one red line on stderr and exit code 2."""
+    """Turn a FastASTError raised by the engine into one red line on stderr and exit code 2
+    (an `Interrupted` one into a yellow line and 130); a bare Ctrl-C into one line and 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except Interrupted as error:
+            err_console.print(f"[bold yellow]interrupted:[/] {error}")
+            raise typer.Exit(code=error.exit_code) from None
         except FastASTError as error:
-            err_console.print(f"[bold red]error:[/] {error}")
-            raise typer.Exit(code=2) from None
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}")  # [..] is text
+            raise typer.Exit(code=error.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold yellow]interrupted[/] (Ctrl-C)")
+            raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def merging_note(model: Any, r: int, schedule: str = "constant") -> str | None:
+    """`capped_merging_note` for a fixed AST (None for other models and r = 0)."""
+    from fastast_cli.models.ast import AST
+    from fastast_cli.models.tome import capped_merging_note
+
+    if not isinstance(model, AST) or r == 0:
+        return None
+    return capped_merging_note(model.config.num_patches, model.config.depth, r, schedule)

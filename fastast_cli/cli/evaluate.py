@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.cli._app import app, console, merging_note, user_errors
+from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import (
+    check_evaluation_out,
     check_labels,
     evaluate_checkpoint,
     evaluate_lengths,
@@ -21,11 +23,14 @@ from fastast_cli.evaluation.evaluate import (
     parse_resolutions,
     save_evaluation,
 )
+from fastast_cli.export.backends import check_backend
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.reports.tables import Column, rich_table, write_csv
+from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
 
 METRICS = {"accuracy": "accuracy", "mAP": "mAP", "mAUC": "mAUC", "d_prime": "d'"}
 COLUMNS = [Column("fold", "fold")] + [Column(key, header) for key, header in METRICS.items()]
+LENGTH_COLUMNS = [Column("length", "seconds"), Column("resolution", "q", "{:g}")] + [
+    Column(key, header, "{:.4f}") for key, header in METRICS.items()]
 
 
 def _cells(fold: object, values: dict[str, float]) -> dict[str, str]:
@@ -48,7 +53,9 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
     out: Annotated[Path | None, typer.Option(
-        help="Folder for metrics.json, per_class.csv and predictions.csv.")] = None,
+        help="Folder for metrics.json, per_class.csv and predictions.csv (lengths.csv with "
+        "--lengths; a folder per fold with --folds). Earlier results of evaluate there are "
+        "replaced; a file of that name that evaluate did not write is refused.")] = None,
     lengths: Annotated[str | None, typer.Option(
         help="Also score clips cut to these lengths in seconds, e.g. 1,2,5,10 (full = whole "
         "clip): the ElasticAST curve. Fixed ASTs get the cut clips padded to their input.")
@@ -56,10 +63,17 @@ def evaluate(
     resolutions: Annotated[str | None, typer.Option(
         help="With --lengths (or alone): time resolutions q, frame shift 10 ms × q, e.g. "
         "1,2,4.")] = None,
+    backend: BackendOption = "torch",
+    onnx: OnnxOption = None,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
     manifest = load_manifest(data)
+    if out is not None and lengths is None and resolutions is None:
+        for number in parse_folds(folds) if folds else [None]:
+            check_evaluation_out(out / f"fold{number}" if folds else out)
     if lengths is not None or resolutions is not None:
+        if backend != "torch" or onnx is not None:
+            raise FastASTError("--lengths and --resolutions run on the torch backend")
         length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", r=r,
                      split=split, fold=fold, batch_size=batch_size, device=device, out=out)
         return
@@ -72,7 +86,7 @@ def evaluate(
         path = checkpoint.replace("{fold}", str(number))
         evaluation = evaluate_checkpoint(
             path, manifest, split=split, fold=number, r=r, batch_size=batch_size,
-            device=resolve_device(device),
+            device=resolve_device(device), backend=check_backend(backend), onnx_file=onnx,
         )
         summaries.append(evaluation.metrics.summary())
         rows.append(_cells("-" if number is None else number, summaries[-1]))
@@ -91,15 +105,18 @@ def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, r
                  split: str | None, fold: int | None, batch_size: int, device: str,
                  out: Path | None) -> None:
     """Metric per clip length and time resolution, as a table (and lengths.csv in --out)."""
+    if out is not None:
+        check_table_target(out / "lengths.csv", LENGTH_COLUMNS)
     model = load_classifier(checkpoint, r, device=resolve_device(device))
     check_labels(model, manifest, checkpoint)
+    note = merging_note(model, r)
+    if note:
+        console.print(note)
     rows = evaluate_lengths(model, manifest, parse_lengths(lengths), parse_resolutions(resolutions),
                             split=split, fold=fold, batch_size=batch_size,
                             device=resolve_device(device))
-    columns = [Column("length", "seconds"), Column("resolution", "q", "{:g}")] + [
-        Column(key, header, "{:.4f}") for key, header in METRICS.items()]
     console.print(rich_table(f"{checkpoint} by clip length and time resolution (r={r})",
-                             rows, columns))
+                             rows, LENGTH_COLUMNS))
     if out is not None:
-        write_csv(out / "lengths.csv", rows, columns)
+        write_csv(out / "lengths.csv", rows, LENGTH_COLUMNS)
         console.print(f"wrote {out / 'lengths.csv'}")

@@ -10,10 +10,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fastast_cli.atomic import write_json
-from fastast_cli.cli._app import app, console, err_console, user_errors
+from fastast_cli.atomic import check_output, write_json
+from fastast_cli.cli._app import app, console, err_console, merging_note, user_errors
+from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
+from fastast_cli.export.backends import make_forward
 from fastast_cli.inference.clips import (
     FRAMES_PER_SECOND,
     ClipFailure,
@@ -82,17 +84,25 @@ def predict(
         "--json", help="Print the results as JSON on stdout (notes and failures go to stderr).")
     ] = False,
     out: Annotated[Path | None, typer.Option(
-        help="Also write the results as JSON to this file.")] = None,
+        help="Also write the results as JSON to this file (replaced if it exists).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
+    backend: BackendOption = "torch",
+    onnx: OnnxOption = None,
 ) -> None:
     """Load, score every file, print tables (or JSON), list failures."""
+    if out is not None:
+        check_output(out, folder=False)
     predictor = load_predictor(checkpoint, r, hop_s=hop, how=how.value, batch_size=batch_size,
                                device=resolve_device(device))
+    predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx)
     notes = err_console if as_json else console
     if predictor.spec.stats_note:
         notes.print(f"note: {predictor.spec.stats_note}")
     notes.print(settings_line(predictor))
+    note = merging_note(predictor.model, r)
+    if note:
+        notes.print(note)
     labels = predictor.labels
 
     def report(outcome: ClipScores | ClipFailure) -> None:
@@ -106,8 +116,9 @@ def predict(
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
     if out is not None:
+        replaced = out.exists()
         write_json(out, payload, indent=2)
-        notes.print(f"wrote {out}")
+        notes.print(f"{'replaced' if replaced else 'wrote'} {out}")
     if not run.scored:
         what = "the file" if len(files) == 1 else f"any of the {len(files)} files"
         raise FastASTError(f"could not score {what}")

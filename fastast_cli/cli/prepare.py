@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import app, console, err_console, user_errors
 from fastast_cli.data.prepare import (
     PrepareReport,
@@ -16,9 +17,8 @@ from fastast_cli.data.prepare import (
     prepare_folder,
     prepare_speechcommands,
 )
-from fastast_cli.data.prepare.esc50 import ESC50_CHECKSUM, ESC50_TARGET_LENGTH, ESC50_URL
+from fastast_cli.data.prepare.esc50 import ESC50_TARGET_LENGTH, ESC50_URL
 from fastast_cli.data.prepare.speechcommands import (
-    SPEECHCOMMANDS_CHECKSUM,
     SPEECHCOMMANDS_TARGET_LENGTH,
     SPEECHCOMMANDS_URL,
 )
@@ -34,16 +34,18 @@ app.add_typer(prepare_app, name="prepare")
 
 OUT_HELP = "Output folder (default: data/<dataset>); manifest.yaml is written at its root."
 QUIET_HELP = "No progress bars."
+CHECKSUM_HELP = (
+    "Expected 'sha256:<hex>' or 'md5:<hex>' of the archive, checked on a --download and on a "
+    "local --src archive; 'none': no check. Default: the official archive's for --download, "
+    "no check for a local archive."
+)
 
 
 def _out(out: Path | None, dataset: str) -> Path:
-    """The output folder: --out or data/<dataset>."""
-    return out if out is not None else Path("data") / dataset
-
-
-def _checksum(value: str) -> str | None:
-    """`none` turns checksum verification off."""
-    return None if value.strip().lower() in ("", "none") else value
+    """The output folder: --out or data/<dataset>, checked writable before any work."""
+    folder = out if out is not None else Path("data") / dataset
+    check_output(folder, folder=True)
+    return folder
 
 
 def _summary(report: PrepareReport) -> None:
@@ -61,10 +63,13 @@ def _summary(report: PrepareReport) -> None:
     console.print(f"fbank mean {report.mean:.4f}, std {report.std:.4f} (training data)")
     for note in report.notes:
         console.print(f"note: {note}")
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
     problems = [
         (len(report.skipped), "unreadable, corrupt or empty audio files skipped"),
         (len(report.missing), "listed clips missing"),
         (len(report.unsafe), "unsafe archive members not extracted"),
+        (len(report.escaped), "names refused: they lead outside their dataset folder"),
     ]
     for count, what in problems:
         if count:
@@ -84,11 +89,7 @@ def esc50(
     out: Path = typer.Option(None, "--out", help=OUT_HELP),
     download: bool = typer.Option(False, "--download", help="Fetch the official archive first."),
     url: str = typer.Option(ESC50_URL, "--url", help="Where --download fetches from."),
-    checksum: str = typer.Option(
-        ESC50_CHECKSUM,
-        "--checksum",
-        help="Expected 'md5:…' or 'sha256:…' of the archive ('none': skip).",
-    ),
+    checksum: str = typer.Option(None, "--checksum", help=CHECKSUM_HELP),
     target_length: int = typer.Option(ESC50_TARGET_LENGTH, "--target-length", help="Fbank frames."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
 ) -> None:
@@ -100,7 +101,7 @@ def esc50(
             _out(out, "esc50"),
             download=download,
             url=url,
-            checksum=_checksum(checksum),
+            checksum=checksum,
             target_length=target_length,
         )
     )
@@ -113,11 +114,7 @@ def speechcommands(
     out: Path = typer.Option(None, "--out", help=OUT_HELP),
     download: bool = typer.Option(False, "--download", help="Fetch the official archive first."),
     url: str = typer.Option(SPEECHCOMMANDS_URL, "--url", help="Where --download fetches from."),
-    checksum: str = typer.Option(
-        SPEECHCOMMANDS_CHECKSUM,
-        "--checksum",
-        help="Expected 'md5:…' or 'sha256:…' of the archive ('none': skip).",
-    ),
+    checksum: str = typer.Option(None, "--checksum", help=CHECKSUM_HELP),
     target_length: int = typer.Option(
         SPEECHCOMMANDS_TARGET_LENGTH, "--target-length", help="Fbank frames."
     ),
@@ -131,7 +128,7 @@ def speechcommands(
             _out(out, "speechcommands"),
             download=download,
             url=url,
-            checksum=_checksum(checksum),
+            checksum=checksum,
             target_length=target_length,
         )
     )

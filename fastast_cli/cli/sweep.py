@@ -8,18 +8,20 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.atomic import check_output
+from fastast_cli.cli._app import app, console, merging_note, user_errors
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
 from fastast_cli.evaluation.sweep import SweepRow, parse_run, read_rows, recommend, run_sweep
 from fastast_cli.evaluation.throughput import sweep_throughput
+from fastast_cli.export.backends import parse_backends
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar
 from fastast_cli.reports.plots import plot_tradeoff
-from fastast_cli.reports.tables import Column, rich_table, write_csv
+from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 Size = Enum("Size", {name: name for name in SIZES}, type=str)  # type: ignore[misc]
@@ -38,6 +40,7 @@ THROUGHPUT_COLUMNS = [
     Column("speedup", "speedup", "{:.2f}", "x"),
     Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
 ]
+BACKEND_COLUMN = Column("backend", "backend")
 
 
 def metric_columns(metric: str) -> list[Column]:
@@ -81,10 +84,17 @@ def parse_r_values(spec: str) -> list[int]:
 def sweep_model(
     checkpoint: str | None, size: str, preset: str, frames: int | None
 ) -> tuple[AST, str]:
-    """The model to measure without data, and a line describing it."""
+    """The model to measure without data, and a line describing it. `checkpoint` is PATH or
+    NAME=PATH (as with --data); one model, so no {r} or {fold} pattern."""
     if checkpoint is not None:
         from fastast_cli.models.checkpoints import load_model
 
+        checkpoint = parse_run(checkpoint).checkpoint
+        if "{r}" in checkpoint or "{fold}" in checkpoint:
+            raise FastASTError(
+                f"--checkpoint {checkpoint}: {{r}} and {{fold}} patterns need --data (without "
+                "it, sweep measures the speed of one model)"
+            )
         model = load_model(checkpoint, target_length=frames)
         config = model.config
         return model, f"{checkpoint} ({config.target_length} frames × {config.num_mel_bins} bins)"
@@ -92,6 +102,35 @@ def sweep_model(
     length = frames or shape.target_length
     model = build_model(size, shape.num_classes, target_length=length)
     return model, f"random {size} AST, {preset} shape ({length} frames × {shape.num_mel_bins} bins)"
+
+
+def plot_path(out: Path) -> Path:
+    """The PNG a data sweep writes beside its CSV `out`."""
+    return out.with_suffix(".png")
+
+
+def check_data_sweep_out(out: Path) -> None:
+    """Before measuring: the CSV is absent or a sweep table (a rerun resumes from it), and the
+    plot beside it is not a file of the user's (a PNG there with no sweep table is)."""
+    check_table_target(out, metric_columns("metric"))
+    plot = plot_path(out)
+    if plot == out:
+        raise FastASTError(f"--out {out} names the CSV (e.g. sweep.csv); the plot goes beside it")
+    check_output(plot, folder=False)
+    if plot.exists() and not out.exists():
+        raise FastASTError(f"{plot} exists but {out} does not: the plot would replace a file "
+                           "that is not from this sweep; move it or pick another --out")
+
+
+def capped_rows_note(rows: list[SweepRow]) -> str | None:
+    """A one-line note when a larger r left as many tokens as a smaller one (merging capped)."""
+    for run in dict.fromkeys(row.run for row in rows):
+        mine = sorted((row for row in rows if row.run == run), key=lambda row: row.r)
+        for before, after in zip(mine, mine[1:], strict=False):
+            if after.r > before.r > 0 and after.tokens == before.tokens:
+                return (f"note: {run}: r={after.r} leaves {after.tokens} tokens, as r={before.r} "
+                        "does: the model cannot merge more (the rows from there are capped)")
+    return None
 
 
 def data_sweep(
@@ -107,7 +146,7 @@ def data_sweep(
         if out is not None:
             write_csv(out, [row.to_dict() for row in rows], metric_columns("metric"))
 
-    with progress_bar("sweeping", len(runs) * len(rs)) as advance:
+    with progress_bar("sweeping", len(runs) * len(rs) * len(options["backends"])) as advance:
         def saved_one(rows: list[SweepRow]) -> None:
             save(rows)
             advance()
@@ -118,11 +157,14 @@ def data_sweep(
         f"Sweep on {manifest.path} ({metric}; drop vs r={rs[0]}; speed on random input)",
         [row.to_dict() for row in rows], metric_columns(metric),
     ))
+    note = capped_rows_note(rows)
+    if note:
+        console.print(note)
     if out is not None:
         save(rows)
         plot = plot_tradeoff(
             [row.to_dict() for row in rows], "samples_per_s", "metric", "r",
-            out.with_suffix(".png"),
+            plot_path(out),
             f"{metric} against throughput per r ({manifest.dataset})", x_label="samples/s",
             y_label=metric, series_key="run",
         )
@@ -187,35 +229,53 @@ def sweep(
     out: Annotated[Path | None, typer.Option(
         help="CSV of the table. With --data it is written row by row, a rerun with the same "
         "--out skips the rows it holds, and a PNG plot of the metric against samples/s is "
-        "written beside it.")] = None,
+        "written beside it. A file there that is not a sweep table of the same kind is "
+        "refused, never replaced.")] = None,
+    backend: Annotated[str, typer.Option(
+        help="Inference backends, e.g. torch,compile,onnxruntime: each r is timed (and with "
+        "--data evaluated) on each, interleaved in one run. compile: torch.compile; "
+        "onnxruntime: ONNX exports cached in $FASTAST_CACHE_DIR or ~/.cache/fastast.")
+    ] = "torch",
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
     rs = parse_r_values(r)
+    backends = parse_backends(backend)
     resolve_dtype(dtype, resolve_device(device))  # a bad --device or --dtype fails here, clearly
     if data is not None:
         if not checkpoint:
             raise FastASTError("--data needs at least one --checkpoint to evaluate")
+        if out is not None:
+            check_data_sweep_out(out)
         options = {"batch_size": batch_size, "eval_batch_size": eval_batch_size,
                    "device": resolve_device(device), "dtype": dtype,
-                   "schedule": schedule.value, "warmup": warmup, "runs": runs}
+                   "schedule": schedule.value, "warmup": warmup, "runs": runs,
+                   "backends": backends}
         data_sweep(load_manifest(data), checkpoint, rs, folds, out, budget, options)
         return
     if checkpoint and len(checkpoint) > 1:
         raise FastASTError("without --data, sweep one --checkpoint at a time")
+    columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
+    if out is not None:
+        check_table_target(out, columns)
     model, description = sweep_model(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
+    note = merging_note(model, max(rs), schedule.value)
+    if note:
+        console.print(note)
     try:
-        with progress_bar("measuring", len(rs) * (warmup + runs)) as advance:
+        with progress_bar("measuring", len(backends) * len(rs) * (warmup + runs)) as advance:
             rows = sweep_throughput(
                 model, rs, batch_size=batch_size, device=device, dtype=dtype,
                 schedule=schedule.value, warmup=warmup, runs=runs, on_step=advance,
+                backends=backends,
             )
     except (ValueError, RuntimeError) as error:
         raise FastASTError(str(error)) from None
     records = [vars(row) for row in rows]
     title = f"Throughput: {description}, batch {batch_size}, {schedule.value} r"
-    console.print(rich_table(title, records, THROUGHPUT_COLUMNS))
+    console.print(rich_table(title, records, columns))
     if out is not None:
-        write_csv(out, records, THROUGHPUT_COLUMNS)
-        console.print(f"wrote {out}")
+        replaced = out.exists()
+        write_csv(out, records, columns)
+        console.print(f"{'replaced' if replaced else 'wrote'} {out}")

@@ -21,7 +21,8 @@ Recipe = Annotated[Path | None, typer.Option(
 Data = Annotated[Path | None, typer.Option(
     help="Prepared dataset: manifest.yaml or its folder (from `fastast prepare`).")]
 Out = Annotated[Path | None, typer.Option(
-    help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml.")]
+    help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml. A "
+    "folder that already holds a run is refused unless you pass --resume or --overwrite.")]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int | None, typer.Option(min=1, help="Samples per step (per process).")]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate (Adam).")]
@@ -35,8 +36,15 @@ Fold = Annotated[int | None, typer.Option(help="Cross-validation fold (ESC-50, d
 Workers = Annotated[int | None, typer.Option(min=0, help="Data-loader worker processes.")]
 Pretrained = Annotated[Path | None, typer.Option(
     help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet CNN.")]
+Compile = Annotated[bool | None, typer.Option(
+    "--compile/--eager", help="Run training steps through torch.compile (first steps slower "
+    "while it compiles; evaluation stays eager). Off by default.", show_default=False)]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the interrupted run in --out exactly where it stopped.")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Start over in an --out that holds a run: its run files (best.pt, "
+    "last.pt, logs, config.yaml, ...) are replaced; other files are left alone. Without it "
+    "(or --resume) a folder holding any run file is refused.")]
 R = Annotated[int | None, typer.Option(
     "--r", min=0, help="Tokens merged per block (ToMe), in training and evaluation.")]
 Schedule = Annotated[str | None, typer.Option(help="r schedule: constant or decreasing.")]
@@ -106,13 +114,14 @@ class ConsoleReporter:
         self.progress.stop()
 
 
-def run(recipe: Path | None, overrides: dict[str, Any], resume: bool) -> RunResult:
+def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
+        overwrite: bool) -> RunResult:
     """Load the configuration, train, and print the run's summary."""
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     config = load_config(recipe, overrides)
     reporter = ConsoleReporter()
     try:
-        result = train(config, resume=resume, reporter=reporter)
+        result = train(config, resume=resume, overwrite=overwrite, reporter=reporter)
     finally:
         reporter.close()
     console.print(rich_table(f"Run {result.out}", result.history, LOG_COLUMNS))
@@ -147,18 +156,20 @@ def train_teacher(
     elastic: Elastic = None,
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
+    compile: Compile = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
     run(recipe, {
-        "elastic": elastic, "max_tokens": max_tokens,
+        "elastic": elastic, "max_tokens": max_tokens, "compile": compile,
         "resolutions": parse_resolution_range(resolutions),
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
         "num_workers": num_workers,
         "teacher": "none",
-    }, resume)
+    }, resume, overwrite)
 
 
 @app.command()
@@ -168,7 +179,9 @@ def distill(
     data: Data = None,
     out: Out = None,
     teacher: Annotated[str | None, typer.Option(
-        help="none (ToMe only), efficientnet-b2 (or another CNN), ast or passt.")] = None,
+        help="Teacher kind: none (ToMe only), efficientnet-b2 (or another CNN), ast or passt. "
+        "Default: the kind the teacher checkpoint records (none without a checkpoint); when "
+        "given it must match the checkpoint.")] = None,
     teacher_checkpoint: Annotated[Path | None, typer.Option(
         help="The trained teacher (from train-teacher, or an AST checkpoint).")] = None,
     kd_lambda: Annotated[float | None, typer.Option(
@@ -194,11 +207,13 @@ def distill(
     elastic: Elastic = None,
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
+    compile: Compile = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train an AST student with token merging and cross-model knowledge distillation."""
     run(recipe, {
-        "elastic": elastic, "max_tokens": max_tokens,
+        "elastic": elastic, "max_tokens": max_tokens, "compile": compile,
         "resolutions": parse_resolution_range(resolutions),
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
@@ -206,4 +221,4 @@ def distill(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "seed": seed,
         "device": device, "num_workers": num_workers,
-    }, resume)
+    }, resume, overwrite)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.atomic import check_output
+from fastast_cli.cli._app import app, console, merging_note, user_errors
 from fastast_cli.devices import resolve_device
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
@@ -25,7 +26,8 @@ def visualize(
     file: Annotated[Path, typer.Argument(help="Audio file (any rate and channel count).")],
     checkpoint: Annotated[Path, typer.Option(
         help="fastast AST checkpoint, original AST .pth or Hugging Face AST folder.")],
-    out: Annotated[Path, typer.Option(help="Image to write (PNG; .svg or .pdf also work).")],
+    out: Annotated[Path, typer.Option(
+        help="Image to write (PNG; .svg or .pdf also work); replaced if it exists.")],
     r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (ToMe).")] = 8,
     offset: Annotated[float, typer.Option(
         min=0.0, help="Seconds into the file where the drawn window starts.")] = 0.0,
@@ -36,12 +38,17 @@ def visualize(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
 ) -> None:
     """Load the AST, track token sources on one window, draw and save the figure."""
-    image_format(out)  # an unwritable suffix fails before any work
+    image_format(out)  # an unwritable suffix or path fails before any work
+    check_output(out, folder=False)
     model = require_ast(load_classifier(checkpoint, r, device=resolve_device(device)), checkpoint)
+    note = merging_note(model, r)
+    if note:
+        console.print(note)
     view = file_merge_view(model, file, offset)
     title = (
         f"{file.name}: {view.config.num_patches} patches → {view.num_groups} tokens at r={r}"
     )
+    replaced = out.exists()
     draw_merge_view(view, out, title=title, alpha=alpha, size=(width, height))
     sizes = view.group_sizes()
     console.print(
@@ -49,4 +56,4 @@ def visualize(
         f"(+ CLS, DIST; largest group {int(sizes.max())} patches); tokens per block: "
         f"{' → '.join(str(c) for c in view.counts)}"
     )
-    console.print(f"wrote {out}")
+    console.print(f"{'replaced' if replaced else 'wrote'} {out}")

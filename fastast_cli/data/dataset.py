@@ -30,6 +30,7 @@ from fastast_cli.data.augment import (
     spec_augment,
 )
 from fastast_cli.data.cache import ArrayCache, clip_key
+from fastast_cli.data.checks import check_labelled
 from fastast_cli.data.datafile import Entry, LabelSet, read_datafile, read_labels_csv
 from fastast_cli.data.elastic_features import (
     draw_resolution,
@@ -85,6 +86,7 @@ class ASTDataset(Dataset):
         self.datafile = Path(datafile)
         self.labels = read_labels_csv(labels_csv)
         self.entries: list[Entry] = read_datafile(datafile)
+        check_labelled(self.entries, self.datafile)
         where = f"{self.datafile}: "
         self.targets = (
             torch.stack([multi_hot(e.labels, self.labels, where) for e in self.entries])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import urllib.error
 import urllib.request
 from http.client import HTTPResponse
@@ -24,13 +25,19 @@ CHUNK = 1 << 20
 USER_AGENT = "fastast-downloader/1"
 
 
+DIGEST_LENGTHS = {"sha256": 64, "md5": 32}  # hex digits
+
+
 def parse_checksum(checksum: str) -> tuple[str, str]:
-    """`"sha256:abc…"` → ("sha256", "abc…"); only sha256 and md5 are accepted."""
+    """`"sha256:abc…"` → ("sha256", "abc…"); only sha256 (64 hex digits) and md5 (32) are
+    accepted."""
     algorithm, _, digest = checksum.partition(":")
-    algorithm = algorithm.lower().strip()
-    if algorithm not in ("sha256", "md5") or not digest:
-        raise FastASTError(f"checksum {checksum!r}: expected 'sha256:<hex>' or 'md5:<hex>'")
-    return algorithm, digest.strip().lower()
+    algorithm, digest = algorithm.lower().strip(), digest.strip().lower()
+    if not re.fullmatch(f"[0-9a-f]{{{DIGEST_LENGTHS.get(algorithm, 0)}}}", digest) or not digest:
+        raise FastASTError(
+            f"checksum {checksum!r}: expected 'sha256:<64 hex digits>' or 'md5:<32 hex digits>'"
+        )
+    return algorithm, digest
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -40,6 +47,17 @@ def file_digest(path: Path, algorithm: str) -> str:
         while chunk := handle.read(CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def verify_file(path: Path, checksum: str) -> None:
+    """Check a local file against `"sha256:<hex>"`/`"md5:<hex>"`; FastASTError on a mismatch."""
+    algorithm, expected = parse_checksum(checksum)
+    actual = file_digest(path, algorithm)
+    if actual != expected:
+        raise FastASTError(
+            f"{path}: checksum mismatch (expected {algorithm}:{expected}, got "
+            f"{algorithm}:{actual}); not the archive --checksum describes, nothing was extracted"
+        )
 
 
 def _open(url: str, offset: int, timeout: float) -> HTTPResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from collections.abc import Sequence
@@ -11,19 +12,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastast_cli.atomic import write_json
+from fastast_cli.atomic import check_output, write_json
+from fastast_cli.data.checks import check_clips
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset
+from fastast_cli.export.backends import Forward, make_forward
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
-from fastast_cli.reports.tables import Column, write_csv
+from fastast_cli.reports.tables import Column, check_table_target, write_csv
 
 PathLike = str | os.PathLike[str]
+
+PER_CLASS_COLUMNS = [Column("index", "index"), Column("label", "label"),
+                     Column("ap", "AP", "{:.6f}"), Column("auc", "AUC", "{:.6f}")]
+PREDICTION_COLUMNS = [Column("clip", "clip"), Column("predicted", "predicted"),
+                      Column("target", "target"), Column("logits", "logits")]
 
 
 @dataclass
@@ -71,13 +79,18 @@ def evaluate_checkpoint(
     batch_size: int = 32,
     device: torch.device | None = None,
     num_workers: int = 0,
+    backend: str = "torch",
+    onnx_file: PathLike | None = None,
 ) -> Evaluation:
-    """Load `checkpoint` (merging at `r` for ASTs) and score it on `split` of `manifest`."""
+    """Load `checkpoint` (merging at `r` for ASTs) and score it on `split` of `manifest`, run by
+    `backend` (torch, compile or onnxruntime; `onnx_file`: an exported graph for onnxruntime)."""
     device = device or torch.device("cpu")
     model = load_classifier(checkpoint, r, device=device)
     check_labels(model, manifest, checkpoint)
+    forward = make_forward(model, backend, onnx_file=onnx_file)
     return evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
-                          batch_size=batch_size, device=device, num_workers=num_workers)
+                          batch_size=batch_size, device=device, num_workers=num_workers,
+                          forward=forward)
 
 
 def evaluate_model(
@@ -90,8 +103,10 @@ def evaluate_model(
     batch_size: int = 32,
     device: torch.device | None = None,
     num_workers: int = 0,
+    forward: Forward | None = None,
 ) -> Evaluation:
-    """Score a loaded model (at its current merging rate) on `split` of `manifest`."""
+    """Score a loaded model (at its current merging rate) on `split` of `manifest`; `forward`
+    (from `make_forward`) runs it on another backend."""
     device = device or torch.device("cpu")
     split = split or manifest.eval_split
     mean, std = input_stats(model, manifest, fold)
@@ -106,12 +121,32 @@ def evaluate_model(
             manifest.datafile(split, fold), manifest.labels_csv,
             target_length=model.config.target_length if isinstance(model, AST)
             else manifest.target_length, **options)
+    check_clips(dataset.entries, dataset.datafile, split)
     logits, targets = predict_dataset(model, dataset, batch_size, device,
                                       amp=device.type == "cuda", num_workers=num_workers,
-                                      collate_fn=collate_native if elastic else None)
+                                      collate_fn=collate_native if elastic else None,
+                                      forward=forward)
     metrics = compute_metrics(logits.numpy(), targets.numpy())
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names)
+
+
+def check_evaluation_out(out: Path) -> None:
+    """Before any work: `out` is a writable folder, and the files `save_evaluation` writes are
+    absent or its own (a metrics.json or CSV of another kind is the user's, never replaced)."""
+    check_output(out, folder=True)
+    check_table_target(out / "per_class.csv", PER_CLASS_COLUMNS)
+    check_table_target(out / "predictions.csv", PREDICTION_COLUMNS)
+    metrics = out / "metrics.json"
+    check_output(metrics, folder=False)
+    if metrics.exists():
+        try:
+            content = json.loads(metrics.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            content = None
+        if not (isinstance(content, dict) and {"checkpoint", "split"} <= content.keys()):
+            raise FastASTError(f"{metrics} exists and is not an evaluation's metrics.json: "
+                               "remove it or pick another --out")
 
 
 def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
@@ -125,10 +160,7 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
         {"index": i, "label": name, "ap": metrics.per_class_ap[i], "auc": metrics.per_class_auc[i]}
         for i, name in enumerate(evaluation.labels)
     ]
-    write_csv(out / "per_class.csv", per_class, [
-        Column("index", "index"), Column("label", "label"),
-        Column("ap", "AP", "{:.6f}"), Column("auc", "AUC", "{:.6f}"),
-    ])
+    write_csv(out / "per_class.csv", per_class, PER_CLASS_COLUMNS)
     top = evaluation.logits.argmax(dim=1).tolist()
     truth = evaluation.targets.argmax(dim=1).tolist()
     predictions = [
@@ -137,10 +169,7 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
         for clip, p, t, row in zip(evaluation.clips, top, truth, evaluation.logits.tolist(),
                                    strict=True)
     ]
-    write_csv(out / "predictions.csv", predictions, [
-        Column("clip", "clip"), Column("predicted", "predicted"), Column("target", "target"),
-        Column("logits", "logits"),
-    ])
+    write_csv(out / "predictions.csv", predictions, PREDICTION_COLUMNS)
     return [out / "metrics.json", out / "per_class.csv", out / "predictions.csv"]
 
 
@@ -197,6 +226,7 @@ def evaluate_lengths(
                 num_mel_bins=manifest.num_mel_bins, resolutions=(q, q), seconds=seconds,
                 fixed_length=not elastic,
             )
+            check_clips(dataset.entries, dataset.datafile, split or manifest.eval_split)
             logits, targets = predict_dataset(
                 model, dataset, batch_size, device, amp=device.type == "cuda",
                 collate_fn=collate_native if elastic else None,

@@ -26,19 +26,22 @@ def predict_dataset(
     amp: bool = False,
     num_workers: int = 0,
     collate_fn: Callable | None = None,
+    forward: Callable[[Batch], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, C] (float32, CPU) of `model` on every item of `dataset`, and targets [N, C].
 
     The model is put in eval mode; items are `(fbank, target, ...)` tuples; `collate_fn` batches
-    them (`collate_native` for native-length clips).
+    them (`collate_native` for native-length clips). `forward` runs the batches instead of the
+    model itself (a backend's fbank → logits callable, see export.backends).
     """
     model.eval()
+    forward = forward or model
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_fn)
     outputs, targets = [], []
     with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=amp):
         for fbank, target, *_ in loader:
-            outputs.append(model(to_device(fbank, device)).float().cpu())
+            outputs.append(forward(to_device(fbank, device)).float().cpu())
             targets.append(target)
     if not outputs:
         raise ValueError("the dataset is empty: nothing to predict")

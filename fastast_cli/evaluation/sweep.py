@@ -28,6 +28,7 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_and_std
 from fastast_cli.evaluation.throughput import ThroughputRow, sweep_throughputs
+from fastast_cli.export.backends import make_forward
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
@@ -68,9 +69,10 @@ class SweepRow:
 
 
 def parse_run(spec: str) -> SweepRun:
-    """`name=path` or a bare path (named after its folder)."""
+    """`name=path` or a bare path (named after its folder; an existing file's path may hold
+    `=`)."""
     name, sep, path = spec.partition("=")
-    if not sep:
+    if not sep or Path(spec).is_file():
         path = spec
         parts = [p for p in re.split(r"[\\/]", spec) if p]
         name = parts[-2] if len(parts) >= 2 else parts[-1] if parts else spec
@@ -115,10 +117,12 @@ def measure_runs(
     warmup: int = 2,
     runs: int = 5,
     on_step: Callable[[], None] | None = None,
-) -> dict[str, dict[int, ThroughputRow]]:
-    """Throughput of each run at rs[0] and at the r values it still needs (`todo`), keyed by
-    run name then r. One model per architecture is timed; all architectures and r values in one
-    interleaved loop, speedups relative to rs[0] of the same architecture."""
+    backends: Sequence[str] = ("torch",),
+) -> dict[str, dict[tuple[str, int], ThroughputRow]]:
+    """Throughput of each run at rs[0] and at the r values it still needs (`todo`) on each of
+    `backends`, keyed by run name then (backend, r). One model per architecture is timed; all
+    architectures, backends and r values in one interleaved loop, speedups relative to the
+    first backend at rs[0] of the same architecture."""
     device = device or torch.device("cpu")
     models: dict[str, AST | ElasticAST] = {}
     wanted: dict[str, list[int]] = {}
@@ -134,9 +138,10 @@ def measure_runs(
     measured = sweep_throughputs(
         [models[key] for key in keys], [wanted[key] for key in keys], batch_size=batch_size,
         device=device, dtype=dtype, schedule=schedule, warmup=warmup, runs=runs,
-        on_step=on_step,
+        on_step=on_step, backends=backends,
     )
-    speed = {key: {row.r: row for row in rows} for key, rows in zip(keys, measured, strict=True)}
+    speed = {key: {(row.backend, row.r): row for row in rows}
+             for key, rows in zip(keys, measured, strict=True)}
     return {name: speed[key] for name, key in owner.items()}
 
 
@@ -157,13 +162,16 @@ def sweep_run(
     runs: int = 5,
     on_row: Callable[[SweepRow], None] | None = None,
     on_step: Callable[[], None] | None = None,
-    speed: dict[int, ThroughputRow] | None = None,
+    backends: Sequence[str] = ("torch",),
+    speed: dict[tuple[str, int], ThroughputRow] | None = None,
 ) -> tuple[list[SweepRow], str]:
     """Sweep one run over `rs`, skipping the r values in `done`; returns new rows and metric name.
 
     `reference_metric`: the run's r = rs[0] metric from an earlier, interrupted sweep (drops are
-    relative to it when that row is among `done`). `speed`: the run's throughput per r measured
-    beforehand (`measure_runs`); measured here when not given.
+    relative to it when that row is among `done`). Each r is evaluated and timed on each of
+    `backends` (timing interleaved); rows are named with `backend_run_name`. `speed`: the run's
+    throughput per (backend, r) measured beforehand (`measure_runs`); measured here when not
+    given.
     """
     device = device or torch.device("cpu")
     todo = [r for r in rs if r not in done]
@@ -177,33 +185,43 @@ def sweep_run(
     if speed is None:
         speed = measure_runs(
             {run: todo}, rs, fold=folds[0], batch_size=batch_size, device=device, dtype=dtype,
-            schedule=schedule, warmup=warmup, runs=runs, on_step=on_step,
+            schedule=schedule, warmup=warmup, runs=runs, on_step=on_step, backends=backends,
         )[run.name]
     rows: list[SweepRow] = []
     for r in todo:
-        values = []
+        values: dict[str, list[float]] = {backend: [] for backend in backends}
         for fold in folds:
             model = load_classifier(run.path(r, fold), device=device) if run.per_r else models[fold]
             assert isinstance(model, AST | ElasticAST)
             model.set_r(r, schedule)
-            evaluation = evaluate_model(model, manifest, run.path(r, fold), fold=fold,
-                                        batch_size=eval_batch_size, device=device)
-            values.append(evaluation.metrics.summary()[metric])
-        mean, std = mean_and_std(values)
-        if reference_metric is None:
-            reference_metric = mean
-        timing = speed[r]
-        spread = std if len(folds) > 1 else None
-        row = SweepRow(run.name, r, mean, spread, mean - reference_metric, timing.samples_per_s,
-                       timing.speedup, timing.tokens, timing.gflops, run.path(r, folds[0]))
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+            for backend in backends:
+                evaluation = evaluate_model(model, manifest, run.path(r, fold), fold=fold,
+                                            batch_size=eval_batch_size, device=device,
+                                            forward=make_forward(model, backend))
+                values[backend].append(evaluation.metrics.summary()[metric])
+        for backend in backends:
+            mean, std = mean_and_std(values[backend])
+            if reference_metric is None:
+                reference_metric = mean
+            timing = speed[backend, r]
+            spread = std if len(folds) > 1 else None
+            row = SweepRow(backend_run_name(run.name, backend, backends), r, mean, spread,
+                           mean - reference_metric, timing.samples_per_s, timing.speedup,
+                           timing.tokens, timing.gflops, run.path(r, folds[0]))
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows, metric
 
 
+def backend_run_name(name: str, backend: str, backends: Sequence[str]) -> str:
+    """A run's name in the table: itself on the torch backend alone, else `name (backend)`."""
+    return name if list(backends) == ["torch"] else f"{name} ({backend})"
+
+
 # The options of `sweep_run` that decide how throughput is measured.
-TIMING_OPTIONS = ("batch_size", "device", "dtype", "schedule", "warmup", "runs", "on_step")
+TIMING_OPTIONS = ("batch_size", "device", "dtype", "schedule", "warmup", "runs", "on_step",
+                  "backends")
 
 
 def run_sweep(
@@ -220,9 +238,12 @@ def run_sweep(
     `on_rows` gets all rows so far, ordered by run then r (save them there). Returns those rows
     and the metric's name.
     """
-    order = {run.name: index for index, run in enumerate(checkpoints)}
-    if len(order) < len(checkpoints):
+    backends = options.get("backends", ("torch",))
+    names = {run.name: [backend_run_name(run.name, b, backends) for b in backends]
+             for run in checkpoints}
+    if len(names) < len(checkpoints):
         raise FastASTError("two --checkpoint runs share a name: name them, e.g. kd=PATH")
+    order = {name: index for index, name in enumerate(n for ns in names.values() for n in ns)}
     rows = [row for row in previous if row.run in order]
     metric = "metric"
     for _ in rows:  # finished rows count as progress too
@@ -235,7 +256,12 @@ def run_sweep(
         if on_rows is not None:
             on_rows(rows)
 
-    done = {run: {row.r for row in rows if row.run == run.name} for run in checkpoints}
+    done: dict[SweepRun, set[int]] = {}
+    for run in checkpoints:  # an r is done when every backend's row is there
+        mine = [row for row in rows if row.run in names[run.name]]
+        done[run] = {r for r in rs
+                     if len({row.run for row in mine if row.r == r}) == len(backends)}
+        rows[:] = [row for row in rows if row.run not in names[run.name] or row.r in done[run]]
     todo = {run: [r for r in rs if r not in done[run]] for run in checkpoints}
     todo = {run: missing for run, missing in todo.items() if missing}
     timing = {key: options[key] for key in TIMING_OPTIONS if key in options}
@@ -243,7 +269,7 @@ def run_sweep(
     speeds = measure_runs(todo, rs, fold=folds[0], **timing) if todo else {}
     for run in todo:
         reference = next((row.metric for row in rows
-                          if row.run == run.name and row.r == rs[0]), None)
+                          if row.run in names[run.name] and row.r == rs[0]), None)
         _, name = sweep_run(run, rs, manifest, done=done[run], reference_metric=reference,
                             on_row=keep, speed=speeds[run.name], **options)
         metric = name or metric

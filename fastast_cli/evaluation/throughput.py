@@ -18,6 +18,7 @@ import torch
 
 from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
+from fastast_cli.export.backends import make_forward
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
 from fastast_cli.models.tome import resolve_schedule, tokens_per_block
 
@@ -32,6 +33,7 @@ class ThroughputRow:
     samples_per_s: float
     speedup: float  # samples/s relative to r = 0 (or the first r) in the same run
     flop_speedup: float  # GFLOPs of the reference setting divided by this one's
+    backend: str = "torch"  # what ran it (export.backends)
 
 
 @contextlib.contextmanager
@@ -48,9 +50,11 @@ def merging(model: AST, r: int, schedule: str) -> Iterator[AST]:
 
 
 def time_forward(
-    model: AST, batch: torch.Tensor, device: torch.device, dtype: torch.dtype
+    model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, device: torch.device,
+    dtype: torch.dtype,
 ) -> float:
-    """Seconds of one synchronized forward pass of `batch` [B, T, F]."""
+    """Seconds of one synchronized forward pass of `batch` [B, T, F] through `model` (a model
+    or a backend's forward)."""
     with torch.inference_mode(), autocast(device, dtype):
         synchronize(device)
         start = time.perf_counter()
@@ -78,15 +82,18 @@ def sweep_throughput(
     runs: int = 5,
     seed: int = 0,
     on_step: Callable[[], None] | None = None,
+    backends: Sequence[str] = ("torch",),
 ) -> list[ThroughputRow]:
     """Measure samples/s and count FLOPs at each r on one random batch of the model's shape.
 
-    Speedups are relative to the first r in `rs` (put 0 first for the usual table).
-    `on_step` is called after each forward pass: there are len(rs) · (warmup + runs) of them.
+    Each r runs on each of `backends` (export.backends: torch, compile, onnxruntime), all
+    settings interleaved. Speedups are relative to the first backend at the first r in `rs`
+    (put 0 first for the usual table). `on_step` is called after each forward pass: there are
+    len(backends) · len(rs) · (warmup + runs) of them.
     """
     return sweep_throughputs(
         [model], [rs], batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
-        warmup=warmup, runs=runs, seed=seed, on_step=on_step,
+        warmup=warmup, runs=runs, seed=seed, on_step=on_step, backends=backends,
     )[0]
 
 
@@ -102,12 +109,14 @@ def sweep_throughputs(
     runs: int = 5,
     seed: int = 0,
     on_step: Callable[[], None] | None = None,
+    backends: Sequence[str] = ("torch",),
 ) -> list[list[ThroughputRow]]:
     """`sweep_throughput` of several models (e.g. different architectures) at once: models[i]
-    at the merging rates rs[i], the timed runs of every (model, r) interleaved in one loop so
-    that machine load hits them all alike. Returns the rows of each model, its speedups relative
-    to its own first r. `on_step` is called after each of the Σ len(rs[i]) · (warmup + runs)
-    forward passes.
+    at the merging rates rs[i] on each backend, the timed runs of every (model, backend, r)
+    interleaved in one loop so that machine load hits them all alike. Returns the rows of each
+    model (backend by backend, then r), its speedups relative to its own first backend at its
+    first r. `on_step` is called after each of the Σ len(backends) · len(rs[i]) · (warmup +
+    runs) forward passes.
     """
     if len(models) != len(rs) or not all(rs):
         raise ValueError("no r values to sweep")
@@ -115,41 +124,46 @@ def sweep_throughputs(
     torch_dtype = resolve_dtype(dtype, device)
     models = [model.to(device).eval() for model in models]
     batches = [_random_batch(model, batch_size, seed).to(device) for model in models]
-    settings = [(index, r) for index, model_rs in enumerate(rs) for r in model_rs]
 
     gflops = {}
-    for index, r in settings:
-        with merging(models[index], r, schedule):
-            gflops[index, r] = count_flops(models[index], batches[index][:1]) / 1e9
+    for index, model in enumerate(models):
+        for r in rs[index]:
+            with merging(model, r, schedule):
+                gflops[index, r] = count_flops(model, batches[index][:1]) / 1e9
 
-    timings: dict[tuple[int, int], list[float]] = {setting: [] for setting in settings}
-    for index, r in settings:
+    settings = [(index, backend, r) for index, model_rs in enumerate(rs)
+                for backend in backends for r in model_rs]
+    forwards = {}
+    for index, backend, r in settings:
         with merging(models[index], r, schedule):
-            for _ in range(warmup):
-                time_forward(models[index], batches[index], device, torch_dtype)
-                _tick(on_step)
+            forwards[index, backend, r] = make_forward(models[index], backend)
+    timings: dict[tuple[int, str, int], list[float]] = {setting: [] for setting in settings}
+    for setting in settings:
+        for _ in range(warmup):
+            time_forward(forwards[setting], batches[setting[0]], device, torch_dtype)
+            _tick(on_step)
     for _ in range(runs):
-        for index, r in settings:
-            with merging(models[index], r, schedule):
-                timings[index, r].append(
-                    time_forward(models[index], batches[index], device, torch_dtype))
-                _tick(on_step)
+        for setting in settings:
+            timings[setting].append(
+                time_forward(forwards[setting], batches[setting[0]], device, torch_dtype))
+            _tick(on_step)
 
-    throughput = {setting: batch_size / statistics.median(timings[setting])
-                  for setting in settings}
+    throughput = {s: batch_size / statistics.median(timings[s]) for s in settings}
+    reference = [throughput[index, backends[0], model_rs[0]] for index, model_rs in enumerate(rs)]
     return [
         [
             ThroughputRow(
                 r=r,
                 tokens=final_tokens(model, r, schedule),
                 gflops=gflops[index, r],
-                samples_per_s=throughput[index, r],
-                speedup=throughput[index, r] / throughput[index, model_rs[0]],
-                flop_speedup=gflops[index, model_rs[0]] / gflops[index, r],
+                samples_per_s=throughput[index, backend, r],
+                speedup=throughput[index, backend, r] / reference[index],
+                flop_speedup=gflops[index, rs[index][0]] / gflops[index, r],
+                backend=backend,
             )
-            for r in model_rs
+            for backend in backends for r in rs[index]
         ]
-        for index, (model, model_rs) in enumerate(zip(models, rs, strict=True))
+        for index, model in enumerate(models)
     ]
 
 

@@ -225,6 +225,7 @@ class Predictor:
     kind: str = "sigmoid"
     batch_size: int = 8
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # a backend's, else the model
 
     @property
     def labels(self) -> list[str]:
@@ -237,7 +238,7 @@ class Predictor:
         window = self.spec.target_length
         with torch.inference_mode():
             for batch in window_batches(features, starts, window, self.batch_size):
-                logits = self.model(batch.to(self.device)).float().cpu()
+                logits = (self.forward or self.model)(batch.to(self.device)).float().cpu()
                 outputs.append(to_scores(logits, self.kind))
         return torch.cat(outputs)
 

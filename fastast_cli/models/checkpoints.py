@@ -64,30 +64,54 @@ UNUSED_PREFIXES = ("head.", "head_dist.")
 # Leading names of wrapped or DataParallel state dicts: `module.v.blocks.0...` → `blocks.0...`.
 WRAPPER_PREFIX = re.compile(r"^(?:module\.)?(?:v\.)?")
 
-# Hugging Face AST names → ours, applied in order. q/k/v land on `attn.{query,key,value}` and are
-# fused into `attn.qkv` afterwards.
-HF_RENAME_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), replacement)
-    for pattern, replacement in (
-        (r"^audio_spectrogram_transformer\.", ""),
-        (r"^embeddings\.cls_token$", "cls_token"),
-        (r"^embeddings\.distillation_token$", "dist_token"),
-        (r"^embeddings\.position_embeddings$", "pos_embed"),
-        (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.", r"blocks.\1."),
-        (r"\.attention\.attention\.(query|key|value)\.", r".attn.\1."),  # transformers 4.x
-        (r"\.attention\.q_proj\.", ".attn.query."),  # transformers 5.x
-        (r"\.attention\.k_proj\.", ".attn.key."),
-        (r"\.attention\.v_proj\.", ".attn.value."),
-        (r"\.attention\.(?:output\.dense|o_proj)\.", ".attn.proj."),
-        (r"\.intermediate\.dense\.", ".mlp.fc1."),
-        (r"\.output\.dense\.", ".mlp.fc2."),
-        (r"\.layernorm_before\.", ".norm1."),
-        (r"\.layernorm_after\.", ".norm2."),
-        (r"^layernorm\.", "norm."),
-        (r"^classifier\.layernorm\.", "mlp_head.0."),
-        (r"^classifier\.dense\.", "mlp_head.1."),
+# Hugging Face AST names (transformers 4.x, as files on disk hold them) ↔ ours: one table read
+# both ways, `rename_hf_state_dict` left to right and `to_hf_state_dict` right to left. A leading
+# "^" anchors a fragment at the start of a name; "N" stands for a block number. q/k/v land on
+# `attn.{query,key,value}` and are fused into `attn.qkv` afterwards (and split before writing).
+HF_PREFIX = "audio_spectrogram_transformer."
+HF_NAME_TABLE: tuple[tuple[str, str], ...] = (
+    ("^embeddings.cls_token", "^cls_token"),
+    ("^embeddings.distillation_token", "^dist_token"),
+    ("^embeddings.position_embeddings", "^pos_embed"),
+    ("^embeddings.patch_embeddings.projection.", "^patch_embed.proj."),
+    ("^encoder.layer.N.", "^blocks.N."),
+    (".attention.attention.query.", ".attn.query."),
+    (".attention.attention.key.", ".attn.key."),
+    (".attention.attention.value.", ".attn.value."),
+    (".attention.output.dense.", ".attn.proj."),
+    (".intermediate.dense.", ".mlp.fc1."),
+    (".output.dense.", ".mlp.fc2."),
+    (".layernorm_before.", ".norm1."),
+    (".layernorm_after.", ".norm2."),
+    ("^layernorm.", "^norm."),
+    ("^classifier.layernorm.", "^mlp_head.0."),
+    ("^classifier.dense.", "^mlp_head.1."),
+)
+# transformers 5.x in-memory names → 4.x names, applied before the table.
+HF5_ALIASES: tuple[tuple[str, str], ...] = (
+    ("^layers.N.", "^encoder.layer.N."),
+    (".attention.q_proj.", ".attention.attention.query."),
+    (".attention.k_proj.", ".attention.attention.key."),
+    (".attention.v_proj.", ".attention.attention.value."),
+    (".attention.o_proj.", ".attention.output.dense."),
+)
+
+
+def _fragment_rule(source: str, target: str) -> tuple[re.Pattern[str], str]:
+    """A regex rule rewriting the name fragment `source` into `target` (see HF_NAME_TABLE)."""
+    pattern = re.escape(source.lstrip("^")).replace("N", r"(\d+)")
+    return re.compile(("^" if source.startswith("^") else "") + pattern), (
+        target.lstrip("^").replace("N", r"\1")
     )
+
+
+HF_RENAME_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile("^" + re.escape(HF_PREFIX)), ""),
+    *(_fragment_rule(alias, hf) for alias, hf in HF5_ALIASES),
+    *(_fragment_rule(hf, ours) for hf, ours in HF_NAME_TABLE),
+)
+TO_HF_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    _fragment_rule(ours, hf) for hf, ours in HF_NAME_TABLE
 )
 BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.")
 HF_SPLIT_QKV = re.compile(r"^(blocks\.\d+\.attn)\.(query|key|value)\.(weight|bias)$")
@@ -608,6 +632,29 @@ def _rename_hf(name: str) -> str:
     for pattern, replacement in HF_RENAME_RULES:
         name = pattern.sub(replacement, name)
     return name
+
+
+def to_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """`AST.state_dict()` names → Hugging Face AST names (transformers 4.x files), the inverse
+    of `rename_hf_state_dict`: `attn.qkv` [3D, D] / [3D] is split into query, key and value."""
+    renamed: StateDict = {}
+    for name, tensor in _split_qkv(state_dict).items():
+        for pattern, replacement in TO_HF_RULES:
+            name = pattern.sub(replacement, name)
+        renamed[name if name.startswith("classifier.") else HF_PREFIX + name] = tensor
+    return renamed
+
+
+def _split_qkv(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """`blocks.N.attn.qkv.*` → `blocks.N.attn.{query,key,value}.*` (rows q, k, v)."""
+    split: StateDict = {}
+    for name, tensor in state_dict.items():
+        if ".attn.qkv." not in name:
+            split[name] = tensor
+            continue
+        for role, part in zip(("query", "key", "value"), tensor.chunk(3, dim=0), strict=True):
+            split[name.replace(".qkv.", f".{role}.")] = part.contiguous()
+    return split
 
 
 def _fuse_qkv(state_dict: StateDict) -> StateDict:

@@ -63,7 +63,8 @@ def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Match
     set_a, set_b = metric[:, ::2], metric[:, 1::2]
     similarity = set_a @ set_b.transpose(-1, -2)  # [B, Na, Nb]
     best, partner = similarity.max(dim=-1)  # [B, Na]
-    order = best.argsort(dim=-1, descending=True).unsqueeze(-1)  # [B, Na, 1]
+    # stable: ties keep position order, so every backend (eager, compiled, ONNX) merges alike
+    order = best.argsort(dim=-1, descending=True, stable=True).unsqueeze(-1)  # [B, Na, 1]
     merged, unmerged = order[:, :r], order[:, r:]
     return Matching(protected, unmerged, merged, partner.unsqueeze(-1).gather(1, merged))
 
@@ -134,3 +135,30 @@ def tokens_per_block(num_tokens: int, schedule: Sequence[int], protected: int) -
         num_tokens -= min(r, max_merge(num_tokens, protected))
         counts.append(num_tokens)
     return counts
+
+
+def first_capped_block(
+    num_tokens: int, schedule: Sequence[int], protected: int
+) -> tuple[int, int] | None:
+    """The first block (0-based) whose r exceeds what it can merge, and what it can merge
+    there; None when every block merges its full r."""
+    for block, r in enumerate(schedule):
+        cap = max_merge(num_tokens, protected)
+        if r > cap:
+            return block, cap
+        num_tokens -= r
+    return None
+
+
+def capped_merging_note(num_patches: int, depth: int, r: RSchedule,
+                        schedule: str = "constant", protected: int = 2) -> str | None:
+    """A one-line note when `r` asks for more merging than `num_patches` patches (+ the
+    `protected` CLS and DIST tokens) allow over `depth` blocks: those blocks merge what they
+    can, which no result shows. None when every block merges its full r."""
+    capped = first_capped_block(num_patches + protected, resolve_schedule(r, depth, schedule),
+                                protected)
+    if capped is None:
+        return None
+    block, cap = capped
+    return (f"note: r={r} is more than {num_patches} patches allow: block {block + 1} merges "
+            f"only {cap} tokens (half of those left), and so on; the merging is capped")

@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from fastast_cli.atomic import atomic_path
+from fastast_cli.atomic import atomic_path, check_output
+from fastast_cli.errors import FastASTError
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,24 @@ def write_csv(
         writer.writerow([column.key for column in columns])
         for row in rows:
             writer.writerow([column.cell(row) for column in columns])
+
+
+def is_table_of(path: str | Path, columns: Sequence[Column]) -> bool:
+    """Whether `path` is a CSV that `write_csv` wrote with these columns (same header)."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as stream:
+            header = next(csv.reader(stream), None)
+    except (OSError, csv.Error):
+        return False
+    return header == [column.key for column in columns]
+
+
+def check_table_target(path: str | Path, columns: Sequence[Column], option: str = "--out") -> None:
+    """Before any work: `path` can be written, and holds nothing but such a table (a file of
+    any other kind is the user's, never replaced)."""
+    check_output(path, folder=False, option=option)
+    if Path(path).exists() and not is_table_of(path, columns):
+        raise FastASTError(
+            f"{option} {path} exists and is not a table of this kind "
+            f"({','.join(column.key for column in columns)}): remove it or pick another {option}"
+        )

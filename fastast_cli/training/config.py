@@ -1,7 +1,8 @@
 """Training configuration: one flat record, read from a recipe YAML and overridden by flags.
 
 A recipe may name another recipe under `base:` (a path relative to it, `.yaml` optional, or a
-shipped recipe's name); its values are read first and the recipe's own values override them.
+shipped recipe's name, so a copied shipped recipe still finds its base); its values are read
+first and the recipe's own values override them.
 Unknown keys are an error, so a typo in a recipe never passes silently. The effective
 configuration is saved with every run.
 """
@@ -55,7 +56,9 @@ class TrainConfig:
     schedule: str = "constant"
     proportional_attention: bool = True
     # Knowledge distillation (distill only).
-    teacher: str = "none"  # none, ast, or a CNN name; must match the teacher checkpoint
+    # auto: the teacher checkpoint's kind (none without a checkpoint); none; or a kind (ast, a
+    # CNN name, passt) that must match the checkpoint's.
+    teacher: str = "auto"
     teacher_checkpoint: str | None = None
     teacher_logits: str = "online"  # online (consistent teaching) or cached
     kd_lambda: float = 0.1
@@ -86,6 +89,7 @@ class TrainConfig:
     average_from: int | None = None  # checkpoint weight averaging over epochs [from, to]
     average_to: int | None = None
     amp: bool = True  # mixed precision on CUDA
+    compile: bool = False  # training steps through torch.compile (evaluation stays eager)
     seed: int = 0
     device: str = "auto"
     out: str | None = None  # run folder
@@ -145,12 +149,44 @@ class TrainConfig:
         if len(self.resolutions) != 2 or not 0 < self.resolutions[0] <= self.resolutions[1]:
             problems.append(f"resolutions must be [low, high] with 0 < low <= high, "
                             f"got {self.resolutions}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.teacher != "none" and self.teacher_checkpoint is None:
+        if self.teacher not in ("auto", "none", *MODELS):
+            problems.append(f"teacher must be auto, none or one of {', '.join(MODELS)}, "
+                            f"not {self.teacher!r}")
+        elif self.teacher not in ("auto", "none") and self.teacher_checkpoint is None:
             problems.append(f"teacher {self.teacher!r} needs --teacher-checkpoint")
+        if self.teacher == "none" and self.teacher_checkpoint is not None:
+            problems.append(f"teacher none, but a teacher checkpoint is given "
+                            f"({self.teacher_checkpoint}): drop one of them (without a teacher "
+                            "kind, the checkpoint's own is used)")
+        problems += self._range_problems()
         if problems:
             raise FastASTError("; ".join(problems))
+
+    def _range_problems(self) -> list[str]:
+        """Numbers outside the range where they mean something."""
+        limits = {  # setting: (lowest allowed, why)
+            "r": (0, "tokens merged per block"), "freqm": (0, "a mask width"),
+            "timem": (0, "a mask width"), "num_workers": (0, "a process count"),
+            "warmup_steps": (0, "a step count"), "lr_start": (0, "an epoch"),
+            "weight_decay": (0, "a weight"), "max_tokens": (16, "tokens per packed row"),
+            "fold": (1, "a fold number"), "average_from": (1, "an epoch"),
+        }
+        problems = [
+            f"{key} must be >= {lowest} ({why}), got {getattr(self, key)}"
+            for key, (lowest, why) in limits.items()
+            if getattr(self, key) is not None and getattr(self, key) < lowest
+        ]
+        if not 0.0 <= self.mixup <= 1.0:
+            problems.append(f"mixup is a probability in [0, 1], got {self.mixup}")
+        if self.lr_decay <= 0:
+            problems.append(f"lr_decay must be > 0, got {self.lr_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            problems.append(f"betas must be two values in [0, 1), got {self.betas}")
+        if self.average_from is not None and self.average_to is not None and (
+            self.average_to < self.average_from
+        ):
+            problems.append("average_to must be >= average_from")
+        return problems
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
@@ -191,10 +227,15 @@ def _converted(key: str, value: Any, default: Any, source: str) -> Any:
         raise FastASTError(f"{source}: {key} = {value!r} is not a valid {kind}") from None
 
 
+def _shipped(name: str) -> tuple[Path, Path]:
+    """Where a shipped recipe called `name` (`demo` or `demo.yaml`) would be."""
+    return RECIPES_DIR / name, RECIPES_DIR / f"{name}.yaml"
+
+
 def recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
     """A recipe file: a path, or the name of a recipe shipped in `recipes/` (e.g. `demo`)."""
     path = Path(name_or_path).expanduser()
-    for candidate in (path, path.with_suffix(".yaml"), RECIPES_DIR / f"{name_or_path}.yaml"):
+    for candidate in (path, path.with_suffix(".yaml"), *_shipped(str(name_or_path))):
         if candidate.is_file():
             return candidate
     shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
@@ -215,9 +256,17 @@ def read_recipe(name_or_path: str | os.PathLike[str], _seen: tuple[Path, ...] = 
     base = values.pop("base", None)
     if base is None:
         return values
-    beside = path.parent / str(base)
-    nearby = beside.exists() or beside.with_suffix(".yaml").exists()
-    return {**read_recipe(beside if nearby else str(base), (*_seen, path)), **values}
+    return {**read_recipe(base_path(str(base), path), (*_seen, path)), **values}
+
+
+def base_path(base: str, recipe: Path) -> Path:
+    """The file a recipe's `base:` names: beside the recipe first, then among shipped ones."""
+    beside = recipe.parent / Path(base).expanduser()
+    for candidate in (beside, beside.with_name(beside.name + ".yaml"), *_shipped(base)):
+        if candidate.is_file():
+            return candidate
+    raise FastASTError(f"recipe {recipe}: its base {base!r} is neither beside it nor a shipped "
+                       "recipe")
 
 
 def load_config(

@@ -5,9 +5,12 @@ One epoch: batches in a reproducible order (training.sampling) → optional teac
 learning rate. After each epoch: validation metrics, a log row (CSV and JSON lines), `last.pt`
 (everything needed to resume) and `best.pt` (best validation metric), both written atomically.
 
-Ctrl-C saves `last.pt` at the batch reached, and `--resume` continues from it exactly. A loss
-that is not finite stops the run before the weights are touched; `last.pt` keeps the last good
-epoch.
+Ctrl-C anywhere in a run (a batch, validation, the teacher's cached logits, a checkpoint being
+written) saves `last.pt` at the point reached, and `--resume` continues from it exactly; the
+end-of-epoch writes (log row, `best.pt`, `last.pt`) finish together before a Ctrl-C is taken.
+A loss that is not finite stops the run before the weights are touched; `last.pt` keeps the last
+good epoch. A folder holding any run file is refused unless the run is resumed or overwritten;
+the clips are checked (present, labelled, splits not empty) before any work.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import torch
 import yaml
@@ -28,22 +31,35 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fastast_cli.atomic import atomic_path, json_safe, write_json, write_text
+from fastast_cli.atomic import (
+    atomic_path,
+    deferred_interrupts,
+    json_safe,
+    write_json,
+    write_text,
+)
+from fastast_cli.data.checks import check_clips
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.elastic_features import collate_native, pad_clips
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device
-from fastast_cli.errors import FastASTError
+from fastast_cli.errors import FastASTError, Interrupted
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
 from fastast_cli.models.elastic import ElasticAST
-from fastast_cli.models.teachers import BACKBONES
+from fastast_cli.models.tome import capped_merging_note
 from fastast_cli.training.config import TrainConfig, warmup_steps_for
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss
+from fastast_cli.training.run_folder import (
+    check_run_folder,
+    clear_run_folder,
+    remove_run_temporaries,
+    trim_logs,
+)
 from fastast_cli.training.sampling import EpochSampler, SeededItems
 
 # Settings that may differ when a run is resumed; any other change is refused.
@@ -53,7 +69,7 @@ LOG_FIELDS = ("epoch", "train_loss", "lr", "accuracy", "mAP", "mAUC", "d_prime",
               "samples_per_s", "seconds")
 
 
-class TrainingInterrupted(FastASTError):
+class TrainingInterrupted(Interrupted):
     """Ctrl-C during training; `last.pt` holds the state reached."""
 
 
@@ -116,14 +132,23 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, warmup_steps: int)
 
 
 def train(
-    config: TrainConfig, *, resume: bool = False, reporter: Reporter | None = None
+    config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+    reporter: Reporter | None = None,
 ) -> RunResult:
-    """Run (or resume) the training that `config` describes; returns the run's results."""
+    """Run (or resume, or start over with `overwrite`) the training that `config` describes;
+    returns the run's results."""
     reporter = reporter or SilentReporter()
+    out = Path(config.out or "run")
+    check_run_folder(out, resume=resume, overwrite=overwrite)
     preferred = resolve_device(config.device)
     ranks = init_ranks(preferred)
     try:
-        return Trainer(config, ranks, ranks.device(preferred), reporter).run(resume)
+        try:
+            trainer = Trainer(config, ranks, ranks.device(preferred), reporter)
+        except KeyboardInterrupt:
+            kept = f"{out / 'last.pt'} is unchanged" if resume else f"nothing was written to {out}"
+            raise TrainingInterrupted(f"while starting: {kept}") from None
+        return trainer.run(resume, overwrite=overwrite)
     finally:
         close_ranks(ranks)
 
@@ -143,6 +168,10 @@ class Trainer:
         torch.manual_seed(config.seed)  # the model's initial weights
         self.train_items = SeededItems(self._dataset("train", training=True), config.seed)
         self.eval_set = self._dataset(self.manifest.eval_split, training=False)
+        check_clips(self.train_items.dataset.entries, self.train_items.dataset.datafile, "train",
+                    "nothing to train on")
+        check_clips(self.eval_set.entries, self.eval_set.datafile, self.manifest.eval_split,
+                    "every epoch is validated on it, and best.pt is the best validated epoch")
         self.model = self._build_model().to(device)
         self.teacher = self._load_teacher()
         self.optimizer = torch.optim.Adam(
@@ -186,6 +215,11 @@ class Trainer:
         )
         if isinstance(model, AST | ElasticAST):
             model.set_r(config.r, config.schedule, config.proportional_attention)
+        if isinstance(model, AST) and config.r:
+            note = capped_merging_note(model.config.num_patches, model.config.depth, config.r,
+                                       config.schedule)
+            if note:
+                self.reporter.note(note)
         if isinstance(model, ElasticAST):
             longest = model.num_tokens(
                 torch.zeros(self.manifest.target_length, self.manifest.num_mel_bins))
@@ -197,15 +231,21 @@ class Trainer:
         return model
 
     def _load_teacher(self) -> nn.Module | None:
+        """The frozen teacher, or None. With teacher `auto` its kind is the checkpoint's (and is
+        recorded in the run's config); a kind that was given must be the checkpoint's."""
         config = self.config
-        if config.teacher == "none":
+        if config.teacher_checkpoint is None or config.teacher == "none":
+            self.config = replace(config, teacher="none")
             return None
-        teacher = load_classifier(config.teacher_checkpoint or "", device=self.device)
+        teacher = load_classifier(config.teacher_checkpoint, device=self.device)
         kind = model_kind(teacher)
-        if config.teacher != kind and not (config.teacher in BACKBONES and kind in BACKBONES):
+        if config.teacher not in ("auto", kind):
             raise FastASTError(
-                f"--teacher {config.teacher} but {config.teacher_checkpoint} holds a {kind} model"
+                f"--teacher {config.teacher} but {config.teacher_checkpoint} holds a {kind} "
+                f"model: give --teacher {kind}, or leave --teacher out to use the checkpoint's"
             )
+        self.config = replace(config, teacher=kind)
+        self.reporter.note(f"teacher: {kind} from {config.teacher_checkpoint}")
         frames = getattr(teacher.config, "target_length", None)
         if frames is not None and (frames, teacher.config.num_mel_bins) != (
             self.manifest.target_length, self.manifest.num_mel_bins
@@ -234,38 +274,75 @@ class Trainer:
 
     # --- the run -----------------------------------------------------------------------------
 
-    def run(self, resume: bool) -> RunResult:
+    def run(self, resume: bool, overwrite: bool = False) -> RunResult:
         config = self.config
+        check_run_folder(self.out, resume=resume, overwrite=overwrite)
         if resume:
             self._restore(self.out / "last.pt")
-        elif (self.out / "last.pt").exists():
-            raise FastASTError(
-                f"{self.out} already holds a run: continue it with --resume, or pick a new --out"
-            )
-        if self.ranks.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_text(self.out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-        if config.from_scratch and not resume:
-            self.reporter.note(
-                f"training {config.model} from scratch (no --pretrained): lr warm-up over the "
-                f"first {self.warmup_steps} steps")
-        if self.teacher is not None and config.teacher_logits == "cached":
-            self.cached_logits = self._teacher_logits_cache()
-        network = self._network()
-        while self.progress.epoch < config.epochs:
-            loss, seconds, samples = self._train_epoch(network)
-            self._end_epoch(loss, seconds, samples)
-        averaged_metrics = self._finish_averaging()
-        if self.ranks.is_main:
-            self._write_summary(averaged_metrics)
+        self.ranks.barrier()  # every rank has checked the folder before rank 0 writes to it
+        try:
+            if self.ranks.is_main:
+                self._start_folder(overwrite)
+            if config.from_scratch and not resume:
+                self.reporter.note(
+                    f"training {config.model} from scratch (no --pretrained): lr warm-up over "
+                    f"the first {self.warmup_steps} steps")
+            if self.teacher is not None and config.teacher_logits == "cached":
+                self.cached_logits = self._teacher_logits_cache()
+            network = self._network()
+            while self.progress.epoch < config.epochs:
+                loss, seconds, samples = self._train_epoch(network)
+                self._end_epoch(loss, seconds, samples)
+            averaged_metrics = self._finish_averaging()
+            if self.ranks.is_main:
+                self._write_summary(averaged_metrics)
+        except KeyboardInterrupt:
+            self._interrupted()
         return RunResult(self.out, self.progress.best, self.progress.best_epoch,
                          self.progress.history, averaged_metrics)
 
+    def _start_folder(self, overwrite: bool) -> None:
+        """Create (or clear, with `overwrite`) the run folder and write config.yaml; on resume,
+        drop log rows that `last.pt` does not cover and temporaries of a killed process.
+
+        A new run's first file is its initial `last.pt`: a folder holding any run file can then
+        always be resumed, whenever the process was killed.
+        """
+        if overwrite:
+            clear_run_folder(self.out)
+        remove_run_temporaries(self.out)
+        dropped = trim_logs(self.out, self.progress.epoch)
+        if dropped:
+            self.reporter.note(f"dropped {dropped} log rows of epochs after the saved state")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / "last.pt").exists():
+            self._save_last()
+        write_text(self.out / "config.yaml",
+                   yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
+    def _interrupted(self) -> NoReturn:
+        """Ctrl-C: save `last.pt` at the point reached (a second Ctrl-C waits for the write)."""
+        progress = self.progress
+        if self.ranks.is_main:
+            try:
+                with deferred_interrupts():
+                    self._save_last()
+            except KeyboardInterrupt:  # a second Ctrl-C, taken once the state is saved
+                pass
+        where = (f"epoch {progress.epoch + 1}, after batch {progress.batch}"
+                 if progress.epoch < self.config.epochs else "after the last epoch")
+        raise TrainingInterrupted(
+            f"{where}: the state is saved in {self.out / 'last.pt'}; continue with --resume"
+        ) from None
+
     def _network(self) -> nn.Module:
-        if not self.ranks.active:
-            return self.model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids)
+        """What training steps run: the model, wrapped for DDP and, with `compile`, compiled
+        (its parameters stay the model's; checkpoints and evaluation use the model itself)."""
+        network = self.model
+        if self.ranks.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            network = DistributedDataParallel(self.model, device_ids=ids)
+        return torch.compile(network) if self.config.compile else network
 
     def _loader(self) -> DataLoader:
         sampler = EpochSampler(len(self.train_items), self.config.seed,
@@ -294,23 +371,20 @@ class Trainer:
         batches: Iterator = iter(loader)
         try:
             for fbank, target, index in batches:
-                lr = learning_rate(config, progress.epoch, progress.step, self.warmup_steps)
-                loss = self._step(network, fbank, target, index, lr)
-                progress.epoch_loss += loss * len(fbank)
-                progress.epoch_samples += len(fbank)
-                samples += len(fbank)
-                progress.batch += 1
-                progress.step += 1
+                with deferred_interrupts():  # a step and its count go together: exact resume
+                    lr = learning_rate(config, progress.epoch, progress.step,
+                                       self.warmup_steps)
+                    loss = self._step(network, fbank, target, index, lr)
+                    progress.epoch_loss += loss * len(fbank)
+                    progress.epoch_samples += len(fbank)
+                    samples += len(fbank)
+                    progress.batch += 1
+                    progress.step += 1
                 elapsed = time.perf_counter() - started
                 self.reporter.batch_done(loss, lr, samples / max(elapsed, 1e-9))
         except KeyboardInterrupt:
-            del batches
-            if self.ranks.is_main:
-                self._save_last()
-            raise TrainingInterrupted(
-                f"interrupted in epoch {progress.epoch + 1}, batch {progress.batch}: the state "
-                f"is saved in {self.out / 'last.pt'}; continue with --resume"
-            ) from None
+            del batches  # stops the loader's workers before the state is saved
+            raise
         mean_loss = progress.epoch_loss / max(progress.epoch_samples, 1)
         return mean_loss, time.perf_counter() - started, samples
 
@@ -398,20 +472,21 @@ class Trainer:
             **metrics.summary(), "samples_per_s": samples * self.ranks.world / max(seconds, 1e-9),
             "seconds": seconds,
         }
-        progress.history.append(row)
         score = row[config.metric]
         improved = not math.isnan(score) and score > progress.best
-        if improved:
-            progress.best, progress.best_epoch = score, progress.epoch + 1
-        self._accumulate_average()
-        progress.epoch += 1
-        progress.batch, progress.epoch_loss, progress.epoch_samples = 0, 0.0, 0
-        if self.ranks.is_main:
-            self._write_log(row)
+        with deferred_interrupts():  # the epoch's state, log row and checkpoints go together
+            progress.history.append(row)
             if improved:
-                save_checkpoint(self.out / "best.pt", self.model, **self._model_meta(row))
-            self._save_last()
-            self.reporter.epoch_done(row)
+                progress.best, progress.best_epoch = score, progress.epoch + 1
+            self._accumulate_average()
+            progress.epoch += 1
+            progress.batch, progress.epoch_loss, progress.epoch_samples = 0, 0.0, 0
+            if self.ranks.is_main:
+                self._write_log(row)
+                if improved:
+                    save_checkpoint(self.out / "best.pt", self.model, **self._model_meta(row))
+                self._save_last()
+                self.reporter.epoch_done(row)
         self.ranks.barrier()
 
     def _write_summary(self, averaged: Metrics | None) -> None:
@@ -513,8 +588,6 @@ class Trainer:
         )
 
     def _restore(self, path: Path) -> None:
-        if not path.exists():
-            raise FastASTError(f"nothing to resume: {path} does not exist")
         payload = read_checkpoint(path)
         meta = payload["meta"]
         saved_config = dict(meta.get("train_config", {}))

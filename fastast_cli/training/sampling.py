@@ -70,4 +70,4 @@ class EpochSampler(Sampler[int]):
         return iter(self.rank_order()[self.start :])
 
     def __len__(self) -> int:
-        return -(-self.size // self.world) - self.start
+        return max(-(-self.size // self.world) - self.start, 0)  # 0 once the epoch is done

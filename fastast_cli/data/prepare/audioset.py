@@ -26,7 +26,9 @@ from fastast_cli.data.prepare.common import (
     sum_stats,
     write_labels,
     write_split,
+    written_by_prepare,
 )
+from fastast_cli.data.safepath import stays_under
 from fastast_cli.errors import FastASTError
 
 AUDIOSET_TARGET_LENGTH = 1024
@@ -63,14 +65,24 @@ def read_segments(path: Path) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def index_audio(audio_dir: Path) -> dict[str, Path]:
-    """Audio files under `audio_dir` by every YTID their name may stand for."""
+def index_audio(audio_dir: Path, workspace: Workspace) -> dict[str, Path]:
+    """Audio files under `audio_dir` by every YTID their name may stand for; files that are
+    links out of `audio_dir` are refused, prepare's own output (`--out` inside `audio_dir`) is
+    left out.
+
+    A YTID from a segment CSV is only ever a key into this index, never joined to a path.
+    """
     if not audio_dir.is_dir():
         raise FastASTError(f"--audio-dir {audio_dir} is not a folder of AudioSet clips")
     exact: dict[str, Path] = {}
     loose: dict[str, Path] = {}
     for path in sorted(audio_dir.rglob("*")):
         if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+            continue
+        if written_by_prepare(workspace.out, path):
+            continue
+        if not stays_under(audio_dir, path):
+            workspace.refuse(path.relative_to(audio_dir).as_posix(), audio_dir)
             continue
         stem = path.stem
         exact.setdefault(stem, path)
@@ -94,7 +106,7 @@ def prepare_audioset(
     workspace = Workspace.open(out, "audioset", target_length)
     labels = read_labels_csv(labels_csv)
     root = audio_dir.expanduser().resolve()
-    audio = index_audio(root)
+    audio = index_audio(root, workspace)
     listed = [
         (name, ytid, mids, path)
         for name, path in map(split_name, segments)
@@ -128,7 +140,7 @@ def prepare_audioset(
             + ", ".join(sorted(unknown)[:10])
         )
     if not clips:
-        raise FastASTError(
+        raise workspace.fail(
             f"none of the {len(listed)} listed clips was found in --audio-dir {root} "
             "(expected files named <YTID>.wav, Y<YTID>.wav or <YTID>_*.wav)"
         )
@@ -138,7 +150,7 @@ def prepare_audioset(
         n: write_split(workspace, n, clips, results, [i for i, s in enumerate(split_of) if s == n])
         for n in dict.fromkeys(split_of)
     }
-    mean, std = sum_stats(results, range(len(clips)))  # only training clips carry sums
+    mean, std = sum_stats(workspace, results, range(len(clips)))  # only training clips carry sums
     return finish(
         workspace,
         labels=labels_path,

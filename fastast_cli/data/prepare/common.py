@@ -5,6 +5,11 @@ place; anything else (another rate, stereo, 8-bit, FLAC, ...) is downmixed, resa
 written as 16-bit WAV under `<out>/audio_16k/`. Every clip is decoded once, so unreadable,
 corrupt or empty files are found, logged with their reason in `<out>/prepare.log` and left out.
 
+Untrusted names: every name read from a dataset file (CSV column, list file) or found by
+walking its folder is resolved under the dataset's root (`fastast_cli.data.safepath`); a name
+that leads outside it (absolute, `..`, a symbolic link pointing elsewhere) is refused, listed in
+prepare.log and left out. Converted audio is only ever written under `<out>/audio_16k/`.
+
 Re-runs: `<out>/.fastast_state.json` remembers, per source file (path, size, mtime), where its
 16-kHz WAV is and the fbank sums of its padded/cut features. A re-run with unchanged sources
 reads no audio at all; datafiles, labels and manifest are cheap and always rewritten
@@ -35,6 +40,7 @@ from fastast_cli.data.audio import (
 from fastast_cli.data.datafile import write_datafile, write_labels_csv
 from fastast_cli.data.features import NUM_MEL_BINS, SAMPLE_RATE, FbankSums, fbank, pad_or_cut
 from fastast_cli.data.manifest import MANIFEST_NAME, Fold, Manifest, write_manifest
+from fastast_cli.data.safepath import resolve_under
 from fastast_cli.errors import FastASTError
 from fastast_cli.progress import track
 
@@ -42,6 +48,8 @@ STATE_NAME = ".fastast_state.json"
 LOG_NAME = "prepare.log"
 LABELS_NAME = "class_labels_indices.csv"
 STATE_VERSION = 1
+OUTPUT_FOLDERS = ("audio_16k", "datafiles", "raw", "downloads", "source")  # what prepare writes
+DERIVED_FOLDERS = ("audio_16k", "datafiles")  # ... of which its own results (not sources)
 SAVE_EVERY_S = 30.0  # resume state is saved this often (and at the end)
 
 
@@ -77,13 +85,15 @@ class PrepareReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unsafe: list[str] = field(default_factory=list)
+    escaped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     mean: float = 0.0
     std: float = 0.0
 
     @property
     def log(self) -> Path:
-        """The run's log file (skipped, missing and unsafe entries)."""
+        """The run's log file (skipped, missing, unsafe and refused entries)."""
         return self.out / LOG_NAME
 
 
@@ -106,6 +116,12 @@ class Workspace:
         out = out.expanduser().resolve()
         if out.exists() and not out.is_dir():
             raise FastASTError(f"--out {out} exists and is not a folder")
+        for name in OUTPUT_FOLDERS:
+            if (out / name).is_symlink():
+                raise FastASTError(
+                    f"--out {out}: {name} is a symbolic link; prepare writes only into real "
+                    "folders under --out (remove the link or choose another --out)"
+                )
         report = PrepareReport(dataset, out, out / MANIFEST_NAME)
         workspace = cls(out, report, target_length)
         workspace.state = workspace._load_state()
@@ -147,6 +163,30 @@ class Workspace:
         """Record an unusable file."""
         self.report.skipped.append((str(path), reason))
 
+    def refuse(self, name: str, origin: Path | str) -> None:
+        """Record a name (from file or folder `origin`) that leads outside its dataset folder."""
+        self.report.escaped.append(f"{name}\t({origin})")
+
+    def fail(self, message: str) -> FastASTError:
+        """An error for a run that cannot finish: prepare.log is written first, and the message
+        names the files left out so far (the first few; all of them in the log)."""
+        write_text(self.report.log, format_log(self.report))
+        left_out = [path for path, _ in self.report.skipped] + self.report.missing
+        left_out += self.report.escaped
+        if left_out:
+            shown = ", ".join(Path(p.split("\t")[0]).name for p in left_out[:3])
+            more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+            message += f"; {len(left_out)} files left out ({shown}{more}; see {self.report.log})"
+        return FastASTError(message)
+
+
+def written_by_prepare(out: Path, path: Path) -> bool:
+    """Whether `path` (links followed) lies in a folder of prepare's results under `out`: such
+    files are never read back as source audio, so a re-run with `--out` inside the source is
+    the same."""
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(out.resolve() / name) for name in DERIVED_FOLDERS)
+
 
 def _signature(path: Path) -> list[int]:
     """[size, mtime_ns] of a source file."""
@@ -164,15 +204,16 @@ def _reusable(entry: dict[str, Any] | None, signature: list[int], clip: Clip) ->
     )
 
 
-def _convert(clip: Clip, workspace: Workspace) -> ClipResult:
-    """Decode, check, downmix and resample one clip; write it if it is not a plain 16-kHz WAV."""
+def _convert(clip: Clip, target: Path, workspace: Workspace) -> ClipResult:
+    """Decode, check, downmix and resample one clip; write it to `target` unless it is a plain
+    16-kHz WAV."""
     samples, rate = read_audio(clip.source)
     wave = resample(to_mono(samples), rate, SAMPLE_RATE)
     if is_plain_wav(clip.source, SAMPLE_RATE):
         wav = clip.source.resolve()
         workspace.report.in_place += 1
     else:
-        wav = workspace.out / "audio_16k" / clip.out_name
+        wav = target
         write_wav(wav, wave, SAMPLE_RATE)
         workspace.report.converted += 1
     sums = None
@@ -215,6 +256,10 @@ def _process(
     last_save = time.monotonic()
     for position, clip in enumerate(track(clips, description)):
         clip.out_name = _unique(clip.out_name, used_names)
+        target = resolve_under(workspace.out, f"audio_16k/{clip.out_name}")
+        if target is None:
+            workspace.refuse(clip.out_name, workspace.out / "audio_16k")
+            continue
         key = str(clip.source.resolve())
         try:
             signature = _signature(clip.source)
@@ -228,7 +273,7 @@ def _process(
             workspace.report.reused += 1
             continue
         try:
-            result = _convert(clip, workspace)
+            result = _convert(clip, target, workspace)
         except AudioReadError as error:
             workspace.skip(clip.source, str(error).removeprefix(f"{clip.source}: "))
             workspace.state.pop(key, None)
@@ -263,7 +308,9 @@ def converted_name(relative: Path) -> str:
     return relative.with_suffix(".wav").as_posix()
 
 
-def sum_stats(results: dict[int, ClipResult], positions: Iterable[int]) -> tuple[float, float]:
+def sum_stats(
+    workspace: Workspace, results: dict[int, ClipResult], positions: Iterable[int]
+) -> tuple[float, float]:
     """(mean, std) of the fbank over the clips at `positions` that were prepared."""
     total = FbankSums()
     for position in positions:
@@ -273,7 +320,7 @@ def sum_stats(results: dict[int, ClipResult], positions: Iterable[int]) -> tuple
     try:
         return total.mean_std()
     except ValueError:
-        raise FastASTError("no usable training clip to measure the fbank mean/std on") from None
+        raise workspace.fail("no usable training clip to measure the fbank mean/std on") from None
 
 
 def write_split(
@@ -313,6 +360,13 @@ def finish(
     """Write manifest.yaml and prepare.log; return the completed report."""
     report = workspace.report
     report.mean, report.std = mean, std
+    datafiles = [*splits.values(), *(p for f in (folds or {}).values() for p in (f.train, f.eval))]
+    empty = [path.stem for path in datafiles if report.counts.get(path.stem) == 0]
+    if empty:
+        report.warnings.append(
+            f"empty datafile(s): {', '.join(empty)}; a run that reads them has no clips "
+            "to train or evaluate on"
+        )
     manifest = Manifest(
         path=report.manifest,
         dataset=report.dataset,
@@ -353,11 +407,14 @@ def format_log(report: PrepareReport) -> str:
         "counts: " + ", ".join(f"{k} {v}" for k, v in report.counts.items()),
         f"fbank mean {report.mean:.6f}, std {report.std:.6f}",
         *(f"note: {note}" for note in report.notes),
+        *(f"warning: {warning}" for warning in report.warnings),
         f"\n[skipped: unreadable, corrupt or empty audio] {len(report.skipped)}",
         *(f"{path}\t{reason}" for path, reason in report.skipped),
         f"\n[missing: listed but not found] {len(report.missing)}",
         *report.missing,
         f"\n[unsafe archive members, not extracted] {len(report.unsafe)}",
         *report.unsafe,
+        f"\n[refused: names leading outside their dataset folder] {len(report.escaped)}",
+        *report.escaped,
     ]
     return "\n".join(lines) + "\n"

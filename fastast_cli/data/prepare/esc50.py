@@ -27,6 +27,7 @@ from fastast_cli.data.prepare.common import (
     write_split,
 )
 from fastast_cli.data.prepare.sources import resolve_source
+from fastast_cli.data.safepath import resolve_under, stays_under
 from fastast_cli.errors import FastASTError
 
 ESC50_URL = "https://github.com/karolpiczak/ESC-50/archive/master.zip"
@@ -65,6 +66,13 @@ def read_meta(root: Path) -> list[tuple[str, int, int, str]]:
     return rows
 
 
+def audio_path(root: Path, name: str) -> Path | None:
+    """`<root>/audio/<name>` resolved, or None if `name` leads outside it (absolute, `..`) or a
+    link takes it out of `root`."""
+    source = resolve_under(root / "audio", name)
+    return source if source is not None and stays_under(root, source) else None
+
+
 def class_names(rows: list[tuple[str, int, int, str]], meta: Path) -> list[str]:
     """Category of each target 0..N-1; targets must be contiguous from 0."""
     names = {target: category for _, _, target, category in rows}
@@ -76,31 +84,39 @@ def class_names(rows: list[tuple[str, int, int, str]], meta: Path) -> list[str]:
 def prepare_fold_layout(
     root: Path, workspace: Workspace, *, mid_prefix: str = "/m/07rwj", recipe: str | None = None
 ) -> PrepareReport:
-    """Prepare data in ESC-50 layout under `root` into `workspace` (folds from the meta file)."""
+    """Prepare data in ESC-50 layout under `root` into `workspace` (folds from the meta file).
+
+    A `filename` that leads outside `<root>/audio/` is refused (listed in prepare.log).
+    """
     rows = read_meta(root)
     names = class_names(rows, root / META)
     mids = [f"{mid_prefix}{t:02d}" for t in range(len(names))]
+    sources = [audio_path(root, name) for name, *_ in rows]
+    for (name, *_), source in zip(rows, sources, strict=True):
+        if source is None:
+            workspace.refuse(name, root / META)
+    rows = [row for row, source in zip(rows, sources, strict=True) if source is not None]
     clips = [
-        Clip(root / "audio" / name, [mids[target]], converted_name(Path(name)), True)
-        for name, _, target, _ in rows
+        Clip(source, [mids[target]], converted_name(Path(name)), True)
+        for (name, _, target, _), source in zip(rows, filter(None, sources), strict=True)
     ]
     results = process_clips(clips, workspace)
     labels = write_labels(workspace, mids, names)
     fold_numbers = sorted({fold for _, fold, _, _ in rows})
     if len(fold_numbers) < 2:
-        raise FastASTError(f"{root / META}: needs at least 2 folds, found {fold_numbers}")
+        raise workspace.fail(f"{root / META}: needs at least 2 folds, found {fold_numbers}")
     folds = {}
     for k in fold_numbers:
         train = [p for p, row in enumerate(rows) if row[1] != k]
         evaluation = [p for p, row in enumerate(rows) if row[1] == k]
-        mean, std = sum_stats(results, train)
+        mean, std = sum_stats(workspace, results, train)
         folds[k] = Fold(
             write_split(workspace, f"fold{k}_train", clips, results, train),
             write_split(workspace, f"fold{k}_eval", clips, results, evaluation),
             mean,
             std,
         )
-    mean, std = sum_stats(results, range(len(rows)))
+    mean, std = sum_stats(workspace, results, range(len(rows)))
     return finish(
         workspace,
         labels=labels,
@@ -119,10 +135,13 @@ def prepare_esc50(
     *,
     download: bool = False,
     url: str = ESC50_URL,
-    checksum: str | None = ESC50_CHECKSUM,
+    checksum: str | None = None,
     target_length: int = ESC50_TARGET_LENGTH,
 ) -> PrepareReport:
-    """Prepare ESC-50 from `src` (zip or folder; downloaded first with `download`) into `out`."""
+    """Prepare ESC-50 from `src` (zip or folder; downloaded first with `download`) into `out`.
+
+    `checksum` is checked as `resolve_source` says (the official one for a download).
+    """
     workspace = Workspace.open(out, "esc50", target_length)
     root = resolve_source(
         src,
@@ -131,6 +150,7 @@ def prepare_esc50(
         what=WHAT,
         url=url,
         checksum=checksum,
+        official_checksum=ESC50_CHECKSUM,
         archive_name="ESC-50-master.zip",
         fetch=download,
     )

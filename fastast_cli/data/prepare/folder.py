@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,32 +33,59 @@ from fastast_cli.data.prepare.common import (
     sum_stats,
     write_labels,
     write_split,
+    written_by_prepare,
 )
+from fastast_cli.data.safepath import stays_under
 from fastast_cli.errors import FastASTError
 
 SPLITS = ("train", "valid", "test")
 MIN_FRAMES, MAX_FRAMES = 16, 1024
 
 
-def class_files(src: Path, skip: Path | None = None) -> dict[str, list[Path]]:
-    """Audio files per class folder (sorted), only folders that hold audio; `skip` (the output
-    folder, when it lies inside `src`) is never a class."""
-    classes = {}
+@dataclass
+class ClassScan:
+    """The class folders of a source tree: audio files per class, and what was left out."""
+
+    classes: dict[str, list[Path]]
+    empty: list[str]  # class folders without audio files
+    escaped: list[str]  # files (relative to src) that are links out of src
+
+
+def class_files(src: Path, out: Path) -> ClassScan:
+    """Audio files per class folder of `src` (sorted), only folders that hold audio.
+
+    Prepare's own output is never read back as source audio, so a re-run with `out` inside
+    `src` sees the same classes: files in the folders prepare writes under `out` are left out,
+    and `out` itself is a class only if it holds audio of its own. Files that are links out of
+    `src` are refused.
+    """
+    out = out.expanduser().resolve()
+    scan = ClassScan({}, [], [])
     for folder in sorted(
-        p for p in src.iterdir()
-        if p.is_dir() and not p.name.startswith((".", "_")) and p.resolve() != skip
+        p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
     ):
-        files = sorted(
-            f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()
-        )
+        if written_by_prepare(out, folder):
+            continue
+        files = []
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+                continue
+            if written_by_prepare(out, path):
+                continue
+            if stays_under(src, path):
+                files.append(path)
+            else:
+                scan.escaped.append(path.relative_to(src).as_posix())
         if files:
-            classes[folder.name] = files
-    if not classes:
+            scan.classes[folder.name] = files
+        elif folder.resolve() != out:
+            scan.empty.append(folder.name)
+    if not scan.classes:
         raise FastASTError(
             f"--src {src}: expected one subfolder per class holding audio files "
             f"(e.g. {src}/dog/*.wav, {src}/rain/*.wav); found none"
         )
-    return classes
+    return scan
 
 
 def parse_ratios(ratios: tuple[float, ...]) -> tuple[float, float, float]:
@@ -125,9 +154,17 @@ def prepare_folder(
         raise FastASTError(f"--src {src} is not a folder (expected one subfolder per class)")
     src = src.resolve()
     fractions = parse_ratios(ratios)
-    classes = class_files(src, skip=Path(out).expanduser().resolve())
+    scan = class_files(src, Path(out))
+    classes = scan.classes
     all_files = [f for files in classes.values() for f in files]
     workspace = Workspace.open(out, "folder", target_length or auto_target_length(all_files))
+    for name in scan.escaped:
+        workspace.refuse(name, src)
+    if scan.empty:
+        workspace.report.notes.append(
+            f"{len(scan.empty)} class folders hold no audio and were left out: "
+            + ", ".join(scan.empty)
+        )
     loose = [f for f in src.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
     if loose:
         workspace.report.notes.append(
@@ -136,6 +173,7 @@ def prepare_folder(
     mids = _unique_mids(list(classes))
     clips: list[Clip] = []
     split_of: list[str] = []
+    class_of: list[str] = []
     for label, files in classes.items():
         for split, members in stratified_split(files, fractions, seed, label).items():
             for path in sorted(members):
@@ -145,7 +183,9 @@ def prepare_folder(
                     )
                 )
                 split_of.append(split)
+                class_of.append(label)
     results = process_clips(clips, workspace)
+    _note_small_classes(workspace, Counter(class_of[p] for p in results), list(classes))
     labels = write_labels(workspace, list(mids.values()), list(classes))
     splits = {
         name: write_split(
@@ -154,12 +194,35 @@ def prepare_folder(
         for name, fraction in zip(SPLITS, fractions, strict=True)
         if fraction > 0
     }
-    mean, std = sum_stats(results, [i for i, s in enumerate(split_of) if s == "train"])
+    mean, std = sum_stats(workspace, results, [i for i, s in enumerate(split_of) if s == "train"])
+    empty = [name for name in splits if workspace.report.counts[name] == 0]
+    if empty:
+        workspace.report.notes.append(
+            f"{', '.join(empty)}: no clip, the classes are too small for ratios "
+            f"{', '.join(f'{f:.2f}' for f in fractions)} (largest class: "
+            f"{max(len(files) for files in classes.values())} clips); add clips or change --ratios"
+        )
     workspace.report.notes.append(
         f"split {', '.join(f'{f:.2f}' for f in fractions)} with seed {seed}; "
         f"target length {workspace.target_length} frames"
     )
     return finish(workspace, labels=labels, splits=splits, mean=mean, std=std, recipe="folder")
+
+
+def _note_small_classes(workspace: Workspace, usable: Counter[str], names: list[str]) -> None:
+    """Warn about classes left without a usable clip; note one-clip classes (train only)."""
+    unusable = [name for name in names if usable[name] == 0]
+    single = [name for name in names if usable[name] == 1]
+    if unusable:
+        workspace.report.warnings.append(
+            f"{len(unusable)} classes have no readable clip (listed in the labels, never in a "
+            f"datafile): {', '.join(unusable)}"
+        )
+    if single:
+        workspace.report.notes.append(
+            f"{len(single)} classes have a single clip (in train only, never evaluated): "
+            + ", ".join(single)
+        )
 
 
 def _unique_mids(names: list[str]) -> dict[str, str]:

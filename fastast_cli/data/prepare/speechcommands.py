@@ -20,8 +20,10 @@ from fastast_cli.data.prepare.common import (
     sum_stats,
     write_labels,
     write_split,
+    written_by_prepare,
 )
 from fastast_cli.data.prepare.sources import resolve_source
+from fastast_cli.data.safepath import resolve_under
 from fastast_cli.errors import FastASTError
 
 SPEECHCOMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
@@ -75,19 +77,31 @@ def speechcommands_mid(index: int) -> str:
     return f"/m/spcmd{index:02d}"
 
 
-def read_list(path: Path) -> set[str]:
-    """Relative clip paths listed in a split file (posix separators)."""
-    return {
-        line.strip().replace("\\", "/")
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    }
+def read_list(path: Path, workspace: Workspace) -> set[str]:
+    """Relative clip paths listed in a split file (posix separators); names that lead outside
+    the dataset folder are refused."""
+    listed = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name = line.strip().replace("\\", "/")
+        if not name:
+            continue
+        if resolve_under(path.parent, name) is None:
+            workspace.refuse(name, path)
+        else:
+            listed.add(name)
+    return listed
 
 
-def word_clips(root: Path) -> list[str]:
-    """Relative paths `word/file.wav` of every clip in a word folder, sorted."""
+def word_clips(root: Path, workspace: Workspace) -> list[str]:
+    """Relative paths `word/file.wav` of every clip in a word folder, sorted; files or word
+    folders that are links out of `root` are refused, prepare's own output is no word."""
     words = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+        p.name
+        for p in root.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(("_", "."))
+        and p.resolve() != workspace.out
+        and not written_by_prepare(workspace.out, p)
     )
     unknown = [w for w in words if w not in SPEECHCOMMANDS_LABELS]
     if unknown:
@@ -95,12 +109,21 @@ def word_clips(root: Path) -> list[str]:
             f"{root}: folders {', '.join(unknown)} are not Speech Commands V2 words; expected "
             f"only the 35 words ({', '.join(SPEECHCOMMANDS_LABELS[:5])}, ...) and {NOISE_DIR}"
         )
-    return [
+    clips = [
         f"{w}/{f.name}"
         for w in words
         for f in sorted((root / w).iterdir())
         if f.suffix.lower() in AUDIO_EXTENSIONS
     ]
+    return [name for name in clips if _inside(root, name, workspace)]
+
+
+def _inside(root: Path, name: str, workspace: Workspace) -> bool:
+    """Whether `root/name` stays in `root` once links are followed (else it is refused)."""
+    if resolve_under(root, name) is None:
+        workspace.refuse(name, root)
+        return False
+    return True
 
 
 def prepare_speechcommands(
@@ -109,10 +132,13 @@ def prepare_speechcommands(
     *,
     download: bool = False,
     url: str = SPEECHCOMMANDS_URL,
-    checksum: str | None = SPEECHCOMMANDS_CHECKSUM,
+    checksum: str | None = None,
     target_length: int = SPEECHCOMMANDS_TARGET_LENGTH,
 ) -> PrepareReport:
-    """Prepare Speech Commands V2 from `src` (tar.gz or folder) into `out`."""
+    """Prepare Speech Commands V2 from `src` (tar.gz or folder) into `out`.
+
+    `checksum` is checked as `resolve_source` says (the official one for a download).
+    """
     workspace = Workspace.open(out, "speechcommands", target_length)
     root = resolve_source(
         src,
@@ -121,11 +147,12 @@ def prepare_speechcommands(
         what=WHAT,
         url=url,
         checksum=checksum,
+        official_checksum=SPEECHCOMMANDS_CHECKSUM,
         archive_name="speech_commands_v0.02.tar.gz",
         fetch=download,
     )
-    valid, test = read_list(root / VALID_LIST), read_list(root / TEST_LIST)
-    found = word_clips(root)
+    valid, test = read_list(root / VALID_LIST, workspace), read_list(root / TEST_LIST, workspace)
+    found = word_clips(root, workspace)
     workspace.report.missing.extend(str(root / p) for p in sorted((valid | test) - set(found)))
     index = {word: i for i, word in enumerate(SPEECHCOMMANDS_LABELS)}
     split_of = {p: "valid" if p in valid else "test" if p in test else "train" for p in found}
@@ -134,7 +161,8 @@ def prepare_speechcommands(
         for p in found
     ]
     noise_files = sorted((root / NOISE_DIR).glob("*.wav")) if (root / NOISE_DIR).is_dir() else []
-    noise_clips = [Clip(f, [], f"{NOISE_DIR}/{f.name}") for f in noise_files]
+    noise_names = [f"{NOISE_DIR}/{f.name}" for f in noise_files]
+    noise_clips = [Clip(root / n, [], n) for n in noise_names if _inside(root, n, workspace)]
     results = process_clips(clips, workspace)
     noise_results = process_clips(noise_clips, workspace, "background noise")
     absent = [w for w in SPEECHCOMMANDS_LABELS if not any(p.startswith(f"{w}/") for p in found)]
@@ -153,7 +181,7 @@ def prepare_speechcommands(
     noise = write_split(
         workspace, "background_noise", noise_clips, noise_results, range(len(noise_clips))
     )
-    mean, std = sum_stats(results, positions["train"])
+    mean, std = sum_stats(workspace, results, positions["train"])
     return finish(
         workspace,
         labels=labels,

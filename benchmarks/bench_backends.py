@@ -1,0 +1,171 @@
+"""Inference backends side by side: eager, torch.compile, onnxruntime and transformers' AST.
+
+One run, one machine, interleaved timing (every round times every setting once, a plain matmul
+included), median per setting. Besides samples/s it prints the matmul peak measured in the same
+run and each setting's GFLOP/s as a share of it, and at each r the speedup over eager r = 0
+divided by the FLOP speedup (>= 1.0: merging costs nothing beyond its FLOPs). Goals (issue 14):
+no default backend slower than eager at any r; at r = 0 the best backend >= 90 % of the matmul
+peak; at r = 20 and 40 its speedup / FLOP speedup >= 1.0.
+
+    .venv/bin/python benchmarks/bench_backends.py                   # base AST, ESC-50 shape, CPU
+    .venv/bin/python benchmarks/bench_backends.py --device cuda --dtype bf16 --batch-size 64
+    .venv/bin/python benchmarks/bench_backends.py --model tiny --runs 1 --backends torch,onnxruntime
+
+onnxruntime always runs fp32 (on CUDA when onnxruntime-gpu provides it); --dtype applies to the
+PyTorch settings (autocast). ONNX exports go to a temporary folder, removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from fastast_cli import build_model
+from fastast_cli.devices import resolve_device, resolve_dtype, synchronize
+from fastast_cli.evaluation.flops import count_flops
+from fastast_cli.evaluation.throughput import final_tokens, time_forward
+from fastast_cli.export.backends import make_forward, parse_backends
+from fastast_cli.export.hf import export_hf
+from fastast_cli.presets import PRESETS
+from fastast_cli.reports.tables import Column, rich_table
+
+MATMUL = "matmul peak"
+
+
+def matmul_timer(size: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable, float]:
+    """A timed square matmul (the machine's practical peak) and its GFLOP per call."""
+    work_dtype = torch.float32 if dtype == torch.float32 else dtype
+    a = torch.randn(size, size, device=device, dtype=work_dtype)
+    b = torch.randn(size, size, device=device, dtype=work_dtype)
+
+    def run() -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    return run, 2 * size**3 / 1e9
+
+
+def transformers_forward(model: torch.nn.Module, folder: Path, device: torch.device) -> Callable:
+    """transformers' ASTForAudioClassification (SDPA attention) with `model`'s weights, via the
+    Hugging Face folder `fastast export --format hf` writes."""
+    from transformers import ASTForAudioClassification
+
+    export_hf(model, folder)
+    reference = ASTForAudioClassification.from_pretrained(folder, attn_implementation="sdpa")
+    reference = reference.to(device).eval()
+    return lambda fbank: reference(input_values=fbank).logits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="base", choices=["tiny", "small", "base"])
+    parser.add_argument("--preset", default="esc50", choices=list(PRESETS))
+    parser.add_argument("--r", default="0,20,40", help="comma list, 0 first")
+    parser.add_argument("--backends", default="torch,compile,onnxruntime")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls (compile: first)")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="fp32")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    preset = PRESETS[args.preset]
+    rs = [int(v) for v in args.r.split(",")]
+    backends = parse_backends(args.backends)
+    torch.manual_seed(0)
+    model = build_model(args.model, preset.num_classes, target_length=preset.target_length)
+    model = model.to(device).eval()
+    batch = torch.randn(args.batch_size, preset.target_length, 128, device=device)
+    cache = tempfile.TemporaryDirectory(prefix="bench-backends-")
+
+    forwards: dict[str, Callable] = {}
+    gflops: dict[str, float] = {}
+    for r in rs:
+        model.set_r(r)
+        flops = count_flops(model, batch[:1]) / 1e9
+        for backend in backends:
+            name = f"{backend} r={r}"
+            forwards[name] = make_forward(model, backend, cache_dir=cache.name)
+            gflops[name] = flops
+    model.set_r(0)
+    forwards["transformers r=0"] = transformers_forward(model, Path(cache.name) / "hf", device)
+    gflops["transformers r=0"] = gflops[f"{backends[0]} r=0"]
+    matmul, matmul_gflop = matmul_timer(args.matmul_size, device, dtype)
+
+    def run(setting: str) -> float:
+        if setting == MATMUL:
+            return matmul()
+        return time_forward(forwards[setting], batch, device, dtype)
+
+    settings = [MATMUL, *forwards]
+    for setting in settings:
+        for _ in range(args.warmup):
+            run(setting)
+    timings: dict[str, list[float]] = {s: [] for s in settings}
+    for _ in range(args.runs):
+        for setting in settings:
+            timings[setting].append(run(setting))
+    cache.cleanup()
+
+    peak = matmul_gflop / statistics.median(timings[MATMUL])
+    speed = {s: args.batch_size / statistics.median(timings[s]) for s in forwards}
+    eager = speed[f"{backends[0]} r=0"]
+    rows = []
+    for setting in forwards:
+        backend, r = setting.split(" r=")
+        flop_speedup = gflops[f"{backends[0]} r=0"] / gflops[setting]
+        achieved = gflops[setting] * speed[setting]
+        rows.append({
+            "backend": backend, "r": int(r), "tokens": final_tokens(model, int(r), "constant"),
+            "gflops": gflops[setting], "samples_per_s": speed[setting],
+            "speedup": speed[setting] / eager, "flop_speedup": flop_speedup,
+            "efficiency": speed[setting] / eager / flop_speedup,
+            "gflop_s": achieved, "of_peak": 100 * achieved / peak,
+        })
+    columns = [
+        Column("backend", "backend"),
+        Column("r", "r"),
+        Column("tokens", "tokens left"),
+        Column("gflops", "GFLOPs/sample", "{:.2f}"),
+        Column("samples_per_s", "samples/s", "{:.2f}"),
+        Column("speedup", f"speedup vs {backends[0]} r=0", "{:.2f}", "x"),
+        Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
+        Column("efficiency", "speedup / FLOP speedup", "{:.2f}"),
+        Column("gflop_s", "GFLOP/s", "{:.1f}"),
+        Column("of_peak", "% of matmul peak", "{:.0f}", "%"),
+    ]
+    console = Console(width=170)
+    title = (
+        f"{args.model} AST, {args.preset} shape ({preset.target_length} frames), batch "
+        f"{args.batch_size}, {device.type} {str(dtype).replace('torch.', '')}, "
+        f"{torch.get_num_threads()} threads, median of {args.runs} interleaved runs"
+    )
+    console.print(rich_table(title, rows, columns))
+    console.print(f"matmul peak ({args.matmul_size}² {str(dtype).replace('torch.', '')}, same "
+                  f"run): {peak:.1f} GFLOP/s")
+    for r in rs:
+        ours = [row for row in rows if row["r"] == r and row["backend"] != "transformers"]
+        best = max(ours, key=lambda row: row["samples_per_s"])
+        goal = "≥ 90 % of peak" if r == 0 else "speedup / FLOP speedup ≥ 1.0"
+        console.print(
+            f"r={r}: fastest {best['backend']} at {best['samples_per_s']:.2f} samples/s, "
+            f"{best['of_peak']:.0f} % of peak, speedup / FLOP speedup {best['efficiency']:.2f} "
+            f"(goal: {goal})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""`fastast export`: an ONNX graph with merging baked in, or a Hugging Face AST folder."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.data.manifest import load_manifest
+from fastast_cli.errors import FastASTError
+from fastast_cli.export.hf import export_hf
+from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
+from fastast_cli.export.parity import dataset_features
+from fastast_cli.export.reduction import METHODS, apply_reduction
+from fastast_cli.models.classifiers import load_classifier
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    hf = "hf"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    decreasing = "decreasing"
+
+
+@app.command(
+    help="Export a checkpoint for use outside fastast. onnx: normalized fbank (batch × frames × "
+    "mel bins) in, logits out, token merging at --r baked in, dynamic batch axis; labels, "
+    "normalization, sample rate, frames, r and method in the file's metadata; checked against "
+    "PyTorch on random input and on audio features (--data clips, else synthetic audio) before "
+    "it is written. hf: a transformers "
+    "ASTForAudioClassification folder (config.json, model.safetensors, preprocessor_config.json "
+    "with the input mean/std) of a fixed-length AST, without merging."
+)
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(
+        help="fastast checkpoint, original AST .pth or Hugging Face AST folder.")],
+    out: Annotated[Path, typer.Option(
+        help="The .onnx file (onnx) or a new folder (hf); an existing one is never replaced.")],
+    kind: Annotated[Format, typer.Option("--format", help="onnx or hf.")] = Format.onnx,
+    r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (onnx).")] = 0,
+    method: Annotated[str, typer.Option(
+        help=f"Token reduction method: {', '.join(METHODS)}.")] = "tome",
+    schedule: Annotated[Schedule, typer.Option(
+        help="r per block: constant, or decreasing from 2r to 0 (same total).")
+    ] = Schedule.constant,
+    tolerance: Annotated[float, typer.Option(
+        min=0.0, help="Largest accepted difference between ONNX and PyTorch logits.")
+    ] = DEFAULT_TOLERANCE,
+    data: Annotated[Path | None, typer.Option(
+        help="Prepared dataset (manifest.yaml or folder): check the ONNX graph on its first "
+        "evaluation clips (default: synthetic audio through the same features).")] = None,
+) -> None:
+    """Load, set merging, export, report."""
+    if kind is Format.hf and r > 0:
+        raise FastASTError("transformers' AST has no token merging: export --format hf with "
+                           "--r 0, or use --format onnx for a merged model")
+    if kind is Format.onnx and out.exists():
+        raise FastASTError(f"{out} already exists: remove it or pick another --out")
+    model = load_classifier(checkpoint)
+    apply_reduction(model, method, r, schedule.value)
+    if kind is Format.hf:
+        files = export_hf(model, out)
+        console.print(f"wrote {', '.join(file.name for file in files)} in {out}")
+        return
+    features = dataset_features(model, load_manifest(data)) if data is not None else None
+    report = export_onnx(model, out, method=method, tolerance=tolerance, features=features)
+    console.print(
+        f"wrote {report.path} (r={report.metadata['r']}, {report.metadata['method']}); max "
+        f"|ONNX - PyTorch| logit difference: {report.max_diff_random:.2e} on random input, "
+        f"{report.max_diff_features:.2e} on {'clips of ' + str(data) if data else 'audio'} "
+        f"features (tolerance {tolerance:g})"
+    )

@@ -1,0 +1,43 @@
+"""Checks of a datafile's clips made when a run starts, so that a problem is reported at once
+and whole, not as a traceback in the middle of an epoch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from fastast_cli.data.datafile import Entry
+from fastast_cli.errors import FastASTError
+
+SHOWN = 3  # names listed in a message; the rest are counted
+
+
+def _some(names: Sequence[str]) -> str:
+    more = f", ... ({len(names) - SHOWN} more)" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def check_labelled(entries: Sequence[Entry], datafile: Path) -> None:
+    """Every clip needs at least one label: a blank one would be scored as "no class", and its
+    argmax as class 0. Clips of "no event" need a class of their own in the labels CSV."""
+    blank = [str(entry.wav.name) for entry in entries if not entry.labels]
+    if blank:
+        raise FastASTError(
+            f"{datafile}: {len(blank)} of {len(entries)} clips have no labels ({_some(blank)}); "
+            "every clip needs one (give 'no event' clips a class of their own)"
+        )
+
+
+def check_clips(entries: Sequence[Entry], datafile: Path, split: str, use: str = "") -> None:
+    """The split has clips, and every audio file it lists exists (one stat per file). `use`
+    says what the split is needed for, in the message about an empty one."""
+    if not entries:
+        raise FastASTError(f"the {split} split is empty: {datafile} lists no clips"
+                           + (f" ({use})" if use else ""))
+    missing = [str(entry.wav) for entry in entries if not os.path.isfile(entry.wav)]
+    if missing:
+        raise FastASTError(
+            f"{len(missing)} of {len(entries)} audio files listed in {datafile} ({split} split) "
+            f"are missing: {_some(missing)}"
+        )

@@ -1,0 +1,178 @@
+"""Inference backends behind one interface: given a model and settings, a callable fbank → logits.
+
+- `torch`: the model itself, eager;
+- `compile`: the model through `torch.compile` (token counts are static for a given r, so one
+  compilation per r schedule and batch shape);
+- `onnxruntime`: an ONNX graph with the merging baked in, either a given file (its metadata must
+  match the model's settings) or exported on the fly into a cache keyed by the weights and
+  settings (under the user's cache folder unless another is given).
+
+A forward made here keeps the model's merging settings of the moment it was made, whatever is
+set on the model afterwards, as an ONNX graph does: forwards at several r can share one model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastast_cli import __version__
+from fastast_cli.errors import FastASTError
+from fastast_cli.export.extras import import_extra
+from fastast_cli.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, read_metadata
+from fastast_cli.inference.clips import input_spec
+
+PathLike = str | os.PathLike[str]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+BACKENDS = ("torch", "compile", "onnxruntime")
+CACHE_ENV = "FASTAST_CACHE_DIR"
+
+
+def check_backend(name: str) -> str:
+    """`name` when it is a known backend, else a FastASTError listing them."""
+    if name not in BACKENDS:
+        raise FastASTError(f"unknown backend {name!r}: choose {', '.join(BACKENDS)}")
+    return name
+
+
+def parse_backends(spec: str) -> list[str]:
+    """`torch,compile,onnxruntime` → the backends, each checked, duplicates dropped."""
+    names = [check_backend(part.strip()) for part in spec.split(",") if part.strip()]
+    if not names:
+        raise FastASTError(f"--backend {spec!r} names no backend: use {', '.join(BACKENDS)}")
+    return list(dict.fromkeys(names))
+
+
+def make_forward(
+    model: nn.Module,
+    backend: str = "torch",
+    *,
+    onnx_file: PathLike | None = None,
+    cache_dir: PathLike | None = None,
+    method: str = "tome",
+) -> Forward:
+    """fbank [B, T, F] → logits [B, C] of `model` (eval mode) at its current merging settings.
+
+    onnx_file: for `onnxruntime`, an exported graph to run instead of exporting one.
+    cache_dir: for `onnxruntime`, where on-the-fly exports are kept (default `user_cache_dir()`).
+    method: the token reduction method the model is set up with (recorded in ONNX metadata).
+    """
+    check_backend(backend)
+    if onnx_file is not None and backend != "onnxruntime":
+        raise FastASTError("an ONNX file is run by the onnxruntime backend: add --backend "
+                           "onnxruntime")
+    model.eval()
+    if backend == "onnxruntime":
+        path = Path(onnx_file) if onnx_file is not None else cached_export(model, cache_dir, method)
+        return onnx_forward(path, model)
+    settings = _merging_settings(model)
+    runner: Callable[[torch.Tensor], torch.Tensor] = model
+    if backend == "compile":
+        _allow_recompiles()
+        runner = torch.compile(model, dynamic=False)
+
+    def forward(fbank: torch.Tensor) -> torch.Tensor:
+        current = _merging_settings(model)
+        _set_merging(model, settings)
+        try:
+            return runner(fbank)
+        finally:
+            _set_merging(model, current)
+
+    return forward
+
+
+def _allow_recompiles(per_function: int = 64) -> None:
+    """Room for one compiled graph per r and batch shape: past dynamo's default of 8 graphs a
+    function silently falls back to eager, which would mislabel a sweep's compiled timings."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, per_function)
+
+
+def _merging_settings(model: nn.Module) -> dict[str, Any]:
+    """The attributes that decide how a model merges tokens (copied)."""
+    keys = ("r_schedule", "r_fraction", "proportional_attention")
+    return {key: copy.copy(getattr(model, key)) for key in keys if hasattr(model, key)}
+
+
+def _set_merging(model: nn.Module, settings: dict[str, Any]) -> None:
+    for key, value in settings.items():
+        setattr(model, key, value)
+
+
+def onnx_forward(path: Path, model: nn.Module) -> Forward:
+    """Run the ONNX graph at `path` with onnxruntime; its metadata must match `model`'s input
+    shape and merging (a file exported for other settings is refused, not silently used)."""
+    ort = import_extra("onnxruntime", "the onnxruntime backend")
+    if not path.is_file():
+        raise FastASTError(f"no such ONNX file: {path}")
+    _check_matches(read_metadata(path), model, path)
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                 if p in ort.get_available_providers()]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise FastASTError(f"onnxruntime cannot load {path} ({error})") from None
+
+    def forward(fbank: torch.Tensor) -> torch.Tensor:
+        array = fbank.detach().float().cpu().numpy()
+        logits = session.run([OUTPUT_NAME], {INPUT_NAME: array})[0]
+        return torch.from_numpy(logits).to(fbank.device)
+
+    return forward
+
+
+def _check_matches(metadata: dict[str, Any], model: nn.Module, path: Path) -> None:
+    spec = input_spec(model)
+    expected = {"frames": spec.target_length, "num_mel_bins": spec.num_mel_bins,
+                "r_schedule": list(getattr(model, "r_schedule", []))}
+    wrong = [f"{key} {metadata.get(key)!r} (expected {value!r})"
+             for key, value in expected.items() if metadata.get(key) != value]
+    if wrong:
+        raise FastASTError(f"{path} was exported for other settings: {'; '.join(wrong)}")
+
+
+def user_cache_dir() -> Path:
+    """$FASTAST_CACHE_DIR, else $XDG_CACHE_HOME/fastast, else ~/.cache/fastast."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastast"
+
+
+def cache_key(model: nn.Module, method: str) -> str:
+    """A digest of the weights, architecture, input statistics, merging settings, method and
+    software versions: everything the exported graph and its metadata depend on."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    meta = getattr(model, "meta", {}) or {}
+    settings = {
+        "config": config.to_dict() if config is not None else type(model).__name__,
+        "stats": [meta.get("mean"), meta.get("std")],
+        "merging": _merging_settings(model), "method": method,
+        "versions": [__version__, torch.__version__],
+    }
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def cached_export(model: nn.Module, cache_dir: PathLike | None, method: str) -> Path:
+    """The ONNX export of `model` at its settings, from the cache or made now (and cached)."""
+    folder = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "onnx"
+    path = folder / f"{cache_key(model, method)}.onnx"
+    if not path.is_file():
+        export_onnx(model, path, method=method)
+    return path

@@ -1,0 +1,116 @@
+"""A Hugging Face `ASTForAudioClassification` folder from a fixed-length fastast AST.
+
+The folder holds what `from_pretrained` reads: `config.json` (architecture, id2label/label2id),
+`model.safetensors` (transformers 4.x names, the inverse of the mapping used to load HF folders)
+and `preprocessor_config.json` (ASTFeatureExtractor with the model's input mean and std).
+transformers is not needed to write it. Token merging has no counterpart in transformers: the
+folder is the plain AST (r = 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+from torch import nn
+
+from fastast_cli.atomic import atomic_path
+from fastast_cli.data.features import SAMPLE_RATE
+from fastast_cli.errors import FastASTError
+from fastast_cli.inference.clips import input_spec, label_names, num_classes_of
+from fastast_cli.models.ast import AST
+from fastast_cli.models.checkpoints import HF_MODEL_TYPE, to_hf_state_dict
+from fastast_cli.models.elastic import ElasticAST
+
+PathLike = str | os.PathLike[str]
+HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+
+
+def export_hf(model: nn.Module, folder: PathLike) -> list[Path]:
+    """Write `model` (a fixed-length AST) as a transformers folder; returns the files written.
+
+    Refuses ElasticAST and CNN models (with what cannot be expressed) and folders that already
+    hold files.
+    """
+    ast = _exportable(model)
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FastASTError(f"{folder} already exists and is not an empty folder: pick a new --out")
+    weights = {name: t.detach().cpu().contiguous() for name, t in ast.state_dict().items()}
+    files = [folder / name for name in HF_FILES]
+    _write_json(files[0], hf_config(ast))
+    with atomic_path(files[1]) as temporary:
+        safetensors.torch.save_file(to_hf_state_dict(weights), str(temporary),
+                                    metadata={"format": "pt"})
+    _write_json(files[2], feature_extractor_config(ast))
+    return files
+
+
+def _exportable(model: nn.Module) -> AST:
+    if isinstance(model, ElasticAST):
+        raise FastASTError(
+            "an ElasticAST cannot be written as a transformers AST: its clips of any length and "
+            "time resolution (factorized positional tables, packed rows) have no counterpart in "
+            "ASTForAudioClassification, which takes one fixed input length"
+        )
+    if not isinstance(model, AST):
+        raise FastASTError(
+            f"only AST checkpoints can be written as a transformers AST; this is a "
+            f"{type(model).__name__} (export it with --format onnx)"
+        )
+    if model.config.num_classes < 1:
+        raise FastASTError("the checkpoint has no classification head to export")
+    return model
+
+
+def hf_config(model: AST) -> dict[str, Any]:
+    """transformers ASTConfig fields (config.json) of `model`, labels included."""
+    config = model.config
+    labels = label_names(model, num_classes_of(model))
+    return {
+        "architectures": ["ASTForAudioClassification"],
+        "model_type": HF_MODEL_TYPE,
+        "hidden_size": config.embed_dim,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": round(config.embed_dim * config.mlp_ratio),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": config.layer_norm_eps,
+        "patch_size": config.patch_size,
+        "qkv_bias": config.qkv_bias,
+        "frequency_stride": config.fstride,
+        "time_stride": config.tstride,
+        "max_length": config.target_length,
+        "num_mel_bins": config.num_mel_bins,
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+
+
+def feature_extractor_config(model: AST) -> dict[str, Any]:
+    """ASTFeatureExtractor settings (preprocessor_config.json): AST's Kaldi fbank and the
+    model's normalization, `(fbank - mean) / (2·std)` as here."""
+    spec = input_spec(model)
+    return {
+        "feature_extractor_type": "ASTFeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": SAMPLE_RATE,
+        "num_mel_bins": spec.num_mel_bins,
+        "max_length": spec.target_length,
+        "padding_value": 0.0,
+        "do_normalize": True,
+        "mean": spec.mean,
+        "std": spec.std,
+        "return_attention_mask": False,
+    }
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,188 @@
+"""ONNX export of a classifier with its token merging baked in, checked against PyTorch.
+
+The graph takes normalized fbank [batch, frames, mel bins] (`fbank`, batch axis dynamic) and
+returns logits [batch, classes] (`logits`). Merging at the model's current r schedule is part of
+the graph: bipartite soft matching orders its edges with a stable sort, exported as ONNX TopK,
+whose ties keep the lower index first, so ONNX and eager PyTorch merge the same tokens.
+
+Everything needed to feed the graph travels in its metadata (`metadata_props`, JSON values):
+labels, mean and std of the input normalization, sample rate, frames, mel bins, r (per block),
+schedule and reduction method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastast_cli import __version__
+from fastast_cli.atomic import atomic_path
+from fastast_cli.data.features import SAMPLE_RATE
+from fastast_cli.errors import FastASTError
+from fastast_cli.export.extras import import_extra
+from fastast_cli.inference.clips import clip_features, input_spec, label_names, num_classes_of
+from fastast_cli.models.elastic import ElasticAST
+
+PathLike = str | os.PathLike[str]
+INPUT_NAME = "fbank"
+OUTPUT_NAME = "logits"
+DEFAULT_TOLERANCE = 1e-3  # largest accepted |ONNX - PyTorch| logit difference
+EXPORT_BATCH = 2  # traced batch size; parity runs at other sizes to prove the axis is dynamic
+PARITY_BATCH = 3
+
+
+@dataclass
+class ExportReport:
+    """Where the graph went and how far its logits are from PyTorch's on each kind of input."""
+
+    path: Path
+    max_diff_random: float
+    max_diff_features: float
+    metadata: dict[str, Any]
+
+
+def onnx_metadata(model: nn.Module, method: str) -> dict[str, Any]:
+    """What a user of the ONNX file needs besides the graph (values JSON-serialisable)."""
+    spec = input_spec(model)
+    r_schedule = list(getattr(model, "r_schedule", []))
+    return {
+        "labels": label_names(model, num_classes_of(model)),
+        "mean": spec.mean,
+        "std": spec.std,
+        "normalization": "(fbank - mean) / (2 * std)",
+        "sample_rate": SAMPLE_RATE,
+        "frames": spec.target_length,
+        "num_mel_bins": spec.num_mel_bins,
+        "r": r_schedule[0] if len(set(r_schedule)) == 1 else (r_schedule or 0),  # 0: no merging
+        "r_schedule": r_schedule,
+        "method": method if any(r_schedule) else "none",
+        "proportional_attention": bool(getattr(model, "proportional_attention", False)),
+        "producer": f"fastast {__version__}",
+    }
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The metadata of an ONNX file written by `export_onnx`, values decoded from JSON."""
+    onnx = import_extra("onnx", "reading ONNX files")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises several kinds
+        raise FastASTError(f"{path} is not a readable ONNX file ({error})") from None
+    values = {}
+    for entry in model.metadata_props:
+        try:
+            values[entry.key] = json.loads(entry.value)
+        except json.JSONDecodeError:
+            values[entry.key] = entry.value
+    return values
+
+
+def export_onnx(
+    model: nn.Module,
+    path: PathLike,
+    *,
+    method: str = "tome",
+    tolerance: float = DEFAULT_TOLERANCE,
+    features: torch.Tensor | None = None,
+) -> ExportReport:
+    """Export `model` (eval mode, at its current merging) to `path` and check it against PyTorch.
+
+    features: normalized fbank of real clips [B, frames, bins] for the parity check (e.g. from
+        `dataset_features`); by default synthetic audio through the same feature pipeline.
+    The file is written beside `path` first and only moved there once the parity check passed:
+    a failed check raises FastASTError and leaves nothing behind.
+    """
+    if isinstance(model, ElasticAST):
+        raise FastASTError(
+            "ElasticAST checkpoints take clips of any length packed into rows, which ONNX "
+            "cannot express: export a fixed-length AST"
+        )
+    import_extra("onnxscript", "ONNX export")
+    ort = import_extra("onnxruntime", "the ONNX parity check")
+    if any(t.device.type != "cpu" for t in model.state_dict().values()):
+        model = copy.deepcopy(model).cpu()  # export on CPU, the caller's model stays where it is
+    model.eval()
+    metadata = onnx_metadata(model, method)
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        program = _trace(model, metadata)
+        for key, value in metadata.items():
+            program.model.metadata_props[key] = json.dumps(value)
+        program.save(str(temporary))
+        session = ort.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+        noise, synthetic = parity_inputs(model)
+        batches = [noise, synthetic if features is None else features]
+        diffs = [_max_difference(model, session, batch) for batch in batches]
+        if not all(diff <= tolerance for diff in diffs):
+            raise FastASTError(
+                f"the ONNX graph differs from PyTorch by up to {max(diffs):.2e} in the logits "
+                f"(tolerance {tolerance:g}); nothing written to {path}"
+            )
+    return ExportReport(path, diffs[0], diffs[1], metadata)
+
+
+def _trace(model: nn.Module, metadata: dict[str, Any]) -> Any:
+    """torch.onnx.export (dynamo) with a dynamic batch axis; its chatter is kept off the screen."""
+    example = torch.randn(EXPORT_BATCH, metadata["frames"], metadata["num_mel_bins"])
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(
+                model, (example,), dynamo=True, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+                custom_translation_table=_translations(), verbose=False,
+            )
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FastASTError(f"ONNX export failed: {reason}") from None
+
+
+def _translations() -> dict[Any, Any]:
+    """ONNX for ops the exporter lacks: the stable sort of bipartite soft matching."""
+    opset = import_extra("onnxscript", "ONNX export").opset18
+
+    def stable_sort(values, stable=None, dim: int = -1, descending: bool = False):
+        """aten.sort.stable as TopK over the whole axis: ONNX TopK keeps the lower index first
+        among equal values, which is exactly a stable sort."""
+        end = None if dim == -1 else dim + 1
+        length = opset.Shape(values, start=dim, end=end)
+        return opset.TopK(values, length, axis=dim, largest=int(descending), sorted=1)
+
+    return {torch.ops.aten.sort.stable: stable_sort}
+
+
+def parity_inputs(model: nn.Module, seed: int = 0) -> list[torch.Tensor]:
+    """Two batches [PARITY_BATCH, frames, bins]: standard normal noise, and normalized fbank of
+    synthetic audio (chirps in noise) made by the same feature pipeline as real clips."""
+    spec = input_spec(model)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (PARITY_BATCH, spec.target_length, spec.num_mel_bins)
+    noise = torch.randn(shape, generator=generator)
+    seconds = spec.target_length / 100 + 0.05
+    time = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    clips = []
+    for index in range(PARITY_BATCH):
+        start, stop = 200.0 * (index + 1), 2000.0 * (index + 1)
+        phase = 2 * math.pi * (start * time + (stop - start) * time**2 / (2 * seconds))
+        wave = 0.3 * torch.sin(phase) + 0.05 * torch.randn(time.shape, generator=generator)
+        clips.append(clip_features(wave, SAMPLE_RATE, spec)[: spec.target_length])
+    return [noise, torch.stack(clips)]
+
+
+def _max_difference(model: nn.Module, session: Any, batch: torch.Tensor) -> float:
+    with torch.inference_mode():
+        expected = model(batch).float()
+    got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
+    return float((got - expected).abs().max())

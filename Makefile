@@ -53,7 +53,7 @@ $(DEMO_RUNS)/tome-kd/summary.json: $(DEMO_RUNS)/teacher/summary.json
 # The three students share one architecture: their samples/s come from one measurement.
 $(DEMO_RESULTS)/sweep.png: $(DEMO_RUNS)/ast/summary.json $(DEMO_RUNS)/tome/summary.json \
 		$(DEMO_RUNS)/tome-kd/summary.json
-	$(FASTAST) sweep --data $(DEMO_DATA) --r 0:24:4 \
+	$(FASTAST) sweep --data $(DEMO_DATA) --r 0:24:4 --batch-size 32 --runs 10 \
 		--checkpoint ast=$(DEMO_RUNS)/ast/best.pt \
 		--checkpoint tome=$(DEMO_RUNS)/tome/best.pt \
 		--checkpoint tome+kd=$(DEMO_RUNS)/tome-kd/best.pt \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +27,9 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+Quiet = Annotated[bool, typer.Option(
+    "--quiet", help="No progress (bars on a terminal, periodic lines in a log file).")]
 
 
 def user_errors(func: F) -> F:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import app, console, merging_note, user_errors
+from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
@@ -25,6 +25,7 @@ from fastast_cli.evaluation.evaluate import (
 )
 from fastast_cli.export.backends import check_backend
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.progress import set_progress
 from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
 
 METRICS = {"accuracy": "accuracy", "mAP": "mAP", "mAUC": "mAUC", "d_prime": "d'"}
@@ -65,8 +66,10 @@ def evaluate(
         "1,2,4.")] = None,
     backend: BackendOption = "torch",
     onnx: OnnxOption = None,
+    quiet: Quiet = False,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
+    set_progress(not quiet)
     manifest = load_manifest(data)
     if out is not None and lengths is None and resolutions is None:
         for number in parse_folds(folds) if folds else [None]:

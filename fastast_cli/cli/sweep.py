@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import app, console, merging_note, user_errors
+from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
@@ -19,7 +19,7 @@ from fastast_cli.evaluation.throughput import sweep_throughput
 from fastast_cli.export.backends import parse_backends
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.presets import PRESETS
-from fastast_cli.progress import progress_bar
+from fastast_cli.progress import progress_bar, set_progress
 from fastast_cli.reports.plots import plot_tradeoff
 from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
 
@@ -236,8 +236,10 @@ def sweep(
         "--data evaluated) on each, interleaved in one run. compile: torch.compile; "
         "onnxruntime: ONNX exports cached in $FASTAST_CACHE_DIR or ~/.cache/fastast.")
     ] = "torch",
+    quiet: Quiet = False,
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
+    set_progress(not quiet)
     rs = parse_r_values(r)
     backends = parse_backends(backend)
     resolve_dtype(dtype, resolve_device(device))  # a bad --device or --dtype fails here, clearly

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.cli._app import Quiet, app, console, user_errors
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_resolutions
+from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
 from fastast_cli.training.config import load_config
 from fastast_cli.training.loop import RunResult, train
@@ -80,43 +80,39 @@ LOG_COLUMNS = [
 
 
 class ConsoleReporter:
-    """Rich progress bar per epoch (loss, lr, samples/s) and one line per finished epoch."""
+    """Progress per epoch (a bar on a terminal, plain lines in a log: loss, lr, samples/s) and
+    one line per finished epoch."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
-                       "{task.fields[speed]:.1f} samples/s"),
-            TimeElapsedColumn(), console=console, transient=True,
-        )
-        self.task: Any = None
+        self.task: Task | None = None
 
     def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
-        self.progress.start()  # once; later calls do nothing
-        self.task = self.progress.add_task(
-            f"epoch {epoch + 1}/{epochs}", total=batches, loss=0.0, lr=0.0, speed=0.0
-        )
+        self.task = Task(f"epoch {epoch + 1}/{epochs}", batches, transient=True)
 
     def batch_done(self, loss: float, lr: float, samples_per_s: float) -> None:
-        self.progress.update(self.task, advance=1, loss=loss, lr=lr, speed=samples_per_s)
+        if self.task is not None:
+            self.task.advance(loss=loss, lr=lr, samples_per_s=samples_per_s)
 
     def epoch_done(self, row: dict[str, float]) -> None:
-        self.progress.remove_task(self.task)
-        self.progress.console.print(
+        self.close()
+        console.print(
             f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  accuracy {row['accuracy']:.4f}"
             f"  mAP {row['mAP']:.4f}  ({row['samples_per_s']:.1f} samples/s)"
         )
 
     def note(self, message: str) -> None:
-        self.progress.console.print(message)
+        console.print(message)
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.task is not None:
+            self.task.close()
+            self.task = None
 
 
 def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
-        overwrite: bool) -> RunResult:
+        overwrite: bool, quiet: bool = False) -> RunResult:
     """Load the configuration, train, and print the run's summary."""
+    set_progress(not quiet)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     config = load_config(recipe, overrides)
     reporter = ConsoleReporter()
@@ -159,6 +155,7 @@ def train_teacher(
     compile: Compile = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
     run(recipe, {
@@ -169,7 +166,7 @@ def train_teacher(
         "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
         "num_workers": num_workers,
         "teacher": "none",
-    }, resume, overwrite)
+    }, resume, overwrite, quiet)
 
 
 @app.command()
@@ -210,6 +207,7 @@ def distill(
     compile: Compile = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train an AST student with token merging and cross-model knowledge distillation."""
     run(recipe, {
@@ -221,4 +219,4 @@ def distill(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "seed": seed,
         "device": device, "num_workers": num_workers,
-    }, resume, overwrite)
+    }, resume, overwrite, quiet)

@@ -6,8 +6,11 @@ Every way a file can be unusable (unreadable, corrupt, empty, silent NaNs) becom
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -97,3 +100,109 @@ def write_wav(
     data = np.clip(torch.as_tensor(wave, dtype=torch.float32).numpy(), -1.0, 1.0)
     with atomic_path(Path(path)) as tmp:
         sf.write(str(tmp), data, sample_rate, subtype="PCM_16", format="WAV")
+
+
+# --- block reading: files and streams of any length in constant memory ------------------------
+
+DEFAULT_BLOCK_SECONDS = 30.0
+
+
+def open_audio(source: str | os.PathLike[str] | int | BinaryIO, *, name: str | None = None,
+               rate: int | None = None, channels: int | None = None) -> sf.SoundFile:
+    """Open a file, a file descriptor (e.g. 0, standard input) or a binary stream for block reads.
+
+    rate/channels: given together, the input is read as raw 16-bit little-endian PCM with that
+    rate and channel count; otherwise its header says (WAV, FLAC, ...; a pipe works).
+    Raises AudioReadError naming `name` (default: the source) when it cannot be opened.
+    """
+    label = name or str(source)
+    if isinstance(source, str | os.PathLike) and not Path(source).is_file():
+        what = "is a folder, not an audio file" if Path(source).is_dir() else "file not found"
+        raise AudioReadError(f"{label}: {what}")
+    raw = {} if rate is None else {"format": "RAW", "subtype": "PCM_16", "endian": "LITTLE",
+                                   "samplerate": rate, "channels": channels or 1}
+    try:
+        return sf.SoundFile(source if not isinstance(source, os.PathLike) else str(source),
+                            closefd=not isinstance(source, int), **raw)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, EOFError, TypeError) as error:
+        raise AudioReadError(f"{label}: cannot decode audio ({_reason(error)})") from None
+
+
+def read_blocks(sound: sf.SoundFile, block_frames: int, name: str = "") -> Iterator[np.ndarray]:
+    """Float32 blocks `[channels, ≤ block_frames]` in [-1, 1] until the end of `sound`.
+
+    Raises AudioReadError (naming `name`) for a decoder error or samples that are not finite;
+    blocks already yielded stay valid.
+    """
+    label = name or sound.name
+    while True:
+        try:
+            block = sound.read(block_frames, dtype="float32", always_2d=True)  # [n, channels]
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError, EOFError) as error:
+            raise AudioReadError(f"{label}: cannot decode audio ({_reason(error)})") from None
+        if block.shape[0] == 0:
+            return
+        if not np.isfinite(block).all():
+            raise AudioReadError(f"{label}: samples are not finite (NaN or inf)")
+        yield np.ascontiguousarray(block.T)
+
+
+class StreamResampler:
+    """`resample` applied block by block: the output equals resampling the whole signal at once
+    (torchaudio's sinc kernel, default settings), up to float rounding.
+
+    torchaudio reduces the rates by their gcd to `orig`→`new` and computes output group m (the
+    `new` samples at m·`new`) from input samples [m·orig − width, m·orig + width + orig), zero
+    outside the signal. Each call resamples the buffered input starting `context` groups before
+    the first group not yet produced, and keeps only the input later groups still need.
+    """
+
+    def __init__(self, orig_rate: int, new_rate: int, lowpass_filter_width: int = 6,
+                 rolloff: float = 0.99) -> None:
+        self.orig_rate, self.new_rate = orig_rate, new_rate
+        gcd = math.gcd(orig_rate, new_rate)
+        self.orig, self.new = orig_rate // gcd, new_rate // gcd
+        # torchaudio's kernel half-width (in input samples at the reduced rates)
+        base = min(self.orig, self.new) * rolloff
+        self.width = math.ceil(lowpass_filter_width * self.orig / base)
+        self.context = math.ceil(self.width / self.orig)  # groups of input needed on the left
+        self.buffer = torch.zeros(0)  # input from sample `buffer_start` on
+        self.buffer_start = 0  # a multiple of `orig`
+        self.next_group = 0  # first output group not yet produced
+
+    def push(self, wave: torch.Tensor) -> torch.Tensor:
+        """Feed input samples `[n]`; returns the output samples now final `[m]`."""
+        if self.orig == self.new:
+            return wave
+        self.buffer = torch.cat([self.buffer, wave])
+        available = self.buffer_start + self.buffer.shape[0]
+        end_group = (available - self.width - self.orig) // self.orig + 1  # groups fully covered
+        if end_group <= self.next_group:
+            return wave.new_zeros(0)
+        stop = (end_group - 1) * self.orig + self.width + self.orig
+        return self._resample(stop, end_group)
+
+    def finish(self) -> torch.Tensor:
+        """The output samples left once the input has ended (zeros beyond it, as torchaudio)."""
+        if self.orig == self.new:
+            return torch.zeros(0)
+        stop = self.buffer_start + self.buffer.shape[0]
+        total = math.ceil(self.new * stop / self.orig)  # whole-signal output length
+        if total <= self.next_group * self.new:
+            return torch.zeros(0)
+        return self._resample(stop, math.ceil(total / self.new), total)
+
+    def _resample(self, stop: int, end_group: int, total: int | None = None) -> torch.Tensor:
+        """Output groups [next_group, end_group) from input up to `stop`; trims the buffer."""
+        first = max(self.next_group - self.context, 0) * self.orig  # a multiple of orig
+        segment = self.buffer[first - self.buffer_start : stop - self.buffer_start]
+        out = resample(segment, self.orig_rate, self.new_rate)
+        begin = (self.next_group * self.orig - first) // self.orig * self.new
+        end = (end_group * self.orig - first) // self.orig * self.new
+        if total is not None:
+            end = total - first // self.orig * self.new
+        self.next_group = end_group
+        keep = max(self.next_group - self.context, 0) * self.orig
+        self.buffer = self.buffer[keep - self.buffer_start :]
+        self.buffer_start = keep
+        return out[begin:end]

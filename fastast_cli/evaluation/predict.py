@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fastast_cli.progress import track
+
 Batch = torch.Tensor | list[torch.Tensor]
 
 
@@ -40,7 +42,7 @@ def predict_dataset(
                         collate_fn=collate_fn)
     outputs, targets = [], []
     with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=amp):
-        for fbank, target, *_ in loader:
+        for fbank, target, *_ in track(loader, "evaluate", transient=True):
             outputs.append(forward(to_device(fbank, device)).float().cpu())
             targets.append(target)
     if not outputs:

@@ -1,20 +1,22 @@
 """Score audio files of any length, rate and channel count with a trained classifier.
 
-    file → mono 16 kHz → log-mel fbank [frames, F] → normalized → windows [W, T, F]
-         → model → per-window scores [W, C] (softmax or sigmoid) → mean or max → scores [C]
+    file, read in blocks → mono 16 kHz → windows of W frames every `hop` frames
+         → each window's log-mel fbank [W, F], normalized → model → scores [C] per window
+         → timeline rows (start, end, scores) → mean or max over windows → scores [C]
 
-A window is the model's input length T (`target_length` frames of 10 ms). A clip no longer than
-one window is padded with zeros (or cut) to exactly one window, as AST's loader does. A longer
-clip is read in windows starting every `hop` frames; when the last of them stops short of the
-end, one more window ending exactly at the clip's end is added, so every frame is seen and no
-window is padded.
+A window is by default the model's input length T (`target_length` frames of 10 ms); a shorter
+one (`--window`) is padded to T for fixed-length models. A clip no longer than one window is
+one window, padded with zeros as AST's loader pads (ElasticAST: kept at its own length). Longer
+clips are read in windows every `hop` frames; see `fastast_cli.inference.stream.WindowPlan` for
+the last window. Files and streams are decoded block by block, so memory does not grow with
+their length (beyond the per-window scores kept as output).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastast_cli.data.audio import read_audio, resample, to_mono
+from fastast_cli.data.audio import (
+    DEFAULT_BLOCK_SECONDS,
+    AudioReadError,
+    StreamResampler,
+    open_audio,
+    read_blocks,
+    resample,
+    to_mono,
+)
 from fastast_cli.data.elastic_features import fit_native_length
 from fastast_cli.data.features import (
     AST_NORM_STATS,
@@ -35,10 +45,20 @@ from fastast_cli.data.features import (
     pad_or_cut,
 )
 from fastast_cli.errors import FastASTError
+from fastast_cli.inference.stream import (
+    FRAME_SHIFT,
+    Window,
+    WindowCutter,
+    WindowPlan,
+    frames_in,
+    samples_for,
+    window_input,
+)
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.tome import RSchedule
+from fastast_cli.progress import track
 
 PathLike = str | os.PathLike[str]
 AGGREGATES = ("mean", "max")
@@ -68,7 +88,8 @@ class InputSpec:
 class ClipScores:
     """One scored file.
 
-    scores: [C] aggregated over windows; window_scores: [W, C]; starts: first frame of each window.
+    scores: [C] aggregated over windows; window_scores: [W, C]; starts: first frame of each
+    window; rows: the timeline (one `WindowRow` per window, times in seconds).
     """
 
     path: str
@@ -76,10 +97,25 @@ class ClipScores:
     scores: torch.Tensor
     window_scores: torch.Tensor
     starts: list[int]
+    rows: list[WindowRow] = field(default_factory=list)
 
     @property
     def num_windows(self) -> int:
         return len(self.starts)
+
+
+@dataclass
+class WindowRow:
+    """One scored window of a timeline: frames from `start`, seconds [start_s, end_s), scores [C].
+
+    end_s is start_s plus the window's length, except for the clip's last window, which ends at
+    the clip's end.
+    """
+
+    start: int
+    start_s: float
+    end_s: float
+    scores: torch.Tensor
 
 
 @dataclass
@@ -134,7 +170,7 @@ def input_spec(model: nn.Module) -> InputSpec:
     checkpoint's meta, else AST's AudioSet statistics (with a note saying so).
     """
     meta = getattr(model, "meta", {}) or {}
-    native = isinstance(model, ElasticAST)
+    native = bool(getattr(model, "native_length", False))  # ElasticAST: any clip length
     if isinstance(model, AST | ElasticAST):
         length, bins = model.config.target_length, model.config.num_mel_bins
     else:
@@ -159,21 +195,28 @@ def hop_frames(hop_s: float | None, window: int) -> int:
     return max(round(hop_s * FRAMES_PER_SECOND), 1)
 
 
+def window_frames(window_s: float | None, target_length: int) -> int:
+    """Window in fbank frames: `window_s` seconds (at most the model's `target_length` frames,
+    at least one 16-frame patch), or the model's whole input."""
+    if window_s is None:
+        return target_length
+    frames = round(window_s * FRAMES_PER_SECOND) if math.isfinite(window_s) else -1
+    if not 16 <= frames <= target_length:
+        raise FastASTError(
+            f"--window must lie between 0.16 s and the model's input, "
+            f"{target_length / FRAMES_PER_SECOND:g} s; got {window_s}"
+        )
+    return frames
+
+
 def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
-    """First frame of each window over a clip of `num_frames` frames.
+    """First frame of each window of a fixed-length model over a clip of `num_frames` frames.
 
     [0] for a clip no longer than one window; else 0, hop, 2·hop, ... as long as the window fits,
     plus a last window ending at the clip's end if the regular ones stop short of it.
     E.g. 3·window frames at hop window/2 → 5 windows.
     """
-    if window < 1 or hop < 1:
-        raise ValueError(f"window and hop must be >= 1 frame, got {window} and {hop}")
-    if num_frames <= window:
-        return [0]
-    starts = list(range(0, num_frames - window + 1, hop))
-    if starts[-1] + window < num_frames:
-        starts.append(num_frames - window)
-    return starts
+    return [span.start for span in WindowPlan(window, hop).spans(num_frames)]
 
 
 def clip_features(
@@ -193,15 +236,6 @@ def clip_features(
     return normalize(features, spec.mean, spec.std)
 
 
-def window_batches(
-    features: torch.Tensor, starts: Sequence[int], window: int, batch_size: int
-) -> Iterator[torch.Tensor]:
-    """Windows of features [frames, F] at `starts`, `batch_size` at a time: [≤ batch, window, F]."""
-    for first in range(0, len(starts), batch_size):
-        chunk = starts[first : first + batch_size]
-        yield torch.stack([features[start : start + window] for start in chunk])
-
-
 def aggregate(window_scores: torch.Tensor, how: str) -> torch.Tensor:
     """Per-window scores [W, C] → clip scores [C] by `mean` or `max` over windows."""
     if how == "mean":
@@ -213,9 +247,10 @@ def aggregate(window_scores: torch.Tensor, how: str) -> torch.Tensor:
 
 @dataclass
 class Predictor:
-    """A loaded classifier and how to feed it: scores waveforms and files of any length.
+    """A loaded classifier and how to feed it: scores waveforms, files and streams of any length.
 
-    hop: frames between window starts; aggregate: `mean` or `max`; kind: `softmax`/`sigmoid`.
+    hop: frames between window starts; aggregate: `mean` or `max`; kind: `softmax`/`sigmoid`;
+    window: frames per window (0: the model's input length).
     """
 
     model: nn.Module
@@ -226,37 +261,159 @@ class Predictor:
     batch_size: int = 8
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # a backend's, else the model
+    window: int = 0
+
+    def __post_init__(self) -> None:
+        self.window = self.window or self.spec.target_length
 
     @property
     def labels(self) -> list[str]:
         return label_names(self.model, num_classes_of(self.model))
 
-    def window_scores(self, features: torch.Tensor, starts: Sequence[int]) -> torch.Tensor:
-        """Normalized features [frames, F] → scores [W, C] (float32, CPU) of the windows at
-        `starts`, `batch_size` windows per forward pass."""
+    @property
+    def plan(self) -> WindowPlan:
+        """Where the windows go (native-length models score the last partial one as it is)."""
+        return WindowPlan(self.window, self.hop, self.spec.native)
+
+    def score_inputs(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Window inputs [T_i, F] → scores [B, C] (float32, CPU), `batch_size` per pass, through
+        the backend's `forward` (else the model); native-length windows go to the model as a
+        list, fixed ones as one tensor [B, T, F]."""
         outputs = []
-        window = self.spec.target_length
         with torch.inference_mode():
-            for batch in window_batches(features, starts, window, self.batch_size):
-                logits = (self.forward or self.model)(batch.to(self.device)).float().cpu()
+            for first in range(0, len(inputs), self.batch_size):
+                chunk = [x.to(self.device) for x in inputs[first : first + self.batch_size]]
+                batch = chunk if self.spec.native else torch.stack(chunk)
+                logits = (self.forward or self.model)(batch).float().cpu()
                 outputs.append(to_scores(logits, self.kind))
         return torch.cat(outputs)
 
     def score_waveform(
         self, waveform: np.ndarray | torch.Tensor, sample_rate: int, path: str = "<waveform>"
     ) -> ClipScores:
-        """Scores of one waveform `[samples]` or `[channels, samples]` at `sample_rate` Hz."""
+        """Scores of one waveform `[samples]` or `[channels, samples]` at `sample_rate` Hz,
+        decoded whole (the reference for `score_blocks`, which keeps memory constant)."""
         samples = torch.as_tensor(waveform).shape[-1]
-        features = clip_features(waveform, sample_rate, self.spec)
-        starts = window_starts(features.shape[0], self.spec.target_length, self.hop)
-        per_window = self.window_scores(features, starts)
-        return ClipScores(path, samples / sample_rate, aggregate(per_window, self.aggregate),
-                          per_window, starts)
+        if samples == 0:
+            raise AudioReadError(f"{path}: no audio samples")
+        mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
+        spans = self.plan.spans(max(frames_in(mono.shape[0]), 1))
+        inputs = []
+        for span in spans:
+            wave = mono[span.start * FRAME_SHIFT :][: samples_for(span.stop - span.start)]
+            raw = fbank(wave, SAMPLE_RATE, self.spec.num_mel_bins)[: span.stop - span.start]
+            inputs.append(window_input(raw, self.window, self.spec.target_length,
+                                       self.spec.native, self.spec.mean, self.spec.std))
+        scores = self.score_inputs(inputs)
+        duration = samples / sample_rate
+        rows = timeline_rows([span.start for span in spans], [span.stop for span in spans],
+                             scores, duration)
+        return self.clip_of(path, duration, rows)
 
-    def score_file(self, path: PathLike) -> ClipScores:
-        """Scores of one audio file; raises AudioReadError when it cannot be decoded."""
-        samples, rate = read_audio(path)
-        return self.score_waveform(samples, rate, str(path))
+    def stream(self, blocks: Iterable[np.ndarray], sample_rate: int,
+               eager: bool = False) -> ScoreStream:
+        """Score audio arriving in blocks `[channels, n]`: iterate the result for timeline rows.
+
+        eager: score the windows each block completes at once (live audio) instead of waiting
+        for `batch_size` of them.
+        """
+        return ScoreStream(self, blocks, sample_rate, eager)
+
+    def score_blocks(self, blocks: Iterable[np.ndarray], sample_rate: int,
+                     path: str = "<stream>") -> ClipScores:
+        """Scores of audio arriving in blocks `[channels, n]`, in constant memory (plus rows)."""
+        stream = self.stream(blocks, sample_rate)
+        rows = list(stream)
+        return self.clip_of(path, stream.duration_s, rows)
+
+    def score_file(self, path: PathLike, block_s: float = DEFAULT_BLOCK_SECONDS) -> ClipScores:
+        """Scores of one audio file read `block_s` seconds at a time; raises AudioReadError when
+        it cannot be decoded."""
+        with open_audio(path) as sound:
+            block = max(int(block_s * sound.samplerate), 1)
+            return self.score_blocks(read_blocks(sound, block, str(path)), sound.samplerate,
+                                     str(path))
+
+    def clip_of(self, path: str, duration_s: float, rows: list[WindowRow]) -> ClipScores:
+        """A ClipScores from timeline rows: per-window scores and their aggregate."""
+        if not rows:
+            raise AudioReadError(f"{path}: no audio samples (empty file)")
+        per_window = torch.stack([row.scores for row in rows])
+        return ClipScores(path, duration_s, aggregate(per_window, self.aggregate), per_window,
+                          [row.start for row in rows], rows)
+
+
+def timeline_rows(starts: Sequence[int], stops: Sequence[int], scores: torch.Tensor,
+                  duration_s: float) -> list[WindowRow]:
+    """Rows of windows at frames [start, stop) with scores [W, C]; the last ends at the clip's
+    end."""
+    rows = [WindowRow(start, start / FRAMES_PER_SECOND,
+                      min(stop / FRAMES_PER_SECOND, duration_s), row_scores)
+            for start, stop, row_scores in zip(starts, stops, scores, strict=True)]
+    if rows:
+        rows[-1].end_s = duration_s
+    return rows
+
+
+class ScoreStream:
+    """Timeline rows of audio arriving in blocks, yielded as windows are scored.
+
+    Rows come one window behind the scoring (the last row's end is the clip's end, known only
+    when the audio ends). After iterating, `samples` and `duration_s` say how much audio came in.
+    """
+
+    def __init__(self, predictor: Predictor, blocks: Iterable[np.ndarray], sample_rate: int,
+                 eager: bool = False) -> None:
+        self.predictor, self.blocks, self.sample_rate, self.eager = (
+            predictor, blocks, sample_rate, eager)
+        self.samples = 0
+        spec = predictor.spec
+        self.cutter = WindowCutter(predictor.plan, spec.num_mel_bins, spec.target_length,
+                                   spec.mean, spec.std)
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sample_rate
+
+    def __iter__(self) -> Iterator[WindowRow]:
+        held: WindowRow | None = None  # the latest row, yielded once the next one exists
+        for row in self._rows():
+            if held is not None:
+                yield held
+            held = row
+        if held is not None:
+            held.end_s = self.duration_s
+            yield held
+
+    def _windows(self) -> Iterator[Window | None]:
+        """The windows in time order, with None after each block's."""
+        resampler = StreamResampler(self.sample_rate, SAMPLE_RATE)
+        for block in self.blocks:
+            self.samples += block.shape[-1]
+            yield from self.cutter.push(resampler.push(to_mono(block)))
+            yield None
+        yield from self.cutter.push(resampler.finish())
+        yield from self.cutter.finish()
+
+    def _rows(self) -> Iterator[WindowRow]:
+        """Rows as windows are scored, `batch_size` at a time (eager: also at each block's end),
+        so at most one batch of window inputs is held."""
+        pending: list[Window] = []
+        for window in self._windows():
+            if window is not None:
+                pending.append(window)
+            if len(pending) == self.predictor.batch_size or (
+                    window is None and self.eager and pending):
+                yield from self._score(pending)
+                pending = []
+        if pending:
+            yield from self._score(pending)
+
+    def _score(self, windows: list[Window]) -> list[WindowRow]:
+        scores = self.predictor.score_inputs([window.features for window in windows])
+        return [WindowRow(w.span.start, w.span.start / FRAMES_PER_SECOND,
+                          w.span.stop / FRAMES_PER_SECOND, row)
+                for w, row in zip(windows, scores, strict=True)]
 
 
 def load_predictor(
@@ -264,13 +421,15 @@ def load_predictor(
     r: RSchedule = 0,
     *,
     hop_s: float | None = None,
+    window_s: float | None = None,
     how: str = "mean",
     batch_size: int = 8,
     device: str | torch.device = "cpu",
 ) -> Predictor:
     """A Predictor for any checkpoint `load_classifier` reads (merging at `r` for ASTs).
 
-    hop_s: seconds between window starts (default half a window); how: `mean` or `max`.
+    hop_s: seconds between window starts (default half a window); window_s: seconds per
+    window (default the model's input length); how: `mean` or `max`.
     """
     if how not in AGGREGATES:
         raise FastASTError(f"unknown aggregate {how!r}: use {' or '.join(AGGREGATES)}")
@@ -279,8 +438,9 @@ def load_predictor(
     device = torch.device(device)
     model = load_classifier(checkpoint, r, device=device)
     spec = input_spec(model)
-    return Predictor(model, spec, hop_frames(hop_s, spec.target_length), how, score_kind(model),
-                     batch_size, device)
+    window = window_frames(window_s, spec.target_length)
+    return Predictor(model, spec, hop_frames(hop_s, window), how, score_kind(model),
+                     batch_size, device, window=window)
 
 
 def predict_files(
@@ -290,7 +450,7 @@ def predict_files(
 ) -> PredictionRun:
     """Score every file; one that cannot be read is recorded as a failure, the rest go on."""
     run = PredictionRun()
-    for path in paths:
+    for path in track(paths, "predict", total=len(paths)) if len(paths) > 1 else paths:
         outcome: ClipScores | ClipFailure
         try:
             outcome = predictor.score_file(path)
@@ -315,7 +475,7 @@ def top_k(scores: torch.Tensor, labels: Sequence[str], k: int) -> list[dict[str,
 def run_to_dict(run: PredictionRun, predictor: Predictor, k: int, **header: Any) -> dict[str, Any]:
     """A JSON-ready summary: `header` fields, the settings, top-k per scored file, and failures."""
     labels = predictor.labels
-    window = predictor.spec.target_length
+    window = predictor.window
     return {
         **header,
         "scores": predictor.kind,

@@ -198,6 +198,7 @@ class ElasticAST(nn.Module):
     """
 
     architecture = "elastic"  # the checkpoint tag (see models.checkpoints.save_checkpoint)
+    native_length = True  # clips of any length up to `config.target_length`, never padded
 
     def __init__(self, config: ElasticConfig) -> None:
         super().__init__()

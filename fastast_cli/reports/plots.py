@@ -132,3 +132,39 @@ def draw_token_counts(axes: Axes, counts: Sequence[int], title: str = "tokens pe
     axes.grid(True, alpha=0.3)
     axes.annotate(str(counts[-1]), (blocks[-1], counts[-1]), textcoords="offset points",
                   xytext=(0, 6), ha="center", fontsize=8)
+
+
+def plot_timeline(
+    starts_s: Sequence[float],
+    ends_s: Sequence[float],
+    scores: Sequence[Sequence[float]],
+    labels: Sequence[str],
+    path: PathLike,
+    title: str,
+    *,
+    width_px: int = 1000,
+) -> Path:
+    """Scores of a few classes over time as a heat map: one row per class (the first on top),
+    time in seconds on the x axis.
+
+    starts_s, ends_s: [W] each window's span; scores: [W, K] the classes' scores in [0, 1];
+    labels: [K]. Windows overlap, so each is drawn around its middle, up to halfway to its
+    neighbours' middles (the first from the start, the last to the end).
+    """
+    if not starts_s:
+        raise ValueError("no windows to plot")
+    middles = [(start + end) / 2 for start, end in zip(starts_s, ends_s, strict=True)]
+    halfway = [(a + b) / 2 for a, b in zip(middles, middles[1:], strict=False)]
+    x = [starts_s[0], *halfway, ends_s[-1]]  # [W + 1] column edges in seconds
+    values = [[row[k] for row in scores] for k in range(len(labels))]  # [K, W]
+    figure = new_figure(width_px, 140 + 28 * len(labels))
+    axes = figure.add_subplot()
+    mesh = axes.pcolormesh(x, range(len(labels) + 1), values, vmin=0.0, vmax=1.0,
+                           cmap="magma", shading="flat")
+    axes.set_yticks([k + 0.5 for k in range(len(labels))], labels)
+    axes.invert_yaxis()
+    axes.set_xlabel("time (s)")
+    axes.set_title(title)
+    figure.colorbar(mesh, ax=axes, label="score", fraction=0.03, pad=0.01)
+    figure.tight_layout()
+    return save_figure(figure, path)

@@ -1,0 +1,175 @@
+"""Sliding windows over audio that arrives in blocks, in constant memory.
+
+    blocks [channels, n] at any rate → mono → 16 kHz (StreamResampler) → sample buffer
+        → each window's own samples → fbank [frames, F] → padded (fixed) or native → normalized
+
+A window of W frames starting at frame s reads samples [160·s, 160·s + 160·(W − 1) + 400): its
+fbank is computed from those samples alone (mean removed over the window, as AST removes it
+per clip), so a window's input does not depend on how the audio was cut into blocks. Only the
+samples a later window may still need are kept: at most about one window plus one block.
+
+Window placement (`WindowPlan`) is the same for a whole clip and for a stream: windows start
+every `hop` frames while they fit; a clip no longer than one window is one window; when the
+regular windows stop short of the end, a fixed-length model gets one more window ending at the
+end, and a native-length model (ElasticAST) gets the next window on the hop grid, cut at the
+end and scored at its own length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from fastast_cli.data.elastic_features import fit_native_length
+from fastast_cli.data.features import (
+    FRAME_SHIFT_MS,
+    SAMPLE_RATE,
+    fbank,
+    frame_length_samples,
+    normalize,
+    pad_or_cut,
+)
+
+FRAME_SHIFT = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160 samples between frames
+FRAME_LENGTH = frame_length_samples()  # 400 samples per frame
+
+
+def frames_in(num_samples: int) -> int:
+    """Complete fbank frames in `num_samples` 16-kHz samples (0 when fewer than one frame)."""
+    if num_samples < FRAME_LENGTH:
+        return 0
+    return 1 + (num_samples - FRAME_LENGTH) // FRAME_SHIFT
+
+
+def samples_for(frames: int) -> int:
+    """16-kHz samples spanned by `frames` consecutive frames."""
+    return (frames - 1) * FRAME_SHIFT + FRAME_LENGTH
+
+
+@dataclass(frozen=True)
+class Span:
+    """One window: frames [start, stop) of the clip."""
+
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where windows of `window` frames go, every `hop` frames; `native`: the last partial
+    window keeps its own length instead of ending at the clip's end (unless the hop is longer
+    than a window and the next start lies past the end: then it ends at the end, full)."""
+
+    window: int
+    hop: int
+    native: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.hop < 1:
+            raise ValueError(f"window and hop must be >= 1 frame, got {self.window}, {self.hop}")
+
+    def regular(self, first: int, available: int) -> list[Span]:
+        """Regular windows numbered from `first` that fit in `available` frames."""
+        spans = []
+        start = first * self.hop
+        while start + self.window <= available:
+            spans.append(Span(start, start + self.window))
+            start += self.hop
+        return spans
+
+    def closing(self, regular_count: int, num_frames: int) -> list[Span]:
+        """The window(s) after `regular_count` regular ones in a clip of `num_frames` frames."""
+        if regular_count == 0:
+            return [Span(0, num_frames)]  # a clip no longer than one window
+        last_stop = (regular_count - 1) * self.hop + self.window
+        if last_stop >= num_frames:
+            return []
+        start = regular_count * self.hop  # the next start on the hop grid
+        if self.native and start < num_frames:
+            return [Span(start, num_frames)]
+        return [Span(num_frames - self.window, num_frames)]
+
+    def count(self, num_frames: int) -> int:
+        """How many windows `spans(num_frames)` holds, without listing them."""
+        if num_frames <= self.window:
+            return 1
+        regular = (num_frames - self.window) // self.hop + 1
+        return regular + len(self.closing(regular, num_frames))
+
+    def spans(self, num_frames: int) -> list[Span]:
+        """Every window of a clip of `num_frames` frames.
+
+        E.g. window 64, hop 32: 192 frames → starts 0, 32, 64, 96, 128; 100 frames → 0, 32 and
+        36 (fixed) or 64 cut at 100 (native); 40 frames → one window of 40 frames.
+        """
+        regular = self.regular(0, num_frames)
+        return regular + self.closing(len(regular), num_frames)
+
+
+def window_input(raw: torch.Tensor, window: int, target_length: int, native: bool,
+                 mean: float, std: float) -> torch.Tensor:
+    """A window's raw fbank [frames ≤ window, F] → model input: padded with zeros to the model's
+    `target_length` (fixed models) or kept at its own length, at least one patch (native);
+    then normalized `(x - mean) / (2·std)`."""
+    fitted = fit_native_length(raw, window) if native else pad_or_cut(raw, target_length)
+    return normalize(fitted, mean, std)
+
+
+@dataclass
+class Window:
+    """A window ready for the model: its span and its input [frames, F]."""
+
+    span: Span
+    features: torch.Tensor
+
+
+class WindowCutter:
+    """Turns 16-kHz mono samples pushed in blocks into the windows of a `WindowPlan`.
+
+    `push(samples)` yields the regular windows the samples complete; `finish()` the closing
+    window(s). Only the samples later windows may need are kept.
+    """
+
+    def __init__(self, plan: WindowPlan, num_mel_bins: int, target_length: int,
+                 mean: float, std: float) -> None:
+        self.plan = plan
+        self.num_mel_bins, self.target_length = num_mel_bins, target_length
+        self.mean, self.std = mean, std
+        self.buffer = torch.zeros(0)  # samples from `buffer_start` on
+        self.buffer_start = 0
+        self.total = 0  # samples pushed so far
+        self.emitted = 0  # regular windows yielded so far
+
+    def push(self, samples: torch.Tensor) -> Iterator[Window]:
+        """Add samples `[n]` (16 kHz mono); yield the regular windows now complete."""
+        self.buffer = torch.cat([self.buffer, samples])
+        self.total += samples.shape[0]
+        for span in self.plan.regular(self.emitted, frames_in(self.total)):
+            self.emitted += 1
+            yield self._window(span)
+        self._trim()
+
+    def finish(self) -> Iterator[Window]:
+        """Yield the closing window(s) once the audio has ended (none when it had no samples)."""
+        if self.total == 0:
+            return
+        for span in self.plan.closing(self.emitted, max(frames_in(self.total), 1)):
+            yield self._window(span)
+
+    def _window(self, span: Span) -> Window:
+        first = span.start * FRAME_SHIFT - self.buffer_start
+        wave = self.buffer[first : first + samples_for(span.stop - span.start)]
+        raw = fbank(wave, SAMPLE_RATE, self.num_mel_bins)[: span.stop - span.start]
+        return Window(span, window_input(raw, self.plan.window, self.target_length,
+                                         self.plan.native, self.mean, self.std))
+
+    def _trim(self) -> None:
+        """Drop samples before both the next regular window and the last `window` frames."""
+        next_start = self.emitted * self.plan.hop
+        tail_start = max(frames_in(self.total) - self.plan.window, 0)
+        keep = min(next_start, tail_start) * FRAME_SHIFT
+        if keep > self.buffer_start:
+            self.buffer = self.buffer[keep - self.buffer_start :]
+            self.buffer_start = keep

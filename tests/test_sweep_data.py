@@ -94,9 +94,42 @@ def test_per_r_checkpoints_and_fold_patterns(small_demo, tiny_checkpoints, tmp_p
     manifest = load_manifest(small_demo)
     other = evaluate_checkpoint(folder / "r6/best.pt", manifest, r=6)
     assert float(rows[1]["metric"]) == pytest.approx(other.metrics.accuracy, abs=5e-5)
+    assert rows[0]["metric_std"] == ""  # no folds, no spread: a blank cell
     folds = sweep(["--data", str(small_demo), "--checkpoint", f"{folder}/r0/best.pt",
-                   "--folds", "1-2", "--r", "0"])
+                   "--folds", "1-2", "--r", "0", "--out", str(tmp_path / "folds.csv")])
     assert folds.exit_code == 0, folds.output
+    (spread,) = list(csv.DictReader((tmp_path / "folds.csv").open()))
+    assert float(spread["metric_std"]) >= 0.0
+
+
+def test_identical_architectures_share_one_interleaved_measurement(
+    small_demo, tiny_checkpoints, tmp_path, monkeypatch
+):
+    manifest = load_manifest(small_demo)
+    deeper = build_model("tiny", 10, target_length=200, depth=3, fstride=16, tstride=16,
+                         labels=manifest.label_names)
+    mean, std = manifest.norm_stats()
+    other = save_checkpoint(tmp_path / "deeper.pt", deeper, mean=mean, std=std)
+    calls = []
+    real = sweep_module.sweep_throughputs
+
+    def spy(models, rs, **options):
+        calls.append(([model.config.depth for model in models], [list(r) for r in rs]))
+        return real(models, rs, **options)
+
+    monkeypatch.setattr(sweep_module, "sweep_throughputs", spy)
+    out = tmp_path / "sweep.csv"
+    result = sweep(["--data", str(small_demo), "--checkpoint", f"a={tiny_checkpoints[0]}",
+                    "--checkpoint", f"deep={other}", "--checkpoint", f"b={tiny_checkpoints[1]}",
+                    "--r", "0,8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    # One loop: the two architectures, each with its own r = 0 reference.
+    assert calls == [([2, 3], [[0, 8], [0, 8]])]
+    rows = {(row["run"], int(row["r"])): row for row in csv.DictReader(out.open())}
+    for r in (0, 8):
+        assert rows["a", r]["samples_per_s"] == rows["b", r]["samples_per_s"]
+        assert rows["a", r]["speedup"] == rows["b", r]["speedup"]
+    assert rows["a", 0]["speedup"] == rows["deep", 0]["speedup"] == "1.00"
 
 
 def test_budget_recommends_the_smallest_drop_that_is_fast_enough():

@@ -15,7 +15,12 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.models.checkpoints import read_checkpoint
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.training import loop as loop_module
-from fastast_cli.training.config import TrainConfig, load_config, read_recipe
+from fastast_cli.training.config import (
+    TrainConfig,
+    load_config,
+    read_recipe,
+    warmup_steps_for,
+)
 from fastast_cli.training.loop import Trainer, TrainingInterrupted, learning_rate, train
 from fastast_cli.training.sampling import EpochSampler
 
@@ -173,14 +178,56 @@ def test_weight_averaging_is_the_mean_of_the_epochs(small_demo, tmp_path):
 
 def test_learning_rate_schedule_matches_ast():
     esc = TrainConfig(lr=1e-5, lr_start=5, lr_step=1, lr_decay=0.85)
-    assert [round(learning_rate(esc, e, 0) / 1e-5, 6) for e in range(8)] == [
+    assert [round(learning_rate(esc, e, 0, 0) / 1e-5, 6) for e in range(8)] == [
         1, 1, 1, 1, 1, 0.85, 0.7225, 0.614125]
     audioset = TrainConfig(lr=5e-5, lr_start=10, lr_step=5, lr_decay=0.5, warmup_steps=1000)
-    assert learning_rate(audioset, 0, 0) == pytest.approx(5e-8)
-    assert learning_rate(audioset, 0, 499) == pytest.approx(2.5e-5)
-    assert learning_rate(audioset, 9, 5000) == pytest.approx(5e-5)
-    assert learning_rate(audioset, 10, 5000) == pytest.approx(2.5e-5)
-    assert learning_rate(audioset, 15, 5000) == pytest.approx(1.25e-5)
+    assert warmup_steps_for(audioset, 1700) == 1000
+    assert learning_rate(audioset, 0, 0, 1000) == pytest.approx(5e-8)
+    assert learning_rate(audioset, 0, 499, 1000) == pytest.approx(2.5e-5)
+    assert learning_rate(audioset, 9, 5000, 1000) == pytest.approx(5e-5)
+    assert learning_rate(audioset, 10, 5000, 1000) == pytest.approx(2.5e-5)
+    assert learning_rate(audioset, 15, 5000, 1000) == pytest.approx(1.25e-5)
+
+
+class LrRecorder(loop_module.SilentReporter):
+    """Keeps the learning rate of every training step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def batch_done(self, loss: float, lr: float, samples_per_s: float) -> None:
+        self.lrs.append(lr)
+
+
+def first_epoch_lrs(run: TrainConfig) -> tuple[int, list[float]]:
+    """The run's warm-up steps and the lr of each step of its first epoch."""
+    recorder = LrRecorder()
+    trainer = Trainer(run, loop_module.Ranks(), torch.device("cpu"), recorder)
+    trainer._train_epoch(trainer.model)
+    return trainer.warmup_steps, recorder.lrs
+
+
+def test_ast_from_scratch_warms_up_unless_pretrained_or_set(small_demo, tmp_path):
+    # 64 training clips in batches of 8: 8 steps per epoch, 5 epochs → 40 steps, 10%: 4.
+    scratch = config(small_demo, tmp_path / "scratch", epochs=5, lr=1e-3)
+    assert scratch.from_scratch and scratch.warmup_steps is None
+    steps, lrs = first_epoch_lrs(scratch)
+    assert steps == 4
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+    long_run = TrainConfig(epochs=25, pretrained=None)  # AST's 1000 steps caps a long run
+    assert warmup_steps_for(long_run, 1700) == 1000
+    assert warmup_steps_for(TrainConfig(model="efficientnet-b2"), 100) == 0  # CNNs: none
+
+    train(config(small_demo, tmp_path / "initial", epochs=1))
+    weights_path = tmp_path / "initial/best.pt"
+    pretrained = config(small_demo, tmp_path / "pretrained", epochs=5, lr=1e-3,
+                        pretrained=str(weights_path))
+    assert not pretrained.from_scratch
+    assert first_epoch_lrs(pretrained) == (0, [1e-3] * 8)
+    explicit = config(small_demo, tmp_path / "explicit", epochs=5, lr=1e-3, warmup_steps=2)
+    steps, lrs = first_epoch_lrs(explicit)
+    assert steps == 2 and lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert warmup_steps_for(config(small_demo, tmp_path, warmup_steps=0), 8) == 0
 
 
 def test_recipes_chain_and_flags_override(tmp_path):
@@ -207,6 +254,9 @@ def test_distill_command_end_to_end(small_demo, tmp_path):
                                   str(tmp_path / "s"), "--teacher-checkpoint",
                                   str(tmp_path / "t/best.pt"), "--r", "6", *common])
     assert student.exit_code == 0, student.output
+    assert "training ast from scratch (no --pretrained): lr warm-up over the first 1 steps" in \
+        student.output.replace("\n", " ")
+    assert "from scratch" not in teacher.output  # a CNN needs no warm-up
     saved = read_checkpoint(tmp_path / "s/best.pt")
     assert saved["meta"]["r"] == 6 and saved["config"]["depth"] == 4
     assert (tmp_path / "s/config.yaml").read_text().count("teacher: mobilenetv3-small") == 1
@@ -280,6 +330,12 @@ def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_dem
     train(config(small_demo, tmp_path / "a", epochs=1))
     with pytest.raises(FastASTError, match="other settings.*depth"):
         train(config(small_demo, tmp_path / "a", epochs=2, depth=3), resume=True)
+    # A run without warm-up (saved before the from-scratch default) resumes only without it.
+    train(config(small_demo, tmp_path / "old", epochs=1, warmup_steps=0))
+    with pytest.raises(FastASTError, match="other settings.*warmup_steps"):
+        train(config(small_demo, tmp_path / "old", epochs=2), resume=True)
+    assert len(train(config(small_demo, tmp_path / "old", epochs=2, warmup_steps=0),
+                     resume=True).history) == 2
     from fastast_cli import build_model
     from fastast_cli.models.checkpoints import save_checkpoint
 

@@ -20,6 +20,7 @@ def _load_app() -> Any:
         export,
         predict,
         prepare,
+        report,
         sweep,
         train,
         visualize,

@@ -26,6 +26,10 @@ Out = Annotated[Path | None, typer.Option(
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int | None, typer.Option(min=1, help="Samples per step (per process).")]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate (Adam).")]
+WarmupSteps = Annotated[int | None, typer.Option(
+    min=0, help="Steps of linear lr warm-up (0: none). Default: the recipe's, else AST's "
+    "warm-up scaled to the run (10% of its steps, at most 1000) for an AST trained from "
+    "scratch, none with --pretrained.")]
 Seed = Annotated[int | None, typer.Option(help="Seed of initialisation, order and augmentation.")]
 Device = Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 Fold = Annotated[int | None, typer.Option(help="Cross-validation fold (ESC-50, demo).")]
@@ -148,6 +152,7 @@ def train_teacher(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     lr: Lr = None,
+    warmup_steps: WarmupSteps = None,
     fold: Fold = None,
     seed: Seed = None,
     device: Device = None,
@@ -168,7 +173,8 @@ def train_teacher(
         "resolution_sampling": resolution_sampling,
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "fold": fold, "seed": seed, "device": device, "num_workers": num_workers,
+        "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
+        "num_workers": num_workers,
         "teacher": "none",
     }, resume, overwrite, quiet)
 
@@ -203,6 +209,7 @@ def distill(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     lr: Lr = None,
+    warmup_steps: WarmupSteps = None,
     fold: Fold = None,
     seed: Seed = None,
     device: Device = None,
@@ -225,6 +232,7 @@ def distill(
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
         "r": r, "schedule": schedule, "model": "ast", "size": model, "pretrained": pretrained,
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "fold": fold, "seed": seed,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+        "fold": fold, "seed": seed,
         "device": device, "num_workers": num_workers,
     }, resume, overwrite, quiet)

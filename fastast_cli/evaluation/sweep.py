@@ -6,8 +6,11 @@ are averaged, mean ± std). Without `{r}` the same weights are evaluated at ever
 
 Each row joins the metric measured on the dataset with throughput measured on random input of
 the model's shape (interleaved timing, see evaluation.throughput); throughput depends only on
-the architecture and r, so it is measured once per r and run. Finished rows are handed to
-`on_row` at once so that the caller can save them: an interrupted sweep loses nothing.
+the architecture and r, so it is measured once per architecture and r: the runs of a sweep are
+timed together in one interleaved loop, with one reference r per architecture, and runs of
+identical architectures share one measurement (they report the same samples/s). Finished rows
+are handed to `on_row` at once so that the caller can save them: an interrupted sweep loses
+nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,11 @@ import torch
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_and_std
-from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
+from fastast_cli.evaluation.throughput import (
+    ThroughputRow,
+    default_batch_size,
+    sweep_throughputs,
+)
 from fastast_cli.export.backends import make_forward
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
@@ -53,7 +60,7 @@ class SweepRow:
     run: str
     r: int
     metric: float
-    metric_std: float
+    metric_std: float | None  # standard deviation over folds; None for a single fold
     drop: float
     samples_per_s: float
     speedup: float
@@ -89,6 +96,71 @@ def metric_name(model: torch.nn.Module, manifest: Manifest) -> str:
     return "mAP" if manifest.dataset == "audioset" else "accuracy"
 
 
+def architecture(model: AST | ElasticAST) -> str:
+    """What decides a model's speed: its class, its config without the label names, and
+    proportional attention. Two models with the same key run at the same samples/s."""
+    config = {f.name: getattr(model.config, f.name) for f in fields(model.config)
+              if f.name != "labels"}
+    return repr((type(model).__name__, config, getattr(model, "proportional_attention", None)))
+
+
+def load_sweepable(path: str, device: torch.device, **merging: Any) -> AST | ElasticAST:
+    """The checkpoint at `path` with its merging settings (`merging` overrides them: schedule,
+    proportional_attention), refused unless it is an AST (merging needs one)."""
+    model = load_classifier(path, device=device, **merging)
+    if not isinstance(model, AST | ElasticAST):
+        raise FastASTError(f"{path}: token merging sweeps need an AST checkpoint")
+    return model
+
+
+def measure_runs(
+    todo: dict[SweepRun, list[int]],
+    rs: Sequence[int],
+    *,
+    fold: int | None = None,
+    batch_size: int | None = None,
+    device: torch.device | None = None,
+    dtype: str = "auto",
+    schedule: str | None = None,
+    proportional_attention: bool | None = None,
+    warmup: int = 2,
+    runs: int = 5,
+    on_step: Callable[[], None] | None = None,
+    backends: Sequence[str] = ("torch",),
+) -> tuple[dict[str, dict[tuple[str, int], ThroughputRow]], int]:
+    """Throughput of each run at rs[0] and at the r values it still needs (`todo`) on each of
+    `backends`, keyed by run name then (backend, r), and the timing batch used. One model per
+    architecture is timed, with its checkpoint's schedule unless `schedule` is given; all
+    architectures, backends and r values in one interleaved loop, speedups relative to the
+    first backend at rs[0] of the same architecture. `batch_size`: the timing batch (default:
+    `default_batch_size` of the first model, filling the device)."""
+    device = device or torch.device("cpu")
+    merging = {"schedule": schedule, "proportional_attention": proportional_attention}
+    models: dict[str, AST | ElasticAST] = {}
+    wanted: dict[str, list[int]] = {}
+    owner: dict[str, str] = {}
+    for run, missing in todo.items():
+        model = load_sweepable(run.path(rs[0], fold), device, **merging)
+        key = repr((architecture(model), model.merge_settings.schedule))
+        models.setdefault(key, model)
+        owner[run.name] = key
+        wanted.setdefault(key, [rs[0]])
+        wanted[key] += [r for r in missing if r not in wanted[key]]
+    keys = list(models)
+    first = models[keys[0]]
+    batch_size = batch_size or default_batch_size(
+        first, device, dtype, rs[0], first.merge_settings.schedule
+    )
+    measured = sweep_throughputs(
+        [models[key] for key in keys], [wanted[key] for key in keys], batch_size=batch_size,
+        device=device, dtype=dtype, schedule=[models[key].merge_settings.schedule for key in keys],
+        warmup=warmup, runs=runs, on_step=on_step, backends=backends,
+    )
+    speed = {key: {(row.backend, row.r): row for row in rows}
+             for key, rows in zip(keys, measured, strict=True)}
+    return {name: speed[key] for name, key in owner.items()}, batch_size
+
+
 def sweep_run(
     run: SweepRun,
     rs: Sequence[int],
@@ -110,6 +182,7 @@ def sweep_run(
     on_step: Callable[[], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     backends: Sequence[str] = ("torch",),
+    speed: dict[tuple[str, int], ThroughputRow] | None = None,
 ) -> tuple[list[SweepRow], str]:
     """Sweep one run over `rs`, skipping the r values in `done`; returns new rows and metric name.
 
@@ -121,7 +194,9 @@ def sweep_run(
     `batch_size`: the timing batch (default: `default_batch_size`, filling the device).
     `reference_metric`: the run's r = rs[0] metric from an earlier, interrupted sweep (drops are
     relative to it when that row is among `done`). Each r is evaluated and timed on each of
-    `backends` (timing interleaved); rows are named with `backend_run_name`.
+    `backends` (timing interleaved); rows are named with `backend_run_name`. `speed`: the run's
+    throughput per (backend, r) measured beforehand (`measure_runs`); measured here when not
+    given.
     """
     device = device or torch.device("cpu")
     split = split or manifest.eval_split
@@ -129,21 +204,17 @@ def sweep_run(
     if not todo:
         return [], ""
     merging = {"schedule": schedule, "proportional_attention": proportional_attention}
-    models = {fold: load_classifier(run.path(rs[0], fold), device=device, **merging)
-              for fold in folds}
+    models = {fold: load_sweepable(run.path(rs[0], fold), device, **merging) for fold in folds}
     first = next(iter(models.values()))
-    if not isinstance(first, AST | ElasticAST):
-        raise FastASTError(f"{run.checkpoint}: token merging sweeps need an AST checkpoint")
     for fold, model in models.items():
         check_labels(model, manifest, run.path(rs[0], fold))
     metric = metric_name(first, manifest)
-    schedule = first.merge_settings.schedule
-    batch_size = batch_size or default_batch_size(first, device, dtype, rs[0], schedule)
-    timed = [rs[0]] + [r for r in todo if r != rs[0]]  # speedups always relative to rs[0]
-    speed = {(row.backend, row.r): row for row in sweep_throughput(
-        first, timed, batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
-        warmup=warmup, runs=runs, on_step=on_step, backends=backends,
-    )}
+    if speed is None or batch_size is None:
+        measured, batch_size = measure_runs(
+            {run: todo}, rs, fold=folds[0], batch_size=batch_size, device=device, dtype=dtype,
+            warmup=warmup, runs=runs, on_step=on_step, backends=backends, **merging,
+        )
+        speed = measured[run.name]
     rows: list[SweepRow] = []
     for r in todo:
         values: dict[str, list[float]] = {backend: [] for backend in backends}
@@ -166,7 +237,8 @@ def sweep_run(
             if reference_metric is None:
                 reference_metric = mean
             timing = speed[backend, r]
-            row = SweepRow(backend_run_name(run.name, backend, backends), r, mean, std,
+            spread = std if len(folds) > 1 else None
+            row = SweepRow(backend_run_name(run.name, backend, backends), r, mean, spread,
                            mean - reference_metric, timing.samples_per_s, timing.speedup,
                            timing.tokens, timing.gflops, run.path(r, folds[0]), split,
                            batch_size, settings.attention_line())
@@ -179,6 +251,11 @@ def sweep_run(
 def backend_run_name(name: str, backend: str, backends: Sequence[str]) -> str:
     """A run's name in the table: itself on the torch backend alone, else `name (backend)`."""
     return name if list(backends) == ["torch"] else f"{name} ({backend})"
+
+
+# The options of `sweep_run` that decide how throughput is measured.
+TIMING_OPTIONS = ("batch_size", "device", "dtype", "schedule", "proportional_attention",
+                  "warmup", "runs", "on_step", "backends")
 
 
 def run_sweep(
@@ -200,6 +277,8 @@ def run_sweep(
     backends = options.get("backends", ("torch",))
     names = {run.name: [backend_run_name(run.name, b, backends) for b in backends]
              for run in checkpoints}
+    if len(names) < len(checkpoints):
+        raise FastASTError("two --checkpoint runs share a name: name them, e.g. kd=PATH")
     order = {name: index for index, name in enumerate(n for ns in names.values() for n in ns)}
     split = split or manifest.eval_split
     rows = [row for row in previous if row.run in order and row.split == split]
@@ -214,13 +293,23 @@ def run_sweep(
         if on_rows is not None:
             on_rows(rows)
 
-    for run in checkpoints:
+    done: dict[SweepRun, set[int]] = {}
+    for run in checkpoints:  # an r is done when every backend's row is there
         mine = [row for row in rows if row.run in names[run.name]]
-        reference = next((row.metric for row in mine if row.r == rs[0]), None)
-        done = {r for r in rs if len({row.run for row in mine if row.r == r}) == len(backends)}
-        rows[:] = [row for row in rows if row.run not in names[run.name] or row.r in done]
-        _, name = sweep_run(run, rs, manifest, split=split, done=done,
-                            reference_metric=reference, on_row=keep, **options)
+        done[run] = {r for r in rs
+                     if len({row.run for row in mine if row.r == r}) == len(backends)}
+        rows[:] = [row for row in rows if row.run not in names[run.name] or row.r in done[run]]
+    todo = {run: [r for r in rs if r not in done[run]] for run in checkpoints}
+    todo = {run: missing for run, missing in todo.items() if missing}
+    timing = {key: options[key] for key in TIMING_OPTIONS if key in options}
+    folds = options.get("folds", (None,))
+    speeds, batch_size = measure_runs(todo, rs, fold=folds[0], **timing) if todo else ({}, None)
+    for run in todo:
+        reference = next((row.metric for row in rows
+                          if row.run in names[run.name] and row.r == rs[0]), None)
+        _, name = sweep_run(run, rs, manifest, split=split, done=done[run],
+                            reference_metric=reference, on_row=keep, speed=speeds[run.name],
+                            **{**options, "batch_size": batch_size})
         metric = name or metric
     return rows, metric
 
@@ -235,7 +324,8 @@ def read_rows(path: Path) -> list[SweepRow]:
             try:
                 rows.append(SweepRow(
                     run=record["run"], r=int(record["r"]), metric=float(record["metric"]),
-                    metric_std=float(record["metric_std"]), drop=float(record["drop"]),
+                    metric_std=float(record["metric_std"]) if record["metric_std"] else None,
+                    drop=float(record["drop"]),
                     samples_per_s=float(record["samples_per_s"]),
                     speedup=float(record["speedup"]), tokens=int(record["tokens"]),
                     gflops=float(record["gflops"]), checkpoint=record["checkpoint"],

@@ -128,50 +128,89 @@ def sweep_throughput(
     (put 0 first for the usual table). `on_step` is called after each forward pass: there are
     len(backends) · len(rs) · (warmup + runs) of them.
     """
-    if not rs:
+    return sweep_throughputs(
+        [model], [rs], batch_size=batch_size, device=device, dtype=dtype, schedule=schedule,
+        warmup=warmup, runs=runs, seed=seed, on_step=on_step, backends=backends,
+    )[0]
+
+
+def sweep_throughputs(
+    models: Sequence[AST],
+    rs: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    dtype: str = "auto",
+    schedule: str | Sequence[str] = "constant",
+    warmup: int = 2,
+    runs: int = 5,
+    seed: int = 0,
+    on_step: Callable[[], None] | None = None,
+    backends: Sequence[str] = ("torch",),
+) -> list[list[ThroughputRow]]:
+    """`sweep_throughput` of several models (e.g. different architectures) at once: models[i]
+    at the merging rates rs[i] on each backend, the timed runs of every (model, backend, r)
+    interleaved in one loop so that machine load hits them all alike. Returns the rows of each
+    model (backend by backend, then r), its speedups relative to its own first backend at its
+    first r. `schedule`: one for every model, or one per model. `on_step` is called after each
+    of the Σ len(backends) · len(rs[i]) · (warmup + runs) forward passes.
+    """
+    if len(models) != len(rs) or not all(rs):
         raise ValueError("no r values to sweep")
+    schedules = [schedule] * len(models) if isinstance(schedule, str) else list(schedule)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    config = model.config
-    model = model.to(device).eval()
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch_size, config.target_length, config.num_mel_bins)
-    batch = torch.randn(shape, generator=generator).to(device)
+    models = [model.to(device).eval() for model in models]
+    batches = [_random_batch(model, batch_size, seed).to(device) for model in models]
 
     gflops = {}
-    for r in rs:
-        with merging(model, r, schedule):
-            gflops[r] = count_flops(model, batch[:1]) / 1e9
+    for index, model in enumerate(models):
+        for r in rs[index]:
+            with merging(model, r, schedules[index]):
+                gflops[index, r] = count_flops(model, batches[index][:1]) / 1e9
 
-    settings = [(backend, r) for backend in backends for r in rs]
+    settings = [(index, backend, r) for index, model_rs in enumerate(rs)
+                for backend in backends for r in model_rs]
     forwards = {}
-    for backend, r in settings:
-        with merging(model, r, schedule):
-            forwards[backend, r] = make_forward(model, backend)
-    timings: dict[tuple[str, int], list[float]] = {setting: [] for setting in settings}
+    for index, backend, r in settings:
+        with merging(models[index], r, schedules[index]):
+            forwards[index, backend, r] = make_forward(models[index], backend)
+    timings: dict[tuple[int, str, int], list[float]] = {setting: [] for setting in settings}
     for setting in settings:
         for _ in range(warmup):
-            time_forward(forwards[setting], batch, device, torch_dtype)
+            time_forward(forwards[setting], batches[setting[0]], device, torch_dtype)
             _tick(on_step)
     for _ in range(runs):
         for setting in settings:
-            timings[setting].append(time_forward(forwards[setting], batch, device, torch_dtype))
+            timings[setting].append(
+                time_forward(forwards[setting], batches[setting[0]], device, torch_dtype))
             _tick(on_step)
 
     throughput = {s: batch_size / statistics.median(timings[s]) for s in settings}
-    reference = settings[0]
+    reference = [throughput[index, backends[0], model_rs[0]] for index, model_rs in enumerate(rs)]
     return [
-        ThroughputRow(
-            r=r,
-            tokens=final_tokens(model, r, schedule),
-            gflops=gflops[r],
-            samples_per_s=throughput[backend, r],
-            speedup=throughput[backend, r] / throughput[reference],
-            flop_speedup=gflops[reference[1]] / gflops[r],
-            backend=backend,
-        )
-        for backend, r in settings
+        [
+            ThroughputRow(
+                r=r,
+                tokens=final_tokens(model, r, schedules[index]),
+                gflops=gflops[index, r],
+                samples_per_s=throughput[index, backend, r],
+                speedup=throughput[index, backend, r] / reference[index],
+                flop_speedup=gflops[index, rs[index][0]] / gflops[index, r],
+                backend=backend,
+            )
+            for backend in backends for r in rs[index]
+        ]
+        for index, model in enumerate(models)
     ]
+
+
+def _random_batch(model: AST, batch_size: int, seed: int) -> torch.Tensor:
+    """A fixed random batch [batch_size, frames, mel_bins] of the model's input shape."""
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((batch_size, config.target_length, config.num_mel_bins),
+                       generator=generator)
 
 
 def _tick(on_step: Callable[[], None] | None) -> None:

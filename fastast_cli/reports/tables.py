@@ -19,6 +19,7 @@ class Column:
     """A table column: the row key it shows, its header, the format of its cells, and a unit.
 
     The unit (e.g. "x" for a speedup) is shown on the console only, so CSV cells stay numbers.
+    A missing value (None, e.g. no spread without folds) is a blank cell.
     """
 
     key: str
@@ -27,7 +28,8 @@ class Column:
     unit: str = ""
 
     def cell(self, row: Mapping[str, Any]) -> str:
-        return self.fmt.format(row[self.key])
+        value = row[self.key]
+        return "" if value is None else self.fmt.format(value)
 
 
 def rich_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> Table:
@@ -36,7 +38,8 @@ def rich_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[
     for column in columns:
         table.add_column(column.header, justify="right")
     for row in rows:
-        table.add_row(*(column.cell(row) + column.unit for column in columns))
+        table.add_row(*(column.cell(row) + column.unit * (row[column.key] is not None)
+                        for column in columns))
     return table
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,15 @@ from fastast_cli.models.teachers import BACKBONES, POOLINGS
 MODELS = ("ast", *BACKBONES, "passt")
 SCHEDULES = ("constant", "decreasing")
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+# The shipped recipes are package data (fastast_cli/recipes), found the same way from a source
+# checkout and from an installed wheel; fastast is installed as files, not zipped.
+RECIPES_DIR = Path(str(files("fastast_cli") / "recipes"))
+
+# AST's linear warm-up (Gong et al. 2021, traintest.py): the lr rises from 0 over the first
+# 1000 steps. A run from scratch gets it scaled to its length: WARMUP_FRACTION of its steps,
+# at most AST's 1000.
+AST_WARMUP_STEPS = 1000
+WARMUP_FRACTION = 0.1
 
 
 @dataclass
@@ -73,7 +82,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 5e-7
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
-    warmup_steps: int = 0  # lr scaled by step/warmup_steps over the first steps
+    # lr scaled by step/warmup_steps over the first steps; None: AST's warm-up scaled to the
+    # run for a transformer trained from scratch, none otherwise (see `warmup_steps_for`).
+    warmup_steps: int | None = None
     lr_start: int = 5  # MultiStepLR: decay by lr_decay at epochs lr_start, +lr_step, ...
     lr_step: int = 1
     lr_decay: float = 0.85
@@ -87,6 +98,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def from_scratch(self) -> bool:
+        """A transformer (AST, PaSST) starting from random weights: it needs a warm-up."""
+        return self.model in ("ast", "passt") and self.pretrained is None
 
     def updated(self, values: dict[str, Any], source: str) -> TrainConfig:
         """A copy with `values` applied (None values are skipped: flags not given), each
@@ -181,6 +197,18 @@ class TrainConfig:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def warmup_steps_for(config: TrainConfig, steps_per_epoch: int) -> int:
+    """Warm-up steps of a run of `config.epochs` × `steps_per_epoch` optimizer steps: the
+    configured number when set, else AST's warm-up scaled to the run for a transformer trained
+    from scratch (WARMUP_FRACTION of the steps, at most AST_WARMUP_STEPS), else none."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    if not config.from_scratch:
+        return 0
+    total = config.epochs * steps_per_epoch
+    return max(1, min(AST_WARMUP_STEPS, round(WARMUP_FRACTION * total)))
 
 
 def _converted(key: str, value: Any, default: Any, source: str) -> Any:

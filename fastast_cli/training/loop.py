@@ -52,7 +52,7 @@ from fastast_cli.models.classifiers import build_classifier, load_classifier, mo
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.tome import capped_merging_note
-from fastast_cli.training.config import TrainConfig
+from fastast_cli.training.config import TrainConfig, warmup_steps_for
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss
 from fastast_cli.training.provenance import check_teacher_data, data_record, teacher_path
@@ -140,10 +140,11 @@ class RunResult:
     split: str = "valid"  # the split the history's metrics (and best.pt) were measured on
 
 
-def learning_rate(config: TrainConfig, epoch: int, step: int) -> float:
-    """AST's schedule: linear warm-up over the first steps, then ×lr_decay at epochs
-    lr_start, lr_start + lr_step, ... (0-based epochs: the decay applies from epoch lr_start)."""
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+def learning_rate(config: TrainConfig, epoch: int, step: int, warmup_steps: int) -> float:
+    """AST's schedule: linear warm-up over the first `warmup_steps` steps (the run's, from
+    `warmup_steps_for`), then ×lr_decay at epochs lr_start, lr_start + lr_step, ... (0-based
+    epochs: the decay applies from epoch lr_start)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
     decays = 0 if epoch < config.lr_start else (epoch - config.lr_start) // config.lr_step + 1
     return config.lr * warm * config.lr_decay**decays
 
@@ -202,6 +203,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.progress = Progress()
+        self.warmup_steps = warmup_steps_for(config, len(self._loader()))
         self.averaged: dict[str, torch.Tensor] | None = None
         self.cached_logits: torch.Tensor | None = None
 
@@ -316,6 +318,10 @@ class Trainer:
         try:
             if self.ranks.is_main:
                 self._start_folder(overwrite)
+            if config.from_scratch and not resume:
+                self.reporter.note(
+                    f"training {config.model} from scratch (no --pretrained): lr warm-up over "
+                    f"the first {self.warmup_steps} steps")
             if self.teacher is not None and config.teacher_logits == "cached":
                 self.cached_logits = self._teacher_logits_cache()
             network = self._network()
@@ -401,7 +407,8 @@ class Trainer:
         try:
             for fbank, target, partner, lam, *teacher_view, index in batches:
                 with deferred_interrupts():  # a step and its count go together: exact resume
-                    lr = learning_rate(config, progress.epoch, progress.step)
+                    lr = learning_rate(config, progress.epoch, progress.step,
+                                       self.warmup_steps)
                     loss = self._step(network, fbank, target, Mix(index, partner, lam), lr,
                                       teacher_view[0] if teacher_view else None)
                     progress.epoch_loss += loss * len(fbank)
@@ -500,7 +507,8 @@ class Trainer:
         metrics = self._evaluate(self.model)
         row = {
             "epoch": progress.epoch + 1, "train_loss": loss,
-            "lr": learning_rate(config, progress.epoch, max(progress.step - 1, 0)),
+            "lr": learning_rate(config, progress.epoch, max(progress.step - 1, 0),
+                                self.warmup_steps),
             **metrics.summary(), "samples_per_s": samples * self.ranks.world / max(seconds, 1e-9),
             "seconds": seconds,
         }
@@ -626,7 +634,11 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         payload = read_checkpoint(path)
         meta = payload["meta"]
-        saved_config = meta.get("train_config", {})
+        saved_config = dict(meta.get("train_config", {}))
+        if self.config.warmup_steps is None and saved_config.get("warmup_steps") == (
+            self.warmup_steps
+        ):  # a run saved before warm-up had a default, with the default's steps
+            saved_config["warmup_steps"] = None
         changed = [k for k, v in self.config.to_dict().items()
                    if k not in RESUMABLE_CHANGES and saved_config.get(k, v) != v]
         if changed:

@@ -1,0 +1,98 @@
+"""The FastAST story in numbers, from the rows of a sweep: the paper's Tables 1 and 2 in small
+and a two-line summary.
+
+Three runs of the same architecture play the roles of the FastAST paper's tables:
+
+- `baseline`: trained without merging (r = 0) and merged off the shelf at each r: ToMe at
+  inference only (Table 1, Inf);
+- `tome`: trained with merging: ToMe during training and inference (Table 1, Train+Inf) and
+  the student without distillation (Table 2);
+- `kd`: trained with merging and cross-model distillation (Table 2, with KD).
+
+Everything here is computed from the rows (e.g. the CSV written by `fastast sweep --data`), so
+the tables and sentences always say what was measured. Drops are relative to the baseline at
+the sweep's first r (r = 0, the plain AST).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.sweep import SweepRow
+
+
+def rows_by_r(rows: Sequence[SweepRow], run: str) -> dict[int, SweepRow]:
+    """The rows of run `run`, keyed by r; FastASTError when the sweep has none."""
+    mine = {row.r: row for row in rows if row.run == run}
+    if not mine:
+        names = ", ".join(dict.fromkeys(row.run for row in rows)) or "none"
+        raise FastASTError(f"the sweep has no run named {run!r} (its runs: {names})")
+    return mine
+
+
+def reference_row(rows: Sequence[SweepRow], baseline: str) -> SweepRow:
+    """The baseline at its smallest r (r = 0 in a usual sweep): what every drop is against."""
+    mine = rows_by_r(rows, baseline)
+    return mine[min(mine)]
+
+
+def table1_rows(rows: Sequence[SweepRow], baseline: str, tome: str) -> list[dict[str, Any]]:
+    """Table 1 in small, one row per r both runs have: tokens and speed at r, the baseline
+    merged at inference only, and the run trained with merging; drops vs the baseline at r = 0.
+    Speed is the baseline's (runs of one architecture share one measurement)."""
+    reference = reference_row(rows, baseline)
+    inference, training = rows_by_r(rows, baseline), rows_by_r(rows, tome)
+    return [
+        {
+            "r": r, "tokens": inference[r].tokens, "samples_per_s": inference[r].samples_per_s,
+            "speedup": inference[r].samples_per_s / reference.samples_per_s,
+            "inference_only": inference[r].metric,
+            "inference_only_drop": inference[r].metric - reference.metric,
+            "during_training": training[r].metric,
+            "during_training_drop": training[r].metric - reference.metric,
+        }
+        for r in sorted(inference.keys() & training.keys())
+    ]
+
+
+def table2_rows(rows: Sequence[SweepRow], tome: str, kd: str) -> list[dict[str, Any]]:
+    """Table 2 in small, one row per r both runs have: the student without and with
+    distillation, and what distillation changes."""
+    without, with_kd = rows_by_r(rows, tome), rows_by_r(rows, kd)
+    return [
+        {
+            "r": r, "samples_per_s": without[r].samples_per_s, "without_kd": without[r].metric,
+            "with_kd": with_kd[r].metric, "change": with_kd[r].metric - without[r].metric,
+        }
+        for r in sorted(without.keys() & with_kd.keys())
+    ]
+
+
+def summary_lines(
+    rows: Sequence[SweepRow], *, baseline: str, tome: str, kd: str | None, r: int,
+    metric: str = "accuracy",
+) -> list[str]:
+    """Two sentences: what merging at r buys and costs (the run trained with merging against
+    the baseline at r = 0), and what distillation changes at r (with KD against without)."""
+    reference = reference_row(rows, baseline)
+    merged = rows_by_r(rows, tome).get(r)
+    if merged is None:
+        raise FastASTError(f"the sweep has no row of {tome!r} at r = {r}: sweep that r too")
+    speedup = merged.samples_per_s / reference.samples_per_s
+    lines = [
+        f"r = {r} runs {speedup:.2f}× faster for {merged.metric - reference.metric:+.4f} "
+        f"{metric} ({tome} at r = {r}: {merged.metric:.4f}, {merged.samples_per_s:.1f} "
+        f"samples/s; {baseline} at r = {reference.r}: {reference.metric:.4f}, "
+        f"{reference.samples_per_s:.1f} samples/s)"
+    ]
+    if kd is not None:
+        distilled = rows_by_r(rows, kd).get(r)
+        if distilled is None:
+            raise FastASTError(f"the sweep has no row of {kd!r} at r = {r}: sweep that r too")
+        lines.append(
+            f"distillation changes {metric} by {distilled.metric - merged.metric:+.4f} at "
+            f"r = {r} ({kd}: {distilled.metric:.4f}, {tome}: {merged.metric:.4f})"
+        )
+    return lines

@@ -1,0 +1,117 @@
+"""`make demo`'s steps at reduced size: the report's tables and summary come from the CSV rows."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fastast_cli.cli import app
+from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.sweep import read_rows
+from fastast_cli.reports.summary import summary_lines, table1_rows, table2_rows
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def invoke(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def report(sweep_csv: Path) -> list[str]:
+    """The summary sentences `fastast report` prints for the demo's runs at r = 4."""
+    output = invoke("report", str(sweep_csv), "--baseline", "ast", "--tome", "tome",
+                    "--kd", "tome+kd", "--r", "4")
+    return [line for line in output.splitlines() if line.startswith(("r = 4", "distillation"))]
+
+
+@pytest.fixture(scope="module")
+def demo_sweep(small_demo, tmp_path_factory) -> Path:
+    """The demo's steps (Makefile `demo`) with one epoch each and r = 4: teacher, the student
+    trained without merging, with merging, with merging and KD, then the sweep."""
+    runs = tmp_path_factory.mktemp("demo-runs")
+    common = ["--data", str(small_demo), "--epochs", "1", "--device", "cpu"]
+    invoke("train-teacher", "--recipe", "demo-teacher", "--out", str(runs / "teacher"), *common)
+    invoke("distill", "--recipe", "demo", "--teacher", "none", "--r", "0",
+           "--out", str(runs / "ast"), *common)
+    invoke("distill", "--recipe", "demo", "--teacher", "none", "--r", "4",
+           "--out", str(runs / "tome"), *common)
+    invoke("distill", "--recipe", "demo-distill", "--r", "4", "--teacher-checkpoint",
+           str(runs / "teacher/best.pt"), "--out", str(runs / "tome-kd"), *common)
+    out = runs / "sweep.csv"
+    invoke("sweep", "--data", str(small_demo), "--r", "0,4,8", "--device", "cpu",
+           "--warmup", "0", "--runs", "1", "--batch-size", "2",
+           "--checkpoint", f"ast={runs / 'ast/best.pt'}",
+           "--checkpoint", f"tome={runs / 'tome/best.pt'}",
+           "--checkpoint", f"tome+kd={runs / 'tome-kd/best.pt'}", "--out", str(out))
+    return out
+
+
+def expected_lines(sweep_csv: Path) -> list[str]:
+    """The two sentences, computed by hand from the CSV's cells."""
+    cells = {(row["run"], int(row["r"])): row for row in csv.DictReader(sweep_csv.open())}
+    plain, merged, distilled = cells["ast", 0], cells["tome", 4], cells["tome+kd", 4]
+    speedup = float(merged["samples_per_s"]) / float(plain["samples_per_s"])
+    drop = float(merged["metric"]) - float(plain["metric"])
+    change = float(distilled["metric"]) - float(merged["metric"])
+    return [f"r = 4 runs {speedup:.2f}× faster for {drop:+.4f} accuracy",
+            f"distillation changes accuracy by {change:+.4f} at r = 4"]
+
+
+def test_summary_is_computed_from_the_csv_rows(demo_sweep, tmp_path):
+    lines = report(demo_sweep)
+    assert len(lines) == 2
+    for line, expected in zip(lines, expected_lines(demo_sweep), strict=True):
+        assert line.startswith(expected), (line, expected)
+
+    # Change the rows: the sentences follow.
+    edited = tmp_path / "edited.csv"
+    records = list(csv.DictReader(demo_sweep.open()))
+    for record in records:
+        if record["run"] == "tome+kd" and record["r"] == "4":
+            record["metric"] = f"{float(record['metric']) + 0.25:.4f}"
+        if record["run"] == "tome" and record["r"] == "4":
+            record["samples_per_s"] = f"{float(record['samples_per_s']) * 3:.2f}"
+    with edited.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    changed = report(edited)
+    assert changed != lines
+    for line, expected in zip(changed, expected_lines(edited), strict=True):
+        assert line.startswith(expected), (line, expected)
+
+
+def test_tables_hold_the_rows_of_their_runs(demo_sweep):
+    rows = read_rows(demo_sweep)
+    cells = {(row.run, row.r): row for row in rows}
+    table1 = table1_rows(rows, "ast", "tome")
+    assert [row["r"] for row in table1] == [0, 4, 8]
+    for row in table1:
+        assert row["inference_only"] == cells["ast", row["r"]].metric
+        assert row["during_training"] == cells["tome", row["r"]].metric
+        assert row["during_training_drop"] == pytest.approx(
+            cells["tome", row["r"]].metric - cells["ast", 0].metric)
+        # One architecture and merging setting, one interleaved measurement: the two students
+        # trained with merging share samples/s (the r = 0 run merges off the shelf, with
+        # proportional attention on, so it is timed as a setting of its own).
+        assert cells["tome", row["r"]].samples_per_s == cells["tome+kd", row["r"]].samples_per_s
+    table2 = table2_rows(rows, "tome", "tome+kd")
+    assert [row["change"] for row in table2] == pytest.approx(
+        [cells["tome+kd", r].metric - cells["tome", r].metric for r in (0, 4, 8)])
+    with pytest.raises(FastASTError, match="no run named 'kd'"):
+        summary_lines(rows, baseline="ast", tome="tome", kd="kd", r=4)
+    with pytest.raises(FastASTError, match="no row of 'tome' at r = 12"):
+        summary_lines(rows, baseline="ast", tome="tome", kd=None, r=12)
+    output = invoke("report", str(demo_sweep), "--baseline", "ast", "--tome", "tome",
+                    "--r", "8")
+    assert "Table 1" in output and "Table 2" not in output
+    assert len(re.findall(r"^r = 8 runs", output, flags=re.MULTILINE)) == 1
+    bad = CliRunner().invoke(app, ["report", str(demo_sweep.parent / "none.csv"),
+                                   "--baseline", "a", "--tome", "b", "--r", "0"])
+    assert bad.exit_code == 2 and "does not exist" in bad.output

@@ -14,4 +14,4 @@ BackendOption = Annotated[str, typer.Option(
     "the export extra).")]
 OnnxOption = Annotated[Path | None, typer.Option(
     help="With --backend onnxruntime: an ONNX file from `fastast export` to run (its metadata "
-    "must match the checkpoint's frames and --r).")]
+    "must match the checkpoint's frames, labels, r and proportional attention).")]

@@ -88,6 +88,10 @@ def evaluate(
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
     set_progress(not quiet)
+    if folds and onnx is not None:
+        raise FastASTError("--onnx is the graph of one checkpoint, --folds scores one checkpoint "
+                           "per fold: leave --onnx out (each fold's checkpoint is exported into "
+                           "the cache) or score one --fold")
     manifest = load_manifest(data)
     merging = {"r": r, "schedule": schedule, "proportional_attention": proportional_attention}
     split = split or manifest.eval_split

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.errors import FastASTError
@@ -16,6 +17,7 @@ from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
 from fastast_cli.export.parity import dataset_features
 from fastast_cli.export.reduction import METHODS, apply_reduction
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.models.merging import MergeSettings
 
 
 class Format(str, Enum):
@@ -31,7 +33,8 @@ class Schedule(str, Enum):
 @app.command(
     help="Export a checkpoint for use outside fastast. onnx: normalized fbank (batch × frames × "
     "mel bins) in, logits out, token merging at --r baked in, dynamic batch axis; labels, "
-    "normalization, sample rate, frames, r and method in the file's metadata; checked against "
+    "normalization, sample rate, frames, r, method and proportional attention in the file's "
+    "metadata; merging as the checkpoint was trained unless flags say otherwise; checked against "
     "PyTorch on random input and on audio features (--data clips, else synthetic audio) before "
     "it is written. hf: a transformers "
     "ASTForAudioClassification folder (config.json, model.safetensors, preprocessor_config.json "
@@ -44,12 +47,19 @@ def export(
     out: Annotated[Path, typer.Option(
         help="The .onnx file (onnx) or a new folder (hf); an existing one is never replaced.")],
     kind: Annotated[Format, typer.Option("--format", help="onnx or hf.")] = Format.onnx,
-    r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (onnx).")] = 0,
+    r: Annotated[int | None, typer.Option("--r", min=0, help=(
+        "Tokens merged per block (onnx). Default: what the checkpoint was trained with (0 for "
+        "checkpoints that record none)."))] = None,
     method: Annotated[str, typer.Option(
         help=f"Token reduction method: {', '.join(METHODS)}.")] = "tome",
-    schedule: Annotated[Schedule, typer.Option(
-        help="r per block: constant, or decreasing from 2r to 0 (same total).")
-    ] = Schedule.constant,
+    schedule: Annotated[Schedule | None, typer.Option(
+        help="r per block: constant, or decreasing from 2r to 0 (same total). Default: the "
+        "checkpoint's (constant for checkpoints that record none).")] = None,
+    proportional_attention: Annotated[bool | None, typer.Option(
+        "--proportional-attention/--no-proportional-attention", help=(
+            "ToMe's proportional attention (onnx). Default: the checkpoint's (on for checkpoints "
+            "that record none, as for models used off the shelf)."), show_default=False)
+    ] = None,
     tolerance: Annotated[float, typer.Option(
         min=0.0, help="Largest accepted difference between ONNX and PyTorch logits.")
     ] = DEFAULT_TOLERANCE,
@@ -58,22 +68,37 @@ def export(
         "evaluation clips (default: synthetic audio through the same features).")] = None,
 ) -> None:
     """Load, set merging, export, report."""
-    if kind is Format.hf and r > 0:
+    if kind is Format.hf and r:
         raise FastASTError("transformers' AST has no token merging: export --format hf with "
                            "--r 0, or use --format onnx for a merged model")
+    check_output(out, folder=kind is Format.hf)
     if kind is Format.onnx and out.exists():
         raise FastASTError(f"{out} already exists: remove it or pick another --out")
-    model = load_classifier(checkpoint)
-    apply_reduction(model, method, r, schedule.value)
+    model = load_classifier(checkpoint, r, schedule=schedule and schedule.value,
+                            proportional_attention=proportional_attention)
+    settings = getattr(model, "merge_settings", None)
     if kind is Format.hf:
         files = export_hf(model, out)
         console.print(f"wrote {', '.join(file.name for file in files)} in {out}")
+        if isinstance(settings, MergeSettings) and _merges(settings):
+            console.print(f"note: the checkpoint merges tokens ({settings.describe()}); "
+                          "transformers has none, so the folder runs it at r = 0")
         return
+    if isinstance(settings, MergeSettings):
+        apply_reduction(model, method, settings.r, settings.schedule)
+    else:  # CNN and PaSST checkpoints: no merging settings of their own
+        apply_reduction(model, method, r or 0)
     features = dataset_features(model, load_manifest(data)) if data is not None else None
     report = export_onnx(model, out, method=method, tolerance=tolerance, features=features)
+    merging = settings.describe() if isinstance(settings, MergeSettings) else "no merging"
     console.print(
-        f"wrote {report.path} (r={report.metadata['r']}, {report.metadata['method']}); max "
+        f"wrote {report.path} ({merging}); max "
         f"|ONNX - PyTorch| logit difference: {report.max_diff_random:.2e} on random input, "
         f"{report.max_diff_features:.2e} on {'clips of ' + str(data) if data else 'audio'} "
         f"features (tolerance {tolerance:g})"
     )
+
+
+def _merges(settings: MergeSettings) -> bool:
+    """Whether the settings merge any tokens (r an int, a per-block list or a fraction)."""
+    return any(settings.r) if isinstance(settings.r, list | tuple) else bool(settings.r)

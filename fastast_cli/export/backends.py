@@ -28,7 +28,7 @@ from fastast_cli import __version__
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.extras import import_extra
 from fastast_cli.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, read_metadata
-from fastast_cli.inference.clips import input_spec
+from fastast_cli.inference.clips import input_spec, label_names, num_classes_of
 
 PathLike = str | os.PathLike[str]
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -133,11 +133,19 @@ def onnx_forward(path: Path, model: nn.Module) -> Forward:
 
 
 def _check_matches(metadata: dict[str, Any], model: nn.Module, path: Path) -> None:
+    """Refuse a graph exported for another input shape, merging or label set than `model`'s
+    (proportional attention only counts where tokens are merged)."""
     spec = input_spec(model)
-    expected = {"frames": spec.target_length, "num_mel_bins": spec.num_mel_bins,
-                "r_schedule": list(getattr(model, "r_schedule", []))}
+    r_schedule = list(getattr(model, "r_schedule", []))
+    expected: dict[str, Any] = {"frames": spec.target_length, "num_mel_bins": spec.num_mel_bins,
+                                "r_schedule": r_schedule}
+    if any(r_schedule):
+        expected["proportional_attention"] = bool(getattr(model, "proportional_attention", False))
     wrong = [f"{key} {metadata.get(key)!r} (expected {value!r})"
              for key, value in expected.items() if metadata.get(key) != value]
+    labels = label_names(model, num_classes_of(model))
+    if metadata.get("labels") != labels:
+        wrong.append(f"its labels are not the checkpoint's {len(labels)} classes")
     if wrong:
         raise FastASTError(f"{path} was exported for other settings: {'; '.join(wrong)}")
 

@@ -16,7 +16,7 @@ from fastast_cli.cli import app
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.evaluation.evaluate import evaluate_checkpoint
 from fastast_cli.export import onnx_export
-from fastast_cli.export.backends import cache_key, make_forward
+from fastast_cli.export.backends import cache_key, make_forward, user_cache_dir
 from fastast_cli.export.onnx_export import export_onnx, onnx_metadata, read_metadata
 from fastast_cli.export.reduction import METHODS, apply_reduction
 from fastast_cli.models.checkpoints import (
@@ -159,6 +159,7 @@ def test_hf_folder_loads_in_transformers_with_our_logits(checkpoint: Path, tmp_p
     transformers = pytest.importorskip("transformers")
     result = invoke("export", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "hf"))
     assert result.exit_code == 0, result.output
+    assert "note:" not in result.output  # nothing lost on the way
     theirs = transformers.ASTForAudioClassification.from_pretrained(tmp_path / "hf").eval()
     extractor = transformers.ASTFeatureExtractor.from_pretrained(tmp_path / "hf")
     ours = load_model(checkpoint)
@@ -169,6 +170,20 @@ def test_hf_folder_loads_in_transformers_with_our_logits(checkpoint: Path, tmp_p
     assert (extractor.mean, extractor.std) == (-3.5, 4.25)
     again = load_model(tmp_path / "hf")  # and back into fastast, stats included
     assert again.meta == {"mean": -3.5, "std": 4.25} and again.labels == LABELS
+
+
+def test_hf_export_says_when_the_head_eps_cannot_be_kept(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path / "from-original-ast.pt"  # original AST files: head LayerNorm eps 1e-5
+    save_checkpoint(path, tiny_ast(head_layer_norm_eps=1e-5), mean=-3.5, std=4.25)
+    result = invoke("export", str(path), "--format", "hf", "--out", str(tmp_path / "hf"))
+    assert result.exit_code == 0, result.output
+    assert "note: the head's LayerNorm eps (1e-05) differs" in result.output
+    theirs = transformers.ASTForAudioClassification.from_pretrained(tmp_path / "hf").eval()
+    fbank = torch.randn(2, FRAMES, 128, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():  # slightly, as the note says
+        torch.testing.assert_close(theirs(fbank).logits, load_model(path)(fbank), atol=1e-3,
+                                   rtol=0)
 
 
 def test_hf_names_are_the_inverse_of_loading() -> None:
@@ -236,6 +251,18 @@ def test_cache_key_follows_weights_and_settings() -> None:
     assert cache_key(model, "tome") not in (key, cache_key(model.set_r(0), "tome"))
     attending = cache_key(model.set_r(4), "tome")
     assert cache_key(model.set_r(4, proportional_attention=False), "tome") != attending
+
+
+def test_cache_folder_is_the_users_cache(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    monkeypatch.setenv("FASTAST_CACHE_DIR", str(tmp_path / "mine"))
+    assert user_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("FASTAST_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert user_cache_dir() == tmp_path / "xdg" / "fastast"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_cache_dir() == tmp_path / "home" / ".cache" / "fastast"
 
 
 def test_a_forward_keeps_the_merging_it_was_made_with() -> None:

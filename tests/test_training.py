@@ -356,3 +356,21 @@ def test_compile_wraps_the_training_steps_only(small_demo, tmp_path):
     eager = Trainer(config(small_demo, tmp_path / "e"), loop_module.Ranks(),
                     torch.device("cpu"), loop_module.SilentReporter())
     assert eager._network() is eager.model
+
+
+def test_compile_flag_reaches_both_training_commands(small_demo, tmp_path, monkeypatch):
+    import fastast_cli.cli.train as train_cli
+
+    seen = []
+
+    def record(config, **_):
+        seen.append(config.compile)
+        raise FastASTError("stop before training")
+
+    monkeypatch.setattr(train_cli, "train", record)
+    common = ["--data", str(small_demo), "--out", str(tmp_path / "run")]
+    for command, flag in (("train-teacher", "--compile"), ("distill", "--compile"),
+                          ("distill", "--eager"), ("train-teacher", None)):
+        result = CliRunner().invoke(app, [command, *common, *([flag] if flag else [])])
+        assert result.exit_code == 2 and "stop before training" in result.output
+    assert seen == [True, True, False, False]

@@ -12,7 +12,7 @@ from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.errors import FastASTError
-from fastast_cli.export.hf import export_hf
+from fastast_cli.export.hf import export_hf, head_eps_note
 from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
 from fastast_cli.export.parity import dataset_features
 from fastast_cli.export.reduction import METHODS, apply_reduction
@@ -83,6 +83,9 @@ def export(
         if isinstance(settings, MergeSettings) and _merges(settings):
             console.print(f"note: the checkpoint merges tokens ({settings.describe()}); "
                           "transformers has none, so the folder runs it at r = 0")
+        eps_note = head_eps_note(model)
+        if eps_note:
+            console.print(f"note: {eps_note}")
         return
     if isinstance(settings, MergeSettings):
         apply_reduction(model, method, settings.r, settings.schedule)

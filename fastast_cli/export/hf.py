@@ -66,6 +66,19 @@ def _exportable(model: nn.Module) -> AST:
     return model
 
 
+def head_eps_note(model: nn.Module) -> str | None:
+    """What the folder cannot hold of `model`'s head: transformers gives the head's LayerNorm
+    the backbone's eps, while original AST files (and students fine-tuned from them) use 1e-5
+    there. None when the two agree."""
+    config = getattr(model, "config", None)
+    head_eps = getattr(config, "head_layer_norm_eps", None)
+    if head_eps is None or head_eps == config.layer_norm_eps:
+        return None
+    return (f"the head's LayerNorm eps ({head_eps:g}) differs from the backbone's "
+            f"({config.layer_norm_eps:g}); transformers uses one eps for both, so its logits "
+            "may differ slightly from fastast's")
+
+
 def hf_config(model: AST) -> dict[str, Any]:
     """transformers ASTConfig fields (config.json) of `model`, labels included."""
     config = model.config

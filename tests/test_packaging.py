@@ -49,6 +49,7 @@ def test_wheel_ships_the_recipes_and_an_install_finds_them(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                tmp_path, env)
+    assert site.returncode == 0, site.stderr
     target = Path(site.stdout.strip())
     dependencies = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
     (target / "dependencies.pth").write_text("\n".join(sorted(dependencies)) + "\n")

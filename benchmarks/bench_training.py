@@ -7,6 +7,10 @@ settings are timed round by round (interleaved), median per setting, in one run.
 
     .venv/bin/python benchmarks/bench_training.py                       # tiny AST, ESC-50 shape
     .venv/bin/python benchmarks/bench_training.py --model base --device cuda --batch-size 24
+    .venv/bin/python benchmarks/bench_training.py --compile 0,20   # + torch.compile'd steps
+
+`--compile R,...` adds rows where the student runs through `torch.compile`, as `train-teacher`
+and `distill --compile` run it (compilation happens in the untimed warm-up calls).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", default="", help="r values also timed with torch.compile")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -55,13 +60,14 @@ def main() -> None:
     ).float().to(device)
     cached = torch.randn(args.batch_size, preset.num_classes, device=device)
     amp = device.type == "cuda"
+    compiled = torch.compile(student)
 
     def step(r: int, teaching: str) -> float:
         student.set_r(r)
         synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, torch.float16, enabled=amp):
-            logits = student(batch)
+            logits = (compiled if teaching == "compiled" else student)(batch)
             if teaching == "online":
                 with torch.no_grad():
                     teacher_logits = teacher(batch).float()
@@ -76,6 +82,7 @@ def main() -> None:
 
     rs = [int(v) for v in args.r.split(",")]
     settings = [(r, "none") for r in rs] + [(args.teacher_r, "online"), (args.teacher_r, "cached")]
+    settings += [(int(v), "compiled") for v in args.compile.split(",") if v.strip()]
     for setting in settings:
         for _ in range(args.warmup):
             step(*setting)
@@ -86,7 +93,8 @@ def main() -> None:
     speed = {s: args.batch_size / statistics.median(t) for s, t in timings.items()}
     base = speed[(rs[0], "none")]
     rows = [{
-        "setting": f"r={r}" + ("" if teaching == "none" else f", {teaching} teacher"),
+        "setting": f"r={r}" + {"none": "", "compiled": ", torch.compile"}.get(
+            teaching, f", {teaching} teacher"),
         "tokens": final_tokens(student, r, "constant"),
         "samples_per_s": speed[(r, teaching)], "speedup": speed[(r, teaching)] / base,
     } for r, teaching in settings]

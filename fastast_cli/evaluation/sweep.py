@@ -16,6 +16,7 @@ nothing.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -349,12 +350,17 @@ def read_rows(path: Path) -> list[SweepRow]:
                     speedup=float(record["speedup"]), tokens=int(record["tokens"]),
                     gflops=float(record["gflops"]), checkpoint=record["checkpoint"],
                     split=record.get("split", ""),  # older tables: split unknown, re-measured
-                    batch=int(record.get("batch") or 0), merging="",
+                    batch=int(record.get("batch") or 0),
+                    merging=record.get("merging") or "",  # older tables: not recorded
                 ))
             except (KeyError, ValueError):
                 raise FastASTError(
                     f"{path} is not a sweep table of this kind: remove it or pick another --out"
                 ) from None
+            if not 0 < rows[-1].samples_per_s < math.inf:  # speeds are divided by
+                raise FastASTError(
+                    f"{path}: run {rows[-1].run!r} at r = {rows[-1].r} has samples_per_s "
+                    f"{record['samples_per_s']!r}, not a measured speed")
     return rows
 
 

@@ -1,16 +1,16 @@
 """Training throughput of an AST student: token merging during training (FastAST Train+Inf,
-paper §3.1.2), an online teacher (consistent teaching) against cached teacher logits, and with
-`--compile` the same steps with the student through torch.compile (`train-teacher`/`distill
---compile`), to tell whether compiling training pays.
+paper §3.1.2) and an online teacher (consistent teaching) against cached teacher logits.
 
 One training step = student forward + Eq. 1 loss + backward + Adam step, on a fixed random
 batch of the preset's shape; the online setting adds the frozen teacher's forward pass. All
-settings are timed round by round (interleaved), median per setting, in one run; compiled
-settings compile during the (untimed) warm-up, once per r.
+settings are timed round by round (interleaved), median per setting, in one run.
 
     .venv/bin/python benchmarks/bench_training.py                       # tiny AST, ESC-50 shape
-    .venv/bin/python benchmarks/bench_training.py --compile             # and compiled steps
     .venv/bin/python benchmarks/bench_training.py --model base --device cuda --batch-size 24
+    .venv/bin/python benchmarks/bench_training.py --compile 0,20   # + torch.compile'd steps
+
+`--compile R,...` adds rows where the student runs through `torch.compile`, as `train-teacher`
+and `distill --compile` run it (compilation happens in the untimed warm-up calls).
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time every r (no teacher) with the student compiled")
+    parser.add_argument("--compile", default="", help="r values also timed with torch.compile")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -51,7 +50,6 @@ def main() -> None:
     torch.manual_seed(0)
     student = build_model(args.model, preset.num_classes, target_length=preset.target_length)
     student = student.to(device).train()
-    compiled = torch.compile(student) if args.compile else None
     teacher = CNNClassifier(CNNConfig(preset.num_classes, args.teacher)).to(device).eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -62,15 +60,14 @@ def main() -> None:
     ).float().to(device)
     cached = torch.randn(args.batch_size, preset.num_classes, device=device)
     amp = device.type == "cuda"
+    compiled = torch.compile(student)
 
     def step(r: int, teaching: str) -> float:
-        """One timed training step; `teaching`: none, online, cached or compiled (no teacher)."""
         student.set_r(r)
-        network = compiled if teaching == "compiled" else student
         synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, torch.float16, enabled=amp):
-            logits = network(batch)
+            logits = (compiled if teaching == "compiled" else student)(batch)
             if teaching == "online":
                 with torch.no_grad():
                     teacher_logits = teacher(batch).float()
@@ -85,8 +82,7 @@ def main() -> None:
 
     rs = [int(v) for v in args.r.split(",")]
     settings = [(r, "none") for r in rs] + [(args.teacher_r, "online"), (args.teacher_r, "cached")]
-    if args.compile:
-        settings += [(r, "compiled") for r in rs]
+    settings += [(int(v), "compiled") for v in args.compile.split(",") if v.strip()]
     for setting in settings:
         for _ in range(args.warmup):
             step(*setting)
@@ -97,7 +93,7 @@ def main() -> None:
     speed = {s: args.batch_size / statistics.median(t) for s, t in timings.items()}
     base = speed[(rs[0], "none")]
     rows = [{
-        "setting": f"r={r}" + {"none": "", "compiled": ", compiled"}.get(
+        "setting": f"r={r}" + {"none": "", "compiled": ", torch.compile"}.get(
             teaching, f", {teaching} teacher"),
         "tokens": final_tokens(student, r, "constant"),
         "samples_per_s": speed[(r, teaching)], "speedup": speed[(r, teaching)] / base,
@@ -117,9 +113,6 @@ def main() -> None:
     cached_speed = speed[(args.teacher_r, "cached")]
     console.print(f"cached teacher logits vs online teacher at r={args.teacher_r}: "
                   f"{cached_speed / online:.2f}x")
-    if args.compile:
-        console.print("compiled vs eager training step: " + ", ".join(
-            f"r={r} {speed[(r, 'compiled')] / speed[(r, 'none')]:.2f}x" for r in rs))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.cli._app import app, console, merging_note, user_errors
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.hf import export_hf, head_eps_note
@@ -91,6 +91,9 @@ def export(
         apply_reduction(model, method, settings.r, settings.schedule)
     else:  # CNN and PaSST checkpoints: no merging settings of their own
         apply_reduction(model, method, r or 0)
+    note = merging_note(model)  # a capped r, from the checkpoint's settings or the flags
+    if note:
+        console.print(note)
     features = dataset_features(model, load_manifest(data)) if data is not None else None
     report = export_onnx(model, out, method=method, tolerance=tolerance, features=features)
     merging = settings.describe() if isinstance(settings, MergeSettings) else "no merging"

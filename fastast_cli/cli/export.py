@@ -44,12 +44,15 @@ def export(
     out: Annotated[Path, typer.Option(
         help="The .onnx file (onnx) or a new folder (hf); an existing one is never replaced.")],
     kind: Annotated[Format, typer.Option("--format", help="onnx or hf.")] = Format.onnx,
-    r: Annotated[int, typer.Option("--r", min=0, help="Tokens merged per block (onnx).")] = 0,
+    r: Annotated[int | None, typer.Option("--r", min=0, help=(
+        "Tokens merged per block (onnx). Default: what the checkpoint was trained with (0 for "
+        "checkpoints that record none)."))] = None,
     method: Annotated[str, typer.Option(
         help=f"Token reduction method: {', '.join(METHODS)}.")] = "tome",
-    schedule: Annotated[Schedule, typer.Option(
-        help="r per block: constant, or decreasing from 2r to 0 (same total).")
-    ] = Schedule.constant,
+    schedule: Annotated[Schedule | None, typer.Option(
+        help="r per block: constant, or decreasing from 2r to 0 (same total). Default: the "
+        "checkpoint's (constant without one).")
+    ] = None,
     tolerance: Annotated[float, typer.Option(
         min=0.0, help="Largest accepted difference between ONNX and PyTorch logits.")
     ] = DEFAULT_TOLERANCE,
@@ -58,12 +61,22 @@ def export(
         "evaluation clips (default: synthetic audio through the same features).")] = None,
 ) -> None:
     """Load, set merging, export, report."""
-    if kind is Format.hf and r > 0:
+    if kind is Format.hf and r:
         raise FastASTError("transformers' AST has no token merging: export --format hf with "
                            "--r 0, or use --format onnx for a merged model")
     if kind is Format.onnx and out.exists():
         raise FastASTError(f"{out} already exists: remove it or pick another --out")
-    model = load_classifier(checkpoint)
+    model = load_classifier(checkpoint)  # ASTs merge as their checkpoint records
+    stored = getattr(model, "merge_settings", None)
+    if kind is Format.hf:
+        if any(getattr(model, "r_schedule", [])):
+            console.print(f"note: transformers' AST has no token merging: the folder holds the "
+                          f"model without the r={stored.r} it was trained with")
+        r = 0
+    if r is None:
+        r = stored.r if stored is not None else 0
+    if schedule is None:
+        schedule = Schedule(stored.schedule if stored is not None else "constant")
     apply_reduction(model, method, r, schedule.value)
     if kind is Format.hf:
         files = export_hf(model, out)

@@ -50,7 +50,9 @@ $(DEMO_RUNS)/tome-kd/summary.json: $(DEMO_RUNS)/teacher/summary.json
 		--out $(DEMO_RUNS)/tome-kd $(if $(wildcard $(DEMO_RUNS)/tome-kd/last.pt),--resume)
 
 # sweep.png is written last: an interrupted sweep (its CSV holds the finished rows) is resumed.
-# The three students share one architecture: their samples/s come from one measurement.
+# The three students share one architecture and are timed in one interleaved loop: tome and
+# tome+kd (merging as trained) share one measurement; ast (r = 0) is merged off the shelf with
+# proportional attention on, a setting of its own.
 $(DEMO_RESULTS)/sweep.png: $(DEMO_RUNS)/ast/summary.json $(DEMO_RUNS)/tome/summary.json \
 		$(DEMO_RUNS)/tome-kd/summary.json
 	$(FASTAST) sweep --data $(DEMO_DATA) --r 0:24:4 --batch-size 32 --runs 10 \

@@ -10,12 +10,18 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from data_fixtures import make_esc50_tree, no_progress, zip_tree  # noqa: F401
+from data_fixtures import (  # noqa: F401
+    make_esc50_tree,
+    make_speechcommands_tree,
+    no_progress,
+    tar_tree,
+    zip_tree,
+)
 from typer.testing import CliRunner
 
 from fastast_cli.data import archives
 from fastast_cli.data.archives import MARKER, extract_archive
-from fastast_cli.data.prepare import prepare_esc50
+from fastast_cli.data.prepare import prepare_esc50, prepare_speechcommands
 from fastast_cli.errors import FastASTError
 
 
@@ -165,3 +171,14 @@ def test_cli_checksum_on_a_local_archive(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--checksum", "sha256:" + "a" * 64])
     assert result.exit_code == 2 and "checksum mismatch" in result.stderr
     assert CliRunner().invoke(app, [*args, "--checksum", _md5(archive)]).exit_code == 0
+
+
+def test_checksum_is_verified_for_a_local_speechcommands_archive(tmp_path: Path) -> None:
+    tree = make_speechcommands_tree(tmp_path / "sc", per_word=2)
+    archive = tar_tree(tree, tmp_path / "speech_commands_v0.02.tar.gz")
+    out = tmp_path / "out"
+    with pytest.raises(FastASTError, match="expected 'sha256:<64 hex digits>'"):
+        prepare_speechcommands(archive, out, checksum="md5:nothex")
+    with pytest.raises(FastASTError, match="checksum mismatch"):
+        prepare_speechcommands(archive, out, checksum="md5:" + "0" * 32)
+    assert not (out / "raw").exists()

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fastast_cli.cli import app
+from fastast_cli.cli.sweep import check_data_sweep_out
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.sweep import read_rows
 from fastast_cli.reports.summary import summary_lines, table1_rows, table2_rows
@@ -115,3 +116,63 @@ def test_tables_hold_the_rows_of_their_runs(demo_sweep):
     bad = CliRunner().invoke(app, ["report", str(demo_sweep.parent / "none.csv"),
                                    "--baseline", "a", "--tome", "b", "--r", "0"])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_table1_says_how_each_run_merged(demo_sweep, tmp_path):
+    # The CSV records the merging each row was measured with: the run trained without merging
+    # is merged off the shelf (proportional attention on), the others as trained (off).
+    records = list(csv.DictReader(demo_sweep.open()))
+    assert {record["run"]: record["merging"] for record in records} == {
+        "ast": "constant, proportional attention on",
+        "tome": "constant, proportional attention off",
+        "tome+kd": "constant, proportional attention off"}
+    output = " ".join(invoke("report", str(demo_sweep), "--baseline", "ast", "--tome", "tome",
+                             "--r", "4").split())
+    split = records[0]["split"]
+    assert split and f"(accuracy, {split} split; drop vs ast at r = 0)" in output
+    assert ("Inf: ast, trained without merging, merged off the shelf (constant, proportional "
+            "attention on); Train+Inf: tome, trained with merging, as its checkpoint stores "
+            "(constant, proportional attention off); samples/s and speedup: ast's") in output
+
+    # A table written before the merging column: still resumed by sweep, and reported
+    # without settings it does not hold.
+    legacy = tmp_path / "legacy.csv"
+    with legacy.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=[key for key in records[0] if key != "merging"])
+        writer.writeheader()
+        writer.writerows({k: v for k, v in record.items() if k != "merging"}
+                         for record in records)
+    check_data_sweep_out(legacy)
+    output = " ".join(invoke("report", str(legacy), "--baseline", "ast", "--tome", "tome",
+                             "--r", "4").split())
+    assert ("Inf: ast, trained without merging, merged off the shelf; Train+Inf: tome, trained "
+            "with merging, as its checkpoint stores; samples/s") in output
+    other = tmp_path / "other.csv"
+    other.write_text("run,r\nmine,0\n")
+    with pytest.raises(FastASTError, match="not a table of this kind"):
+        check_data_sweep_out(other)
+
+
+def test_report_takes_hostile_rows_as_text_or_refuses_them(demo_sweep, tmp_path):
+    records = list(csv.DictReader(demo_sweep.open()))
+
+    def written(name: str, **changes: str) -> Path:
+        path = tmp_path / name
+        with path.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows({**record, **(changes if record["run"] == "ast" else {})}
+                             for record in records)
+        return path
+
+    # A run name that looks like rich markup is printed as it is (not parsed, no traceback).
+    marked = written("marked.csv", run="[/bold]")
+    output = " ".join(invoke("report", str(marked), "--baseline", "[/bold]", "--tome", "tome",
+                             "--r", "4").split())
+    assert "drop vs [/bold] at r = 0)" in output and "[/bold] at r = 0: " in output
+    # A speed that was never measured (0) is refused in one line, not divided by.
+    for bad in ("0", "-3.5", "inf"):
+        result = CliRunner().invoke(app, ["report", str(written(f"{bad}.csv", samples_per_s=bad)),
+                                          "--baseline", "ast", "--tome", "tome", "--r", "4"])
+        assert result.exit_code == 2, result.output
+        assert "not a measured speed" in result.output

@@ -54,12 +54,27 @@ def unwritable(tmp_path: Path) -> dict[str, Path]:
 def test_every_command_refuses_an_unwritable_out_before_any_work(
         small_demo, checkpoint, clip, tmp_path, no_measuring):
     for why, path in unwritable(tmp_path).items():
+        elsewhere = str(tmp_path / "src")  # never read: --out is refused first
         commands = {
-            "prepare": ["prepare", "demo", "--out", str(path.parent)],
+            "prepare demo": ["prepare", "demo", "--out", str(path.parent)],
+            "prepare esc50": ["prepare", "esc50", "--src", elsewhere, "--out", str(path.parent)],
+            "prepare speechcommands": ["prepare", "speechcommands", "--src", elsewhere, "--out",
+                                       str(path.parent)],
+            "prepare audioset": ["prepare", "audioset", "--segments", elsewhere, "--labels",
+                                 elsewhere, "--audio-dir", elsewhere, "--out", str(path.parent)],
+            "prepare folder": ["prepare", "folder", "--src", elsewhere, "--out",
+                               str(path.parent)],
             "train-teacher": ["train-teacher", "--recipe", "demo", "--data", str(small_demo),
                               "--out", str(path.parent)],
+            "distill": ["distill", "--recipe", "demo", "--data", str(small_demo), "--out",
+                        str(path.parent)],
             "evaluate": ["evaluate", "--checkpoint", str(checkpoint), "--data", str(small_demo),
                          "--out", str(path.parent)],
+            "evaluate --lengths": ["evaluate", "--checkpoint", str(checkpoint), "--data",
+                                   str(small_demo), "--lengths", "1", "--out", str(path.parent)],
+            "export": ["export", str(checkpoint), "--out", str(path.with_suffix(".onnx"))],
+            "export --format hf": ["export", str(checkpoint), "--format", "hf", "--out",
+                                   str(path.parent / "hf")],
             "sweep": ["sweep", "--model", "tiny", "--out", str(path)],
             "sweep --data": ["sweep", "--data", str(small_demo), "--checkpoint",
                              str(checkpoint), "--out", str(path)],
@@ -73,10 +88,14 @@ def test_every_command_refuses_an_unwritable_out_before_any_work(
             assert result.exit_code == 2, (name, why, result.output)
             assert "cannot be written" in result.output, (name, why, result.output)
     assert (tmp_path / "a-file").read_text() == "user data"
-    a_file = tmp_path / "a-file"
-    result = invoke("train-teacher", "--recipe", "demo", "--data", str(small_demo), "--out",
-                    str(a_file))
-    assert result.exit_code == 2 and "is a file, not a folder" in result.output
+    a_file = str(tmp_path / "a-file")
+    for args in (["train-teacher", "--recipe", "demo", "--data", str(small_demo)],
+                 ["prepare", "folder", "--src", str(tmp_path / "src")],
+                 ["evaluate", "--checkpoint", str(checkpoint), "--data", str(small_demo)],
+                 ["export", str(checkpoint), "--format", "hf"]):
+        result = invoke(*args, "--out", a_file)
+        assert result.exit_code == 2 and "is a file, not a folder" in result.output, args
+    assert (tmp_path / "a-file").read_text() == "user data"
 
 
 def test_evaluate_replaces_its_own_results_but_not_a_users_file(small_demo, checkpoint,
@@ -143,3 +162,24 @@ def test_predict_and_visualize_say_when_they_replaced_the_named_file(checkpoint,
         assert result.exit_code == 0, result.output
         assert f"replaced {out}" in result.output.replace("\n", ""), result.output
         assert out.read_bytes() != b"an older result"
+
+
+def test_evaluate_and_export_note_once_when_r_exceeds_what_the_tokens_allow(
+        small_demo, checkpoint, tmp_path, monkeypatch):
+    from fastast_cli.cli import export as export_cli
+
+    def stop(*args, **kwargs):
+        raise AssertionError("the note comes before the export")
+
+    monkeypatch.setattr(export_cli, "export_onnx", stop)
+    capped = "note: r=60 is more than 96 patches allow: block 1 merges only 48 tokens"
+    for r, notes in (("20", 0), ("60", 1)):  # r=20: 98 → 78 → 58 tokens, nothing capped
+        evaluated = invoke("evaluate", "--checkpoint", str(checkpoint), "--data",
+                           str(small_demo), "--device", "cpu", "--r", r)
+        assert evaluated.exit_code == 0, evaluated.output
+        exported = invoke("export", str(checkpoint), "--r", r, "--out", str(tmp_path / "m.onnx"))
+        assert isinstance(exported.exception, AssertionError), exported.output
+        for result in (evaluated, exported):
+            output = result.output.replace("\n", " ")
+            assert output.count("patches allow") == notes, output
+            assert (capped in output) == bool(notes), output

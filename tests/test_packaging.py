@@ -1,4 +1,5 @@
-"""A built wheel carries what the commands need: the recipes resolve from an install."""
+"""A built wheel carries what the commands need: the recipes resolve from an install in a fresh
+virtual environment."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -36,25 +38,42 @@ def test_wheel_ships_the_recipes_and_an_install_finds_them(tmp_path):
                          if name.startswith("fastast_cli/recipes/"))
     assert shipped == RECIPES
 
-    target = tmp_path / "installed"
-    installed = run([*pip, "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                    tmp_path)
+    # A fresh virtual environment holding the wheel; the dependencies (torch, ...) come from
+    # this interpreter's site-packages through a .pth file, which does not run the .pth files
+    # there (so no editable install of the checkout is active).
+    fresh = tmp_path / "venv"
+    created = run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], tmp_path)
+    assert created.returncode == 0, created.stderr
+    python = fresh / "bin" / "python"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+               tmp_path, env)
+    assert site.returncode == 0, site.stderr
+    target = Path(site.stdout.strip())
+    dependencies = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    (target / "dependencies.pth").write_text("\n".join(sorted(dependencies)) + "\n")
+    installed = run([str(python), "-m", "pip", "install", "--no-deps", "--ignore-installed",
+                     "--no-warn-script-location", "-q", str(wheel)], tmp_path, env)
     assert installed.returncode == 0, installed.stderr
     elsewhere = tmp_path / "elsewhere"  # a working directory with no recipes/ in sight
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
     # The shipped recipes and their `base:` chains load from the install...
-    check = ("from fastast_cli.training.config import load_config, recipe_path\n"
+    check = ("import fastast_cli\n"
+             "from fastast_cli.training.config import load_config, recipe_path\n"
+             "print(fastast_cli.__file__)\n"
              "print(recipe_path('demo-distill'))\n"
              "for name in ('esc50-tome-kd', 'demo-distill'):\n"
              "    print(name, load_config(name, {'out': 'run'}).teacher)\n")
-    loaded = run([sys.executable, "-c", check], elsewhere, env)
+    loaded = run([str(python), "-c", check], elsewhere, env)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.splitlines() == [
+        str(target / "fastast_cli/__init__.py"),
         str(target / "fastast_cli/recipes/demo-distill.yaml"),
         "esc50-tome-kd efficientnet-b2", "demo-distill mobilenetv3-small"]
-    # ...and through the command: the run stops later, at the missing dataset.
-    command = run([sys.executable, "-m", "fastast_cli", "distill", "--recipe", "demo-distill",
+    # ...and through the installed `fastast` command: the run stops later, at the missing
+    # dataset.
+    command = run([str(fresh / "bin" / "fastast"), "distill", "--recipe", "demo-distill",
                    "--data", str(elsewhere / "no-data"), "--out", str(elsewhere / "run")],
                   elsewhere, env)
     assert command.returncode == 2, command.stderr

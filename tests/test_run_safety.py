@@ -81,6 +81,11 @@ def test_a_folder_with_any_run_file_is_refused_unless_resumed_or_overwritten(
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert (out / "best.pt").read_bytes() == b"the user's precious model"
 
+    distill = ["distill", *command[1:]]  # the same for a student
+    result = CliRunner().invoke(app, distill)
+    assert result.exit_code == 2 and "already holds a run" in result.output, result.output
+    assert (out / "best.pt").read_bytes() == b"the user's precious model"
+
     result = CliRunner().invoke(app, [*command, "--overwrite"])  # starts over: run files
     assert result.exit_code == 0, result.output  # replaced, the rest left alone
     assert read_checkpoint(out / "best.pt")["meta"]["epoch"] == 1
@@ -213,6 +218,57 @@ def test_a_clip_without_labels_is_an_error_in_training_and_evaluation(
     result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(checkpoint), "--data",
                                       str(data), "--device", "cpu"])
     assert result.exit_code == 2 and "2 of 20 clips have no labels" in result.output
+
+
+def test_sweep_checks_the_clips_it_scores_before_measuring(small_demo, tmp_path, monkeypatch):
+    from fastast_cli.evaluation import sweep as sweep_engine
+
+    def measuring(*args, **kwargs):
+        raise AssertionError("measured before checking the clips")
+
+    monkeypatch.setattr(sweep_engine, "sweep_throughputs", measuring)
+    data = copy_of(small_demo, tmp_path)
+    checkpoint = save_checkpoint(tmp_path / "m.pt", build_model(
+        "tiny", 10, target_length=200, depth=2, fstride=16, tstride=16,
+        labels=load_manifest(data).label_names))
+    command = ["sweep", "--data", str(data), "--checkpoint", str(checkpoint), "--r", "0,4",
+               "--device", "cpu"]
+    eval_file = load_manifest(data).datafile("eval", 1)
+    first = json.loads(eval_file.read_text())["data"][0]["wav"]
+    (eval_file.parent / first).unlink()
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert "1 of 20 audio files listed in" in result.output and "are missing" in result.output
+
+    data = copy_of(small_demo, tmp_path / "blank")
+    edit_datafile(data, "eval", lambda entries: [{**entries[0], "labels": ""}, *entries[1:]])
+    result = CliRunner().invoke(app, [*command[:2], str(data), *command[3:]])
+    assert result.exit_code == 2 and "1 of 20 clips have no labels" in result.output
+
+    edit_datafile(data, "eval", lambda entries: [])
+    result = CliRunner().invoke(app, [*command[:2], str(data), *command[3:]])
+    assert result.exit_code == 2 and "the eval split is empty" in result.output
+
+
+def test_evaluate_checks_every_folds_clips_before_scoring(small_demo, tmp_path, monkeypatch):
+    from fastast_cli.evaluation import evaluate as evaluate_engine
+
+    def scoring(*args, **kwargs):
+        raise AssertionError("scored a fold before checking every fold's clips")
+
+    monkeypatch.setattr(evaluate_engine, "predict_dataset", scoring)
+    data = copy_of(small_demo, tmp_path)
+    model = build_model("tiny", 10, target_length=200, depth=2, fstride=16, tstride=16,
+                        labels=load_manifest(data).label_names)
+    for fold in (1, 2):
+        save_checkpoint(tmp_path / f"m{fold}.pt", model)
+    eval_file = load_manifest(data).datafile("eval", 2)
+    first = json.loads(eval_file.read_text())["data"][0]["wav"]
+    (eval_file.parent / first).unlink()
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "m{fold}.pt"),
+                                      "--data", str(data), "--folds", "1-2", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "fold2_eval.json (eval split) are missing" in " ".join(result.output.split())
 
 
 # --- 12: logs after a crash, stale temporaries --------------------------------------------------

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,13 @@ from typer.testing import CliRunner
 
 from fastast_cli import build_model
 from fastast_cli.cli import app
-from fastast_cli.data.audio import StreamResampler, resample
+from fastast_cli.data.audio import (
+    AudioReadError,
+    StreamResampler,
+    open_stream,
+    read_blocks,
+    resample,
+)
 from fastast_cli.data.features import fbank, normalize
 from fastast_cli.inference.clips import WindowRow, load_predictor
 from fastast_cli.inference.stream import WindowPlan
@@ -309,6 +316,93 @@ def test_stdin_wav_streams_json_lines(checkpoint: Path, tmp_path: Path) -> None:
     assert len(progress) == len(lines)  # interval 0: a line per window, total unknown
     assert progress[-1].startswith(f"scoring stdin: step {len(lines)}, ")
     assert "elapsed" in progress[-1]
+
+
+def wav_bytes(data: np.ndarray, rate: int, subtype: str, data_size: int | None = None,
+              container: str = "WAV", trailer: bytes = b"") -> bytes:
+    """A WAV file's bytes; `data_size` replaces the data chunk's size (a header written to a
+    pipe before the length was known), `trailer` is appended after the samples."""
+    buffer = io.BytesIO()
+    sf.write(buffer, data, rate, format=container, subtype=subtype)
+    wav = bytearray(buffer.getvalue())
+    if data_size is not None:
+        at = wav.index(b"data") + 4
+        wav[at : at + 4] = data_size.to_bytes(4, "little")
+    return bytes(wav) + trailer
+
+
+def through_pipe(payload: bytes) -> tuple[np.ndarray, int]:
+    """What `open_stream` reads from a real pipe fed `payload`: samples [frames, channels], rate."""
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as out:
+            out.write(payload)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        sound, declared = open_stream(read_end, "stdin")
+        with sound:
+            blocks = list(read_blocks(sound, 1000, "stdin", declared))
+            rate = sound.samplerate
+    finally:
+        writer.join()
+        os.close(read_end)
+    return np.concatenate(blocks, axis=1).T, rate
+
+
+SOX_UNKNOWN = 0x7FFFF000  # what `sox -d -t wav -` writes as the data size (whole blocks)
+
+
+@pytest.mark.parametrize(("subtype", "container", "channels", "size"), [
+    ("PCM_16", "WAV", 1, 0),  # a writer that leaves the size at 0
+    ("PCM_16", "WAV", 2, 0xFFFFFFFF),  # ffmpeg
+    ("PCM_16", "WAV", 3, SOX_UNKNOWN // 6 * 6),  # sox: MS_UNSPEC rounded to 6-byte blocks
+    ("PCM_24", "WAVEX", 3, SOX_UNKNOWN // 9 * 9),  # sox, WAVE_FORMAT_EXTENSIBLE above 16 bits
+    ("FLOAT", "WAV", 2, 0),  # a float WAV with a PEAK chunk before its data
+    ("PCM_U8", "WAV", 2, 0xFFFFFFFF),  # (mono would read the odd size's pad byte as a sample)
+])
+def test_wav_on_a_pipe_with_unknown_length_reads_to_the_end(subtype: str, container: str,
+                                                            channels: int, size: int) -> None:
+    data = noise(1.3, rate=22050, channels=channels)
+    expected, _ = sf.read(io.BytesIO(wav_bytes(data, 22050, subtype, container=container)),
+                          dtype="float32", always_2d=True)
+    samples, rate = through_pipe(wav_bytes(data, 22050, subtype, size, container))
+    assert rate == 22050 and samples.shape == expected.shape == (int(1.3 * 22050), channels)
+    np.testing.assert_array_equal(samples, expected)
+
+
+def test_wav_on_a_pipe_keeps_its_declared_length_and_other_formats() -> None:
+    data = noise(1.0, rate=16000, channels=2)
+    trailer = b"LIST" + (10).to_bytes(4, "little") + b"INFOISFT\x02\x00"  # a chunk after the data
+    samples, _ = through_pipe(wav_bytes(data, 16000, "PCM_16", trailer=trailer))
+    assert samples.shape == (16000, 2)  # the trailing chunk is not read as samples
+    np.testing.assert_allclose(samples, data, atol=1 / 32767)
+    payload = wav_bytes(data, 16000, "ULAW")  # another encoding: libsndfile reads it, as before
+    expected, _ = sf.read(io.BytesIO(payload), dtype="float32", always_2d=True)
+    samples, _ = through_pipe(payload)
+    np.testing.assert_array_equal(samples, expected)
+    with pytest.raises(AudioReadError, match="stdin: cannot decode audio"):
+        through_pipe(b"not audio at all")
+
+
+def test_stdin_wav_header_of_unknown_length_cli(checkpoint: Path, tmp_path: Path) -> None:
+    """`sox -d -t wav - | fastast predict -`: the header, written first, cannot know the length."""
+    data = noise(2.0, rate=RATE)
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, data, RATE, subtype="PCM_16")
+    result = subprocess.run(
+        [sys.executable, "-m", "fastast_cli", "predict", "-", "--checkpoint", str(checkpoint),
+         "--device", "cpu", "--quiet"],
+        input=wav_bytes(data, RATE, "PCM_16", 0), capture_output=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr.decode()
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    expected = load_predictor(checkpoint).score_file(wav)
+    got = torch.tensor([[line["scores"][label] for label in LABELS] for line in lines])
+    torch.testing.assert_close(got, expected.window_scores, atol=1e-5, rtol=0)
+    assert "2.0 s of audio in" in result.stderr.decode()
 
 
 def test_stdin_raw_pcm(checkpoint: Path, tmp_path: Path) -> None:

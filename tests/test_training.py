@@ -199,6 +199,16 @@ class LrRecorder(loop_module.SilentReporter):
         self.lrs.append(lr)
 
 
+class NoteRecorder(loop_module.SilentReporter):
+    """Keeps the notes a run prints."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
 def first_epoch_lrs(run: TrainConfig) -> tuple[int, list[float]]:
     """The run's warm-up steps and the lr of each step of its first epoch."""
     recorder = LrRecorder()
@@ -254,7 +264,7 @@ def test_distill_command_end_to_end(small_demo, tmp_path):
                                   str(tmp_path / "s"), "--teacher-checkpoint",
                                   str(tmp_path / "t/best.pt"), "--r", "6", *common])
     assert student.exit_code == 0, student.output
-    assert "training ast from scratch (no --pretrained): lr warm-up over the first 1 steps" in \
+    assert "training ast from scratch (no --pretrained): lr warm-up over the first step" in \
         student.output.replace("\n", " ")
     assert "from scratch" not in teacher.output  # a CNN needs no warm-up
     saved = read_checkpoint(tmp_path / "s/best.pt")
@@ -331,7 +341,10 @@ def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_dem
     with pytest.raises(FastASTError, match="other settings.*depth"):
         train(config(small_demo, tmp_path / "a", epochs=2, depth=3), resume=True)
     # A run without warm-up (saved before the from-scratch default) resumes only without it.
-    train(config(small_demo, tmp_path / "old", epochs=1, warmup_steps=0))
+    notes = NoteRecorder()
+    train(config(small_demo, tmp_path / "old", epochs=1, warmup_steps=0), reporter=notes)
+    assert notes.notes == ["training ast from scratch (no --pretrained) without lr warm-up "
+                           "(--warmup-steps 0): a transformer from scratch may stay at chance"]
     with pytest.raises(FastASTError, match="other settings.*warmup_steps"):
         train(config(small_demo, tmp_path / "old", epochs=2), resume=True)
     assert len(train(config(small_demo, tmp_path / "old", epochs=2, warmup_steps=0),

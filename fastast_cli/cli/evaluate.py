@@ -9,6 +9,7 @@ import typer
 
 from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
+from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
@@ -107,6 +108,9 @@ def evaluate(
         raise FastASTError("--folds needs a --checkpoint pattern holding {fold}, e.g. "
                            "runs/esc50-fold{fold}/best.pt")
     chosen = parse_folds(folds) if folds else [fold]
+    if folds:  # every fold's clips, before the first fold is scored
+        for number in chosen:
+            check_datafile(manifest.datafile(split, number), split)
     rows, summaries, settings, notes = [], [], set(), set()
     for number in chosen:
         path = checkpoint.replace("{fold}", str(number))

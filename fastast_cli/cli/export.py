@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.atomic import check_output
+from fastast_cli.cli._app import app, console, merging_note, user_errors
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.hf import export_hf
@@ -64,6 +65,7 @@ def export(
     if kind is Format.hf and r:
         raise FastASTError("transformers' AST has no token merging: export --format hf with "
                            "--r 0, or use --format onnx for a merged model")
+    check_output(out, folder=kind is Format.hf)
     if kind is Format.onnx and out.exists():
         raise FastASTError(f"{out} already exists: remove it or pick another --out")
     model = load_classifier(checkpoint)  # ASTs merge as their checkpoint records
@@ -78,6 +80,9 @@ def export(
     if schedule is None:
         schedule = Schedule(stored.schedule if stored is not None else "constant")
     apply_reduction(model, method, r, schedule.value)
+    note = merging_note(model, r, schedule.value)
+    if note:
+        console.print(note)
     if kind is Format.hf:
         files = export_hf(model, out)
         console.print(f"wrote {', '.join(file.name for file in files)} in {out}")

@@ -19,7 +19,13 @@ from rich.console import Console
 from fastast_cli.atomic import atomic_path, check_output, write_json
 from fastast_cli.cli._app import Quiet, app, console, err_console, merging_note, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
-from fastast_cli.data.audio import AUDIO_EXTENSIONS, AudioReadError, open_audio, read_blocks
+from fastast_cli.data.audio import (
+    AUDIO_EXTENSIONS,
+    AudioReadError,
+    open_audio,
+    open_stream,
+    read_blocks,
+)
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
@@ -173,7 +179,10 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
     thresholds = load_thresholds(options.thresholds, options.threshold, labels)
     tracker = EventTracker(thresholds, labels)
     name = "stdin" if source is None else str(source)
-    sound = open_audio(stdin_source() if source is None else source, name=name, **raw)
+    if source is None:
+        sound, declared = open_stream(stdin_source(), name, **raw)
+    else:
+        sound, declared = open_audio(source, name=name), None
     failure = None
     with ExitStack() as stack:
         stack.enter_context(sound)
@@ -183,7 +192,7 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
             handle = stack.enter_context(tmp.open("w", newline="", encoding="utf-8"))
             writer = TimelineCSV(handle, labels, per_row)
         block = max(int((STDIN_BLOCK_S if source is None else FILE_BLOCK_S) * sound.samplerate), 1)
-        stream = predictor.stream(read_blocks(sound, block, name), sound.samplerate,
+        stream = predictor.stream(read_blocks(sound, block, name, declared), sound.samplerate,
                                   eager=source is None)
         total = None if source is None else expected_windows(predictor, sound.frames,
                                                               sound.samplerate)

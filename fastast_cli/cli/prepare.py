@@ -33,7 +33,7 @@ prepare_app = typer.Typer(
 app.add_typer(prepare_app, name="prepare")
 
 OUT_HELP = "Output folder (default: data/<dataset>); manifest.yaml is written at its root."
-QUIET_HELP = "No progress bars."
+QUIET_HELP = "No progress (bars on a terminal, periodic lines in a log file)."
 CHECKSUM_HELP = (
     "Expected 'sha256:<hex>' or 'md5:<hex>' of the archive, checked on a --download and on a "
     "local --src archive; 'none': no check. Default: the official archive's for --download, "

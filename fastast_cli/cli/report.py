@@ -14,6 +14,7 @@ from fastast_cli.evaluation.sweep import read_rows
 from fastast_cli.reports.summary import (
     reference_row,
     summary_lines,
+    table1_caption,
     table1_rows,
     table2_rows,
 )
@@ -50,7 +51,8 @@ def table2_columns(tome: str, kd: str) -> list[Column]:
 
 @app.command(
     help="Tell a sweep's story (the CSV of `fastast sweep --data`): Table 1 (ToMe at inference "
-    "only, on the run trained without merging, vs ToMe during training), Table 2 (without vs "
+    "only, on the run trained without merging, vs ToMe during training, with the merging "
+    "settings each was measured with), Table 2 (without vs "
     "with distillation) and two sentences: the speedup and the metric change at --r against "
     "the plain model at r = 0, and what distillation changes at --r. All from the CSV's rows."
 )
@@ -78,16 +80,18 @@ def report(
             f"{sweep_csv} does not exist: run `fastast sweep --data ... --out` first")
     rows = read_rows(sweep_csv)
     reference = reference_row(rows, baseline)
+    splits = ", ".join(dict.fromkeys(row.split for row in rows if row.split))
+    scored = f"{metric.value}, {splits} split" if splits else metric.value
     console.print(rich_table(
-        f"Table 1: ToMe at inference only vs during training ({metric.value}; drop vs "
-        f"{baseline} at r = {reference.r})",
+        f"Table 1: ToMe at inference only vs during training ({scored}; drop vs "
+        f"{baseline} at r = {reference.r})\n{table1_caption(rows, baseline, tome)}",
         table1_rows(rows, baseline, tome), table1_columns(baseline, tome),
     ))
     if kd is not None:
         console.print(rich_table(
-            f"Table 2: without vs with distillation ({metric.value})",
+            f"Table 2: without vs with distillation ({scored})",
             table2_rows(rows, tome, kd), table2_columns(tome, kd),
         ))
     for line in summary_lines(rows, baseline=baseline, tome=tome, kd=kd, r=r,
                               metric=metric.value):
-        console.print(line)
+        console.print(line, markup=False)  # run names are text

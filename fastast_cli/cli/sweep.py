@@ -22,7 +22,13 @@ from fastast_cli.models.merging import MergeSettings
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar, set_progress
 from fastast_cli.reports.plots import plot_tradeoff
-from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
+from fastast_cli.reports.tables import (
+    Column,
+    check_table_target,
+    is_table_of,
+    rich_table,
+    write_csv,
+)
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 Size = Enum("Size", {name: name for name in SIZES}, type=str)  # type: ignore[misc]
@@ -60,6 +66,17 @@ def metric_columns(metric: str) -> list[Column]:
         Column("split", "split"),
         Column("batch", "timing batch"),
     ]
+
+
+# The CSV's last column (not shown on the console, where the table's title says it): the
+# schedule and proportional attention each row's metric was measured with (`fastast report`
+# names them). A table written before it existed is still resumed.
+MERGING_COLUMN = Column("merging", "merging")
+
+
+def csv_columns() -> list[Column]:
+    """Columns of a data sweep's CSV (cells use column keys: the metric's name is moot)."""
+    return [*metric_columns("metric"), MERGING_COLUMN]
 
 
 def parse_r_values(spec: str) -> list[int]:
@@ -115,7 +132,10 @@ def plot_path(out: Path) -> Path:
 def check_data_sweep_out(out: Path) -> None:
     """Before measuring: the CSV is absent or a sweep table (a rerun resumes from it), and the
     plot beside it is not a file of the user's (a PNG there with no sweep table is)."""
-    check_table_target(out, metric_columns("metric"))
+    if out.exists() and is_table_of(out, metric_columns("metric")):
+        check_output(out, folder=False)  # a table from before the merging column: resumed
+    else:
+        check_table_target(out, csv_columns())
     plot = plot_path(out)
     if plot == out:
         raise FastASTError(f"--out {out} names the CSV (e.g. sweep.csv); the plot goes beside it")
@@ -147,9 +167,9 @@ def data_sweep(
     split = split or manifest.eval_split
     manifest.datafile(split, fold_numbers[0])  # an unknown split fails here, clearly
 
-    def save(rows: list[SweepRow]) -> None:  # CSV cells use column keys: the metric name is moot
+    def save(rows: list[SweepRow]) -> None:
         if out is not None:
-            write_csv(out, [row.to_dict() for row in rows], metric_columns("metric"))
+            write_csv(out, [row.to_dict() for row in rows], csv_columns())
 
     with progress_bar("sweeping", len(runs) * len(rs) * len(options["backends"])) as advance:
         def saved_one(rows: list[SweepRow]) -> None:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import stat
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -121,30 +126,162 @@ def open_audio(source: str | os.PathLike[str] | int | BinaryIO, *, name: str | N
         raise AudioReadError(f"{label}: {what}")
     raw = {} if rate is None else {"format": "RAW", "subtype": "PCM_16", "endian": "LITTLE",
                                    "samplerate": rate, "channels": channels or 1}
+    return _soundfile(source if not isinstance(source, os.PathLike) else str(source), label,
+                      closefd=not isinstance(source, int), **raw)
+
+
+def _soundfile(source: str | int | BinaryIO, label: str, closefd: bool,
+               **options: Any) -> sf.SoundFile:
+    """`sf.SoundFile` for reading, its errors as AudioReadError naming `label`."""
     try:
-        return sf.SoundFile(source if not isinstance(source, os.PathLike) else str(source),
-                            closefd=not isinstance(source, int), **raw)
+        return sf.SoundFile(source, closefd=closefd, **options)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, EOFError, TypeError) as error:
         raise AudioReadError(f"{label}: cannot decode audio ({_reason(error)})") from None
 
 
-def read_blocks(sound: sf.SoundFile, block_frames: int, name: str = "") -> Iterator[np.ndarray]:
-    """Float32 blocks `[channels, ≤ block_frames]` in [-1, 1] until the end of `sound`.
+def read_blocks(sound: sf.SoundFile, block_frames: int, name: str = "",
+                frames: int | None = None) -> Iterator[np.ndarray]:
+    """Float32 blocks `[channels, ≤ block_frames]` in [-1, 1] until the end of `sound`, or
+    after `frames` frames when given (the length a stream's header declared).
 
     Raises AudioReadError (naming `name`) for a decoder error or samples that are not finite;
     blocks already yielded stay valid.
     """
     label = name or sound.name
-    while True:
+    left = frames
+    while left is None or left > 0:
+        size = block_frames if left is None else min(block_frames, left)
         try:
-            block = sound.read(block_frames, dtype="float32", always_2d=True)  # [n, channels]
+            block = sound.read(size, dtype="float32", always_2d=True)  # [n, channels]
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError, EOFError) as error:
             raise AudioReadError(f"{label}: cannot decode audio ({_reason(error)})") from None
         if block.shape[0] == 0:
             return
         if not np.isfinite(block).all():
             raise AudioReadError(f"{label}: samples are not finite (NaN or inf)")
+        if left is not None:
+            left -= block.shape[0]
         yield np.ascontiguousarray(block.T)
+
+
+# --- WAV on a pipe: a header written before the length was known ----------------------------
+
+# Data sizes a writer puts in a WAV header it cannot go back to fix (a pipe): 0, 0xFFFFFFFF
+# (ffmpeg), and sox's 0x7FFFF000 ("MS_UNSPEC", rounded down to whole blocks). libsndfile takes
+# them literally, so a live stream would read as empty, or stop after 2 GB (3.1 h of 48-kHz
+# stereo from `sox -d`): such a size means "until the end of the stream".
+UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
+SOX_UNKNOWN_WAV_SIZE = 0x7FFFF000
+MAX_WAV_HEADER_BYTES = 1 << 20  # chunks before the data (LIST, fact, ...) read at most
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+WAV_RAW_SUBTYPES = {(1, 8): "PCM_U8", (1, 16): "PCM_16", (1, 24): "PCM_24", (1, 32): "PCM_32",
+                    (3, 32): "FLOAT", (3, 64): "DOUBLE"}  # (format tag, bits) → RAW subtype
+
+
+@dataclass(frozen=True)
+class WavLayout:
+    """The samples after a WAV header: RAW subtype, rate, channels, and the frames the header
+    declares (None: a placeholder size, read until the end of the stream)."""
+
+    subtype: str
+    samplerate: int
+    channels: int
+    frames: int | None
+
+
+def read_wav_header(read: Callable[[int], bytes]) -> tuple[WavLayout | None, bytes]:
+    """Read a little-endian PCM or float WAV header up to its data chunk with `read(n)`.
+
+    Returns its layout (None for anything else: not RIFF/WAVE, another encoding, a header
+    past `MAX_WAV_HEADER_BYTES`) and the bytes read, for a decoder to get them back.
+    """
+    consumed = [read(12)]
+    if len(consumed[0]) < 12 or consumed[0][:4] != b"RIFF" or consumed[0][8:] != b"WAVE":
+        return None, b"".join(consumed)
+    fmt = b""
+    while True:
+        chunk = read(8)
+        consumed.append(chunk)
+        if len(chunk) < 8:
+            return None, b"".join(consumed)
+        kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if kind == b"data":
+            break
+        if sum(map(len, consumed)) + size > MAX_WAV_HEADER_BYTES:
+            return None, b"".join(consumed)
+        body = read(size + size % 2)  # chunks are padded to an even size
+        consumed.append(body)
+        fmt = body if kind == b"fmt " else fmt
+    head = b"".join(consumed)
+    if len(fmt) < 16:
+        return None, head
+    tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
+        tag = int.from_bytes(fmt[24:26], "little")  # the sub-format GUID's first two bytes
+    subtype = WAV_RAW_SUBTYPES.get((tag, bits))
+    if subtype is None or channels == 0 or rate == 0 or block_align == 0:
+        return None, head
+    unknown = size in UNKNOWN_WAV_SIZES or size == SOX_UNKNOWN_WAV_SIZE // block_align * block_align
+    return WavLayout(subtype, rate, channels, None if unknown else size // block_align), head
+
+
+def open_stream(source: int | BinaryIO, name: str, rate: int | None = None,
+                channels: int | None = None) -> tuple[sf.SoundFile, int | None]:
+    """Open standard input (or any descriptor or binary stream) for block reads: the sound and
+    the frames to read (None: until the end).
+
+    On a pipe, a PCM or float WAV is read from its header on (`read_wav_header`), so a length
+    written before it was known means "until the end"; anything else on a pipe goes to
+    libsndfile with the bytes already read put back in front. Raw PCM (`rate`), files and
+    in-memory streams: `open_audio`.
+    """
+    if rate is not None or not isinstance(source, int) or not _is_pipe(source):
+        return open_audio(source, name=name, rate=rate, channels=channels), None
+    layout, head = read_wav_header(partial(_read_exactly, source))
+    if layout is None:
+        return _soundfile(_replay(head, source), name, closefd=True), None
+    sound = _soundfile(source, name, closefd=False, format="RAW", subtype=layout.subtype,
+                       endian="LITTLE", samplerate=layout.samplerate, channels=layout.channels)
+    return sound, layout.frames
+
+
+def _is_pipe(fd: int) -> bool:
+    """Whether `fd` is a pipe or a socket (no length, no seeking)."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    """`size` bytes from `fd`, fewer only at the end of the stream."""
+    parts, left = [], size
+    while left > 0:
+        part = os.read(fd, left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _replay(head: bytes, fd: int) -> int:
+    """A pipe that gives `head`, then the rest of `fd` (copied by a thread as it comes)."""
+    read_end, write_end = os.pipe()
+
+    def copy() -> None:
+        try:
+            chunk = head
+            while chunk:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(write_end, view):]
+                chunk = os.read(fd, 1 << 16)
+        except OSError:  # the decoder closed its end
+            pass
+        finally:
+            os.close(write_end)
+
+    threading.Thread(target=copy, daemon=True).start()
+    return read_end
 
 
 class StreamResampler:

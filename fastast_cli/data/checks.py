@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastast_cli.data.datafile import Entry
+from fastast_cli.data.datafile import Entry, read_datafile
 from fastast_cli.errors import FastASTError
 
 SHOWN = 3  # names listed in a message; the rest are counted
@@ -41,3 +41,12 @@ def check_clips(entries: Sequence[Entry], datafile: Path, split: str, use: str =
             f"{len(missing)} of {len(entries)} audio files listed in {datafile} ({split} split) "
             f"are missing: {_some(missing)}"
         )
+
+
+def check_datafile(datafile: Path, split: str) -> None:
+    """`check_clips` and `check_labelled` of the clips `datafile` lists, read from disk: for
+    work that comes before a dataset is loaded (a sweep's timing, the later folds of
+    `evaluate --folds`)."""
+    entries = read_datafile(datafile)
+    check_clips(entries, datafile, split)
+    check_labelled(entries, datafile)

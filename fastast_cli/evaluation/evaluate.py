@@ -25,6 +25,7 @@ from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.merging import MergeSettings
+from fastast_cli.models.tome import capped_merging_note
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
 
 PathLike = str | os.PathLike[str]
@@ -51,6 +52,7 @@ class Evaluation:
     labels: list[str]
     merging: MergeSettings | None = None  # token merging the model ran with (ASTs)
     stats_note: str | None = None  # where the input mean/std came from, when it was assumed
+    capped_note: str | None = None  # r asks for more merging than the tokens allow
 
     @property
     def excluded_classes(self) -> list[str]:
@@ -59,7 +61,7 @@ class Evaluation:
 
     def notes(self) -> list[str]:
         """What a reader of the numbers must know: assumed input statistics, classes that mAP
-        leaves out."""
+        leaves out, merging capped by the token count."""
         notes = [self.stats_note] if self.stats_note else []
         excluded = self.excluded_classes
         if excluded:
@@ -69,6 +71,8 @@ class Evaluation:
                 f"{len(excluded)} have no positive clip in the {self.split} split and are left "
                 f"out (scikit-learn's macro average would count them as AP 0): "
                 f"{', '.join(excluded)}")
+        if self.capped_note:
+            notes.append(self.capped_note.removeprefix("note: "))
         return notes
 
 
@@ -141,9 +145,14 @@ def evaluate_checkpoint(
                             proportional_attention=proportional_attention, device=device)
     check_labels(model, manifest, checkpoint)
     forward = make_forward(model, backend, onnx_file=onnx_file)
-    return evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
-                          batch_size=batch_size, device=device, num_workers=num_workers,
-                          forward=forward)
+    evaluation = evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
+                                batch_size=batch_size, device=device, num_workers=num_workers,
+                                forward=forward)
+    settings = evaluation.merging
+    if isinstance(model, AST) and settings is not None and settings.r:
+        evaluation.capped_note = capped_merging_note(
+            model.config.num_patches, model.config.depth, settings.r, settings.schedule)
+    return evaluation
 
 
 def evaluate_model(

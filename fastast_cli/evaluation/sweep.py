@@ -16,6 +16,7 @@ nothing.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -24,9 +25,15 @@ from typing import Any
 
 import torch
 
+from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.evaluate import check_labels, evaluate_model, mean_and_std
+from fastast_cli.evaluation.evaluate import (
+    check_labels,
+    evaluate_model,
+    mean_and_std,
+    scored_fold,
+)
 from fastast_cli.evaluation.throughput import (
     ThroughputRow,
     default_batch_size,
@@ -127,13 +134,15 @@ def measure_runs(
     runs: int = 5,
     on_step: Callable[[], None] | None = None,
     backends: Sequence[str] = ("torch",),
+    check: Callable[[SweepRun, AST | ElasticAST], None] | None = None,
 ) -> tuple[dict[str, dict[tuple[str, int], ThroughputRow]], int]:
     """Throughput of each run at rs[0] and at the r values it still needs (`todo`) on each of
     `backends`, keyed by run name then (backend, r), and the timing batch used. One model per
     architecture is timed, with its checkpoint's schedule unless `schedule` is given; all
     architectures, backends and r values in one interleaved loop, speedups relative to the
     first backend at rs[0] of the same architecture. `batch_size`: the timing batch (default:
-    `default_batch_size` of the first model, filling the device)."""
+    `default_batch_size` of the first model, filling the device). `check`: gets each run and
+    its loaded model before any timing (e.g. to check the clips it will be scored on)."""
     device = device or torch.device("cpu")
     merging = {"schedule": schedule, "proportional_attention": proportional_attention}
     models: dict[str, AST | ElasticAST] = {}
@@ -141,6 +150,8 @@ def measure_runs(
     owner: dict[str, str] = {}
     for run, missing in todo.items():
         model = load_sweepable(run.path(rs[0], fold), device, **merging)
+        if check is not None:
+            check(run, model)
         key = repr((architecture(model), model.merge_settings.schedule))
         models.setdefault(key, model)
         owner[run.name] = key
@@ -303,7 +314,16 @@ def run_sweep(
     todo = {run: missing for run, missing in todo.items() if missing}
     timing = {key: options[key] for key in TIMING_OPTIONS if key in options}
     folds = options.get("folds", (None,))
-    speeds, batch_size = measure_runs(todo, rs, fold=folds[0], **timing) if todo else ({}, None)
+
+    def check_scored_clips(run: SweepRun, model: AST | ElasticAST) -> None:
+        """Before timing: the clips `run` will be scored on exist and have labels."""
+        for fold in folds:
+            scored = fold if fold is not None else scored_fold(model, manifest, None,
+                                                               run.path(rs[0], fold))
+            check_datafile(manifest.datafile(split, scored), split)
+
+    speeds, batch_size = (measure_runs(todo, rs, fold=folds[0], check=check_scored_clips,
+                                       **timing) if todo else ({}, None))
     for run in todo:
         reference = next((row.metric for row in rows
                           if row.run in names[run.name] and row.r == rs[0]), None)
@@ -330,12 +350,17 @@ def read_rows(path: Path) -> list[SweepRow]:
                     speedup=float(record["speedup"]), tokens=int(record["tokens"]),
                     gflops=float(record["gflops"]), checkpoint=record["checkpoint"],
                     split=record.get("split", ""),  # older tables: split unknown, re-measured
-                    batch=int(record.get("batch") or 0), merging="",
+                    batch=int(record.get("batch") or 0),
+                    merging=record.get("merging") or "",  # older tables: not recorded
                 ))
             except (KeyError, ValueError):
                 raise FastASTError(
                     f"{path} is not a sweep table of this kind: remove it or pick another --out"
                 ) from None
+            if not 0 < rows[-1].samples_per_s < math.inf:  # speeds are divided by
+                raise FastASTError(
+                    f"{path}: run {rows[-1].run!r} at r = {rows[-1].r} has samples_per_s "
+                    f"{record['samples_per_s']!r}, not a measured speed")
     return rows
 
 

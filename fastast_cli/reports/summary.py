@@ -38,6 +38,28 @@ def reference_row(rows: Sequence[SweepRow], baseline: str) -> SweepRow:
     return mine[min(mine)]
 
 
+def merging_of(rows: Sequence[SweepRow], run: str) -> str:
+    """How run `run` merged in the sweep (schedule and proportional attention, e.g. `constant,
+    proportional attention on`); empty when the rows do not say (a table from before the
+    CSV's merging column)."""
+    return " / ".join(dict.fromkeys(row.merging for row in rows_by_r(rows, run).values()
+                                    if row.merging))
+
+
+def table1_caption(rows: Sequence[SweepRow], baseline: str, tome: str) -> str:
+    """What Table 1's columns hold: the baseline trained without merging and merged off the
+    shelf (ToMe turns proportional attention on there), the other run trained with merging
+    and run as its checkpoint stores, each with the merging the sweep measured it with;
+    samples/s and speedup are the baseline's."""
+    def settings(run: str) -> str:
+        merging = merging_of(rows, run)
+        return f" ({merging})" if merging else ""
+
+    return (f"Inf: {baseline}, trained without merging, merged off the shelf"
+            f"{settings(baseline)}; Train+Inf: {tome}, trained with merging, as its checkpoint "
+            f"stores{settings(tome)}; samples/s and speedup: {baseline}'s")
+
+
 def table1_rows(rows: Sequence[SweepRow], baseline: str, tome: str) -> list[dict[str, Any]]:
     """Table 1 in small, one row per r both runs have: tokens and speed at r, the baseline
     merged at inference only, and the run trained with merging; drops vs the baseline at r = 0.

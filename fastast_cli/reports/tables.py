@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from fastast_cli.atomic import atomic_path, check_output
@@ -33,12 +34,13 @@ class Column:
 
 
 def rich_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> Table:
-    """A right-aligned rich table of `rows` (mappings from column key to value)."""
-    table = Table(title=title, title_justify="left")
+    """A right-aligned rich table of `rows` (mappings from column key to value). Title, headers
+    and cells are text, never rich markup (a run or file name may hold `[...]`)."""
+    table = Table(title=escape(title), title_justify="left")
     for column in columns:
-        table.add_column(column.header, justify="right")
+        table.add_column(escape(column.header), justify="right")
     for row in rows:
-        table.add_row(*(column.cell(row) + column.unit * (row[column.key] is not None)
+        table.add_row(*(escape(column.cell(row) + column.unit * (row[column.key] is not None))
                         for column in columns))
     return table
 

@@ -149,6 +149,17 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, warmup_steps: int)
     return config.lr * warm * config.lr_decay**decays
 
 
+def from_scratch_note(model: str, warmup_steps: int) -> str:
+    """The line a run from random weights starts with: it trains from scratch, and its warm-up
+    (or that it has none, when --warmup-steps 0 switched it off)."""
+    if not warmup_steps:
+        return (f"training {model} from scratch (no --pretrained) without lr warm-up "
+                "(--warmup-steps 0): a transformer from scratch may stay at chance")
+    steps = "step" if warmup_steps == 1 else f"{warmup_steps} steps"
+    return (f"training {model} from scratch (no --pretrained): lr warm-up over the first "
+            f"{steps}")
+
+
 def train(
     config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     reporter: Reporter | None = None,
@@ -319,9 +330,7 @@ class Trainer:
             if self.ranks.is_main:
                 self._start_folder(overwrite)
             if config.from_scratch and not resume:
-                self.reporter.note(
-                    f"training {config.model} from scratch (no --pretrained): lr warm-up over "
-                    f"the first {self.warmup_steps} steps")
+                self.reporter.note(from_scratch_note(config.model, self.warmup_steps))
             if self.teacher is not None and config.teacher_logits == "cached":
                 self.cached_logits = self._teacher_logits_cache()
             network = self._network()

@@ -157,6 +157,23 @@ def test_failed_parity_writes_nothing(checkpoint: Path, tmp_path: Path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_defaults_to_the_merging_the_checkpoint_trained_with(tmp_path: Path) -> None:
+    trained = tmp_path / "trained.pt"
+    save_checkpoint(trained, tiny_ast(), mean=-3.5, std=4.25,
+                    merging={"method": "tome", "r": 4, "schedule": "decreasing",
+                             "proportional_attention": False})
+    result = invoke("export", str(trained), "--out", str(tmp_path / "m.onnx"))
+    assert result.exit_code == 0, result.output
+    metadata = read_metadata(tmp_path / "m.onnx")
+    assert metadata["r_schedule"] == [8, 0] and metadata["proportional_attention"] is False
+    result = invoke("export", str(trained), "--out", str(tmp_path / "plain.onnx"), "--r", "0")
+    assert result.exit_code == 0, result.output
+    assert read_metadata(tmp_path / "plain.onnx")["r_schedule"] == [0, 0]  # --r overrides
+    result = invoke("export", str(trained), "--format", "hf", "--out", str(tmp_path / "hf"))
+    assert result.exit_code == 0, result.output  # transformers has no merging: the plain model
+    assert "without the r=4 it was trained with" in " ".join(result.output.split())
+
+
 # --- Hugging Face ----------------------------------------------------------------------------
 
 
@@ -410,8 +427,7 @@ def test_export_takes_the_checkpoints_merging_and_records_it(tmp_path: Path) -> 
     # transformers has no merging: the folder is written, and the output says what is lost
     result = invoke("export", str(trained), "--format", "hf", "--out", str(tmp_path / "hf"))
     assert result.exit_code == 0, result.output
-    assert "note: the checkpoint merges tokens" in flat(result.output)
-    assert "runs it at r = 0" in flat(result.output)
+    assert "without the r=6 it was trained with (r = 0)" in flat(result.output)
 
 
 def test_a_file_of_another_label_set_is_refused(tmp_path: Path,

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from fastast_cli import build_model
 from fastast_cli.cli import app
+from fastast_cli.data.datafile import read_datafile
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.data.prepare import prepare_folder
 from fastast_cli.errors import FastASTError
@@ -224,9 +225,19 @@ def test_load_classifier_defaults_to_the_stored_merging(small_demo, tmp_path):
     assert new.proportional_attention is False and new.merge_settings.source == "checkpoint"
     flags = load_classifier(tmp_path / "new.pt", 2, proportional_attention=True)
     assert flags.r_schedule == [4, 0] and flags.proportional_attention  # decreasing kept
+    # saved before the `merging` record: its top-level r and schedule, proportional attention
+    # from train_config (last.pt), else on (training's default then)
     old = load_classifier(tiny_checkpoint(tmp_path / "old.pt", manifest, r=5,
                                           schedule="constant"))
-    assert old.r_schedule == [0, 0] and old.proportional_attention  # as before: plain AST
+    assert old.r_schedule == [5, 5] and old.proportional_attention
+    assert old.merge_settings.source == "checkpoint"
+    old_last = load_classifier(tiny_checkpoint(
+        tmp_path / "old_last.pt", manifest, r=3, schedule="decreasing",
+        train_config={"r": 3, "proportional_attention": False}))
+    assert old_last.r_schedule == [6, 0] and old_last.proportional_attention is False
+    never = load_classifier(tiny_checkpoint(tmp_path / "never.pt", manifest))  # records no r
+    assert never.r_schedule == [0, 0] and never.proportional_attention
+    assert never.merge_settings.source == "default"
     unmerged = {**stored, "r": 0}  # trained without merging: merged later off the shelf
     plain = load_classifier(tiny_checkpoint(tmp_path / "plain.pt", manifest, merging=unmerged), 4)
     assert plain.r_schedule == [8, 0] and plain.proportional_attention
@@ -248,6 +259,23 @@ def test_evaluate_uses_and_names_the_stored_merging(small_demo, tmp_path):
     text = words(result.output)
     assert "r=6" in text and "proportional attention off" in text
     assert "from the checkpoint" in text
+
+
+def test_predict_uses_the_stored_merging_and_flags_override_it(small_demo, tmp_path):
+    manifest = load_manifest(small_demo)
+    stored = {"method": "tome", "r": 6, "schedule": "constant", "proportional_attention": False}
+    checkpoint = str(tiny_checkpoint(tmp_path / "m.pt", manifest, merging=stored))
+    clip = str(read_datafile(manifest.datafile("eval"))[0].wav)
+    common = ["predict", clip, "--checkpoint", checkpoint, "--device", "cpu"]
+    result = run_cli(*common)
+    assert result.exit_code == 0, result.output
+    assert ("r=6 constant, proportional attention off (from the checkpoint)"
+            in words(result.output))
+    result = run_cli(*common, "--schedule", "decreasing", "--proportional-attention")
+    assert result.exit_code == 0, result.output
+    assert "r=6 decreasing, proportional attention on (set by flags)" in words(result.output)
+    result = run_cli(*common, "--schedule", "sideways")
+    assert result.exit_code == 2 and "unknown r schedule" in words(result.output)
 
 
 # --- 7. metric notes --------------------------------------------------------------------------

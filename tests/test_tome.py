@@ -189,16 +189,28 @@ def test_merging_runs_under_mixed_precision():
 
 def test_unmerged_tokens_keep_their_position_order():
     # 2 protected + 10 mergeable tokens; A = positions 2, 4, ..., 10. The A tokens' best edges
-    # grow towards the front (A4 weakest ... A0 strongest), so by score the unmerged A tokens
-    # would come out in descending position order; ToMe puts them back in position order.
+    # grow towards the back (A0 weakest ... A4 strongest), so r = 2 merges A4 and A3, and by
+    # score the unmerged A tokens would come out as A2, A1, A0 (descending position order);
+    # ToMe puts them back in position order: A0, A1, A2.
     torch.manual_seed(0)
     keys = torch.randn(1, 12, 8)
     for i, position in enumerate(range(2, 12, 2)):  # A token i almost equals its B neighbour
-        keys[0, position] = keys[0, position + 1] + 0.05 * (i + 1) * torch.randn(8)
+        keys[0, position] = keys[0, position + 1] + 0.05 * (5 - i) * torch.randn(8)
     matching = bipartite_soft_matching(keys, 2, protected=2)
     positions = torch.arange(12.0)[None, :, None]
     after = matching.merge(positions, reduce="amax")[0, :, 0]  # source position of each token
-    unmerged_a = after[2 : 2 + 5 - 2]
-    assert torch.all(unmerged_a[1:] > unmerged_a[:-1]), unmerged_a
     assert after[:2].tolist() == [0.0, 1.0]
+    assert after[2:5].tolist() == [2.0, 4.0, 6.0]  # unmerged A tokens, in position order
+    assert after[5:].tolist() == [3.0, 5.0, 7.0, 9.0, 11.0]  # B (A3 into 9, A4 into 11)
+
+
+def test_unmerged_tokens_keep_their_position_order_for_any_keys():
+    torch.manual_seed(3)
+    keys = torch.randn(16, 40, 8)  # 16 random sets of 2 protected + 38 mergeable tokens
+    positions = torch.arange(40.0)[None, :, None].expand(16, -1, -1)
+    for r in (1, 5, 12):
+        after = bipartite_soft_matching(keys, r, protected=2).merge(positions, reduce="amax")
+        unmerged_a = after[:, 2 : 2 + 19 - r, 0]
+        assert torch.all(unmerged_a[:, 1:] > unmerged_a[:, :-1]), r
+        assert torch.all(unmerged_a % 2 == 0)  # A tokens only
 

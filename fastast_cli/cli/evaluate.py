@@ -67,7 +67,10 @@ def evaluate(
     split: Annotated[str | None, typer.Option(
         help="Split to score (default: test, or eval, where the dataset has one; valid, the "
         "split best.pt is chosen on, only when asked or when it is all there is).")] = None,
-    fold: Annotated[int | None, typer.Option(help="Fold of a cross-validation dataset.")] = None,
+    fold: Annotated[int | None, typer.Option(help=(
+        "Fold of a cross-validation dataset. Default: the fold the checkpoint was trained for "
+        "(another fold is refused: its clips were among the checkpoint's training clips)."))
+    ] = None,
     folds: Annotated[str | None, typer.Option(
         help="Several folds, e.g. 1-5: mean ± std over folds (one checkpoint per fold).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 32,

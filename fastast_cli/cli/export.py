@@ -81,8 +81,8 @@ def export(
         files = export_hf(model, out)
         console.print(f"wrote {', '.join(file.name for file in files)} in {out}")
         if isinstance(settings, MergeSettings) and _merges(settings):
-            console.print(f"note: the checkpoint merges tokens ({settings.describe()}); "
-                          "transformers has none, so the folder runs it at r = 0")
+            console.print(f"note: transformers' AST has no token merging: the folder holds the "
+                          f"model without the r={settings.r} it was trained with (r = 0)")
         eps_note = head_eps_note(model)
         if eps_note:
             console.print(f"note: {eps_note}")

@@ -281,6 +281,13 @@ def predict(
     r: Annotated[int | None, typer.Option("--r", min=0, help=(
         "Tokens merged per block (ToMe; ASTs). Default: what the checkpoint was trained with "
         "(0 for checkpoints that record none)."))] = None,
+    schedule: Annotated[str | None, typer.Option(help=(
+        "r schedule: constant or decreasing. Default: the checkpoint's (constant)."))] = None,
+    proportional_attention: Annotated[bool | None, typer.Option(
+        "--proportional-attention/--no-proportional-attention", help=(
+            "ToMe's proportional attention. Default: the checkpoint's (on for checkpoints "
+            "that record none, as for models used off the shelf)."), show_default=False)
+    ] = None,
     top: Annotated[int, typer.Option("--top-k", min=1, help="Labels shown per file.")] = 5,
     how: Annotated[Aggregate, typer.Option(
         "--aggregate", help="How window scores combine on long clips: mean or max.")] = (
@@ -346,8 +353,10 @@ def predict(
         raise FastASTError("--timeline, --events and --plot take one file (or -)")
     check_outputs(paths, {"--timeline": timeline, "--plot": plot, "--events": events,
                           "--out": out})
-    predictor = load_predictor(checkpoint, r, hop_s=hop, window_s=window, how=how.value,
-                               batch_size=batch_size, device=resolve_device(device))
+    predictor = load_predictor(checkpoint, r, schedule=schedule,
+                               proportional_attention=proportional_attention, hop_s=hop,
+                               window_s=window, how=how.value, batch_size=batch_size,
+                               device=resolve_device(device))
     predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx)
     merging = getattr(predictor.model, "merge_settings", None)
     r = merging.r if merging is not None else 0  # what ran: the checkpoint's unless --r

@@ -2,9 +2,11 @@
 
 Training records its token-merging settings in the checkpoint's metadata under `merging`
 (method `tome`, r, schedule, proportional attention), so that evaluate, predict, sweep and
-visualize run the model as it was trained unless a flag says otherwise. Checkpoints without
-that record (older fastast runs, original AST and Hugging Face files) load as before: no merging,
-and proportional attention on, as ToMe applies it to models used off the shelf.
+visualize run the model as it was trained unless a flag says otherwise. fastast checkpoints saved
+before that record existed hold their training r and schedule at the top of their meta (and
+proportional attention in `train_config`); those are used. Files without any (original AST and
+Hugging Face files) load with no merging and proportional attention on, as ToMe applies it to
+models used off the shelf.
 
 Proportional attention (ToMe, Bolya et al. 2023, §3 "Proportional attention", Eq. 1) adds
 log(size) to the attention logits of merged keys. ToMe's authors turn it off when training with
@@ -48,6 +50,8 @@ class MergeSettings:
         was recorded: merging it later is off-the-shelf use, so the attention is on.
         """
         record = (meta or {}).get(META_KEY)
+        if record is None:
+            record = _legacy_record(meta or {})
         if not isinstance(record, dict) or record.get("method", METHOD) != METHOD:
             return cls()
         r = record.get("r", 0)
@@ -83,3 +87,16 @@ class MergeSettings:
         model.set_r(self.r, self.schedule, self.proportional_attention)
         model.merge_settings = self
         return model
+
+
+def _legacy_record(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The merging record of a fastast checkpoint saved before `merging` existed: its top-level
+    `r` and `schedule`, and proportional attention from its `train_config` (on, the training
+    default then, when absent). None for files that never recorded an r (original AST, Hugging
+    Face, untrained models)."""
+    if meta.get("r") is None:
+        return None
+    config = meta.get("train_config")
+    proportional = config.get("proportional_attention", True) if isinstance(config, dict) else True
+    return {"method": METHOD, "r": meta["r"], "schedule": meta.get("schedule") or "constant",
+            "proportional_attention": proportional}

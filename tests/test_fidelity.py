@@ -274,8 +274,8 @@ def test_predict_uses_the_stored_merging_and_flags_override_it(small_demo, tmp_p
     result = run_cli(*common, "--schedule", "decreasing", "--proportional-attention")
     assert result.exit_code == 0, result.output
     assert "r=6 decreasing, proportional attention on (set by flags)" in words(result.output)
-    result = run_cli(*common, "--schedule", "sideways")
-    assert result.exit_code == 2 and "unknown r schedule" in words(result.output)
+    result = run_cli(*common, "--schedule", "sideways")  # refused by the option's choices
+    assert result.exit_code == 2 and "'constant', 'decreasing'" in words(result.output)
 
 
 # --- 7. metric notes --------------------------------------------------------------------------

@@ -9,6 +9,12 @@ import typer
 
 from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
+from fastast_cli.cli._merging import (
+    ProportionalAttentionOption,
+    ScheduleOption,
+    merge_r_option,
+    schedule_name,
+)
 from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
@@ -54,16 +60,9 @@ def evaluate(
         help="fastast checkpoint, original AST .pth or Hugging Face AST folder. With --folds, "
         "a pattern holding {fold}, e.g. runs/esc50-fold{fold}/best.pt.")],
     data: Annotated[Path, typer.Option(help="Prepared dataset: manifest.yaml or its folder.")],
-    r: Annotated[int | None, typer.Option("--r", min=0, help=(
-        "Tokens merged per block (ToMe). Default: what the checkpoint was trained with "
-        "(0 for checkpoints that record none)."))] = None,
-    schedule: Annotated[str | None, typer.Option(help=(
-        "r schedule: constant or decreasing. Default: the checkpoint's (constant)."))] = None,
-    proportional_attention: Annotated[bool | None, typer.Option(
-        "--proportional-attention/--no-proportional-attention", help=(
-            "ToMe's proportional attention. Default: the checkpoint's (on for checkpoints "
-            "that record none, as for models used off the shelf)."), show_default=False)
-    ] = None,
+    r: Annotated[int | None, merge_r_option()] = None,
+    schedule: ScheduleOption = None,
+    proportional_attention: ProportionalAttentionOption = None,
     split: Annotated[str | None, typer.Option(
         help="Split to score (default: test, or eval, where the dataset has one; valid, the "
         "split best.pt is chosen on, only when asked or when it is all there is).")] = None,
@@ -97,7 +96,8 @@ def evaluate(
                            "per fold: leave --onnx out (each fold's checkpoint is exported into "
                            "the cache) or score one --fold")
     manifest = load_manifest(data)
-    merging = {"r": r, "schedule": schedule, "proportional_attention": proportional_attention}
+    merging = {"r": r, "schedule": schedule_name(schedule),
+               "proportional_attention": proportional_attention}
     split = split or manifest.eval_split
     if out is not None and lengths is None and resolutions is None:
         for number in parse_folds(folds) if folds else [None]:

@@ -10,6 +10,12 @@ import typer
 
 from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import app, console, merging_note, user_errors
+from fastast_cli.cli._merging import (
+    ProportionalAttentionOption,
+    ScheduleOption,
+    merge_r_option,
+    schedule_name,
+)
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.hf import export_hf, head_eps_note
@@ -23,11 +29,6 @@ from fastast_cli.models.merging import MergeSettings
 class Format(str, Enum):
     onnx = "onnx"
     hf = "hf"
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    decreasing = "decreasing"
 
 
 @app.command(
@@ -47,19 +48,11 @@ def export(
     out: Annotated[Path, typer.Option(
         help="The .onnx file (onnx) or a new folder (hf); an existing one is never replaced.")],
     kind: Annotated[Format, typer.Option("--format", help="onnx or hf.")] = Format.onnx,
-    r: Annotated[int | None, typer.Option("--r", min=0, help=(
-        "Tokens merged per block (onnx). Default: what the checkpoint was trained with (0 for "
-        "checkpoints that record none)."))] = None,
+    r: Annotated[int | None, merge_r_option("onnx")] = None,
     method: Annotated[str, typer.Option(
         help=f"Token reduction method: {', '.join(METHODS)}.")] = "tome",
-    schedule: Annotated[Schedule | None, typer.Option(
-        help="r per block: constant, or decreasing from 2r to 0 (same total). Default: the "
-        "checkpoint's (constant for checkpoints that record none).")] = None,
-    proportional_attention: Annotated[bool | None, typer.Option(
-        "--proportional-attention/--no-proportional-attention", help=(
-            "ToMe's proportional attention (onnx). Default: the checkpoint's (on for checkpoints "
-            "that record none, as for models used off the shelf)."), show_default=False)
-    ] = None,
+    schedule: ScheduleOption = None,
+    proportional_attention: ProportionalAttentionOption = None,
     tolerance: Annotated[float, typer.Option(
         min=0.0, help="Largest accepted difference between ONNX and PyTorch logits.")
     ] = DEFAULT_TOLERANCE,
@@ -74,7 +67,7 @@ def export(
     check_output(out, folder=kind is Format.hf)
     if kind is Format.onnx and out.exists():
         raise FastASTError(f"{out} already exists: remove it or pick another --out")
-    model = load_classifier(checkpoint, r, schedule=schedule and schedule.value,
+    model = load_classifier(checkpoint, r, schedule=schedule_name(schedule),
                             proportional_attention=proportional_attention)
     settings = getattr(model, "merge_settings", None)
     if kind is Format.hf:

@@ -19,6 +19,12 @@ from rich.console import Console
 from fastast_cli.atomic import atomic_path, check_output, write_json
 from fastast_cli.cli._app import Quiet, app, console, err_console, merging_note, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
+from fastast_cli.cli._merging import (
+    ProportionalAttentionOption,
+    ScheduleOption,
+    merge_r_option,
+    schedule_name,
+)
 from fastast_cli.data.audio import (
     AUDIO_EXTENSIONS,
     AudioReadError,
@@ -278,16 +284,9 @@ def predict(
         "(their audio files, sorted); or - for standard input.", show_default=False)],
     checkpoint: Annotated[Path, typer.Option(
         help="fastast checkpoint (AST or CNN), original AST .pth or Hugging Face AST folder.")],
-    r: Annotated[int | None, typer.Option("--r", min=0, help=(
-        "Tokens merged per block (ToMe; ASTs). Default: what the checkpoint was trained with "
-        "(0 for checkpoints that record none)."))] = None,
-    schedule: Annotated[str | None, typer.Option(help=(
-        "r schedule: constant or decreasing. Default: the checkpoint's (constant)."))] = None,
-    proportional_attention: Annotated[bool | None, typer.Option(
-        "--proportional-attention/--no-proportional-attention", help=(
-            "ToMe's proportional attention. Default: the checkpoint's (on for checkpoints "
-            "that record none, as for models used off the shelf)."), show_default=False)
-    ] = None,
+    r: Annotated[int | None, merge_r_option("ToMe; ASTs")] = None,
+    schedule: ScheduleOption = None,
+    proportional_attention: ProportionalAttentionOption = None,
     top: Annotated[int, typer.Option("--top-k", min=1, help="Labels shown per file.")] = 5,
     how: Annotated[Aggregate, typer.Option(
         "--aggregate", help="How window scores combine on long clips: mean or max.")] = (
@@ -353,7 +352,7 @@ def predict(
         raise FastASTError("--timeline, --events and --plot take one file (or -)")
     check_outputs(paths, {"--timeline": timeline, "--plot": plot, "--events": events,
                           "--out": out})
-    predictor = load_predictor(checkpoint, r, schedule=schedule,
+    predictor = load_predictor(checkpoint, r, schedule=schedule_name(schedule),
                                proportional_attention=proportional_attention, hop_s=hop,
                                window_s=window, how=how.value, batch_size=batch_size,
                                device=resolve_device(device))

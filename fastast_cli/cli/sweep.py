@@ -10,6 +10,7 @@ import typer
 
 from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
+from fastast_cli.cli._merging import ProportionalAttentionOption, ScheduleOption, schedule_name
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
@@ -32,11 +33,6 @@ from fastast_cli.reports.tables import (
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 Size = Enum("Size", {name: name for name in SIZES}, type=str)  # type: ignore[misc]
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    decreasing = "decreasing"
 
 
 THROUGHPUT_COLUMNS = [
@@ -247,15 +243,8 @@ def sweep(
     model_size: Annotated[Size, typer.Option(
         "--model", help="Size of the randomly initialised AST (without --checkpoint).")
     ] = "base",  # type: ignore[assignment]
-    schedule: Annotated[Schedule | None, typer.Option(
-        help="r per block: constant, or decreasing from 2r to 0 (same total). Default: the "
-        "checkpoint's (constant without one).")
-    ] = None,
-    proportional_attention: Annotated[bool | None, typer.Option(
-        "--proportional-attention/--no-proportional-attention", help=(
-            "ToMe's proportional attention. Default: the checkpoint's (on for checkpoints "
-            "that record none, and for random models)."), show_default=False)
-    ] = None,
+    schedule: ScheduleOption = None,
+    proportional_attention: ProportionalAttentionOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help=(
         "Samples per timed forward pass. Default: on CUDA the largest of 256, 128, 64, ... "
         "that fits in memory (ToMe times batches of 64–256); 8 on CPU. Printed with the "
@@ -294,7 +283,7 @@ def sweep(
             check_data_sweep_out(out)
         options = {"batch_size": batch_size, "eval_batch_size": eval_batch_size,
                    "device": resolve_device(device), "dtype": dtype,
-                   "schedule": schedule and schedule.value,
+                   "schedule": schedule_name(schedule),
                    "proportional_attention": proportional_attention,
                    "warmup": warmup, "runs": runs, "backends": backends}
         data_sweep(load_manifest(data), checkpoint, rs, folds, out, budget, options, split)
@@ -308,7 +297,7 @@ def sweep(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
     settings = MergeSettings.from_meta(model.meta).overridden(
-        None, schedule and schedule.value, proportional_attention)
+        None, schedule_name(schedule), proportional_attention)
     settings.apply(model)
     note = merging_note(model, max(rs), settings.schedule)
     if note:

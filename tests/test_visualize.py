@@ -16,7 +16,7 @@ from fastast_cli.cli import app
 from fastast_cli.models.ast import NUM_PREFIX_TOKENS
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
-from fastast_cli.models.tome import tokens_per_block
+from fastast_cli.models.tome import resolve_schedule, tokens_per_block
 from fastast_cli.reports.merge_view import (
     boundary_segments,
     cell_edges,
@@ -133,6 +133,15 @@ def test_cli_writes_the_figure(saved: dict[str, Path], tmp_path: Path) -> None:
     assert png_size(out) == (800, 450) and out.stat().st_size > 5000
     assert "60 patches merged into 12 tokens" in result.stdout
     assert "62 → 58" in result.stdout
+
+
+def test_cli_takes_the_schedule(saved: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "merge.png"
+    result = visualize(str(saved["wav"]), "--checkpoint", str(saved["ast"]), "--r", "4",
+                       "--schedule", "decreasing", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    counts = tokens_per_block(62, resolve_schedule(4, 12, "decreasing"), 2)
+    assert " → ".join(str(c) for c in counts) in result.stdout  # 62 → 54 → ...: 8 first
 
 
 def test_cli_rejects_cnn_and_bad_offset(saved: dict[str, Path], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import app, console, merging_note, user_errors
+from fastast_cli.cli._merging import ProportionalAttentionOption, ScheduleOption, schedule_name
 from fastast_cli.devices import resolve_device
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
@@ -33,6 +34,8 @@ def visualize(
     r: Annotated[int | None, typer.Option("--r", min=0, help=(
         "Tokens merged per block (ToMe). Default: the checkpoint's training r when it merged, "
         "else 8."))] = None,
+    schedule: ScheduleOption = None,
+    proportional_attention: ProportionalAttentionOption = None,
     offset: Annotated[float, typer.Option(
         min=0.0, help="Seconds into the file where the drawn window starts.")] = 0.0,
     alpha: Annotated[float, typer.Option(
@@ -44,7 +47,10 @@ def visualize(
     """Load the AST, track token sources on one window, draw and save the figure."""
     image_format(out)  # an unwritable suffix or path fails before any work
     check_output(out, folder=False)
-    model = require_ast(load_classifier(checkpoint, r, device=resolve_device(device)), checkpoint)
+    model = require_ast(load_classifier(
+        checkpoint, r, schedule=schedule_name(schedule),
+        proportional_attention=proportional_attention, device=resolve_device(device),
+    ), checkpoint)
     if r is None and not any(model.r_schedule):  # trained without merging: show r = 8
         model.merge_settings.overridden(r=DEFAULT_R).apply(model)
     note = merging_note(model)

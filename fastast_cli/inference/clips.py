@@ -170,7 +170,7 @@ def input_spec(model: nn.Module) -> InputSpec:
     checkpoint's meta, else AST's AudioSet statistics (with a note saying so).
     """
     meta = getattr(model, "meta", {}) or {}
-    native = bool(getattr(model, "native_length", False))  # ElasticAST: any clip length
+    native = model.input_spec().native_length  # ElasticAST: any clip length
     if isinstance(model, AST | ElasticAST):
         length, bins = model.config.target_length, model.config.num_mel_bins
     else:

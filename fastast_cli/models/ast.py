@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.records import ConfigRecord
 from fastast_cli.models.tome import (
     Matching,
@@ -191,6 +192,9 @@ class AST(nn.Module):
     Merging is set with `set_r` (0 by default: the plain AST) and can change at any time.
     """
 
+    architecture = "ast"  # the checkpoint tag (see models.checkpoints.save_checkpoint)
+    merges_tokens = True  # has `set_r`
+
     def __init__(self, config: ASTConfig) -> None:
         super().__init__()
         self.config = config
@@ -236,6 +240,11 @@ class AST(nn.Module):
     @property
     def labels(self) -> list[str]:
         return self.config.labels
+
+    def input_spec(self) -> InputSpec:
+        """Fixed-length fbanks [B, target_length, num_mel_bins], with the stored stats."""
+        return InputSpec(self.config.target_length, self.config.num_mel_bins, False,
+                         *stored_stats(self.meta))
 
     def embed(self, fbank: torch.Tensor) -> torch.Tensor:
         """fbank [B, T, F] → tokens [B, N0, D] with CLS, DIST and positions."""

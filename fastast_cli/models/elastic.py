@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, ASTConfig, Attention, Block
+from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.packing import (
     Layout,
     PackedState,
@@ -198,7 +199,7 @@ class ElasticAST(nn.Module):
     """
 
     architecture = "elastic"  # the checkpoint tag (see models.checkpoints.save_checkpoint)
-    native_length = True  # clips of any length up to `config.target_length`, never padded
+    merges_tokens = True  # has `set_r`
 
     def __init__(self, config: ElasticConfig) -> None:
         super().__init__()
@@ -241,6 +242,11 @@ class ElasticAST(nn.Module):
     @property
     def labels(self) -> list[str]:
         return self.config.labels
+
+    def input_spec(self) -> InputSpec:
+        """Clips [T_i, num_mel_bins] of any length up to `target_length` frames, never padded."""
+        return InputSpec(self.config.target_length, self.config.num_mel_bins, True,
+                         *stored_stats(self.meta))
 
     # --- merging ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastast_cli.errors import FastASTError
+from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.records import ConfigRecord
 
 ARCH = "passt_s_swa_p16_128_ap476"
@@ -50,6 +51,7 @@ class PaSSTClassifier(nn.Module):
     """hear21passt's PaSST-S on AST fbanks; `model(fbank)` → logits."""
 
     architecture = "passt"
+    merges_tokens = False
 
     def __init__(self, config: PaSSTConfig) -> None:
         super().__init__()
@@ -73,6 +75,11 @@ class PaSSTClassifier(nn.Module):
     @property
     def labels(self) -> list[str]:
         return self.config.labels
+
+    def input_spec(self) -> InputSpec:
+        """Fixed-length fbanks [B, target_length, num_mel_bins], with the stored stats."""
+        return InputSpec(self.config.target_length, self.config.num_mel_bins, False,
+                         *stored_stats(self.meta))
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         logits, _ = self.net(fbank.unsqueeze(1).transpose(2, 3))  # input [B, 1, F, T]

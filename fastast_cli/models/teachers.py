@@ -19,6 +19,7 @@ import timm
 import torch
 from torch import nn
 
+from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.records import ConfigRecord
 
 # User-facing names → timm model names.
@@ -28,6 +29,9 @@ BACKBONES = {
     "mobilenetv3-small": "mobilenetv3_small_100",
 }
 POOLINGS = ("mean", "attention")
+# Input of a CNN whose checkpoint does not record its own (AST's AudioSet input).
+DEFAULT_FRAMES = 1024
+DEFAULT_MEL_BINS = 128
 
 
 @dataclass
@@ -73,6 +77,7 @@ class CNNClassifier(nn.Module):
     """A 1-channel timm CNN with mean or attention pooling; `model(fbank)` → logits."""
 
     architecture = "cnn"  # the checkpoint tag (see models.checkpoints.save_checkpoint)
+    merges_tokens = False
 
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
@@ -97,6 +102,14 @@ class CNNClassifier(nn.Module):
     @property
     def labels(self) -> list[str]:
         return self.config.labels
+
+    def input_spec(self) -> InputSpec:
+        """Fixed-length fbanks; the length and mel bins it was trained on are in its meta
+        (default 1024 × 128)."""
+        meta = self.meta or {}
+        return InputSpec(int(meta.get("target_length") or DEFAULT_FRAMES),
+                         int(meta.get("num_mel_bins") or DEFAULT_MEL_BINS), False,
+                         *stored_stats(meta))
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         image = fbank.unsqueeze(1).transpose(2, 3)  # [B, 1, F, T]

@@ -17,23 +17,25 @@ end and scored at its own length.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from fastast_cli.data.elastic_features import fit_native_length
 from fastast_cli.data.features import (
     FRAME_SHIFT_MS,
     SAMPLE_RATE,
+    LengthPolicy,
     fbank,
     frame_length_samples,
     normalize,
-    pad_or_cut,
 )
+from fastast_cli.errors import FastASTError
 
 FRAME_SHIFT = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160 samples between frames
 FRAME_LENGTH = frame_length_samples()  # 400 samples per frame
+FRAMES_PER_SECOND = 1000.0 / FRAME_SHIFT_MS
 
 
 def frames_in(num_samples: int) -> int:
@@ -108,13 +110,46 @@ class WindowPlan:
         return regular + self.closing(len(regular), num_frames)
 
 
+def hop_frames(hop_s: float | None, window: int) -> int:
+    """Hop in fbank frames: `hop_s` seconds (10 ms frames, at least 1), or half a window."""
+    if hop_s is None:
+        return max(window // 2, 1)
+    if not math.isfinite(hop_s) or hop_s <= 0:
+        raise FastASTError(f"--hop must be a positive number of seconds, got {hop_s}")
+    return max(round(hop_s * FRAMES_PER_SECOND), 1)
+
+
+def window_frames(window_s: float | None, target_length: int) -> int:
+    """Window in fbank frames: `window_s` seconds (at most the model's `target_length` frames,
+    at least one 16-frame patch), or the model's whole input."""
+    if window_s is None:
+        return target_length
+    frames = round(window_s * FRAMES_PER_SECOND) if math.isfinite(window_s) else -1
+    if not 16 <= frames <= target_length:
+        raise FastASTError(
+            f"--window must lie between 0.16 s and the model's input, "
+            f"{target_length / FRAMES_PER_SECOND:g} s; got {window_s}"
+        )
+    return frames
+
+
+def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
+    """First frame of each window of a fixed-length model over a clip of `num_frames` frames.
+
+    [0] for a clip no longer than one window; else 0, hop, 2·hop, ... as long as the window fits,
+    plus a last window ending at the clip's end if the regular ones stop short of it.
+    E.g. 3·window frames at hop window/2 → 5 windows.
+    """
+    return [span.start for span in WindowPlan(window, hop).spans(num_frames)]
+
+
 def window_input(raw: torch.Tensor, window: int, target_length: int, native: bool,
                  mean: float, std: float) -> torch.Tensor:
     """A window's raw fbank [frames ≤ window, F] → model input: padded with zeros to the model's
     `target_length` (fixed models) or kept at its own length, at least one patch (native);
     then normalized `(x - mean) / (2·std)`."""
-    fitted = fit_native_length(raw, window) if native else pad_or_cut(raw, target_length)
-    return normalize(fitted, mean, std)
+    length = LengthPolicy.native(window) if native else LengthPolicy.fixed(target_length)
+    return normalize(length.fit(raw), mean, std)
 
 
 @dataclass

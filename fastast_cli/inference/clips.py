@@ -38,7 +38,6 @@ from fastast_cli.data.features import (
     SAMPLE_RATE,
     LengthPolicy,
     as_channels_first,
-    fbank,
     waveform_fbank,
 )
 from fastast_cli.errors import FastASTError
@@ -65,8 +64,8 @@ from fastast_cli.inference.stream import (
     frames_in,
     hop_frames,
     samples_for,
+    window_features,
     window_frames,
-    window_input,
     window_starts,
 )
 from fastast_cli.models.classifiers import load_classifier
@@ -165,9 +164,7 @@ class Predictor:
         inputs = []
         for span in spans:
             wave = mono[span.start * FRAME_SHIFT :][: samples_for(span.stop - span.start)]
-            raw = fbank(wave, SAMPLE_RATE, self.spec.num_mel_bins)[: span.stop - span.start]
-            inputs.append(window_input(raw, self.window, self.spec.target_length,
-                                       self.spec.native_length, self.spec.mean, self.spec.std))
+            inputs.append(window_features(wave, self.window, self.spec))
         scores = self.score_inputs(inputs)
         duration = samples / sample_rate
         rows = timeline_rows([span.start for span in spans], [span.stop for span in spans],
@@ -219,9 +216,7 @@ class ScoreStream:
         self.predictor, self.blocks, self.sample_rate, self.eager = (
             predictor, blocks, sample_rate, eager)
         self.samples = 0
-        spec = predictor.spec
-        self.cutter = WindowCutter(predictor.plan, spec.num_mel_bins, spec.target_length,
-                                   spec.mean, spec.std)
+        self.cutter = WindowCutter(predictor.plan, predictor.spec)
 
     @property
     def duration_s(self) -> float:

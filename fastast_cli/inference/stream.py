@@ -27,11 +27,11 @@ from fastast_cli.data.features import (
     FRAME_SHIFT_MS,
     SAMPLE_RATE,
     LengthPolicy,
-    fbank,
     frame_length_samples,
-    normalize,
+    waveform_fbank,
 )
 from fastast_cli.errors import FastASTError
+from fastast_cli.models.inputs import InputSpec
 
 FRAME_SHIFT = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160 samples between frames
 FRAME_LENGTH = frame_length_samples()  # 400 samples per frame
@@ -143,13 +143,14 @@ def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
     return [span.start for span in WindowPlan(window, hop).spans(num_frames)]
 
 
-def window_input(raw: torch.Tensor, window: int, target_length: int, native: bool,
-                 mean: float, std: float) -> torch.Tensor:
-    """A window's raw fbank [frames ≤ window, F] → model input: padded with zeros to the model's
-    `target_length` (fixed models) or kept at its own length, at least one patch (native);
-    then normalized `(x - mean) / (2·std)`."""
-    length = LengthPolicy.native(window) if native else LengthPolicy.fixed(target_length)
-    return normalize(length.fit(raw), mean, std)
+def window_features(wave: torch.Tensor, window: int, spec: InputSpec) -> torch.Tensor:
+    """A window's own 16-kHz samples (`samples_for(frames ≤ window)`) → model input: its fbank
+    [frames, F] padded with zeros to the model's `target_length` (fixed models) or kept at its
+    own length, at least one patch (native); normalized `(x - mean) / (2·std)` (spec.stats)."""
+    length = (LengthPolicy.native(window) if spec.native_length
+              else LengthPolicy.fixed(spec.target_length))
+    return waveform_fbank(wave, SAMPLE_RATE, length=length, num_mel_bins=spec.num_mel_bins,
+                          stats=spec.stats)
 
 
 @dataclass
@@ -167,11 +168,8 @@ class WindowCutter:
     window(s). Only the samples later windows may need are kept.
     """
 
-    def __init__(self, plan: WindowPlan, num_mel_bins: int, target_length: int,
-                 mean: float, std: float) -> None:
-        self.plan = plan
-        self.num_mel_bins, self.target_length = num_mel_bins, target_length
-        self.mean, self.std = mean, std
+    def __init__(self, plan: WindowPlan, spec: InputSpec) -> None:
+        self.plan, self.spec = plan, spec
         self.buffer = torch.zeros(0)  # samples from `buffer_start` on
         self.buffer_start = 0
         self.total = 0  # samples pushed so far
@@ -196,9 +194,7 @@ class WindowCutter:
     def _window(self, span: Span) -> Window:
         first = span.start * FRAME_SHIFT - self.buffer_start
         wave = self.buffer[first : first + samples_for(span.stop - span.start)]
-        raw = fbank(wave, SAMPLE_RATE, self.num_mel_bins)[: span.stop - span.start]
-        return Window(span, window_input(raw, self.plan.window, self.target_length,
-                                         self.plan.native, self.mean, self.std))
+        return Window(span, window_features(wave, self.plan.window, self.spec))
 
     def _trim(self) -> None:
         """Drop samples before both the next regular window and the last `window` frames."""

@@ -123,6 +123,7 @@ def test_input_spec_says_length_policy_and_teacher_view() -> None:
 def test_one_stats_lookup_with_the_fallback_as_a_parameter(builder, one_thread) -> None:
     model = builder("tiny", 3, depth=1, target_length=64, num_mel_bins=BINS)
     manifest = SimpleNamespace(norm_stats=lambda fold: (-6.0, 5.0))
+    never = SimpleNamespace()  # no norm_stats: must not be asked when the model stores stats
     audioset = AST_NORM_STATS["audioset"]
     # no stats stored: evaluation falls back to the dataset's, predict to AudioSet's (with a note)
     assert input_stats(model, manifest, None) == (-6.0, 5.0)
@@ -132,6 +133,6 @@ def test_one_stats_lookup_with_the_fallback_as_a_parameter(builder, one_thread) 
     assert spec.native_length == (builder is build_elastic) and spec.target_length == 64
     # stored stats win over any fallback, and their own note travels with them
     model.meta = {"mean": -1.5, "std": 2.5, "stats_note": "assumed"}
-    for resolved in (input_spec_on(model, manifest, None), input_spec(model),
+    for resolved in (input_spec_on(model, never, None), input_spec(model),
                      resolved_input(model, (0.0, 1.0), "unused")):
         assert resolved.stats == (-1.5, 2.5) and resolved.stats_note == "assumed"

@@ -78,7 +78,7 @@ class Evaluation:
 def input_spec_on(model: nn.Module, manifest: Manifest, fold: int | None) -> InputSpec:
     """What `model` takes, normalized as it was trained (its checkpoint's statistics), else
     with the dataset's (the fold's)."""
-    return resolved_input(model, manifest.norm_stats(fold))
+    return resolved_input(model, lambda: manifest.norm_stats(fold))
 
 
 def input_stats(model: nn.Module, manifest: Manifest, fold: int | None) -> tuple[float, float]:

@@ -9,6 +9,7 @@ dataset's for evaluation, AudioSet's for predicting on loose files).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,12 +71,16 @@ def stored_stats(meta: dict[str, Any] | None) -> tuple[float | None, float | Non
     return float(meta["mean"]), float(meta["std"])
 
 
-def resolved_input(model: nn.Module, fallback: tuple[float, float],
+Stats = tuple[float, float]
+
+
+def resolved_input(model: nn.Module, fallback: Stats | Callable[[], Stats],
                    note: str | None = None) -> InputSpec:
     """`model.input_spec()` with mean and std always set: the model's own (with the note its
-    checkpoint keeps about them, if any), else `fallback` (mean, std) with `note`."""
+    checkpoint keeps about them, if any), else `fallback` (mean, std) with `note`. A callable
+    fallback is only called when the model stores no statistics."""
     spec = model.input_spec()
     if spec.mean is not None and spec.std is not None:
         return replace(spec, stats_note=(getattr(model, "meta", None) or {}).get("stats_note"))
-    mean, std = fallback
+    mean, std = fallback() if callable(fallback) else fallback
     return replace(spec, mean=float(mean), std=float(std), stats_note=note)

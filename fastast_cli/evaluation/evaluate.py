@@ -77,8 +77,14 @@ class Evaluation:
 
 def input_spec_on(model: nn.Module, manifest: Manifest, fold: int | None) -> InputSpec:
     """What `model` takes, normalized as it was trained (its checkpoint's statistics), else
-    with the dataset's (the fold's)."""
-    return resolved_input(model, lambda: manifest.norm_stats(fold))
+    with the dataset's (the fold's). A model made for fbanks of other mel bins than the
+    dataset's is refused."""
+    spec = resolved_input(model, lambda: manifest.norm_stats(fold))
+    if spec.num_mel_bins != manifest.num_mel_bins:
+        raise FastASTError(
+            f"the model takes fbanks of {spec.num_mel_bins} mel bins but {manifest.path} was "
+            f"prepared with {manifest.num_mel_bins}")
+    return spec
 
 
 def input_stats(model: nn.Module, manifest: Manifest, fold: int | None) -> tuple[float, float]:

@@ -1,5 +1,6 @@
-"""One waveform → fbank function: bit-identical to the four it replaced, its length policies, and
-the one lookup of a model's input (normalization stats with a fallback)."""
+"""What input a model takes: the one waveform → fbank function (bit-identical to the four it
+replaced) and its length policies, the one lookup of normalization stats with a fallback, and
+evaluation refusing a model made for other fbanks."""
 
 from __future__ import annotations
 
@@ -21,7 +22,14 @@ from fastast_cli.data.features import (
     waveform_fbank,
     waveform_to_fbank,
 )
-from fastast_cli.evaluation.evaluate import input_spec_on, input_stats
+from fastast_cli.data.manifest import load_manifest
+from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.evaluate import (
+    evaluate_lengths,
+    evaluate_model,
+    input_spec_on,
+    input_stats,
+)
 from fastast_cli.inference.clips import clip_features, input_spec
 from fastast_cli.models.ast import build_model
 from fastast_cli.models.elastic import build_elastic
@@ -122,8 +130,8 @@ def test_input_spec_says_length_policy_and_teacher_view() -> None:
 @pytest.mark.parametrize("builder", [build_model, build_elastic])
 def test_one_stats_lookup_with_the_fallback_as_a_parameter(builder, one_thread) -> None:
     model = builder("tiny", 3, depth=1, target_length=64, num_mel_bins=BINS)
-    manifest = SimpleNamespace(norm_stats=lambda fold: (-6.0, 5.0))
-    never = SimpleNamespace()  # no norm_stats: must not be asked when the model stores stats
+    manifest = SimpleNamespace(norm_stats=lambda fold: (-6.0, 5.0), num_mel_bins=BINS)
+    never = SimpleNamespace(num_mel_bins=BINS)  # no norm_stats: not asked when stats are stored
     audioset = AST_NORM_STATS["audioset"]
     # no stats stored: evaluation falls back to the dataset's, predict to AudioSet's (with a note)
     assert input_stats(model, manifest, None) == (-6.0, 5.0)
@@ -136,3 +144,13 @@ def test_one_stats_lookup_with_the_fallback_as_a_parameter(builder, one_thread) 
     for resolved in (input_spec_on(model, never, None), input_spec(model),
                      resolved_input(model, (0.0, 1.0), "unused")):
         assert resolved.stats == (-1.5, 2.5) and resolved.stats_note == "assumed"
+
+
+def test_evaluate_refuses_a_model_of_other_mel_bins_in_one_line(small_demo, one_thread) -> None:
+    manifest = load_manifest(small_demo)
+    model = build_model("tiny", manifest.num_classes, depth=1, num_mel_bins=64,
+                        target_length=manifest.target_length).eval()
+    with pytest.raises(FastASTError, match="64 mel bins .* prepared with 128"):
+        evaluate_model(model, manifest, "tiny")
+    with pytest.raises(FastASTError, match="64 mel bins"):
+        evaluate_lengths(model, manifest, [1.0], [1.0])

@@ -77,14 +77,16 @@ class Evaluation:
 
 def input_spec_on(model: nn.Module, manifest: Manifest, fold: int | None) -> InputSpec:
     """What `model` takes, normalized as it was trained (its checkpoint's statistics), else
-    with the dataset's (the fold's). A model made for fbanks of other mel bins than the
-    dataset's is refused."""
-    spec = resolved_input(model, lambda: manifest.norm_stats(fold))
+    with the dataset's (the fold's)."""
+    return resolved_input(model, lambda: manifest.norm_stats(fold))
+
+
+def check_mel_bins(spec: InputSpec, manifest: Manifest) -> None:
+    """A model made for fbanks of other mel bins than the dataset's cannot score it."""
     if spec.num_mel_bins != manifest.num_mel_bins:
         raise FastASTError(
             f"the model takes fbanks of {spec.num_mel_bins} mel bins but {manifest.path} was "
             f"prepared with {manifest.num_mel_bins}")
-    return spec
 
 
 def input_stats(model: nn.Module, manifest: Manifest, fold: int | None) -> tuple[float, float]:
@@ -182,6 +184,7 @@ def evaluate_model(
     split = split or manifest.eval_split
     fold = scored_fold(model, manifest, fold, name)
     spec = input_spec_on(model, manifest, fold)
+    check_mel_bins(spec, manifest)
     elastic = spec.native_length
     options = {"target_length": spec.target_length, "mean": spec.mean, "std": spec.std,
                "num_mel_bins": manifest.num_mel_bins}
@@ -294,6 +297,7 @@ def evaluate_lengths(
         raise FastASTError("--lengths and --resolutions compare AST and ElasticAST checkpoints")
     fold = scored_fold(model, manifest, fold, "the checkpoint")
     spec = input_spec_on(model, manifest, fold)
+    check_mel_bins(spec, manifest)
     elastic = spec.native_length
     split = split or manifest.eval_split
     rows: list[dict[str, float | str]] = []

@@ -8,13 +8,9 @@ import pytest
 import torch
 
 from fastast_cli import build_model
-from fastast_cli.models.ast import TokenState
-from fastast_cli.models.tome import (
-    bipartite_soft_matching,
-    max_merge,
-    resolve_schedule,
-    tokens_per_block,
-)
+from fastast_cli.models.reduction.schedule import max_merge, resolve_schedule, tokens_per_block
+from fastast_cli.models.reduction.tome import bipartite_soft_matching
+from fastast_cli.models.token_state import TokenState
 
 
 def tiny(frames: int = 128, **kwargs) -> torch.nn.Module:

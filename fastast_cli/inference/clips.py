@@ -57,7 +57,7 @@ from fastast_cli.inference.stream import (
 from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.elastic import ElasticAST
-from fastast_cli.models.tome import RSchedule
+from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.progress import track
 
 PathLike = str | os.PathLike[str]

@@ -14,7 +14,7 @@ any length, packed into rows by a `Layout`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -26,13 +26,12 @@ from fastast_cli.models.reduction.base import (
     merge_tokens,
 )
 from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, allowed_merges
-from fastast_cli.models.reduction.tome import ToMe
 
 
 class MergeStep:
     """The merge step shared by both token states (the reduction's place in every block)."""
 
-    reduction: TokenReduction
+    reduction: TokenReduction | None
     block: int
     depth: int
 
@@ -56,6 +55,8 @@ class MergeStep:
             return tokens
         step = ReductionStep(tokens, query, key, self, allowed, self.block, self.depth,
                              NUM_PREFIX_TOKENS)
+        if self.reduction is None:
+            raise ValueError("the token state has no reduction method to merge with")
         return self.merge(self.reduction.match(step), tokens)
 
 
@@ -69,7 +70,7 @@ class TokenState(MergeStep):
 
     sizes: torch.Tensor | None = None
     source: torch.Tensor | None = None
-    reduction: TokenReduction = field(default_factory=ToMe)
+    reduction: TokenReduction | None = None  # set by the model (`run_blocks`)
     block: int = 0
     depth: int = 0
     layout: None = None  # dense: rows are the batch
@@ -87,9 +88,12 @@ class TokenState(MergeStep):
         return self.sizes.log().to(dtype)[:, None, None, :, 0]
 
     def allowed_r(self, tokens: torch.Tensor, r: int | list[int]) -> list[int]:
-        """Every row loses the same r: [r] × B, capped for N tokens."""
+        """Every row loses the same r, capped for N tokens: one value for all rows, [r].
+
+        (Not one per row: the batch size stays symbolic when the model is exported.)
+        """
         requested = r if isinstance(r, int) else r[0]
-        return [allowed_merges(tokens.shape[1], requested, NUM_PREFIX_TOKENS)] * tokens.shape[0]
+        return [allowed_merges(tokens.shape[1], requested, NUM_PREFIX_TOKENS)]
 
     def merge(self, matching: Merges, tokens: torch.Tensor) -> torch.Tensor:
         """Merge `tokens` [B, N, D] → [B, N - r, D] and update sizes and sources to match."""
@@ -110,7 +114,7 @@ class PackedState(MergeStep):
 
     layout: Layout
     sizes: torch.Tensor | None = None
-    reduction: TokenReduction = field(default_factory=ToMe)
+    reduction: TokenReduction | None = None  # set by the model (`run_blocks`)
     block: int = 0
     depth: int = 0
 

@@ -40,7 +40,8 @@ class ReductionStep:
     query, key: per-head queries and keys as attention saw them, rows [R, H, L, hd]
         (dense: R = B, L = N; packed: `state.layout` says which slot holds which token).
     state: the token state (`layout` is None for dense rows, a packing `Layout` otherwise).
-    r: tokens each clip loses in this block, already capped (`allowed_merges`), one per clip.
+    r: tokens each clip loses in this block, already capped (`allowed_merges`): packed, one
+        value per clip; dense, one value [r] that every row loses.
     block, depth: index of this block and number of blocks (for depth-dependent methods).
     protected: leading tokens of each clip that are never reduced (CLS and DIST).
     """
@@ -69,7 +70,8 @@ class TokenReduction(Protocol):
     name: str
 
     def match(self, step: ReductionStep) -> Merges:
-        """A matching that removes exactly `step.r[c]` tokens of every clip c."""
+        """A matching that removes exactly `step.r[c]` tokens of every clip c (dense: r[0] of
+        every row)."""
         ...
 
 

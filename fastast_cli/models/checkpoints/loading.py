@@ -33,8 +33,8 @@ from fastast_cli.models.checkpoints.original import original_ast_weights, strip_
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, required
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
+from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
-from fastast_cli.models.tome import RSchedule
 
 # Rebuilds the model of a fastast checkpoint's contents; the path is for messages.
 Builder = Callable[[Mapping[str, Any], Path], nn.Module]

@@ -14,9 +14,10 @@ from fastast_cli.models.checkpoints import (
     load_checkpoint,
     read_state_dict,
 )
+from fastast_cli.models.checkpoints.passt import load_passt_weights, read_passt_weights
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.merging import MergeSettings
-from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig, load_passt_weights
+from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
 from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.models.teachers import (
     BACKBONES,
@@ -76,7 +77,7 @@ def build_classifier(
             fstride=fstride, tstride=tstride, labels=list(labels),
         ))
         if pretrained is not None:
-            load_passt_weights(model, read_state_dict(pretrained))
+            load_passt_weights(model, read_passt_weights(pretrained))
         return model
     raise FastASTError(f"unknown model {name!r}: choose one of {', '.join(ARCHITECTURES)}")
 

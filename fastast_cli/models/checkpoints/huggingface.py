@@ -17,6 +17,7 @@ from fastast_cli.models.ast import ASTConfig
 from fastast_cli.models.checkpoints.files import StateDict, load_file, read_json, unwrap_state_dict
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, num_classes_of
 
+# Hugging Face AST names (transformers 4.x, as files on disk hold them) ↔ ours: one table read
 # both ways, `rename_hf_state_dict` left to right and `to_hf_state_dict` right to left. A leading
 # "^" anchors a fragment at the start of a name; "N" stands for a block number. q/k/v land on
 # `attn.{query,key,value}` and are fused into `attn.qkv` afterwards (and split before writing).

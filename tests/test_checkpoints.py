@@ -392,10 +392,19 @@ def test_damaged_or_unknown_fastast_checkpoints_give_one_error(tmp_path):
     path = save_checkpoint(tmp_path / "cnn.pt", cnn)
     payload = read_checkpoint(path)
     for name, change in {"no_config": {"config": None}, "no_model": {"model": {}},
-                         "bad_meta": {"meta": [1]}, "martian": {"architecture": "martian"}}.items():
+                         "bad_meta": {"meta": [1]}, "martian": {"architecture": "martian"},
+                         "other_head": {"config": {**payload["config"], "num_classes": 5}},
+                         "other_backbone": {"config": {**payload["config"], "backbone": "x"}},
+                         }.items():
         torch.save({**payload, **change}, tmp_path / f"{name}.pt")
-        with pytest.raises(CheckpointError, match="damaged|unknown kind of model 'martian'"):
+        refusal = "damaged|unknown kind|unusable model config|do not fit the model"
+        with pytest.raises(CheckpointError, match=refusal):
             load_classifier(tmp_path / f"{name}.pt")
+    elastic = build_elastic("tiny", 3, depth=1)
+    elastic = read_checkpoint(save_checkpoint(tmp_path / "el.pt", elastic))
+    torch.save({**elastic, "config": {**elastic["config"], "num_classes": 5}}, tmp_path / "el5.pt")
+    with pytest.raises(CheckpointError, match=r"wrongly shaped \(2\):\n    mlp_head.1.weight"):
+        load_classifier(tmp_path / "el5.pt")
 
 
 def test_meta_that_cannot_be_read_back_is_refused(tmp_path):

@@ -7,13 +7,14 @@ import os
 import torch
 from torch import nn
 
-from fastast_cli.errors import CheckpointError, FastASTError
+from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import AST, build_model
 from fastast_cli.models.checkpoints import (
     init_from_pretrained,
     load_checkpoint,
     read_state_dict,
 )
+from fastast_cli.models.checkpoints.fitting import load_exactly
 from fastast_cli.models.checkpoints.passt import load_passt_weights, read_passt_weights
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.merging import MergeSettings
@@ -85,17 +86,7 @@ def build_classifier(
 def _load_cnn_backbone(model: CNNClassifier, path: PathLike) -> None:
     """ImageNet weights of the same timm backbone into `model.backbone`, strictly."""
     weights = imagenet_to_one_channel(read_state_dict(path))
-    expected = model.backbone.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not fit {model.config.backbone}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected and {len(wrong)} wrongly shaped keys "
-            f"(e.g. {', '.join((missing + unexpected + wrong)[:3])})"
-        )
-    model.backbone.load_state_dict(weights)
+    load_exactly(model.backbone, weights, f"{path}: ImageNet weights for {model.config.backbone}")
 
 
 def load_classifier(

@@ -4,8 +4,10 @@ a fresh head when the class count differs, and one check naming every tensor tha
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, ASTConfig
@@ -94,20 +96,8 @@ def _check_fit(
     allow_missing_head: bool,
 ) -> None:
     """Raise one CheckpointError naming every missing, unexpected and wrongly shaped tensor."""
-    expected = model.state_dict()
-    missing = [
-        name
-        for name in expected
-        if name not in state_dict and not (allow_missing_head and name.startswith(HEAD_PREFIX))
-    ]
-    unexpected = [name for name in state_dict if name not in expected]
-    wrong_shape = [
-        f"{name}: checkpoint {list(tensor.shape)} vs model {list(expected[name].shape)}"
-        for name, tensor in state_dict.items()
-        if name in expected and tensor.shape != expected[name].shape
-    ]
-    problems = _listing("wrongly shaped", wrong_shape) + _listing("missing", missing)
-    problems += _listing("unexpected", unexpected)
+    skipped = HEAD_PREFIX if allow_missing_head else None
+    problems = mismatches(model.state_dict(), state_dict, may_miss=skipped)
     if weights.config.num_heads != model.config.num_heads:
         problems.append(
             f"  attention heads: checkpoint {weights.config.num_heads} "
@@ -119,6 +109,32 @@ def _check_fit(
             f"{path} ({weights.source}) does not fit the model (embed_dim {config.embed_dim}, "
             f"depth {config.depth}, {config.num_heads} heads):\n" + "\n".join(problems)
         )
+
+
+def load_exactly(model: nn.Module, state_dict: StateDict, what: str) -> None:
+    """Load `state_dict` into `model` when every tensor fits by name and shape, else raise one
+    CheckpointError naming what does not (`what`: the weights, in words)."""
+    problems = mismatches(model.state_dict(), state_dict)
+    if problems:
+        raise CheckpointError(f"{what} do not fit the model:\n" + "\n".join(problems))
+    model.load_state_dict(state_dict)
+
+
+def mismatches(
+    expected: Mapping[str, torch.Tensor], state_dict: StateDict, may_miss: str | None = None
+) -> list[str]:
+    """Indented lines naming the wrongly shaped, missing and unexpected tensors of `state_dict`
+    against a model's `expected` ones; names starting with `may_miss` may be missing."""
+    missing = [name for name in expected
+               if name not in state_dict and not (may_miss and name.startswith(may_miss))]
+    unexpected = [name for name in state_dict if name not in expected]
+    wrong_shape = [
+        f"{name}: checkpoint {list(tensor.shape)} vs model {list(expected[name].shape)}"
+        for name, tensor in state_dict.items()
+        if name in expected and tensor.shape != expected[name].shape
+    ]
+    problems = _listing("wrongly shaped", wrong_shape) + _listing("missing", missing)
+    return problems + _listing("unexpected", unexpected)
 
 
 def _listing(kind: str, names: list[str]) -> list[str]:

@@ -27,11 +27,11 @@ from fastast_cli.models.checkpoints.files import (
     load_file,
     unwrap_state_dict,
 )
-from fastast_cli.models.checkpoints.fitting import fit_weights, model_config
+from fastast_cli.models.checkpoints.fitting import fit_weights, load_exactly, model_config
 from fastast_cli.models.checkpoints.huggingface import is_hf_name, read_hf_folder
 from fastast_cli.models.checkpoints.original import original_ast_weights, strip_wrapper_prefixes
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, required
-from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.elastic import ElasticAST, ElasticConfig
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
 from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
@@ -74,22 +74,16 @@ def _recorded_ast(payload: Mapping[str, Any], path: Path) -> nn.Module:
     return ast_from_weights(fastast_weights(payload, path), path)
 
 
-def _recorded_elastic(payload: Mapping[str, Any], path: Path) -> nn.Module:
-    try:
-        return ElasticAST.from_checkpoint(payload)
-    except (ValueError, TypeError, KeyError) as error:
-        raise CheckpointError(f"{path}: {error}") from None
-
-
 def _recorded_model(model_class: Any, config_class: Any) -> Builder:
-    """A builder for a classifier that rebuilds from its config alone (CNN, PaSST)."""
+    """A builder for a classifier that rebuilds from its config alone (ElasticAST, CNN, PaSST)."""
 
     def build(payload: Mapping[str, Any], path: Path) -> nn.Module:
         config, state_dict, meta = recorded_parts(payload, path)
-        model = model_class(config_class.from_dict(config))
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: the weights do not fit their own config")
+        try:
+            model = model_class(config_class.from_dict(config))
+        except (ValueError, TypeError, RuntimeError) as error:  # e.g. an unknown backbone
+            raise CheckpointError(f"{path} has an unusable model config ({error})") from None
+        load_exactly(model, state_dict, f"{path}: the weights of this {payload['architecture']}")
         model.meta = meta
         return model
 
@@ -99,7 +93,7 @@ def _recorded_model(model_class: Any, config_class: Any) -> Builder:
 # The architecture tag a checkpoint records → how to rebuild its model.
 BUILDERS: dict[str, Builder] = {
     AST.architecture: _recorded_ast,
-    ElasticAST.architecture: _recorded_elastic,
+    ElasticAST.architecture: _recorded_model(ElasticAST, ElasticConfig),
     CNNClassifier.architecture: _recorded_model(CNNClassifier, CNNConfig),
     PaSSTClassifier.architecture: _recorded_model(PaSSTClassifier, PaSSTConfig),
 }

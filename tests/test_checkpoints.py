@@ -400,6 +400,12 @@ def test_damaged_or_unknown_fastast_checkpoints_give_one_error(tmp_path):
         refusal = "damaged|unknown kind|unusable model config|do not fit the model"
         with pytest.raises(CheckpointError, match=refusal):
             load_classifier(tmp_path / f"{name}.pt")
+    ast = read_checkpoint(save_checkpoint(tmp_path / "ast.pt", build_model("tiny", 3, depth=1)))
+    for name, change in {"text_depth": {"depth": "two"}, "no_patch": {"patch_size": 0},
+                         "odd_heads": {"num_heads": 5}, "wide": {"embed_dim": 384}}.items():
+        torch.save({**ast, "config": {**ast["config"], **change}}, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match="model config|does not fit the model"):
+            load_classifier(tmp_path / f"{name}.pt")
     elastic = build_elastic("tiny", 3, depth=1)
     elastic = read_checkpoint(save_checkpoint(tmp_path / "el.pt", elastic))
     torch.save({**elastic, "config": {**elastic["config"], "num_classes": 5}}, tmp_path / "el5.pt")

@@ -117,6 +117,7 @@ def fastast_weights(payload: Mapping[str, Any], path: Path) -> PretrainedWeights
     config, state_dict, meta = recorded_parts(payload, path)
     try:
         ast_config = ASTConfig.from_dict(config)
-    except TypeError as error:
-        raise CheckpointError(f"{path} has an unreadable model config ({error})") from error
-    return PretrainedWeights(state_dict, ast_config, ast_config.grid, "fastast checkpoint", meta)
+        grid = ast_config.grid
+    except (TypeError, ValueError, ArithmeticError) as error:
+        raise CheckpointError(f"{path} has an unreadable model config ({error})") from None
+    return PretrainedWeights(state_dict, ast_config, grid, "fastast checkpoint", meta)

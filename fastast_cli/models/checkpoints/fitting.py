@@ -46,6 +46,11 @@ def model_config(
             f"target_length {config.target_length} × {config.num_mel_bins} mel bins is smaller "
             f"than one {config.patch_size}×{config.patch_size} patch"
         )
+    if config.num_heads < 1 or config.embed_dim % config.num_heads:
+        raise CheckpointError(
+            f"{path} ({weights.source}) has an unusable model config: embed_dim "
+            f"{config.embed_dim} does not split into {config.num_heads} attention heads"
+        )
     return config
 
 

@@ -81,7 +81,7 @@ def _recorded_model(model_class: Any, config_class: Any) -> Builder:
         config, state_dict, meta = recorded_parts(payload, path)
         try:
             model = model_class(config_class.from_dict(config))
-        except (ValueError, TypeError, RuntimeError) as error:  # e.g. an unknown backbone
+        except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:  # e.g. a backbone
             raise CheckpointError(f"{path} has an unusable model config ({error})") from None
         load_exactly(model, state_dict, f"{path}: the weights of this {payload['architecture']}")
         model.meta = meta
@@ -142,7 +142,10 @@ def ast_from_weights(
 ) -> AST:
     """A new AST of the weights' config (with the given input shape and class count), fitted."""
     config = model_config(weights, path, num_classes, target_length, fstride, tstride)
-    model = AST(config)
+    try:
+        model = AST(config)
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:
+        raise CheckpointError(f"{path} has an unusable model config ({error})") from None
     fit_weights(model, weights, path)
     model.meta = dict(weights.meta)
     return model

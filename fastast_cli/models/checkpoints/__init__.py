@@ -4,8 +4,10 @@
   way in, a storable-values check and an atomic rename on the way out.
 - `fastast`: the fastast format (`save_checkpoint`, `read_checkpoint`).
 - `original`, `huggingface`, `deit`: one module per foreign AST format, each returning the same
-  `PretrainedWeights` record (`weights`), renamed to `AST.state_dict()` names.
-- `fitting`: a weights record into an AST: position-embedding adaptation, head, the fit check.
+  `PretrainedWeights` record (`weights`), renamed to `AST.state_dict()` names; `passt`: PaSST
+  state dicts, which keep PaSST's own names.
+- `fitting`: a weights record into an AST (position-embedding adaptation, head, the fit check),
+  and `load_exactly` for weights that must fit as they are.
 - `loading`: `load_checkpoint`, the one entry point for a trained classifier (reads a file once,
   builds the architecture recorded in it), and `load_model` / `init_from_pretrained` for ASTs.
 

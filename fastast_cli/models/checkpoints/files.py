@@ -66,6 +66,7 @@ def read_state_dict(path: PathLike) -> StateDict:
 
 
 def existing_path(path: PathLike) -> Path:
+    """`path` with `~` expanded, when something is there."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"no such checkpoint: {path}")

@@ -33,6 +33,7 @@ from fastast_cli.models.checkpoints.original import original_ast_weights, strip_
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, required
 from fastast_cli.models.elastic import ElasticAST, ElasticConfig
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
+from fastast_cli.models.records import ConfigRecord
 from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
 
@@ -63,6 +64,8 @@ def load_checkpoint(path: PathLike, device: str | torch.device = "cpu") -> nn.Mo
 
 
 def _builder(payload: Mapping[str, Any], path: Path) -> Builder:
+    """How to rebuild the architecture a fastast checkpoint records (`ast` when it records none:
+    the first fastast files)."""
     architecture = payload.get("architecture", "ast")
     builder = BUILDERS.get(architecture) if isinstance(architecture, str) else None
     if builder is None:
@@ -74,14 +77,14 @@ def _recorded_ast(payload: Mapping[str, Any], path: Path) -> nn.Module:
     return ast_from_weights(fastast_weights(payload, path), path)
 
 
-def _recorded_model(model_class: Any, config_class: Any) -> Builder:
+def _recorded_model(model_class: type[nn.Module], config_class: type[ConfigRecord]) -> Builder:
     """A builder for a classifier that rebuilds from its config alone (ElasticAST, CNN, PaSST)."""
 
     def build(payload: Mapping[str, Any], path: Path) -> nn.Module:
         config, state_dict, meta = recorded_parts(payload, path)
         try:
             model = model_class(config_class.from_dict(config))
-        except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:  # e.g. a backbone
+        except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:  # bad values
             raise CheckpointError(f"{path} has an unusable model config ({error})") from None
         load_exactly(model, state_dict, f"{path}: the weights of this {payload['architecture']}")
         model.meta = meta

@@ -1,6 +1,6 @@
-"""Options shared by the commands that run a model with token merging: how many tokens a block
-merges, the schedule and proportional attention. Each defaults to what the checkpoint stores
-(`models.merging.MergeSettings`); a flag given overrides it."""
+"""Options shared by the commands that run a model with token reduction: the method, how many
+tokens a block removes, the schedule and proportional attention. Each defaults to what the
+checkpoint stores (`models.merging.MergeSettings`); a flag given overrides it."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ from typing import Annotated
 
 import typer
 
+from fastast_cli.errors import FastASTError
+from fastast_cli.models.reduction import METHODS
+
 
 class Schedule(str, Enum):
     constant = "constant"
     decreasing = "decreasing"
 
 
-def merge_r_option(scope: str = "ToMe") -> typer.models.OptionInfo:
-    """The `--r` option; `scope` says what it applies to (e.g. `ToMe; ASTs`)."""
+def merge_r_option(scope: str = "every method") -> typer.models.OptionInfo:
+    """The `--r` option; `scope` says what it applies to (e.g. `ASTs`)."""
     return typer.Option("--r", min=0, help=(
-        f"Tokens merged per block ({scope}). Default: what the checkpoint was trained with "
-        "(0 for checkpoints that record none)."))
+        f"Tokens removed per block by --method ({scope}). Default: what the checkpoint was "
+        "trained with (0 for checkpoints that record none)."))
 
 
 ScheduleOption = Annotated[Schedule | None, typer.Option(
@@ -30,6 +33,27 @@ ProportionalAttentionOption = Annotated[bool | None, typer.Option(
         "ToMe's proportional attention. Default: the checkpoint's (on for checkpoints that "
         "record none, as for models used off the shelf, and for random models)."),
     show_default=False)]
+
+
+MethodOption = Annotated[str | None, typer.Option(help=(
+    f"Token reduction method: {', '.join(METHODS)} (ToMe, PiToMe, EViT, Token Fusion, seeded "
+    "random merges). Default: the checkpoint's (tome for checkpoints that record none)."),
+    show_default=False)]
+
+
+def method_name(method: str | None) -> str | None:
+    """The `--method` given, checked against the engine's methods; None when not given."""
+    if method is not None and method not in METHODS:
+        raise FastASTError(f"unknown --method {method!r}: choose one of {', '.join(METHODS)}")
+    return method
+
+
+def method_names(methods: str) -> list[str]:
+    """A comma list of methods (`tome,pitome`), each checked, in order, without repeats."""
+    names = [name.strip() for name in methods.split(",") if name.strip()]
+    if not names:
+        raise FastASTError(f"--method {methods!r} names no method: use {', '.join(METHODS)}")
+    return list(dict.fromkeys(method_name(name) for name in names))
 
 
 def schedule_name(schedule: Schedule | None) -> str | None:

@@ -10,9 +10,11 @@ import typer
 from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.cli._merging import (
+    MethodOption,
     ProportionalAttentionOption,
     ScheduleOption,
     merge_r_option,
+    method_name,
     schedule_name,
 )
 from fastast_cli.data.checks import check_datafile
@@ -60,6 +62,7 @@ def evaluate(
         help="fastast checkpoint, original AST .pth or Hugging Face AST folder. With --folds, "
         "a pattern holding {fold}, e.g. runs/esc50-fold{fold}/best.pt.")],
     data: Annotated[Path, typer.Option(help="Prepared dataset: manifest.yaml or its folder.")],
+    method: MethodOption = None,
     r: Annotated[int | None, merge_r_option()] = None,
     schedule: ScheduleOption = None,
     proportional_attention: ProportionalAttentionOption = None,
@@ -97,7 +100,7 @@ def evaluate(
                            "the cache) or score one --fold")
     manifest = load_manifest(data)
     merging = {"r": r, "schedule": schedule_name(schedule),
-               "proportional_attention": proportional_attention}
+               "proportional_attention": proportional_attention, "method": method_name(method)}
     split = split or manifest.eval_split
     if out is not None and lengths is None and resolutions is None:
         for number in parse_folds(folds) if folds else [None]:

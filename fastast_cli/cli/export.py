@@ -11,9 +11,11 @@ import typer
 from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import app, console, merging_note, user_errors
 from fastast_cli.cli._merging import (
+    MethodOption,
     ProportionalAttentionOption,
     ScheduleOption,
     merge_r_option,
+    method_name,
     schedule_name,
 )
 from fastast_cli.data.manifest import load_manifest
@@ -21,7 +23,7 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.export.hf import export_hf, head_eps_note
 from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
 from fastast_cli.export.parity import dataset_features
-from fastast_cli.export.reduction import METHODS, apply_reduction
+from fastast_cli.export.reduction import apply_reduction
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.merging import MergeSettings
 
@@ -49,8 +51,7 @@ def export(
         help="The .onnx file (onnx) or a new folder (hf); an existing one is never replaced.")],
     kind: Annotated[Format, typer.Option("--format", help="onnx or hf.")] = Format.onnx,
     r: Annotated[int | None, merge_r_option("onnx")] = None,
-    method: Annotated[str, typer.Option(
-        help=f"Token reduction method: {', '.join(METHODS)}.")] = "tome",
+    method: MethodOption = None,
     schedule: ScheduleOption = None,
     proportional_attention: ProportionalAttentionOption = None,
     tolerance: Annotated[float, typer.Option(
@@ -68,7 +69,8 @@ def export(
     if kind is Format.onnx and out.exists():
         raise FastASTError(f"{out} already exists: remove it or pick another --out")
     model = load_classifier(checkpoint, r, schedule=schedule_name(schedule),
-                            proportional_attention=proportional_attention)
+                            proportional_attention=proportional_attention,
+                            method=method_name(method))
     settings = getattr(model, "merge_settings", None)
     if kind is Format.hf:
         files = export_hf(model, out)
@@ -80,9 +82,10 @@ def export(
         if eps_note:
             console.print(f"note: {eps_note}")
         return
-    if isinstance(settings, MergeSettings):
-        apply_reduction(model, method, settings.r, settings.schedule)
+    if isinstance(settings, MergeSettings):  # merging set by load_classifier
+        method = settings.method
     else:  # CNN and PaSST checkpoints: no merging settings of their own
+        method = method_name(method) or "tome"
         apply_reduction(model, method, r or 0)
     note = merging_note(model)  # a capped r, from the checkpoint's settings or the flags
     if note:

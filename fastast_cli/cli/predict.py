@@ -20,9 +20,11 @@ from fastast_cli.atomic import atomic_path, check_output, write_json
 from fastast_cli.cli._app import Quiet, app, console, err_console, merging_note, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.cli._merging import (
+    MethodOption,
     ProportionalAttentionOption,
     ScheduleOption,
     merge_r_option,
+    method_name,
     schedule_name,
 )
 from fastast_cli.data.audio import (
@@ -284,7 +286,8 @@ def predict(
         "(their audio files, sorted); or - for standard input.", show_default=False)],
     checkpoint: Annotated[Path, typer.Option(
         help="fastast checkpoint (AST or CNN), original AST .pth or Hugging Face AST folder.")],
-    r: Annotated[int | None, merge_r_option("ToMe; ASTs")] = None,
+    method: MethodOption = None,
+    r: Annotated[int | None, merge_r_option("ASTs")] = None,
     schedule: ScheduleOption = None,
     proportional_attention: ProportionalAttentionOption = None,
     top: Annotated[int, typer.Option("--top-k", min=1, help="Labels shown per file.")] = 5,
@@ -353,7 +356,8 @@ def predict(
     check_outputs(paths, {"--timeline": timeline, "--plot": plot, "--events": events,
                           "--out": out})
     predictor = load_predictor(checkpoint, r, schedule=schedule_name(schedule),
-                               proportional_attention=proportional_attention, hop_s=hop,
+                               proportional_attention=proportional_attention,
+                               method=method_name(method), hop_s=hop,
                                window_s=window, how=how.value, batch_size=batch_size,
                                device=resolve_device(device))
     predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx)

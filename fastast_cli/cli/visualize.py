@@ -9,9 +9,16 @@ import typer
 
 from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import app, console, merging_note, user_errors
-from fastast_cli.cli._merging import ProportionalAttentionOption, ScheduleOption, schedule_name
+from fastast_cli.cli._merging import (
+    MethodOption,
+    ProportionalAttentionOption,
+    ScheduleOption,
+    method_name,
+    schedule_name,
+)
 from fastast_cli.devices import resolve_device
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.models.merging import display_name
 from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
 from fastast_cli.reports.plots import image_format
 
@@ -31,8 +38,9 @@ def visualize(
         help="fastast AST checkpoint, original AST .pth or Hugging Face AST folder.")],
     out: Annotated[Path, typer.Option(
         help="Image to write (PNG; .svg or .pdf also work); replaced if it exists.")],
+    method: MethodOption = None,
     r: Annotated[int | None, typer.Option("--r", min=0, help=(
-        "Tokens merged per block (ToMe). Default: the checkpoint's training r when it merged, "
+        "Tokens removed per block. Default: the checkpoint's training r when it merged, "
         "else 8."))] = None,
     schedule: ScheduleOption = None,
     proportional_attention: ProportionalAttentionOption = None,
@@ -49,7 +57,8 @@ def visualize(
     check_output(out, folder=False)
     model = require_ast(load_classifier(
         checkpoint, r, schedule=schedule_name(schedule),
-        proportional_attention=proportional_attention, device=resolve_device(device),
+        proportional_attention=proportional_attention, method=method_name(method),
+        device=resolve_device(device),
     ), checkpoint)
     if r is None and not any(model.r_schedule):  # trained without merging: show r = 8
         model.merge_settings.overridden(r=DEFAULT_R).apply(model)
@@ -60,7 +69,7 @@ def visualize(
     settings = model.merge_settings
     title = (
         f"{file.name}: {view.config.num_patches} patches → {view.num_groups} tokens at "
-        f"r={settings.r} ({settings.schedule})"
+        f"{display_name(settings.method)} r={settings.r} ({settings.schedule})"
     )
     replaced = out.exists()
     draw_merge_view(view, out, title=title, alpha=alpha, size=(width, height))

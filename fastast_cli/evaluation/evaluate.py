@@ -141,6 +141,7 @@ def evaluate_checkpoint(
     r: int | None = None,
     schedule: str | None = None,
     proportional_attention: bool | None = None,
+    method: str | None = None,
     batch_size: int = 32,
     device: torch.device | None = None,
     num_workers: int = 0,
@@ -149,10 +150,12 @@ def evaluate_checkpoint(
 ) -> Evaluation:
     """Load `checkpoint` and score it on `split` of `manifest`, run by `backend` (torch, compile
     or onnxruntime; `onnx_file`: an exported graph for onnxruntime). ASTs merge tokens as their
-    checkpoint records, unless `r`, `schedule` or `proportional_attention` say otherwise."""
+    checkpoint records, unless `r`, `schedule`, `proportional_attention` or `method` say
+    otherwise."""
     device = device or torch.device("cpu")
     model = load_classifier(checkpoint, r, schedule=schedule,
-                            proportional_attention=proportional_attention, device=device)
+                            proportional_attention=proportional_attention, method=method,
+                            device=device)
     check_labels(model, manifest, checkpoint)
     forward = make_forward(model, backend, onnx_file=onnx_file)
     evaluation = evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,

@@ -58,14 +58,16 @@ def make_forward(
     *,
     onnx_file: PathLike | None = None,
     cache_dir: PathLike | None = None,
-    method: str = "tome",
+    method: str | None = None,
 ) -> Forward:
     """fbank [B, T, F] → logits [B, C] of `model` (eval mode) at its current merging settings.
 
     onnx_file: for `onnxruntime`, an exported graph to run instead of exporting one.
     cache_dir: for `onnxruntime`, where on-the-fly exports are kept (default `user_cache_dir()`).
-    method: the token reduction method the model is set up with (recorded in ONNX metadata).
+    method: the token reduction method the model is set up with (recorded in ONNX metadata;
+    default: the model's own, tome for models without one).
     """
+    method = method or getattr(model, "reduction_method", "tome")
     check_backend(backend)
     if onnx_file is not None and backend != "onnxruntime":
         raise FastASTError("an ONNX file is run by the onnxruntime backend: add --backend "
@@ -100,7 +102,7 @@ def _allow_recompiles(per_function: int = 64) -> None:
 
 def _merging_settings(model: nn.Module) -> dict[str, Any]:
     """The attributes that decide how a model merges tokens (copied)."""
-    keys = ("r_schedule", "r_fraction", "proportional_attention")
+    keys = ("r_schedule", "r_fraction", "proportional_attention", "reduction")
     return {key: copy.copy(getattr(model, key)) for key in keys if hasattr(model, key)}
 
 
@@ -168,7 +170,9 @@ def cache_key(model: nn.Module, method: str) -> str:
     settings = {
         "config": config.to_dict() if config is not None else type(model).__name__,
         "stats": [meta.get("mean"), meta.get("std")],
-        "merging": _merging_settings(model), "method": method,
+        "merging": {key: value for key, value in _merging_settings(model).items()
+                    if key != "reduction"},  # the method is recorded by name and options
+        "method": method, "method_options": getattr(model, "reduction_options", {}),
         "versions": [__version__, torch.__version__],
     }
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())

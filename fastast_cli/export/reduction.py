@@ -1,36 +1,35 @@
-"""Token reduction methods a deployed model can have baked in, by name.
+"""Token reduction a deployed model has baked in, by method name.
 
-Each method sets a loaded AST up to reduce tokens at rate `r` with a given schedule; ONNX
-metadata and backend cache keys record the method's name. Add a method by adding an entry.
+The methods are the engine's (`models.reduction.METHODS`: tome, pitome, evit, tofu, random); ONNX
+metadata and backend cache keys record the method's name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
 from fastast_cli.errors import FastASTError
+from fastast_cli.models.reduction import METHODS
 
 
-def _tome(model: nn.Module, r: int, schedule: str) -> None:
-    """Token Merging (Bolya et al. 2023, bipartite soft matching) in every block."""
-    model.set_r(r, schedule, model.proportional_attention)
-
-
-METHODS: dict[str, Callable[[nn.Module, int, str], None]] = {"tome": _tome}
+def check_method(method: str) -> str:
+    """`method` when it names a token-reduction method; one line naming the choices if not."""
+    if method not in METHODS:
+        raise FastASTError(f"unknown token reduction method {method!r}: choose one of "
+                           f"{', '.join(METHODS)}")
+    return method
 
 
 def apply_reduction(model: nn.Module, method: str, r: int, schedule: str = "constant") -> None:
     """Set `model` to reduce tokens with `method` at rate `r` (models that merge tokens: ASTs
-    and ElasticASTs; r = 0 leaves any other model as it is)."""
-    if method not in METHODS:
-        raise FastASTError(f"unknown reduction method {method!r}: choose {', '.join(METHODS)}")
+    and ElasticASTs, keeping their proportional attention; r = 0 leaves any other model as it
+    is)."""
+    check_method(method)
     if not model.merges_tokens:
         if r:
             raise FastASTError("token reduction (--r) needs an AST checkpoint")
         return
     try:
-        METHODS[method](model, r, schedule)
+        model.set_r(r, schedule, model.proportional_attention, method=method)
     except ValueError as error:
         raise FastASTError(str(error)) from None

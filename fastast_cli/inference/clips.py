@@ -269,6 +269,7 @@ def load_predictor(
     *,
     schedule: str | None = None,
     proportional_attention: bool | None = None,
+    method: str | None = None,
     hop_s: float | None = None,
     window_s: float | None = None,
     how: str = "mean",
@@ -276,7 +277,8 @@ def load_predictor(
     device: str | torch.device = "cpu",
 ) -> Predictor:
     """A Predictor for any checkpoint `load_classifier` reads (ASTs merge as their checkpoint
-    records; `r`, `schedule` and `proportional_attention` override what they are given for).
+    records; `r`, `schedule`, `proportional_attention` and `method` override what they are
+    given for).
 
     hop_s: seconds between window starts (default half a window); window_s: seconds per
     window (default the model's input length); how: `mean` or `max`.
@@ -287,7 +289,8 @@ def load_predictor(
         raise FastASTError(f"batch size must be >= 1, got {batch_size}")
     device = torch.device(device)
     model = load_classifier(checkpoint, r, schedule=schedule,
-                            proportional_attention=proportional_attention, device=device)
+                            proportional_attention=proportional_attention, method=method,
+                            device=device)
     spec = input_spec(model)
     window = window_frames(window_s, spec.target_length)
     return Predictor(model, spec, hop_frames(hop_s, window), how, score_kind(model),

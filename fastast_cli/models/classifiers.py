@@ -95,19 +95,22 @@ def load_classifier(
     *,
     schedule: str | None = None,
     proportional_attention: bool | None = None,
+    method: str | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Any trained classifier, in eval mode: fastast AST, ElasticAST, CNN or PaSST checkpoints,
     original AST `.pth` files and Hugging Face AST folders (`load_checkpoint`).
 
     Models that merge tokens merge as their checkpoint records (`MergeSettings`; none recorded:
-    no merging, proportional attention on); `r`, `schedule` and `proportional_attention`
-    override what they are given for. The settings used are in `model.merge_settings`.
+    no merging, proportional attention on); `r`, `schedule`, `proportional_attention` and
+    `method` (a name in `models.reduction.METHODS`) override what they are given for. The
+    settings used are in `model.merge_settings`.
     """
     model = load_checkpoint(path, device=device)
     if not model.merges_tokens:
         return model
-    settings = MergeSettings.from_meta(model.meta).overridden(r, schedule, proportional_attention)
+    settings = MergeSettings.from_meta(model.meta).overridden(
+        r, schedule, proportional_attention, method)
     try:
         return settings.apply(model)
     except (ValueError, TypeError) as error:  # e.g. a damaged merging record

@@ -8,8 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from fastast_cli.cli._app import Quiet, app, console, user_errors
+from fastast_cli.cli._merging import method_name
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_resolutions
+from fastast_cli.models.reduction import METHODS
 from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
 from fastast_cli.training.config import load_config
@@ -46,8 +48,11 @@ Overwrite = Annotated[bool, typer.Option(
     "last.pt, logs, config.yaml, ...) are replaced; other files are left alone. Without it "
     "(or --resume) a folder holding any run file is refused.")]
 R = Annotated[int | None, typer.Option(
-    "--r", min=0, help="Tokens merged per block (ToMe), in training and evaluation.")]
+    "--r", min=0, help="Tokens removed per block by --method, in training and evaluation.")]
 Schedule = Annotated[str | None, typer.Option(help="r schedule: constant or decreasing.")]
+Method = Annotated[str | None, typer.Option(help=(
+    f"Token reduction method in training and evaluation: {', '.join(METHODS)}. Default: the "
+    "recipe's, else tome. Stored in the checkpoint."), show_default=False)]
 Elastic = Annotated[bool | None, typer.Option(
     "--elastic/--fixed", help="ElasticAST: clips at their native length packed into rows, "
     "training at random time resolutions (AST students; a fixed-length teacher reads each "
@@ -148,6 +153,7 @@ def train_teacher(
     size: Annotated[str | None, typer.Option(help="AST size: tiny, small or base.")] = None,
     pooling: Annotated[str | None, typer.Option(
         help="CNN pooling: mean (CMKD) or attention (PSLA).")] = None,
+    method: Method = None,
     pretrained: Pretrained = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
@@ -174,7 +180,7 @@ def train_teacher(
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
-        "num_workers": num_workers,
+        "num_workers": num_workers, "method": method_name(method),
         "teacher": "none",
     }, resume, overwrite, quiet)
 
@@ -200,6 +206,7 @@ def distill(
     teacher_logits: Annotated[str | None, typer.Option(
         help="online: teacher runs on the same augmented batch (consistent teaching); "
         "cached: computed once on clean clips (faster, inconsistent under augmentation).")] = None,
+    method: Method = None,
     r: R = None,
     schedule: Schedule = None,
     proportional_attention: ProportionalAttention = None,
@@ -231,7 +238,8 @@ def distill(
         "proportional_attention": proportional_attention,
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
-        "r": r, "schedule": schedule, "model": "ast", "size": model, "pretrained": pretrained,
+        "method": method_name(method), "r": r, "schedule": schedule, "model": "ast",
+        "size": model, "pretrained": pretrained,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "seed": seed,
         "device": device, "num_workers": num_workers,

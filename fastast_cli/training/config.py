@@ -19,6 +19,7 @@ import yaml
 
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import SIZES
+from fastast_cli.models.reduction import METHODS
 from fastast_cli.models.teachers import BACKBONES, POOLINGS
 
 MODELS = ("ast", *BACKBONES, "passt")
@@ -53,7 +54,8 @@ class TrainConfig:
     resolutions: list[float] = field(default_factory=lambda: [1.0, 4.0])  # training q range
     resolution_sampling: str = "discrete"  # q in {low, low + 1, ..., high}, or continuous
     token_dropout: float = 0.1  # ElasticAST: share of patch tokens dropped in training
-    # Token merging (AST only), stored in the checkpoint: evaluation uses it too by default.
+    # Token reduction (AST only), stored in the checkpoint: evaluation uses it too by default.
+    method: str = "tome"  # one of models.reduction.METHODS: tome, pitome, evit, tofu, random
     r: int = 0
     schedule: str = "constant"
     proportional_attention: bool = False  # off in training, as ToMe trains
@@ -124,6 +126,8 @@ class TrainConfig:
             problems.append(f"size must be one of {', '.join(SIZES)}, not {self.size!r}")
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be mean or attention, not {self.pooling!r}")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be constant or decreasing, not {self.schedule!r}")
         if self.lr_step < 1 or self.depth < 1 or self.fstride < 1 or self.tstride < 1:

@@ -249,7 +249,8 @@ class Trainer:
             elastic=config.elastic, max_tokens=config.max_tokens,
         )
         if isinstance(model, AST | ElasticAST):
-            model.set_r(config.r, config.schedule, config.proportional_attention)
+            model.set_r(config.r, config.schedule, config.proportional_attention,
+                        method=config.method)
         if isinstance(model, AST) and config.r:
             note = capped_merging_note(model.config.num_patches, model.config.depth, config.r,
                                        config.schedule)
@@ -574,7 +575,8 @@ class Trainer:
             "loss": self.config.loss, "metric": self.config.metric,
             **data_record(self.manifest, self.config.fold),
             "merging": MergeSettings(self.config.r, self.config.schedule,
-                                     self.config.proportional_attention).to_meta(),
+                                     self.config.proportional_attention,
+                                     method=self.config.method).to_meta(),
         }
         if row is not None:
             meta["epoch"] = int(row["epoch"])

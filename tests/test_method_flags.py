@@ -138,3 +138,43 @@ def test_an_unknown_method_is_one_line_and_exit_2(small_demo, tmp_path, command)
     assert len(lines) == 1 and "'sideways'" in lines[0]
     assert all(name in lines[0] for name in METHODS)
     assert not (tmp_path / "run").exists() and not (tmp_path / "kd").exists()
+
+
+def tiny_recipe(path: Path, **values) -> Path:
+    """A recipe for a one-epoch tiny AST run on the demo set."""
+    recipe = {"base": "demo", "depth": 2, "epochs": 1, "device": "cpu", "lr_start": 99,
+              **values}
+    path.write_text("".join(f"{key}: {value}\n" for key, value in recipe.items()))
+    return path
+
+
+def test_a_run_trained_with_a_method_records_it_and_evaluate_defaults_to_it(small_demo,
+                                                                            tmp_path):
+    recipe = tiny_recipe(tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    result = run_cli("distill", "--recipe", str(recipe), "--data", str(small_demo), "--out",
+                     str(run), "--teacher", "none", "--r", "3", "--method", "pitome")
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(small_demo)
+    model = load_classifier(run / "best.pt")
+    assert model.merge_settings.to_meta() == {"method": "pitome", "r": 3, "schedule": "constant",
+                                              "proportional_attention": False}
+    assert model.reduction_method == "pitome" and model.merge_settings.source == "checkpoint"
+    stored = evaluate_checkpoint(run / "best.pt", manifest)
+    assert stored.merging.method == "pitome"
+    torch.testing.assert_close(
+        stored.logits, evaluate_checkpoint(run / "best.pt", manifest, method="pitome").logits)
+
+
+def test_the_recipe_key_method_is_used_and_checked(small_demo, tmp_path):
+    run = tmp_path / "run"
+    recipe = tiny_recipe(tmp_path / "evit.yaml", method="evit", r=2)
+    result = run_cli("train-teacher", "--recipe", str(recipe), "--data", str(small_demo),
+                     "--out", str(run))
+    assert result.exit_code == 0, result.output
+    assert load_classifier(run / "best.pt").merge_settings.method == "evit"
+    bad = tiny_recipe(tmp_path / "bad.yaml", method="sideways")
+    result = run_cli("train-teacher", "--recipe", str(bad), "--data", str(small_demo),
+                     "--out", str(tmp_path / "bad"))
+    assert result.exit_code == 2 and "method must be one of tome, pitome" in words(result.output)
+    assert not (tmp_path / "bad").exists()

@@ -46,7 +46,7 @@ def test_rows_match_evaluate_and_the_csv_equals_the_table(small_demo, tiny_check
     rows = list(csv.DictReader(out.open()))
     assert [int(row["r"]) for row in rows] == [0, 10, 20, 30]
     plain = evaluate_checkpoint(tiny_checkpoints[0], load_manifest(small_demo), r=0)
-    assert float(rows[0]["metric"]) == pytest.approx(plain.metrics.accuracy, abs=5e-5)
+    assert float(rows[0]["accuracy"]) == pytest.approx(plain.metrics.accuracy, abs=5e-5)
     assert float(rows[0]["drop"]) == 0.0
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tokens = [int(row["tokens"]) for row in rows]
@@ -95,7 +95,7 @@ def test_per_r_checkpoints_and_fold_patterns(small_demo, tiny_checkpoints, tmp_p
     assert rows[1]["checkpoint"].endswith("r6/best.pt")
     manifest = load_manifest(small_demo)
     other = evaluate_checkpoint(folder / "r6/best.pt", manifest, r=6)
-    assert float(rows[1]["metric"]) == pytest.approx(other.metrics.accuracy, abs=5e-5)
+    assert float(rows[1]["accuracy"]) == pytest.approx(other.metrics.accuracy, abs=5e-5)
     assert rows[0]["metric_std"] == ""  # no folds, no spread: a blank cell
     folds = sweep(["--data", str(small_demo), "--checkpoint", f"{folder}/r0/best.pt",
                    "--folds", "1-2", "--r", "0", "--out", str(tmp_path / "folds.csv")])

@@ -12,6 +12,10 @@ sweep loses nothing):
   scored on, names the metric, times every run at every r of the plan in one interleaved loop
   (evaluation.throughput), then yields the rows step by step.
 
+A step is one run at one r; a further dimension of the table (e.g. a token-reduction method,
+runs × methods × r × folds) is a field of `SweepStep`, a loop of `plan_sweep` and a part of
+`merging_key`: its steps are timed in the same loop against the same r = 0 reference.
+
 Throughput is measured on random input of the model's shape and depends only on what
 `speed_key` holds: the architecture, and how it merges when r > 0. Runs with the same key share
 one measurement, and every run of one architecture shares one r = 0 reference (at r = 0 no

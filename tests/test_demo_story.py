@@ -115,6 +115,10 @@ def test_tables_hold_the_rows_of_their_runs(demo_sweep):
                     "--r", "8")
     assert "Table 1" in output and "Table 2" not in output
     assert len(re.findall(r"^r = 8 runs", output, flags=re.MULTILINE)) == 1
+    wrong = CliRunner().invoke(app, ["report", str(demo_sweep), "--baseline", "ast", "--tome",
+                                     "tome", "--r", "8", "--metric", "mAP"])
+    assert wrong.exit_code == 2 and "--metric mAP: " in wrong.output
+    assert "holds accuracy" in wrong.output  # the metric the CSV's header names
     bad = CliRunner().invoke(app, ["report", str(demo_sweep.parent / "none.csv"),
                                    "--baseline", "a", "--tome", "b", "--r", "0"])
     assert bad.exit_code == 2 and "does not exist" in bad.output

@@ -269,8 +269,8 @@ class SweepMeasurement:
     def timed(self) -> tuple[dict[SweepStep, dict[str, ThroughputRow]], int]:
         """Throughput of each step per backend (speedups relative to its architecture's rs[0]
         on the first backend), all steps timed in one interleaved loop, and the timing batch.
-        One model per `speed_key` is timed, with its checkpoint's schedule unless the options
-        give one."""
+        One model per `merging_key` is timed (r = 0 once per architecture), with its
+        checkpoint's schedule unless the options give one."""
         options, rs, backends = self.options, self.plan.rs, self.plan.backends
         timers: dict[str, tuple[nn.Module, list[int]]] = {}  # merging_key → model, its r
         timed: set[tuple[str, int]] = set()  # (speed key, r) with a timer

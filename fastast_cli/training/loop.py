@@ -51,7 +51,7 @@ from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.merging import MergeSettings
-from fastast_cli.models.tome import capped_merging_note
+from fastast_cli.models.reduction.schedule import capped_merging_note
 from fastast_cli.training.config import TrainConfig, warmup_steps_for
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss

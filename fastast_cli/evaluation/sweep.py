@@ -203,9 +203,10 @@ def architecture(model: nn.Module) -> str:
 
 def merging_key(model: nn.Module) -> str:
     """What decides a model's samples/s when it merges (r > 0): its `architecture` and how it
-    merges (schedule, proportional attention)."""
+    merges (its token-reduction method, schedule, proportional attention)."""
     settings = model.merge_settings
-    return repr((architecture(model), settings.schedule, settings.proportional_attention))
+    return repr((architecture(model), model.reduction.name, settings.schedule,
+                 settings.proportional_attention))
 
 
 def speed_key(model: nn.Module, r: int) -> str:

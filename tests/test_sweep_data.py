@@ -203,14 +203,14 @@ def test_the_csv_header_names_the_metric_and_an_older_table_is_resumed(
             str(out)]
     assert sweep([*args, "--r", "0"]).exit_code == 0
     header = out.read_text().splitlines()[0].split(",")
-    assert header[:4] == ["run", "r", "accuracy", "metric_std"]
+    assert header[:5] == ["run", "method", "r", "accuracy", "metric_std"]
     first = next(csv.DictReader(out.open()))
     # A table from before the metric was named says `metric`: still resumed, then renamed.
     out.write_text(out.read_text().replace("accuracy", "metric", 1))
     result = sweep([*args, "--r", "0,8"])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0])[2] == "accuracy" and [row["r"] for row in rows] == ["0", "8"]
+    assert list(rows[0])[3] == "accuracy" and [row["r"] for row in rows] == ["0", "8"]
     assert rows[0] == first  # kept, not measured again
 
     checkpoint = tmp_path / "map.pt"

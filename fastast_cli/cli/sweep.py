@@ -1,4 +1,5 @@
-"""`fastast sweep`: throughput, and with --data accuracy, of models across merging rates r."""
+"""`fastast sweep`: throughput, and with --data accuracy, of models across token-reduction
+methods and rates r."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import typer
 
 from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
-from fastast_cli.cli._merging import ProportionalAttentionOption, ScheduleOption, schedule_name
+from fastast_cli.cli._merging import (
+    ProportionalAttentionOption,
+    ScheduleOption,
+    method_names,
+    schedule_name,
+)
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
@@ -24,14 +30,15 @@ from fastast_cli.evaluation.sweep import (
     read_table,
     recommend,
 )
-from fastast_cli.evaluation.sweep_table import METRIC_NAMES, UNNAMED_METRIC
+from fastast_cli.evaluation.sweep_table import METRIC_NAMES, NO_METHOD, UNNAMED_METRIC
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.export.backends import parse_backends
 from fastast_cli.models.ast import AST, SIZES, build_model
-from fastast_cli.models.merging import MergeSettings
+from fastast_cli.models.merging import MergeSettings, display_name
+from fastast_cli.models.reduction import METHODS
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar, set_progress
-from fastast_cli.reports.plots import plot_tradeoff
+from fastast_cli.reports.plots import method_curves, plot_tradeoff
 from fastast_cli.reports.tables import (
     Column,
     check_table_target,
@@ -55,10 +62,15 @@ THROUGHPUT_COLUMNS = [
 BACKEND_COLUMN = Column("backend", "backend")
 
 
-def metric_columns(metric: str) -> list[Column]:
-    """Columns of a sweep with data; `metric` names the metric column (its key and header)."""
+METHOD_COLUMN = Column("method", "method")
+
+
+def metric_columns(metric: str, method: bool = True) -> list[Column]:
+    """Columns of a sweep with data; `metric` names the metric column (its key and header);
+    `method`: with the method column (tables written before it have none)."""
     return [
         Column("run", "run"),
+        *([METHOD_COLUMN] if method else []),
         Column("r", "r"),
         Column(metric, metric, "{:.4f}"),
         Column("metric_std", "±", "{:.4f}"),
@@ -79,17 +91,18 @@ def metric_columns(metric: str) -> list[Column]:
 MERGING_COLUMN = Column("merging", "merging")
 
 
-def csv_columns(metric: str) -> list[Column]:
+def csv_columns(metric: str, method: bool = True) -> list[Column]:
     """Columns of a data sweep's CSV; its metric column is named after `metric`."""
-    return [*metric_columns(metric), MERGING_COLUMN]
+    return [*metric_columns(metric, method), MERGING_COLUMN]
 
 
 def is_sweep_table(out: Path) -> bool:
     """Whether `out` is a data sweep's CSV: of any metric, or from before the metric column was
-    named (`metric`) or the merging column existed; a rerun resumes from it."""
+    named (`metric`), the merging column or the method column existed; a rerun resumes from
+    it."""
     return any(is_table_of(out, columns)
-               for metric in (*METRIC_NAMES, UNNAMED_METRIC)
-               for columns in (csv_columns(metric), metric_columns(metric)))
+               for metric in (*METRIC_NAMES, UNNAMED_METRIC) for method in (True, False)
+               for columns in (csv_columns(metric, method), metric_columns(metric, method)))
 
 
 def parse_r_values(spec: str) -> list[int]:
@@ -161,7 +174,8 @@ def check_data_sweep_out(out: Path) -> None:
 def capped_rows_note(rows: list[SweepRow]) -> str | None:
     """A one-line note when a larger r left as many tokens as a smaller one (merging capped)."""
     for run in dict.fromkeys(row.run for row in rows):
-        mine = sorted((row for row in rows if row.run == run), key=lambda row: row.r)
+        mine = sorted({row.r: row for row in rows if row.run == run}.values(),
+                      key=lambda row: row.r)  # tokens per r: the same for every method
         for before, after in zip(mine, mine[1:], strict=False):
             if after.r > before.r > 0 and after.tokens == before.tokens:
                 return (f"note: {run}: r={after.r} leaves {after.tokens} tokens, as r={before.r} "
@@ -173,8 +187,9 @@ def data_sweep(
     manifest: Manifest, specs: list[str], rs: list[int], out: Path | None, budget: str | None,
     options: SweepOptions,
 ) -> None:
-    """Metric and throughput per run and r: plan (resuming from `out`), measure, and write the
-    CSV after each row; then the table, its notes, the plot and the budget's choice."""
+    """Metric and throughput per run, method and r: plan (resuming from `out`), measure, and
+    write the CSV after each row; then the table, its notes, the plot (one curve per run and
+    method) and the budget's choice (the best method and r of each run)."""
     runs = [parse_run(spec) for spec in specs]
     manifest.datafile(options.split or manifest.eval_split, options.folds[0])  # an unknown
     # split fails here, clearly
@@ -204,33 +219,47 @@ def data_sweep(
     if out is not None:
         write_csv(out, records, csv_columns(metric))  # also a table read from an older CSV
         plot = plot_tradeoff(
-            records, "samples_per_s", metric, "r", plot_path(out),
-            f"{metric} ({plan.split} split) against throughput per r ({manifest.dataset})",
-            x_label="samples/s", y_label=metric, series_key="run",
+            method_curves(records), "samples_per_s", metric, "r", plot_path(out),
+            f"{metric} ({plan.split} split) against throughput per method and r "
+            f"({manifest.dataset})", x_label="samples/s", y_label=metric, series_key="curve",
         )
         console.print(f"wrote {out} and {plot}")
     if budget is not None:
         for run in runs:
             best = recommend([row for row in rows if row.run == run.name], budget)
             console.print(
-                f"{run.name}: no r meets --budget {budget}" if best is None else
-                f"{run.name}: r={best.r} meets --budget {budget} with the smallest drop "
+                f"{run.name}: no method and r meet --budget {budget}" if best is None else
+                f"{run.name}: {choice(best)} meets --budget {budget} with the smallest drop "
                 f"({best.drop:+.4f} {metric}, {best.samples_per_s:.1f} samples/s, "
                 f"{best.speedup:.2f}x)"
             )
 
 
+def choice(row: SweepRow) -> str:
+    """A row's method and r, e.g. `PiToMe r=16` (`no reduction (r=0)` at r = 0)."""
+    if row.method == NO_METHOD:
+        return f"no reduction (r={row.r})"
+    return f"{display_name(row.method)} r={row.r}"
+
+
 @app.command(
     help="Measure inference throughput and FLOPs at each merging rate r (on random input of "
     "the model's shape), and with --data also the metric on a prepared dataset (the paper's "
-    "Tables 1 and 2). Timed runs of all r values are interleaved so that machine load hits "
-    "them alike; speedups are relative to the first r, measured in the same run."
+    "Tables 1 and 2), for one or several token-reduction methods (--method). Timed runs of "
+    "all methods and r values are interleaved so that machine load hits them alike; speedups "
+    "are relative to the first r, measured in the same run (r = 0 once: no method reduces a "
+    "token there)."
 )
 @user_errors
 def sweep(
     r: Annotated[str, typer.Option(
         "--r", help="Merging rates: start:stop:step (stop included) or a list 0,8,16.")
     ] = "0:40:10",
+    method: Annotated[str | None, typer.Option(help=(
+        f"Token reduction methods, a comma list of {', '.join(METHODS)} (e.g. "
+        "tome,pitome,evit): with --data one row per method and r, one curve per method, all "
+        "timed in one loop against one r = 0 row. Default: each checkpoint's own (tome for "
+        "checkpoints that record none)."), show_default=False)] = None,
     data: Annotated[Path | None, typer.Option(
         help="Prepared dataset (manifest.yaml or folder): also evaluate each checkpoint at "
         "each r.")] = None,
@@ -245,8 +274,8 @@ def sweep(
         "valid selects models and is scored only when asked or when it is all there is).")
     ] = None,
     budget: Annotated[str | None, typer.Option(
-        help="Recommend the r with the smallest drop that reaches this speed: samples/s "
-        "(e.g. 120) or a speedup (e.g. 1.5x).")] = None,
+        help="Recommend the method and r with the smallest drop that reach this speed: "
+        "samples/s (e.g. 120) or a speedup (e.g. 1.5x).")] = None,
     preset: Annotated[Preset, typer.Option(
         help="Input shape when no checkpoint is given: esc50 (512 frames), speechcommands "
         "(128) or audioset (1024).")] = "esc50",  # type: ignore[assignment]
@@ -287,6 +316,7 @@ def sweep(
     """Sweep r: parse, pick the mode (with or without data), print and save."""
     set_progress(not quiet)
     rs = parse_r_values(r)
+    methods = method_names(method) if method is not None else [None]
     backends = parse_backends(backend)
     resolve_dtype(dtype, resolve_device(device))  # a bad --device or --dtype fails here, clearly
     if data is not None:
@@ -299,11 +329,14 @@ def sweep(
             batch_size=batch_size, eval_batch_size=eval_batch_size,
             device=resolve_device(device), dtype=dtype, schedule=schedule_name(schedule),
             proportional_attention=proportional_attention, warmup=warmup, runs=runs,
-            backends=tuple(backends))
+            backends=tuple(backends), methods=tuple(methods))
         data_sweep(load_manifest(data), checkpoint, rs, out, budget, options)
         return
     if checkpoint and len(checkpoint) > 1:
         raise FastASTError("without --data, sweep one --checkpoint at a time")
+    if len(methods) > 1:
+        raise FastASTError("without --data, sweep one --method at a time (with --data, "
+                           "methods are compared in one table)")
     columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
     if out is not None:
         check_table_target(out, columns)
@@ -311,7 +344,7 @@ def sweep(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
     settings = MergeSettings.from_meta(model.meta).overridden(
-        None, schedule_name(schedule), proportional_attention)
+        None, schedule_name(schedule), proportional_attention, methods[0])
     settings.apply(model)
     note = merging_note(model, max(rs), settings.schedule)
     if note:
@@ -329,7 +362,8 @@ def sweep(
         raise FastASTError(str(error)) from None
     records = [vars(row) for row in rows]
     attention = "on" if settings.proportional_attention else "off"
-    title = (f"Throughput: {description}, timing batch {batch_size}, {settings.schedule} r, "
+    title = (f"Throughput: {description}, timing batch {batch_size}, "
+             f"{display_name(settings.method)}, {settings.schedule} r, "
              f"proportional attention {attention}")
     console.print(rich_table(title, records, columns))
     if out is not None:

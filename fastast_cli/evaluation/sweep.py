@@ -6,15 +6,17 @@ are averaged, mean ± std). Without `{r}` the same weights are evaluated at ever
 
 A sweep is planned, measured, then written (by the caller, row by row, so that an interrupted
 sweep loses nothing):
-- `plan_sweep`: the steps runs × r (each scored over every fold, on every backend) minus those
-  whose rows an earlier sweep's table already holds;
+- `plan_sweep`: the steps runs × methods × r (each scored over every fold, on every backend)
+  minus those whose rows an earlier sweep's table already holds; r = 0 is one step per run
+  (method `none`): no method reduces a token there, so every method shares that reference;
 - `SweepMeasurement`: reads each run's checkpoints once, checks them and the clips they will be
   scored on, names the metric, times every run at every r of the plan in one interleaved loop
   (evaluation.throughput), then yields the rows step by step.
 
-A step is one run at one r; a further dimension of the table (e.g. a token-reduction method,
-runs × methods × r × folds) is a field of `SweepStep`, a loop of `plan_sweep` and a part of
-`merging_key`: its steps are timed in the same loop against the same r = 0 reference.
+A step is one run with one token-reduction method at one r. Each method runs on a view of the
+run's loaded model (`method_view`: the same weights, its own reduction settings), so the
+checkpoint is read once whatever the number of methods, and every method is timed in the same
+loop against the same r = 0 reference.
 
 Throughput is measured on random input of the model's shape and depends only on what
 `speed_key` holds: the architecture, and how it merges when r > 0. Runs with the same key share
@@ -24,6 +26,7 @@ merging setting changes the model), so their speedups are comparable.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -42,8 +45,10 @@ from fastast_cli.evaluation.evaluate import (
     scored_fold,
 )
 from fastast_cli.evaluation.sweep_table import (  # noqa: F401 (the sweep's rows, re-exported)
+    NO_METHOD,
     SweepRow,
     SweepTable,
+    method_of,
     read_rows,
     read_table,
     recommend,
@@ -93,7 +98,8 @@ class SweepOptions:
     (None: the dataset's reporting split, `Manifest.eval_split`); batch_size: the timing batch
     (None: `default_batch_size`, filling the device); schedule, proportional_attention: override
     each checkpoint's merging settings when given; warmup, runs: untimed and timed passes per
-    setting; backends: each r is scored and timed on each (export.backends).
+    setting; backends: each r is scored and timed on each (export.backends); methods: the
+    token-reduction methods swept (`models.reduction.METHODS`; None: each checkpoint's own).
     """
 
     folds: tuple[int | None, ...] = (None,)
@@ -107,6 +113,7 @@ class SweepOptions:
     warmup: int = 2
     runs: int = 5
     backends: tuple[str, ...] = ("torch",)
+    methods: tuple[str | None, ...] = (None,)
 
     def load(self, path: str) -> nn.Module:
         """The checkpoint at `path` with its merging settings (overridden by the options'),
@@ -120,10 +127,26 @@ class SweepOptions:
 
 @dataclass(frozen=True)
 class SweepStep:
-    """One run at one r: a row per backend, its metric averaged over the folds."""
+    """One run with one method at one r: a row per backend, its metric averaged over the folds.
+    method: a name, None for the checkpoint's own, NO_METHOD at r = 0."""
 
     run: SweepRun
     r: int
+    method: str | None = NO_METHOD
+
+
+def method_view(model: nn.Module, method: str | None) -> nn.Module:
+    """`model` reducing tokens with `method` (None, NO_METHOD: as it is): a shallow copy that
+    shares the weights and modules and has its own reduction settings."""
+    if method in (None, NO_METHOD, model.merge_settings.method):
+        return model
+    view = copy.copy(model)
+    return model.merge_settings.overridden(method=method).apply(view)
+
+
+def matches(row: SweepRow, step: SweepStep) -> bool:
+    """Whether an earlier table's `row` is `step`'s (at r = 0 every method's)."""
+    return row.r == step.r and step.method in (None, NO_METHOD, row.method)
 
 
 def backend_run_name(name: str, backend: str, backends: Sequence[str]) -> str:
@@ -133,8 +156,9 @@ def backend_run_name(name: str, backend: str, backends: Sequence[str]) -> str:
 
 @dataclass
 class SweepPlan:
-    """What a sweep measures: `steps` (run by run, r by r), and the `rows` it keeps from an
-    earlier sweep's table (scored on the same split) with that table's `metric` name."""
+    """What a sweep measures: `steps` (run by run, method by method, r by r), and the `rows`
+    it keeps from an earlier sweep's table (scored on the same split) with that table's
+    `metric` name."""
 
     runs: list[SweepRun]
     rs: list[int]
@@ -143,16 +167,28 @@ class SweepPlan:
     steps: list[SweepStep]
     rows: list[SweepRow]
     metric: str | None = None
+    asked: tuple[str | None, ...] = (None,)  # the methods asked for (None: the checkpoints')
 
     def row_names(self, run: SweepRun) -> list[str]:
         """The names of `run`'s rows, one per backend."""
         return [backend_run_name(run.name, backend, self.backends) for backend in self.backends]
 
     def ordered(self, rows: Sequence[SweepRow]) -> list[SweepRow]:
-        """`rows` as the table shows them: run by run (backend by backend), then by r."""
+        """`rows` as the table shows them: run by run (backend by backend), the r = 0 row
+        first, then method by method, r by r."""
         order = {name: index for index, name in
                  enumerate(name for run in self.runs for name in self.row_names(run))}
-        return sorted(rows, key=lambda row: (order[row.run], row.r))
+        methods = {name: index for index, name in enumerate(self.methods)}
+        return sorted(rows, key=lambda row: (
+            order[row.run], -1 if row.method == NO_METHOD else methods.get(row.method, 0),
+            row.r))
+
+    @property
+    def methods(self) -> list[str]:
+        """The methods of the rows, in the order asked for (the checkpoints' own: as met)."""
+        named = [step.method for step in self.steps if step.method != NO_METHOD]
+        return list(dict.fromkeys([*(method for method in self.asked if method), *named,
+                                   *(row.method for row in self.rows)]))
 
     @property
     def row_count(self) -> int:
@@ -164,23 +200,28 @@ def plan_sweep(
     runs: Sequence[SweepRun], rs: Sequence[int], manifest: Manifest, options: SweepOptions,
     table: SweepTable | None = None,
 ) -> SweepPlan:
-    """The steps runs × `rs` that `table` (an earlier sweep, maybe interrupted) lacks. A step
-    is done when its row on every backend is there, scored on the same split; the rows of
-    steps not done are dropped (measured again)."""
+    """The steps runs × methods × `rs` (methods: `options.methods`; one step per run at r = 0)
+    that `table` (an earlier sweep, maybe interrupted) lacks. A step is done when its row on
+    every backend is there, scored on the same split; the rows of steps not done are dropped
+    (measured again)."""
     if len({run.name for run in runs}) < len(runs):
         raise FastASTError("two --checkpoint runs share a name: name them, e.g. kd=PATH")
     split = options.split or manifest.eval_split
     plan = SweepPlan(list(runs), list(rs), split, tuple(options.backends), [], [],
-                     table.metric if table is not None else None)
+                     table.metric if table is not None else None, options.methods)
     earlier = [row for row in (table.rows if table is not None else []) if row.split == split]
     for run in runs:
         names = plan.row_names(run)
-        for r in rs:
-            held = [row for row in earlier if row.run in names and row.r == r]
-            if len({row.run for row in held}) == len(names):
-                plan.rows += held
-            else:
-                plan.steps.append(SweepStep(run, r))
+        for method in options.methods:
+            for r in rs:
+                step = SweepStep(run, r, NO_METHOD if r == 0 else method)
+                if step.r == 0 and step in plan.steps:
+                    continue  # one r = 0 step per run, whatever the methods
+                held = [row for row in earlier if row.run in names and matches(row, step)]
+                if len({row.run for row in held}) == len(names):
+                    plan.rows += [row for row in held if row not in plan.rows]
+                else:
+                    plan.steps.append(step)
     plan.rows = plan.ordered(plan.rows)
     return plan
 
@@ -227,7 +268,9 @@ class SweepMeasurement:
         self.plan, self.manifest, self.options = plan, manifest, options
         self.notes: set[str] = set()
         self.models: dict[tuple[str, int | None], nn.Module] = {}
-        self.references = {run.name: reference_metric(plan, run) for run in plan.runs}
+        self.references = {(step.run.name, self.reference_method(step.method)):
+                           reference_metric(plan, step.run, self.reference_method(step.method))
+                           for step in plan.steps}
         for run in dict.fromkeys(step.run for step in plan.steps):
             for fold in options.folds:
                 self.models[run.name, fold] = self.checked(run, plan.rs[0], fold)
@@ -249,12 +292,18 @@ class SweepMeasurement:
         check_datafile(self.manifest.datafile(self.plan.split, scored), self.plan.split)
         return model
 
-    def model(self, run: SweepRun, r: int, fold: int | None) -> nn.Module:
-        """The model `run` is scored with at `r` on `fold`: its own checkpoint per r for a
-        `{r}` run (rs[0]'s read beforehand), else the one checkpoint."""
+    def reference_method(self, method: str | None) -> str | None:
+        """The method of the row a step's drop is against: the shared r = 0 row's when the
+        sweep starts at r = 0, else the step's own method at the first r."""
+        return NO_METHOD if self.plan.rs[0] == 0 else method
+
+    def model(self, run: SweepRun, r: int, fold: int | None,
+              method: str | None = NO_METHOD) -> nn.Module:
+        """The model `run` is scored with at `r` on `fold` with `method`: its own checkpoint
+        per r for a `{r}` run (rs[0]'s read beforehand), else the one checkpoint."""
         if run.per_r and r != self.plan.rs[0]:
-            return self.checked(run, r, fold)
-        return self.models[run.name, fold]
+            return method_view(self.checked(run, r, fold), method)
+        return method_view(self.models[run.name, fold], method)
 
     def rows(self) -> Iterator[SweepRow]:
         """Time every step (one loop), then score the steps in order and yield their rows."""
@@ -276,7 +325,7 @@ class SweepMeasurement:
         timers: dict[str, tuple[nn.Module, list[int]]] = {}  # merging_key → model, its r
         timed: set[tuple[str, int]] = set()  # (speed key, r) with a timer
         for step in self.plan.steps:
-            model = self.models[step.run.name, options.folds[0]]
+            model = method_view(self.models[step.run.name, options.folds[0]], step.method)
             for r in (rs[0], step.r):
                 if (speed_key(model, r), r) not in timed:
                     timed.add((speed_key(model, r), r))
@@ -294,7 +343,7 @@ class SweepMeasurement:
                       for model, rows in zip(models, measured, strict=True) for row in rows}
         speeds: dict[SweepStep, dict[str, ThroughputRow]] = {}
         for step in self.plan.steps:
-            model = self.models[step.run.name, options.folds[0]]
+            model = method_view(self.models[step.run.name, options.folds[0]], step.method)
             reference = by_setting[speed_key(model, rs[0]), backends[0], rs[0]]
             speeds[step] = {
                 backend: relative_to(by_setting[speed_key(model, step.r), backend, step.r],
@@ -309,7 +358,7 @@ class SweepMeasurement:
         run, r, options = step.run, step.r, self.options
         values: dict[str, list[float]] = {backend: [] for backend in self.plan.backends}
         for fold in options.folds:
-            model = self.model(run, r, fold)
+            model = self.model(run, r, fold, step.method)
             settings = model.merge_settings.overridden(r=r)
             settings.apply(model)
             for backend in self.plan.backends:
@@ -320,25 +369,27 @@ class SweepMeasurement:
                 values[backend].append(evaluation.metrics.summary()[self.metric])
             if self.metric == "mAP":
                 self.notes.update(evaluation.notes())
+        reference = (run.name, self.reference_method(step.method))
         for backend in self.plan.backends:
             mean, std = mean_and_std(values[backend])
-            if self.references[run.name] is None:
-                self.references[run.name] = mean
+            if self.references[reference] is None:
+                self.references[reference] = mean
             timing = speed[backend]
             yield SweepRow(
                 backend_run_name(run.name, backend, self.plan.backends), r, mean,
-                std if len(options.folds) > 1 else None, mean - self.references[run.name],
+                std if len(options.folds) > 1 else None, mean - self.references[reference],
                 timing.samples_per_s, timing.speedup, timing.tokens, timing.gflops,
                 run.path(r, options.folds[0]), self.plan.split, batch_size,
-                settings.attention_line())
+                settings.attention_line(), method_of(r, settings.method))
 
 
-def reference_metric(plan: SweepPlan, run: SweepRun) -> float | None:
-    """The metric drops of `run` are relative to: its first backend's row at rs[0] when the
-    plan keeps it (None: measured first)."""
+def reference_metric(plan: SweepPlan, run: SweepRun, method: str | None) -> float | None:
+    """The metric drops of `run` with `method` are relative to: its first backend's row at
+    rs[0] (NO_METHOD: the shared r = 0 row) when the plan keeps it (None: measured first)."""
     first_name = plan.row_names(run)[0]
+    reference = SweepStep(run, plan.rs[0], method)
     return next((row.metric for row in plan.rows
-                 if row.run == first_name and row.r == plan.rs[0]), None)
+                 if row.run == first_name and matches(row, reference)), None)
 
 
 def relative_to(row: ThroughputRow, reference: ThroughputRow) -> ThroughputRow:

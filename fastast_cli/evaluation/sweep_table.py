@@ -1,7 +1,10 @@
-"""The rows of a sweep and its CSV: what one run at one r scored and ran at, read back to resume.
+"""The rows of a sweep and its CSV: what one run with one token-reduction method at one r scored
+and ran at, read back to resume.
 
 The CSV names its metric column after the metric (`accuracy` or `mAP`); tables written before
-that say `metric` and are still read (and rewritten with the metric's name on resume).
+that say `metric` and are still read (and rewritten with the metric's name on resume). Its
+`method` column names the reduction method (`none` for r = 0, the plain model every method
+shares); tables written before it held ToMe's rows only and are read so.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from fastast_cli.errors import FastASTError
 # Names of the metric column: the metric itself, or `metric` in tables from before it was named.
 METRIC_NAMES = ("accuracy", "mAP")
 UNNAMED_METRIC = "metric"
+# The method of r = 0 rows: no token is reduced, so every method runs the same model.
+NO_METHOD = "none"
+LEGACY_METHOD = "tome"  # the method of rows in tables from before the method column
 
 
 @dataclass
 class SweepRow:
-    """One run at one r: its metric (mean over folds), the drop from r = 0, and its speed."""
+    """One run with one method at one r: its metric (mean over folds), the drop from the first
+    r (r = 0: the plain model, method `none`), and its speed."""
 
     run: str
     r: int
@@ -36,6 +43,7 @@ class SweepRow:
     split: str
     batch: int  # timing batch of samples_per_s
     merging: str  # schedule and proportional attention the metric was measured with
+    method: str = LEGACY_METHOD  # token-reduction method (NO_METHOD at r = 0)
 
     def to_dict(self, metric: str = UNNAMED_METRIC) -> dict[str, float | int | str | None]:
         """The row as a record; the metric's cell keyed by `metric` (the CSV's column)."""
@@ -87,6 +95,7 @@ def row_of(record: dict[str, str], metric: str, path: Path) -> SweepRow:
             split=record.get("split") or "",  # older tables: split unknown, re-measured
             batch=int(record.get("batch") or 0),
             merging=record.get("merging") or "",  # older tables: not recorded
+            method=record.get("method") or method_of(int(record["r"])),
         )
     except (KeyError, TypeError, ValueError):
         raise FastASTError(
@@ -99,9 +108,15 @@ def row_of(record: dict[str, str], metric: str, path: Path) -> SweepRow:
     return row
 
 
+def method_of(r: int, method: str = LEGACY_METHOD) -> str:
+    """The method a row at `r` names: `method`, or NO_METHOD at r = 0 (nothing reduced)."""
+    return method if r else NO_METHOD
+
+
 def recommend(rows: Sequence[SweepRow], budget: str) -> SweepRow | None:
     """The row with the smallest drop whose speed meets `budget`: samples/s (`120`) or a
-    speedup over r = 0 (`1.5x`). None when no row meets it."""
+    speedup over r = 0 (`1.5x`), among every method and r of `rows`. None when no row meets
+    it."""
     text = budget.strip().lower()
     try:
         wanted = float(text.rstrip("x"))

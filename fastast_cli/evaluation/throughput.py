@@ -76,9 +76,9 @@ class ThroughputRow:
 
 @contextlib.contextmanager
 def merging(model: nn.Module, r: int, schedule: str) -> Iterator[nn.Module]:
-    """Temporarily set the model's merging rate."""
+    """Temporarily set the model's merging rate (its reduction method stays)."""
     saved = (list(model.r_schedule), getattr(model, "r_fraction", None))
-    model.set_r(r, schedule, model.proportional_attention)
+    model.set_r(r, schedule, model.proportional_attention, method=model.reduction_method)
     try:
         yield model
     finally:

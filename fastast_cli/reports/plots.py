@@ -98,6 +98,29 @@ def plot_tradeoff(
     return save_figure(figure, path)
 
 
+def method_curves(
+    rows: Sequence[Mapping[str, Any]], run_key: str = "run", method_key: str = "method",
+    shared: str = "none",
+) -> list[dict[str, Any]]:
+    """The rows of a sweep over methods as curves for `plot_tradeoff(series_key="curve")`: one
+    curve per run and method, each starting at the run's shared r = 0 row (method `shared`).
+
+    rows: mappings with `run_key` and `method_key`; returns copies with `curve` added (the
+    method, or `run method` when there are several runs), curve by curve.
+    """
+    runs = list(dict.fromkeys(row[run_key] for row in rows))
+    curves: list[dict[str, Any]] = []
+    for run in runs:
+        mine = [row for row in rows if row[run_key] == run]
+        start = [row for row in mine if row[method_key] == shared]
+        methods = list(dict.fromkeys(row[method_key] for row in mine if row[method_key] != shared))
+        for method in methods or [shared]:
+            name = method if len(runs) == 1 else f"{run} {method}"
+            points = start + [row for row in mine if row[method_key] == method != shared]
+            curves += [{**row, "curve": name} for row in points]
+    return curves
+
+
 def _tradeoff_points(
     rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, label_key: str
 ) -> list[tuple[float, float, Any]]:

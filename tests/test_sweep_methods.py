@@ -146,3 +146,22 @@ def test_budget_picks_from_every_method_and_curves_share_the_r0_row():
 def test_several_methods_without_data_are_refused_in_one_line(checkpoint):
     result = sweep("--checkpoint", str(checkpoint), "--r", "0,4", "--method", "tome,evit")
     assert result.exit_code == 2 and "one --method at a time" in " ".join(result.output.split())
+
+
+def test_the_report_tells_tomes_story_from_a_sweep_over_methods():
+    from fastast_cli.errors import FastASTError
+    from fastast_cli.reports.summary import table1_rows
+
+    def row(run, method, r, metric):
+        return SweepRow(run, r, metric, None, 0.0, 100.0, 1.0, 10, 1.0, "x", "eval", 8, "",
+                        method)
+
+    rows = [row("base", "none", 0, 0.9), row("base", "tome", 8, 0.8),
+            row("base", "pitome", 8, 0.85), row("kd", "none", 0, 0.9), row("kd", "tome", 8, 0.7)]
+    table = table1_rows(rows, "base", "kd")
+    assert [(line["r"], line["inference_only"], line["during_training"]) for line in table] == [
+        (0, 0.9, 0.9), (8, 0.8, 0.7)]
+    assert table1_rows([*rows[:1], rows[2], *rows[3:]], "base", "kd")[1][
+        "inference_only"] == 0.85  # a run swept with one other method: that method's rows
+    with pytest.raises(FastASTError, match="swept with pitome, evit"):
+        table1_rows([*rows[:1], rows[2], row("base", "evit", 8, 0.8), *rows[3:]], "base", "kd")

@@ -11,7 +11,9 @@ Three runs of the same architecture play the roles of the FastAST paper's tables
 
 Everything here is computed from the rows (e.g. the CSV written by `fastast sweep --data`), so
 the tables and sentences always say what was measured. Drops are relative to the baseline at
-the sweep's first r (r = 0, the plain AST).
+the sweep's first r (r = 0, the plain AST). A sweep over several token-reduction methods
+(`fastast sweep --method tome,pitome,...`) tells ToMe's story: each run's ToMe rows and its
+shared r = 0 row (a run swept with one other method alone: that method's).
 """
 
 from __future__ import annotations
@@ -20,16 +22,34 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.sweep import SweepRow
+from fastast_cli.evaluation.sweep import NO_METHOD, SweepRow
+
+STORY_METHOD = "tome"  # the method of the FastAST paper's tables
 
 
 def rows_by_r(rows: Sequence[SweepRow], run: str) -> dict[int, SweepRow]:
-    """The rows of run `run`, keyed by r; FastASTError when the sweep has none."""
-    mine = {row.r: row for row in rows if row.run == run}
+    """The rows of run `run` with its story's method (`story_method`), keyed by r;
+    FastASTError when the sweep has none."""
+    method = story_method(rows, run)
+    mine = {row.r: row for row in rows
+            if row.run == run and row.method in (method, NO_METHOD)}
     if not mine:
         names = ", ".join(dict.fromkeys(row.run for row in rows)) or "none"
         raise FastASTError(f"the sweep has no run named {run!r} (its runs: {names})")
     return mine
+
+
+def story_method(rows: Sequence[SweepRow], run: str) -> str:
+    """The method whose rows tell run `run`'s story: ToMe's, or the run's one other method;
+    FastASTError when the run was swept with several methods but not ToMe."""
+    methods = list(dict.fromkeys(row.method for row in rows
+                                 if row.run == run and row.method != NO_METHOD))
+    if STORY_METHOD in methods or not methods:
+        return STORY_METHOD
+    if len(methods) > 1:
+        raise FastASTError(f"run {run!r} was swept with {', '.join(methods)}: the tables "
+                           "compare runs of one method; sweep it with tome too")
+    return methods[0]
 
 
 def reference_row(rows: Sequence[SweepRow], baseline: str) -> SweepRow:

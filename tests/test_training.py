@@ -78,7 +78,7 @@ def test_resume_after_interruption_gives_the_same_weights(small_demo, tmp_path, 
     split = config(small_demo, tmp_path / "split", epochs=2, freqm=8, timem=16, mixup=0.5)
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(split, reporter=StopInEpochTwo())
-    saved = read_checkpoint(tmp_path / "split/last.pt")["meta"]["progress"]
+    saved = read_checkpoint(tmp_path / "split/last.pt")["progress"]
     assert (saved["epoch"], saved["batch"]) == (1, 3)
     assert not (tmp_path / "split/summary.json").exists()  # only a complete run has one
     with pytest.raises(FastASTError, match="--resume"):
@@ -158,7 +158,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_demo, tmp_path,
     with pytest.raises(FastASTError, match="nan.*last good epoch"):
         train(run)
     saved = read_checkpoint(tmp_path / "nan/last.pt")
-    assert saved["meta"]["progress"]["epoch"] == 1
+    assert saved["progress"]["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
 
 

@@ -166,7 +166,9 @@ class PretrainedWeights:
 # --- saving ----------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: PathLike, model: nn.Module, **meta: Any) -> Path:
+def save_checkpoint(
+    path: PathLike, model: nn.Module, *, state: dict[str, Any] | None = None, **meta: Any
+) -> Path:
     """Write `model` (an AST or any classifier with a `config`) as a fastast checkpoint.
 
     `architecture` records which kind of model the config describes (`ast` or `cnn`); `meta`
@@ -174,10 +176,13 @@ def save_checkpoint(path: PathLike, model: nn.Module, **meta: Any) -> Path:
 
     meta: JSON-like values (str, int, float, bool, None, lists, dicts) and tensors, nested at
         will, e.g. `mean=-4.27, std=4.57, epoch=3, optimizer=opt.state_dict()`.
+    state: entries stored beside `model` at the top level of the file (a training run's
+        `optimizer`, `scaler`, `progress`, `averaged`), same value types as meta.
     The file is written to a temporary file in the same folder and renamed over `path`, so a
     crash never leaves a half-written checkpoint behind.
     """
     _check_storable(meta, "meta")
+    _check_storable(state or {}, "state")
     payload = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -186,6 +191,9 @@ def save_checkpoint(path: PathLike, model: nn.Module, **meta: Any) -> Path:
         "model": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         "meta": meta,
     }
+    if payload.keys() & (state or {}).keys():
+        raise ValueError(f"state cannot replace the checkpoint's own {sorted(payload)} keys")
+    payload.update(state or {})
     path = Path(path).expanduser()
     _save_atomically(payload, path)
     return path

@@ -56,10 +56,9 @@ def user_errors(func: F) -> F:
 def merging_note(model: Any, r: Any = None, schedule: str | None = None) -> str | None:
     """`capped_merging_note` for a fixed AST (None for other models and r = 0); `r` and
     `schedule` default to the model's own merging settings (`model.merge_settings`)."""
-    from fastast_cli.models.ast import AST
     from fastast_cli.models.tome import capped_merging_note
 
-    if not isinstance(model, AST):
+    if not model.merges_tokens or model.input_spec().native_length:
         return None
     settings = getattr(model, "merge_settings", None)
     r = r if r is not None else settings.r if settings is not None else 0

@@ -68,6 +68,7 @@ from fastast_cli.training.teacher import Mix, cached_teacher_logits, load_teache
 __all__ = ["Mix", "Progress", "Ranks", "RunResult", "SilentReporter", "Trainer",
            "TrainingInterrupted", "learning_rate", "train"]
 
+
 def train(
     config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     reporter: Reporter | None = None,

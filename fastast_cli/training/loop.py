@@ -281,7 +281,7 @@ class Trainer:
         return cached_teacher_logits(
             self.teacher, self.teacher_path, self.out / "teacher_logits.pt", clean,
             [str(entry.wav) for entry in self.train_items.dataset.entries],
-            self.config.batch_size, self.device, self.use_amp, write=self.ranks.is_main,
+            self.config.batch_size, self.device, self.use_amp, ranks=self.ranks,
             note=self.reporter.note,
         )
 

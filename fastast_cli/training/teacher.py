@@ -17,6 +17,7 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.models.classifiers import load_classifier, model_kind
+from fastast_cli.training.distributed import Ranks
 from fastast_cli.training.provenance import check_teacher_data
 
 Note = Callable[[str], None]
@@ -85,11 +86,11 @@ def check_teacher_input(teacher: nn.Module, path: str, manifest: Manifest, mean:
 
 def cached_teacher_logits(
     teacher: nn.Module, teacher_path: str, cache: Path, clean: Dataset, clips: list[str],
-    batch_size: int, device: torch.device, amp: bool, *, write: bool, note: Note,
+    batch_size: int, device: torch.device, amp: bool, *, ranks: Ranks, note: Note,
 ) -> torch.Tensor:
     """Teacher logits [N, C] of every un-augmented training clip (`clean`, named `clips`), read
-    from `cache` when it holds those clips and that very teacher file, else computed (sharded
-    over the ranks of a torchrun job) and, with `write`, saved there.
+    from `cache` when it holds those clips and that very teacher file (on every rank), else
+    computed (each rank of a torchrun job scores its shard) and saved there by the first rank.
 
     Faster than online teaching, but the student then trains on augmented input against logits
     of the clean clip: consistency under augmentation is lost (CMKD's finding is that consistent
@@ -98,15 +99,24 @@ def cached_teacher_logits(
     teacher_file = Path(teacher_path).resolve()
     stat = teacher_file.stat()
     source = f"{teacher_file}:{stat.st_size}:{stat.st_mtime_ns}"  # retrained → recomputed
+    logits = read_cached_logits(cache, clips, source)
+    if all(ranks.gather(logits is not None)):  # all ranks or none compute them
+        return logits  # type: ignore[return-value]
+    note("computing the teacher's logits once (teacher_logits: cached)")
+    logits, _ = predict_dataset(teacher, clean, batch_size, device, amp, ranks=ranks)
+    if ranks.is_main:
+        with atomic_path(cache) as temporary:
+            torch.save({"clips": clips, "teacher": source, "logits": logits}, temporary)
+    return logits
+
+
+def read_cached_logits(cache: Path, clips: list[str], source: str) -> torch.Tensor | None:
+    """The logits [N, C] saved in `cache` for these `clips` by the teacher file `source`; None
+    when the file is missing, damaged by an interruption, or of other clips or another teacher."""
     try:
         saved = torch.load(cache, map_location="cpu", weights_only=True)
         if saved.get("clips") == clips and saved.get("teacher") == source:
             return saved["logits"]
-    except Exception:  # missing, or damaged by an interruption: compute it again
+    except Exception:
         pass
-    note("computing the teacher's logits once (teacher_logits: cached)")
-    logits, _ = predict_dataset(teacher, clean, batch_size, device, amp)
-    if write:
-        with atomic_path(cache) as temporary:
-            torch.save({"clips": clips, "teacher": source, "logits": logits}, temporary)
-    return logits
+    return None

@@ -107,3 +107,24 @@ def test_last_pt_keeps_the_run_state_at_its_top_level_and_loads_as_a_model(small
     model = load_classifier(out / "last.pt")
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, payload["model"][name]), name
+
+
+@pytest.mark.parametrize("damage", ["best.pt as last.pt", "state of another model"])
+def test_a_last_pt_without_a_fitting_state_is_refused_in_one_line(damage, small_demo, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(RECIPE)
+    out = old_run("cnn", tmp_path / "run")
+    if damage == "best.pt as last.pt":
+        shutil.copy2(out / "best.pt", out / "last.pt")
+        message = "no training state"
+    else:  # the optimizer of a 1-block AST in a CNN's last.pt
+        payload = torch.load(out / "last.pt", weights_only=True)
+        payload["meta"]["optimizer"] = torch.load(OLD / "ast" / "last.pt",
+                                                  weights_only=True)["meta"]["optimizer"]
+        torch.save(payload, out / "last.pt")
+        message = "its state does not fit this run"
+    before = (out / "last.pt").read_bytes()
+    result = CliRunner().invoke(app, [*command("cnn", small_demo, out, recipe), "--resume"])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert (out / "last.pt").read_bytes() == before

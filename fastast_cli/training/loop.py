@@ -401,12 +401,16 @@ class Trainer:
         payload = read_checkpoint(path)
         check_resumable(path, payload["meta"].get("train_config", {}), self.config.to_dict(),
                         self.warmup_steps)
-        state = run_state(payload)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress.from_dict(state["progress"])
+        state = run_state(payload, path)
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            self.progress = Progress.from_dict(state["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise FastASTError(f"cannot resume from {path}: its state does not fit this run "
+                               f"({str(error).splitlines()[0]})") from None
         self.averaged = state["averaged"]
         self.reporter.note(
             f"resuming {self.out} at epoch {self.progress.epoch + 1}, batch {self.progress.batch}"

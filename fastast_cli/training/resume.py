@@ -51,11 +51,16 @@ class Progress:
         )
 
 
-def run_state(payload: dict[str, Any]) -> dict[str, Any]:
+def run_state(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     """`optimizer`, `scaler`, `progress` and `averaged` of a `last.pt` payload: at its top level
-    (this layout) or inside its `meta` (files written before); absent ones are None."""
+    (this layout) or inside its `meta` (files written before). A file without optimizer and
+    progress (a best.pt, a bare model) is refused."""
     meta = payload.get("meta") or {}
-    return {key: payload[key] if key in payload else meta.get(key) for key in STATE_KEYS}
+    state = {key: payload[key] if key in payload else meta.get(key) for key in STATE_KEYS}
+    if not isinstance(state["optimizer"], dict) or not isinstance(state["progress"], dict):
+        raise FastASTError(f"{path} holds a model but no training state (optimizer, progress): "
+                           "--resume continues from the last.pt of an interrupted run")
+    return state
 
 
 def check_resumable(path: Path, saved: dict[str, Any], current: dict[str, Any],

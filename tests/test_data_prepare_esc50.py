@@ -15,7 +15,7 @@ from fastast_cli.data.datafile import read_datafile, read_labels_csv
 from fastast_cli.data.features import FbankSums, fbank, pad_or_cut
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.data.prepare import prepare_esc50
-from fastast_cli.data.prepare.common import single_thread
+from fastast_cli.data.prepare.conversion import single_thread
 from fastast_cli.errors import FastASTError
 
 CLASSES, FOLDS, PER_FOLD = 4, 5, 2

@@ -58,7 +58,7 @@ def merging_note(model: Any, r: Any = None, schedule: str | None = None) -> str 
     `schedule` default to the model's own merging settings (`model.merge_settings`)."""
     from fastast_cli.models.tome import capped_merging_note
 
-    if not model.merges_tokens or model.input_spec().native_length:
+    if getattr(model, "architecture", None) != "ast":
         return None
     settings = getattr(model, "merge_settings", None)
     r = r if r is not None else settings.r if settings is not None else 0

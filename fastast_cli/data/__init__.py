@@ -5,6 +5,9 @@ m = load_manifest("data/demo")                       # or .../manifest.yaml
 train = m.dataset_for("train", training=True, freqm=24, timem=48, cache_dir=m.cache_dir)
 fbank, target = train[0]                             # [T, 128] float32, [classes] float32
 x = waveform_to_fbank(wave, 44100, target_length=m.target_length, mean=m.mean, std=m.std)
+# the general form: any length policy and frame shift (here ElasticAST's native length, q = 2)
+x = waveform_fbank(wave, 44100, length=LengthPolicy.native(1024), frame_shift_ms=20.0,
+                   stats=(m.mean, m.std))
 """
 
 from fastast_cli.data.audio import AudioReadError, load_mono, read_audio
@@ -12,11 +15,13 @@ from fastast_cli.data.datafile import LabelSet, read_datafile, read_labels_csv
 from fastast_cli.data.dataset import ASTDataset
 from fastast_cli.data.features import (
     AST_NORM_STATS,
+    LengthPolicy,
     fbank,
     normalize,
     num_frames,
     pad_or_cut,
     raw_features,
+    waveform_fbank,
     waveform_to_fbank,
 )
 from fastast_cli.data.manifest import Fold, Manifest, load_manifest, write_manifest
@@ -27,6 +32,7 @@ __all__ = [
     "AudioReadError",
     "Fold",
     "LabelSet",
+    "LengthPolicy",
     "Manifest",
     "fbank",
     "load_manifest",
@@ -38,6 +44,7 @@ __all__ = [
     "read_audio",
     "read_datafile",
     "read_labels_csv",
+    "waveform_fbank",
     "waveform_to_fbank",
     "write_manifest",
 ]

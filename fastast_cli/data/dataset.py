@@ -33,17 +33,13 @@ from fastast_cli.data.augment import (
 from fastast_cli.data.cache import ArrayCache, clip_key
 from fastast_cli.data.checks import check_labelled
 from fastast_cli.data.datafile import Entry, LabelSet, read_datafile, read_labels_csv
-from fastast_cli.data.elastic_features import (
-    draw_resolution,
-    fit_native_length,
-    shift_for_resolution,
-)
+from fastast_cli.data.elastic_features import draw_resolution, shift_for_resolution
 from fastast_cli.data.features import (
     NUM_MEL_BINS,
     SAMPLE_RATE,
-    fbank,
+    LengthPolicy,
     normalize,
-    pad_or_cut,
+    waveform_fbank,
 )
 from fastast_cli.errors import FastASTError
 
@@ -137,7 +133,8 @@ class ASTDataset(Dataset):
 
     def features_of(self, wave: torch.Tensor) -> torch.Tensor:
         """Raw fbank `[target_length, num_mel_bins]` of a 16-kHz waveform."""
-        return pad_or_cut(fbank(wave, SAMPLE_RATE, self.num_mel_bins), self.target_length)
+        return waveform_fbank(wave, SAMPLE_RATE, length=LengthPolicy.fixed(self.target_length),
+                              num_mel_bins=self.num_mel_bins)
 
     def raw_fbank(self, index: int) -> torch.Tensor:
         """Un-normalized, padded/cut fbank `[target_length, num_mel_bins]` of clip `index`."""
@@ -240,10 +237,10 @@ class NativeLengthDataset(ASTDataset):
 
     def features_at(self, wave: torch.Tensor, q: float) -> torch.Tensor:
         """Raw fbank of a waveform at resolution q, native (or fixed) length."""
-        raw = fbank(wave, SAMPLE_RATE, self.num_mel_bins, shift_for_resolution(q))
-        if self.fixed_length:
-            return pad_or_cut(raw, self.target_length)
-        return fit_native_length(raw, self.target_length)
+        length = (LengthPolicy.fixed(self.target_length) if self.fixed_length
+                  else LengthPolicy.native(self.target_length))
+        return waveform_fbank(wave, SAMPLE_RATE, length=length, num_mel_bins=self.num_mel_bins,
+                              frame_shift_ms=shift_for_resolution(q))
 
     def features_of(self, wave: torch.Tensor) -> torch.Tensor:
         return self.features_at(wave, self.resolution())
@@ -284,7 +281,8 @@ class NativeLengthDataset(ASTDataset):
         `teacher_length` frames, with the item's frequency mask and its time mask moved to
         q = 1 frames (the same stretch of audio), normalized. (Speech Commands noise is not
         repeated on it.)"""
-        raw = pad_or_cut(fbank(wave, SAMPLE_RATE, self.num_mel_bins), self.teacher_length)
+        raw = waveform_fbank(wave, SAMPLE_RATE, length=LengthPolicy.fixed(self.teacher_length),
+                             num_mel_bins=self.num_mel_bins)
         start, width = freq_band
         raw[:, start : start + width] = 0.0
         start, width = time_band

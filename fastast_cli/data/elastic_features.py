@@ -19,20 +19,15 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from fastast_cli.data.audio import resample, to_mono
 from fastast_cli.data.features import (
     FRAME_SHIFT_MS,
+    MIN_FRAMES,
     NUM_MEL_BINS,
     SAMPLE_RATE,
-    as_channels_first,
-    fbank,
+    LengthPolicy,
     frame_length_samples,
-    normalize,
-    pad_or_cut,
+    waveform_fbank,
 )
-
-# The fewest frames a clip may have: one 16-frame patch.
-MIN_FRAMES = 16
 
 
 def shift_for_resolution(resolution: float) -> float:
@@ -52,12 +47,8 @@ def fit_native_length(
     features: torch.Tensor, max_frames: int | None = None, min_frames: int = MIN_FRAMES
 ) -> torch.Tensor:
     """Raw fbank `[frames, bins]` kept at its own length: zero-padded up to `min_frames`, cut
-    (keeping the start) to `max_frames` when given."""
-    if features.shape[0] < min_frames:
-        features = pad_or_cut(features, min_frames)
-    if max_frames is not None and features.shape[0] > max_frames:
-        features = pad_or_cut(features, max_frames)
-    return features
+    (keeping the start) to `max_frames` when given (`LengthPolicy.native`)."""
+    return LengthPolicy.native(max_frames, min_frames).fit(features)
 
 
 def elastic_features(
@@ -75,9 +66,9 @@ def elastic_features(
     Any rate and channel layout (averaged, resampled to 16 kHz); frames every 10 ms × q;
     native length (see `fit_native_length`); AST normalization `(x - mean) / (2·std)`.
     """
-    mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
-    raw = fbank(mono, SAMPLE_RATE, num_mel_bins, shift_for_resolution(resolution))
-    return normalize(fit_native_length(raw, max_frames), mean, std)
+    return waveform_fbank(waveform, sample_rate, length=LengthPolicy.native(max_frames),
+                          num_mel_bins=num_mel_bins,
+                          frame_shift_ms=shift_for_resolution(resolution), stats=(mean, std))
 
 
 def draw_resolution(

@@ -1,10 +1,14 @@
-"""AST input features: Kaldi fbank, pad/cut to a fixed number of frames, normalization.
+"""AST input features: Kaldi fbank, fitted to a length policy, normalization.
 
 Exactly as the original AST loader: the waveform mean is removed, then
 `torchaudio.compliance.kaldi.fbank(htk_compat=True, use_energy=False, window_type="hanning",
 num_mel_bins=128, dither=0.0, frame_shift=10)` (25-ms frames); the result `[frames, bins]` is
 zero-padded at the end or cut (keeping the start) to `target_length` frames and normalized as
 `(x - mean) / (2·std)`.
+
+`waveform_fbank` is the one waveform → fbank path: any rate and channel layout, a frame shift
+(ElasticAST's 10 ms × q) and a `LengthPolicy` (AST's fixed length, ElasticAST's native length up
+to a maximum, or a whole clip padded to at least one window) as parameters.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128
 FRAME_SHIFT_MS = 10.0
 FRAME_LENGTH_MS = 25.0
+MIN_FRAMES = 16  # the fewest frames a native-length clip may have: one 16-frame patch
 
 # (mean, std) of the fbank published with AST, for data whose stats were never measured.
 AST_NORM_STATS: dict[str, tuple[float, float]] = {
@@ -101,6 +106,59 @@ def as_channels_first(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
     return wave
 
 
+@dataclass(frozen=True)
+class LengthPolicy:
+    """How many frames an fbank keeps: zero-padded at the end up to `min_frames`, then cut
+    (keeping the start) to `max_frames` (None: never cut).
+
+    `fixed(T)`: exactly T frames (AST); `native(max)`: its own length, at least one patch, at
+    most `max` (ElasticAST); `at_least(T)`: a whole clip, padded to T but never cut (windowing).
+    """
+
+    min_frames: int
+    max_frames: int | None = None
+
+    @classmethod
+    def fixed(cls, frames: int) -> LengthPolicy:
+        return cls(frames, frames)
+
+    @classmethod
+    def native(cls, max_frames: int | None = None, min_frames: int = MIN_FRAMES) -> LengthPolicy:
+        return cls(min_frames, max_frames)
+
+    @classmethod
+    def at_least(cls, frames: int) -> LengthPolicy:
+        return cls(frames, None)
+
+    def fit(self, features: torch.Tensor) -> torch.Tensor:
+        """`[frames, bins]` → `[frames', bins]` within [min_frames, max_frames]."""
+        if features.shape[0] < self.min_frames:
+            features = pad_or_cut(features, self.min_frames)
+        if self.max_frames is not None and features.shape[0] > self.max_frames:
+            features = pad_or_cut(features, self.max_frames)
+        return features
+
+
+def waveform_fbank(
+    waveform: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    length: LengthPolicy,
+    num_mel_bins: int = NUM_MEL_BINS,
+    frame_shift_ms: float = FRAME_SHIFT_MS,
+    stats: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Fbank `[frames, num_mel_bins]` (float32) of any waveform, fitted to `length`.
+
+    waveform: `[samples]`, `[channels, samples]` or `[samples, channels]` at `sample_rate` Hz;
+    channels are averaged and the audio resampled to 16 kHz first. Frames every
+    `frame_shift_ms` (AST: 10 ms). stats: (mean, std) to normalize with, None for the raw fbank.
+    """
+    mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
+    features = length.fit(fbank(mono, SAMPLE_RATE, num_mel_bins, frame_shift_ms))
+    return features if stats is None else normalize(features, *stats)
+
+
 def raw_features(
     waveform: np.ndarray | torch.Tensor,
     sample_rate: int,
@@ -108,13 +166,9 @@ def raw_features(
     target_length: int,
     num_mel_bins: int = NUM_MEL_BINS,
 ) -> torch.Tensor:
-    """Un-normalized fbank `[target_length, num_mel_bins]` of any waveform (any rate, any channels).
-
-    Channels are averaged and the audio resampled to 16 kHz first.
-    """
-    mono = to_mono(as_channels_first(waveform))
-    mono = resample(mono, sample_rate, SAMPLE_RATE)
-    return pad_or_cut(fbank(mono, SAMPLE_RATE, num_mel_bins), target_length)
+    """Un-normalized fbank `[target_length, num_mel_bins]` of any waveform (any rate, channels)."""
+    return waveform_fbank(waveform, sample_rate, length=LengthPolicy.fixed(target_length),
+                          num_mel_bins=num_mel_bins)
 
 
 def waveform_to_fbank(
@@ -131,10 +185,8 @@ def waveform_to_fbank(
     `waveform` is `[samples]` or `[channels, samples]` at `sample_rate` Hz; this is what
     prediction uses on a single clip: add a batch axis with `.unsqueeze(0)` for the model.
     """
-    features = raw_features(
-        waveform, sample_rate, target_length=target_length, num_mel_bins=num_mel_bins
-    )
-    return normalize(features, mean, std)
+    return waveform_fbank(waveform, sample_rate, length=LengthPolicy.fixed(target_length),
+                          num_mel_bins=num_mel_bins, stats=(mean, std))
 
 
 @dataclass

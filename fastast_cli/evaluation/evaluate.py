@@ -21,9 +21,8 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.export.backends import Forward, make_forward
-from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.inputs import InputSpec, resolved_input
 from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.tome import capped_merging_note
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
@@ -76,12 +75,23 @@ class Evaluation:
         return notes
 
 
+def input_spec_on(model: nn.Module, manifest: Manifest, fold: int | None) -> InputSpec:
+    """What `model` takes, normalized as it was trained (its checkpoint's statistics), else
+    with the dataset's (the fold's)."""
+    return resolved_input(model, lambda: manifest.norm_stats(fold))
+
+
+def check_mel_bins(spec: InputSpec, manifest: Manifest) -> None:
+    """A model made for fbanks of other mel bins than the dataset's cannot score it."""
+    if spec.num_mel_bins != manifest.num_mel_bins:
+        raise FastASTError(
+            f"the model takes fbanks of {spec.num_mel_bins} mel bins but {manifest.path} was "
+            f"prepared with {manifest.num_mel_bins}")
+
+
 def input_stats(model: nn.Module, manifest: Manifest, fold: int | None) -> tuple[float, float]:
     """Normalization the model was trained with (its checkpoint's), else the dataset's."""
-    meta = getattr(model, "meta", {}) or {}
-    if meta.get("mean") is not None and meta.get("std") is not None:
-        return float(meta["mean"]), float(meta["std"])
-    return manifest.norm_stats(fold)
+    return input_spec_on(model, manifest, fold).stats
 
 
 def check_labels(model: nn.Module, manifest: Manifest, checkpoint: PathLike) -> None:
@@ -149,7 +159,8 @@ def evaluate_checkpoint(
                                 batch_size=batch_size, device=device, num_workers=num_workers,
                                 forward=forward)
     settings = evaluation.merging
-    if isinstance(model, AST) and settings is not None and settings.r:
+    if (model.merges_tokens and not model.input_spec().native_length
+            and settings is not None and settings.r):
         evaluation.capped_note = capped_merging_note(
             model.config.num_patches, model.config.depth, settings.r, settings.schedule)
     return evaluation
@@ -172,18 +183,14 @@ def evaluate_model(
     device = device or torch.device("cpu")
     split = split or manifest.eval_split
     fold = scored_fold(model, manifest, fold, name)
-    mean, std = input_stats(model, manifest, fold)
-    elastic = isinstance(model, ElasticAST)
-    options = {"mean": mean, "std": std, "num_mel_bins": manifest.num_mel_bins}
-    if elastic:  # whole clips at their own length
-        dataset: ASTDataset = NativeLengthDataset(
-            manifest.datafile(split, fold), manifest.labels_csv,
-            target_length=model.config.target_length, **options)
-    else:
-        dataset = ASTDataset(
-            manifest.datafile(split, fold), manifest.labels_csv,
-            target_length=model.config.target_length if isinstance(model, AST)
-            else manifest.target_length, **options)
+    spec = input_spec_on(model, manifest, fold)
+    check_mel_bins(spec, manifest)
+    elastic = spec.native_length
+    options = {"target_length": spec.target_length, "mean": spec.mean, "std": spec.std,
+               "num_mel_bins": manifest.num_mel_bins}
+    dataset: ASTDataset = (  # native: whole clips at their own length
+        NativeLengthDataset(manifest.datafile(split, fold), manifest.labels_csv, **options)
+        if elastic else ASTDataset(manifest.datafile(split, fold), manifest.labels_csv, **options))
     check_clips(dataset.entries, dataset.datafile, split)
     logits, targets = predict_dataset(model, dataset, batch_size, device,
                                       amp=device.type == "cuda", num_workers=num_workers,
@@ -193,7 +200,7 @@ def evaluate_model(
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
                       getattr(model, "merge_settings", None),
-                      (getattr(model, "meta", None) or {}).get("stats_note"))
+                      spec.stats_note)
 
 
 def check_evaluation_out(out: Path) -> None:
@@ -286,18 +293,19 @@ def evaluate_lengths(
     cut to its input length, as it must. One row per (length, q).
     """
     device = device or torch.device("cpu")
-    elastic = isinstance(model, ElasticAST)
-    if not isinstance(model, AST | ElasticAST):
+    if not model.merges_tokens:
         raise FastASTError("--lengths and --resolutions compare AST and ElasticAST checkpoints")
     fold = scored_fold(model, manifest, fold, "the checkpoint")
-    mean, std = input_stats(model, manifest, fold)
+    spec = input_spec_on(model, manifest, fold)
+    check_mel_bins(spec, manifest)
+    elastic = spec.native_length
     split = split or manifest.eval_split
     rows: list[dict[str, float | str]] = []
     for seconds in lengths:
         for q in resolutions:
             dataset = NativeLengthDataset(
                 manifest.datafile(split, fold), manifest.labels_csv,
-                target_length=model.config.target_length, mean=mean, std=std,
+                target_length=spec.target_length, mean=spec.mean, std=spec.std,
                 num_mel_bins=manifest.num_mel_bins, resolutions=(q, q), seconds=seconds,
                 fixed_length=not elastic,
             )

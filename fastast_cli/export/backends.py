@@ -28,7 +28,8 @@ from fastast_cli import __version__
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.extras import import_extra
 from fastast_cli.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, read_metadata
-from fastast_cli.inference.clips import input_spec, label_names, num_classes_of
+from fastast_cli.inference.clips import input_spec
+from fastast_cli.inference.scores import label_names, num_classes_of
 
 PathLike = str | os.PathLike[str]
 Forward = Callable[[torch.Tensor], torch.Tensor]

@@ -20,10 +20,10 @@ from torch import nn
 from fastast_cli.atomic import atomic_path
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.errors import FastASTError
-from fastast_cli.inference.clips import input_spec, label_names, num_classes_of
+from fastast_cli.inference.clips import input_spec
+from fastast_cli.inference.scores import label_names, num_classes_of
 from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import HF_MODEL_TYPE, to_hf_state_dict
-from fastast_cli.models.elastic import ElasticAST
 
 PathLike = str | os.PathLike[str]
 HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
@@ -50,13 +50,13 @@ def export_hf(model: nn.Module, folder: PathLike) -> list[Path]:
 
 
 def _exportable(model: nn.Module) -> AST:
-    if isinstance(model, ElasticAST):
+    if model.architecture == "elastic":
         raise FastASTError(
             "an ElasticAST cannot be written as a transformers AST: its clips of any length and "
             "time resolution (factorized positional tables, packed rows) have no counterpart in "
             "ASTForAudioClassification, which takes one fixed input length"
         )
-    if not isinstance(model, AST):
+    if model.architecture != "ast":
         raise FastASTError(
             f"only AST checkpoints can be written as a transformers AST; this is a "
             f"{type(model).__name__} (export it with --format onnx)"

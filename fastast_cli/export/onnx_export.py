@@ -31,8 +31,8 @@ from fastast_cli.atomic import atomic_path
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.extras import import_extra
-from fastast_cli.inference.clips import clip_features, input_spec, label_names, num_classes_of
-from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.inference.clips import clip_features, input_spec
+from fastast_cli.inference.scores import label_names, num_classes_of
 
 PathLike = str | os.PathLike[str]
 INPUT_NAME = "fbank"
@@ -103,7 +103,7 @@ def export_onnx(
     The file is written beside `path` first and only moved there once the parity check passed:
     a failed check raises FastASTError and leaves nothing behind.
     """
-    if isinstance(model, ElasticAST):
+    if model.input_spec().native_length:
         raise FastASTError(
             "ElasticAST checkpoints take clips of any length packed into rows, which ONNX "
             "cannot express: export a fixed-length AST"

@@ -8,19 +8,17 @@ from torch import nn
 from fastast_cli.data.dataset import ASTDataset
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.evaluate import input_stats
+from fastast_cli.evaluation.evaluate import input_spec_on
 from fastast_cli.export.onnx_export import PARITY_BATCH
-from fastast_cli.inference.clips import input_spec
 
 
 def dataset_features(model: nn.Module, manifest: Manifest, count: int = PARITY_BATCH
                      ) -> torch.Tensor:
     """Normalized fbank [count, frames, bins] of the first clips of the manifest's evaluation
     split, prepared for `model` as evaluation prepares them."""
-    spec = input_spec(model)
-    mean, std = input_stats(model, manifest, None)
+    spec = input_spec_on(model, manifest, None)
     dataset = ASTDataset(manifest.datafile(manifest.eval_split), manifest.labels_csv,
-                         target_length=spec.target_length, mean=mean, std=std,
+                         target_length=spec.target_length, mean=spec.mean, std=spec.std,
                          num_mel_bins=spec.num_mel_bins)
     if spec.num_mel_bins != manifest.num_mel_bins or len(dataset) == 0:
         raise FastASTError(f"{manifest.path} has no clips of the model's input shape to check "

@@ -11,24 +11,22 @@ from collections.abc import Callable
 from torch import nn
 
 from fastast_cli.errors import FastASTError
-from fastast_cli.models.ast import AST
-from fastast_cli.models.elastic import ElasticAST
 
 
-def _tome(model: AST | ElasticAST, r: int, schedule: str) -> None:
+def _tome(model: nn.Module, r: int, schedule: str) -> None:
     """Token Merging (Bolya et al. 2023, bipartite soft matching) in every block."""
     model.set_r(r, schedule, model.proportional_attention)
 
 
-METHODS: dict[str, Callable[[AST | ElasticAST, int, str], None]] = {"tome": _tome}
+METHODS: dict[str, Callable[[nn.Module, int, str], None]] = {"tome": _tome}
 
 
 def apply_reduction(model: nn.Module, method: str, r: int, schedule: str = "constant") -> None:
-    """Set `model` to reduce tokens with `method` at rate `r` (ASTs and ElasticASTs; r = 0
-    leaves any other model as it is)."""
+    """Set `model` to reduce tokens with `method` at rate `r` (models that merge tokens: ASTs
+    and ElasticASTs; r = 0 leaves any other model as it is)."""
     if method not in METHODS:
         raise FastASTError(f"unknown reduction method {method!r}: choose {', '.join(METHODS)}")
-    if not isinstance(model, AST | ElasticAST):
+    if not model.merges_tokens:
         if r:
             raise FastASTError("token reduction (--r) needs an AST checkpoint")
         return

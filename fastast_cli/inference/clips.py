@@ -9,12 +9,12 @@ one (`--window`) is padded to T for fixed-length models. A clip no longer than o
 one window, padded with zeros as AST's loader pads (ElasticAST: kept at its own length). Longer
 clips are read in windows every `hop` frames; see `fastast_cli.inference.stream.WindowPlan` for
 the last window. Files and streams are decoded block by block, so memory does not grow with
-their length (beyond the per-window scores kept as output).
+their length (beyond the per-window scores kept as output). The scores themselves (rows,
+aggregates, top-k) are in `fastast_cli.inference.scores`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,191 +33,64 @@ from fastast_cli.data.audio import (
     resample,
     to_mono,
 )
-from fastast_cli.data.elastic_features import fit_native_length
 from fastast_cli.data.features import (
     AST_NORM_STATS,
-    FRAME_SHIFT_MS,
-    NUM_MEL_BINS,
     SAMPLE_RATE,
+    LengthPolicy,
     as_channels_first,
-    fbank,
-    normalize,
-    pad_or_cut,
+    waveform_fbank,
 )
 from fastast_cli.errors import FastASTError
+from fastast_cli.inference.scores import (
+    AGGREGATES,
+    ClipFailure,
+    ClipScores,
+    PredictionRun,
+    WindowRow,
+    aggregate,
+    label_names,
+    num_classes_of,
+    score_kind,
+    timeline_rows,
+    to_scores,
+    top_k,
+)
 from fastast_cli.inference.stream import (
     FRAME_SHIFT,
+    FRAMES_PER_SECOND,
     Window,
     WindowCutter,
     WindowPlan,
     frames_in,
+    hop_frames,
     samples_for,
-    window_input,
+    window_features,
+    window_frames,
+    window_starts,
 )
-from fastast_cli.models.ast import AST
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.inputs import InputSpec, resolved_input
 from fastast_cli.models.tome import RSchedule
 from fastast_cli.progress import track
 
 PathLike = str | os.PathLike[str]
-AGGREGATES = ("mean", "max")
-DEFAULT_CNN_FRAMES = 1024
-FRAMES_PER_SECOND = 1000.0 / FRAME_SHIFT_MS
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How a model wants its input: window length, mel bins, normalization and where it came from.
-
-    stats_note: None when mean/std come from the checkpoint, else a sentence saying which
-        fallback was used (for the CLI to print).
-    native: clips shorter than a window keep their own length (ElasticAST) instead of being
-        padded to `target_length`.
-    """
-
-    target_length: int
-    num_mel_bins: int
-    mean: float
-    std: float
-    stats_note: str | None = None
-    native: bool = False
-
-
-@dataclass
-class ClipScores:
-    """One scored file.
-
-    scores: [C] aggregated over windows; window_scores: [W, C]; starts: first frame of each
-    window; rows: the timeline (one `WindowRow` per window, times in seconds).
-    """
-
-    path: str
-    duration_s: float
-    scores: torch.Tensor
-    window_scores: torch.Tensor
-    starts: list[int]
-    rows: list[WindowRow] = field(default_factory=list)
-
-    @property
-    def num_windows(self) -> int:
-        return len(self.starts)
-
-
-@dataclass
-class WindowRow:
-    """One scored window of a timeline: frames from `start`, seconds [start_s, end_s), scores [C].
-
-    end_s is start_s plus the window's length, except for the clip's last window, which ends at
-    the clip's end.
-    """
-
-    start: int
-    start_s: float
-    end_s: float
-    scores: torch.Tensor
-
-
-@dataclass
-class ClipFailure:
-    """A file that could not be scored, and why (one line, naming the file)."""
-
-    path: str
-    reason: str
-
-
-@dataclass
-class PredictionRun:
-    """Everything `predict_files` produced: scores in input order, and the files that failed."""
-
-    scored: list[ClipScores] = field(default_factory=list)
-    failed: list[ClipFailure] = field(default_factory=list)
-
-
-def score_kind(model: nn.Module) -> str:
-    """`softmax` for a model trained with cross-entropy (meta "loss" == "ce"), else `sigmoid`."""
-    meta = getattr(model, "meta", {}) or {}
-    return "softmax" if str(meta.get("loss", "")).lower() == "ce" else "sigmoid"
-
-
-def to_scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """Logits [..., C] → scores [..., C]: softmax over classes or independent sigmoids."""
-    if kind == "softmax":
-        return logits.softmax(dim=-1)
-    if kind == "sigmoid":
-        return logits.sigmoid()
-    raise ValueError(f"unknown score kind {kind!r}: use softmax or sigmoid")
-
-
-def label_names(model: nn.Module, num_classes: int) -> list[str]:
-    """The model's labels when it has one per class, else `class 0`, `class 1`, ..."""
-    labels = list(getattr(model, "labels", []) or [])
-    if len(labels) == num_classes:
-        return [str(name) for name in labels]
-    return [f"class {i}" for i in range(num_classes)]
-
-
-def num_classes_of(model: nn.Module) -> int:
-    """Classes the model predicts (its config's `num_classes`)."""
-    return int(model.config.num_classes)
+__all__ = [  # the predictor, and the scores and window sizes it works with (re-exported)
+    "AGGREGATES", "FRAMES_PER_SECOND", "ClipFailure", "ClipScores", "InputSpec", "PredictionRun",
+    "Predictor", "ScoreStream", "WindowRow", "aggregate", "clip_features", "hop_frames",
+    "input_spec", "label_names", "load_predictor", "num_classes_of", "predict_files",
+    "run_to_dict", "score_kind", "timeline_rows", "to_scores", "top_k", "window_frames",
+    "window_starts",
+]
 
 
 def input_spec(model: nn.Module) -> InputSpec:
-    """Window length, mel bins and normalization for `model`.
-
-    ASTs take their config's `target_length` × `num_mel_bins`; CNNs read `target_length` and
-    `num_mel_bins` from their checkpoint's meta (default 1024 × 128). Mean/std come from the
-    checkpoint's meta, else AST's AudioSet statistics (with a note saying so).
-    """
-    meta = getattr(model, "meta", {}) or {}
-    native = model.input_spec().native_length  # ElasticAST: any clip length
-    if isinstance(model, AST | ElasticAST):
-        length, bins = model.config.target_length, model.config.num_mel_bins
-    else:
-        length = int(meta.get("target_length") or DEFAULT_CNN_FRAMES)
-        bins = int(meta.get("num_mel_bins") or NUM_MEL_BINS)
-    if meta.get("mean") is not None and meta.get("std") is not None:
-        return InputSpec(length, bins, float(meta["mean"]), float(meta["std"]),
-                         meta.get("stats_note"), native)
+    """What `model` takes (`model.input_spec()`), normalized with its checkpoint's statistics,
+    else AST's AudioSet statistics (with a note saying so)."""
     mean, std = AST_NORM_STATS["audioset"]
-    note = (
-        f"the checkpoint stores no input mean/std: using AST's AudioSet statistics "
-        f"(mean {mean}, std {std})"
-    )
-    return InputSpec(length, bins, mean, std, note, native)
-
-
-def hop_frames(hop_s: float | None, window: int) -> int:
-    """Hop in fbank frames: `hop_s` seconds (10 ms frames, at least 1), or half a window."""
-    if hop_s is None:
-        return max(window // 2, 1)
-    if not math.isfinite(hop_s) or hop_s <= 0:
-        raise FastASTError(f"--hop must be a positive number of seconds, got {hop_s}")
-    return max(round(hop_s * FRAMES_PER_SECOND), 1)
-
-
-def window_frames(window_s: float | None, target_length: int) -> int:
-    """Window in fbank frames: `window_s` seconds (at most the model's `target_length` frames,
-    at least one 16-frame patch), or the model's whole input."""
-    if window_s is None:
-        return target_length
-    frames = round(window_s * FRAMES_PER_SECOND) if math.isfinite(window_s) else -1
-    if not 16 <= frames <= target_length:
-        raise FastASTError(
-            f"--window must lie between 0.16 s and the model's input, "
-            f"{target_length / FRAMES_PER_SECOND:g} s; got {window_s}"
-        )
-    return frames
-
-
-def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
-    """First frame of each window of a fixed-length model over a clip of `num_frames` frames.
-
-    [0] for a clip no longer than one window; else 0, hop, 2·hop, ... as long as the window fits,
-    plus a last window ending at the clip's end if the regular ones stop short of it.
-    E.g. 3·window frames at hop window/2 → 5 windows.
-    """
-    return [span.start for span in WindowPlan(window, hop).spans(num_frames)]
+    note = (f"the checkpoint stores no input mean/std: using AST's AudioSet statistics "
+            f"(mean {mean}, std {std})")
+    return resolved_input(model, (mean, std), note)
 
 
 def clip_features(
@@ -229,21 +102,10 @@ def clip_features(
     waveform: [samples], [channels, samples] or [samples, channels] at `sample_rate`; channels
     are averaged and the audio resampled to 16 kHz first.
     """
-    mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
-    features = fbank(mono, SAMPLE_RATE, spec.num_mel_bins)  # [frames, F]
-    if features.shape[0] < spec.target_length:
-        features = (fit_native_length(features) if spec.native
-                    else pad_or_cut(features, spec.target_length))
-    return normalize(features, spec.mean, spec.std)
-
-
-def aggregate(window_scores: torch.Tensor, how: str) -> torch.Tensor:
-    """Per-window scores [W, C] → clip scores [C] by `mean` or `max` over windows."""
-    if how == "mean":
-        return window_scores.mean(dim=0)
-    if how == "max":
-        return window_scores.amax(dim=0)
-    raise FastASTError(f"unknown aggregate {how!r}: use {' or '.join(AGGREGATES)}")
+    length = (LengthPolicy.native() if spec.native_length
+              else LengthPolicy.at_least(spec.target_length))
+    return waveform_fbank(waveform, sample_rate, length=length, num_mel_bins=spec.num_mel_bins,
+                          stats=spec.stats)
 
 
 @dataclass
@@ -274,7 +136,7 @@ class Predictor:
     @property
     def plan(self) -> WindowPlan:
         """Where the windows go (native-length models score the last partial one as it is)."""
-        return WindowPlan(self.window, self.hop, self.spec.native)
+        return WindowPlan(self.window, self.hop, self.spec.native_length)
 
     def score_inputs(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Window inputs [T_i, F] → scores [B, C] (float32, CPU), `batch_size` per pass, through
@@ -284,7 +146,7 @@ class Predictor:
         with torch.inference_mode():
             for first in range(0, len(inputs), self.batch_size):
                 chunk = [x.to(self.device) for x in inputs[first : first + self.batch_size]]
-                batch = chunk if self.spec.native else torch.stack(chunk)
+                batch = chunk if self.spec.native_length else torch.stack(chunk)
                 logits = (self.forward or self.model)(batch).float().cpu()
                 outputs.append(to_scores(logits, self.kind))
         return torch.cat(outputs)
@@ -302,9 +164,7 @@ class Predictor:
         inputs = []
         for span in spans:
             wave = mono[span.start * FRAME_SHIFT :][: samples_for(span.stop - span.start)]
-            raw = fbank(wave, SAMPLE_RATE, self.spec.num_mel_bins)[: span.stop - span.start]
-            inputs.append(window_input(raw, self.window, self.spec.target_length,
-                                       self.spec.native, self.spec.mean, self.spec.std))
+            inputs.append(window_features(wave, self.window, self.spec))
         scores = self.score_inputs(inputs)
         duration = samples / sample_rate
         rows = timeline_rows([span.start for span in spans], [span.stop for span in spans],
@@ -344,18 +204,6 @@ class Predictor:
                           [row.start for row in rows], rows)
 
 
-def timeline_rows(starts: Sequence[int], stops: Sequence[int], scores: torch.Tensor,
-                  duration_s: float) -> list[WindowRow]:
-    """Rows of windows at frames [start, stop) with scores [W, C]; the last ends at the clip's
-    end."""
-    rows = [WindowRow(start, start / FRAMES_PER_SECOND,
-                      min(stop / FRAMES_PER_SECOND, duration_s), row_scores)
-            for start, stop, row_scores in zip(starts, stops, scores, strict=True)]
-    if rows:
-        rows[-1].end_s = duration_s
-    return rows
-
-
 class ScoreStream:
     """Timeline rows of audio arriving in blocks, yielded as windows are scored.
 
@@ -368,9 +216,7 @@ class ScoreStream:
         self.predictor, self.blocks, self.sample_rate, self.eager = (
             predictor, blocks, sample_rate, eager)
         self.samples = 0
-        spec = predictor.spec
-        self.cutter = WindowCutter(predictor.plan, spec.num_mel_bins, spec.target_length,
-                                   spec.mean, spec.std)
+        self.cutter = WindowCutter(predictor.plan, predictor.spec)
 
     @property
     def duration_s(self) -> float:
@@ -466,15 +312,6 @@ def predict_files(
         if on_file is not None:
             on_file(outcome)
     return run
-
-
-def top_k(scores: torch.Tensor, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
-    """The `k` best classes of scores [C]: `{"index", "label", "score"}`, best first."""
-    values, indices = scores.topk(min(max(k, 1), scores.numel()))
-    return [
-        {"index": int(i), "label": labels[int(i)], "score": float(v)}
-        for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-    ]
 
 
 def run_to_dict(run: PredictionRun, predictor: Predictor, k: int, **header: Any) -> dict[str, Any]:

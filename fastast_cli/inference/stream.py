@@ -17,23 +17,25 @@ end and scored at its own length.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from fastast_cli.data.elastic_features import fit_native_length
 from fastast_cli.data.features import (
     FRAME_SHIFT_MS,
     SAMPLE_RATE,
-    fbank,
+    LengthPolicy,
     frame_length_samples,
-    normalize,
-    pad_or_cut,
+    waveform_fbank,
 )
+from fastast_cli.errors import FastASTError
+from fastast_cli.models.inputs import InputSpec
 
 FRAME_SHIFT = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160 samples between frames
 FRAME_LENGTH = frame_length_samples()  # 400 samples per frame
+FRAMES_PER_SECOND = 1000.0 / FRAME_SHIFT_MS
 
 
 def frames_in(num_samples: int) -> int:
@@ -108,13 +110,47 @@ class WindowPlan:
         return regular + self.closing(len(regular), num_frames)
 
 
-def window_input(raw: torch.Tensor, window: int, target_length: int, native: bool,
-                 mean: float, std: float) -> torch.Tensor:
-    """A window's raw fbank [frames ≤ window, F] → model input: padded with zeros to the model's
-    `target_length` (fixed models) or kept at its own length, at least one patch (native);
-    then normalized `(x - mean) / (2·std)`."""
-    fitted = fit_native_length(raw, window) if native else pad_or_cut(raw, target_length)
-    return normalize(fitted, mean, std)
+def hop_frames(hop_s: float | None, window: int) -> int:
+    """Hop in fbank frames: `hop_s` seconds (10 ms frames, at least 1), or half a window."""
+    if hop_s is None:
+        return max(window // 2, 1)
+    if not math.isfinite(hop_s) or hop_s <= 0:
+        raise FastASTError(f"--hop must be a positive number of seconds, got {hop_s}")
+    return max(round(hop_s * FRAMES_PER_SECOND), 1)
+
+
+def window_frames(window_s: float | None, target_length: int) -> int:
+    """Window in fbank frames: `window_s` seconds (at most the model's `target_length` frames,
+    at least one 16-frame patch), or the model's whole input."""
+    if window_s is None:
+        return target_length
+    frames = round(window_s * FRAMES_PER_SECOND) if math.isfinite(window_s) else -1
+    if not 16 <= frames <= target_length:
+        raise FastASTError(
+            f"--window must lie between 0.16 s and the model's input, "
+            f"{target_length / FRAMES_PER_SECOND:g} s; got {window_s}"
+        )
+    return frames
+
+
+def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
+    """First frame of each window of a fixed-length model over a clip of `num_frames` frames.
+
+    [0] for a clip no longer than one window; else 0, hop, 2·hop, ... as long as the window fits,
+    plus a last window ending at the clip's end if the regular ones stop short of it.
+    E.g. 3·window frames at hop window/2 → 5 windows.
+    """
+    return [span.start for span in WindowPlan(window, hop).spans(num_frames)]
+
+
+def window_features(wave: torch.Tensor, window: int, spec: InputSpec) -> torch.Tensor:
+    """A window's own 16-kHz samples (`samples_for(frames ≤ window)`) → model input: its fbank
+    [frames, F] padded with zeros to the model's `target_length` (fixed models) or kept at its
+    own length, at least one patch (native); normalized `(x - mean) / (2·std)` (spec.stats)."""
+    length = (LengthPolicy.native(window) if spec.native_length
+              else LengthPolicy.fixed(spec.target_length))
+    return waveform_fbank(wave, SAMPLE_RATE, length=length, num_mel_bins=spec.num_mel_bins,
+                          stats=spec.stats)
 
 
 @dataclass
@@ -132,11 +168,8 @@ class WindowCutter:
     window(s). Only the samples later windows may need are kept.
     """
 
-    def __init__(self, plan: WindowPlan, num_mel_bins: int, target_length: int,
-                 mean: float, std: float) -> None:
-        self.plan = plan
-        self.num_mel_bins, self.target_length = num_mel_bins, target_length
-        self.mean, self.std = mean, std
+    def __init__(self, plan: WindowPlan, spec: InputSpec) -> None:
+        self.plan, self.spec = plan, spec
         self.buffer = torch.zeros(0)  # samples from `buffer_start` on
         self.buffer_start = 0
         self.total = 0  # samples pushed so far
@@ -161,9 +194,7 @@ class WindowCutter:
     def _window(self, span: Span) -> Window:
         first = span.start * FRAME_SHIFT - self.buffer_start
         wave = self.buffer[first : first + samples_for(span.stop - span.start)]
-        raw = fbank(wave, SAMPLE_RATE, self.num_mel_bins)[: span.stop - span.start]
-        return Window(span, window_input(raw, self.plan.window, self.target_length,
-                                         self.plan.native, self.mean, self.std))
+        return Window(span, window_features(wave, self.plan.window, self.spec))
 
     def _trim(self) -> None:
         """Drop samples before both the next regular window and the last `window` frames."""

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import torch
 
 from fastast_cli.errors import FastASTError
-from fastast_cli.inference.clips import WindowRow, top_k
+from fastast_cli.inference.scores import WindowRow, top_k
 
 TIMELINE_CLASSES = ("all", "top")
 

@@ -3,12 +3,19 @@
 Every classifier answers `model.input_spec()` with an `InputSpec`: data loading, training,
 evaluation, the sweep, predict and visualize read it to decide how long the fbank of a clip is,
 how many mel bins it has, whether clips keep their own length, and which statistics normalize it.
+`resolved_input` is the one place where missing statistics are filled in from a fallback (the
+dataset's for evaluation, AudioSet's for predicting on loose files).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
+
+from torch import nn
+
+from fastast_cli.data.features import FRAME_SHIFT_MS, LengthPolicy
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,10 @@ class InputSpec:
     native_length: True when the model takes a list of clips [T_i, F] of any length up to
         `target_length`, never padded (ElasticAST); False for a tensor [B, target_length, F].
     mean, std: normalization statistics stored with the model; None when it stores none.
+    frame_shift_ms: time resolution, ms between frames (AST's 10 ms; ElasticAST also reads
+        10 ms × q when asked for resolution q).
+    stats_note: None when mean/std are the model's own (or it says nothing about them), else a
+        sentence saying where they came from (for the CLI to print).
     """
 
     target_length: int
@@ -28,6 +39,28 @@ class InputSpec:
     native_length: bool = False
     mean: float | None = None
     std: float | None = None
+    frame_shift_ms: float = FRAME_SHIFT_MS
+    stats_note: str | None = None
+
+    @property
+    def stats(self) -> tuple[float, float]:
+        """(mean, std); raises ValueError when the spec has none (see `resolved_input`)."""
+        if self.mean is None or self.std is None:
+            raise ValueError("this input spec has no normalization statistics")
+        return self.mean, self.std
+
+    def length_policy(self) -> LengthPolicy:
+        """How a clip's fbank is fitted for this model: padded/cut to `target_length` frames
+        (fixed), or kept at its own length, one patch to `target_length` frames (native)."""
+        if self.native_length:
+            return LengthPolicy.native(self.target_length)
+        return LengthPolicy.fixed(self.target_length)
+
+    def teacher_frames(self) -> int | None:
+        """How this model, as a distillation teacher, receives a student's clip: a fixed spec
+        gets the clip's q = 1 view padded or cut to `target_length` frames; a native-length
+        teacher (None) reads the student's own clip."""
+        return None if self.native_length else self.target_length
 
 
 def stored_stats(meta: dict[str, Any] | None) -> tuple[float | None, float | None]:
@@ -36,3 +69,18 @@ def stored_stats(meta: dict[str, Any] | None) -> tuple[float | None, float | Non
     if meta.get("mean") is None or meta.get("std") is None:
         return None, None
     return float(meta["mean"]), float(meta["std"])
+
+
+Stats = tuple[float, float]
+
+
+def resolved_input(model: nn.Module, fallback: Stats | Callable[[], Stats],
+                   note: str | None = None) -> InputSpec:
+    """`model.input_spec()` with mean and std always set: the model's own (with the note its
+    checkpoint keeps about them, if any), else `fallback` (mean, std) with `note`. A callable
+    fallback is only called when the model stores no statistics."""
+    spec = model.input_spec()
+    if spec.mean is not None and spec.std is not None:
+        return replace(spec, stats_note=(getattr(model, "meta", None) or {}).get("stats_note"))
+    mean, std = fallback() if callable(fallback) else fallback
+    return replace(spec, mean=float(mean), std=float(std), stats_note=note)

@@ -22,7 +22,8 @@ from torch import nn
 
 from fastast_cli.data.audio import read_audio
 from fastast_cli.errors import FastASTError
-from fastast_cli.inference.clips import FRAMES_PER_SECOND, clip_features, input_spec
+from fastast_cli.inference.clips import clip_features, input_spec
+from fastast_cli.inference.stream import FRAMES_PER_SECOND
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, ASTConfig
 from fastast_cli.reports.plots import draw_token_counts, new_figure, save_figure
 
@@ -57,7 +58,7 @@ class MergeView:
 def require_ast(model: nn.Module, checkpoint: PathLike) -> AST:
     """The model as a fixed-length AST; anything else (a CNN, PaSST, an ElasticAST) is a user
     error."""
-    if not isinstance(model, AST):
+    if model.architecture != "ast":
         kind = getattr(getattr(model, "config", None), "backbone", type(model).__name__)
         raise FastASTError(
             f"{checkpoint} is a {kind}; merge views need a fixed-length AST checkpoint"

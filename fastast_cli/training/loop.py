@@ -143,7 +143,7 @@ class Trainer:
         q = 1 view of each clip (same audio, same masks), padded or cut as AST does."""
         return (self.config.elastic and self.teacher is not None
                 and self.config.teacher_logits == "online"
-                and not self.teacher.input_spec().native_length)
+                and self.teacher.input_spec().teacher_frames() is not None)
 
     def _network(self) -> nn.Module:
         """What training steps run: the model, wrapped for DDP and, with `compile`, compiled

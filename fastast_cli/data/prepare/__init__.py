@@ -1,11 +1,11 @@
 """`fastast prepare` engines, one module per dataset; each returns a PrepareReport."""
 
 from fastast_cli.data.prepare.audioset import prepare_audioset
-from fastast_cli.data.prepare.common import PrepareReport
 from fastast_cli.data.prepare.demo import generate_demo, prepare_demo
 from fastast_cli.data.prepare.esc50 import prepare_esc50
 from fastast_cli.data.prepare.folder import prepare_folder
 from fastast_cli.data.prepare.speechcommands import SPEECHCOMMANDS_LABELS, prepare_speechcommands
+from fastast_cli.data.prepare.workspace import PrepareReport
 
 __all__ = [
     "SPEECHCOMMANDS_LABELS",

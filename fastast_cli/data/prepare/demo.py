@@ -19,8 +19,8 @@ import numpy as np
 from fastast_cli.atomic import write_text
 from fastast_cli.data.audio import write_wav
 from fastast_cli.data.features import SAMPLE_RATE
-from fastast_cli.data.prepare.common import PrepareReport, Workspace
 from fastast_cli.data.prepare.esc50 import prepare_fold_layout
+from fastast_cli.data.prepare.workspace import PrepareReport, Workspace
 from fastast_cli.progress import track
 
 DEMO_VERSION = 1

@@ -15,18 +15,10 @@ import csv
 from pathlib import Path
 
 from fastast_cli.data.manifest import Fold
-from fastast_cli.data.prepare.common import (
-    Clip,
-    PrepareReport,
-    Workspace,
-    converted_name,
-    finish,
-    process_clips,
-    sum_stats,
-    write_labels,
-    write_split,
-)
+from fastast_cli.data.prepare.conversion import Clip, converted_name, process_clips, sum_stats
+from fastast_cli.data.prepare.outputs import finish, write_labels, write_split
 from fastast_cli.data.prepare.sources import resolve_source
+from fastast_cli.data.prepare.workspace import PrepareReport, Workspace
 from fastast_cli.data.safepath import resolve_under, stays_under
 from fastast_cli.errors import FastASTError
 

@@ -23,18 +23,9 @@ import soundfile as sf
 
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
 from fastast_cli.data.features import SAMPLE_RATE, num_frames
-from fastast_cli.data.prepare.common import (
-    Clip,
-    PrepareReport,
-    Workspace,
-    converted_name,
-    finish,
-    process_clips,
-    sum_stats,
-    write_labels,
-    write_split,
-    written_by_prepare,
-)
+from fastast_cli.data.prepare.conversion import Clip, converted_name, process_clips, sum_stats
+from fastast_cli.data.prepare.outputs import finish, write_labels, write_split
+from fastast_cli.data.prepare.workspace import PrepareReport, Workspace, written_by_prepare
 from fastast_cli.data.safepath import stays_under
 from fastast_cli.errors import FastASTError
 

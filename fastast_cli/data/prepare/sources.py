@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastast_cli.data.archives import archive_stem, extract_archive, is_archive
 from fastast_cli.data.download import download, parse_checksum, verify_file
-from fastast_cli.data.prepare.common import Workspace
+from fastast_cli.data.prepare.workspace import Workspace
 from fastast_cli.errors import FastASTError
 
 

@@ -17,23 +17,18 @@ from fastast_cli.data.elastic_features import (
     shift_for_resolution,
 )
 from fastast_cli.data.features import fbank, num_frames
-from fastast_cli.models.ast import TokenState
 from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
-from fastast_cli.models.elastic import (
-    ElasticAST,
-    build_elastic,
+from fastast_cli.models.elastic import ElasticAST, build_elastic
+from fastast_cli.models.packing import Layout, block_diagonal_bias, first_fit_decreasing
+from fastast_cli.models.pos_embed import (
     factorize_grid,
+    join_pos_embed,
     resample_table,
+    split_pos_embed,
 )
-from fastast_cli.models.packing import (
-    Layout,
-    PackedState,
-    block_diagonal_bias,
-    first_fit_decreasing,
-    packed_bipartite_matching,
-)
-from fastast_cli.models.pos_embed import join_pos_embed, split_pos_embed
-from fastast_cli.models.tome import bipartite_soft_matching, max_merge, tokens_per_block
+from fastast_cli.models.reduction.schedule import max_merge, tokens_per_block
+from fastast_cli.models.reduction.tome import bipartite_soft_matching, packed_bipartite_matching
+from fastast_cli.models.token_state import PackedState, TokenState
 
 # Frames of the test clips: 50, 130, 18, 162, 10 and 34 tokens (CLS + DIST + 8 × frames // 16).
 FRAMES = (100, 256, 37, 320, 16, 70)

@@ -26,8 +26,8 @@ from fastast_cli.models.checkpoints import (
     to_hf_state_dict,
 )
 from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.reduction.tome import bipartite_soft_matching
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
-from fastast_cli.models.tome import bipartite_soft_matching
 
 ort = pytest.importorskip("onnxruntime")
 LABELS = ["dog", "rain", "siren", "speech"]

@@ -8,13 +8,11 @@ import pytest
 import torch
 
 from fastast_cli import build_model
-from fastast_cli.models.ast import TokenState
-from fastast_cli.models.tome import (
-    bipartite_soft_matching,
-    max_merge,
-    resolve_schedule,
-    tokens_per_block,
-)
+from fastast_cli.models.elastic import build_elastic
+from fastast_cli.models.reduction.base import ReductionStep
+from fastast_cli.models.reduction.schedule import max_merge, resolve_schedule, tokens_per_block
+from fastast_cli.models.reduction.tome import ToMe, bipartite_soft_matching
+from fastast_cli.models.token_state import TokenState
 
 
 def tiny(frames: int = 128, **kwargs) -> torch.nn.Module:
@@ -214,3 +212,51 @@ def test_unmerged_tokens_keep_their_position_order_for_any_keys():
         assert torch.all(unmerged_a[:, 1:] > unmerged_a[:, :-1]), r
         assert torch.all(unmerged_a % 2 == 0)  # A tokens only
 
+
+
+class RecordingToMe(ToMe):
+    """A reduction method plugged in from outside: ToMe, recording what each block showed it."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, bool, tuple[int, ...], list[int]]] = []
+
+    def match(self, step: ReductionStep):
+        self.seen.append((step.block, step.depth, step.is_packed, tuple(step.query.shape),
+                          list(step.r)))
+        assert step.query.shape == step.key.shape  # per head: [R, H, L, hd]
+        return super().match(step)
+
+
+def test_a_method_plugs_into_both_layouts_through_one_interface():
+    torch.manual_seed(0)
+    fixed = build_model("tiny", 4, target_length=48, depth=3).eval().set_r(6)
+    elastic = build_elastic("tiny", 4, target_length=128, depth=3, max_tokens=60).eval().set_r(5)
+    fbank, clips = torch.randn(2, 48, 128), [torch.randn(t, 128) for t in (48, 16, 32)]
+    with torch.no_grad():
+        expected = fixed(fbank), elastic(clips)
+        fixed.reduction, elastic.reduction = RecordingToMe(), RecordingToMe()
+        torch.testing.assert_close(fixed(fbank), expected[0], atol=0, rtol=0)
+        torch.testing.assert_close(elastic(clips), expected[1], atol=0, rtol=0)
+    # fixed: 2 + 12·4 = 50 tokens → 44 → 38 → 32; every row loses the same r
+    assert fixed.reduction.seen == [(0, 3, False, (2, 3, 50, 64), [6]),
+                                    (1, 3, False, (2, 3, 44, 64), [6]),
+                                    (2, 3, False, (2, 3, 38, 64), [6])]
+    # packed: clips of 26, 10 and 18 tokens; the 10-token clip is capped at half its 8 patches
+    blocks = [(block, depth, packed) for block, depth, packed, _, _ in elastic.reduction.seen]
+    assert blocks == [(0, 3, True), (1, 3, True), (2, 3, True)]
+    assert [r for *_, r in elastic.reduction.seen] == [[5, 4, 5], [5, 2, 5], [5, 1, 3]]
+
+
+def test_one_cap_decides_what_a_packed_plan_may_merge():
+    # A plan asking more than a clip can give is capped in the block, as the fixed AST caps it.
+    torch.manual_seed(0)
+    model = build_elastic("tiny", 4, target_length=128, depth=2).eval()
+    clips = [torch.randn(48, 128), torch.randn(16, 128)]  # 26 and 10 tokens
+    layout = model.pack(clips)
+    with torch.no_grad():
+        tokens, after = model.forward_blocks(model.embed(clips), layout, [[50, 50], [50, 50]])
+    capped = [tokens_per_block(count, [50, 50], 2)[-1] for count in (26, 10)]
+    assert list(after.counts) == capped == [8, 4]
+    assert tokens.shape[0] == 12

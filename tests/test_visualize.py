@@ -15,8 +15,8 @@ from fastast_cli import build_model
 from fastast_cli.cli import app
 from fastast_cli.models.ast import NUM_PREFIX_TOKENS
 from fastast_cli.models.checkpoints import save_checkpoint
+from fastast_cli.models.reduction.schedule import resolve_schedule, tokens_per_block
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
-from fastast_cli.models.tome import resolve_schedule, tokens_per_block
 from fastast_cli.reports.merge_view import (
     boundary_segments,
     cell_edges,

@@ -56,7 +56,7 @@ def user_errors(func: F) -> F:
 def merging_note(model: Any, r: Any = None, schedule: str | None = None) -> str | None:
     """`capped_merging_note` for a fixed AST (None for other models and r = 0); `r` and
     `schedule` default to the model's own merging settings (`model.merge_settings`)."""
-    from fastast_cli.models.tome import capped_merging_note
+    from fastast_cli.models.reduction.schedule import capped_merging_note
 
     if getattr(model, "architecture", None) != "ast":
         return None

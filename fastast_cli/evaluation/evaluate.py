@@ -24,7 +24,7 @@ from fastast_cli.export.backends import Forward, make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
 from fastast_cli.models.merging import MergeSettings
-from fastast_cli.models.tome import capped_merging_note
+from fastast_cli.models.reduction.schedule import capped_merging_note
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
 
 PathLike = str | os.PathLike[str]

@@ -20,7 +20,7 @@ from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchro
 from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.export.backends import make_forward
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
-from fastast_cli.models.tome import resolve_schedule, tokens_per_block
+from fastast_cli.models.reduction.schedule import resolve_schedule, tokens_per_block
 
 # Timing batches tried on an accelerator, largest first (ToMe's benchmarks use 64–256); CPU runs
 # keep a small batch so that a sweep finishes in minutes.

@@ -70,7 +70,7 @@ from fastast_cli.inference.stream import (
 )
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
-from fastast_cli.models.tome import RSchedule
+from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.progress import track
 
 PathLike = str | os.PathLike[str]

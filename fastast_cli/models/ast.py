@@ -13,22 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fastast_cli.models.backbone import TokenClassifier
 from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.records import ConfigRecord
-from fastast_cli.models.tome import (
-    Matching,
-    RSchedule,
-    bipartite_soft_matching,
-    max_merge,
-    merge_tokens,
-    resolve_schedule,
-)
-
-# CLS and DIST lead the sequence and are never merged.
-NUM_PREFIX_TOKENS = 2
+from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, RSchedule, resolve_schedule
+from fastast_cli.models.token_state import TokenState
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 192, "num_heads": 3},
@@ -83,33 +74,6 @@ class ASTConfig(ConfigRecord):
         return f_dim * t_dim
 
 
-@dataclass
-class TokenState:
-    """What token merging carries from block to block alongside the tokens.
-
-    sizes: [B, N, 1] original patches per token (None until the first merge: all ones).
-    source: [B, N, N0] 0/1 map from tokens to the original tokens they cover (only if tracked).
-    """
-
-    sizes: torch.Tensor | None = None
-    source: torch.Tensor | None = None
-
-    def attention_bias(self, dtype: torch.dtype, enabled: bool) -> torch.Tensor | None:
-        """Proportional attention: log(size) per key as an additive SDPA mask [B, 1, 1, N]."""
-        if not enabled or self.sizes is None:
-            return None
-        return self.sizes.log().to(dtype)[:, None, None, :, 0]
-
-    def merge(self, matching: Matching, tokens: torch.Tensor) -> torch.Tensor:
-        """Merge `tokens` [B, N, D] → [B, N - r, D] and update sizes and sources to match."""
-        if self.sizes is None:
-            self.sizes = tokens.new_ones(tokens.shape[0], tokens.shape[1], 1)
-        tokens, self.sizes = merge_tokens(matching, tokens, self.sizes)
-        if self.source is not None:
-            self.source = matching.merge(self.source, reduce="amax")
-        return tokens
-
-
 class PatchEmbed(nn.Module):
     """Overlapping 16×16 patches of a 1-channel spectrogram: [B, T, F] → [B, f·t, D]."""
 
@@ -128,72 +92,13 @@ class PatchEmbed(nn.Module):
         return patches.flatten(2).transpose(1, 2)  # [B, f·t, D], frequency-major
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through fused SDPA; also returns the keys averaged over heads."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(
-        self, tokens: torch.Tensor, bias: torch.Tensor | None = None, keys: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """tokens [B, N, D] → (output [B, N, D], keys averaged over heads [B, N, hd] or None)."""
-        batch, length, dim = tokens.shape
-        qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, hd]
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(batch, length, dim)
-        return self.proj(out), key.mean(dim=1) if keys else None
-
-
-class Mlp(nn.Module):
-    """Two-layer GELU MLP of a transformer block."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(tokens)))
-
-
-class Block(nn.Module):
-    """Pre-norm ViT block with ToMe between the attention and the MLP branch (FastAST Fig. 1)."""
-
-    def __init__(self, config: ASTConfig) -> None:
-        super().__init__()
-        dim, eps = config.embed_dim, config.layer_norm_eps
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, config.num_heads, config.qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, round(dim * config.mlp_ratio))
-
-    def forward(
-        self, tokens: torch.Tensor, state: TokenState, r: int, proportional: bool
-    ) -> torch.Tensor:
-        bias = state.attention_bias(tokens.dtype, proportional)
-        r = min(r, max_merge(tokens.shape[1], NUM_PREFIX_TOKENS))
-        attended, keys = self.attn(self.norm1(tokens), bias, keys=r > 0)
-        tokens = tokens + attended
-        if keys is not None:
-            matching = bipartite_soft_matching(keys, r, NUM_PREFIX_TOKENS)
-            tokens = state.merge(matching, tokens)  # [B, N - r, D]
-        return tokens + self.mlp(self.norm2(tokens))
-
-
-class AST(nn.Module):
+class AST(TokenClassifier):
     """AST classifier with token merging; `model(fbank)` → logits [B, num_classes].
 
     Merging is set with `set_r` (0 by default: the plain AST) and can change at any time.
     """
 
     architecture = "ast"  # the checkpoint tag (see models.checkpoints.save_checkpoint)
-    merges_tokens = True  # has `set_r`
 
     def __init__(self, config: ASTConfig) -> None:
         super().__init__()
@@ -203,27 +108,10 @@ class AST(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + NUM_PREFIX_TOKENS, dim))
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
-        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp_head = nn.Sequential(
-            nn.LayerNorm(dim, eps=config.head_eps), nn.Linear(dim, config.num_classes)
-        )
-        self.r_schedule = [0] * config.depth
-        self.proportional_attention = True
+        self._build_trunk(config)
         self.track_source = False
         self.last_state: TokenState | None = None  # kept in eval mode only
-        self.meta: dict[str, Any] = {}  # normalization stats etc., filled by the loaders
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.dist_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        self._init_weights([self.cls_token, self.dist_token, self.pos_embed])
 
     def set_r(
         self, r: RSchedule, schedule: str = "constant", proportional_attention: bool = True
@@ -236,10 +124,6 @@ class AST(nn.Module):
         self.r_schedule = resolve_schedule(r, self.config.depth, schedule)
         self.proportional_attention = proportional_attention
         return self
-
-    @property
-    def labels(self) -> list[str]:
-        return self.config.labels
 
     def input_spec(self) -> InputSpec:
         """Fixed-length fbanks [B, target_length, num_mel_bins], with the stored stats."""
@@ -272,10 +156,7 @@ class AST(nn.Module):
         if self.track_source:
             eye = torch.eye(tokens.shape[1], device=tokens.device, dtype=tokens.dtype)
             state.source = eye.expand(tokens.shape[0], -1, -1)
-        for block, r in zip(self.blocks, self.r_schedule, strict=True):
-            tokens = block(tokens, state, r, self.proportional_attention)
-        self.last_state = None if self.training else state
-        return tokens
+        return self.run_blocks(tokens, state, self.r_schedule)
 
     def forward_features(self, fbank: torch.Tensor) -> torch.Tensor:
         """fbank [B, T, F] → pooled representation [B, D] (mean of CLS and DIST)."""

@@ -40,7 +40,7 @@ from fastast_cli.data.features import AST_NORM_STATS
 from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, SIZES, ASTConfig
 from fastast_cli.models.pos_embed import resample_pos_embed, square_grid
-from fastast_cli.models.tome import RSchedule
+from fastast_cli.models.reduction.schedule import RSchedule
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from fastast_cli.models.checkpoints import (
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig, load_passt_weights
+from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.models.teachers import (
     BACKBONES,
     CNNClassifier,
     CNNConfig,
     imagenet_to_one_channel,
 )
-from fastast_cli.models.tome import RSchedule
 
 PathLike = str | os.PathLike[str]
 ARCHITECTURES = ("ast", *BACKBONES, "passt")

@@ -48,20 +48,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, ASTConfig, Attention, Block
+from fastast_cli.models.ast import AST, ASTConfig
+from fastast_cli.models.backbone import TokenClassifier
 from fastast_cli.models.inputs import InputSpec, stored_stats
-from fastast_cli.models.packing import (
-    Layout,
-    PackedState,
-    packed_bipartite_matching,
+from fastast_cli.models.packing import Layout
+from fastast_cli.models.pos_embed import factorize_grid, resample_table, split_pos_embed
+from fastast_cli.models.reduction.schedule import (
+    NUM_PREFIX_TOKENS,
+    RSchedule,
+    resolve_schedule,
+    tokens_per_block,
 )
-from fastast_cli.models.pos_embed import (
-    FREQUENCY_AXIS,
-    TIME_AXIS,
-    resize_axis,
-    split_pos_embed,
-)
-from fastast_cli.models.tome import RSchedule, resolve_schedule, tokens_per_block
+from fastast_cli.models.token_state import PackedState
 
 # Parameters an AST checkpoint does not hold in this form.
 POSITION_TABLES = ("prefix_pos_embed", "freq_pos_embed", "time_pos_embed")
@@ -126,71 +124,7 @@ class PatchEmbed(nn.Module):
         return F.linear(pixels, self.proj.weight.flatten(1), self.proj.bias)
 
 
-def packed_attention(
-    attn: Attention, tokens: torch.Tensor, layout: Layout, bias: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """AST attention on packed clips: flat [N, D] → ([N, D], keys averaged over heads [N, hd]).
-
-    The qkv projection runs on the flat tokens; only SDPA sees the rows [R, L, ·].
-    """
-    dim = tokens.shape[-1]
-    heads = attn.num_heads
-    qkv = layout.to_rows(attn.qkv(tokens))  # [R, L, 3D]
-    rows, length = qkv.shape[:2]
-    qkv = qkv.reshape(rows, length, 3, heads, dim // heads)
-    query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [R, H, L, hd]
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-    out = layout.from_rows(out.transpose(1, 2).reshape(rows, length, dim))  # [N, D]
-    return attn.proj(out), layout.from_rows(key.mean(dim=1))
-
-
-class PackedBlock(Block):
-    """`ast.Block` (same parameters) on packed clips: attention → ToMe per clip → MLP."""
-
-    def forward(  # type: ignore[override]
-        self, tokens: torch.Tensor, state: PackedState, r: Sequence[int], proportional: bool
-    ) -> torch.Tensor:
-        bias = state.attention_bias(tokens.dtype, proportional)
-        attended, keys = packed_attention(self.attn, self.norm1(tokens), state.layout, bias)
-        tokens = tokens + attended
-        if any(r):
-            matching = packed_bipartite_matching(keys, state.layout, r, NUM_PREFIX_TOKENS)
-            tokens = state.merge(matching, tokens)  # [N - Σ r, D]
-        return tokens + self.mlp(self.norm2(tokens))
-
-
-def factorize_grid(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best additive fit of a positional grid [1, D, f, t]: freq [f, D] + time [t, D].
-
-    freq = mean over time; time = mean over frequency minus the grand mean, so that
-    freq[i] + time[j] reproduces any grid of the form a[i] + b[j] exactly.
-    """
-    freq = grid.mean(dim=TIME_AXIS)[0].T  # [f, D]
-    time = (grid.mean(dim=FREQUENCY_AXIS) - grid.mean(dim=(2, 3))[..., None])[0].T  # [t, D]
-    return freq, time
-
-
-def resample_table(table: torch.Tensor, size: int, step: float | None) -> torch.Tensor:
-    """Table [n, D] → [size, D].
-
-    step: source positions per target position (the target stride over the source stride,
-        e.g. 16/10 from a 10/10 AST grid): linear interpolation at each target patch's position,
-        the last source value repeated beyond the source's end.
-        None (no physical meaning, an ImageNet grid): AST's rule, the center cut when smaller,
-        bilinear stretching when larger.
-    """
-    if step is None:
-        column = table.T[None, :, :, None]  # [1, D, n, 1]
-        return resize_axis(column, size, FREQUENCY_AXIS)[0, :, :, 0].T
-    position = torch.arange(size, dtype=torch.float32, device=table.device) * step
-    position = position.clamp(max=table.shape[0] - 1)
-    low = position.floor().long()
-    high = (low + 1).clamp(max=table.shape[0] - 1)
-    weight = (position - low).to(table.dtype)[:, None]
-    return table[low] * (1 - weight) + table[high] * weight
-
-
-class ElasticAST(nn.Module):
+class ElasticAST(TokenClassifier):
     """Variable-length AST on packed clips; `model(clips)` → logits [num_clips, num_classes].
 
     clips: a sequence of normalized fbanks [T_i, F] (any T_i ≥ 16 up to `config.target_length`).
@@ -199,7 +133,6 @@ class ElasticAST(nn.Module):
     """
 
     architecture = "elastic"  # the checkpoint tag (see models.checkpoints.save_checkpoint)
-    merges_tokens = True  # has `set_r`
 
     def __init__(self, config: ElasticConfig) -> None:
         super().__init__()
@@ -212,36 +145,14 @@ class ElasticAST(nn.Module):
         self.prefix_pos_embed = nn.Parameter(torch.zeros(1, NUM_PREFIX_TOKENS, dim))
         self.freq_pos_embed = nn.Parameter(torch.zeros(1, f_dim, dim))
         self.time_pos_embed = nn.Parameter(torch.zeros(1, t_dim, dim))
-        self.blocks = nn.ModuleList(PackedBlock(config) for _ in range(config.depth))
-        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp_head = nn.Sequential(
-            nn.LayerNorm(dim, eps=config.head_eps), nn.Linear(dim, config.num_classes)
-        )
+        self._build_trunk(config)
         self.max_tokens = config.max_tokens
-        self.r_schedule = [0] * config.depth
         self.r_fraction: float | None = None
         self.schedule = "constant"
-        self.proportional_attention = True
         self.token_dropout = 0.0  # share of patch tokens dropped in training (ElasticAST: 0.1)
         self.last_state: PackedState | None = None  # kept in eval mode only
-        self.meta: dict[str, Any] = {}
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for parameter in (self.cls_token, self.dist_token, *self._position_tables()):
-            nn.init.trunc_normal_(parameter, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-    def _position_tables(self) -> list[nn.Parameter]:
-        return [getattr(self, name) for name in POSITION_TABLES]
-
-    @property
-    def labels(self) -> list[str]:
-        return self.config.labels
+        positions = [getattr(self, name) for name in POSITION_TABLES]
+        self._init_weights([self.cls_token, self.dist_token, *positions])
 
     def input_spec(self) -> InputSpec:
         """Clips [T_i, num_mel_bins] of any length up to `target_length` frames, never padded."""
@@ -356,10 +267,8 @@ class ElasticAST(nn.Module):
         """
         state = PackedState(layout)
         plan = self.merge_plan(layout.counts) if plan is None else plan
-        for block, r in zip(self.blocks, plan, strict=True):
-            tokens = block(tokens, state, r, self.proportional_attention)
+        tokens = self.run_blocks(tokens, state, plan)
         state.layout.forget_mask()  # the [R, 1, L, L] mask is not needed past the last block
-        self.last_state = None if self.training else state
         return tokens, state.layout
 
     def pool(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from fastast_cli.models.tome import RSchedule
+from fastast_cli.models.reduction.schedule import RSchedule
 
 META_KEY = "merging"
 METHOD = "tome"

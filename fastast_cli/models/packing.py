@@ -1,4 +1,4 @@
-"""Sequence packing for variable-length clips, and token merging that stays inside each clip.
+"""Sequence packing for variable-length clips: where each clip's tokens sit in attention rows.
 
 Representation. The tokens of all clips of a batch live back to back in one flat tensor
 `[N, D]` (clip 0's tokens, then clip 1's, ...; each clip `[CLS, DIST, patches...]`). Every
@@ -13,14 +13,9 @@ have the same segment. Padding slots thus attend only to padding (no all-masked 
 and are never attended by a real token, so padding never influences a result. Proportional
 attention adds log(size) of each key on top of the same mask.
 
-Token merging in packed rows (`packed_bipartite_matching`) does for every clip exactly what
-`tome.bipartite_soft_matching` does for that clip alone: the clip's mergeable tokens (all but
-its CLS and DIST) alternate between set A and set B by their position inside the clip; each A
-token finds its most similar B token *of the same clip*; the clip's own r_i best edges are
-merged; the clip becomes `[CLS, DIST, unmerged A in position order, B]`. Each clip may have its
-own r_i, so the flat tensor shrinks by a different amount per clip and the rows are re-laid out
-after every merge (`Layout.resized`); a merge never crosses clips and padding is never a
-candidate, because A and B are taken from the flat tokens, which hold no padding.
+Token merging inside packed rows lives with the reduction methods
+(`fastast_cli.models.reduction.tome.packed_bipartite_matching`); the token state
+(`fastast_cli.models.token_state.PackedState`) carries the layout from block to block.
 """
 
 from __future__ import annotations
@@ -30,8 +25,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-
-from fastast_cli.models.tome import max_merge, merge_tokens
 
 
 def first_fit_decreasing(counts: Sequence[int], max_tokens: int) -> list[int]:
@@ -211,170 +204,3 @@ def block_diagonal_bias(
         return None if key_bias is None else key_bias[:, None, None, :]
     blocked = layout.attention_mask.to(dtype)
     return blocked if key_bias is None else blocked + key_bias[:, None, None, :]
-
-
-@dataclass
-class PackedMatching:
-    """Bipartite matching of every clip in a packed batch; applies to any flat per-token tensor.
-
-    kept: [N'] the token that stays in each slot of the merged batch (laid out by `layout`:
-    every clip `[CLS, DIST, unmerged A, B]`); merged: [M] the A tokens that go; into: [M] the
-    slot of the B partner each of them joins. Duck-types `tome.Matching`, so `tome.merge_tokens`
-    merges packed tokens as it merges batched ones.
-    """
-
-    kept: torch.Tensor
-    merged: torch.Tensor
-    into: torch.Tensor
-    layout: Layout
-
-    @classmethod
-    def from_destination(
-        cls, destination: torch.Tensor, merged: torch.Tensor, layout: Layout
-    ) -> PackedMatching:
-        """From the new slot of every token [N] and which tokens merge into another [N]."""
-        token = torch.arange(len(destination), device=destination.device)
-        kept = torch.empty(layout.num_tokens, dtype=torch.long, device=destination.device)
-        kept[destination[~merged]] = token[~merged]
-        return cls(kept, token[merged], destination[merged], layout)
-
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Apply the matching to flat `values` [N, C] → [N', C], combining with `reduce`."""
-        stay = values.index_select(0, self.kept)
-        go = values.index_select(0, self.merged)
-        if reduce == "sum":
-            return stay.index_add(0, self.into, go)
-        return stay.scatter_reduce(0, self.into[:, None].expand_as(go), go, reduce=reduce)
-
-
-@dataclass
-class Bipartition:
-    """The A and B sets of every clip: which flat tokens, and how they pack into rows.
-
-    A token of clip c at mergeable position m (position - protected) is in A when m is even and
-    in B when m is odd; `a_index`/`b_index` [Na]/[Nb] list them in flat order (clip by clip,
-    each in position order), and `a_layout`/`b_layout` pack the sets into the clips' rows.
-    """
-
-    a_index: torch.Tensor
-    b_index: torch.Tensor
-    a_layout: Layout
-    b_layout: Layout
-
-    @classmethod
-    def of(cls, layout: Layout, protected: int) -> Bipartition:
-        a_counts = [(max(n - protected, 0) + 1) // 2 for n in layout.counts]
-        b_counts = [max(n - protected, 0) // 2 for n in layout.counts]
-        a_layout, b_layout = layout.resized(a_counts), layout.resized(b_counts)
-        # the i-th A token of clip c sits at position protected + 2i, the i-th B token one later
-        a_index = layout.starts[a_layout.token_clip] + protected + 2 * a_layout.token_position
-        b_index = layout.starts[b_layout.token_clip] + protected + 1 + 2 * b_layout.token_position
-        return cls(a_index, b_index, a_layout, b_layout)
-
-
-def packed_bipartite_matching(
-    keys: torch.Tensor, layout: Layout, r: Sequence[int], protected: int
-) -> PackedMatching:
-    """Match, in every clip c, its `r[c]` A tokens with the most similar B token of the clip.
-
-    keys: [N, C] flat similarity metric (attention keys averaged over heads).
-    layout: where the N tokens sit. r: tokens each clip loses, at most `max_merge` of its count.
-    protected: leading tokens of each clip excluded from matching (2: CLS and DIST).
-    """
-    for count, remove in zip(layout.counts, r, strict=True):
-        if remove > max_merge(count, protected):
-            raise ValueError(f"cannot merge {remove} of a clip's {count} tokens")
-    if not any(r):
-        stay = torch.arange(layout.num_tokens, device=keys.device)
-        return PackedMatching.from_destination(
-            stay, torch.zeros_like(stay, dtype=torch.bool), layout
-        )
-    sets = Bipartition.of(layout, protected)
-    metric = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    set_a = sets.a_layout.to_rows(metric[sets.a_index])  # [R, La, C]
-    set_b = sets.b_layout.to_rows(metric[sets.b_index])  # [R, Lb, C]
-    similarity = set_a @ set_b.transpose(-1, -2)  # [R, La, Lb]
-    same_clip = sets.a_layout.segment[:, :, None] == sets.b_layout.segment[:, None, :]
-    similarity = similarity.masked_fill(~same_clip, float("-inf"))
-    best, partner_slot = similarity.max(dim=-1)  # [R, La]
-    best = sets.a_layout.from_rows(best[..., None])[:, 0]  # [Na]
-    partner_slot = sets.a_layout.from_rows(partner_slot[..., None])[:, 0]  # [Na], slot in row
-    partner = _slot_to_b(sets, partner_slot)  # [Na] index of the partner B inside its clip
-    rank = _rank_within_clip(best, sets.a_layout)  # [Na] 0 = strongest edge of the clip
-    destination, merged = _destinations(layout, sets, rank, partner, r, protected)
-    after = layout.resized([n - k for n, k in zip(layout.counts, r, strict=True)])
-    return PackedMatching.from_destination(destination, merged, after)
-
-
-def _slot_to_b(sets: Bipartition, partner_slot: torch.Tensor) -> torch.Tensor:
-    """Row slot of each A token's partner → the partner's index among its clip's B tokens."""
-    offsets = torch.tensor(sets.b_layout.offsets, device=partner_slot.device)
-    return partner_slot - offsets[sets.a_layout.token_clip]
-
-
-def _rank_within_clip(score: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Rank of every token among its clip's tokens by descending `score` (ties: earlier first)."""
-    by_score = torch.sort(score, descending=True, stable=True).indices
-    clip = layout.token_clip
-    order = by_score[torch.sort(clip[by_score], stable=True).indices]  # clip by clip, best first
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order), device=order.device) - layout.starts[clip[order]]
-    return rank
-
-
-def _destinations(
-    layout: Layout,
-    sets: Bipartition,
-    rank: torch.Tensor,
-    partner: torch.Tensor,
-    r: Sequence[int],
-    protected: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat index [N] of every token after merging, and which tokens merge [N] (bool).
-
-    Each clip becomes [prefix, unmerged A in position order, B]; a merged A token goes to its
-    partner.
-    """
-    device = rank.device
-    remove = torch.tensor(r, device=device, dtype=torch.long)  # [K]
-    a_counts = sets.a_layout.count_tensor
-    start = exclusive_cumsum(layout.count_tensor - remove)  # [K] clip starts after merging
-    first_b = start + protected + a_counts - remove  # [K] where each clip's B tokens begin
-    destination = start[layout.token_clip] + layout.token_position  # right for prefix tokens
-    b_clip = sets.b_layout.token_clip
-    destination[sets.b_index] = first_b[b_clip] + sets.b_layout.token_position
-    a_clip = sets.a_layout.token_clip
-    goes = rank < remove[a_clip]  # [Na]
-    stays_before = exclusive_cumsum((~goes).long())  # [Na] unmerged A tokens earlier in flat order
-    within = stays_before - stays_before[sets.a_layout.starts[a_clip]]  # ... earlier in the clip
-    kept = start[a_clip] + protected + within
-    merged_into = first_b[a_clip] + partner
-    destination[sets.a_index] = torch.where(goes, merged_into, kept)
-    merged = torch.zeros_like(destination, dtype=torch.bool)
-    merged[sets.a_index] = goes
-    return destination, merged
-
-
-@dataclass
-class PackedState:
-    """What token merging carries from block to block alongside the flat tokens.
-
-    layout: where the current tokens sit (shrinks with every merge).
-    sizes: [N, 1] original patches per token (None until the first merge: all ones).
-    """
-
-    layout: Layout
-    sizes: torch.Tensor | None = None
-
-    def attention_bias(self, dtype: torch.dtype, proportional: bool) -> torch.Tensor | None:
-        """The block-diagonal SDPA mask, with log(size) per key when `proportional`."""
-        log_sizes = self.sizes.log() if proportional and self.sizes is not None else None
-        return block_diagonal_bias(self.layout, log_sizes, dtype)
-
-    def merge(self, matching: PackedMatching, tokens: torch.Tensor) -> torch.Tensor:
-        """Merge flat `tokens` [N, D] → [N', D] and update sizes and layout to match."""
-        if self.sizes is None:
-            self.sizes = tokens.new_ones(tokens.shape[0], 1)
-        tokens, self.sizes = merge_tokens(matching, tokens, self.sizes)
-        self.layout = matching.layout
-        return tokens

@@ -93,3 +93,34 @@ def square_grid(num_patches: int) -> tuple[int, int]:
     if side * side != num_patches:
         raise ValueError(f"{num_patches} patch positions do not form a square grid")
     return side, side
+
+
+def factorize_grid(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best additive fit of a positional grid [1, D, f, t]: freq [f, D] + time [t, D].
+
+    freq = mean over time; time = mean over frequency minus the grand mean, so that
+    freq[i] + time[j] reproduces any grid of the form a[i] + b[j] exactly.
+    """
+    freq = grid.mean(dim=TIME_AXIS)[0].T  # [f, D]
+    time = (grid.mean(dim=FREQUENCY_AXIS) - grid.mean(dim=(2, 3))[..., None])[0].T  # [t, D]
+    return freq, time
+
+
+def resample_table(table: torch.Tensor, size: int, step: float | None) -> torch.Tensor:
+    """Table [n, D] → [size, D].
+
+    step: source positions per target position (the target stride over the source stride,
+        e.g. 16/10 from a 10/10 AST grid): linear interpolation at each target patch's position,
+        the last source value repeated beyond the source's end.
+        None (no physical meaning, an ImageNet grid): AST's rule, the center cut when smaller,
+        bilinear stretching when larger.
+    """
+    if step is None:
+        column = table.T[None, :, :, None]  # [1, D, n, 1]
+        return resize_axis(column, size, FREQUENCY_AXIS)[0, :, :, 0].T
+    position = torch.arange(size, dtype=torch.float32, device=table.device) * step
+    position = position.clamp(max=table.shape[0] - 1)
+    low = position.floor().long()
+    high = (low + 1).clamp(max=table.shape[0] - 1)
+    weight = (position - low).to(table.dtype)[:, None]
+    return table[low] * (1 - weight) + table[high] * weight

@@ -17,7 +17,7 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.classifiers import build_classifier
 from fastast_cli.models.merging import MergeSettings
-from fastast_cli.models.tome import capped_merging_note
+from fastast_cli.models.reduction.schedule import capped_merging_note
 from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.provenance import data_record
 

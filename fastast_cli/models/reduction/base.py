@@ -1,0 +1,87 @@
+"""The token-reduction interface: what a method sees in a block, and what it returns.
+
+A method (ToMe today) is one object with `match(step) -> Merges`, used by both layouts:
+
+- dense: tokens [B, N, D], one clip per row (the fixed AST);
+- packed: flat tokens [N, D] of clips of any length, packed into rows by a `Layout`
+  (ElasticAST); a matching there must never cross clips.
+
+The block computes attention, hands the method a `ReductionStep` (tokens, per-head queries and
+keys in attention rows, the token state with its layout, r per clip already capped, the block
+index and depth), and applies the returned matching with `merge_tokens` (size-weighted average)
+through the token state, which also updates sizes, sources and the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from fastast_cli.models.token_state import PackedState, TokenState
+
+
+class Merges(Protocol):
+    """A matching: maps any per-token tensor to the reduced sequence, combining with `reduce`.
+
+    Dense: values [B, N, C] → [B, N - r, C]; packed: flat values [N, C] → [N', C].
+    """
+
+    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor: ...
+
+
+@dataclass
+class ReductionStep:
+    """Everything a reduction method may use in one block.
+
+    tokens: the block's tokens after attention, dense [B, N, D] or packed flat [N, D].
+    query, key: per-head queries and keys as attention saw them, rows [R, H, L, hd]
+        (dense: R = B, L = N; packed: `state.layout` says which slot holds which token).
+    state: the token state (`layout` is None for dense rows, a packing `Layout` otherwise).
+    r: tokens each clip loses in this block, already capped (`allowed_merges`): packed, one
+        value per clip; dense, one value [r] that every row loses.
+    block, depth: index of this block and number of blocks (for depth-dependent methods).
+    protected: leading tokens of each clip that are never reduced (CLS and DIST).
+    """
+
+    tokens: torch.Tensor
+    query: torch.Tensor
+    key: torch.Tensor
+    state: TokenState | PackedState
+    r: list[int]
+    block: int
+    depth: int
+    protected: int
+
+    @property
+    def is_packed(self) -> bool:
+        return self.state.layout is not None
+
+    def mean_keys(self) -> torch.Tensor:
+        """Keys averaged over heads, per token: dense [B, N, hd], packed flat [N, hd]."""
+        return self.state.from_rows(self.key.mean(dim=1))
+
+
+class TokenReduction(Protocol):
+    """A token-reduction method: picks which tokens each clip loses in one block."""
+
+    name: str
+
+    def match(self, step: ReductionStep) -> Merges:
+        """A matching that removes exactly `step.r[c]` tokens of every clip c (dense: r[0] of
+        every row)."""
+        ...
+
+
+def merge_tokens(
+    matching: Merges, tokens: torch.Tensor, sizes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average of merged tokens (ToMe, Bolya et al. 2023, Sec. 3).
+
+    tokens: [B, N, D] or [N, D], sizes: [B, N, 1] or [N, 1] → the reduced tokens and sizes.
+    """
+    weighted = matching.merge(tokens * sizes)
+    sizes = matching.merge(sizes)
+    return weighted / sizes, sizes

@@ -1,0 +1,146 @@
+"""What travels with the tokens from block to block, for both layouts.
+
+The token state owns everything that differs between the dense layout (the fixed AST: tokens
+[B, N, D], one clip per row) and the packed layout (ElasticAST: flat tokens [N, D] of clips of
+any length, packed into rows by a `Layout`):
+
+- how tokens become attention rows (`to_rows` / `from_rows`: identity when dense);
+- the attention mask (`attention_bias`): none for dense rows, block-diagonal for packed rows,
+  plus the proportional-attention log(size) per key;
+- how many tokens each clip may lose (`allowed_r`, through the one cap `allowed_merges`);
+- the merge step (`reduce`): ask the reduction method for a matching, then merge tokens, sizes,
+  sources and the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastast_cli.models.packing import Layout, block_diagonal_bias
+from fastast_cli.models.reduction.base import (
+    Merges,
+    ReductionStep,
+    TokenReduction,
+    merge_tokens,
+)
+from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, allowed_merges
+
+
+class MergeStep:
+    """The merge step shared by both token states (the reduction's place in every block)."""
+
+    reduction: TokenReduction | None
+    block: int
+    depth: int
+
+    def allowed_r(self, tokens: torch.Tensor, r: int | list[int]) -> list[int]:
+        """Tokens each clip loses in this block, capped."""
+        raise NotImplementedError
+
+    def merge(self, matching: Merges, tokens: torch.Tensor) -> torch.Tensor:
+        """Apply `matching` to the tokens and to what the state carries."""
+        raise NotImplementedError
+
+    def reduce(
+        self, tokens: torch.Tensor, query: torch.Tensor, key: torch.Tensor, r: int | list[int]
+    ) -> torch.Tensor:
+        """Remove r tokens per clip (capped) with the state's reduction method.
+
+        query, key: per-head attention rows [R, H, L, hd] of this block.
+        """
+        allowed = self.allowed_r(tokens, r)
+        if not any(allowed):
+            return tokens
+        step = ReductionStep(tokens, query, key, self, allowed, self.block, self.depth,
+                             NUM_PREFIX_TOKENS)
+        if self.reduction is None:
+            raise ValueError("the token state has no reduction method to merge with")
+        return self.merge(self.reduction.match(step), tokens)
+
+
+@dataclass
+class TokenState(MergeStep):
+    """Dense rows [B, N, D], one clip per row: no mask, no gather.
+
+    sizes: [B, N, 1] original patches per token (None until the first merge: all ones).
+    source: [B, N, N0] 0/1 map from tokens to the original tokens they cover (only if tracked).
+    """
+
+    sizes: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+    reduction: TokenReduction | None = None  # set by the model (`run_blocks`)
+    block: int = 0
+    depth: int = 0
+    layout: None = None  # dense: rows are the batch
+
+    def to_rows(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def from_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows
+
+    def attention_bias(self, dtype: torch.dtype, enabled: bool) -> torch.Tensor | None:
+        """Proportional attention: log(size) per key as an additive SDPA mask [B, 1, 1, N]."""
+        if not enabled or self.sizes is None:
+            return None
+        return self.sizes.log().to(dtype)[:, None, None, :, 0]
+
+    def allowed_r(self, tokens: torch.Tensor, r: int | list[int]) -> list[int]:
+        """Every row loses the same r, capped for N tokens: one value for all rows, [r].
+
+        (Not one per row: the batch size stays symbolic when the model is exported.)
+        """
+        requested = r if isinstance(r, int) else r[0]
+        return [allowed_merges(tokens.shape[1], requested, NUM_PREFIX_TOKENS)]
+
+    def merge(self, matching: Merges, tokens: torch.Tensor) -> torch.Tensor:
+        """Merge `tokens` [B, N, D] → [B, N - r, D] and update sizes and sources to match."""
+        if self.sizes is None:
+            self.sizes = tokens.new_ones(tokens.shape[0], tokens.shape[1], 1)
+        tokens, self.sizes = merge_tokens(matching, tokens, self.sizes)
+        if self.source is not None:
+            self.source = matching.merge(self.source, reduce="amax")
+        return tokens
+
+
+@dataclass
+class PackedState(MergeStep):
+    """Flat tokens [N, D] of clips packed into rows by `layout` (which shrinks with merges).
+
+    sizes: [N, 1] original patches per token (None until the first merge: all ones).
+    """
+
+    layout: Layout
+    sizes: torch.Tensor | None = None
+    reduction: TokenReduction | None = None  # set by the model (`run_blocks`)
+    block: int = 0
+    depth: int = 0
+
+    def to_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """Flat [N, C] → rows [R, L, C]."""
+        return self.layout.to_rows(values)
+
+    def from_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows [R, L, C] → flat [N, C]."""
+        return self.layout.from_rows(rows)
+
+    def attention_bias(self, dtype: torch.dtype, proportional: bool) -> torch.Tensor | None:
+        """The block-diagonal SDPA mask, with log(size) per key when `proportional`."""
+        log_sizes = self.sizes.log() if proportional and self.sizes is not None else None
+        return block_diagonal_bias(self.layout, log_sizes, dtype)
+
+    def allowed_r(self, tokens: torch.Tensor, r: int | list[int]) -> list[int]:
+        """r per clip (an int: every clip alike), each capped for its clip's tokens."""
+        per_clip = [r] * self.layout.num_clips if isinstance(r, int) else r
+        return [allowed_merges(count, remove, NUM_PREFIX_TOKENS)
+                for count, remove in zip(self.layout.counts, per_clip, strict=True)]
+
+    def merge(self, matching: Merges, tokens: torch.Tensor) -> torch.Tensor:
+        """Merge flat `tokens` [N, D] → [N', D] and update sizes and layout to match."""
+        if self.sizes is None:
+            self.sizes = tokens.new_ones(tokens.shape[0], 1)
+        tokens, self.sizes = merge_tokens(matching, tokens, self.sizes)
+        self.layout = matching.layout
+        return tokens

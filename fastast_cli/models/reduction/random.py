@@ -49,15 +49,24 @@ class RandomMerge:
             self._patterns[key] = random_pattern(self.seed, block, count, remove)
         return self._patterns[key]
 
+    def clip_partner(self, block: int, count: int, remove: int, length: int) -> torch.Tensor:
+        """A clip's partners padded to `length` entries (padding and a clip losing nothing:
+        themselves)."""
+        partner = torch.arange(length)
+        if remove:
+            partner[:count] = self.pattern(block, count, remove)
+        return partner
+
     def match(self, step: ReductionStep) -> Merges:
         view = ClipView.of(step)
         length = view.valid.shape[1]
-        rows = []
-        for count, remove in zip(view.counts.tolist(), view.removed, strict=True):
-            partner = torch.arange(length)
-            if remove:
-                partner[:count] = self.pattern(step.block, count, remove)
-            rows.append(partner)
-        partner = torch.stack(rows).to(view.valid.device)  # [K, T]
+        if not step.is_packed:  # every row: the same clip length, the same draw
+            row = self.pattern(step.block, length, view.removed[0])
+            partner = row.to(view.valid.device).expand(len(view.removed), -1)  # [B, T]
+        else:
+            partner = torch.stack([
+                self.clip_partner(step.block, count, remove, length)
+                for count, remove in zip(view.counts.tolist(), view.removed, strict=True)
+            ]).to(view.valid.device)  # [K, T]
         position = torch.arange(length, device=partner.device).expand_as(partner)
         return view.regroup(partner == position, partner)

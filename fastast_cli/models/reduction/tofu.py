@@ -71,10 +71,11 @@ class ToFu:
 
     def __init__(self, switch: int | None = None) -> None:
         self.switch = switch
+        self.matcher = ToMe()
 
     def prunes(self, block: int, depth: int) -> bool:
         """Whether block `block` of `depth` prunes (else it merges with MLERP)."""
         return block <= (depth // 2 if self.switch is None else self.switch)
 
     def match(self, step: ReductionStep) -> Merges:
-        return ToFuMatching(ToMe().match(step), self.prunes(step.block, step.depth))
+        return ToFuMatching(self.matcher.match(step), self.prunes(step.block, step.depth))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fastast_cli import build_model
-from fastast_cli.models.elastic import build_elastic
+from fastast_cli.models.elastic import ElasticAST, build_elastic
+from fastast_cli.models.pos_embed import join_pos_embed, split_pos_embed
 from fastast_cli.models.reduction import METHODS, make_method
 from fastast_cli.models.reduction.base import ReductionStep
 from fastast_cli.models.reduction.evit import EViT
@@ -107,6 +108,26 @@ def test_packed_rows_give_each_clip_its_logits_alone(name, proportional):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_packed_rows_reduce_as_the_fixed_ast(name):
+    # A fixed AST with non-overlapping patches and an additive positional grid is exactly what
+    # an ElasticAST made from it computes: every method must choose and combine alike in both
+    # layouts (several clips share one packed row).
+    torch.manual_seed(0)
+    ast = build_model("tiny", 4, target_length=64, fstride=16, tstride=16, depth=4).eval()
+    prefix, _ = split_pos_embed(ast.pos_embed.data, ast.config.grid)
+    f_dim, t_dim = ast.config.grid
+    additive = torch.randn(1, 192, f_dim, 1) + torch.randn(1, 192, 1, t_dim)
+    ast.pos_embed.data = join_pos_embed(prefix, additive)
+    elastic = ElasticAST.from_ast(ast, target_length=128, max_tokens=80).eval()
+    batch = torch.randn(3, 64, 128)
+    with torch.no_grad():
+        expected = ast.set_r(6, method=name)(batch)
+        packed = elastic.set_r(6, method=name)(list(batch))
+        assert elastic.last_state.layout.num_rows < 3
+    torch.testing.assert_close(packed, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_prefix_is_kept_and_sources_partition_the_patches(name):
     model = fixed_model().set_r(10, method=name)
     model.track_source = True
@@ -128,6 +149,19 @@ def test_packed_sizes_stay_inside_each_clip(name):
     state = model.last_state
     per_clip = [int(part.sum()) for part in state.sizes.split(list(state.layout.counts))]
     assert per_clip == [26, 10, 18, 34]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_runs_under_mixed_precision(name):
+    fixed, elastic = fixed_model().set_r(10, method=name), elastic_model().set_r(5, method=name)
+    fbank = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        full = fixed(fbank), elastic(clips())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reduced = fixed(fbank), elastic(clips())
+    for low, high in zip(reduced, full, strict=True):
+        assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+        torch.testing.assert_close(low.float(), high, atol=0.15, rtol=0.1)
 
 
 @pytest.mark.parametrize("name", NAMES)

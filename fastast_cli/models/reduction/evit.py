@@ -62,5 +62,5 @@ class EViT:
         position = torch.arange(rank.shape[1], device=rank.device).expand_as(rank)
         target = first.long().argmax(dim=1, keepdim=True).expand_as(rank)
         partner = torch.where(fused, target, position)
-        weights = torch.where(fused, attention.to(step.tokens.dtype), 1.0)
+        weights = torch.where(fused, attention, 1.0)  # [K, T] float32
         return view.regroup(~fused | first, partner, weights)

@@ -155,6 +155,7 @@ class Regrouping:
         """Each group → its weighted mean (`weights`, else sizes); sizes add up."""
         if self.weights is None:
             return merge_tokens(self, tokens, sizes)
-        weights = self.weights.to(tokens.dtype)
+        weights = self.weights.float()  # attention weights can underflow in half precision
         total = self.merge(weights).clamp_min(1e-12)
-        return self.merge(tokens * weights) / total, self.merge(sizes)
+        fused = self.merge(tokens.float() * weights) / total
+        return fused.to(tokens.dtype), self.merge(sizes)

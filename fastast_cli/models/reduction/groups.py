@@ -5,9 +5,10 @@ PiToMe, EViT and random decide per clip which mergeable tokens stay and which jo
 [K, T] (K clips, T the longest clip's mergeable tokens; dense: K = B rows, no padding), so one
 batched computation serves both layouts and never mixes clips. A method answers with `keep`
 [K, T] (the token stays) and `partner` [K, T] (the mergeable index of the staying token each
-token joins; itself when it stays); `ClipView.regroup` turns that into a `Regrouping`, which
-applies to any per-token tensor of the layout (values, sizes, sources) and combines each group
-by its size-weighted average, or weighted by per-token `weights` (EViT's attention).
+token joins; itself when it stays); `ClipView.regroup` turns that into a `Regrouping` (a
+`RowMatching` for dense rows, ToMe's `PackedMatching` for packed ones: gathers and one scatter),
+which applies to any per-token tensor of the layout (values, sizes, sources) and combines each
+group by its size-weighted average, or weighted by per-token `weights` (EViT's attention).
 
 Staying tokens keep their position order within the clip; a group sits where its staying token
 sat. Token order never changes a logit (attention is permutation-equivariant once the positions
@@ -22,6 +23,7 @@ import torch
 
 from fastast_cli.models.packing import Layout
 from fastast_cli.models.reduction.base import ReductionStep, merge_tokens
+from fastast_cli.models.reduction.tome import PackedMatching
 
 
 @dataclass
@@ -43,7 +45,6 @@ class ClipView:
     prefix_slot: torch.Tensor
     layout: Layout | None = None
     index: torch.Tensor | None = None
-    length: int = 0  # dense: tokens per row (N)
 
     @classmethod
     def of(cls, step: ReductionStep) -> ClipView:
@@ -57,7 +58,7 @@ class ClipView:
             everywhere = torch.ones_like(position, dtype=torch.bool)
             return cls(protected, list(step.r) * batch, r, everywhere,
                        torch.arange(batch, device=device), position,
-                       leading.expand(batch, -1), length=length)
+                       leading.expand(batch, -1))
         layout = step.state.layout
         mergeable = (layout.count_tensor - protected).clamp_min(0)  # [K]
         within = torch.arange(max(int(mergeable.max()), 1), device=device)  # [T]
@@ -110,44 +111,67 @@ class ClipView:
         moved = rank.gather(1, partner) + self.protected  # [K, T] new position in the clip
         token_weights = None if weights is None else self.scatter(weights, 1.0)
         if self.index is None:
-            batch = keep.shape[0]
-            leading = torch.arange(self.protected, device=keep.device).expand(batch, -1)
-            destination = torch.cat([leading, moved], dim=1)  # [B, N]
-            return Regrouping(destination, self.length - self.removed[0], None, token_weights)
+            matching = RowMatching.of(keep, moved, self.protected, self.removed[0])
+            return Regrouping(matching, token_weights)
         layout = self.layout.resized(
             [n - r for n, r in zip(self.layout.counts, self.removed, strict=True)])
-        starts = layout.starts
-        old = self.layout
+        starts, old = layout.starts, self.layout
         destination = starts[old.token_clip] + old.token_position  # right for CLS and DIST
         destination[self.index[self.valid]] = (starts[:, None] + moved)[self.valid]
-        return Regrouping(destination, layout.num_tokens, layout, token_weights)
+        merged = torch.zeros_like(destination, dtype=torch.bool)
+        merged[self.index[self.valid]] = ~keep[self.valid]
+        matching = PackedMatching.from_destination(destination, merged, layout)
+        return Regrouping(matching, token_weights)
+
+
+@dataclass
+class RowMatching:
+    """Dense rows regrouped: `kept` [B, N - r, 1] the token that holds each new slot (position
+    order), `merged` [B, r, 1] the tokens that join another, `into` [B, r, 1] the slot each
+    joins. Applied with gathers and one scatter, as ToMe's `Matching`."""
+
+    kept: torch.Tensor
+    merged: torch.Tensor
+    into: torch.Tensor
+
+    @classmethod
+    def of(cls, keep: torch.Tensor, moved: torch.Tensor, protected: int,
+           removed: int) -> RowMatching:
+        """From which mergeable tokens stay [B, T], every one's new position [B, T] and the
+        tokens every row loses."""
+        leading = torch.zeros_like(keep[:, :protected])
+        goes = torch.cat([leading, ~keep], dim=1)  # [B, N]
+        order = goes.long().argsort(dim=1, stable=True)[..., None]  # staying first, in order
+        stays = goes.shape[1] - removed
+        merged = order[:, stays:]
+        into = moved.gather(1, merged[..., 0] - protected)[..., None]
+        return cls(order[:, :stays], merged, into)
+
+    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        """Combine `values` [B, N, C] per group with `reduce` → [B, N - r, C]."""
+        channels = values.shape[-1]
+        stay = values.gather(1, self.kept.expand(-1, -1, channels))
+        go = values.gather(1, self.merged.expand(-1, -1, channels))
+        return stay.scatter_reduce(1, self.into.expand(-1, -1, channels), go, reduce=reduce)
 
 
 @dataclass
 class Regrouping:
-    """Tokens joined into groups; applies to any per-token tensor of the layout.
+    """Tokens joined into groups (dense `RowMatching` or packed `PackedMatching`), combined by
+    the size-weighted average or, with per-token `weights` (dense [B, N, 1], packed [N, 1]),
+    by the weighted mean."""
 
-    destination: new position of every token (dense [B, N] within the row, packed [N] flat).
-    size: tokens after the regrouping (dense per row, packed in all). layout: the packed
-    layout after it (None for dense rows). weights: per-token combine weights (dense [B, N, 1],
-    packed [N, 1]), or None for the size-weighted average.
-    """
-
-    destination: torch.Tensor
-    size: int
-    layout: Layout | None
+    matching: RowMatching | PackedMatching
     weights: torch.Tensor | None = None
+
+    @property
+    def layout(self) -> Layout | None:
+        """The packed layout after the regrouping (None for dense rows)."""
+        return getattr(self.matching, "layout", None)
 
     def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
         """Combine `values` (dense [B, N, C], packed [N, C]) per group with `reduce`."""
-        channels = values.shape[-1]
-        if self.layout is None:
-            out = values.new_zeros(values.shape[0], self.size, channels)
-            where = self.destination[..., None].expand(-1, -1, channels)
-            return out.scatter_reduce(1, where, values, reduce, include_self=False)
-        out = values.new_zeros(self.size, channels)
-        where = self.destination[:, None].expand(-1, channels)
-        return out.scatter_reduce(0, where, values, reduce, include_self=False)
+        return self.matching.merge(values, reduce)
 
     def combine(
         self, tokens: torch.Tensor, sizes: torch.Tensor

@@ -68,6 +68,14 @@ def test_tome_is_first_and_unknown_names_or_options_are_refused():
     assert build_model("tiny", 2, target_length=32, method="evit").reduction_method == "evit"
     assert build_elastic("tiny", 2, target_length=32, method="tofu").reduction_method == "tofu"
     assert make_method("random", {"seed": 7}).seed == 7
+    model.set_r(4, method="tofu", method_options={"switch": 2})
+    assert model.reduction_options == {"switch": 2}
+    model.set_r(4, method="tofu")  # the same method without options keeps them
+    assert model.reduction_options == {"switch": 2}
+    for name in NAMES:
+        method = make_method(name)
+        again = make_method(name, model.set_r(1, method=name).reduction_options)
+        assert type(again) is type(method) and again.__dict__.keys() == method.__dict__.keys()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -15,7 +15,7 @@ from torch import nn
 
 from fastast_cli.models.layers import Block
 from fastast_cli.models.reduction.base import TokenReduction
-from fastast_cli.models.reduction.registry import make_method
+from fastast_cli.models.reduction.registry import make_method, method_options
 from fastast_cli.models.reduction.tome import ToMe
 from fastast_cli.models.token_state import PackedState, TokenState
 
@@ -60,6 +60,12 @@ class TokenClassifier(nn.Module):
         """Name of the token-reduction method in use (`tome`, `pitome`, `evit`, `tofu`,
         `random`)."""
         return self.reduction.name
+
+    @property
+    def reduction_options(self) -> dict[str, Any]:
+        """Options of the reduction method in use (PiToMe's margins, ToFu's switch, random's
+        seed; {} for tome and evit): `set_r(..., method_options=...)` takes them back."""
+        return method_options(self.reduction)
 
     def set_method(self, method: str, options: Mapping[str, Any] | None = None) -> None:
         """Use the reduction method `method` (see `reduction.METHODS`) with its options.

@@ -3,6 +3,6 @@
 each, per-clip helpers in `groups`). A method is one class with `name` and
 `match(step) -> Merges`, set on a model with `model.set_r(r, method=name)`."""
 
-from fastast_cli.models.reduction.registry import METHODS, make_method
+from fastast_cli.models.reduction.registry import METHODS, make_method, method_options
 
-__all__ = ["METHODS", "make_method"]
+__all__ = ["METHODS", "make_method", "method_options"]

@@ -30,7 +30,8 @@ from fastast_cli.models.reduction.tome import PackedMatching
 class ClipView:
     """The mergeable tokens of every clip as padded rows [K, T].
 
-    removed, r: tokens each clip loses, as ints and as a tensor [K]. valid: [K, T] real (not
+    removed, r: tokens each clip loses, as ints (dense: one value for every row) and as a
+    tensor [K]. valid: [K, T] real (not
     padding) entries. index: [K, T] flat token index of each entry (packed only; 0 at
     padding). row, slot: [K] attention row of each clip and [K, T] slot of each entry in it;
     prefix_slot: [K, P] slots of its CLS and DIST.
@@ -56,7 +57,7 @@ class ClipView:
             position = torch.arange(protected, length, device=device).expand(batch, -1)
             r = torch.full((batch,), step.r[0], device=device, dtype=torch.long)
             everywhere = torch.ones_like(position, dtype=torch.bool)
-            return cls(protected, list(step.r) * batch, r, everywhere,
+            return cls(protected, list(step.r), r, everywhere,
                        torch.arange(batch, device=device), position,
                        leading.expand(batch, -1))
         layout = step.state.layout

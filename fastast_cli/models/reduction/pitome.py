@@ -45,6 +45,12 @@ class PiToMe:
                  alpha: float = 1.0) -> None:
         self.margin_start, self.margin_slope, self.alpha = margin_start, margin_slope, alpha
 
+    @property
+    def options(self) -> dict[str, float]:
+        """What `make_method` needs to rebuild this method (checkpoints, recipes)."""
+        return {"margin_start": self.margin_start, "margin_slope": self.margin_slope,
+                "alpha": self.alpha}
+
     def margin(self, block: int, depth: int) -> float:
         """The energy margin m_l of block `block` of `depth`."""
         return self.margin_start - self.margin_slope * block / max(depth, 1)

@@ -13,6 +13,7 @@ merges every run. (It is the same draw in every training step too.)
 from __future__ import annotations
 
 import hashlib
+import random
 
 import torch
 
@@ -22,15 +23,19 @@ from fastast_cli.models.reduction.groups import ClipView
 
 def random_pattern(seed: int, block: int, count: int, remove: int) -> torch.Tensor:
     """The partner [count] of every mergeable token (itself when it stays) for one clip of
-    `count` mergeable tokens losing `remove` of them, drawn from (seed, block, count, remove)."""
+    `count` mergeable tokens losing `remove` of them, drawn from (seed, block, count, remove).
+
+    Python's own generator (not torch's), so the draw is a constant when the model is traced
+    for export, and the same on every device.
+    """
     key = hashlib.blake2b(f"{seed}:{block}:{count}:{remove}".encode(), digest_size=8).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
-    order = torch.randperm(count, generator=generator)
+    generator = random.Random(int.from_bytes(key, "little"))
+    order = generator.sample(range(count), count)
     set_a, set_b = order[:remove], order[remove:]
-    choice = torch.randint(len(set_b), (remove,), generator=generator)
-    partner = torch.arange(count)
-    partner[set_a] = set_b[choice]
-    return partner
+    partner = list(range(count))
+    for token in set_a:
+        partner[token] = set_b[generator.randrange(len(set_b))]
+    return torch.tensor(partner)
 
 
 class RandomMerge:
@@ -41,6 +46,11 @@ class RandomMerge:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self._patterns: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    @property
+    def options(self) -> dict[str, int]:
+        """What `make_method` needs to rebuild this method (checkpoints, recipes)."""
+        return {"seed": self.seed}
 
     def pattern(self, block: int, count: int, remove: int) -> torch.Tensor:
         """Cached `random_pattern` of this method's seed."""
@@ -62,7 +72,7 @@ class RandomMerge:
         length = view.valid.shape[1]
         if not step.is_packed:  # every row: the same clip length, the same draw
             row = self.pattern(step.block, length, view.removed[0])
-            partner = row.to(view.valid.device).expand(len(view.removed), -1)  # [B, T]
+            partner = row.to(view.valid.device).expand(view.valid.shape[0], -1)  # [B, T]
         else:
             partner = torch.stack([
                 self.clip_partner(step.block, count, remove, length)

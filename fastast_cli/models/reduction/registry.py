@@ -21,6 +21,12 @@ METHODS: dict[str, Callable[..., TokenReduction]] = {
 }
 
 
+def method_options(method: TokenReduction) -> dict[str, Any]:
+    """The options of a method instance (`make_method(method.name, options)` rebuilds it);
+    {} for methods without options (tome, evit)."""
+    return dict(getattr(method, "options", {}))
+
+
 def make_method(name: str, options: Mapping[str, Any] | None = None) -> TokenReduction:
     """A reduction method by name, with its options (PiToMe: margin_start, margin_slope,
     alpha; ToFu: switch; random: seed). Raises ValueError for an unknown name or option."""

@@ -73,6 +73,11 @@ class ToFu:
         self.switch = switch
         self.matcher = ToMe()
 
+    @property
+    def options(self) -> dict[str, int | None]:
+        """What `make_method` needs to rebuild this method (checkpoints, recipes)."""
+        return {"switch": self.switch}
+
     def prunes(self, block: int, depth: int) -> bool:
         """Whether block `block` of `depth` prunes (else it merges with MLERP)."""
         return block <= (depth // 2 if self.switch is None else self.switch)

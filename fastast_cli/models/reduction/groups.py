@@ -62,7 +62,8 @@ class ClipView:
                        leading.expand(batch, -1))
         layout = step.state.layout
         mergeable = (layout.count_tensor - protected).clamp_min(0)  # [K]
-        within = torch.arange(max(int(mergeable.max()), 1), device=device)  # [T]
+        longest = max(max(layout.counts) - protected, 1)  # from the host: no device sync
+        within = torch.arange(longest, device=device)  # [T]
         valid = within < mergeable[:, None]  # [K, T]
         index = torch.where(valid, layout.starts[:, None] + protected + within, 0)
         offsets = torch.tensor(layout.offsets, device=device)

@@ -18,8 +18,17 @@ from safetensors.torch import load_file, save_file
 from fastast_cli import load_model
 from fastast_cli.data.features import AST_NORM_STATS
 from fastast_cli.errors import CheckpointError
-from fastast_cli.models import build_model, init_from_pretrained, read_checkpoint, save_checkpoint
+from fastast_cli.models import (
+    build_elastic,
+    build_model,
+    init_from_pretrained,
+    read_checkpoint,
+    save_checkpoint,
+)
+from fastast_cli.models.checkpoints import load_checkpoint, loading
+from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.pos_embed import resample_pos_embed
+from fastast_cli.models.teachers import CNNClassifier, CNNConfig
 
 LABELS = ["dog", "rain", "siren", "speech", "bell"]
 # Deliberately not the defaults: strides 12/8, 100 frames × 64 mel bins → a 5 × 11 patch grid.
@@ -344,6 +353,64 @@ def test_optimizer_state_in_meta_reads_back(tmp_path):
     state = read_checkpoint(path)["meta"]["optimizer"]
     assert state["param_groups"][0]["betas"] == (0.95, 0.999)
     assert torch.equal(state["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_run_state_at_the_top_level_stays_out_of_the_model(tmp_path):
+    """The new last.pt: optimizer, scaler, progress and averaged beside `model`, not in meta."""
+    model = randomize_(build_model("tiny", 2, depth=1, target_length=32), seed=5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    state = {"optimizer": optimizer.state_dict(), "scaler": {}, "progress": {"epoch": 1},
+             "averaged": None}
+    path = save_checkpoint(tmp_path / "last.pt", model, mean=-4.5, std=4.0, state=state)
+    payload = read_checkpoint(path)
+    assert payload["progress"] == {"epoch": 1} and "optimizer" in payload
+    assert set(payload["meta"]) == {"mean", "std"}
+    fbank = random_fbank(32, 128)
+    for loaded in (load_model(path), load_classifier(path), load_checkpoint(path)):
+        assert loaded.meta == {"mean": -4.5, "std": 4.0}
+        torch.testing.assert_close(loaded(fbank), model.eval()(fbank))
+    with pytest.raises(ValueError, match="cannot replace"):
+        save_checkpoint(tmp_path / "x.pt", model, state={"model": {}})
+
+
+def test_load_checkpoint_reads_the_file_once_and_builds_its_architecture(tmp_path, monkeypatch):
+    cnn = CNNClassifier(CNNConfig(3, "mobilenetv3-small", labels=["a", "b", "c"]))
+    paths = {"cnn": save_checkpoint(tmp_path / "cnn.pt", cnn),
+             "ast": save_checkpoint(tmp_path / "ast.pt", build_model("tiny", 3, depth=1)),
+             "elastic": save_checkpoint(tmp_path / "el.pt", build_elastic("tiny", 3, depth=1))}
+    reads = []
+    read = loading.load_file
+    monkeypatch.setattr(loading, "load_file", lambda path: reads.append(path) or read(path))
+    for architecture, path in paths.items():
+        reads.clear()
+        model = load_checkpoint(path)
+        assert (model.architecture, reads, model.training) == (architecture, [path], False)
+
+
+def test_damaged_or_unknown_fastast_checkpoints_give_one_error(tmp_path):
+    cnn = CNNClassifier(CNNConfig(3, "mobilenetv3-small"))
+    path = save_checkpoint(tmp_path / "cnn.pt", cnn)
+    payload = read_checkpoint(path)
+    for name, change in {"no_config": {"config": None}, "no_model": {"model": {}},
+                         "bad_meta": {"meta": [1]}, "martian": {"architecture": "martian"},
+                         "other_head": {"config": {**payload["config"], "num_classes": 5}},
+                         "other_backbone": {"config": {**payload["config"], "backbone": "x"}},
+                         }.items():
+        torch.save({**payload, **change}, tmp_path / f"{name}.pt")
+        refusal = "damaged|unknown kind|unusable model config|do not fit the model"
+        with pytest.raises(CheckpointError, match=refusal):
+            load_classifier(tmp_path / f"{name}.pt")
+    ast = read_checkpoint(save_checkpoint(tmp_path / "ast.pt", build_model("tiny", 3, depth=1)))
+    for name, change in {"text_depth": {"depth": "two"}, "no_patch": {"patch_size": 0},
+                         "odd_heads": {"num_heads": 5}, "wide": {"embed_dim": 384}}.items():
+        torch.save({**ast, "config": {**ast["config"], **change}}, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match="model config|does not fit the model"):
+            load_classifier(tmp_path / f"{name}.pt")
+    elastic = build_elastic("tiny", 3, depth=1)
+    elastic = read_checkpoint(save_checkpoint(tmp_path / "el.pt", elastic))
+    torch.save({**elastic, "config": {**elastic["config"], "num_classes": 5}}, tmp_path / "el5.pt")
+    with pytest.raises(CheckpointError, match=r"wrongly shaped \(2\):\n    mlp_head.1.weight"):
+        load_classifier(tmp_path / "el5.pt")
 
 
 def test_meta_that_cannot_be_read_back_is_refused(tmp_path):

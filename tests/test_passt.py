@@ -8,8 +8,8 @@ import torch
 from fastast_cli.errors import FastASTError
 from fastast_cli.models import passt as passt_module
 from fastast_cli.models.checkpoints import save_checkpoint
+from fastast_cli.models.checkpoints.passt import fit_time_table, load_passt_weights
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
-from fastast_cli.models.passt import fit_time_table, load_passt_weights
 
 pytest.importorskip("hear21passt")
 LABELS = ["a", "b", "c"]
@@ -41,6 +41,16 @@ def test_pretrained_passt_weights_adapt_time_and_head():
     torch.testing.assert_close(table, weights["time_new_pos_embed"][..., : table.shape[-1]])
     torch.testing.assert_close(target.net.state_dict()["blocks.0.attn.qkv.weight"],
                                weights["blocks.0.attn.qkv.weight"])
+
+
+def test_pretrained_passt_file_with_wrapper_names(tmp_path):
+    """A state-dict file saved from a wrapper (`net.` names) initialises the teacher's net."""
+    torch.manual_seed(0)
+    weights = build_classifier("passt", LABELS, target_length=64).net.state_dict()
+    torch.save({f"net.{name}": tensor for name, tensor in weights.items()}, tmp_path / "p.pt")
+    model = build_classifier("passt", LABELS, target_length=64, pretrained=tmp_path / "p.pt")
+    for name, tensor in model.net.state_dict().items():
+        torch.testing.assert_close(tensor, weights[name])
 
 
 def test_time_table_interpolates_when_longer():

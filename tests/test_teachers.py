@@ -6,6 +6,8 @@ import pytest
 import timm
 import torch
 
+from fastast_cli.errors import CheckpointError
+from fastast_cli.models.classifiers import build_classifier
 from fastast_cli.models.teachers import (
     AttentionPool,
     CNNClassifier,
@@ -55,3 +57,16 @@ def test_unknown_backbone_or_pooling():
         CNNClassifier(CNNConfig(num_classes=3, backbone="resnet-9000"))
     with pytest.raises(ValueError, match="unknown pooling"):
         CNNClassifier(CNNConfig(num_classes=3, pooling="max"))
+
+
+def test_pretrained_backbone_file_fits_strictly(tmp_path):
+    torch.manual_seed(0)
+    rgb = timm.create_model("mobilenetv3_small_100", pretrained=False).state_dict()
+    torch.save(rgb, tmp_path / "imagenet.pth")
+    model = build_classifier("mobilenetv3-small", ["a", "b"], target_length=64,
+                             pretrained=tmp_path / "imagenet.pth")
+    torch.testing.assert_close(model.backbone.conv_stem.weight,
+                               rgb["conv_stem.weight"].sum(1, keepdim=True))
+    with pytest.raises(CheckpointError, match=r"do not fit the model:\n  wrongly shaped"):
+        build_classifier("efficientnet-b0", ["a", "b"], target_length=64,
+                         pretrained=tmp_path / "imagenet.pth")

@@ -3,6 +3,7 @@
 from fastast_cli.models.ast import AST, ASTConfig, build_model
 from fastast_cli.models.checkpoints import (
     init_from_pretrained,
+    load_checkpoint,
     load_model,
     read_checkpoint,
     save_checkpoint,
@@ -17,6 +18,7 @@ __all__ = [
     "build_elastic",
     "build_model",
     "init_from_pretrained",
+    "load_checkpoint",
     "load_model",
     "read_checkpoint",
     "save_checkpoint",

@@ -7,18 +7,18 @@ import os
 import torch
 from torch import nn
 
-from fastast_cli.errors import CheckpointError, FastASTError
+from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import AST, build_model
 from fastast_cli.models.checkpoints import (
-    fastast_payload,
     init_from_pretrained,
-    load_model,
-    read_file,
+    load_checkpoint,
     read_state_dict,
 )
+from fastast_cli.models.checkpoints.fitting import load_exactly
+from fastast_cli.models.checkpoints.passt import load_passt_weights, read_passt_weights
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.merging import MergeSettings
-from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig, load_passt_weights
+from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
 from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.models.teachers import (
     BACKBONES,
@@ -78,7 +78,7 @@ def build_classifier(
             fstride=fstride, tstride=tstride, labels=list(labels),
         ))
         if pretrained is not None:
-            load_passt_weights(model, read_state_dict(pretrained))
+            load_passt_weights(model, read_passt_weights(pretrained))
         return model
     raise FastASTError(f"unknown model {name!r}: choose one of {', '.join(ARCHITECTURES)}")
 
@@ -86,17 +86,7 @@ def build_classifier(
 def _load_cnn_backbone(model: CNNClassifier, path: PathLike) -> None:
     """ImageNet weights of the same timm backbone into `model.backbone`, strictly."""
     weights = imagenet_to_one_channel(read_state_dict(path))
-    expected = model.backbone.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not fit {model.config.backbone}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected and {len(wrong)} wrongly shaped keys "
-            f"(e.g. {', '.join((missing + unexpected + wrong)[:3])})"
-        )
-    model.backbone.load_state_dict(weights)
+    load_exactly(model.backbone, weights, f"{path}: ImageNet weights for {model.config.backbone}")
 
 
 def load_classifier(
@@ -107,50 +97,28 @@ def load_classifier(
     proportional_attention: bool | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Any trained classifier, in eval mode: fastast AST, CNN or PaSST checkpoints, original AST
-    `.pth` files and Hugging Face AST folders.
+    """Any trained classifier, in eval mode: fastast AST, ElasticAST, CNN or PaSST checkpoints,
+    original AST `.pth` files and Hugging Face AST folders (`load_checkpoint`).
 
-    ASTs merge tokens as their checkpoint records (`MergeSettings`; none recorded: no merging,
-    proportional attention on); `r`, `schedule` and `proportional_attention` override what they
-    are given for. The settings used are in `model.merge_settings`.
+    Models that merge tokens merge as their checkpoint records (`MergeSettings`; none recorded:
+    no merging, proportional attention on); `r`, `schedule` and `proportional_attention`
+    override what they are given for. The settings used are in `model.merge_settings`.
     """
-    contents = read_file(path) if os.path.isfile(path) else None  # read once, whatever it is
-    payload = fastast_payload(contents, path)
-    architecture = payload.get("architecture", "ast") if payload is not None else "ast"
-    if architecture in ("ast", "elastic"):
-        if architecture == "ast":
-            model: nn.Module = load_model(path, device=device, payload=contents)
-        else:  # loads its own weights and meta
-            assert payload is not None
-            try:
-                model = ElasticAST.from_checkpoint(payload).to(device).eval()
-            except ValueError as error:
-                raise CheckpointError(f"{path}: {error}") from None
-        settings = MergeSettings.from_meta(model.meta).overridden(
-            r, schedule, proportional_attention)
-        try:
-            return settings.apply(model)
-        except (ValueError, TypeError) as error:  # e.g. a damaged merging record
-            raise FastASTError(f"{path}: token merging settings {settings.to_meta()} do not "
-                               f"apply ({error})") from None
-    assert payload is not None
-    if architecture == "cnn":
-        model = CNNClassifier(CNNConfig.from_dict(payload["config"]))
-    elif architecture == "passt":
-        model = PaSSTClassifier(PaSSTConfig.from_dict(payload["config"]))
-    else:
-        raise CheckpointError(f"{path} holds an unknown kind of model ({architecture!r})")
-    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: the weights do not fit their own config")
-    model.meta = dict(payload.get("meta") or {})
-    return model.to(device).eval()
+    model = load_checkpoint(path, device=device)
+    if not model.merges_tokens:
+        return model
+    settings = MergeSettings.from_meta(model.meta).overridden(r, schedule, proportional_attention)
+    try:
+        return settings.apply(model)
+    except (ValueError, TypeError) as error:  # e.g. a damaged merging record
+        raise FastASTError(f"{path}: token merging settings {settings.to_meta()} do not "
+                           f"apply ({error})") from None
 
 
 def model_kind(model: nn.Module) -> str:
     """The name a model goes by on the command line: ast, passt, or the CNN's backbone."""
-    if isinstance(model, AST | ElasticAST):
+    if model.architecture in (AST.architecture, ElasticAST.architecture):
         return "ast"
-    if isinstance(model, PaSSTClassifier):
+    if model.architecture == PaSSTClassifier.architecture:
         return "passt"
     return model.config.backbone

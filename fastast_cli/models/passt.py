@@ -8,7 +8,8 @@ fbank as the AST student, so teacher and student see one input (consistent teach
 
 Weights: `--pretrained` takes a local PaSST state-dict file (e.g. the AudioSet
 `passt-s-f128-p16-s10-ap.476-swa.pt` release, downloaded by you); the time positional table is
-cut or interpolated to the model's length, the head is re-created when the class count differs.
+cut or interpolated to the model's length, the head is re-created when the class count differs
+(models/checkpoints/passt.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastast_cli.errors import FastASTError
@@ -84,40 +84,3 @@ class PaSSTClassifier(nn.Module):
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         logits, _ = self.net(fbank.unsqueeze(1).transpose(2, 3))  # input [B, 1, F, T]
         return logits
-
-
-def fit_time_table(table: torch.Tensor, length: int) -> torch.Tensor:
-    """PaSST's time positional table [1, D, 1, t] cut (from the start, as PaSST does at run
-    time) or linearly interpolated to `length` columns."""
-    if table.shape[-1] >= length:
-        return table[..., :length]
-    return F.interpolate(table, size=(1, length), mode="bilinear", align_corners=False)
-
-
-def load_passt_weights(model: PaSSTClassifier, state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Load PaSST weights into `model`, adapting the time table; returns notes on what changed."""
-    state_dict = {k.removeprefix("net."): v for k, v in state_dict.items()}
-    expected = model.net.state_dict()
-    notes = []
-    table = state_dict.get("time_new_pos_embed")
-    if table is not None and table.shape != expected["time_new_pos_embed"].shape:
-        state_dict["time_new_pos_embed"] = fit_time_table(
-            table, expected["time_new_pos_embed"].shape[-1]
-        )
-        notes.append(f"time positions adapted from {table.shape[-1]} columns")
-    heads = [k for k in state_dict if k.startswith((HEAD_PREFIX, "head_dist."))]
-    if any(state_dict[k].shape != expected[k].shape for k in heads if k in expected):
-        for key in heads:
-            state_dict.pop(key)
-        notes.append("classification head re-created for the new classes")
-    try:
-        missing, unexpected = model.net.load_state_dict(state_dict, strict=False)
-    except RuntimeError as error:  # a shape that cannot be adapted (other mel bins, strides)
-        raise FastASTError(f"PaSST weights do not fit this model: {error}") from None
-    missing = [k for k in missing if not k.startswith((HEAD_PREFIX, "head_dist."))]
-    if missing or unexpected:
-        raise FastASTError(
-            f"PaSST weights do not fit: {len(missing)} missing, {len(unexpected)} unexpected keys "
-            f"(e.g. {', '.join((missing + unexpected)[:3])})"
-        )
-    return notes

@@ -58,8 +58,8 @@ def expected_lines(sweep_csv: Path) -> list[str]:
     cells = {(row["run"], int(row["r"])): row for row in csv.DictReader(sweep_csv.open())}
     plain, merged, distilled = cells["ast", 0], cells["tome", 4], cells["tome+kd", 4]
     speedup = float(merged["samples_per_s"]) / float(plain["samples_per_s"])
-    drop = float(merged["metric"]) - float(plain["metric"])
-    change = float(distilled["metric"]) - float(merged["metric"])
+    drop = float(merged["accuracy"]) - float(plain["accuracy"])
+    change = float(distilled["accuracy"]) - float(merged["accuracy"])
     return [f"r = 4 runs {speedup:.2f}× faster for {drop:+.4f} accuracy",
             f"distillation changes accuracy by {change:+.4f} at r = 4"]
 
@@ -75,7 +75,7 @@ def test_summary_is_computed_from_the_csv_rows(demo_sweep, tmp_path):
     records = list(csv.DictReader(demo_sweep.open()))
     for record in records:
         if record["run"] == "tome+kd" and record["r"] == "4":
-            record["metric"] = f"{float(record['metric']) + 0.25:.4f}"
+            record["accuracy"] = f"{float(record['accuracy']) + 0.25:.4f}"
         if record["run"] == "tome" and record["r"] == "4":
             record["samples_per_s"] = f"{float(record['samples_per_s']) * 3:.2f}"
     with edited.open("w", newline="") as stream:
@@ -100,8 +100,10 @@ def test_tables_hold_the_rows_of_their_runs(demo_sweep):
             cells["tome", row["r"]].metric - cells["ast", 0].metric)
         # One architecture and merging setting, one interleaved measurement: the two students
         # trained with merging share samples/s (the r = 0 run merges off the shelf, with
-        # proportional attention on, so it is timed as a setting of its own).
+        # proportional attention on, so it is timed as a setting of its own at r > 0).
         assert cells["tome", row["r"]].samples_per_s == cells["tome+kd", row["r"]].samples_per_s
+    # At r = 0 no merging setting changes the model: all three share one r = 0 reference.
+    assert len({cells[run, 0].samples_per_s for run in ("ast", "tome", "tome+kd")}) == 1
     table2 = table2_rows(rows, "tome", "tome+kd")
     assert [row["change"] for row in table2] == pytest.approx(
         [cells["tome+kd", r].metric - cells["tome", r].metric for r in (0, 4, 8)])
@@ -113,6 +115,10 @@ def test_tables_hold_the_rows_of_their_runs(demo_sweep):
                     "--r", "8")
     assert "Table 1" in output and "Table 2" not in output
     assert len(re.findall(r"^r = 8 runs", output, flags=re.MULTILINE)) == 1
+    wrong = CliRunner().invoke(app, ["report", str(demo_sweep), "--baseline", "ast", "--tome",
+                                     "tome", "--r", "8", "--metric", "mAP"])
+    assert wrong.exit_code == 2 and "--metric mAP: " in wrong.output
+    assert "holds accuracy" in wrong.output  # the metric the CSV's header names
     bad = CliRunner().invoke(app, ["report", str(demo_sweep.parent / "none.csv"),
                                    "--baseline", "a", "--tome", "b", "--r", "0"])
     assert bad.exit_code == 2 and "does not exist" in bad.output

@@ -110,7 +110,7 @@ def test_sweep_runs_on_an_elastic_checkpoint(small_demo, elastic_checkpoint, tmp
     rows = list(csv.DictReader(out.open()))
     assert [int(row["tokens"]) for row in rows] == [98, 98 - 2 * 4]
     whole = evaluate_checkpoint(elastic_checkpoint, load_manifest(small_demo))
-    assert float(rows[0]["metric"]) == pytest.approx(whole.metrics.accuracy, abs=5e-5)
+    assert float(rows[0]["accuracy"]) == pytest.approx(whole.metrics.accuracy, abs=5e-5)
 
 
 def test_elastic_student_teaches_a_fixed_teacher_the_q1_view_of_each_clip(small_demo, tmp_path):

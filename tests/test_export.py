@@ -323,7 +323,7 @@ def test_sweep_times_and_scores_each_backend(small_demo: Path, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     rows = {(row["run"], int(row["r"])): row for row in _csv(out)}
     assert set(rows) == {("m (torch)", 4), ("m (onnxruntime)", 4)}
-    assert rows["m (torch)", 4]["metric"] == rows["m (onnxruntime)", 4]["metric"]
+    assert rows["m (torch)", 4]["accuracy"] == rows["m (onnxruntime)", 4]["accuracy"]
     assert float(rows["m (onnxruntime)", 4]["samples_per_s"]) > 0
 
 

@@ -110,13 +110,13 @@ def test_sweep_scores_the_test_split_names_it_and_takes_split(three_splits, tmp_
     assert {row["batch"] for row in rows} == {"8"}  # CPU default, printed and saved
     assert "a: constant, proportional attention on" in words(result.output)
     expected = evaluate_checkpoint(checkpoint, manifest, split="test").metrics.accuracy
-    assert float(rows[0]["metric"]) == pytest.approx(expected, abs=5e-5)
+    assert float(rows[0]["accuracy"]) == pytest.approx(expected, abs=5e-5)
     valid = run_cli(*common, "--out", str(out), "--split", "valid")  # same file: re-measured
     assert valid.exit_code == 0, valid.output
     rows = list(csv.DictReader(out.open()))
     assert {row["split"] for row in rows} == {"valid"}
     expected = evaluate_checkpoint(checkpoint, manifest, split="valid").metrics.accuracy
-    assert float(rows[0]["metric"]) == pytest.approx(expected, abs=5e-5)
+    assert float(rows[0]["accuracy"]) == pytest.approx(expected, abs=5e-5)
     assert run_cli(*common, "--split", "nope").exit_code == 2
 
 

@@ -46,7 +46,7 @@ def test_rows_match_evaluate_and_the_csv_equals_the_table(small_demo, tiny_check
     rows = list(csv.DictReader(out.open()))
     assert [int(row["r"]) for row in rows] == [0, 10, 20, 30]
     plain = evaluate_checkpoint(tiny_checkpoints[0], load_manifest(small_demo), r=0)
-    assert float(rows[0]["metric"]) == pytest.approx(plain.metrics.accuracy, abs=5e-5)
+    assert float(rows[0]["accuracy"]) == pytest.approx(plain.metrics.accuracy, abs=5e-5)
     assert float(rows[0]["drop"]) == 0.0
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tokens = [int(row["tokens"]) for row in rows]
@@ -95,7 +95,7 @@ def test_per_r_checkpoints_and_fold_patterns(small_demo, tiny_checkpoints, tmp_p
     assert rows[1]["checkpoint"].endswith("r6/best.pt")
     manifest = load_manifest(small_demo)
     other = evaluate_checkpoint(folder / "r6/best.pt", manifest, r=6)
-    assert float(rows[1]["metric"]) == pytest.approx(other.metrics.accuracy, abs=5e-5)
+    assert float(rows[1]["accuracy"]) == pytest.approx(other.metrics.accuracy, abs=5e-5)
     assert rows[0]["metric_std"] == ""  # no folds, no spread: a blank cell
     folds = sweep(["--data", str(small_demo), "--checkpoint", f"{folder}/r0/best.pt",
                    "--folds", "1-2", "--r", "0", "--out", str(tmp_path / "folds.csv")])
@@ -151,3 +151,77 @@ def test_budget_recommends_the_smallest_drop_that_is_fast_enough():
 def test_bad_sweep_arguments(small_demo):
     assert sweep(["--data", str(small_demo)]).exit_code == 2
     assert sweep(["--data", str(small_demo), "--checkpoint", "missing.pt"]).exit_code == 2
+
+
+def test_runs_of_one_architecture_share_the_r0_reference_and_each_checkpoint_is_read_once(
+    small_demo, tiny_checkpoints, tmp_path, monkeypatch
+):
+    """Two runs of one architecture that merge differently (proportional attention on and off)
+    are timed in one loop, r = 0 once for both: same samples/s at r = 0, same reference."""
+    import torch
+
+    manifest = load_manifest(small_demo)
+    torch.manual_seed(2)
+    trained = build_model("tiny", 10, target_length=200, depth=2, fstride=16, tstride=16,
+                          labels=manifest.label_names)
+    mean, std = manifest.norm_stats()
+    merged = save_checkpoint(tmp_path / "merged.pt", trained, mean=mean, std=std, merging={
+        "method": "tome", "r": 4, "schedule": "constant", "proportional_attention": False})
+    calls = []
+    real = sweep_module.sweep_throughputs
+
+    def spy(models, rs, **options):
+        calls.append([list(r) for r in rs])
+        return real(models, rs, **options)
+
+    read = []
+    load = sweep_module.load_classifier
+    monkeypatch.setattr(sweep_module, "sweep_throughputs", spy)
+    monkeypatch.setattr(sweep_module, "load_classifier",
+                        lambda path, **k: read.append(path) or load(path, **k))
+    out = tmp_path / "sweep.csv"
+    result = sweep(["--data", str(small_demo), "--checkpoint", f"a={tiny_checkpoints[0]}",
+                    "--checkpoint", f"m={merged}", "--r", "0,8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert calls == [[[0, 8], [8]]]  # one loop; r = 0 timed once for the architecture
+    assert sorted(read) == sorted([str(tiny_checkpoints[0]), str(merged)])  # each read once
+    rows = {(row["run"], int(row["r"])): row for row in csv.DictReader(out.open())}
+    assert rows["a", 0]["samples_per_s"] == rows["m", 0]["samples_per_s"]
+    assert rows["a", 0]["speedup"] == rows["m", 0]["speedup"] == "1.00"
+    assert rows["m", 8]["merging"] == "constant, proportional attention off"
+    reference = float(rows["a", 0]["samples_per_s"])
+    for run in ("a", "m"):
+        assert float(rows[run, 8]["speedup"]) == pytest.approx(
+            float(rows[run, 8]["samples_per_s"]) / reference, abs=0.01)
+
+
+def test_the_csv_header_names_the_metric_and_an_older_table_is_resumed(
+    small_demo, tiny_checkpoints, tmp_path
+):
+    out = tmp_path / "sweep.csv"
+    args = ["--data", str(small_demo), "--checkpoint", f"a={tiny_checkpoints[0]}", "--out",
+            str(out)]
+    assert sweep([*args, "--r", "0"]).exit_code == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert header[:4] == ["run", "r", "accuracy", "metric_std"]
+    first = next(csv.DictReader(out.open()))
+    # A table from before the metric was named says `metric`: still resumed, then renamed.
+    out.write_text(out.read_text().replace("accuracy", "metric", 1))
+    result = sweep([*args, "--r", "0,8"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0])[2] == "accuracy" and [row["r"] for row in rows] == ["0", "8"]
+    assert rows[0] == first  # kept, not measured again
+
+    checkpoint = tmp_path / "map.pt"
+    manifest = load_manifest(small_demo)
+    model = build_model("tiny", 10, target_length=200, depth=2, fstride=16, tstride=16,
+                        labels=manifest.label_names)
+    save_checkpoint(checkpoint, model, metric="mAP")
+    mapped = tmp_path / "map.csv"
+    result = sweep(["--data", str(small_demo), "--checkpoint", f"m={checkpoint}", "--r", "0",
+                    "--out", str(mapped)])
+    assert result.exit_code == 0, result.output
+    (row,) = csv.DictReader(mapped.open())
+    plain = evaluate_checkpoint(checkpoint, manifest, r=0)
+    assert float(row["mAP"]) == pytest.approx(plain.metrics.mAP, abs=5e-5)

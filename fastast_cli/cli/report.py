@@ -10,7 +10,7 @@ import typer
 
 from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.sweep import read_rows
+from fastast_cli.evaluation.sweep import read_table
 from fastast_cli.reports.summary import (
     reference_row,
     summary_lines,
@@ -71,14 +71,19 @@ def report(
     kd: Annotated[str | None, typer.Option(
         help="Run trained with merging and distillation (Table 2 and the second sentence).")
     ] = None,
-    metric: Annotated[Metric, typer.Option(help="Name of the sweep's metric, for the text.")
-                      ] = Metric.accuracy,
+    metric: Annotated[Metric | None, typer.Option(
+        help="Name of the sweep's metric, for the text. Default: the one the CSV's header "
+        "names; accuracy for a table from before the header named it.")] = None,
 ) -> None:
     """Read the rows, print the tables and the summary."""
     if not sweep_csv.is_file():
         raise FastASTError(
             f"{sweep_csv} does not exist: run `fastast sweep --data ... --out` first")
-    rows = read_rows(sweep_csv)
+    table = read_table(sweep_csv)
+    if metric is not None and table.metric not in (None, metric.value):
+        raise FastASTError(f"--metric {metric.value}: {sweep_csv} holds {table.metric}")
+    metric = Metric(table.metric or (metric.value if metric is not None else "accuracy"))
+    rows = table.rows
     reference = reference_row(rows, baseline)
     splits = ", ".join(dict.fromkeys(row.split for row in rows if row.split))
     scored = f"{metric.value}, {splits} split" if splits else metric.value

@@ -15,7 +15,16 @@ from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
-from fastast_cli.evaluation.sweep import SweepRow, parse_run, read_rows, recommend, run_sweep
+from fastast_cli.evaluation.sweep import (
+    SweepMeasurement,
+    SweepOptions,
+    SweepRow,
+    parse_run,
+    plan_sweep,
+    read_table,
+    recommend,
+)
+from fastast_cli.evaluation.sweep_table import METRIC_NAMES, UNNAMED_METRIC
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.export.backends import parse_backends
 from fastast_cli.models.ast import AST, SIZES, build_model
@@ -47,11 +56,11 @@ BACKEND_COLUMN = Column("backend", "backend")
 
 
 def metric_columns(metric: str) -> list[Column]:
-    """Columns of a sweep with data; `metric` names the metric column."""
+    """Columns of a sweep with data; `metric` names the metric column (its key and header)."""
     return [
         Column("run", "run"),
         Column("r", "r"),
-        Column("metric", metric, "{:.4f}"),
+        Column(metric, metric, "{:.4f}"),
         Column("metric_std", "±", "{:.4f}"),
         Column("drop", "drop", "{:+.4f}"),
         Column("samples_per_s", "samples/s", "{:.2f}"),
@@ -70,9 +79,17 @@ def metric_columns(metric: str) -> list[Column]:
 MERGING_COLUMN = Column("merging", "merging")
 
 
-def csv_columns() -> list[Column]:
-    """Columns of a data sweep's CSV (cells use column keys: the metric's name is moot)."""
-    return [*metric_columns("metric"), MERGING_COLUMN]
+def csv_columns(metric: str) -> list[Column]:
+    """Columns of a data sweep's CSV; its metric column is named after `metric`."""
+    return [*metric_columns(metric), MERGING_COLUMN]
+
+
+def is_sweep_table(out: Path) -> bool:
+    """Whether `out` is a data sweep's CSV: of any metric, or from before the metric column was
+    named (`metric`) or the merging column existed; a rerun resumes from it."""
+    return any(is_table_of(out, columns)
+               for metric in (*METRIC_NAMES, UNNAMED_METRIC)
+               for columns in (csv_columns(metric), metric_columns(metric)))
 
 
 def parse_r_values(spec: str) -> list[int]:
@@ -128,10 +145,10 @@ def plot_path(out: Path) -> Path:
 def check_data_sweep_out(out: Path) -> None:
     """Before measuring: the CSV is absent or a sweep table (a rerun resumes from it), and the
     plot beside it is not a file of the user's (a PNG there with no sweep table is)."""
-    if out.exists() and is_table_of(out, metric_columns("metric")):
-        check_output(out, folder=False)  # a table from before the merging column: resumed
+    if out.exists() and is_sweep_table(out):
+        check_output(out, folder=False)
     else:
-        check_table_target(out, csv_columns())
+        check_table_target(out, csv_columns("accuracy"))
     plot = plot_path(out)
     if plot == out:
         raise FastASTError(f"--out {out} names the CSV (e.g. sweep.csv); the plot goes beside it")
@@ -153,47 +170,43 @@ def capped_rows_note(rows: list[SweepRow]) -> str | None:
 
 
 def data_sweep(
-    manifest: Manifest, specs: list[str], rs: list[int], folds: str | None, out: Path | None,
-    budget: str | None, options: dict, split: str | None = None,
+    manifest: Manifest, specs: list[str], rs: list[int], out: Path | None, budget: str | None,
+    options: SweepOptions,
 ) -> None:
-    """Metric and throughput per run and r; rows saved as they finish; resumes from `out`."""
+    """Metric and throughput per run and r: plan (resuming from `out`), measure, and write the
+    CSV after each row; then the table, its notes, the plot and the budget's choice."""
     runs = [parse_run(spec) for spec in specs]
-    fold_numbers: list[int | None] = list(parse_folds(folds)) if folds else [None]
-    previous = read_rows(out) if out is not None else []
-    split = split or manifest.eval_split
-    manifest.datafile(split, fold_numbers[0])  # an unknown split fails here, clearly
-
-    def save(rows: list[SweepRow]) -> None:
-        if out is not None:
-            write_csv(out, [row.to_dict() for row in rows], csv_columns())
-
-    with progress_bar("sweeping", len(runs) * len(rs) * len(options["backends"])) as advance:
-        def saved_one(rows: list[SweepRow]) -> None:
-            save(rows)
+    manifest.datafile(options.split or manifest.eval_split, options.folds[0])  # an unknown
+    # split fails here, clearly
+    plan = plan_sweep(runs, rs, manifest, options, read_table(out) if out is not None else None)
+    rows = plan.rows
+    with progress_bar("sweeping", plan.row_count) as advance:
+        measurement = SweepMeasurement(plan, manifest, options)
+        metric = measurement.metric
+        for _ in rows:  # finished rows count as progress too
             advance()
-
-        notes: set[str] = set()
-        rows, metric = run_sweep(runs, rs, manifest, folds=fold_numbers, previous=previous,
-                                 split=split, on_rows=saved_one, on_note=notes.add, **options)
+        for row in measurement.rows():
+            rows = plan.ordered([*rows, row])
+            if out is not None:
+                write_csv(out, [row.to_dict(metric) for row in rows], csv_columns(metric))
+            advance()
+    records = [row.to_dict(metric) for row in rows]
     merging = "".join(sorted({f"; {row.run}: {row.merging}" for row in rows if row.merging}))
     console.print(rich_table(
-        f"Sweep on {manifest.path}, {split} split ({metric}; drop vs r={rs[0]}; speed on "
-        f"random input{merging})",
-        [row.to_dict() for row in rows], metric_columns(metric),
+        f"Sweep on {manifest.path}, {plan.split} split ({metric}; drop vs r={rs[0]}; speed on "
+        f"random input{merging})", records, metric_columns(metric),
     ))
-    for note in sorted(notes):
+    for note in sorted(measurement.notes):
         console.print(f"note: {note}")
     note = capped_rows_note(rows)
     if note:
         console.print(note)
     if out is not None:
-        save(rows)
+        write_csv(out, records, csv_columns(metric))  # also a table read from an older CSV
         plot = plot_tradeoff(
-            [row.to_dict() for row in rows], "samples_per_s", "metric", "r",
-            plot_path(out),
-            f"{metric} ({split} split) against throughput per r ({manifest.dataset})",
-            x_label="samples/s",
-            y_label=metric, series_key="run",
+            records, "samples_per_s", metric, "r", plot_path(out),
+            f"{metric} ({plan.split} split) against throughput per r ({manifest.dataset})",
+            x_label="samples/s", y_label=metric, series_key="run",
         )
         console.print(f"wrote {out} and {plot}")
     if budget is not None:
@@ -281,12 +294,13 @@ def sweep(
             raise FastASTError("--data needs at least one --checkpoint to evaluate")
         if out is not None:
             check_data_sweep_out(out)
-        options = {"batch_size": batch_size, "eval_batch_size": eval_batch_size,
-                   "device": resolve_device(device), "dtype": dtype,
-                   "schedule": schedule_name(schedule),
-                   "proportional_attention": proportional_attention,
-                   "warmup": warmup, "runs": runs, "backends": backends}
-        data_sweep(load_manifest(data), checkpoint, rs, folds, out, budget, options, split)
+        options = SweepOptions(
+            folds=tuple(parse_folds(folds)) if folds else (None,), split=split,
+            batch_size=batch_size, eval_batch_size=eval_batch_size,
+            device=resolve_device(device), dtype=dtype, schedule=schedule_name(schedule),
+            proportional_attention=proportional_attention, warmup=warmup, runs=runs,
+            backends=tuple(backends))
+        data_sweep(load_manifest(data), checkpoint, rs, out, budget, options)
         return
     if checkpoint and len(checkpoint) > 1:
         raise FastASTError("without --data, sweep one --checkpoint at a time")

@@ -1,8 +1,9 @@
 """Classification metrics of the AST papers: accuracy, mAP, mAUC, d′ and per-class AP.
 
-Computed in NumPy with the same definitions as scikit-learn's `average_precision_score` and
-`roc_auc_score` (every distinct score is a threshold; tied scores move together), so numbers
-compare with AST's published ones; the tests check them against scikit-learn.
+AP and AUC come from scikit-learn (`average_precision_score`, `roc_auc_score`), as in AST's own
+evaluation code, so numbers compare with AST's published ones. One difference from
+scikit-learn's macro averages: a class with no positive (or no negative) example has no AP (or
+AUC); it is NaN in the per-class lists and left out of the means instead of counting as 0.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
-
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 
 @dataclass
@@ -42,34 +42,20 @@ class Metrics:
         return [c for c, ap in enumerate(self.per_class_ap) if math.isnan(ap)]
 
 
-def _threshold_counts(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """True and false positives at each distinct score threshold, highest threshold first."""
-    order = np.argsort(-scores, kind="mergesort")
-    scores, positives = scores[order], positives[order]
-    last_of_value = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
-    true_positives = np.cumsum(positives)[last_of_value]
-    false_positives = last_of_value + 1 - true_positives
-    return true_positives, false_positives
-
-
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the step precision-recall curve, Σ (R_n − R_{n−1}) P_n. NaN without positives."""
-    true_positives, false_positives = _threshold_counts(scores, positives)
-    if true_positives[-1] == 0:
+    """Area under the step precision-recall curve, Σ (R_n − R_{n−1}) P_n, of scores [N] for
+    0/1 `positives` [N]. NaN without positives."""
+    if not positives.any():
         return math.nan
-    precision = true_positives / (true_positives + false_positives)
-    recall = true_positives / true_positives[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    return float(average_precision_score(positives, scores))
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the ROC curve (trapezoids). NaN when one of the two classes is absent."""
-    true_positives, false_positives = _threshold_counts(scores, positives)
-    if true_positives[-1] == 0 or false_positives[-1] == 0:
+    """Area under the ROC curve of scores [N] for 0/1 `positives` [N]. NaN when one of the two
+    classes is absent."""
+    if positives.all() or not positives.any():
         return math.nan
-    tpr = np.r_[0.0, true_positives / true_positives[-1]]
-    fpr = np.r_[0.0, false_positives / false_positives[-1]]
-    return float(_trapezoid(tpr, fpr))
+    return float(roc_auc_score(positives, scores))
 
 
 def d_prime(auc: float) -> float:
@@ -77,6 +63,12 @@ def d_prime(auc: float) -> float:
     if math.isnan(auc) or not 0.0 < auc < 1.0:
         return math.nan
     return math.sqrt(2.0) * NormalDist().inv_cdf(auc)
+
+
+def nan_mean(values: list[float]) -> float:
+    """Mean of the values that are not NaN; NaN when all are."""
+    kept = [value for value in values if not math.isnan(value)]
+    return float(np.mean(kept)) if kept else math.nan
 
 
 def compute_metrics(predictions: np.ndarray, targets: np.ndarray) -> Metrics:
@@ -91,10 +83,10 @@ def compute_metrics(predictions: np.ndarray, targets: np.ndarray) -> Metrics:
             f"predictions {predictions.shape} and targets {targets.shape} must both be [N, C]"
         )
     positives = targets > 0.5
-    accuracy = float(np.mean(predictions.argmax(1) == targets.argmax(1)))
+    accuracy = float(accuracy_score(targets.argmax(1), predictions.argmax(1)))
     per_class_ap = [average_precision(predictions[:, c], positives[:, c])
                     for c in range(targets.shape[1])]
     per_class_auc = [roc_auc(predictions[:, c], positives[:, c]) for c in range(targets.shape[1])]
-    mean_ap = float(np.nanmean(per_class_ap)) if not np.all(np.isnan(per_class_ap)) else math.nan
-    mean_auc = float(np.nanmean(per_class_auc)) if not np.all(np.isnan(per_class_auc)) else math.nan
-    return Metrics(accuracy, mean_ap, mean_auc, d_prime(mean_auc), per_class_ap, per_class_auc)
+    mean_auc = nan_mean(per_class_auc)
+    return Metrics(accuracy, nan_mean(per_class_ap), mean_auc, d_prime(mean_auc), per_class_ap,
+                   per_class_auc)

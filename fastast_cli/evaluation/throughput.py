@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.export.backends import make_forward
-from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS
+from fastast_cli.models.ast import NUM_PREFIX_TOKENS
 from fastast_cli.models.reduction.schedule import resolve_schedule, tokens_per_block
 
 # Timing batches tried on an accelerator, largest first (ToMe's benchmarks use 64–256); CPU runs
@@ -29,7 +30,7 @@ CPU_BATCH = 8
 
 
 def default_batch_size(
-    model: AST, device: str | torch.device = "auto", dtype: str = "auto", r: int = 0,
+    model: nn.Module, device: str | torch.device = "auto", dtype: str = "auto", r: int = 0,
     schedule: str = "constant",
 ) -> int:
     """The timing batch that fills the device: on CUDA the largest of `ACCELERATOR_BATCHES`
@@ -39,12 +40,12 @@ def default_batch_size(
     if device.type != "cuda":
         return CPU_BATCH
     torch_dtype = resolve_dtype(dtype, device)
-    config = model.config
+    spec = model.input_spec()
     model = model.to(device).eval()
 
     def fits(size: int) -> bool:
         try:
-            batch = torch.zeros(size, config.target_length, config.num_mel_bins, device=device)
+            batch = torch.zeros(size, spec.target_length, spec.num_mel_bins, device=device)
             with merging(model, r, schedule):
                 time_forward(model, batch, device, torch_dtype)
             return True
@@ -74,7 +75,7 @@ class ThroughputRow:
 
 
 @contextlib.contextmanager
-def merging(model: AST, r: int, schedule: str) -> Iterator[AST]:
+def merging(model: nn.Module, r: int, schedule: str) -> Iterator[nn.Module]:
     """Temporarily set the model's merging rate."""
     saved = (list(model.r_schedule), getattr(model, "r_fraction", None))
     model.set_r(r, schedule, model.proportional_attention)
@@ -100,7 +101,7 @@ def time_forward(
     return time.perf_counter() - start
 
 
-def final_tokens(model: AST, r: int, schedule: str) -> int:
+def final_tokens(model: nn.Module, r: int, schedule: str) -> int:
     """Tokens left after the last block at merging rate r (from the schedule and the cap)."""
     per_block = resolve_schedule(r, model.config.depth, schedule)
     start = model.config.num_patches + NUM_PREFIX_TOKENS
@@ -108,7 +109,7 @@ def final_tokens(model: AST, r: int, schedule: str) -> int:
 
 
 def sweep_throughput(
-    model: AST,
+    model: nn.Module,
     rs: Sequence[int],
     *,
     batch_size: int = 8,
@@ -135,7 +136,7 @@ def sweep_throughput(
 
 
 def sweep_throughputs(
-    models: Sequence[AST],
+    models: Sequence[nn.Module],
     rs: Sequence[Sequence[int]],
     *,
     batch_size: int = 8,
@@ -205,12 +206,12 @@ def sweep_throughputs(
     ]
 
 
-def _random_batch(model: AST, batch_size: int, seed: int) -> torch.Tensor:
-    """A fixed random batch [batch_size, frames, mel_bins] of the model's input shape."""
-    config = model.config
+def _random_batch(model: nn.Module, batch_size: int, seed: int) -> torch.Tensor:
+    """A fixed random batch [batch_size, frames, mel_bins] of the model's input shape (for a
+    native-length model, its longest clip)."""
+    spec = model.input_spec()
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn((batch_size, config.target_length, config.num_mel_bins),
-                       generator=generator)
+    return torch.randn((batch_size, spec.target_length, spec.num_mel_bins), generator=generator)
 
 
 def _tick(on_step: Callable[[], None] | None) -> None:

@@ -1,0 +1,116 @@
+"""The rows of a sweep and its CSV: what one run at one r scored and ran at, read back to resume.
+
+The CSV names its metric column after the metric (`accuracy` or `mAP`); tables written before
+that say `metric` and are still read (and rewritten with the metric's name on resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fastast_cli.errors import FastASTError
+
+# Names of the metric column: the metric itself, or `metric` in tables from before it was named.
+METRIC_NAMES = ("accuracy", "mAP")
+UNNAMED_METRIC = "metric"
+
+
+@dataclass
+class SweepRow:
+    """One run at one r: its metric (mean over folds), the drop from r = 0, and its speed."""
+
+    run: str
+    r: int
+    metric: float
+    metric_std: float | None  # standard deviation over folds; None for a single fold
+    drop: float
+    samples_per_s: float
+    speedup: float
+    tokens: int
+    gflops: float
+    checkpoint: str
+    split: str
+    batch: int  # timing batch of samples_per_s
+    merging: str  # schedule and proportional attention the metric was measured with
+
+    def to_dict(self, metric: str = UNNAMED_METRIC) -> dict[str, float | int | str | None]:
+        """The row as a record; the metric's cell keyed by `metric` (the CSV's column)."""
+        record = asdict(self)
+        record[metric] = record.pop("metric")
+        return record
+
+
+@dataclass
+class SweepTable:
+    """The rows of a sweep's CSV and the name of its metric (None when the header says only
+    `metric`)."""
+
+    rows: list[SweepRow] = field(default_factory=list)
+    metric: str | None = None
+
+
+def read_table(path: Path) -> SweepTable:
+    """The rows of an earlier (maybe interrupted) sweep written as CSV to `path`; none if absent."""
+    if not path.exists():
+        return SweepTable()
+    with path.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        header = reader.fieldnames or []
+        named = [name for name in (*METRIC_NAMES, UNNAMED_METRIC) if name in header]
+        if len(named) != 1:
+            raise FastASTError(
+                f"{path} is not a sweep table of this kind: remove it or pick another --out")
+        metric = named[0]
+        rows = [row_of(record, metric, path) for record in reader]
+    return SweepTable(rows, metric if metric in METRIC_NAMES else None)
+
+
+def read_rows(path: Path) -> list[SweepRow]:
+    """The rows of the sweep table at `path` (see `read_table`)."""
+    return read_table(path).rows
+
+
+def row_of(record: dict[str, str], metric: str, path: Path) -> SweepRow:
+    """One CSV record as a row; a record that is not one, or has no measured speed, is refused."""
+    try:
+        row = SweepRow(
+            run=record["run"], r=int(record["r"]), metric=float(record[metric]),
+            metric_std=float(record["metric_std"]) if record["metric_std"] else None,
+            drop=float(record["drop"]),
+            samples_per_s=float(record["samples_per_s"]),
+            speedup=float(record["speedup"]), tokens=int(record["tokens"]),
+            gflops=float(record["gflops"]), checkpoint=record["checkpoint"],
+            split=record.get("split") or "",  # older tables: split unknown, re-measured
+            batch=int(record.get("batch") or 0),
+            merging=record.get("merging") or "",  # older tables: not recorded
+        )
+    except (KeyError, TypeError, ValueError):
+        raise FastASTError(
+            f"{path} is not a sweep table of this kind: remove it or pick another --out"
+        ) from None
+    if not 0 < row.samples_per_s < math.inf:  # speeds are divided by
+        raise FastASTError(
+            f"{path}: run {row.run!r} at r = {row.r} has samples_per_s "
+            f"{record['samples_per_s']!r}, not a measured speed")
+    return row
+
+
+def recommend(rows: Sequence[SweepRow], budget: str) -> SweepRow | None:
+    """The row with the smallest drop whose speed meets `budget`: samples/s (`120`) or a
+    speedup over r = 0 (`1.5x`). None when no row meets it."""
+    text = budget.strip().lower()
+    try:
+        wanted = float(text.rstrip("x"))
+    except ValueError:
+        raise FastASTError(
+            f"--budget {budget!r}: give samples/s (120) or a speedup (1.5x)"
+        ) from None
+    key = "speedup" if text.endswith("x") else "samples_per_s"
+    meeting = [row for row in rows if getattr(row, key) >= wanted]
+    if not meeting:
+        return None
+    return max(meeting, key=lambda row: (row.drop, row.samples_per_s))

@@ -1,4 +1,5 @@
-"""Run by test_training's DDP test under torchrun: trains, then saves this rank's weights."""
+"""Run by test_training's DDP test under torchrun: trains, then saves this rank's weights and
+the number of clips it validated."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ config = TrainConfig(model="ast", size="tiny", depth=2, fstride=16, tstride=16, 
                      device="cpu", r=4, freqm=8, timem=16)
 ranks = init_ranks(torch.device("cpu"))
 trainer = Trainer(config, ranks, torch.device("cpu"), SilentReporter())
+validated = []  # clips of each forward pass in eval mode (the model itself: not through DDP)
+trainer.model.register_forward_pre_hook(
+    lambda module, args: None if module.training else validated.append(len(args[0])))
 trainer.run(resume=False)
 torch.save(trainer.model.state_dict(), out / f"rank{ranks.rank}.pt")
+torch.save(sum(validated), out / f"validated{ranks.rank}.pt")
 close_ranks(ranks)

@@ -135,7 +135,7 @@ def test_ctrl_c_during_validation_or_the_checkpoint_write_saves_a_resumable_stat
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
     assert "last.pt" in done.stderr and "--resume" in done.stderr
-    progress = read_checkpoint(out / "last.pt")["meta"]["progress"]
+    progress = read_checkpoint(out / "last.pt")["progress"]
     # Validation of epoch 1 was cut: all its batches done, the epoch not yet counted. The last.pt
     # write of epoch 1 finishes with its log row before the Ctrl-C is taken.
     assert (progress["epoch"], progress["batch"]) == ((0, 8) if point == "validation" else (1, 0))

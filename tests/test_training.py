@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from fastast_cli.cli import app
+from fastast_cli.data.manifest import load_manifest
 from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.evaluate import evaluate_model
 from fastast_cli.models.checkpoints import read_checkpoint
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.training import loop as loop_module
@@ -78,7 +81,7 @@ def test_resume_after_interruption_gives_the_same_weights(small_demo, tmp_path, 
     split = config(small_demo, tmp_path / "split", epochs=2, freqm=8, timem=16, mixup=0.5)
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(split, reporter=StopInEpochTwo())
-    saved = read_checkpoint(tmp_path / "split/last.pt")["meta"]["progress"]
+    saved = read_checkpoint(tmp_path / "split/last.pt")["progress"]
     assert (saved["epoch"], saved["batch"]) == (1, 3)
     assert not (tmp_path / "split/summary.json").exists()  # only a complete run has one
     with pytest.raises(FastASTError, match="--resume"):
@@ -158,7 +161,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_demo, tmp_path,
     with pytest.raises(FastASTError, match="nan.*last good epoch"):
         train(run)
     saved = read_checkpoint(tmp_path / "nan/last.pt")
-    assert saved["meta"]["progress"]["epoch"] == 1
+    assert saved["progress"]["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
 
 
@@ -298,6 +301,16 @@ def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
     initial = train_initial_weights(small_demo, tmp_path / "init")
     assert not torch.equal(first["blocks.0.attn.qkv.weight"], initial["blocks.0.attn.qkv.weight"])
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # rank 0 alone writes
+    # each rank validated its half of the clips; the metrics are those of all clips
+    validated = [torch.load(tmp_path / f"validated{rank}.pt") for rank in (0, 1)]
+    clips = len(Trainer(config(small_demo, tmp_path / "one", r=4), loop_module.Ranks(),
+                        torch.device("cpu"), loop_module.SilentReporter()).eval_set)
+    assert validated == [2 * (clips // 2), 2 * (clips - clips // 2)]  # 2 epochs
+    last = list(csv.DictReader((tmp_path / "log.csv").open()))[-1]
+    whole = evaluate_model(load_classifier(tmp_path / "last.pt"), load_manifest(small_demo),
+                           "last.pt", split=load_manifest(small_demo).selection_split)
+    for key, value in whole.metrics.summary().items():
+        assert float(last[key]) == pytest.approx(value, abs=1e-6), key
 
 
 def test_epoch_sampler_shards_are_disjoint_reproducible_and_resumable():

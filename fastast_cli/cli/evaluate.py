@@ -15,6 +15,7 @@ from fastast_cli.cli._merging import (
     merge_r_option,
     schedule_name,
 )
+from fastast_cli.cli._torchrun import torchrun_command
 from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
@@ -55,6 +56,7 @@ def merging_line(model_or_settings: object) -> str:
 
 @app.command()
 @user_errors
+@torchrun_command({"out": None})
 def evaluate(
     checkpoint: Annotated[str, typer.Option(
         help="fastast checkpoint, original AST .pth or Hugging Face AST folder. With --folds, "
@@ -89,7 +91,8 @@ def evaluate(
     onnx: OnnxOption = None,
     quiet: Quiet = False,
 ) -> None:
-    """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out."""
+    """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out.
+    Under torchrun each process scores its shard of the clips; the first one writes."""
     set_progress(not quiet)
     if folds and onnx is not None:
         raise FastASTError("--onnx is the graph of one checkpoint, --folds scores one checkpoint "

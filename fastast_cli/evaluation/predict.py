@@ -1,4 +1,5 @@
-"""Model outputs over a whole dataset, in order, for metrics and saved predictions."""
+"""Model outputs over a whole dataset, in order, for metrics and saved predictions; under
+torchrun each rank runs its shard and every rank gets the whole, gathered in order."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from fastast_cli.progress import track
+from fastast_cli.training.distributed import Ranks, current_ranks
 
 Batch = torch.Tensor | list[torch.Tensor]
 
@@ -29,22 +31,32 @@ def predict_dataset(
     num_workers: int = 0,
     collate_fn: Callable | None = None,
     forward: Callable[[Batch], torch.Tensor] | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, C] (float32, CPU) of `model` on every item of `dataset`, and targets [N, C].
 
     The model is put in eval mode; items are `(fbank, target, ...)` tuples; `collate_fn` batches
     them (`collate_native` for native-length clips). `forward` runs the batches instead of the
-    model itself (a backend's fbank → logits callable, see export.backends).
+    model itself (a backend's fbank → logits callable, see export.backends). With several
+    `ranks` (default: the process group joined, if any) each rank scores its shard of the items
+    and the outputs of all ranks are gathered, in the dataset's order, on every rank: all ranks
+    must call this together.
     """
+    ranks = ranks or current_ranks()
+    if ranks.active:
+        dataset = Subset(dataset, ranks.shard(len(dataset)))  # type: ignore[arg-type]
     model.eval()
     forward = forward or model
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_fn)
     outputs, targets = [], []
+    batches = track(loader, "evaluate", transient=True) if ranks.is_main else loader
     with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=amp):
-        for fbank, target, *_ in track(loader, "evaluate", transient=True):
+        for fbank, target, *_ in batches:
             outputs.append(forward(to_device(fbank, device)).float().cpu())
             targets.append(target)
+    if ranks.active:
+        outputs, targets = ranks.gather_shards(outputs), ranks.gather_shards(targets)
     if not outputs:
         raise ValueError("the dataset is empty: nothing to predict")
     return torch.cat(outputs), torch.cat(targets)

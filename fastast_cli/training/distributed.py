@@ -1,16 +1,22 @@
 """Multi-GPU / multi-node training through PyTorch's own DDP, as set up by `torchrun`.
 
 `torchrun --nproc_per_node N -m fastast_cli distill ...` sets RANK, WORLD_SIZE and LOCAL_RANK;
-without them training runs in one process. NCCL on GPUs, gloo on CPUs.
+without them training runs in one process. NCCL on GPUs, gloo on CPUs. Evaluation (validation,
+`evaluate`, `predict`) splits its items into one contiguous shard per rank and gathers the
+results in rank order, so every rank ends with the whole, in the items' order.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,23 @@ class Ranks:
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world
 
+    def shard(self, size: int) -> range:
+        """This rank's contiguous block of `size` items (blocks differ by at most one item and
+        follow each other in rank order; all of them in one process)."""
+        return range(size * self.rank // self.world, size * (self.rank + 1) // self.world)
+
+    def gather(self, value: T) -> list[T]:
+        """`value` of every rank, in rank order (any picklable value; [value] in one process)."""
+        if not self.active:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def gather_shards(self, items: Sequence[T]) -> list[T]:
+        """The items of every rank's shard, concatenated in rank order."""
+        return [item for part in self.gather(list(items)) for item in part]
+
 
 def init_ranks(device: torch.device) -> Ranks:
     """Join the process group that torchrun describes in the environment, if any."""
@@ -60,6 +83,13 @@ def init_ranks(device: torch.device) -> Ranks:
             torch.cuda.set_device(ranks.local_rank)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return ranks
+
+
+def current_ranks() -> Ranks:
+    """This process's place in the process group already joined (one process when none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def close_ranks(ranks: Ranks) -> None:

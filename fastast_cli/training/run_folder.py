@@ -13,9 +13,20 @@ import json
 import os
 from pathlib import Path
 
-from fastast_cli.atomic import check_output, remove_stale_temporaries, write_text
+from fastast_cli.atomic import (
+    check_output,
+    json_safe,
+    remove_stale_temporaries,
+    write_json,
+    write_text,
+)
 from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.metrics import Metrics
+from fastast_cli.training.config import TrainConfig
+from fastast_cli.training.resume import Progress
 
+LOG_FIELDS = ("epoch", "train_loss", "lr", "accuracy", "mAP", "mAUC", "d_prime",
+              "samples_per_s", "seconds")
 RUN_FILES = ("last.pt", "best.pt", "averaged.pt", "config.yaml", "log.csv", "log.jsonl",
              "summary.json", "teacher_logits.pt")
 
@@ -104,3 +115,27 @@ def _beyond(line: str, epochs_done: int) -> bool:
         return False
     epoch = _epoch(row.get("epoch")) if isinstance(row, dict) else None
     return epoch is not None and epoch > epochs_done
+
+
+def append_log_row(out: Path, row: dict[str, float]) -> None:
+    """One epoch's row, appended to log.csv (header first in a new file) and log.jsonl."""
+    csv_path = out / "log.csv"
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    with (out / "log.jsonl").open("a") as stream:
+        stream.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+
+
+def write_summary(out: Path, config: TrainConfig, split: str, progress: Progress,
+                  averaged: Metrics | None) -> None:
+    """summary.json: written once the run is complete (a finished-run marker for tools)."""
+    write_json(out / "summary.json", {
+        "metric": config.metric, "split": split, "best": progress.best,
+        "best_epoch": progress.best_epoch, "epochs": config.epochs,
+        "best_checkpoint": str(out / "best.pt"), "last": progress.history[-1],
+        "averaged": averaged.summary() if averaged is not None else None,
+    }, indent=2)

@@ -1,0 +1,80 @@
+"""What `last.pt` holds to continue a run exactly, and reading it back.
+
+`last.pt` is a fastast checkpoint (format, version, architecture, config, model, meta) with the
+run's state at its top level: `optimizer`, `scaler`, `progress` and `averaged`. Its `meta` keeps
+only what describes the model (stats, dataset, merging, the run's `train_config`). Files written
+before this layout keep the state inside `meta`; they are read the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastast_cli.errors import FastASTError
+
+# Settings that may differ when a run is resumed; any other change is refused.
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "out", "data", "cache", "amp"})
+STATE_KEYS = ("optimizer", "scaler", "progress", "averaged")
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved in `last.pt`."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # batches of that epoch already done
+    step: int = 0  # optimizer steps so far
+    best: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    averaged_epochs: int = 0
+    epoch_loss: float = 0.0  # loss summed over the epoch's samples so far
+    epoch_samples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-like record (an unset best is None: -inf is not JSON)."""
+        record = asdict(self)
+        record["best"] = self.best if math.isfinite(self.best) else None
+        return record
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Progress:
+        best = saved["best"]
+        return cls(
+            epoch=saved["epoch"], batch=saved["batch"], step=saved["step"],
+            best=best if best is not None else -math.inf, best_epoch=saved["best_epoch"],
+            history=list(saved["history"]), averaged_epochs=saved["averaged_epochs"],
+            epoch_loss=saved["epoch_loss"], epoch_samples=saved["epoch_samples"],
+        )
+
+
+def run_state(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`optimizer`, `scaler`, `progress` and `averaged` of a `last.pt` payload: at its top level
+    (this layout) or inside its `meta` (files written before). A file without optimizer and
+    progress (a best.pt, a bare model) is refused."""
+    meta = payload.get("meta") or {}
+    state = {key: payload[key] if key in payload else meta.get(key) for key in STATE_KEYS}
+    if not isinstance(state["optimizer"], dict) or not isinstance(state["progress"], dict):
+        raise FastASTError(f"{path} holds a model but no training state (optimizer, progress): "
+                           "--resume continues from the last.pt of an interrupted run")
+    return state
+
+
+def check_resumable(path: Path, saved: dict[str, Any], current: dict[str, Any],
+                    warmup_steps: int) -> None:
+    """Refuse to resume with settings other than the run's (`saved`: its train_config), except
+    those in RESUMABLE_CHANGES. A run saved before warm-up had a default, with the default's
+    `warmup_steps`, resumes without --warmup-steps."""
+    saved = dict(saved)
+    if current.get("warmup_steps") is None and saved.get("warmup_steps") == warmup_steps:
+        saved["warmup_steps"] = None
+    changed = [key for key, value in current.items()
+               if key not in RESUMABLE_CHANGES and saved.get(key, value) != value]
+    if changed:
+        raise FastASTError(
+            f"{path} was trained with other settings ({', '.join(changed)}); "
+            "resume with the same recipe and flags"
+        )

@@ -9,6 +9,7 @@ checkpoints (`module.v.*`, `module.mlp_head.*`) and timm DeiT weights load by na
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,14 +115,23 @@ class AST(TokenClassifier):
         self._init_weights([self.cls_token, self.dist_token, self.pos_embed])
 
     def set_r(
-        self, r: RSchedule, schedule: str = "constant", proportional_attention: bool = True
+        self,
+        r: RSchedule,
+        schedule: str = "constant",
+        proportional_attention: bool = True,
+        method: str = "tome",
+        method_options: Mapping[str, Any] | None = None,
     ) -> AST:
-        """Set token merging: `r` per block (int or list), `constant` or `decreasing` schedule.
+        """Set token reduction: `r` per block (int or list), `constant` or `decreasing` schedule.
 
         r = 0 is the plain AST. Per-block values above half the mergeable tokens are capped at
-        run time. Returns the model, so `load_model(p).set_r(8)` reads naturally.
+        run time. method: one of `reduction.METHODS` (tome, pitome, evit, tofu, random), each
+        removing exactly r tokens per block; method_options: that method's options (PiToMe:
+        margin_start, margin_slope, alpha; ToFu: switch; random: seed), None for its defaults.
+        Returns the model, so `load_model(p).set_r(8)` reads naturally.
         """
         self.r_schedule = resolve_schedule(r, self.config.depth, schedule)
+        self.set_method(method, method_options)
         self.proportional_attention = proportional_attention
         return self
 
@@ -173,11 +183,13 @@ def build_model(
     *,
     r: RSchedule = 0,
     schedule: str = "constant",
+    method: str = "tome",
     **config: Any,
 ) -> AST:
     """A randomly initialised AST of a named size; `config` overrides ASTConfig fields.
 
-    Example: `build_model("tiny", 50, target_length=512, fstride=10, tstride=10, r=8)`.
+    Example: `build_model("tiny", 50, target_length=512, fstride=10, tstride=10, r=8)`;
+    `method` names the token-reduction method (see `AST.set_r`).
     """
     model = AST(ASTConfig.for_size(size, num_classes=num_classes, **config))
-    return model.set_r(r, schedule)
+    return model.set_r(r, schedule, method=method)

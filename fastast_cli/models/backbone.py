@@ -7,7 +7,7 @@ head: parameter names `blocks.N.*`, `norm`, `mlp_head`, as in AST and timm) and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 
 from fastast_cli.models.layers import Block
 from fastast_cli.models.reduction.base import TokenReduction
+from fastast_cli.models.reduction.registry import make_method, method_options
 from fastast_cli.models.reduction.tome import ToMe
 from fastast_cli.models.token_state import PackedState, TokenState
 
@@ -53,6 +54,27 @@ class TokenClassifier(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    @property
+    def reduction_method(self) -> str:
+        """Name of the token-reduction method in use (`tome`, `pitome`, `evit`, `tofu`,
+        `random`)."""
+        return self.reduction.name
+
+    @property
+    def reduction_options(self) -> dict[str, Any]:
+        """Options of the reduction method in use (PiToMe's margins, ToFu's switch, random's
+        seed; {} for tome and evit): `set_r(..., method_options=...)` takes them back."""
+        return method_options(self.reduction)
+
+    def set_method(self, method: str, options: Mapping[str, Any] | None = None) -> None:
+        """Use the reduction method `method` (see `reduction.METHODS`) with its options.
+
+        The method in use is kept (with its options and caches) when it already is `method` and
+        no options are given. Raises ValueError for an unknown method or option.
+        """
+        if method != self.reduction.name or options is not None:
+            self.reduction = make_method(method, options)
 
     @property
     def labels(self) -> list[str]:

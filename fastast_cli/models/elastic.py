@@ -166,14 +166,17 @@ class ElasticAST(TokenClassifier):
         r: RSchedule | float,
         schedule: str = "constant",
         proportional_attention: bool = True,
+        method: str = "tome",
+        method_options: Mapping[str, Any] | None = None,
     ) -> ElasticAST:
-        """Set token merging for every clip; returns the model.
+        """Set token reduction for every clip; returns the model.
 
         r: an int (tokens each clip loses per block) or a list with one int per block, as in
             `AST.set_r`; or a float in [0, 1): each clip loses round(r × its patch tokens) per
             block, so long and short clips shrink alike. 0 is the plain model.
         schedule: `constant` or `decreasing` (2r → 0), applied per clip.
         Every value is capped per block at half of the clip's mergeable tokens.
+        method, method_options: the reduction method and its options, as in `AST.set_r`.
         """
         if isinstance(r, float):
             if not 0.0 <= r < 1.0:
@@ -184,6 +187,7 @@ class ElasticAST(TokenClassifier):
             self.r_fraction = None
             self.r_schedule = resolve_schedule(r, self.config.depth, schedule)
         self.schedule = schedule
+        self.set_method(method, method_options)
         self.proportional_attention = proportional_attention
         return self
 
@@ -382,6 +386,7 @@ def build_elastic(
     *,
     r: RSchedule | float = 0,
     schedule: str = "constant",
+    method: str = "tome",
     **config: Any,
 ) -> ElasticAST:
     """A randomly initialised ElasticAST of a named size; `config` overrides ElasticConfig fields.
@@ -389,4 +394,4 @@ def build_elastic(
     Example: `build_elastic("tiny", 50, max_tokens=1024, r=0.05)`.
     """
     model = ElasticAST(ElasticConfig.for_size(size, num_classes=num_classes, **config))
-    return model.set_r(r, schedule)
+    return model.set_r(r, schedule, method=method)

@@ -78,5 +78,5 @@ class Block(nn.Module):
         """
         bias = state.attention_bias(tokens.dtype, proportional)
         attended, query, key = self.attn(self.norm1(tokens), state, bias)
-        tokens = state.reduce(tokens + attended, query, key, r)  # the merge step
+        tokens = state.reduce(tokens + attended, query, key, r, bias)  # the merge step
         return tokens + self.mlp(self.norm2(tokens))

@@ -23,7 +23,7 @@ from fastast_cli.models.reduction.base import (
     Merges,
     ReductionStep,
     TokenReduction,
-    merge_tokens,
+    combine_tokens,
 )
 from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, allowed_merges
 
@@ -44,17 +44,23 @@ class MergeStep:
         raise NotImplementedError
 
     def reduce(
-        self, tokens: torch.Tensor, query: torch.Tensor, key: torch.Tensor, r: int | list[int]
+        self,
+        tokens: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        r: int | list[int],
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Remove r tokens per clip (capped) with the state's reduction method.
 
-        query, key: per-head attention rows [R, H, L, hd] of this block.
+        query, key: per-head attention rows [R, H, L, hd] of this block; bias: its additive
+        attention mask (`attention_bias`), or None.
         """
         allowed = self.allowed_r(tokens, r)
         if not any(allowed):
             return tokens
         step = ReductionStep(tokens, query, key, self, allowed, self.block, self.depth,
-                             NUM_PREFIX_TOKENS)
+                             NUM_PREFIX_TOKENS, bias)
         if self.reduction is None:
             raise ValueError("the token state has no reduction method to merge with")
         return self.merge(self.reduction.match(step), tokens)
@@ -99,7 +105,7 @@ class TokenState(MergeStep):
         """Merge `tokens` [B, N, D] → [B, N - r, D] and update sizes and sources to match."""
         if self.sizes is None:
             self.sizes = tokens.new_ones(tokens.shape[0], tokens.shape[1], 1)
-        tokens, self.sizes = merge_tokens(matching, tokens, self.sizes)
+        tokens, self.sizes = combine_tokens(matching, tokens, self.sizes)
         if self.source is not None:
             self.source = matching.merge(self.source, reduce="amax")
         return tokens
@@ -141,6 +147,6 @@ class PackedState(MergeStep):
         """Merge flat `tokens` [N, D] → [N', D] and update sizes and layout to match."""
         if self.sizes is None:
             self.sizes = tokens.new_ones(tokens.shape[0], 1)
-        tokens, self.sizes = merge_tokens(matching, tokens, self.sizes)
+        tokens, self.sizes = combine_tokens(matching, tokens, self.sizes)
         self.layout = matching.layout
         return tokens

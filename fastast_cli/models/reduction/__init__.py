@@ -1,3 +1,8 @@
 """Token reduction for both layouts: the interface (`base`), r schedules and the per-block cap
-(`schedule`), and the methods (`tome`). A new method is one class with `name` and
-`match(step) -> Merges`, set on a model as `model.reduction`."""
+(`schedule`), and the methods by name (`METHODS`: tome, pitome, evit, tofu, random; one module
+each, per-clip helpers in `groups`). A method is one class with `name` and
+`match(step) -> Merges`, set on a model with `model.set_r(r, method=name)`."""
+
+from fastast_cli.models.reduction.registry import METHODS, make_method, method_options
+
+__all__ = ["METHODS", "make_method", "method_options"]

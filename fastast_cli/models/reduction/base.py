@@ -1,6 +1,7 @@
 """The token-reduction interface: what a method sees in a block, and what it returns.
 
-A method (ToMe today) is one object with `match(step) -> Merges`, used by both layouts:
+A method (ToMe, PiToMe, EViT, ToFu, random) is one object with `match(step) -> Merges`, used by
+both layouts:
 
 - dense: tokens [B, N, D], one clip per row (the fixed AST);
 - packed: flat tokens [N, D] of clips of any length, packed into rows by a `Layout`
@@ -8,8 +9,10 @@ A method (ToMe today) is one object with `match(step) -> Merges`, used by both l
 
 The block computes attention, hands the method a `ReductionStep` (tokens, per-head queries and
 keys in attention rows, the token state with its layout, r per clip already capped, the block
-index and depth), and applies the returned matching with `merge_tokens` (size-weighted average)
-through the token state, which also updates sizes, sources and the layout.
+index and depth), and applies the returned matching with `combine_tokens` through the token
+state, which also updates sizes, sources and the layout. The combine is the size-weighted average
+(`merge_tokens`) unless the matching brings its own (`combine(tokens, sizes)`: EViT's
+attention-weighted fusion, ToFu's pruning and norm-preserving merge).
 """
 
 from __future__ import annotations
@@ -32,6 +35,14 @@ class Merges(Protocol):
     def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor: ...
 
 
+class CombiningMerges(Merges, Protocol):
+    """A matching that combines the tokens of a group its own way (not the size-weighted mean)."""
+
+    def combine(
+        self, tokens: torch.Tensor, sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 @dataclass
 class ReductionStep:
     """Everything a reduction method may use in one block.
@@ -44,6 +55,8 @@ class ReductionStep:
         value per clip; dense, one value [r] that every row loses.
     block, depth: index of this block and number of blocks (for depth-dependent methods).
     protected: leading tokens of each clip that are never reduced (CLS and DIST).
+    bias: the additive attention mask the block used, broadcastable to [R, 1, L, L] (proportional
+        attention's log(size) per key, the block-diagonal mask of packed rows), or None.
     """
 
     tokens: torch.Tensor
@@ -54,6 +67,7 @@ class ReductionStep:
     block: int
     depth: int
     protected: int
+    bias: torch.Tensor | None = None
 
     @property
     def is_packed(self) -> bool:
@@ -85,3 +99,14 @@ def merge_tokens(
     weighted = matching.merge(tokens * sizes)
     sizes = matching.merge(sizes)
     return weighted / sizes, sizes
+
+
+def combine_tokens(
+    matching: Merges, tokens: torch.Tensor, sizes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine each group of `matching` into one token: the matching's own `combine` when it has
+    one, else the size-weighted average (`merge_tokens`). Shapes as `merge_tokens`."""
+    combine = getattr(matching, "combine", None)
+    if combine is None:
+        return merge_tokens(matching, tokens, sizes)
+    return combine(tokens, sizes)

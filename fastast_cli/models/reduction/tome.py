@@ -60,6 +60,14 @@ class Matching:
         set_b = set_b.scatter_reduce(1, self.partner.expand(-1, -1, channels), go, reduce=reduce)
         return torch.cat([kept, stay, set_b], dim=1)
 
+    def keep(self, values: torch.Tensor) -> torch.Tensor:
+        """Every slot's own token, the merged A tokens dropped (pruning): [B, N, C] →
+        [B, N - r, C]."""
+        channels = values.shape[-1]
+        kept, mergeable = values[:, : self.protected], values[:, self.protected :]
+        stay = mergeable[:, ::2].gather(1, self.unmerged.expand(-1, -1, channels))
+        return torch.cat([kept, stay, mergeable[:, 1::2]], dim=1)
+
 
 def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Matching:
     """Match `r` tokens of set A to their most similar token of set B.
@@ -112,6 +120,10 @@ class PackedMatching:
         if reduce == "sum":
             return stay.index_add(0, self.into, go)
         return stay.scatter_reduce(0, self.into[:, None].expand_as(go), go, reduce=reduce)
+
+    def keep(self, values: torch.Tensor) -> torch.Tensor:
+        """Every slot's own token, the merged A tokens dropped (pruning): [N, C] → [N', C]."""
+        return values.index_select(0, self.kept)
 
 
 @dataclass

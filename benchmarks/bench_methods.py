@@ -1,0 +1,169 @@
+"""Token-reduction methods side by side at equal cost: accuracy drop and speedup ÷ FLOP speedup.
+
+A small AST is trained without merging on spectrogram-like data this script generates (each
+class: a band of mel bins lit for a while, some classes pulsed), then every method (tome,
+pitome, evit, tofu, random) runs off the shelf at the two r that give about 1.5× and 2×
+measured speedup for ToMe (one quick interleaved measurement picks them; every method removes
+exactly r tokens per block, so the same r is the same cost for all). Reported per method × r:
+accuracy, drop vs r = 0, samples/s, speedup, FLOP speedup and their ratio, all timings from ONE
+interleaved loop with one r = 0 reference (median per setting). Goal: speedup ÷ FLOP speedup
+>= 0.9 for every method (the selection must not eat the gain).
+
+These are numbers of a small model on generated data, not of a real AST on real audio; for a
+real checkpoint use `fastast sweep --method tome,pitome,evit,tofu,random --r 0:40:10 ...`.
+
+    .venv/bin/python benchmarks/bench_methods.py                    # ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_methods.py --steps 20 --eval-clips 40 --runs 2   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from rich.console import Console
+
+from fastast_cli import build_model
+from fastast_cli.evaluation.flops import count_flops
+from fastast_cli.evaluation.throughput import time_forward
+from fastast_cli.models.ast import AST
+from fastast_cli.models.reduction import METHODS
+from fastast_cli.reports.tables import Column, rich_table
+
+MEL_BINS = 128
+
+
+def generate(num_classes: int, clips: int, frames: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Clips [clips, frames, 128] and labels [clips]: class c lights a band of mel bins at its
+    own height for a random third of the clip (odd classes pulse it), over unit noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(clips) % num_classes
+    fbank = torch.randn(clips, frames, MEL_BINS, generator=generator)
+    band = (MEL_BINS - 16) // num_classes
+    for index, label in enumerate(labels.tolist()):
+        low = 8 + label * band
+        start = int(torch.randint(0, frames - frames // 3, (1,), generator=generator))
+        on = torch.zeros(frames)
+        on[start: start + frames // 3] = 1.5
+        if label % 2:
+            on[start::8] = 0.0  # pulsed: off every 8th frame
+        fbank[index, :, low: low + band] += on[:, None]
+    return fbank, labels
+
+
+def train(model: AST, fbank: torch.Tensor, labels: torch.Tensor, steps: int,
+          batch_size: int, seed: int) -> float:
+    """AdamW without merging for `steps` steps; returns the seconds it took."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    model.train().set_r(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        index = torch.randint(0, len(fbank), (batch_size,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(fbank[index]), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def accuracy(model: AST, fbank: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (%) of the model as set."""
+    predicted = torch.cat([model(part).argmax(-1) for part in fbank.split(50)])
+    return 100.0 * (predicted == labels).float().mean().item()
+
+
+def interleaved(model: AST, settings: list[tuple[str, int]], batch: torch.Tensor, runs: int,
+                warmup: int = 1) -> dict[tuple[str, int], float]:
+    """Samples/s of every (method, r), timed round by round (median of `runs`)."""
+    def run(setting: tuple[str, int]) -> float:
+        model.set_r(setting[1], method=setting[0])
+        return time_forward(model, batch, batch.device, torch.float32)
+
+    for setting in settings:
+        for _ in range(warmup):
+            run(setting)
+    seconds: dict[tuple[str, int], list[float]] = {s: [] for s in settings}
+    for _ in range(runs):
+        for setting in settings:
+            seconds[setting].append(run(setting))
+    return {s: len(batch) / statistics.median(t) for s, t in seconds.items()}
+
+
+def pick_rs(model: AST, batch: torch.Tensor, targets: list[float], runs: int) -> list[int]:
+    """The r whose measured ToMe speedup is closest to each target (quick interleaved run)."""
+    patches = model.config.num_patches
+    candidates = sorted({max(1, round(patches * f / 100)) for f in range(1, 13)})
+    speed = interleaved(model, [("tome", r) for r in [0, *candidates]], batch, runs)
+    speedup = {r: speed[("tome", r)] / speed[("tome", 0)] for r in candidates}
+    return [min(candidates, key=lambda r: abs(speedup[r] - target)) for target in targets]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny", choices=["tiny", "small", "base"])
+    parser.add_argument("--frames", type=int, default=256)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--train-clips", type=int, default=800)
+    parser.add_argument("--eval-clips", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=120, help="training steps (batch 16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="timing batch")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--targets", default="1.5,2.0", help="measured ToMe speedups to match")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = build_model(args.model, args.classes, target_length=args.frames, fstride=16,
+                        tstride=16)
+    train_x, train_y = generate(args.classes, args.train_clips, args.frames, seed=1)
+    test_x, test_y = generate(args.classes, args.eval_clips, args.frames, seed=2)
+    seconds = train(model, train_x, train_y, args.steps, 16, seed=3)
+    batch = test_x[: args.batch_size]
+    targets = [float(v) for v in args.targets.split(",")]
+    rs = sorted(set(pick_rs(model, batch, targets, runs=max(2, args.runs // 2))))
+
+    settings = [("tome", 0)] + [(method, r) for r in rs for method in METHODS]
+    speed = interleaved(model, settings, batch, args.runs)
+    reference = ("tome", 0)
+    rows, metric, flops = [], {}, {}
+    for method, r in settings:
+        model.set_r(r, method=method)
+        metric[(method, r)] = accuracy(model, test_x, test_y)
+        flops[(method, r)] = count_flops(model, batch[:1]) / 1e9
+    for method, r in settings:
+        speedup = speed[(method, r)] / speed[reference]
+        flop_speedup = flops[reference] / flops[(method, r)]
+        rows.append({
+            "method": "none" if r == 0 else method, "r": r,
+            "accuracy": metric[(method, r)], "drop": metric[reference] - metric[(method, r)],
+            "samples_per_s": speed[(method, r)], "speedup": speedup, "gflops": flops[(method, r)],
+            "flop_speedup": flop_speedup, "efficiency": speedup / flop_speedup,
+        })
+    columns = [
+        Column("method", "method"), Column("r", "r"),
+        Column("accuracy", "accuracy %", "{:.1f}"), Column("drop", "drop (points)", "{:.1f}"),
+        Column("gflops", "GFLOPs/sample", "{:.3f}"),
+        Column("samples_per_s", "samples/s", "{:.1f}"),
+        Column("speedup", "speedup", "{:.2f}", "x"),
+        Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
+        Column("efficiency", "speedup / FLOP speedup", "{:.2f}"),
+    ]
+    title = (f"{args.model} AST trained {args.steps} steps ({seconds:.0f} s) on generated data, "
+             f"{args.frames} frames ({model.config.num_patches} patches), timing batch "
+             f"{args.batch_size}, {torch.get_num_threads()} threads, median of {args.runs} "
+             f"interleaved runs; r picked for ToMe speedups {args.targets}")
+    console = Console(width=160)
+    console.print(rich_table(title, rows, columns))
+    for method in METHODS:
+        worst = min(row["efficiency"] for row in rows[1:] if row["method"] == method)
+        verdict = "ok" if worst >= 0.9 else "below goal"
+        console.print(f"{method}: lowest speedup / FLOP speedup {worst:.2f} (goal >= 0.9, "
+                      f"{verdict})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""PiToMe: protect informative tokens with an energy score, merge the redundant ones.
+
+Tran et al., "Accelerating Transformers with Spectrum-Preserving Token Merging", NeurIPS 2024
+(arXiv 2405.16148), §3 and Algorithm 1. Per block and clip, on the attention keys averaged over
+heads of the T mergeable tokens (CLS and DIST excluded):
+
+1. energy (Eq. 4, in the form the authors' code computes it): with cosine similarities
+   S_ij = k̂_i·k̂_j over all T tokens (S_ii = 1 included),
+   E_i = (1/T) Σ_j ELU_α(S_ij − m_l), margin m_l = m_0 − slope·l/L at block l of L;
+   a token in a large cluster of similar tokens has high energy (redundant), an isolated one
+   low energy (informative);
+2. the 2r highest-energy tokens are candidates; the other T − 2r are protected and stay as they
+   are;
+3. the candidates, in descending energy, alternate into A (even ranks) and B (odd ranks); every
+   A token joins its most similar B token, so exactly r tokens go, merged by ToMe's
+   size-weighted average (sizes add, proportional attention works as in ToMe).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastast_cli.models.reduction.base import Merges, ReductionStep
+from fastast_cli.models.reduction.groups import ClipView
+
+
+def energy(similarity: torch.Tensor, valid: torch.Tensor, margin: float,
+           alpha: float) -> torch.Tensor:
+    """PiToMe's energy score (Eq. 4): similarity [K, T, T] of each clip's tokens, valid [K, T]
+    → [K, T], the mean of ELU_α(S_ij − margin) over the clip's real tokens j."""
+    terms = F.elu(similarity - margin, alpha=alpha) * valid[:, None, :]
+    return terms.sum(dim=-1) / valid.sum(dim=-1, keepdim=True).clamp_min(1)
+
+
+class PiToMe:
+    """PiToMe's energy-protected bipartite merging (paper defaults: margin 0.9 − 0.9·l/L, α = 1).
+
+    margin_start, margin_slope: m_l = margin_start − margin_slope·l/L. alpha: ELU's α.
+    """
+
+    name = "pitome"
+
+    def __init__(self, margin_start: float = 0.9, margin_slope: float = 0.9,
+                 alpha: float = 1.0) -> None:
+        self.margin_start, self.margin_slope, self.alpha = margin_start, margin_slope, alpha
+
+    @property
+    def options(self) -> dict[str, float]:
+        """What `make_method` needs to rebuild this method (checkpoints, recipes)."""
+        return {"margin_start": self.margin_start, "margin_slope": self.margin_slope,
+                "alpha": self.alpha}
+
+    def margin(self, block: int, depth: int) -> float:
+        """The energy margin m_l of block `block` of `depth`."""
+        return self.margin_start - self.margin_slope * block / max(depth, 1)
+
+    def match(self, step: ReductionStep) -> Merges:
+        view = ClipView.of(step)
+        keys = view.gather(step.mean_keys())  # [K, T, hd]
+        keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        similarity = keys @ keys.transpose(-1, -2)  # [K, T, T]
+        score = energy(similarity, view.valid, self.margin(step.block, step.depth), self.alpha)
+        rank = view.rank(score)  # 0 = highest energy
+        candidate = rank < 2 * view.r[:, None]
+        set_a = candidate & (rank % 2 == 0)
+        set_b = candidate & (rank % 2 == 1)
+        best = similarity.masked_fill(~set_b[:, None, :], float("-inf")).argmax(dim=-1)
+        position = torch.arange(rank.shape[1], device=rank.device).expand_as(rank)
+        return view.regroup(~set_a, torch.where(set_a, best, position))

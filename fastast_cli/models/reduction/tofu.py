@@ -1,0 +1,86 @@
+"""ToFu (Token Fusion): prune-like merging in early blocks, norm-preserving merging later.
+
+Kim et al., "Token Fusion: Bridging the Gap between Token Pruning and Token Merging", WACV 2024
+(arXiv 2312.01026), §3. The matching is ToMe's bipartite soft matching, unchanged; only how a
+group becomes one token depends on depth:
+
+- early blocks (index ≤ `switch`, default L // 2 as in the public re-implementations): prune:
+  the r matched A tokens are dropped and their B partners keep their own values (early blocks
+  respond non-linearly to averaged inputs, so a near-duplicate is better dropped). The partner's
+  size still counts the dropped tokens, so proportional attention sees one key standing for
+  both;
+- later blocks: MLERP merge (§3, a multi-token SLERP): the group's size-weighted mean μ, rescaled
+  to the largest norm among its members, x = μ / ‖μ‖ · max_i ‖x_i‖, which keeps the norm
+  distribution the next layers expect (a plain mean shrinks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastast_cli.models.packing import Layout
+from fastast_cli.models.reduction.base import Merges, ReductionStep, merge_tokens
+from fastast_cli.models.reduction.tome import Matching, PackedMatching, ToMe
+
+
+def mlerp(
+    matching: Merges, tokens: torch.Tensor, sizes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToFu's MLERP: each merged group → its size-weighted mean with the norm of its largest
+    member; tokens that merge with nothing stay as they are (up to the mean's rounding).
+
+    tokens: [B, N, D] or [N, D], sizes: [B, N, 1] or [N, 1] → the reduced tokens and sizes.
+    """
+    mean, merged_sizes = merge_tokens(matching, tokens, sizes)
+    largest = matching.merge(tokens.norm(dim=-1, keepdim=True), reduce="amax")
+    members = matching.merge(torch.ones_like(sizes))
+    rescaled = mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-6) * largest
+    return torch.where(members > 1, rescaled, mean), merged_sizes
+
+
+@dataclass
+class ToFuMatching:
+    """ToMe's matching of one block, combined by pruning (`prune`) or by MLERP."""
+
+    matching: Matching | PackedMatching
+    prune: bool
+
+    @property
+    def layout(self) -> Layout:
+        """The packed layout after the merge (packed matchings only)."""
+        return self.matching.layout
+
+    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        return self.matching.merge(values, reduce)
+
+    def combine(
+        self, tokens: torch.Tensor, sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prune:
+            return self.matching.keep(tokens), self.matching.merge(sizes)
+        return mlerp(self.matching, tokens, sizes)
+
+
+class ToFu:
+    """ToMe's matching with ToFu's combine: prune in blocks ≤ `switch` (None: depth // 2),
+    MLERP after."""
+
+    name = "tofu"
+
+    def __init__(self, switch: int | None = None) -> None:
+        self.switch = switch
+        self.matcher = ToMe()
+
+    @property
+    def options(self) -> dict[str, int | None]:
+        """What `make_method` needs to rebuild this method (checkpoints, recipes)."""
+        return {"switch": self.switch}
+
+    def prunes(self, block: int, depth: int) -> bool:
+        """Whether block `block` of `depth` prunes (else it merges with MLERP)."""
+        return block <= (depth // 2 if self.switch is None else self.switch)
+
+    def match(self, step: ReductionStep) -> Merges:
+        return ToFuMatching(self.matcher.match(step), self.prunes(step.block, step.depth))

@@ -81,7 +81,8 @@ def _new_outputs() -> dict[str, torch.Tensor]:
     return out
 
 
-def test_waveform_fbank_is_bit_identical_to_the_four_functions_it_replaced() -> None:
+def test_waveform_fbank_is_bit_identical_to_the_four_functions_it_replaced(one_thread) -> None:
+    # recorded with one thread: a kernel's float sums may round differently with more
     old = torch.load(OLD, weights_only=True)
     new = _new_outputs()
     assert new.keys() == old.keys()

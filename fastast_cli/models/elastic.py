@@ -361,24 +361,6 @@ class ElasticAST(TokenClassifier):
         model.meta = dict(ast.meta)
         return model.to(ast.pos_embed.device)
 
-    @classmethod
-    def from_checkpoint(cls, payload: Mapping[str, Any]) -> ElasticAST:
-        """Rebuild from a fastast checkpoint dict (`read_checkpoint`) with architecture `elastic`.
-
-        Raises ValueError when the payload holds another architecture or weights that do not fit.
-        """
-        if payload.get("architecture") != cls.architecture:
-            raise ValueError(f"not an ElasticAST checkpoint: {payload.get('architecture')!r}")
-        model = cls(ElasticConfig.from_dict(dict(payload["config"])))
-        missing, unexpected = model.load_state_dict(payload["model"], strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"ElasticAST weights do not fit their config: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}"
-            )
-        model.meta = dict(payload.get("meta") or {})
-        return model
-
 
 def build_elastic(
     size: str = "base",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from fastast_cli.cli import app
 from fastast_cli.cli.sweep import check_data_sweep_out
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.sweep import read_rows
+from fastast_cli.evaluation.sweep_table import read_rows
 from fastast_cli.reports.summary import summary_lines, table1_rows, table2_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastast_cli.errors import FastASTError
+from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models import passt as passt_module
-from fastast_cli.models.checkpoints import save_checkpoint
-from fastast_cli.models.checkpoints.passt import fit_time_table, load_passt_weights
+from fastast_cli.models.checkpoints import PretrainedWeights, load_model, save_checkpoint
+from fastast_cli.models.checkpoints.fitting import fit_weights
+from fastast_cli.models.checkpoints.passt import read_passt_weights
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
+from fastast_cli.models.pos_embed import fit_time_table
 
 pytest.importorskip("hear21passt")
 LABELS = ["a", "b", "c"]
@@ -29,18 +31,51 @@ def test_passt_teacher_round_trip(tmp_path):
     assert loaded.labels == LABELS and loaded.meta["mean"] == -5.0
 
 
-def test_pretrained_passt_weights_adapt_time_and_head():
+def test_a_passt_file_is_read_into_the_shared_weights_record(tmp_path):
+    """PaSST's names (as released) become the teacher's; the tables give grid and input size."""
+    torch.manual_seed(0)
+    source = build_classifier("passt", ["x"] * 527, target_length=998)
+    torch.save(source.net.state_dict(), tmp_path / "passt.pt")
+    weights = read_passt_weights(tmp_path / "passt.pt")
+    assert isinstance(weights, PretrainedWeights) and weights.source == "PaSST state dict"
+    assert weights.grid == (12, 99)  # (128 - 16) // 10 + 1 rows, (998 - 16) // 10 + 1 columns
+    assert weights.config.num_classes == 527 and weights.has_head
+    assert (weights.config.num_mel_bins, weights.config.target_length) == (128, 998)
+    assert weights.state_dict.keys() == source.state_dict().keys()  # `net.` names
+
+
+def test_pretrained_passt_weights_adapt_time_and_head(tmp_path):
     torch.manual_seed(0)
     source = build_classifier("passt", ["x"] * 527, target_length=96)
     weights = source.net.state_dict()
+    torch.save(weights, tmp_path / "passt.pt")
     target = build_classifier("passt", LABELS, target_length=64)
-    notes = load_passt_weights(target, weights)
-    assert any("time positions" in note for note in notes)
-    assert any("head" in note for note in notes)
+    fit_weights(target, read_passt_weights(tmp_path / "passt.pt"), tmp_path / "passt.pt")
+    columns = target.net.time_new_pos_embed.shape[-1]
+    assert f"time positions adapted from 9 to {columns} columns" in target.load_notes
+    assert any("head left freshly initialised for 3 classes (checkpoint: 527)" in note
+               for note in target.load_notes)
     table = target.net.state_dict()["time_new_pos_embed"]
     torch.testing.assert_close(table, weights["time_new_pos_embed"][..., : table.shape[-1]])
     torch.testing.assert_close(target.net.state_dict()["blocks.0.attn.qkv.weight"],
                                weights["blocks.0.attn.qkv.weight"])
+
+
+def test_passt_weights_that_cannot_fit_are_named_and_refused_as_an_ast(tmp_path):
+    """Other mel bins: the frequency table is not adapted, and the one fit check names it. As
+    AST weights, a PaSST file is refused with what it is."""
+    torch.manual_seed(0)
+    path = tmp_path / "passt.pt"
+    torch.save(build_classifier("passt", LABELS, target_length=64, num_mel_bins=64).net
+               .state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"does not fit the model:\n  wrongly shaped "
+                                              r"\(1\):\n    net.freq_new_pos_embed"):
+        build_classifier("passt", LABELS, target_length=64, pretrained=path)
+    with pytest.raises(CheckpointError, match="holds PaSST weights"):
+        load_model(path)
+    torch.save({"blocks.0.attn.qkv.weight": torch.zeros(3, 1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a PaSST state dict: it has no freq_new_pos"):
+        build_classifier("passt", LABELS, target_length=64, pretrained=tmp_path / "other.pt")
 
 
 def test_pretrained_passt_file_with_wrapper_names(tmp_path):

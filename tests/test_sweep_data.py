@@ -12,7 +12,8 @@ from fastast_cli.cli import app
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.evaluation import sweep as sweep_module
 from fastast_cli.evaluation.evaluate import evaluate_checkpoint
-from fastast_cli.evaluation.sweep import SweepRow, parse_run, recommend
+from fastast_cli.evaluation.sweep import parse_run
+from fastast_cli.evaluation.sweep_table import SweepRow, recommend
 from fastast_cli.models.checkpoints import save_checkpoint
 
 
@@ -102,6 +103,43 @@ def test_per_r_checkpoints_and_fold_patterns(small_demo, tiny_checkpoints, tmp_p
     assert folds.exit_code == 0, folds.output
     (spread,) = list(csv.DictReader((tmp_path / "folds.csv").open()))
     assert float(spread["metric_std"]) >= 0.0
+
+
+def test_a_fold_sweep_holds_one_model_per_run_and_one_runs_folds_at_a_time(
+    small_demo, tiny_checkpoints, tmp_path, monkeypatch
+):
+    """Every checkpoint is checked before timing, but only the timed model of each run stays
+    in memory; the other folds are read again when their run is scored and freed after it."""
+    import gc
+    import weakref
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for fold in (1, 2, 3):
+        for name, source in (("a", 0), ("b", 1)):
+            (folder / f"{name}-fold{fold}.pt").write_bytes(tiny_checkpoints[source].read_bytes())
+    read, alive, peak = [], [], [0]
+    load = sweep_module.load_classifier
+
+    def counting(path, **options):
+        model = load(path, **options)
+        read.append(path)
+        alive.append(weakref.ref(model))
+        gc.collect()
+        peak[0] = max(peak[0], sum(ref() is not None for ref in alive))
+        return model
+
+    monkeypatch.setattr(sweep_module, "load_classifier", counting)
+    out = tmp_path / "folds.csv"
+    result = sweep(["--data", str(small_demo), "--folds", "1-3", "--r", "0,8", "--out", str(out),
+                    "--checkpoint", f"a={folder}/a-fold{{fold}}.pt",
+                    "--checkpoint", f"b={folder}/b-fold{{fold}}.pt"])
+    assert result.exit_code == 0, result.output
+    assert [(row["run"], row["r"]) for row in csv.DictReader(out.open())] == [
+        ("a", "0"), ("a", "8"), ("b", "0"), ("b", "8")]
+    for name in "ab":  # the first fold read once (checked and timed), the others twice
+        assert [read.count(f"{folder}/{name}-fold{fold}.pt") for fold in (1, 2, 3)] == [1, 2, 2]
+    assert peak[0] == 4  # 2 runs' timed models + the scored run's 2 other folds (was 6)
 
 
 def test_identical_architectures_share_one_interleaved_measurement(

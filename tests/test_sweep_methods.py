@@ -15,14 +15,8 @@ from fastast_cli.cli import app
 from fastast_cli.cli import sweep as sweep_cli
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.evaluation import sweep as sweep_module
-from fastast_cli.evaluation.sweep import (
-    SweepOptions,
-    SweepRow,
-    parse_run,
-    plan_sweep,
-    read_table,
-    recommend,
-)
+from fastast_cli.evaluation.sweep import SweepOptions, parse_run, plan_sweep
+from fastast_cli.evaluation.sweep_table import SweepRow, read_table, recommend
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.reports.plots import method_curves
 

@@ -10,7 +10,7 @@ import typer
 
 from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.sweep import read_table
+from fastast_cli.evaluation.sweep_table import read_table
 from fastast_cli.reports.summary import (
     reference_row,
     summary_lines,

@@ -21,16 +21,15 @@ from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
-from fastast_cli.evaluation.sweep import (
-    SweepMeasurement,
-    SweepOptions,
+from fastast_cli.evaluation.sweep import SweepMeasurement, SweepOptions, parse_run, plan_sweep
+from fastast_cli.evaluation.sweep_table import (
+    METRIC_NAMES,
+    NO_METHOD,
+    UNNAMED_METRIC,
     SweepRow,
-    parse_run,
-    plan_sweep,
     read_table,
     recommend,
 )
-from fastast_cli.evaluation.sweep_table import METRIC_NAMES, NO_METHOD, UNNAMED_METRIC
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.export.backends import parse_backends
 from fastast_cli.models.ast import AST, SIZES, build_model

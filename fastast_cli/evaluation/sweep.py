@@ -9,9 +9,9 @@ sweep loses nothing):
 - `plan_sweep`: the steps runs × methods × r (each scored over every fold, on every backend)
   minus those whose rows an earlier sweep's table already holds; r = 0 is one step per run
   (method `none`): no method reduces a token there, so every method shares that reference;
-- `SweepMeasurement`: reads each run's checkpoints once, checks them and the clips they will be
-  scored on, names the metric, times every run at every r of the plan in one interleaved loop
-  (evaluation.throughput), then yields the rows step by step.
+- `SweepMeasurement`: checks every checkpoint and the clips it will be scored on, names the
+  metric, times every run at every r of the plan in one interleaved loop (evaluation.throughput,
+  one model per run), then yields the rows step by step, holding one run's folds at a time.
 
 A step is one run with one token-reduction method at one r. Each method runs on a view of the
 run's loaded model (`method_view`: the same weights, its own reduction settings), so the
@@ -44,15 +44,7 @@ from fastast_cli.evaluation.evaluate import (
     mean_and_std,
     scored_fold,
 )
-from fastast_cli.evaluation.sweep_table import (  # noqa: F401 (the sweep's rows, re-exported)
-    NO_METHOD,
-    SweepRow,
-    SweepTable,
-    method_of,
-    read_rows,
-    read_table,
-    recommend,
-)
+from fastast_cli.evaluation.sweep_table import NO_METHOD, SweepRow, SweepTable, method_of
 from fastast_cli.evaluation.throughput import (
     ThroughputRow,
     default_batch_size,
@@ -258,22 +250,27 @@ def speed_key(model: nn.Module, r: int) -> str:
 
 
 class SweepMeasurement:
-    """The measuring side of a `SweepPlan`: each checkpoint read once, its labels and scored
-    clips checked before any timing, the metric named before the first row (the earlier
-    table's, else the first run's: every row of a table holds the same metric), and all
-    timing in one interleaved loop. `rows()` yields the plan's rows step by step; `notes`
-    collects what a reader of the metric must know (classes left out of mAP)."""
+    """The measuring side of a `SweepPlan`: every checkpoint's labels and scored clips checked
+    before any timing (folds after the first are read again when scored), the metric named
+    before the first row (the earlier table's, else the first run's: every row of a table
+    holds the same metric), and all timing in one interleaved loop. `rows()` yields the plan's
+    rows step by step; `notes` collects what a reader of the metric must know (classes left
+    out of mAP)."""
 
     def __init__(self, plan: SweepPlan, manifest: Manifest, options: SweepOptions) -> None:
         self.plan, self.manifest, self.options = plan, manifest, options
         self.notes: set[str] = set()
+        # (run name, fold) → its rs[0] model: folds[0] of every run (timed), until the run is
+        # scored; the other folds only while their run is scored (read again then).
         self.models: dict[tuple[str, int | None], nn.Module] = {}
         self.references = {(step.run.name, self.reference_method(step.method)):
                            reference_metric(plan, step.run, self.reference_method(step.method))
                            for step in plan.steps}
         for run in dict.fromkeys(step.run for step in plan.steps):
-            for fold in options.folds:
-                self.models[run.name, fold] = self.checked(run, plan.rs[0], fold)
+            for fold in options.folds:  # every checkpoint checked before any timing
+                model = self.checked(run, plan.rs[0], fold)
+                if fold == options.folds[0]:
+                    self.models[run.name, fold] = model
         self.metric = plan.metric or metric_name(self.first_model(), manifest)
 
     def first_model(self) -> nn.Module:
@@ -300,9 +297,11 @@ class SweepMeasurement:
     def model(self, run: SweepRun, r: int, fold: int | None,
               method: str | None = NO_METHOD) -> nn.Module:
         """The model `run` is scored with at `r` on `fold` with `method`: its own checkpoint
-        per r for a `{r}` run (rs[0]'s read beforehand), else the one checkpoint."""
+        per r for a `{r}` run, else the one checkpoint (kept until the run is scored)."""
         if run.per_r and r != self.plan.rs[0]:
             return method_view(self.checked(run, r, fold), method)
+        if (run.name, fold) not in self.models:
+            self.models[run.name, fold] = self.checked(run, self.plan.rs[0], fold)
         return method_view(self.models[run.name, fold], method)
 
     def rows(self) -> Iterator[SweepRow]:

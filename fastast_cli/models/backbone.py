@@ -27,6 +27,7 @@ class TokenClassifier(nn.Module):
     """A transformer classifier with token reduction in every block."""
 
     merges_tokens = True  # has `set_r`
+    head_prefixes = ("mlp_head.",)  # the tensors a new class count re-creates
     config: ASTConfig
 
     def _build_trunk(self, config: ASTConfig) -> None:

@@ -14,8 +14,8 @@ from fastast_cli.models.checkpoints import (
     load_checkpoint,
     read_state_dict,
 )
-from fastast_cli.models.checkpoints.fitting import load_exactly
-from fastast_cli.models.checkpoints.passt import load_passt_weights, read_passt_weights
+from fastast_cli.models.checkpoints.fitting import fit_weights, load_exactly
+from fastast_cli.models.checkpoints.passt import read_passt_weights
 from fastast_cli.models.elastic import ElasticAST
 from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
@@ -78,7 +78,7 @@ def build_classifier(
             fstride=fstride, tstride=tstride, labels=list(labels),
         ))
         if pretrained is not None:
-            load_passt_weights(model, read_passt_weights(pretrained))
+            fit_weights(model, read_passt_weights(pretrained), pretrained)
         return model
     raise FastASTError(f"unknown model {name!r}: choose one of {', '.join(ARCHITECTURES)}")
 

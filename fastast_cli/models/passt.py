@@ -9,7 +9,7 @@ fbank as the AST student, so teacher and student see one input (consistent teach
 Weights: `--pretrained` takes a local PaSST state-dict file (e.g. the AudioSet
 `passt-s-f128-p16-s10-ap.476-swa.pt` release, downloaded by you); the time positional table is
 cut or interpolated to the model's length, the head is re-created when the class count differs
-(models/checkpoints/passt.py).
+(read by models/checkpoints/passt.py, fitted by models/checkpoints/fitting.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.records import ConfigRecord
 
 ARCH = "passt_s_swa_p16_128_ap476"
-HEAD_PREFIX = "head."
+PATCH_SIZE = 16
 
 
 def passt_available() -> bool:
@@ -52,6 +52,7 @@ class PaSSTClassifier(nn.Module):
 
     architecture = "passt"
     merges_tokens = False
+    head_prefixes = ("net.head.", "net.head_dist.")  # the tensors a new class count re-creates
 
     def __init__(self, config: PaSSTConfig) -> None:
         super().__init__()

@@ -10,7 +10,8 @@ then frequency:
 - target larger: bilinear interpolation (`align_corners=False`) of that axis only;
 - equal: left as it is.
 
-The prefix-token embeddings are kept unchanged.
+The prefix-token embeddings are kept unchanged. PaSST's factorized time table follows PaSST's
+own rule (`fit_time_table`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ def resample_pos_embed(
     grid = resize_axis(grid.float(), t_target, TIME_AXIS)
     grid = resize_axis(grid, f_target, FREQUENCY_AXIS)
     return join_pos_embed(prefix, grid.to(pos_embed.dtype)).contiguous()
+
+
+def fit_time_table(table: torch.Tensor, columns: int) -> torch.Tensor:
+    """PaSST's rule for its time table [1, D, 1, t] → [1, D, 1, columns]: the first `columns`
+    when shorter (PaSST cuts so at run time), bilinear stretching when longer."""
+    if columns <= table.shape[TIME_AXIS]:
+        return table.narrow(TIME_AXIS, 0, columns)
+    return interpolate_axis(table, columns, TIME_AXIS)
 
 
 def square_grid(num_patches: int) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.sweep import NO_METHOD, SweepRow
+from fastast_cli.evaluation.sweep_table import NO_METHOD, SweepRow
 
 STORY_METHOD = "tome"  # the method of the FastAST paper's tables
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,19 +38,13 @@ from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
-from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
+from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.training import averaging
 from fastast_cli.training.config import TrainConfig, warmup_steps_for
 from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss
-from fastast_cli.training.provenance import teacher_path
-from fastast_cli.training.reporting import (
-    Reporter,
-    RunResult,
-    SilentReporter,
-    TrainingInterrupted,
-)
-from fastast_cli.training.resume import Progress, check_resumable, run_state
+from fastast_cli.training.reporting import Reporter, RunResult, SilentReporter, TrainingInterrupted
+from fastast_cli.training.resume import Progress, restore_run
 from fastast_cli.training.run_folder import (
     append_log_row,
     check_run_folder,
@@ -63,7 +56,12 @@ from fastast_cli.training.run_folder import (
 from fastast_cli.training.sampling import EpochSampler, SeededItems
 from fastast_cli.training.schedule import from_scratch_note, learning_rate
 from fastast_cli.training.setup import model_meta, run_dataset, run_model
-from fastast_cli.training.teacher import Mix, cached_teacher_logits, load_teacher
+from fastast_cli.training.teacher import (
+    Mix,
+    cached_teacher_logits,
+    run_teacher,
+    teaches_fixed_view,
+)
 
 __all__ = ["Mix", "Progress", "Ranks", "RunResult", "SilentReporter", "Trainer",
            "TrainingInterrupted", "learning_rate", "train"]
@@ -111,17 +109,9 @@ class Trainer:
         check_clips(self.eval_set.entries, self.eval_set.datafile, self.manifest.selection_split,
                     "every epoch is validated on it, and best.pt is the best validated epoch")
         self.model = run_model(config, self.manifest, self.reporter.note).to(device)
-        self.teacher_path = ""
-        self.teacher: nn.Module | None = None
-        if config.teacher_checkpoint is None or config.teacher == "none":
-            self.config = replace(config, teacher="none")
-        else:  # with teacher `auto`, the config records the checkpoint's kind
-            self.teacher_path = teacher_path(config.teacher_checkpoint, self.manifest,
-                                             config.fold)
-            self.teacher, kind = load_teacher(self.teacher_path, config.teacher, self.manifest,
-                                              config.fold, self.mean, device, self.reporter.note)
-            self.config = replace(config, teacher=kind)
-        if self._teacher_needs_fixed_view():  # teach from the q = 1 view of each clip
+        self.teacher, self.teacher_path, self.config = run_teacher(
+            config, self.manifest, self.mean, device, self.reporter.note)
+        if teaches_fixed_view(self.teacher, self.config):  # from the q = 1 view of each clip
             self.train_items.dataset.teacher_length = self.manifest.target_length
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -137,13 +127,6 @@ class Trainer:
 
     def _dataset(self, split: str, training: bool) -> ASTDataset:
         return run_dataset(self.config, self.manifest, split, training, self.mean, self.std)
-
-    def _teacher_needs_fixed_view(self) -> bool:
-        """An ElasticAST student taught online by a fixed-length teacher: the teacher reads the
-        q = 1 view of each clip (same audio, same masks), padded or cut as AST does."""
-        return (self.config.elastic and self.teacher is not None
-                and self.config.teacher_logits == "online"
-                and self.teacher.input_spec().teacher_frames() is not None)
 
     def _network(self) -> nn.Module:
         """What training steps run: the model, wrapped for DDP and, with `compile`, compiled
@@ -398,20 +381,9 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         """Continue from `path` (this layout or the one before, with the state in meta)."""
-        payload = read_checkpoint(path)
-        check_resumable(path, payload["meta"].get("train_config", {}), self.config.to_dict(),
-                        self.warmup_steps)
-        state = run_state(payload, path)
-        try:
-            self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if state["scaler"]:
-                self.scaler.load_state_dict(state["scaler"])
-            self.progress = Progress.from_dict(state["progress"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise FastASTError(f"cannot resume from {path}: its state does not fit this run "
-                               f"({str(error).splitlines()[0]})") from None
-        self.averaged = state["averaged"]
+        self.progress, self.averaged = restore_run(
+            path, self.model, self.optimizer, self.scaler, self.config.to_dict(),
+            self.warmup_steps)
         self.reporter.note(
             f"resuming {self.out} at epoch {self.progress.epoch + 1}, batch {self.progress.batch}"
         )

@@ -13,7 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from fastast_cli.errors import FastASTError
+from fastast_cli.models.checkpoints import read_checkpoint
 
 # Settings that may differ when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "out", "data", "cache", "amp"})
@@ -78,3 +82,25 @@ def check_resumable(path: Path, saved: dict[str, Any], current: dict[str, Any],
             f"{path} was trained with other settings ({', '.join(changed)}); "
             "resume with the same recipe and flags"
         )
+
+
+def restore_run(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, current: dict[str, Any], warmup_steps: int,
+) -> tuple[Progress, dict[str, torch.Tensor] | None]:
+    """Load the `last.pt` at `path` into `model`, `optimizer` and `scaler` after checking that
+    it was written by a run with the `current` settings; returns its progress and averaged
+    weights."""
+    payload = read_checkpoint(path)
+    check_resumable(path, payload["meta"].get("train_config", {}), current, warmup_steps)
+    state = run_state(payload, path)
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        progress = Progress.from_dict(state["progress"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise FastASTError(f"cannot resume from {path}: its state does not fit this run "
+                           f"({str(error).splitlines()[0]})") from None
+    return progress, state["averaged"]

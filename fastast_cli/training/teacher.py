@@ -5,7 +5,7 @@ cached`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,8 +17,9 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.models.classifiers import load_classifier, model_kind
+from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.distributed import Ranks
-from fastast_cli.training.provenance import check_teacher_data
+from fastast_cli.training.provenance import check_teacher_data, teacher_path
 
 Note = Callable[[str], None]
 
@@ -58,6 +59,25 @@ def load_teacher(path: str, kind: str, manifest: Manifest, fold: int | None, mea
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher, found
+
+
+def run_teacher(
+    config: TrainConfig, manifest: Manifest, mean: float, device: torch.device, note: Note
+) -> tuple[nn.Module | None, str, TrainConfig]:
+    """The teacher of a run (None without one), its checkpoint's path (for `{fold}`: the run's
+    fold), and the run's config naming the teacher's kind (`auto` resolved; `none` without)."""
+    if config.teacher_checkpoint is None or config.teacher == "none":
+        return None, "", replace(config, teacher="none")
+    path = teacher_path(config.teacher_checkpoint, manifest, config.fold)
+    teacher, kind = load_teacher(path, config.teacher, manifest, config.fold, mean, device, note)
+    return teacher, path, replace(config, teacher=kind)
+
+
+def teaches_fixed_view(teacher: nn.Module | None, config: TrainConfig) -> bool:
+    """Whether the teacher reads the q = 1 view of each clip (same audio, same masks), padded
+    or cut as AST does: a fixed-length teacher of an ElasticAST student, taught online."""
+    return (config.elastic and teacher is not None and config.teacher_logits == "online"
+            and teacher.input_spec().teacher_frames() is not None)
 
 
 def check_teacher_input(teacher: nn.Module, path: str, manifest: Manifest, mean: float,

@@ -3,11 +3,11 @@
 - `files`: the only module that opens a file: weights-only `torch.load` or safetensors on the
   way in, a storable-values check and an atomic rename on the way out.
 - `fastast`: the fastast format (`save_checkpoint`, `read_checkpoint`).
-- `original`, `huggingface`, `deit`: one module per foreign AST format, each returning the same
-  `PretrainedWeights` record (`weights`), renamed to `AST.state_dict()` names; `passt`: PaSST
-  state dicts, which keep PaSST's own names.
-- `fitting`: a weights record into an AST (position-embedding adaptation, head, the fit check),
-  and `load_exactly` for weights that must fit as they are.
+- `original`, `huggingface`, `deit`, `passt`: one module per foreign format, each returning the
+  same `PretrainedWeights` record (`weights`), named as the model it initialises names its
+  tensors (`AST.state_dict()`, `PaSSTClassifier.state_dict()`).
+- `fitting`: a weights record into a model, AST or PaSST (position-embedding adaptation, head,
+  the fit check), and `load_exactly` for weights that must fit as they are.
 - `loading`: `load_checkpoint`, the one entry point for a trained classifier (reads a file once,
   builds the architecture recorded in it), and `load_model` / `init_from_pretrained` for ASTs.
 

@@ -1,10 +1,11 @@
-"""Fitting a weights record into an AST: the model's config, position-embedding adaptation,
-a fresh head when the class count differs, and one check naming every tensor that does not fit."""
+"""Fitting a weights record into a model (an AST, a PaSST teacher): the model's config,
+position-embedding adaptation, a fresh head when the class count differs, and one check naming
+every tensor that does not fit."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -12,14 +13,21 @@ from torch import nn
 from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, ASTConfig
 from fastast_cli.models.checkpoints.files import PathLike, StateDict
-from fastast_cli.models.checkpoints.weights import HEAD_PREFIX, PretrainedWeights, num_classes_of
-from fastast_cli.models.pos_embed import resample_pos_embed
+from fastast_cli.models.checkpoints.passt import TIME_TABLE
+from fastast_cli.models.checkpoints.weights import PretrainedWeights
+from fastast_cli.models.passt import PaSSTClassifier
+from fastast_cli.models.pos_embed import fit_time_table, resample_pos_embed
 
 logger = logging.getLogger(__name__)
 
 
 # Longest list of names one mismatch error shows per kind of problem.
 MAX_LISTED = 8
+
+# Config settings that tensor shapes do not show, compared by name: their words in messages.
+UNSEEN_SETTINGS = {"num_heads": "attention heads"}
+# What a fit error says of the model, where its config has them.
+DESCRIBED = ("embed_dim", "depth", "num_heads")
 
 
 def model_config(
@@ -54,23 +62,20 @@ def model_config(
     return config
 
 
-def fit_weights(model: AST, weights: PretrainedWeights, path: PathLike) -> None:
-    """Adapt `weights` to `model` (pos_embed grid, head) and load them; notes go to the log."""
+def fit_weights(model: nn.Module, weights: PretrainedWeights, path: PathLike) -> None:
+    """Adapt `weights` to `model` (an AST or a PaSST teacher) and load them: positional
+    embeddings adapted to the model's patch grid, a fresh head when the class count differs,
+    then one check naming every tensor that does not fit. Notes go to the log and to
+    `model.load_notes`."""
     state_dict = dict(weights.state_dict)
     notes = [f"read {path} as {weights.source}"]
-    if weights.grid != model.config.grid and "pos_embed" in state_dict:
-        state_dict["pos_embed"] = _adapt_pos_embed(state_dict["pos_embed"], weights, model, path)
-        notes.append(
-            "positional embeddings adapted from the {}×{} patch grid to {}×{}".format(
-                *weights.grid, *model.config.grid
-            )
-        )
+    notes += ADAPT_POSITIONS[model.architecture](state_dict, weights, model, path)
     new_head = not _head_fits(state_dict, model)
     if new_head:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(HEAD_PREFIX)}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(model.head_prefixes)}
         notes.append(
             f"classification head left freshly initialised for {model.config.num_classes} "
-            f"classes (checkpoint: {num_classes_of(weights.state_dict) or 'no audio head'})"
+            f"classes (checkpoint: {weights.config.num_classes or 'no audio head'})"
         )
     _check_fit(model, state_dict, weights, path, allow_missing_head=new_head)
     model.load_state_dict(state_dict, strict=not new_head)
@@ -79,40 +84,69 @@ def fit_weights(model: AST, weights: PretrainedWeights, path: PathLike) -> None:
         logger.info(note)
 
 
-def _adapt_pos_embed(
-    pos_embed: torch.Tensor, weights: PretrainedWeights, model: AST, path: PathLike
-) -> torch.Tensor:
+def _adapt_ast_positions(
+    state_dict: StateDict, weights: PretrainedWeights, model: AST, path: PathLike
+) -> list[str]:
+    """AST's `pos_embed` resampled from the weights' patch grid to the model's (in place)."""
+    if weights.grid == model.config.grid or "pos_embed" not in state_dict:
+        return []
     try:
-        return resample_pos_embed(pos_embed, weights.grid, model.config.grid, NUM_PREFIX_TOKENS)
+        state_dict["pos_embed"] = resample_pos_embed(
+            state_dict["pos_embed"], weights.grid, model.config.grid, NUM_PREFIX_TOKENS)
     except ValueError as error:
         message = f"{path}: cannot adapt its positional embeddings ({error})"
         raise CheckpointError(message) from error
+    return ["positional embeddings adapted from the {}×{} patch grid to {}×{}".format(
+        *weights.grid, *model.config.grid)]
 
 
-def _head_fits(state_dict: StateDict, model: AST) -> bool:
-    return num_classes_of(state_dict) == model.config.num_classes
+def _adapt_passt_positions(
+    state_dict: StateDict, weights: PretrainedWeights, model: PaSSTClassifier, path: PathLike
+) -> list[str]:
+    """PaSST's time table cut or interpolated to the model's columns (in place); its frequency
+    table must fit as it is."""
+    expected = model.state_dict()[TIME_TABLE].shape[-1]
+    table = state_dict[TIME_TABLE]
+    if table.shape[-1] == expected:
+        return []
+    state_dict[TIME_TABLE] = fit_time_table(table, expected)
+    return [f"time positions adapted from {table.shape[-1]} to {expected} columns"]
+
+
+# Positional-embedding adaptation by the architecture of the model the weights go into.
+ADAPT_POSITIONS: dict[str, Callable[..., list[str]]] = {
+    AST.architecture: _adapt_ast_positions,
+    PaSSTClassifier.architecture: _adapt_passt_positions,
+}
+
+
+def _head_fits(state_dict: StateDict, model: nn.Module) -> bool:
+    """Whether the weights hold every head tensor of `model`, in its shape (same classes)."""
+    return all(name in state_dict and state_dict[name].shape == tensor.shape
+               for name, tensor in model.state_dict().items()
+               if name.startswith(model.head_prefixes))
 
 
 def _check_fit(
-    model: AST,
+    model: nn.Module,
     state_dict: StateDict,
     weights: PretrainedWeights,
     path: PathLike,
     allow_missing_head: bool,
 ) -> None:
-    """Raise one CheckpointError naming every missing, unexpected and wrongly shaped tensor."""
-    skipped = HEAD_PREFIX if allow_missing_head else None
+    """Raise one CheckpointError naming every missing, unexpected and wrongly shaped tensor,
+    and every setting that tensor shapes do not show (attention heads) where it differs."""
+    skipped = model.head_prefixes if allow_missing_head else None
     problems = mismatches(model.state_dict(), state_dict, may_miss=skipped)
-    if weights.config.num_heads != model.config.num_heads:
-        problems.append(
-            f"  attention heads: checkpoint {weights.config.num_heads} "
-            f"vs model {model.config.num_heads}"
-        )
+    ours, theirs = model.config.to_dict(), weights.config.to_dict()
+    problems += [f"  {words}: checkpoint {theirs[name]} vs model {ours[name]}"
+                 for name, words in UNSEEN_SETTINGS.items()
+                 if name in ours and name in theirs and ours[name] != theirs[name]]
     if problems:
-        config = model.config
+        shown = ", ".join(f"{name} {ours[name]}" for name in DESCRIBED if name in ours)
         raise CheckpointError(
-            f"{path} ({weights.source}) does not fit the model (embed_dim {config.embed_dim}, "
-            f"depth {config.depth}, {config.num_heads} heads):\n" + "\n".join(problems)
+            f"{path} ({weights.source}) does not fit the model" + (f" ({shown})" if shown else "")
+            + ":\n" + "\n".join(problems)
         )
 
 
@@ -126,10 +160,11 @@ def load_exactly(model: nn.Module, state_dict: StateDict, what: str) -> None:
 
 
 def mismatches(
-    expected: Mapping[str, torch.Tensor], state_dict: StateDict, may_miss: str | None = None
+    expected: Mapping[str, torch.Tensor], state_dict: StateDict,
+    may_miss: tuple[str, ...] | None = None,
 ) -> list[str]:
     """Indented lines naming the wrongly shaped, missing and unexpected tensors of `state_dict`
-    against a model's `expected` ones; names starting with `may_miss` may be missing."""
+    against a model's `expected` ones; names starting with a `may_miss` prefix may be missing."""
     missing = [name for name in expected
                if name not in state_dict and not (may_miss and name.startswith(may_miss))]
     unexpected = [name for name in state_dict if name not in expected]

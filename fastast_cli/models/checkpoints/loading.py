@@ -30,6 +30,7 @@ from fastast_cli.models.checkpoints.files import (
 from fastast_cli.models.checkpoints.fitting import fit_weights, load_exactly, model_config
 from fastast_cli.models.checkpoints.huggingface import is_hf_name, read_hf_folder
 from fastast_cli.models.checkpoints.original import original_ast_weights, strip_wrapper_prefixes
+from fastast_cli.models.checkpoints.passt import TIME_TABLE
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, required
 from fastast_cli.models.elastic import ElasticAST, ElasticConfig
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
@@ -200,6 +201,11 @@ def state_dict_weights(
         raise CheckpointError(
             f"{path} holds Hugging Face AST weights: pass the folder that holds them together "
             "with their config.json"
+        )
+    if any(name.endswith(TIME_TABLE.removeprefix("net.")) for name in state_dict):
+        raise CheckpointError(
+            f"{path} holds PaSST weights: they initialise a PaSST teacher (model passt with "
+            "these as its pretrained weights), not an AST"
         )
     state_dict = strip_wrapper_prefixes(state_dict)
     filters = required(state_dict, "patch_embed.proj.weight", path)

@@ -15,6 +15,7 @@ from fastast_cli.models.checkpoints.files import StateDict
 from fastast_cli.models.checkpoints.weights import (
     DEFAULT_STRIDE,
     PretrainedWeights,
+    input_length,
     num_classes_of,
     patch_count,
     vit_architecture,
@@ -62,7 +63,7 @@ def original_ast_weights(
         fstride=fstride,
         tstride=tstride,
         num_mel_bins=AST_NUM_MEL_BINS,
-        target_length=_target_length(t_dim, patch_size, tstride),
+        target_length=input_length(t_dim, patch_size, tstride, COMMON_TARGET_LENGTHS),
         head_layer_norm_eps=AST_HEAD_LAYER_NORM_EPS,
         **architecture,
     )
@@ -81,9 +82,3 @@ def _original_normalization(path: Path) -> dict[str, Any]:
             "stats_note": f"the original AST checkpoint stores no input mean/std: using AST's "
                           f"{dataset} statistics (mean {mean}, std {std})"}
 
-
-def _target_length(t_dim: int, patch_size: int, tstride: int) -> int:
-    """An input length with `t_dim` time patches: a recipe length if one fits, else the shortest."""
-    shortest = (t_dim - 1) * tstride + patch_size
-    fitting = [n for n in COMMON_TARGET_LENGTHS if shortest <= n < shortest + tstride]
-    return fitting[0] if fitting else shortest

@@ -1,4 +1,5 @@
-"""The weights record every AST reader returns, and what a ViT state dict's shapes tell."""
+"""The weights record every reader returns (each AST format, PaSST), and what a ViT state dict's
+shapes tell."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import torch
 
 from fastast_cli.errors import CheckpointError
-from fastast_cli.models.ast import NUM_PREFIX_TOKENS, SIZES, ASTConfig
+from fastast_cli.models.ast import NUM_PREFIX_TOKENS, SIZES
 from fastast_cli.models.checkpoints.files import StateDict
+from fastast_cli.models.records import ConfigRecord
 
 # What original AST and DeiT files do not store.
 DEFAULT_STRIDE = 10
@@ -26,27 +28,27 @@ BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass
-
-
 class PretrainedWeights:
-    """A checkpoint read from disk and renamed to `AST.state_dict()` names.
+    """A checkpoint read from disk, its tensors named as the model it initialises names them.
 
-    state_dict: the tensors (patch filters already 1-channel, unused heads dropped).
-    config: the architecture the weights belong to; num_classes is 0 when there is no audio head.
-    grid: the (frequency, time) patch grid that `pos_embed` [1, 2 + f·t, D] covers.
+    state_dict: the tensors: `AST.state_dict()` names for every AST format (patch filters
+        already 1-channel, unused heads dropped), `PaSSTClassifier.state_dict()` names for PaSST.
+    config: the architecture the weights belong to (an `ASTConfig`, a `PaSSTConfig`);
+        num_classes is 0 when there is no audio head.
+    grid: the (frequency, time) patch grid that the positional embeddings cover.
     source: what the file was, in words, for messages.
     meta: a fastast checkpoint's metadata or a Hugging Face folder's normalization; else {}.
     """
 
     state_dict: StateDict
-    config: ASTConfig
+    config: ConfigRecord
     grid: tuple[int, int]
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_head(self) -> bool:
-        return f"{HEAD_PREFIX}1.weight" in self.state_dict
+        return self.config.num_classes > 0
 
 
 def required(state_dict: StateDict, name: str, path: Path) -> torch.Tensor:
@@ -87,3 +89,11 @@ def num_classes_of(state_dict: StateDict) -> int:
 
 def patch_count(state_dict: StateDict, path: Path) -> int:
     return required(state_dict, "pos_embed", path).shape[1] - NUM_PREFIX_TOKENS
+
+
+def input_length(patches: int, patch_size: int, stride: int, common: tuple[int, ...]) -> int:
+    """An input size (frames, mel bins) that `patches` patches of `patch_size` at `stride` cover,
+    for files that store none: a `common` size if one fits, else the shortest."""
+    shortest = (patches - 1) * stride + patch_size
+    fitting = [n for n in common if shortest <= n < shortest + stride]
+    return fitting[0] if fitting else shortest

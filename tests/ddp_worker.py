@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from fastast_cli.distributed import close_ranks, init_ranks
 from fastast_cli.training.config import TrainConfig
-from fastast_cli.training.distributed import close_ranks, init_ranks
 from fastast_cli.training.loop import SilentReporter, Trainer
 
 data, out = sys.argv[1], Path(sys.argv[2])

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from fastast_cli.cli import app
-from fastast_cli.training.distributed import Ranks
+from fastast_cli.distributed import Ranks
 
 OLD = Path(__file__).parent / "fixtures" / "old_format"
 

@@ -2,7 +2,7 @@
 
 `torchrun --nproc_per_node N -m fastast_cli evaluate ...` (or `predict`) starts N copies of the
 command: each joins the process group, scores its shard of the clips or files (see
-`training.distributed`), and the scores are gathered in order. Rank 0 alone prints and writes:
+`fastast_cli.distributed`), and the scores are gathered in order. Rank 0 alone prints and writes:
 on the other ranks the console is quiet and the options naming outputs are cleared.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from fastast_cli.cli._app import console
 from fastast_cli.devices import resolve_device
-from fastast_cli.training.distributed import close_ranks, init_ranks
+from fastast_cli.distributed import close_ranks, init_ranks
 
 F = TypeVar("F", bound=Callable[..., Any])
 

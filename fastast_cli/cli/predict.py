@@ -30,6 +30,7 @@ from fastast_cli.cli._predict_output import (
 from fastast_cli.cli._torchrun import torchrun_command, under_torchrun
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
 from fastast_cli.devices import resolve_device
+from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.backends import make_forward
 from fastast_cli.inference.clips import (
@@ -43,7 +44,6 @@ from fastast_cli.inference.clips import (
 from fastast_cli.inference.timeline import check_threshold
 from fastast_cli.progress import set_progress
 from fastast_cli.reports.plots import image_format
-from fastast_cli.training.distributed import current_ranks
 
 Outcome = ClipScores | ClipFailure
 

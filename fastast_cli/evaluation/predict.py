@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from fastast_cli.distributed import Ranks, current_ranks
 from fastast_cli.progress import track
-from fastast_cli.training.distributed import Ranks, current_ranks
 
 Batch = torch.Tensor | list[torch.Tensor]
 

@@ -35,13 +35,13 @@ from fastast_cli.data.dataset import ASTDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device
+from fastast_cli.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.training import averaging
 from fastast_cli.training.config import TrainConfig, warmup_steps_for
-from fastast_cli.training.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.training.losses import distillation_loss
 from fastast_cli.training.reporting import Reporter, RunResult, SilentReporter, TrainingInterrupted
 from fastast_cli.training.resume import Progress, restore_run

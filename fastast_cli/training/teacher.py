@@ -14,11 +14,11 @@ from torch.utils.data import Dataset
 
 from fastast_cli.atomic import atomic_path
 from fastast_cli.data.manifest import Manifest
+from fastast_cli.distributed import Ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.models.classifiers import load_classifier, model_kind
 from fastast_cli.training.config import TrainConfig
-from fastast_cli.training.distributed import Ranks
 from fastast_cli.training.provenance import check_teacher_data, teacher_path
 
 Note = Callable[[str], None]

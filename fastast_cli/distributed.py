@@ -1,4 +1,5 @@
-"""Multi-GPU / multi-node training through PyTorch's own DDP, as set up by `torchrun`.
+"""Multi-GPU / multi-node runs through PyTorch's own DDP, as set up by `torchrun`: training,
+validation, `evaluate` and `predict`.
 
 `torchrun --nproc_per_node N -m fastast_cli distill ...` sets RANK, WORLD_SIZE and LOCAL_RANK;
 without them training runs in one process. NCCL on GPUs, gloo on CPUs. Evaluation (validation,

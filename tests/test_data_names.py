@@ -158,6 +158,33 @@ def test_a_linked_output_folder_is_refused(tmp_path: Path) -> None:
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
+def test_files_by_prepares_names_that_it_did_not_write_are_never_overwritten(
+    tmp_path: Path,
+) -> None:
+    """A manifest.yaml (or log, labels CSV) of someone else's at --out is refused before any
+    work; a folder an earlier prepare wrote, even one that only got as far as its log, is
+    prepared again."""
+    from fastast_cli.cli import app
+
+    src = make_class_folders(tmp_path / "src", {"a": 2, "b": 2})
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("manifest.yaml", "class_labels_indices.csv"):
+        (out / name).write_text("mine\n")
+        with pytest.raises(FastASTError, match=f"holds {name}, not written by fastast prepare"):
+            prepare_folder(src, out)
+        assert sorted(path.name for path in out.iterdir()) == [name]
+        assert (out / name).read_text() == "mine\n"
+        (out / name).unlink()
+    (out / "prepare.log").write_text("mine\n")
+    result = CliRunner().invoke(app, ["prepare", "folder", "--src", str(src), "--out", str(out)])
+    assert result.exit_code == 2 and "holds prepare.log" in result.output
+    assert (out / "prepare.log").read_text() == "mine\n"
+    (out / "prepare.log").write_text("# fastast prepare folder — an earlier run that failed\n")
+    assert prepare_folder(src, out).counts["train"] > 0  # its own log: a re-run
+    assert prepare_folder(src, out).reused == 4  # its own manifest and state: a re-run
+
+
 def test_cli_warns_about_refused_names(tmp_path: Path, victim: Path) -> None:
     from fastast_cli.cli import app
 

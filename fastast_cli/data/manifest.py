@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from fastast_cli.data.dataset import ASTDataset
 
 MANIFEST_NAME = "manifest.yaml"
+MANIFEST_HEADER = "# fastast prepared dataset: pass this file (or its folder) as --data.\n"
 FORMAT_VERSION = 1
 
 
@@ -246,9 +247,8 @@ def manifest_path(path_or_dir: str | os.PathLike[str]) -> Path:
 
 def write_manifest(manifest: Manifest) -> Path:
     """Write `manifest.path` atomically; returns the path."""
-    header = "# fastast prepared dataset: pass this file (or its folder) as --data.\n"
     body = yaml.safe_dump(manifest.to_dict(), sort_keys=False, default_flow_style=False)
-    write_text(manifest.path, header + body)
+    write_text(manifest.path, MANIFEST_HEADER + body)
     return manifest.path
 
 

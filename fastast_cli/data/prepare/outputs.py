@@ -11,9 +11,7 @@ from fastast_cli.data.datafile import write_datafile, write_labels_csv
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.data.manifest import Fold, Manifest, write_manifest
 from fastast_cli.data.prepare.conversion import Clip, ClipResult
-from fastast_cli.data.prepare.workspace import PrepareReport, Workspace, format_log
-
-LABELS_NAME = "class_labels_indices.csv"
+from fastast_cli.data.prepare.workspace import LABELS_NAME, PrepareReport, Workspace, format_log
 
 
 def write_split(

@@ -15,12 +15,15 @@ from typing import Any
 
 from fastast_cli.atomic import write_json, write_text
 from fastast_cli.data.features import NUM_MEL_BINS, SAMPLE_RATE
-from fastast_cli.data.manifest import MANIFEST_NAME
+from fastast_cli.data.manifest import MANIFEST_HEADER, MANIFEST_NAME
 from fastast_cli.errors import FastASTError
 
 STATE_NAME = ".fastast_state.json"
 LOG_NAME = "prepare.log"
+LOG_HEADER = "# fastast prepare "
+LABELS_NAME = "class_labels_indices.csv"
 STATE_VERSION = 1
+ROOT_FILES = (MANIFEST_NAME, LOG_NAME, LABELS_NAME, STATE_NAME)  # what prepare writes at --out
 OUTPUT_FOLDERS = ("audio_16k", "datafiles", "raw", "downloads", "source")  # what prepare writes
 DERIVED_FOLDERS = ("audio_16k", "datafiles")  # ... of which its own results (not sources)
 
@@ -76,6 +79,7 @@ class Workspace:
                     f"--out {out}: {name} is a symbolic link; prepare writes only into real "
                     "folders under --out (remove the link or choose another --out)"
                 )
+        check_not_foreign(out)
         report = PrepareReport(dataset, out, out / MANIFEST_NAME)
         workspace = cls(out, report, target_length)
         workspace.state = workspace._load_state()
@@ -134,6 +138,38 @@ class Workspace:
         return FastASTError(message)
 
 
+def check_not_foreign(out: Path) -> None:
+    """Refuse an --out folder holding files by the names prepare writes at its root (manifest,
+    log, labels CSV, resume state) when no earlier prepare wrote there: they are someone
+    else's, and prepare would overwrite them."""
+    if not out.is_dir() or prepared_before(out):
+        return
+    taken = [name for name in ROOT_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if taken:
+        raise FastASTError(
+            f"--out {out} holds {', '.join(taken)}, not written by fastast prepare: prepare "
+            f"would overwrite {'it' if len(taken) == 1 else 'them'}; choose a new or empty "
+            "folder for --out"
+        )
+
+
+def prepared_before(out: Path) -> bool:
+    """Whether an earlier prepare wrote into `out`: its manifest or its log (with their
+    headers), or its resume state."""
+    headers = {MANIFEST_NAME: MANIFEST_HEADER, LOG_NAME: LOG_HEADER}
+    for name, header in headers.items():
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as file:
+                if file.read(len(header)).decode("utf-8", "replace") == header:
+                    return True
+    try:
+        state = json.loads((out / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "version" in state and "clips" in state
+
+
 def written_by_prepare(out: Path, path: Path) -> bool:
     """Whether `path` (links followed) lies in a folder of prepare's results under `out`: such
     files are never read back as source audio, so a re-run with `--out` inside the source is
@@ -145,7 +181,7 @@ def written_by_prepare(out: Path, path: Path) -> bool:
 def format_log(report: PrepareReport) -> str:
     """The text of prepare.log: a summary, then every skipped, missing and unsafe entry."""
     lines = [
-        f"# fastast prepare {report.dataset} — {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"{LOG_HEADER}{report.dataset} — {time.strftime('%Y-%m-%d %H:%M:%S')}",
         f"output: {report.out}",
         f"clips: converted {report.converted}, used in place {report.in_place}, "
         f"reused from an earlier run {report.reused}",

@@ -54,15 +54,8 @@ def user_errors(func: F) -> F:
 
 
 def merging_note(model: Any, r: Any = None, schedule: str | None = None) -> str | None:
-    """`capped_merging_note` for a fixed AST (None for other models and r = 0); `r` and
-    `schedule` default to the model's own merging settings (`model.merge_settings`)."""
-    from fastast_cli.models.reduction.schedule import capped_merging_note
+    """`models.merging.capped_note`: the note when r asks for more merging than a fixed-grid
+    model's tokens allow; `r` and `schedule` default to the model's own merging settings."""
+    from fastast_cli.models.merging import capped_note
 
-    if getattr(model, "architecture", None) != "ast":
-        return None
-    settings = getattr(model, "merge_settings", None)
-    r = r if r is not None else settings.r if settings is not None else 0
-    schedule = schedule or (settings.schedule if settings is not None else "constant")
-    if not r:
-        return None
-    return capped_merging_note(model.config.num_patches, model.config.depth, r, schedule)
+    return capped_note(model, r, schedule)

@@ -23,8 +23,7 @@ from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.export.backends import Forward, make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
-from fastast_cli.models.merging import MergeSettings
-from fastast_cli.models.reduction.schedule import capped_merging_note
+from fastast_cli.models.merging import MergeSettings, capped_note
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
 
 PathLike = str | os.PathLike[str]
@@ -161,11 +160,7 @@ def evaluate_checkpoint(
     evaluation = evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
                                 batch_size=batch_size, device=device, num_workers=num_workers,
                                 forward=forward)
-    settings = evaluation.merging
-    if (model.merges_tokens and not model.input_spec().native_length
-            and settings is not None and settings.r):
-        evaluation.capped_note = capped_merging_note(
-            model.config.num_patches, model.config.depth, settings.r, settings.schedule)
+    evaluation.capped_note = capped_note(model)
     return evaluation
 
 

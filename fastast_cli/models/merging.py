@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from fastast_cli.models.reduction.schedule import RSchedule
+from fastast_cli.models.reduction.schedule import RSchedule, capped_merging_note
 
 META_KEY = "merging"
 METHOD = "tome"  # the default method, and the method of records that name none
@@ -115,6 +115,27 @@ class MergeSettings:
                     method_options=self.method_options)
         model.merge_settings = self
         return model
+
+
+def merges_fixed_grid(model: nn.Module) -> bool:
+    """Whether `model` merges the tokens of a fixed patch grid (AST): its token count, and so
+    what a block can merge, is the same for every clip (an ElasticAST's varies per clip)."""
+    return bool(model.merges_tokens) and not model.input_spec().native_length
+
+
+def capped_note(model: nn.Module, r: RSchedule | float | None = None,
+                schedule: str | None = None) -> str | None:
+    """The note a user gets when `r` asks for more merging than a fixed-grid model's tokens
+    allow (`capped_merging_note`); None for other models, r = 0 or merging within the cap.
+    `r` and `schedule` default to the model's `merge_settings` (none: no merging)."""
+    if not merges_fixed_grid(model):
+        return None
+    settings = getattr(model, "merge_settings", None) or MergeSettings()
+    r = settings.r if r is None else r
+    if not r:
+        return None
+    return capped_merging_note(model.config.num_patches, model.config.depth, r,
+                               schedule or settings.schedule)
 
 
 def _legacy_record(meta: dict[str, Any]) -> dict[str, Any] | None:

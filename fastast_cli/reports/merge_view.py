@@ -25,6 +25,7 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.inference.clips import clip_features, input_spec
 from fastast_cli.inference.stream import FRAMES_PER_SECOND
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, ASTConfig
+from fastast_cli.models.merging import merges_fixed_grid
 from fastast_cli.reports.plots import draw_token_counts, new_figure, save_figure
 
 PathLike = str | os.PathLike[str]
@@ -58,7 +59,7 @@ class MergeView:
 def require_ast(model: nn.Module, checkpoint: PathLike) -> AST:
     """The model as a fixed-length AST; anything else (a CNN, PaSST, an ElasticAST) is a user
     error."""
-    if model.architecture != "ast":
+    if not merges_fixed_grid(model):
         kind = getattr(getattr(model, "config", None), "backbone", type(model).__name__)
         raise FastASTError(
             f"{checkpoint} is a {kind}; merge views need a fixed-length AST checkpoint"

@@ -16,8 +16,7 @@ from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.classifiers import build_classifier
-from fastast_cli.models.merging import MergeSettings
-from fastast_cli.models.reduction.schedule import capped_merging_note
+from fastast_cli.models.merging import MergeSettings, capped_note
 from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.provenance import data_record
 
@@ -59,11 +58,10 @@ def run_model(config: TrainConfig, manifest: Manifest, note: Callable[[str], Non
     if not model.merges_tokens:
         return model
     model.set_r(config.r, config.schedule, config.proportional_attention, method=config.method)
+    capped = capped_note(model, config.r, config.schedule)
+    if capped:
+        note(capped)
     if not model.input_spec().native_length:
-        capped = config.r and capped_merging_note(model.config.num_patches, model.config.depth,
-                                                  config.r, config.schedule)
-        if capped:
-            note(capped)
         return model
     model.token_dropout = config.token_dropout
     longest = model.num_tokens(torch.zeros(manifest.target_length, manifest.num_mel_bins))

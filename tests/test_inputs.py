@@ -28,12 +28,13 @@ from fastast_cli.evaluation.evaluate import (
     evaluate_lengths,
     evaluate_model,
     input_spec_on,
-    input_stats,
 )
-from fastast_cli.inference.clips import clip_features, input_spec
+from fastast_cli.inference.clips import Predictor, clip_features, input_spec
 from fastast_cli.models.ast import build_model
 from fastast_cli.models.elastic import build_elastic
 from fastast_cli.models.inputs import InputSpec, resolved_input
+from fastast_cli.models.merging import MergeSettings, capped_note, merges_fixed_grid
+from fastast_cli.models.teachers import CNNClassifier, CNNConfig
 
 # Outputs of features.raw_features / waveform_to_fbank, elastic_features.elastic_features,
 # clips.clip_features and the datasets' features_of / features_at, recorded with the code before
@@ -74,7 +75,7 @@ def _new_outputs() -> dict[str, torch.Tensor]:
         dataset = SimpleNamespace(num_mel_bins=BINS, target_length=T)
         out[f"dataset/{name}"] = ASTDataset.features_of(dataset, mono)
         for fixed in (False, True):
-            dataset.fixed_length = fixed
+            dataset.length = InputSpec(T, BINS, not fixed).length_policy()
             for q in (1.0, 2.0):
                 out[f"native/{name}/fixed{fixed}/q{q}"] = NativeLengthDataset.features_at(
                     dataset, mono, q)
@@ -135,7 +136,7 @@ def test_one_stats_lookup_with_the_fallback_as_a_parameter(builder, one_thread) 
     never = SimpleNamespace(num_mel_bins=BINS)  # no norm_stats: not asked when stats are stored
     audioset = AST_NORM_STATS["audioset"]
     # no stats stored: evaluation falls back to the dataset's, predict to AudioSet's (with a note)
-    assert input_stats(model, manifest, None) == (-6.0, 5.0)
+    assert input_spec_on(model, manifest, None).stats == (-6.0, 5.0)
     assert input_spec_on(model, manifest, None).stats_note is None
     spec = input_spec(model)
     assert spec.stats == audioset and "AudioSet" in spec.stats_note
@@ -155,3 +156,29 @@ def test_evaluate_refuses_a_model_of_other_mel_bins_in_one_line(small_demo, one_
         evaluate_model(model, manifest, "tiny")
     with pytest.raises(FastASTError, match="64 mel bins"):
         evaluate_lengths(model, manifest, [1.0], [1.0])
+
+
+def test_one_capped_merging_note_asks_the_model(one_thread) -> None:
+    ast = build_model("tiny", 3, depth=2, target_length=200, fstride=16, tstride=16)  # 96 patches
+    elastic = build_elastic("tiny", 3, depth=2, target_length=200)
+    cnn = CNNClassifier(CNNConfig(3, "mobilenetv3-small"))
+    assert [merges_fixed_grid(m) for m in (ast, elastic, cnn)] == [True, False, False]
+    capped = ("note: r=60 is more than 96 patches allow: block 1 merges only 48 tokens (half of "
+              "those left), and so on; the merging is capped")
+    assert capped_note(ast, 60) == capped
+    assert capped_note(ast) is None  # no settings: no merging
+    MergeSettings(60, "constant").apply(ast)
+    assert capped_note(ast) == capped  # the model's own settings
+    assert capped_note(ast, 0) is None and capped_note(ast, 8) is None  # r = 0; within the cap
+    assert capped_note(elastic, 60) is None and capped_note(cnn, 60) is None
+
+
+def test_whole_clip_and_window_policies_come_from_the_spec() -> None:
+    fixed, native = InputSpec(T, BINS, False), InputSpec(T, BINS, True)
+    assert fixed.length_policy(whole_clip=True) == LengthPolicy.at_least(T)
+    assert native.length_policy(whole_clip=True) == LengthPolicy.native()
+    wave = torch.randn(16000, generator=torch.Generator().manual_seed(2)) * 0.1
+    coarse = InputSpec(T, BINS, True, *STATS, frame_shift_ms=40.0)
+    assert clip_features(wave, 16000, coarse).shape == (25, BINS)  # the spec's frame shift
+    with pytest.raises(FastASTError, match="every 40 ms"):  # windows are placed on 10-ms frames
+        Predictor(torch.nn.Identity(), coarse, hop=T // 2)

@@ -190,8 +190,9 @@ class NativeLengthDataset(ASTDataset):
     how a fixed-length AST fares off its training length and resolution).
 
     Per item, as ASTDataset: waveform (cut to `seconds` when given) → (mixup) → fbank with frames
-    every 10 ms × q → native length, at most `target_length` frames (or, with `fixed_length`,
-    padded/cut to exactly that many, as a fixed AST needs) → SpecAugment → normalize. In
+    every 10 ms × q → fitted by `length` (default: native length, at most `target_length`
+    frames; a fixed AST's `input_spec().length_policy()` pads/cuts to exactly that many) →
+    SpecAugment → normalize. In
     training q is drawn per item from `resolutions`: one of the whole steps low, low + 1, ...,
     high (`discrete`, ElasticAST's {1, 2, 3, 4}), or uniformly from [low, high]; in evaluation
     q = `resolutions[0]`. The time mask scales with the clip: at most timem × T_i /
@@ -213,7 +214,7 @@ class NativeLengthDataset(ASTDataset):
         resolutions: tuple[float, float] = (1.0, 1.0),
         discrete: bool = True,
         seconds: float | None = None,
-        fixed_length: bool = False,
+        length: LengthPolicy | None = None,
         teacher_length: int | None = None,
         **options,
     ) -> None:
@@ -222,7 +223,7 @@ class NativeLengthDataset(ASTDataset):
         self.resolutions = resolutions
         self.discrete = discrete
         self.seconds = seconds
-        self.fixed_length = fixed_length
+        self.length = length or LengthPolicy.native(target_length)
         self.teacher_length = teacher_length
         self.cache_waves = True
 
@@ -236,10 +237,8 @@ class NativeLengthDataset(ASTDataset):
         return draw_resolution(low, high, discrete=self.discrete) if self.training else low
 
     def features_at(self, wave: torch.Tensor, q: float) -> torch.Tensor:
-        """Raw fbank of a waveform at resolution q, native (or fixed) length."""
-        length = (LengthPolicy.fixed(self.target_length) if self.fixed_length
-                  else LengthPolicy.native(self.target_length))
-        return waveform_fbank(wave, SAMPLE_RATE, length=length, num_mel_bins=self.num_mel_bins,
+        """Raw fbank of a waveform at resolution q, fitted by `self.length`."""
+        return waveform_fbank(wave, SAMPLE_RATE, length=self.length, num_mel_bins=self.num_mel_bins,
                               frame_shift_ms=shift_for_resolution(q))
 
     def features_of(self, wave: torch.Tensor) -> torch.Tensor:

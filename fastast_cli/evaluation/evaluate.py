@@ -187,7 +187,8 @@ def evaluate_model(
     options = {"target_length": spec.target_length, "mean": spec.mean, "std": spec.std,
                "num_mel_bins": manifest.num_mel_bins}
     dataset: ASTDataset = (  # native: whole clips at their own length
-        NativeLengthDataset(manifest.datafile(split, fold), manifest.labels_csv, **options)
+        NativeLengthDataset(manifest.datafile(split, fold), manifest.labels_csv,
+                            length=spec.length_policy(), **options)
         if elastic else ASTDataset(manifest.datafile(split, fold), manifest.labels_csv, **options))
     check_clips(dataset.entries, dataset.datafile, split)
     logits, targets = predict_dataset(model, dataset, batch_size, device,
@@ -305,7 +306,7 @@ def evaluate_lengths(
                 manifest.datafile(split, fold), manifest.labels_csv,
                 target_length=spec.target_length, mean=spec.mean, std=spec.std,
                 num_mel_bins=manifest.num_mel_bins, resolutions=(q, q), seconds=seconds,
-                fixed_length=not elastic,
+                length=spec.length_policy(),
             )
             check_clips(dataset.entries, dataset.datafile, split or manifest.eval_split)
             logits, targets = predict_dataset(

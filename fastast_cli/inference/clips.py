@@ -35,8 +35,8 @@ from fastast_cli.data.audio import (
 )
 from fastast_cli.data.features import (
     AST_NORM_STATS,
+    FRAME_SHIFT_MS,
     SAMPLE_RATE,
-    LengthPolicy,
     as_channels_first,
     waveform_fbank,
 )
@@ -102,9 +102,8 @@ def clip_features(
     waveform: [samples], [channels, samples] or [samples, channels] at `sample_rate`; channels
     are averaged and the audio resampled to 16 kHz first.
     """
-    length = (LengthPolicy.native() if spec.native_length
-              else LengthPolicy.at_least(spec.target_length))
-    return waveform_fbank(waveform, sample_rate, length=length, num_mel_bins=spec.num_mel_bins,
+    return waveform_fbank(waveform, sample_rate, length=spec.length_policy(whole_clip=True),
+                          num_mel_bins=spec.num_mel_bins, frame_shift_ms=spec.frame_shift_ms,
                           stats=spec.stats)
 
 
@@ -128,6 +127,9 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self.window = self.window or self.spec.target_length
+        if self.spec.frame_shift_ms != FRAME_SHIFT_MS:  # windows and hops are counted in them
+            raise FastASTError(f"the model reads frames every {self.spec.frame_shift_ms:g} ms; "
+                               f"predict places windows on a {FRAME_SHIFT_MS:g}-ms frame grid")
 
     @property
     def labels(self) -> list[str]:
@@ -164,7 +166,7 @@ class Predictor:
         inputs = []
         for span in spans:
             wave = mono[span.start * FRAME_SHIFT :][: samples_for(span.stop - span.start)]
-            inputs.append(window_features(wave, self.window, self.spec))
+            inputs.append(window_features(wave, self.spec))
         scores = self.score_inputs(inputs)
         duration = samples / sample_rate
         rows = timeline_rows([span.start for span in spans], [span.stop for span in spans],

@@ -26,7 +26,6 @@ import torch
 from fastast_cli.data.features import (
     FRAME_SHIFT_MS,
     SAMPLE_RATE,
-    LengthPolicy,
     frame_length_samples,
     waveform_fbank,
 )
@@ -143,13 +142,13 @@ def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
     return [span.start for span in WindowPlan(window, hop).spans(num_frames)]
 
 
-def window_features(wave: torch.Tensor, window: int, spec: InputSpec) -> torch.Tensor:
-    """A window's own 16-kHz samples (`samples_for(frames ≤ window)`) → model input: its fbank
-    [frames, F] padded with zeros to the model's `target_length` (fixed models) or kept at its
-    own length, at least one patch (native); normalized `(x - mean) / (2·std)` (spec.stats)."""
-    length = (LengthPolicy.native(window) if spec.native_length
-              else LengthPolicy.fixed(spec.target_length))
-    return waveform_fbank(wave, SAMPLE_RATE, length=length, num_mel_bins=spec.num_mel_bins,
+def window_features(wave: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """A window's own 16-kHz samples (`samples_for(frames ≤ window ≤ target_length)`) → model
+    input: its fbank [frames, F] fitted by `spec.length_policy()` (padded with zeros to the
+    model's `target_length`, or kept at its own length, at least one patch), frames every
+    `spec.frame_shift_ms`, normalized `(x - mean) / (2·std)` (spec.stats)."""
+    return waveform_fbank(wave, SAMPLE_RATE, length=spec.length_policy(),
+                          num_mel_bins=spec.num_mel_bins, frame_shift_ms=spec.frame_shift_ms,
                           stats=spec.stats)
 
 
@@ -194,7 +193,7 @@ class WindowCutter:
     def _window(self, span: Span) -> Window:
         first = span.start * FRAME_SHIFT - self.buffer_start
         wave = self.buffer[first : first + samples_for(span.stop - span.start)]
-        return Window(span, window_features(wave, self.plan.window, self.spec))
+        return Window(span, window_features(wave, self.spec))
 
     def _trim(self) -> None:
         """Drop samples before both the next regular window and the last `window` frames."""

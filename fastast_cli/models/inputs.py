@@ -49,11 +49,17 @@ class InputSpec:
             raise ValueError("this input spec has no normalization statistics")
         return self.mean, self.std
 
-    def length_policy(self) -> LengthPolicy:
+    def length_policy(self, whole_clip: bool = False) -> LengthPolicy:
         """How a clip's fbank is fitted for this model: padded/cut to `target_length` frames
-        (fixed), or kept at its own length, one patch to `target_length` frames (native)."""
+        (fixed), or kept at its own length, one patch to `target_length` frames (native).
+
+        whole_clip: a clip of any length, to be read in windows later (predict, visualize):
+        never cut, padded to `target_length` frames (fixed) or to one patch (native).
+        """
         if self.native_length:
-            return LengthPolicy.native(self.target_length)
+            return LengthPolicy.native(None if whole_clip else self.target_length)
+        if whole_clip:
+            return LengthPolicy.at_least(self.target_length)
         return LengthPolicy.fixed(self.target_length)
 
     def teacher_frames(self) -> int | None:

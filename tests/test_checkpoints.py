@@ -235,7 +235,7 @@ def test_original_ast_head_eps_survives_a_round_trip_and_hf_keeps_its_own(
 
 
 def test_evaluate_and_predict_agree_on_original_ast_stats(tmp_path, original_reference):
-    from fastast_cli.evaluation.evaluate import input_stats
+    from fastast_cli.evaluation.evaluate import input_spec_on
     from fastast_cli.inference.clips import input_spec
 
     for name, dataset in (("audioset_10_10_x.pth", "audioset"),
@@ -243,7 +243,7 @@ def test_evaluate_and_predict_agree_on_original_ast_stats(tmp_path, original_ref
         torch.save(original_ast_state_dict(original_reference), tmp_path / name)
         model = load_model(tmp_path / name)
         spec = input_spec(model)
-        assert input_stats(model, None, None) == (spec.mean, spec.std) == AST_NORM_STATS[dataset]
+        assert input_spec_on(model, None, None).stats == spec.stats == AST_NORM_STATS[dataset]
         assert dataset in spec.stats_note
 
 

@@ -12,11 +12,9 @@ from fastast_cli.data.elastic_features import (
     collate_native,
     draw_resolution,
     elastic_features,
-    fit_native_length,
-    num_frames_at,
     shift_for_resolution,
 )
-from fastast_cli.data.features import fbank, num_frames
+from fastast_cli.data.features import LengthPolicy, fbank, num_frames
 from fastast_cli.models.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from fastast_cli.models.elastic import ElasticAST, build_elastic
 from fastast_cli.models.packing import Layout, block_diagonal_bias, first_fit_decreasing
@@ -297,15 +295,16 @@ def test_resolution_scales_the_frames():
     torch.manual_seed(0)
     wave = torch.randn(16000 * 3)
     assert torch.equal(fbank(wave, frame_shift_ms=shift_for_resolution(1)), fbank(wave))
-    assert fbank(wave, frame_shift_ms=shift_for_resolution(2)).shape[0] == num_frames_at(48000, 2)
+    assert fbank(wave, frame_shift_ms=shift_for_resolution(2)).shape[0] == num_frames(
+        48000, frame_shift_ms=20.0)
     for q in (1, 2, 2.5, 4):
         features = elastic_features(wave, 16000, mean=-4.0, std=4.0, resolution=q)
-        assert features.shape == (num_frames_at(len(wave), q), 128)
-    assert num_frames_at(48000, 1) == num_frames(48000) == 298
-    assert num_frames_at(48000, 2) == 149
+        assert features.shape == (num_frames(len(wave), frame_shift_ms=10.0 * q), 128)
+    assert num_frames(48000, frame_shift_ms=shift_for_resolution(1)) == num_frames(48000) == 298
+    assert num_frames(48000, frame_shift_ms=shift_for_resolution(2)) == 149
     short = elastic_features(wave[:800], 16000, mean=0.0, std=0.5)
     assert short.shape == (16, 128)  # padded to one patch
-    assert fit_native_length(torch.zeros(2000, 128), max_frames=1024).shape == (1024, 128)
+    assert LengthPolicy.native(1024).fit(torch.zeros(2000, 128)).shape == (1024, 128)
     assert all(1.0 <= draw_resolution(1, 4) <= 4.0 for _ in range(20))
 
 

@@ -21,11 +21,10 @@ from torch.utils.data import default_collate
 
 from fastast_cli.data.features import (
     FRAME_SHIFT_MS,
-    MIN_FRAMES,
     NUM_MEL_BINS,
     SAMPLE_RATE,
     LengthPolicy,
-    frame_length_samples,
+    num_frames,
     waveform_fbank,
 )
 
@@ -35,20 +34,6 @@ def shift_for_resolution(resolution: float) -> float:
     if resolution <= 0:
         raise ValueError(f"resolution q must be > 0, got {resolution}")
     return FRAME_SHIFT_MS * resolution
-
-
-def num_frames_at(num_samples: int, resolution: float = 1.0, sample_rate: int = SAMPLE_RATE) -> int:
-    """Fbank frames of `num_samples` at resolution q (Kaldi snip-edges framing; at least 1)."""
-    shift = int(sample_rate * shift_for_resolution(resolution) * 0.001)  # as Kaldi rounds
-    return 1 + max(num_samples - frame_length_samples(sample_rate), 0) // shift
-
-
-def fit_native_length(
-    features: torch.Tensor, max_frames: int | None = None, min_frames: int = MIN_FRAMES
-) -> torch.Tensor:
-    """Raw fbank `[frames, bins]` kept at its own length: zero-padded up to `min_frames`, cut
-    (keeping the start) to `max_frames` when given (`LengthPolicy.native`)."""
-    return LengthPolicy.native(max_frames, min_frames).fit(features)
 
 
 def elastic_features(
@@ -64,7 +49,7 @@ def elastic_features(
     """ElasticAST input `[frames, num_mel_bins]` (float32, normalized) of one waveform.
 
     Any rate and channel layout (averaged, resampled to 16 kHz); frames every 10 ms × q;
-    native length (see `fit_native_length`); AST normalization `(x - mean) / (2·std)`.
+    native length (`LengthPolicy.native`); AST normalization `(x - mean) / (2·std)`.
     """
     return waveform_fbank(waveform, sample_rate, length=LengthPolicy.native(max_frames),
                           num_mel_bins=num_mel_bins,
@@ -90,7 +75,8 @@ def draw_resolution(
 
 def frames_for_seconds(seconds: float, resolution: float = 1.0) -> int:
     """Fbank frames of a clip of `seconds` at resolution q (16-kHz framing)."""
-    return num_frames_at(math.ceil(seconds * SAMPLE_RATE), resolution)
+    return num_frames(math.ceil(seconds * SAMPLE_RATE),
+                      frame_shift_ms=shift_for_resolution(resolution))
 
 
 def collate_native(batch: Sequence[tuple]) -> tuple:
@@ -100,12 +86,3 @@ def collate_native(batch: Sequence[tuple]) -> tuple:
     rest = default_collate([tuple(item[1:]) for item in batch])
     return (fbanks, *rest)
 
-
-def pad_clips(clips: Sequence[torch.Tensor], length: int, value: float) -> torch.Tensor:
-    """Native-length clips [T_i, F] → one batch [B, length, F]: each cut to `length` frames or
-    padded at the end with `value` (for a fixed-length model, e.g. a teacher)."""
-    batch = clips[0].new_full((len(clips), length, clips[0].shape[1]), value)
-    for row, clip in zip(batch, clips, strict=True):
-        frames = min(length, clip.shape[0])
-        row[:frames] = clip[:frames]
-    return batch

@@ -41,11 +41,12 @@ def frame_length_samples(sample_rate: int = SAMPLE_RATE) -> int:
     return int(sample_rate * FRAME_LENGTH_MS / 1000)
 
 
-def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
-    """Fbank frames of a waveform of `num_samples` (Kaldi snip-edges framing; at least 1)."""
-    window = frame_length_samples(sample_rate)
-    shift = int(sample_rate * FRAME_SHIFT_MS / 1000)
-    return 1 + max(num_samples - window, 0) // shift
+def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE,
+               frame_shift_ms: float = FRAME_SHIFT_MS) -> int:
+    """Fbank frames of a waveform of `num_samples` with frames every `frame_shift_ms` (Kaldi
+    snip-edges framing; at least 1)."""
+    shift = int(sample_rate * frame_shift_ms * 0.001)  # as Kaldi rounds
+    return 1 + max(num_samples - frame_length_samples(sample_rate), 0) // shift
 
 
 def fbank(

@@ -88,11 +88,6 @@ def check_mel_bins(spec: InputSpec, manifest: Manifest) -> None:
             f"prepared with {manifest.num_mel_bins}")
 
 
-def input_stats(model: nn.Module, manifest: Manifest, fold: int | None) -> tuple[float, float]:
-    """Normalization the model was trained with (its checkpoint's), else the dataset's."""
-    return input_spec_on(model, manifest, fold).stats
-
-
 def check_labels(model: nn.Module, manifest: Manifest, checkpoint: PathLike) -> None:
     """The model must predict the dataset's classes, in the same order when it names them."""
     labels = list(getattr(model, "labels", []) or [])

@@ -370,6 +370,37 @@ def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_dem
         train(config(small_demo, tmp_path / "b", teacher="ast", teacher_checkpoint=str(wrong)))
 
 
+def test_a_cnn_teacher_made_for_other_fbanks_is_refused_like_an_ast(small_demo, tmp_path):
+    """The check asks the teacher's input_spec(), so a CNN (frames and mel bins in its meta)
+    is checked too, not only a teacher whose config records them."""
+    from fastast_cli.models.checkpoints import save_checkpoint
+    from fastast_cli.models.teachers import CNNClassifier, CNNConfig
+
+    manifest = load_manifest(small_demo)
+    cnn = CNNClassifier(CNNConfig(10, "mobilenetv3-small", labels=manifest.label_names))
+    for name, frames, bins, refused in (("long", 512, 128, "reads 512 frames × 128 bins"),
+                                        ("narrow", 200, 64, "reads 200 frames × 64 bins")):
+        wrong = save_checkpoint(tmp_path / f"{name}.pt", cnn, target_length=frames,
+                                num_mel_bins=bins)
+        with pytest.raises(FastASTError, match=refused):
+            train(config(small_demo, tmp_path / name, teacher_checkpoint=str(wrong)))
+    fitting = save_checkpoint(tmp_path / "fits.pt", cnn, target_length=manifest.target_length,
+                              num_mel_bins=manifest.num_mel_bins)
+    trainer = Trainer(config(small_demo, tmp_path / "s", teacher_checkpoint=str(fitting)),
+                      loop_module.Ranks(), torch.device("cpu"), loop_module.SilentReporter())
+    assert trainer.config.teacher == "mobilenetv3-small"
+    assert trainer._model_meta()["num_mel_bins"] == manifest.num_mel_bins  # what a CNN reads
+
+
+def test_train_refuses_a_used_folder_before_the_slow_set_up(tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "log.csv").write_text("epoch\n1\n")
+    missing_data = tmp_path / "no-such-data"  # loading it would fail, but it is never read
+    with pytest.raises(FastASTError, match="already holds a run"):
+        train(config(missing_data, used))
+
+
 def test_compile_wraps_the_training_steps_only(small_demo, tmp_path):
     """--compile: steps run through torch.compile on the model's own parameters; checkpoints
     and evaluation keep using the plain model (nothing is compiled until a step runs)."""

@@ -60,7 +60,7 @@ from fastast_cli.training.teacher import (
     Mix,
     cached_teacher_logits,
     run_teacher,
-    teaches_fixed_view,
+    teacher_view_frames,
 )
 
 __all__ = ["Mix", "Progress", "Ranks", "RunResult", "SilentReporter", "Trainer",
@@ -75,6 +75,8 @@ def train(
     returns the run's results."""
     reporter = reporter or SilentReporter()
     out = Path(config.out or "run")
+    # Refused before the slow set-up (data, model, teacher); `Trainer.run` checks again, for
+    # runs started without `train`.
     check_run_folder(out, resume=resume, overwrite=overwrite)
     preferred = resolve_device(config.device)
     ranks = init_ranks(preferred)
@@ -111,8 +113,8 @@ class Trainer:
         self.model = run_model(config, self.manifest, self.reporter.note).to(device)
         self.teacher, self.teacher_path, self.config = run_teacher(
             config, self.manifest, self.mean, device, self.reporter.note)
-        if teaches_fixed_view(self.teacher, self.config):  # from the q = 1 view of each clip
-            self.train_items.dataset.teacher_length = self.manifest.target_length
+        if frames := teacher_view_frames(self.teacher, self.model, self.config):  # q = 1 views
+            self.train_items.dataset.teacher_length = frames
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
@@ -179,7 +181,7 @@ class Trainer:
     @property
     def _collate(self) -> Callable | None:
         """Native-length clips travel as lists (ElasticAST); fixed-length ones as one tensor."""
-        return collate_native if self.config.elastic else None
+        return collate_native if self.model.input_spec().native_length else None
 
     def _train_epoch(self, network: nn.Module) -> tuple[float, float, int]:
         """One epoch (or what is left of it): the epoch's mean loss, and the seconds and samples

@@ -79,6 +79,7 @@ def model_meta(config: TrainConfig, manifest: Manifest, mean: float, std: float,
     epoch and its validation metrics."""
     meta: dict[str, Any] = {
         "mean": mean, "std": std, "target_length": manifest.target_length,
+        "num_mel_bins": manifest.num_mel_bins,  # a CNN's input_spec() reads both
         "dataset": manifest.dataset, "r": config.r, "schedule": config.schedule,
         "loss": config.loss, "metric": config.metric, **data_record(manifest, config.fold),
         "merging": MergeSettings(config.r, config.schedule, config.proportional_attention,

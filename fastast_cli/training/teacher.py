@@ -73,25 +73,30 @@ def run_teacher(
     return teacher, path, replace(config, teacher=kind)
 
 
-def teaches_fixed_view(teacher: nn.Module | None, config: TrainConfig) -> bool:
-    """Whether the teacher reads the q = 1 view of each clip (same audio, same masks), padded
-    or cut as AST does: a fixed-length teacher of an ElasticAST student, taught online."""
-    return (config.elastic and teacher is not None and config.teacher_logits == "online"
-            and teacher.input_spec().teacher_frames() is not None)
+def teacher_view_frames(teacher: nn.Module | None, student: nn.Module,
+                        config: TrainConfig) -> int | None:
+    """Frames of the q = 1 view of each clip (same audio, same masks) that the teacher reads,
+    padded or cut to its own `teacher_frames()` as AST does: for a fixed-length teacher of a
+    native-length student, taught online. None when the teacher reads the student's batch (or
+    its logits are cached, or there is none)."""
+    if (teacher is None or config.teacher_logits != "online"
+            or not student.input_spec().native_length):
+        return None
+    return teacher.input_spec().teacher_frames()
 
 
 def check_teacher_input(teacher: nn.Module, path: str, manifest: Manifest, mean: float,
                         note: Note) -> None:
-    """The teacher must read the dataset's frames × mel bins (when its config records them) and
-    predict its labels; other normalization stats only earn a warning."""
-    frames = getattr(teacher.config, "target_length", None)
-    if frames is not None and (frames, teacher.config.num_mel_bins) != (
-        manifest.target_length, manifest.num_mel_bins
-    ):
+    """The teacher must read the dataset's frames × mel bins (as its `input_spec()` says, for
+    every kind: a CNN's come from its checkpoint's meta) and predict its labels; other
+    normalization stats only earn a warning."""
+    spec = teacher.input_spec()
+    if (spec.target_length, spec.num_mel_bins) != (manifest.target_length,
+                                                   manifest.num_mel_bins):
         raise FastASTError(
-            f"the teacher {path} reads {frames} frames × {teacher.config.num_mel_bins} bins, but "
-            f"{manifest.path} gives {manifest.target_length} × {manifest.num_mel_bins}: train the "
-            "teacher on this dataset (train-teacher, or --pretrained to adapt a checkpoint)"
+            f"the teacher {path} reads {spec.target_length} frames × {spec.num_mel_bins} bins, "
+            f"but {manifest.path} gives {manifest.target_length} × {manifest.num_mel_bins}: train "
+            "the teacher on this dataset (train-teacher, or --pretrained to adapt a checkpoint)"
         )
     if teacher.labels and teacher.labels != manifest.label_names:
         raise FastASTError(

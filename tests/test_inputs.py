@@ -4,6 +4,7 @@ evaluation refusing a model made for other fbanks."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,6 +31,7 @@ from fastast_cli.evaluation.evaluate import (
     input_spec_on,
 )
 from fastast_cli.inference.clips import Predictor, clip_features, input_spec
+from fastast_cli.inference.stream import window_features
 from fastast_cli.models.ast import build_model
 from fastast_cli.models.elastic import build_elastic
 from fastast_cli.models.inputs import InputSpec, resolved_input
@@ -180,5 +182,7 @@ def test_whole_clip_and_window_policies_come_from_the_spec() -> None:
     wave = torch.randn(16000, generator=torch.Generator().manual_seed(2)) * 0.1
     coarse = InputSpec(T, BINS, True, *STATS, frame_shift_ms=40.0)
     assert clip_features(wave, 16000, coarse).shape == (25, BINS)  # the spec's frame shift
+    assert window_features(wave[:8000], coarse).shape == (16, BINS)  # 12 frames → one patch
+    assert window_features(wave, replace(coarse, native_length=False)).shape == (T, BINS)
     with pytest.raises(FastASTError, match="every 40 ms"):  # windows are placed on 10-ms frames
         Predictor(torch.nn.Identity(), coarse, hop=T // 2)

@@ -19,7 +19,7 @@ from torch import nn
 
 from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
-from fastast_cli.export.backends import make_forward
+from fastast_cli.export.backends import make_forward, merging_state, set_merging_state
 from fastast_cli.models.ast import NUM_PREFIX_TOKENS
 from fastast_cli.models.reduction.schedule import resolve_schedule, tokens_per_block
 
@@ -76,15 +76,14 @@ class ThroughputRow:
 
 @contextlib.contextmanager
 def merging(model: nn.Module, r: int, schedule: str) -> Iterator[nn.Module]:
-    """Temporarily set the model's merging rate (its reduction method stays)."""
-    saved = (list(model.r_schedule), getattr(model, "r_fraction", None))
+    """Temporarily set the model's merging rate and schedule (its reduction method and the
+    method's options stay); everything that decides its merging is put back afterwards."""
+    saved = merging_state(model)
     model.set_r(r, schedule, model.proportional_attention, method=model.reduction_method)
     try:
         yield model
     finally:
-        model.r_schedule = saved[0]
-        if saved[1] is not None:
-            model.r_fraction = saved[1]
+        set_merging_state(model, saved)
 
 
 def time_forward(

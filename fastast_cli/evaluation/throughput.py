@@ -12,7 +12,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -216,3 +216,26 @@ def _random_batch(model: nn.Module, batch_size: int, seed: int) -> torch.Tensor:
 def _tick(on_step: Callable[[], None] | None) -> None:
     if on_step is not None:
         on_step()
+
+
+def architecture_key(model: nn.Module) -> str:
+    """What decides a model's speed without merging: its architecture and its config without
+    the label names. Two models with the same key run at the same samples/s at r = 0."""
+    config = {f.name: getattr(model.config, f.name) for f in fields(model.config)
+              if f.name != "labels"}
+    return repr((model.architecture, config))
+
+
+def merging_key(model: nn.Module) -> str:
+    """What decides a model's samples/s when it merges (r > 0): its `architecture_key` and how it
+    merges (its token-reduction method, schedule, proportional attention)."""
+    settings = model.merge_settings
+    return repr((architecture_key(model), model.reduction.name, settings.schedule,
+                 settings.proportional_attention))
+
+
+def speed_key(model: nn.Module, r: int) -> str:
+    """What decides a model's samples/s at merging rate `r`: its `merging_key`, or at r = 0,
+    where every merging setting runs the same model, its `architecture_key` alone (runs of one
+    architecture share their r = 0 measurement)."""
+    return architecture_key(model) if r == 0 else merging_key(model)

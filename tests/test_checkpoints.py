@@ -385,6 +385,10 @@ def test_load_checkpoint_reads_the_file_once_and_builds_its_architecture(tmp_pat
         reads.clear()
         model = load_checkpoint(path)
         assert (model.architecture, reads, model.training) == (architecture, [path], False)
+    for architecture in ("cnn", "elastic"):  # not AST weights: named as what they are
+        with pytest.raises(CheckpointError, match=f"kind '{architecture}', not an AST: its "
+                                                  "weights do not make or initialise an AST"):
+            load_model(paths[architecture])
 
 
 def test_damaged_or_unknown_fastast_checkpoints_give_one_error(tmp_path):

@@ -109,13 +109,18 @@ def test_last_pt_keeps_the_run_state_at_its_top_level_and_loads_as_a_model(small
         assert torch.equal(tensor, payload["model"][name]), name
 
 
-@pytest.mark.parametrize("damage", ["best.pt as last.pt", "state of another model"])
+@pytest.mark.parametrize("damage", ["best.pt as last.pt", "state of another model", "no meta"])
 def test_a_last_pt_without_a_fitting_state_is_refused_in_one_line(damage, small_demo, tmp_path):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(RECIPE)
     out = old_run("cnn", tmp_path / "run")
     if damage == "best.pt as last.pt":
         shutil.copy2(out / "best.pt", out / "last.pt")
+        message = "no training state"
+    elif damage == "no meta":  # meta None: the state is found, the model's config is not
+        payload = torch.load(out / "last.pt", weights_only=True)
+        payload["meta"] = None
+        torch.save(payload, out / "last.pt")
         message = "no training state"
     else:  # the optimizer of a 1-block AST in a CNN's last.pt
         payload = torch.load(out / "last.pt", weights_only=True)

@@ -142,6 +142,21 @@ def test_a_fold_sweep_holds_one_model_per_run_and_one_runs_folds_at_a_time(
     assert peak[0] == 4  # 2 runs' timed models + the scored run's 2 other folds (was 6)
 
 
+def test_every_checkpoint_of_a_per_r_run_is_checked_before_any_timing(
+    small_demo, tiny_checkpoints, tmp_path, monkeypatch
+):
+    """A `{r}` run whose r = 8 checkpoint is missing fails before the timing loop starts."""
+    folder = tmp_path / "runs"
+    (folder / "r0").mkdir(parents=True)
+    (folder / "r0" / "best.pt").write_bytes(tiny_checkpoints[0].read_bytes())
+    timed = []
+    monkeypatch.setattr(sweep_module, "sweep_throughputs", lambda *a, **k: timed.append(1))
+    result = sweep(["--data", str(small_demo), "--checkpoint", f"t={folder}/r{{r}}/best.pt",
+                    "--r", "0,8", "--out", str(tmp_path / "t.csv")])
+    assert result.exit_code == 2 and "r8/best.pt" in result.output, result.output
+    assert timed == []
+
+
 def test_identical_architectures_share_one_interleaved_measurement(
     small_demo, tiny_checkpoints, tmp_path, monkeypatch
 ):

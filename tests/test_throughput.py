@@ -142,3 +142,27 @@ def test_devices_and_dtypes_are_checked():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     with pytest.raises(FastASTError, match="unknown dtype"):
         resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_timing_and_backends_put_back_every_merging_setting():
+    """An ElasticAST merging a fraction of each clip on a decreasing schedule, with PiToMe's
+    own margin: timing it at another r, or running a backend made before its settings changed,
+    leaves (or runs) exactly those settings, schedule and method options included."""
+    from fastast_cli.evaluation.throughput import merging
+    from fastast_cli.export.backends import make_forward
+    from fastast_cli.models.elastic import build_elastic
+
+    torch.manual_seed(0)
+    model = build_elastic("tiny", 3, depth=2, target_length=64).eval()
+    model.set_r(0.2, "decreasing", method="pitome", method_options={"margin_start": 0.7})
+    clips = [torch.randn(64, 128), torch.randn(40, 128)]
+    with torch.no_grad():
+        expected = model(clips)
+    forward = make_forward(model, "torch")
+    with merging(model, 4, "constant"):
+        assert model.schedule == "constant" and model.r_fraction is None
+    assert model.schedule == "decreasing" and model.r_fraction == 0.2
+    assert model.reduction_method == "pitome" and model.reduction_options["margin_start"] == 0.7
+    model.set_r(4, "constant")  # the backend keeps the settings it was made with
+    with torch.no_grad():
+        torch.testing.assert_close(forward(clips), expected)

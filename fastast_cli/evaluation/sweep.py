@@ -14,9 +14,9 @@ sweep loses nothing):
   one model per run), then yields the rows step by step, holding one run's folds at a time.
 
 A step is one run with one token-reduction method at one r. Each method runs on a view of the
-run's loaded model (`method_view`: the same weights, its own reduction settings), so the
-checkpoint is read once whatever the number of methods, and every method is timed in the same
-loop against the same r = 0 reference.
+run's loaded model (`method_view`: the same weights, its own reduction settings), so a run's
+checkpoint is loaded once whatever the number of methods (a `{r}` run's checkpoints: once per
+method, when scored), and every method is timed in one loop against one r = 0 reference.
 
 Throughput is measured on random input of the model's shape and depends only on what
 `speed_key` holds: the architecture, and how it merges when r > 0. Runs with the same key share
@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,8 @@ from fastast_cli.evaluation.sweep_table import NO_METHOD, SweepRow, SweepTable, 
 from fastast_cli.evaluation.throughput import (
     ThroughputRow,
     default_batch_size,
+    merging_key,
+    speed_key,
     sweep_throughputs,
 )
 from fastast_cli.export.backends import make_forward
@@ -182,6 +184,11 @@ class SweepPlan:
         return list(dict.fromkeys([*(method for method in self.asked if method), *named,
                                    *(row.method for row in self.rows)]))
 
+    def read_rs(self, run: SweepRun) -> list[int]:
+        """The r whose checkpoints of `run` are read: rs[0], and every r measured of a `{r}` run."""
+        measured = {step.r for step in self.steps if step.run == run and run.per_r}
+        return [r for r in self.rs if r == self.rs[0] or r in measured]
+
     @property
     def row_count(self) -> int:
         """Rows of the finished table: kept and measured."""
@@ -226,29 +233,6 @@ def metric_name(model: nn.Module, manifest: Manifest) -> str:
     return "mAP" if manifest.dataset == "audioset" else "accuracy"
 
 
-def architecture(model: nn.Module) -> str:
-    """What decides a model's speed without merging: its architecture and its config without
-    the label names. Two models with the same key run at the same samples/s at r = 0."""
-    config = {f.name: getattr(model.config, f.name) for f in fields(model.config)
-              if f.name != "labels"}
-    return repr((model.architecture, config))
-
-
-def merging_key(model: nn.Module) -> str:
-    """What decides a model's samples/s when it merges (r > 0): its `architecture` and how it
-    merges (its token-reduction method, schedule, proportional attention)."""
-    settings = model.merge_settings
-    return repr((architecture(model), model.reduction.name, settings.schedule,
-                 settings.proportional_attention))
-
-
-def speed_key(model: nn.Module, r: int) -> str:
-    """What decides a model's samples/s at merging rate `r`: its `merging_key`, or at r = 0,
-    where every merging setting runs the same model, its `architecture` alone (runs of one
-    architecture share their r = 0 measurement)."""
-    return architecture(model) if r == 0 else merging_key(model)
-
-
 class SweepMeasurement:
     """The measuring side of a `SweepPlan`: every checkpoint's labels and scored clips checked
     before any timing (folds after the first are read again when scored), the metric named
@@ -267,9 +251,9 @@ class SweepMeasurement:
                            reference_metric(plan, step.run, self.reference_method(step.method))
                            for step in plan.steps}
         for run in dict.fromkeys(step.run for step in plan.steps):
-            for fold in options.folds:  # every checkpoint checked before any timing
-                model = self.checked(run, plan.rs[0], fold)
-                if fold == options.folds[0]:
+            for r, fold in ((r, fold) for r in plan.read_rs(run) for fold in options.folds):
+                model = self.checked(run, r, fold)  # every checkpoint checked before timing
+                if (r, fold) == (plan.rs[0], options.folds[0]):
                     self.models[run.name, fold] = model
         self.metric = plan.metric or metric_name(self.first_model(), manifest)
 
@@ -330,8 +314,9 @@ class SweepMeasurement:
                     timed.add((speed_key(model, r), r))
                     timers.setdefault(merging_key(model), (model, []))[1].append(r)
         models = [model for model, _ in timers.values()]
-        batch_size = options.batch_size or default_batch_size(
-            models[0], options.device, options.dtype, rs[0], models[0].merge_settings.schedule)
+        batch_size = options.batch_size or min(  # one batch that every timed model fits
+            default_batch_size(model, options.device, options.dtype, rs[0],
+                               model.merge_settings.schedule) for model in models)
         measured = sweep_throughputs(
             models, [timed_rs for _, timed_rs in timers.values()], batch_size=batch_size,
             device=options.device, dtype=options.dtype,

@@ -12,14 +12,14 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
 from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
-from fastast_cli.export.backends import make_forward
+from fastast_cli.export.backends import make_forward, merging_state, set_merging_state
 from fastast_cli.models.ast import NUM_PREFIX_TOKENS
 from fastast_cli.models.reduction.schedule import resolve_schedule, tokens_per_block
 
@@ -76,15 +76,14 @@ class ThroughputRow:
 
 @contextlib.contextmanager
 def merging(model: nn.Module, r: int, schedule: str) -> Iterator[nn.Module]:
-    """Temporarily set the model's merging rate (its reduction method stays)."""
-    saved = (list(model.r_schedule), getattr(model, "r_fraction", None))
+    """Temporarily set the model's merging rate and schedule (its reduction method and the
+    method's options stay); everything that decides its merging is put back afterwards."""
+    saved = merging_state(model)
     model.set_r(r, schedule, model.proportional_attention, method=model.reduction_method)
     try:
         yield model
     finally:
-        model.r_schedule = saved[0]
-        if saved[1] is not None:
-            model.r_fraction = saved[1]
+        set_merging_state(model, saved)
 
 
 def time_forward(
@@ -217,3 +216,26 @@ def _random_batch(model: nn.Module, batch_size: int, seed: int) -> torch.Tensor:
 def _tick(on_step: Callable[[], None] | None) -> None:
     if on_step is not None:
         on_step()
+
+
+def architecture_key(model: nn.Module) -> str:
+    """What decides a model's speed without merging: its architecture and its config without
+    the label names. Two models with the same key run at the same samples/s at r = 0."""
+    config = {f.name: getattr(model.config, f.name) for f in fields(model.config)
+              if f.name != "labels"}
+    return repr((model.architecture, config))
+
+
+def merging_key(model: nn.Module) -> str:
+    """What decides a model's samples/s when it merges (r > 0): its `architecture_key` and how it
+    merges (its token-reduction method, schedule, proportional attention)."""
+    settings = model.merge_settings
+    return repr((architecture_key(model), model.reduction.name, settings.schedule,
+                 settings.proportional_attention))
+
+
+def speed_key(model: nn.Module, r: int) -> str:
+    """What decides a model's samples/s at merging rate `r`: its `merging_key`, or at r = 0,
+    where every merging setting runs the same model, its `architecture_key` alone (runs of one
+    architecture share their r = 0 measurement)."""
+    return architecture_key(model) if r == 0 else merging_key(model)

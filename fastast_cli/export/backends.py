@@ -76,19 +76,19 @@ def make_forward(
     if backend == "onnxruntime":
         path = Path(onnx_file) if onnx_file is not None else cached_export(model, cache_dir, method)
         return onnx_forward(path, model)
-    settings = _merging_settings(model)
+    settings = merging_state(model)
     runner: Callable[[torch.Tensor], torch.Tensor] = model
     if backend == "compile":
         _allow_recompiles()
         runner = torch.compile(model, dynamic=False)
 
     def forward(fbank: torch.Tensor) -> torch.Tensor:
-        current = _merging_settings(model)
-        _set_merging(model, settings)
+        current = merging_state(model)
+        set_merging_state(model, settings)
         try:
             return runner(fbank)
         finally:
-            _set_merging(model, current)
+            set_merging_state(model, current)
 
     return forward
 
@@ -100,14 +100,20 @@ def _allow_recompiles(per_function: int = 64) -> None:
     config.recompile_limit = max(config.recompile_limit, per_function)
 
 
-def _merging_settings(model: nn.Module) -> dict[str, Any]:
-    """The attributes that decide how a model merges tokens (copied)."""
-    keys = ("r_schedule", "r_fraction", "proportional_attention", "reduction")
-    return {key: copy.copy(getattr(model, key)) for key in keys if hasattr(model, key)}
+# The attributes that decide how a model merges tokens (ElasticAST's fraction and schedule too).
+MERGING_ATTRIBUTES = ("r_schedule", "r_fraction", "schedule", "proportional_attention",
+                      "reduction")
 
 
-def _set_merging(model: nn.Module, settings: dict[str, Any]) -> None:
-    for key, value in settings.items():
+def merging_state(model: nn.Module) -> dict[str, Any]:
+    """A copy of how `model` merges tokens now, for `set_merging_state` to put back."""
+    return {key: copy.copy(getattr(model, key)) for key in MERGING_ATTRIBUTES
+            if hasattr(model, key)}
+
+
+def set_merging_state(model: nn.Module, state: dict[str, Any]) -> None:
+    """Make `model` merge as it did when `merging_state` took `state`."""
+    for key, value in state.items():
         setattr(model, key, value)
 
 
@@ -170,7 +176,7 @@ def cache_key(model: nn.Module, method: str) -> str:
     settings = {
         "config": config.to_dict() if config is not None else type(model).__name__,
         "stats": [meta.get("mean"), meta.get("std")],
-        "merging": {key: value for key, value in _merging_settings(model).items()
+        "merging": {key: value for key, value in merging_state(model).items()
                     if key != "reduction"},  # the method is recorded by name and options
         "method": method, "method_options": getattr(model, "reduction_options", {}),
         "versions": [__version__, torch.__version__],

@@ -1,10 +1,13 @@
-"""Audio Spectrogram Transformer (Gong et al. 2021) with Token Merging built into every block.
+"""Audio Spectrogram Transformer (Gong et al. 2021) with token reduction built into every block.
 
 Parameter names follow timm's `vision_transformer.py` and the original AST code, so original AST
 checkpoints (`module.v.*`, `module.mlp_head.*`) and timm DeiT weights load by name.
 
     fbank [B, T, F] → patches [B, f·t, D] → [CLS, DIST, patches] + pos_embed
-        → blocks (attention → ToMe merge → MLP) → norm → (tok0 + tok1) / 2 → mlp_head → logits
+        → blocks (attention → merge step → MLP) → norm → (tok0 + tok1) / 2 → mlp_head → logits
+
+The merge step is the token state's `reduce` (models/token_state.py) with the model's
+reduction method (models/reduction/, ToMe by default; `set_r(r, method=...)`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ being padded or cut to one size:
 
     clips [T_i, F] → non-overlapping 16×16 patches [f·t_i, D] + freq_pos[f] + time_pos[t]
         → per clip [CLS, DIST, patches] → flat tokens [N, D], packed into rows by a `Layout`
-        → blocks (block-diagonal attention → ToMe inside each clip → MLP)
+        → blocks (block-diagonal attention → merge step inside each clip → MLP)
         → norm → per clip (CLS + DIST) / 2 → mlp_head → logits [num_clips, C]
 
 Design choices:
@@ -27,9 +27,10 @@ Design choices:
   grid as its best additive fit: the frequency table is the grid averaged over time, the time
   table the grid averaged over frequency minus the grand mean (an additive grid is recovered
   exactly).
-- Token merging: `set_r(r)` with an int (tokens every clip loses per block), a list (one int
-  per block) or a float in [0, 1) (per clip, round(r × its patch tokens) per block). Merging
-  never crosses clips, and each clip is merged exactly as the fixed AST merges it alone.
+- Token reduction: `set_r(r, method=...)` with an int (tokens every clip loses per block), a
+  list (one int per block) or a float in [0, 1) (per clip, round(r × its patch tokens) per
+  block). The merge step (models/token_state.py, methods in models/reduction/) never crosses
+  clips, and each clip is reduced exactly as the fixed AST reduces it alone.
 - Resolution: the model is resolution-agnostic; frame shift 10 ms × q only changes how many time
   patches a clip has (see `fastast_cli.data.elastic_features`).
 
@@ -348,13 +349,14 @@ class ElasticAST(TokenClassifier):
         config = ElasticConfig.from_ast_config(
             ast.config, target_length=target_length, max_tokens=max_tokens
         )
+        from fastast_cli.models.checkpoints.fitting import mismatches  # (imports this module)
+
         model = cls(config)
         weights = {name: value for name, value in ast.state_dict().items() if name != "pos_embed"}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if set(missing) != set(POSITION_TABLES) or unexpected:
-            raise ValueError(
-                f"AST weights do not fit the ElasticAST: missing {missing}, unexpected {unexpected}"
-            )
+        problems = mismatches(model.state_dict(), weights, may_miss=POSITION_TABLES)
+        if problems:
+            raise ValueError("AST weights do not fit the ElasticAST:\n" + "\n".join(problems))
+        model.load_state_dict(weights, strict=False)  # the position tables come next
         model.load_pos_embed_grid(
             ast.pos_embed.detach(), ast.config.grid, (ast.config.fstride, ast.config.tstride)
         )

@@ -92,7 +92,9 @@ def restore_run(
     it was written by a run with the `current` settings; returns its progress and averaged
     weights."""
     payload = read_checkpoint(path)
-    check_resumable(path, payload["meta"].get("train_config", {}), current, warmup_steps)
+    meta = payload.get("meta")
+    saved = meta.get("train_config") if isinstance(meta, dict) else None
+    check_resumable(path, saved if isinstance(saved, dict) else {}, current, warmup_steps)
     state = run_state(payload, path)
     try:
         model.load_state_dict(payload["model"])

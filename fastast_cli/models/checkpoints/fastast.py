@@ -112,7 +112,8 @@ def fastast_weights(payload: Mapping[str, Any], path: Path) -> PretrainedWeights
     architecture = payload.get("architecture", "ast")
     if architecture != "ast":
         raise CheckpointError(
-            f"{path} holds a {architecture} model, not an AST (load it with load_classifier)"
+            f"{path} holds a model of kind {architecture!r}, not an AST: its weights do not "
+            "make or initialise an AST (evaluate, predict and load_classifier read it as it is)"
         )
     config, state_dict, meta = recorded_parts(payload, path)
     try:

@@ -10,6 +10,7 @@ import torch
 
 from fastast_cli import build_model
 from fastast_cli.models.elastic import ElasticAST, build_elastic
+from fastast_cli.models.packing import Layout
 from fastast_cli.models.pos_embed import join_pos_embed, split_pos_embed
 from fastast_cli.models.reduction import METHODS, make_method
 from fastast_cli.models.reduction.base import ReductionStep
@@ -18,7 +19,7 @@ from fastast_cli.models.reduction.pitome import PiToMe
 from fastast_cli.models.reduction.schedule import tokens_per_block
 from fastast_cli.models.reduction.tofu import ToFu
 from fastast_cli.models.reduction.tome import ToMe, bipartite_soft_matching
-from fastast_cli.models.token_state import TokenState
+from fastast_cli.models.token_state import PackedState, TokenState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -324,3 +325,107 @@ def test_random_is_reproducible_from_its_seed():
 
 def test_tome_method_is_the_engine_tome():
     assert isinstance(make_method("tome"), ToMe)
+
+
+# --- a new method is written once for both layouts ---------------------------------------------
+
+
+class JoinTheLargest:
+    """A method written once, with the state's primitives and no layout branch: in every clip,
+    the r mergeable tokens of smallest norm join the clip's largest-norm token."""
+
+    name = "join-the-largest"
+
+    def match(self, step: ReductionStep):
+        view = step.state.clip_view(step.tokens, step.r, step.protected)
+        rank = view.rank(view.gather(step.tokens).norm(dim=-1))  # [K, T], 0 = largest norm
+        joins = view.valid & (rank >= (view.counts - view.r)[:, None])
+        largest = (rank == 0).long().argmax(dim=1, keepdim=True).expand_as(rank)
+        position = torch.arange(rank.shape[1]).expand_as(rank)
+        return view.regroup(~joins, torch.where(joins, largest, position))
+
+
+class ToMeOnTokens:
+    """ToMe's matching on the tokens instead of the keys, through `state.bipartite_matching`."""
+
+    name = "tome-on-tokens"
+
+    def match(self, step: ReductionStep):
+        return step.state.bipartite_matching(step.tokens, step.r, step.protected)
+
+
+NEW_METHODS = [JoinTheLargest, ToMeOnTokens]
+
+
+def per_head_rows(flat: torch.Tensor, layout: Layout, heads: int) -> torch.Tensor:
+    """Flat per-token keys [N, H·hd] → attention rows [R, H, L, hd]."""
+    rows = layout.to_rows(flat)
+    return rows.view(*rows.shape[:2], heads, -1).transpose(1, 2)
+
+
+def merged_clips(method, tokens: list[torch.Tensor], keys: list[torch.Tensor], r: list[int],
+                 max_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Merge clips (tokens [n, D], keys [n, 2·hd]) packed into rows of `max_tokens`: the
+    tokens and sizes of every clip after one step."""
+    layout = Layout.pack([len(clip) for clip in tokens], max_tokens)
+    state = PackedState(layout, depth=12)
+    keys_rows = per_head_rows(torch.cat(keys), layout, 2)
+    step = ReductionStep(torch.cat(tokens), keys_rows, keys_rows, state, r, 0, 12, 2)
+    merged = state.merge(method.match(step), step.tokens)
+    counts = list(state.layout.counts)
+    return list(merged.split(counts)), list(state.sizes.split(counts))
+
+
+def merged_rows(method, tokens: torch.Tensor, keys: torch.Tensor,
+                r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge dense rows (tokens [B, N, D], keys [B, N, 2·hd]): tokens and sizes after one step."""
+    state = TokenState(depth=12)
+    keys_rows = keys.view(*keys.shape[:2], 2, -1).transpose(1, 2)  # [B, H, N, hd]
+    step = ReductionStep(tokens, keys_rows, keys_rows, state, [r], 0, 12, 2)
+    return state.merge(method.match(step), tokens), state.sizes
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_a_new_method_written_once_matches_alike_dense_and_packed(method):
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(3, 14, 6, generator=generator)
+    keys = torch.randn(3, 14, 8, generator=generator)
+    dense, dense_sizes = merged_rows(method(), tokens, keys, 4)
+    packed, packed_sizes = merged_clips(method(), list(tokens), list(keys), [4, 4, 4], 30)
+    for row, clip in enumerate(packed):  # two clips share a row of 30 slots
+        torch.testing.assert_close(clip, dense[row])
+        torch.testing.assert_close(packed_sizes[row], dense_sizes[row])
+    assert dense.shape[1] == 10 and dense_sizes.sum(dim=1).flatten().tolist() == [14] * 3
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_a_new_method_merges_each_packed_clip_as_that_clip_alone(method):
+    generator = torch.Generator().manual_seed(1)
+    lengths, r = (12, 7, 16, 9), [3, 2, 0, 3]
+    tokens = [torch.randn(n, 6, generator=generator) for n in lengths]
+    keys = [torch.randn(n, 8, generator=generator) for n in lengths]
+    packed, packed_sizes = merged_clips(method(), tokens, keys, r, 28)
+    assert [len(clip) for clip in packed] == [n - k for n, k in zip(lengths, r, strict=True)]
+    for clip in range(len(lengths)):
+        alone, sizes = merged_rows(method(), tokens[clip][None], keys[clip][None], r[clip])
+        torch.testing.assert_close(packed[clip], alone[0])
+        torch.testing.assert_close(packed_sizes[clip], sizes[0])
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_a_new_method_plugs_into_the_fixed_and_the_elastic_ast(method):
+    # As test_packed_rows_reduce_as_the_fixed_ast, with a method that no module defines.
+    torch.manual_seed(0)
+    ast = build_model("tiny", 4, target_length=64, fstride=16, tstride=16, depth=2).eval()
+    prefix, _ = split_pos_embed(ast.pos_embed.data, ast.config.grid)
+    f_dim, t_dim = ast.config.grid
+    additive = torch.randn(1, 192, f_dim, 1) + torch.randn(1, 192, 1, t_dim)
+    ast.pos_embed.data = join_pos_embed(prefix, additive)
+    elastic = ElasticAST.from_ast(ast, target_length=128, max_tokens=80).eval()
+    ast.set_r(6).reduction, elastic.set_r(6).reduction = method(), method()
+    batch = torch.randn(3, 64, 128)
+    with torch.no_grad():
+        expected, packed = ast(batch), elastic(list(batch))
+    assert elastic.last_state.layout.num_rows < 3  # clips do share rows
+    assert list(elastic.last_state.layout.counts) == [ast.last_state.sizes.shape[1]] * 3
+    torch.testing.assert_close(packed, expected, atol=1e-4, rtol=0)

@@ -12,7 +12,7 @@ from fastast_cli.models.elastic import build_elastic
 from fastast_cli.models.reduction.base import ReductionStep
 from fastast_cli.models.reduction.schedule import max_merge, resolve_schedule, tokens_per_block
 from fastast_cli.models.reduction.tome import ToMe, bipartite_soft_matching
-from fastast_cli.models.token_state import TokenState
+from fastast_cli.models.token_state import PackedState, TokenState
 
 
 def tiny(frames: int = 128, **kwargs) -> torch.nn.Module:
@@ -223,7 +223,8 @@ class RecordingToMe(ToMe):
         self.seen: list[tuple[int, int, bool, tuple[int, ...], list[int]]] = []
 
     def match(self, step: ReductionStep):
-        self.seen.append((step.block, step.depth, step.is_packed, tuple(step.query.shape),
+        packed = isinstance(step.state, PackedState)
+        self.seen.append((step.block, step.depth, packed, tuple(step.query.shape),
                           list(step.r)))
         assert step.query.shape == step.key.shape  # per head: [R, H, L, hd]
         return super().match(step)

@@ -8,6 +8,10 @@ any length, packed into rows by a `Layout`):
 - the attention mask (`attention_bias`): none for dense rows, block-diagonal for packed rows,
   plus the proportional-attention log(size) per key;
 - how many tokens each clip may lose (`allowed_r`, through the one cap `allowed_merges`);
+- the matching primitives a reduction method builds on, so that a method is written once and
+  never asks which layout it runs in: `bipartite_matching` (ToMe's matching per row when dense,
+  per clip inside its row when packed) and `clip_view` (the mergeable tokens of every clip as
+  padded rows, `reduction.groups.ClipView`);
 - the merge step (`reduce`): ask the reduction method for a matching, then merge tokens, sizes,
   sources and the layout.
 """
@@ -25,7 +29,14 @@ from fastast_cli.models.reduction.base import (
     TokenReduction,
     combine_tokens,
 )
+from fastast_cli.models.reduction.groups import ClipView
 from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, allowed_merges
+from fastast_cli.models.reduction.tome import (
+    Matching,
+    PackedMatching,
+    bipartite_soft_matching,
+    packed_bipartite_matching,
+)
 
 
 class MergeStep:
@@ -41,6 +52,23 @@ class MergeStep:
 
     def merge(self, matching: Merges, tokens: torch.Tensor) -> torch.Tensor:
         """Apply `matching` to the tokens and to what the state carries."""
+        raise NotImplementedError
+
+    def bipartite_matching(
+        self, keys: torch.Tensor, r: list[int], protected: int
+    ) -> Matching | PackedMatching:
+        """ToMe's bipartite soft matching inside every clip: clip c loses r[c] tokens.
+
+        keys: per-token similarity metric, dense [B, N, C] or packed flat [N, C]; r: as
+        `ReductionStep.r`; protected: leading tokens of each clip that never merge.
+        """
+        raise NotImplementedError
+
+    def clip_view(self, tokens: torch.Tensor, r: list[int], protected: int) -> ClipView:
+        """The mergeable tokens of every clip as padded rows [K, T] (`ClipView`).
+
+        tokens: dense [B, N, D] or packed flat [N, D]; r, protected: as `bipartite_matching`.
+        """
         raise NotImplementedError
 
     def reduce(
@@ -110,6 +138,14 @@ class TokenState(MergeStep):
             self.source = matching.merge(self.source, reduce="amax")
         return tokens
 
+    def bipartite_matching(self, keys: torch.Tensor, r: list[int], protected: int) -> Matching:
+        """One matching per row, keys [B, N, C]: every row loses r[0]."""
+        return bipartite_soft_matching(keys, r[0], protected)
+
+    def clip_view(self, tokens: torch.Tensor, r: list[int], protected: int) -> ClipView:
+        """Every row one clip: K = B, T = N - protected, no padding."""
+        return ClipView.of_rows(tokens, r, protected)
+
 
 @dataclass
 class PackedState(MergeStep):
@@ -150,3 +186,13 @@ class PackedState(MergeStep):
         tokens, self.sizes = combine_tokens(matching, tokens, self.sizes)
         self.layout = matching.layout
         return tokens
+
+    def bipartite_matching(
+        self, keys: torch.Tensor, r: list[int], protected: int
+    ) -> PackedMatching:
+        """One matching per clip inside its row, flat keys [N, C]: clip c loses r[c]."""
+        return packed_bipartite_matching(keys, self.layout, r, protected)
+
+    def clip_view(self, tokens: torch.Tensor, r: list[int], protected: int) -> ClipView:
+        """The clips of `layout`, padded to the longest clip's mergeable tokens."""
+        return ClipView.of_clips(tokens, self.layout, r, protected)

@@ -1,18 +1,31 @@
 """The token-reduction interface: what a method sees in a block, and what it returns.
 
-A method (ToMe, PiToMe, EViT, ToFu, random) is one object with `match(step) -> Merges`, used by
-both layouts:
+A method (ToMe, PiToMe, EViT, ToFu, random) is one class with a `name` and
+`match(step) -> Merges`, written once for both layouts:
 
 - dense: tokens [B, N, D], one clip per row (the fixed AST);
 - packed: flat tokens [N, D] of clips of any length, packed into rows by a `Layout`
   (ElasticAST); a matching there must never cross clips.
 
-The block computes attention, hands the method a `ReductionStep` (tokens, per-head queries and
-keys in attention rows, the token state with its layout, r per clip already capped, the block
-index and depth), and applies the returned matching with `combine_tokens` through the token
-state, which also updates sizes, sources and the layout. The combine is the size-weighted average
-(`merge_tokens`) unless the matching brings its own (`combine(tokens, sizes)`: EViT's
-attention-weighted fusion, ToFu's pruning and norm-preserving merge).
+The block computes attention and hands the method a `ReductionStep` (tokens, per-head queries
+and keys in attention rows, the token state, r per clip already capped, the block index and
+depth). The method never asks which layout it runs in: the token state (`step.state`) answers
+every layout-dependent question through its primitives,
+
+- `step.state.bipartite_matching(keys, step.r, step.protected)`: ToMe's matching inside every
+  clip (ToMe, ToFu);
+- `step.state.clip_view(step.tokens, step.r, step.protected)`: the mergeable tokens of every
+  clip as padded rows [K, T] (`groups.ClipView`), on which a method scores, ranks and picks
+  partners with plain batched tensor code and answers with `view.regroup(keep, partner)`
+  (PiToMe, EViT, random);
+- `step.mean_keys()`: the keys averaged over heads, per token.
+
+The state applies the returned matching with `combine_tokens`, which also updates sizes, sources
+and the layout. The combine is the size-weighted average (`merge_tokens`) unless the matching
+brings its own (`CombiningMerges`: EViT's attention-weighted fusion, ToFu's pruning and
+norm-preserving merge). To add a method: one class in its own module here, using these
+primitives, registered by name in `registry.METHODS`; tests/test_methods.py then runs it in both
+layouts.
 """
 
 from __future__ import annotations
@@ -36,7 +49,8 @@ class Merges(Protocol):
 
 
 class CombiningMerges(Merges, Protocol):
-    """A matching that combines the tokens of a group its own way (not the size-weighted mean)."""
+    """A matching that combines the tokens of a group its own way (not the size-weighted mean):
+    `combine(tokens, sizes)` → the reduced tokens and sizes, shapes as `merge_tokens`."""
 
     def combine(
         self, tokens: torch.Tensor, sizes: torch.Tensor
@@ -50,7 +64,8 @@ class ReductionStep:
     tokens: the block's tokens after attention, dense [B, N, D] or packed flat [N, D].
     query, key: per-head queries and keys as attention saw them, rows [R, H, L, hd]
         (dense: R = B, L = N; packed: `state.layout` says which slot holds which token).
-    state: the token state (`layout` is None for dense rows, a packing `Layout` otherwise).
+    state: the token state, `TokenState` (dense) or `PackedState` (packed): its
+        `bipartite_matching` and `clip_view` are the layout-dependent primitives.
     r: tokens each clip loses in this block, already capped (`allowed_merges`): packed, one
         value per clip; dense, one value [r] that every row loses.
     block, depth: index of this block and number of blocks (for depth-dependent methods).
@@ -69,10 +84,6 @@ class ReductionStep:
     protected: int
     bias: torch.Tensor | None = None
 
-    @property
-    def is_packed(self) -> bool:
-        return self.state.layout is not None
-
     def mean_keys(self) -> torch.Tensor:
         """Keys averaged over heads, per token: dense [B, N, hd], packed flat [N, hd]."""
         return self.state.from_rows(self.key.mean(dim=1))
@@ -83,9 +94,9 @@ class TokenReduction(Protocol):
 
     name: str
 
-    def match(self, step: ReductionStep) -> Merges:
+    def match(self, step: ReductionStep) -> Merges | CombiningMerges:
         """A matching that removes exactly `step.r[c]` tokens of every clip c (dense: r[0] of
-        every row)."""
+        every row), built with the state's primitives (never a branch on the layout)."""
         ...
 
 
@@ -102,10 +113,11 @@ def merge_tokens(
 
 
 def combine_tokens(
-    matching: Merges, tokens: torch.Tensor, sizes: torch.Tensor
+    matching: Merges | CombiningMerges, tokens: torch.Tensor, sizes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Combine each group of `matching` into one token: the matching's own `combine` when it has
-    one, else the size-weighted average (`merge_tokens`). Shapes as `merge_tokens`."""
+    """Combine each group of `matching` into one token: the matching's own `combine` when it is
+    a `CombiningMerges`, else the size-weighted average (`merge_tokens`). Shapes as
+    `merge_tokens`."""
     combine = getattr(matching, "combine", None)
     if combine is None:
         return merge_tokens(matching, tokens, sizes)

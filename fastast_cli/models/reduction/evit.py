@@ -36,7 +36,7 @@ def prefix_attention(step: ReductionStep, view: ClipView) -> torch.Tensor:
     """Attention of CLS and DIST to every mergeable token, averaged over heads and the two
     queries: [K, T] (each of the two softmax rows sums to one over all keys of the clip)."""
     query = step.query.transpose(1, 2)[view.row[:, None], view.prefix_slot]  # [K, P, H, hd]
-    key = step.key[view.row] if step.is_packed else step.key  # [K, H, L, hd]
+    key = view.clip_rows(step.key)  # [K, H, L, hd]
     logits = torch.einsum("kphd,khld->khpl", query.float(), key.float())
     logits = logits / math.sqrt(query.shape[-1])
     if step.bias is not None:
@@ -53,7 +53,7 @@ class EViT:
     name = "evit"
 
     def match(self, step: ReductionStep) -> Merges:
-        view = ClipView.of(step)
+        view = step.state.clip_view(step.tokens, step.r, step.protected)
         attention = prefix_attention(step, view)  # [K, T]
         rank = view.rank(attention)
         fuses = (view.r > 0)[:, None]  # a clip that loses nothing fuses nothing

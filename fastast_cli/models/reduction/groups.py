@@ -3,12 +3,16 @@
 PiToMe, EViT and random decide per clip which mergeable tokens stay and which join another. A
 `ClipView` lays the mergeable tokens (all but CLS and DIST) of every clip out as padded rows
 [K, T] (K clips, T the longest clip's mergeable tokens; dense: K = B rows, no padding), so one
-batched computation serves both layouts and never mixes clips. A method answers with `keep`
-[K, T] (the token stays) and `partner` [K, T] (the mergeable index of the staying token each
-token joins; itself when it stays); `ClipView.regroup` turns that into a `Regrouping` (a
-`RowMatching` for dense rows, ToMe's `PackedMatching` for packed ones: gathers and one scatter),
-which applies to any per-token tensor of the layout (values, sizes, sources) and combines each
-group by its size-weighted average, or weighted by per-token `weights` (EViT's attention).
+batched computation serves both layouts and never mixes clips. A method never builds one: it
+asks the token state (`step.state.clip_view(...)`, which picks `of_rows` or `of_clips`), and
+reads everything layout-dependent through the view: `gather` (tokens → [K, T, C]), `clip_rows`
+(attention rows → the row of each clip), `per_clip` (a pattern made on the host per clip shape),
+`rank` and `regroup`. A method answers with `keep` [K, T] (the token stays) and `partner` [K, T]
+(the mergeable index of the staying token each token joins; itself when it stays);
+`ClipView.regroup` turns that into a `Regrouping` (a `RowMatching` for dense rows, ToMe's
+`PackedMatching` for packed ones: gathers and one scatter), which applies to any per-token tensor
+of the layout (values, sizes, sources) and combines each group by its size-weighted average, or
+weighted by per-token `weights` (EViT's attention).
 
 Staying tokens keep their position order within the clip; a group sits where its staying token
 sat. Token order never changes a logit (attention is permutation-equivariant once the positions
@@ -17,12 +21,13 @@ are added).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from fastast_cli.models.packing import Layout
-from fastast_cli.models.reduction.base import ReductionStep, merge_tokens
+from fastast_cli.models.reduction.base import merge_tokens
 from fastast_cli.models.reduction.tome import PackedMatching
 
 
@@ -31,10 +36,10 @@ class ClipView:
     """The mergeable tokens of every clip as padded rows [K, T].
 
     removed, r: tokens each clip loses, as ints (dense: one value for every row) and as a
-    tensor [K]. valid: [K, T] real (not
-    padding) entries. index: [K, T] flat token index of each entry (packed only; 0 at
-    padding). row, slot: [K] attention row of each clip and [K, T] slot of each entry in it;
-    prefix_slot: [K, P] slots of its CLS and DIST.
+    tensor [K]. valid: [K, T] real (not padding) entries. layout, index: the packed layout and
+    [K, T] flat token index of each entry (packed only; index 0 at padding). row, slot: [K]
+    attention row of each clip and [K, T] slot of each entry in it; prefix_slot: [K, P] slots
+    of its CLS and DIST.
     """
 
     protected: int
@@ -48,19 +53,25 @@ class ClipView:
     index: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, step: ReductionStep) -> ClipView:
-        """The view of a block's tokens, dense rows or packed clips."""
-        protected, device = step.protected, step.tokens.device
+    def of_rows(cls, tokens: torch.Tensor, removed: list[int], protected: int) -> ClipView:
+        """Dense rows: `tokens` [B, N, D], one clip per row, every row losing `removed[0]`
+        (no padding; the view's rows are the attention rows)."""
+        device = tokens.device
+        batch, length = tokens.shape[:2]
+        position = torch.arange(protected, length, device=device).expand(batch, -1)  # [B, T]
+        r = torch.full((batch,), removed[0], device=device, dtype=torch.long)
+        everywhere = torch.ones_like(position, dtype=torch.bool)
         leading = torch.arange(protected, device=device)
-        if not step.is_packed:
-            batch, length = step.tokens.shape[:2]
-            position = torch.arange(protected, length, device=device).expand(batch, -1)
-            r = torch.full((batch,), step.r[0], device=device, dtype=torch.long)
-            everywhere = torch.ones_like(position, dtype=torch.bool)
-            return cls(protected, list(step.r), r, everywhere,
-                       torch.arange(batch, device=device), position,
-                       leading.expand(batch, -1))
-        layout = step.state.layout
+        return cls(protected, list(removed), r, everywhere, torch.arange(batch, device=device),
+                   position, leading.expand(batch, -1))
+
+    @classmethod
+    def of_clips(cls, tokens: torch.Tensor, layout: Layout, removed: list[int],
+                 protected: int) -> ClipView:
+        """Packed clips: flat `tokens` [N, D] laid out by `layout`, clip c losing
+        `removed[c]`."""
+        device = tokens.device
+        leading = torch.arange(protected, device=device)
         mergeable = (layout.count_tensor - protected).clamp_min(0)  # [K]
         longest = max(max(layout.counts) - protected, 1)  # from the host: no device sync
         within = torch.arange(longest, device=device)  # [T]
@@ -68,9 +79,9 @@ class ClipView:
         index = torch.where(valid, layout.starts[:, None] + protected + within, 0)
         offsets = torch.tensor(layout.offsets, device=device)
         slot = torch.where(valid, offsets[:, None] + protected + within, 0)
-        r = torch.tensor(step.r, device=device, dtype=torch.long)
+        r = torch.tensor(removed, device=device, dtype=torch.long)
         rows = torch.tensor(layout.rows, device=device)
-        return cls(protected, list(step.r), r, valid, rows, slot, offsets[:, None] + leading,
+        return cls(protected, list(removed), r, valid, rows, slot, offsets[:, None] + leading,
                    layout, index)
 
     @property
@@ -92,6 +103,29 @@ class ClipView:
             return torch.cat([ahead, values], dim=1)[..., None]
         flat = values.new_full((self.layout.num_tokens,), prefix)
         return flat.index_put((self.index[self.valid],), values[self.valid])[:, None]
+
+    def clip_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per attention row values [R, ...] → the row of every clip [K, ...] (dense: the rows
+        themselves, no copy)."""
+        if self.index is None:
+            return rows
+        return rows[self.row]
+
+    def per_clip(self, make: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """[K, T] from a rule evaluated on the host: `make(count, remove)` → [T] for a clip of
+        `count` mergeable tokens that loses `remove` (T: this view's width).
+
+        Dense rows all have one shape: one call, expanded over the rows (the batch size stays
+        symbolic when the model is exported); packed: one call per clip. Nothing is read back
+        from the device.
+        """
+        width = self.valid.shape[1]
+        if self.index is None:
+            return make(width, self.removed[0]).to(self.valid.device).expand(
+                self.valid.shape[0], -1)
+        counts = [max(count - self.protected, 0) for count in self.layout.counts]
+        return torch.stack([make(count, remove) for count, remove
+                            in zip(counts, self.removed, strict=True)]).to(self.valid.device)
 
     def rank(self, score: torch.Tensor) -> torch.Tensor:
         """[K, T] rank of every entry in its clip by descending `score` (ties: earlier first;

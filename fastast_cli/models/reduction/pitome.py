@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from fastast_cli.models.reduction.base import Merges, ReductionStep
-from fastast_cli.models.reduction.groups import ClipView
 
 
 def energy(similarity: torch.Tensor, valid: torch.Tensor, margin: float,
@@ -56,7 +55,7 @@ class PiToMe:
         return self.margin_start - self.margin_slope * block / max(depth, 1)
 
     def match(self, step: ReductionStep) -> Merges:
-        view = ClipView.of(step)
+        view = step.state.clip_view(step.tokens, step.r, step.protected)
         keys = view.gather(step.mean_keys())  # [K, T, hd]
         keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         similarity = keys @ keys.transpose(-1, -2)  # [K, T, T]

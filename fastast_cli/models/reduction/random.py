@@ -18,7 +18,6 @@ import random
 import torch
 
 from fastast_cli.models.reduction.base import Merges, ReductionStep
-from fastast_cli.models.reduction.groups import ClipView
 
 
 def random_pattern(seed: int, block: int, count: int, remove: int) -> torch.Tensor:
@@ -62,21 +61,17 @@ class RandomMerge:
     def clip_partner(self, block: int, count: int, remove: int, length: int) -> torch.Tensor:
         """A clip's partners padded to `length` entries (padding and a clip losing nothing:
         themselves)."""
-        partner = torch.arange(length)
-        if remove:
-            partner[:count] = self.pattern(block, count, remove)
-        return partner
+        if not remove:
+            return torch.arange(length)
+        partner = self.pattern(block, count, remove)
+        if count == length:
+            return partner
+        return torch.cat([partner, torch.arange(count, length)])
 
     def match(self, step: ReductionStep) -> Merges:
-        view = ClipView.of(step)
+        view = step.state.clip_view(step.tokens, step.r, step.protected)
         length = view.valid.shape[1]
-        if not step.is_packed:  # every row: the same clip length, the same draw
-            row = self.pattern(step.block, length, view.removed[0])
-            partner = row.to(view.valid.device).expand(view.valid.shape[0], -1)  # [B, T]
-        else:
-            partner = torch.stack([
-                self.clip_partner(step.block, count, remove, length)
-                for count, remove in zip(view.counts.tolist(), view.removed, strict=True)
-            ]).to(view.valid.device)  # [K, T]
+        partner = view.per_clip(  # [K, T]; the draw depends only on the clip's shape
+            lambda count, remove: self.clip_partner(step.block, count, remove, length))
         position = torch.arange(length, device=partner.device).expand_as(partner)
         return view.regroup(partner == position, partner)

@@ -240,8 +240,6 @@ class ToMe:
     name = "tome"
 
     def match(self, step: ReductionStep) -> Merges:
-        """Dense rows: one matching per row; packed rows: one per clip inside its row."""
+        """One matching per clip, by the state (dense: per row; packed: per clip in its row)."""
         keys = step.mean_keys()  # [B, N, hd] or [N, hd]
-        if step.is_packed:
-            return packed_bipartite_matching(keys, step.state.layout, step.r, step.protected)
-        return bipartite_soft_matching(keys, step.r[0], step.protected)  # every row loses r
+        return step.state.bipartite_matching(keys, step.r, step.protected)

@@ -116,18 +116,24 @@ def test_packed_rows_give_each_clip_its_logits_alone(name, proportional):
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_packed_rows_reduce_as_the_fixed_ast(name):
-    # A fixed AST with non-overlapping patches and an additive positional grid is exactly what
-    # an ElasticAST made from it computes: every method must choose and combine alike in both
-    # layouts (several clips share one packed row).
+def equivalent_pair(depth: int) -> tuple[torch.nn.Module, ElasticAST]:
+    """A fixed AST with non-overlapping patches and an additive positional grid, and the
+    ElasticAST made from it, which computes exactly what it computes (3 clips of 64 frames
+    share packed rows of 80 tokens)."""
     torch.manual_seed(0)
-    ast = build_model("tiny", 4, target_length=64, fstride=16, tstride=16, depth=4).eval()
+    ast = build_model("tiny", 4, target_length=64, fstride=16, tstride=16, depth=depth).eval()
     prefix, _ = split_pos_embed(ast.pos_embed.data, ast.config.grid)
     f_dim, t_dim = ast.config.grid
     additive = torch.randn(1, 192, f_dim, 1) + torch.randn(1, 192, 1, t_dim)
     ast.pos_embed.data = join_pos_embed(prefix, additive)
-    elastic = ElasticAST.from_ast(ast, target_length=128, max_tokens=80).eval()
+    return ast, ElasticAST.from_ast(ast, target_length=128, max_tokens=80).eval()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_packed_rows_reduce_as_the_fixed_ast(name):
+    # Every method must choose and combine alike in both layouts (several clips share one
+    # packed row).
+    ast, elastic = equivalent_pair(depth=4)
     batch = torch.randn(3, 64, 128)
     with torch.no_grad():
         expected = ast.set_r(6, method=name)(batch)
@@ -415,13 +421,7 @@ def test_a_new_method_merges_each_packed_clip_as_that_clip_alone(method):
 @pytest.mark.parametrize("method", NEW_METHODS)
 def test_a_new_method_plugs_into_the_fixed_and_the_elastic_ast(method):
     # As test_packed_rows_reduce_as_the_fixed_ast, with a method that no module defines.
-    torch.manual_seed(0)
-    ast = build_model("tiny", 4, target_length=64, fstride=16, tstride=16, depth=2).eval()
-    prefix, _ = split_pos_embed(ast.pos_embed.data, ast.config.grid)
-    f_dim, t_dim = ast.config.grid
-    additive = torch.randn(1, 192, f_dim, 1) + torch.randn(1, 192, 1, t_dim)
-    ast.pos_embed.data = join_pos_embed(prefix, additive)
-    elastic = ElasticAST.from_ast(ast, target_length=128, max_tokens=80).eval()
+    ast, elastic = equivalent_pair(depth=2)
     ast.set_r(6).reduction, elastic.set_r(6).reduction = method(), method()
     batch = torch.randn(3, 64, 128)
     with torch.no_grad():

@@ -70,14 +70,15 @@ def fit_weights(model: nn.Module, weights: PretrainedWeights, path: PathLike) ->
     state_dict = dict(weights.state_dict)
     notes = [f"read {path} as {weights.source}"]
     notes += ADAPT_POSITIONS[model.architecture](state_dict, weights, model, path)
-    new_head = not _head_fits(state_dict, model)
+    expected = model.state_dict()
+    new_head = not _head_fits(state_dict, expected, model.head_prefixes)
     if new_head:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(model.head_prefixes)}
         notes.append(
             f"classification head left freshly initialised for {model.config.num_classes} "
             f"classes (checkpoint: {weights.config.num_classes or 'no audio head'})"
         )
-    _check_fit(model, state_dict, weights, path, allow_missing_head=new_head)
+    _check_fit(model, expected, state_dict, weights, path, allow_missing_head=new_head)
     model.load_state_dict(state_dict, strict=not new_head)
     model.load_notes = notes
     for note in notes:
@@ -105,7 +106,7 @@ def _adapt_passt_positions(
 ) -> list[str]:
     """PaSST's time table cut or interpolated to the model's columns (in place); its frequency
     table must fit as it is."""
-    expected = model.state_dict()[TIME_TABLE].shape[-1]
+    expected = model.net.time_new_pos_embed.shape[-1]
     table = state_dict[TIME_TABLE]
     if table.shape[-1] == expected:
         return []
@@ -120,24 +121,28 @@ ADAPT_POSITIONS: dict[str, Callable[..., list[str]]] = {
 }
 
 
-def _head_fits(state_dict: StateDict, model: nn.Module) -> bool:
-    """Whether the weights hold every head tensor of `model`, in its shape (same classes)."""
+def _head_fits(
+    state_dict: StateDict, expected: Mapping[str, torch.Tensor], head_prefixes: tuple[str, ...]
+) -> bool:
+    """Whether the weights hold every head tensor of the model's `expected` ones (names
+    starting with `head_prefixes`), in its shape (same classes)."""
     return all(name in state_dict and state_dict[name].shape == tensor.shape
-               for name, tensor in model.state_dict().items()
-               if name.startswith(model.head_prefixes))
+               for name, tensor in expected.items() if name.startswith(head_prefixes))
 
 
 def _check_fit(
     model: nn.Module,
+    expected: Mapping[str, torch.Tensor],
     state_dict: StateDict,
     weights: PretrainedWeights,
     path: PathLike,
     allow_missing_head: bool,
 ) -> None:
-    """Raise one CheckpointError naming every missing, unexpected and wrongly shaped tensor,
-    and every setting that tensor shapes do not show (attention heads) where it differs."""
+    """Raise one CheckpointError naming every missing, unexpected and wrongly shaped tensor
+    against the model's `expected` ones, and every setting that tensor shapes do not show
+    (attention heads) where it differs."""
     skipped = model.head_prefixes if allow_missing_head else None
-    problems = mismatches(model.state_dict(), state_dict, may_miss=skipped)
+    problems = mismatches(expected, state_dict, may_miss=skipped)
     ours, theirs = model.config.to_dict(), weights.config.to_dict()
     problems += [f"  {words}: checkpoint {theirs[name]} vs model {ours[name]}"
                  for name, words in UNSEEN_SETTINGS.items()

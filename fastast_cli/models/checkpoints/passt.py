@@ -8,12 +8,10 @@ PaSST's positional embeddings are factorized: `freq_new_pos_embed` [1, D, f, 1] 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from fastast_cli.errors import CheckpointError
-from fastast_cli.models.checkpoints.files import PathLike, StateDict, existing_path, read_state_dict
+from fastast_cli.models.checkpoints.files import PathLike, StateDict, read_state_dict
 from fastast_cli.models.checkpoints.weights import DEFAULT_STRIDE, PretrainedWeights, input_length
 from fastast_cli.models.passt import PATCH_SIZE, PaSSTConfig
 
@@ -32,7 +30,6 @@ def read_passt_weights(path: PathLike) -> PretrainedWeights:
     The file stores no input shape: its config holds PaSST-S's strides (10/10) and the input
     sizes its positional tables cover; num_classes is its head's class count (0: no head).
     """
-    path = existing_path(path)
     state_dict = named_as_classifier(read_state_dict(path))
     frequencies = _table(state_dict, FREQUENCY_TABLE, path).shape[2]  # [1, D, f, 1]
     columns = _table(state_dict, TIME_TABLE, path).shape[3]  # [1, D, 1, t]
@@ -50,7 +47,7 @@ def named_as_classifier(state_dict: StateDict) -> StateDict:
     return {f"net.{name.removeprefix('net.')}": tensor for name, tensor in state_dict.items()}
 
 
-def _table(state_dict: StateDict, name: str, path: Path) -> torch.Tensor:
+def _table(state_dict: StateDict, name: str, path: PathLike) -> torch.Tensor:
     if name not in state_dict or state_dict[name].ndim != 4:
         listed = ", ".join(list(state_dict)[:5])
         raise CheckpointError(

@@ -52,10 +52,3 @@ def user_errors(func: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
-
-def merging_note(model: Any, r: Any = None, schedule: str | None = None) -> str | None:
-    """`models.merging.capped_note`: the note when r asks for more merging than a fixed-grid
-    model's tokens allow; `r` and `schedule` default to the model's own merging settings."""
-    from fastast_cli.models.merging import capped_note
-
-    return capped_note(model, r, schedule)

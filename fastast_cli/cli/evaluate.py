@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
+from fastast_cli.cli._app import Quiet, app, console, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.cli._merging import (
     MethodOption,
@@ -35,7 +35,7 @@ from fastast_cli.evaluation.evaluate import (
 )
 from fastast_cli.export.backends import check_backend
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import MergeSettings
+from fastast_cli.models.merging import MergeSettings, capped_note
 from fastast_cli.progress import set_progress
 from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
 
@@ -155,7 +155,7 @@ def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, m
         check_table_target(out / "lengths.csv", LENGTH_COLUMNS)
     model = load_classifier(checkpoint, device=resolve_device(device), **merging)
     check_labels(model, manifest, checkpoint)
-    note = merging_note(model)
+    note = capped_note(model)
     if note:
         console.print(note)
     rows = evaluate_lengths(model, manifest, parse_lengths(lengths), parse_resolutions(resolutions),

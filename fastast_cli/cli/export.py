@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import app, console, merging_note, user_errors
+from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.cli._merging import (
     MethodOption,
     ProportionalAttentionOption,
@@ -25,7 +25,7 @@ from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
 from fastast_cli.export.parity import dataset_features
 from fastast_cli.export.reduction import apply_reduction
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import MergeSettings
+from fastast_cli.models.merging import MergeSettings, capped_note
 
 
 class Format(str, Enum):
@@ -87,7 +87,7 @@ def export(
     else:  # CNN and PaSST checkpoints: no merging settings of their own
         method = method_name(method) or "tome"
         apply_reduction(model, method, r or 0)
-    note = merging_note(model)  # a capped r, from the checkpoint's settings or the flags
+    note = capped_note(model)  # a capped r, from the checkpoint's settings or the flags
     if note:
         console.print(note)
     features = dataset_features(model, load_manifest(data)) if data is not None else None

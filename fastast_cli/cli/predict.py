@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import Quiet, app, console, err_console, merging_note, user_errors
+from fastast_cli.cli._app import Quiet, app, console, err_console, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.cli._merging import (
     MethodOption,
@@ -42,6 +42,7 @@ from fastast_cli.inference.clips import (
     predict_files,
 )
 from fastast_cli.inference.timeline import check_threshold
+from fastast_cli.models.merging import capped_note
 from fastast_cli.progress import set_progress
 from fastast_cli.reports.plots import image_format
 
@@ -192,7 +193,7 @@ def predict(
     if predictor.spec.stats_note:
         notes.print(f"note: {predictor.spec.stats_note}")
     notes.print(settings_line(predictor))
-    note = merging_note(predictor.model, r)
+    note = capped_note(predictor.model, r)
     if note:
         notes.print(note)
     labels = predictor.labels

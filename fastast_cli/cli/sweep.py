@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import Quiet, app, console, merging_note, user_errors
+from fastast_cli.cli._app import Quiet, app, console, user_errors
 from fastast_cli.cli._merging import (
     ProportionalAttentionOption,
     ScheduleOption,
@@ -33,7 +33,7 @@ from fastast_cli.evaluation.sweep_table import (
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.export.backends import parse_backends
 from fastast_cli.models.ast import AST, SIZES, build_model
-from fastast_cli.models.merging import MergeSettings, display_name
+from fastast_cli.models.merging import MergeSettings, capped_note, display_name
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar, set_progress
@@ -345,7 +345,7 @@ def sweep(
     settings = MergeSettings.from_meta(model.meta).overridden(
         None, schedule_name(schedule), proportional_attention, methods[0])
     settings.apply(model)
-    note = merging_note(model, max(rs), settings.schedule)
+    note = capped_note(model, max(rs), settings.schedule)
     if note:
         console.print(note)
     try:

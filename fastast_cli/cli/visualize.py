@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import app, console, merging_note, user_errors
+from fastast_cli.cli._app import app, console, user_errors
 from fastast_cli.cli._merging import (
     MethodOption,
     ProportionalAttentionOption,
@@ -18,7 +18,7 @@ from fastast_cli.cli._merging import (
 )
 from fastast_cli.devices import resolve_device
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import display_name
+from fastast_cli.models.merging import capped_note, display_name
 from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
 from fastast_cli.reports.plots import image_format
 
@@ -62,7 +62,7 @@ def visualize(
     ), checkpoint)
     if r is None and not any(model.r_schedule):  # trained without merging: show r = 8
         model.merge_settings.overridden(r=DEFAULT_R).apply(model)
-    note = merging_note(model)
+    note = capped_note(model)
     if note:
         console.print(note)
     view = file_merge_view(model, file, offset)

@@ -250,6 +250,7 @@ class SweepMeasurement:
         self.references = {(step.run.name, self.reference_method(step.method)):
                            reference_metric(plan, step.run, self.reference_method(step.method))
                            for step in plan.steps}
+        self.datafiles: set[Path] = set()  # datafiles checked (clips there, labelled)
         for run in dict.fromkeys(step.run for step in plan.steps):
             for r, fold in ((r, fold) for r in plan.read_rs(run) for fold in options.folds):
                 model = self.checked(run, r, fold)  # every checkpoint checked before timing
@@ -270,7 +271,10 @@ class SweepMeasurement:
         model = self.options.load(path)
         check_labels(model, self.manifest, path)
         scored = fold if fold is not None else scored_fold(model, self.manifest, None, path)
-        check_datafile(self.manifest.datafile(self.plan.split, scored), self.plan.split)
+        datafile = self.manifest.datafile(self.plan.split, scored)
+        if datafile not in self.datafiles:
+            check_datafile(datafile, self.plan.split)
+            self.datafiles.add(datafile)
         return model
 
     def reference_method(self, method: str | None) -> str | None:
@@ -282,10 +286,10 @@ class SweepMeasurement:
               method: str | None = NO_METHOD) -> nn.Module:
         """The model `run` is scored with at `r` on `fold` with `method`: its own checkpoint
         per r for a `{r}` run, else the one checkpoint (kept until the run is scored)."""
-        if run.per_r and r != self.plan.rs[0]:
-            return method_view(self.checked(run, r, fold), method)
+        if run.per_r and r != self.plan.rs[0]:  # checked before timing, read again now
+            return method_view(self.options.load(run.path(r, fold)), method)
         if (run.name, fold) not in self.models:
-            self.models[run.name, fold] = self.checked(run, self.plan.rs[0], fold)
+            self.models[run.name, fold] = self.options.load(run.path(self.plan.rs[0], fold))
         return method_view(self.models[run.name, fold], method)
 
     def rows(self) -> Iterator[SweepRow]:

@@ -57,8 +57,9 @@ def run_model(config: TrainConfig, manifest: Manifest, note: Callable[[str], Non
     )
     if not model.merges_tokens:
         return model
-    model.set_r(config.r, config.schedule, config.proportional_attention, method=config.method)
-    capped = capped_note(model, config.r, config.schedule)
+    MergeSettings(config.r, config.schedule, config.proportional_attention,
+                  method=config.method).apply(model)
+    capped = capped_note(model)
     if capped:
         note(capped)
     if not model.input_spec().native_length:

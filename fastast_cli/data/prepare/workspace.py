@@ -79,10 +79,11 @@ class Workspace:
                     f"--out {out}: {name} is a symbolic link; prepare writes only into real "
                     "folders under --out (remove the link or choose another --out)"
                 )
-        check_not_foreign(out)
+        saved = read_state(out)
+        check_not_foreign(out, saved)
         report = PrepareReport(dataset, out, out / MANIFEST_NAME)
         workspace = cls(out, report, target_length)
-        workspace.state = workspace._load_state()
+        workspace.state = workspace._clips_of(saved)
         return workspace
 
     @property
@@ -94,14 +95,10 @@ class Workspace:
             "target_length": self.target_length,
         }
 
-    def _load_state(self) -> dict[str, Any]:
-        """The state file's clip table; sums are dropped if the parameters changed."""
-        path = self.out / STATE_NAME
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return {}
-        if state.get("version") != STATE_VERSION:
+    def _clips_of(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        """The clip table of a resume `state` (`read_state`); sums are dropped if the
+        parameters changed."""
+        if state is None or state.get("version") != STATE_VERSION:
             return {}
         clips = state.get("clips", {})
         if state.get("params") != self.params:
@@ -138,11 +135,21 @@ class Workspace:
         return FastASTError(message)
 
 
-def check_not_foreign(out: Path) -> None:
+def read_state(out: Path) -> dict[str, Any] | None:
+    """The resume state an earlier prepare left in `out` (parsed JSON), None when there is
+    none or it is unreadable."""
+    try:
+        state = json.loads((out / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def check_not_foreign(out: Path, state: dict[str, Any] | None) -> None:
     """Refuse an --out folder holding files by the names prepare writes at its root (manifest,
     log, labels CSV, resume state) when no earlier prepare wrote there: they are someone
-    else's, and prepare would overwrite them."""
-    if not out.is_dir() or prepared_before(out):
+    else's, and prepare would overwrite them. state: its resume state (`read_state`)."""
+    if not out.is_dir() or prepared_before(out, state):
         return
     taken = [name for name in ROOT_FILES if (out / name).exists() or (out / name).is_symlink()]
     if taken:
@@ -153,9 +160,9 @@ def check_not_foreign(out: Path) -> None:
         )
 
 
-def prepared_before(out: Path) -> bool:
+def prepared_before(out: Path, state: dict[str, Any] | None) -> bool:
     """Whether an earlier prepare wrote into `out`: its manifest or its log (with their
-    headers), or its resume state."""
+    headers), or its resume `state`."""
     headers = {MANIFEST_NAME: MANIFEST_HEADER, LOG_NAME: LOG_HEADER}
     for name, header in headers.items():
         path = out / name
@@ -163,11 +170,7 @@ def prepared_before(out: Path) -> bool:
             with path.open("rb") as file:
                 if file.read(len(header)).decode("utf-8", "replace") == header:
                     return True
-    try:
-        state = json.loads((out / STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and "version" in state and "clips" in state
+    return state is not None and "version" in state and "clips" in state
 
 
 def written_by_prepare(out: Path, path: Path) -> bool:

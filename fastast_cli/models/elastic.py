@@ -204,13 +204,10 @@ class ElasticAST(TokenClassifier):
         return tokens_per_block(num_tokens, self.clip_schedule(num_tokens), NUM_PREFIX_TOKENS)
 
     def merge_plan(self, counts: Sequence[int]) -> list[list[int]]:
-        """Tokens each clip loses in each block: [depth][num_clips]."""
-        removed = []
-        for count in counts:
-            after = self.token_counts(count)
-            before = [count, *after[:-1]]
-            removed.append([b - a for b, a in zip(before, after, strict=True)])
-        return [list(block) for block in zip(*removed, strict=True)]
+        """Tokens each clip is asked to lose in each block: [depth][num_clips]; the token
+        state caps each block's value for the clip's tokens then (`allowed_merges`)."""
+        schedules = [self.clip_schedule(count) for count in counts]
+        return [list(block) for block in zip(*schedules, strict=True)]
 
     # --- packing and forward ------------------------------------------------------------------
 
@@ -349,14 +346,13 @@ class ElasticAST(TokenClassifier):
         config = ElasticConfig.from_ast_config(
             ast.config, target_length=target_length, max_tokens=max_tokens
         )
-        from fastast_cli.models.checkpoints.fitting import mismatches  # (imports this module)
-
         model = cls(config)
         weights = {name: value for name, value in ast.state_dict().items() if name != "pos_embed"}
-        problems = mismatches(model.state_dict(), weights, may_miss=POSITION_TABLES)
-        if problems:
-            raise ValueError("AST weights do not fit the ElasticAST:\n" + "\n".join(problems))
-        model.load_state_dict(weights, strict=False)  # the position tables come next
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if set(missing) != set(POSITION_TABLES) or unexpected:
+            raise ValueError(
+                f"AST weights do not fit the ElasticAST: missing {missing}, unexpected {unexpected}"
+            )
         model.load_pos_embed_grid(
             ast.pos_embed.detach(), ast.config.grid, (ast.config.fstride, ast.config.tstride)
         )

@@ -148,12 +148,21 @@ class Layout:
         return torch.arange(self.num_tokens, device=self.device) - self.starts[self.token_clip]
 
     @cached_property
+    def row_tensor(self) -> torch.Tensor:
+        """[K] row of every clip, on the device."""
+        return torch.tensor(self.rows, device=self.device)
+
+    @cached_property
+    def offset_tensor(self) -> torch.Tensor:
+        """[K] first slot of every clip in its row, on the device."""
+        return torch.tensor(self.offsets, device=self.device)
+
+    @cached_property
     def slot(self) -> torch.Tensor:
         """[N] index of every flat token in the rows, flattened to [R·L]."""
-        rows = torch.tensor(self.rows, device=self.device)
-        offsets = torch.tensor(self.offsets, device=self.device)
         clip = self.token_clip
-        return rows[clip] * self.length + offsets[clip] + self.token_position
+        return (self.row_tensor[clip] * self.length + self.offset_tensor[clip]
+                + self.token_position)
 
     @cached_property
     def segment(self) -> torch.Tensor:

@@ -77,10 +77,10 @@ class ClipView:
         within = torch.arange(longest, device=device)  # [T]
         valid = within < mergeable[:, None]  # [K, T]
         index = torch.where(valid, layout.starts[:, None] + protected + within, 0)
-        offsets = torch.tensor(layout.offsets, device=device)
+        offsets = layout.offset_tensor
         slot = torch.where(valid, offsets[:, None] + protected + within, 0)
         r = torch.tensor(removed, device=device, dtype=torch.long)
-        rows = torch.tensor(layout.rows, device=device)
+        rows = layout.row_tensor
         return cls(protected, list(removed), r, valid, rows, slot, offsets[:, None] + leading,
                    layout, index)
 

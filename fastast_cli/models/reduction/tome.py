@@ -33,7 +33,6 @@ import torch
 
 from fastast_cli.models.packing import Layout, exclusive_cumsum
 from fastast_cli.models.reduction.base import Merges, ReductionStep
-from fastast_cli.models.reduction.schedule import max_merge
 
 
 @dataclass
@@ -160,14 +159,6 @@ def packed_bipartite_matching(
     layout: where the N tokens sit. r: tokens each clip loses, within `allowed_merges`.
     protected: leading tokens of each clip excluded from matching (2: CLS and DIST).
     """
-    for count, remove in zip(layout.counts, r, strict=True):
-        if remove > max_merge(count, protected):
-            raise ValueError(f"cannot merge {remove} of a clip's {count} tokens")
-    if not any(r):
-        stay = torch.arange(layout.num_tokens, device=keys.device)
-        return PackedMatching.from_destination(
-            stay, torch.zeros_like(stay, dtype=torch.bool), layout
-        )
     sets = Bipartition.of(layout, protected)
     metric = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     set_a = sets.a_layout.to_rows(metric[sets.a_index])  # [R, La, C]
@@ -187,7 +178,7 @@ def packed_bipartite_matching(
 
 def _slot_to_b(sets: Bipartition, partner_slot: torch.Tensor) -> torch.Tensor:
     """Row slot of each A token's partner → the partner's index among its clip's B tokens."""
-    offsets = torch.tensor(sets.b_layout.offsets, device=partner_slot.device)
+    offsets = sets.b_layout.offset_tensor
     return partner_slot - offsets[sets.a_layout.token_clip]
 
 

@@ -21,6 +21,7 @@ from fastast_cli.training import loop as loop_module
 from fastast_cli.training.config import (
     TrainConfig,
     load_config,
+    process_batch,
     read_recipe,
     warmup_steps_for,
 )
@@ -311,6 +312,37 @@ def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
                            "last.pt", split=load_manifest(small_demo).selection_split)
     for key, value in whole.metrics.summary().items():
         assert float(last[key]) == pytest.approx(value, abs=1e-6), key
+    # batch_size is the global batch: 2 processes follow the 1-process schedule step by step
+    # (steps per epoch, warm-up, lr) and see its clips, each step's split between them.
+    from ddp_worker import DDP_CONFIG, record_steps
+
+    single = Trainer(TrainConfig(**DDP_CONFIG, data=str(small_demo), out=str(tmp_path / "single")),
+                     loop_module.Ranks(), torch.device("cpu"), loop_module.SilentReporter())
+    expected = record_steps(single)
+    single.run(resume=False)
+    ranks = [torch.load(tmp_path / f"steps{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert ranks[0]["warmup"] == ranks[1]["warmup"] == single.warmup_steps > 0  # from scratch
+    train_clips = len(single.train_items)
+    assert len(expected) == 2 * -(-train_clips // 4)  # 2 epochs of 4-clip steps
+    for rank in ranks:
+        assert [(epoch, lr) for epoch, lr, _ in rank["steps"]] == [
+            (epoch, lr) for epoch, lr, _ in expected]
+        assert all(len(clips) == 2 for _, _, clips in rank["steps"])
+    for (_, _, clips), zero, one in zip(expected, ranks[0]["steps"], ranks[1]["steps"],
+                                        strict=True):
+        assert sorted(clips) == sorted(zero[2] + one[2])
+
+
+def test_global_batch_must_split_across_processes_unless_per_process(small_demo, tmp_path):
+    with pytest.raises(FastASTError, match=r"batch_size 5 \(the global batch\) does not split "
+                       r"across 2 processes: give a multiple of 2 \(4, 6\), or "
+                       r"--per-process-batch"):
+        Trainer(config(small_demo, tmp_path / "odd", batch_size=5), loop_module.Ranks(0, 2),
+                torch.device("cpu"), loop_module.SilentReporter())
+    assert process_batch(config(small_demo, tmp_path, batch_size=12), 4) == 3
+    assert process_batch(config(small_demo, tmp_path, batch_size=12,
+                                per_process_batch=True), 4) == 12
+    assert process_batch(config(small_demo, tmp_path, batch_size=5), 1) == 5
 
 
 def test_epoch_sampler_shards_are_disjoint_reproducible_and_resumable():

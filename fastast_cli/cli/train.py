@@ -26,7 +26,12 @@ Out = Annotated[Path | None, typer.Option(
     help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml. A "
     "folder that already holds a run is refused unless you pass --resume or --overwrite.")]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
-BatchSize = Annotated[int | None, typer.Option(min=1, help="Samples per step (per process).")]
+BatchSize = Annotated[int | None, typer.Option(min=1, help=(
+    "Samples per optimizer step, in all: under torchrun split evenly across the processes "
+    "(the recipes' sizes are AST's totals), so any process count follows one schedule."))]
+PerProcessBatch = Annotated[bool | None, typer.Option(
+    "--per-process-batch/--global-batch", help="--batch-size counts per process (the global "
+    "batch is then that × the processes); default: global.", show_default=False)]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate (Adam).")]
 WarmupSteps = Annotated[int | None, typer.Option(
     min=0, help="Steps of linear lr warm-up (0: none). Default: the recipe's, else AST's "
@@ -157,6 +162,7 @@ def train_teacher(
     pretrained: Pretrained = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
+    per_process_batch: PerProcessBatch = None,
     lr: Lr = None,
     warmup_steps: WarmupSteps = None,
     fold: Fold = None,
@@ -178,7 +184,8 @@ def train_teacher(
         "resolutions": parse_resolution_range(resolutions),
         "resolution_sampling": resolution_sampling,
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
-        "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size,
+        "per_process_batch": per_process_batch, "lr": lr,
         "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
         "num_workers": num_workers, "method": method_name(method),
         "teacher": "none",
@@ -215,6 +222,7 @@ def distill(
     pretrained: Pretrained = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
+    per_process_batch: PerProcessBatch = None,
     lr: Lr = None,
     warmup_steps: WarmupSteps = None,
     fold: Fold = None,
@@ -240,7 +248,8 @@ def distill(
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
         "method": method_name(method), "r": r, "schedule": schedule, "model": "ast",
         "size": model, "pretrained": pretrained,
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+        "epochs": epochs, "batch_size": batch_size,
+        "per_process_batch": per_process_batch, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "seed": seed,
         "device": device, "num_workers": num_workers,
     }, resume, overwrite, quiet)

@@ -80,7 +80,8 @@ class TrainConfig:
     loss: str = "bce"  # bce or ce
     metric: str = "accuracy"  # accuracy or mAP: picks best.pt
     epochs: int = 25
-    batch_size: int = 12
+    batch_size: int = 12  # samples per optimizer step, split across torchrun's processes
+    per_process_batch: bool = False  # batch_size per process instead (global = × processes)
     lr: float = 1e-4
     weight_decay: float = 5e-7
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
@@ -213,6 +214,22 @@ def warmup_steps_for(config: TrainConfig, steps_per_epoch: int) -> int:
         return 0
     total = config.epochs * steps_per_epoch
     return max(1, min(AST_WARMUP_STEPS, round(WARMUP_FRACTION * total)))
+
+
+def process_batch(config: TrainConfig, world: int) -> int:
+    """Samples each of `world` processes takes per step. `batch_size` is the global batch (as
+    AST's recipes, whose sizes are totals over DataParallel GPUs), split evenly, so a run on 1,
+    2 or 8 processes follows the same schedule; with `per_process_batch` it is per process."""
+    if config.per_process_batch or world == 1:
+        return config.batch_size
+    if config.batch_size % world:
+        below = config.batch_size // world * world
+        options = ", ".join(str(n) for n in (below, below + world) if n > 0)
+        raise FastASTError(
+            f"batch_size {config.batch_size} (the global batch) does not split across {world} "
+            f"processes: give a multiple of {world} ({options}), or --per-process-batch for "
+            f"{config.batch_size} samples per process")
+    return config.batch_size // world
 
 
 def _converted(key: str, value: Any, default: Any, source: str) -> Any:

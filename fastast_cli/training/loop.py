@@ -41,7 +41,7 @@ from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.training import averaging
-from fastast_cli.training.config import TrainConfig, warmup_steps_for
+from fastast_cli.training.config import TrainConfig, process_batch, warmup_steps_for
 from fastast_cli.training.losses import distillation_loss
 from fastast_cli.training.reporting import Reporter, RunResult, SilentReporter, TrainingInterrupted
 from fastast_cli.training.resume import Progress, restore_run
@@ -98,6 +98,7 @@ class Trainer:
         self, config: TrainConfig, ranks: Ranks, device: torch.device, reporter: Reporter
     ) -> None:
         self.config, self.ranks, self.device = config, ranks, device
+        self.batch_size = process_batch(config, ranks.world)  # this process's share of a step
         self.reporter = reporter if ranks.is_main else SilentReporter()
         self.out = Path(config.out or "run")
         self.manifest: Manifest = load_manifest(config.data or "")
@@ -170,10 +171,10 @@ class Trainer:
     def _loader(self) -> DataLoader:
         sampler = EpochSampler(len(self.train_items), self.config.seed,
                                self.ranks.rank, self.ranks.world)
-        sampler.set_epoch(self.progress.epoch, self.progress.batch * self.config.batch_size)
+        sampler.set_epoch(self.progress.epoch, self.progress.batch * self.batch_size)
         self.train_items.set_epoch(self.progress.epoch)
         return DataLoader(
-            self.train_items, batch_size=self.config.batch_size, sampler=sampler,
+            self.train_items, batch_size=self.batch_size, sampler=sampler,
             num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False, collate_fn=self._collate,
         )
@@ -266,7 +267,7 @@ class Trainer:
         return cached_teacher_logits(
             self.teacher, self.teacher_path, self.out / "teacher_logits.pt", clean,
             [str(entry.wav) for entry in self.train_items.dataset.entries],
-            self.config.batch_size, self.device, self.use_amp, ranks=self.ranks,
+            self.batch_size, self.device, self.use_amp, ranks=self.ranks,
             note=self.reporter.note,
         )
 
@@ -302,7 +303,7 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> Metrics:
         """Metrics on the validation split; each rank of a torchrun job scores its shard."""
-        predictions, targets = predict_dataset(model, self.eval_set, self.config.batch_size,
+        predictions, targets = predict_dataset(model, self.eval_set, self.batch_size,
                                                self.device, self.use_amp,
                                                collate_fn=self._collate, ranks=self.ranks)
         return compute_metrics(predictions.numpy(), targets.numpy())

@@ -98,3 +98,25 @@ def test_clear_message_without_the_package(monkeypatch):
     monkeypatch.setattr(passt_module, "passt_available", lambda: False)
     with pytest.raises(FastASTError, match="pip install"):
         build_classifier("passt", LABELS, target_length=64)
+
+
+def test_a_passt_front_end_teacher_gives_hear21passts_logits_on_a_waveform(monkeypatch):
+    """PaSST's own front end (32 kHz, 128 mels, window 800, hop 320), not AST's fbank: with the
+    same (random) state dict, our teacher and hear21passt's own model agree on a waveform."""
+    from hear21passt import base
+
+    real = base.get_model_passt  # hear21passt's model as it builds it, without the download
+    monkeypatch.setattr(base, "get_model_passt", lambda **kw: real(**kw, pretrained=False))
+
+    torch.manual_seed(0)
+    ours = build_classifier("passt", [f"c{i}" for i in range(527)], target_length=998,
+                            front_end="passt").eval()
+    spec = ours.input_spec()
+    assert (spec.waveform_rate, spec.waveform_samples()) == (32000, 319360)  # 998 hops of 320
+    theirs = base.get_basic_model(mode="logits").eval()
+    theirs.net.load_state_dict(ours.net.state_dict())
+    wave = 0.1 * torch.randn(1, spec.waveform_samples())
+    with torch.no_grad():
+        torch.testing.assert_close(ours(wave), theirs(wave), rtol=1e-5, atol=1e-5)
+    assert ours.state_dict().keys() == build_classifier(
+        "passt", LABELS, target_length=998).state_dict().keys()  # the mels hold no weights

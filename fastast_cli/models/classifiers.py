@@ -45,6 +45,7 @@ def build_classifier(
     pretrained: PathLike | None = None,
     elastic: bool = False,
     max_tokens: int = 2048,
+    front_end: str = "fbank",
 ) -> nn.Module:
     """A new classifier over `labels` for fbanks of `target_length` × `num_mel_bins`.
 
@@ -56,6 +57,8 @@ def build_classifier(
         positions adapted, head re-created when the class count differs); for a CNN timm
         ImageNet weights of the same backbone (stem summed to one channel); for PaSST a PaSST
         state dict (time positions adapted).
+    front_end: for `passt`, `fbank` (AST's fbank) or `passt` (32-kHz waveforms through
+        hear21passt's own mels, as its released weights were trained).
     """
     if name == "ast":
         model = build_model(
@@ -75,7 +78,7 @@ def build_classifier(
     if name == "passt":
         model = PaSSTClassifier(PaSSTConfig(
             len(labels), target_length=target_length, num_mel_bins=num_mel_bins,
-            fstride=fstride, tstride=tstride, labels=list(labels),
+            fstride=fstride, tstride=tstride, labels=list(labels), front_end=front_end,
         ))
         if pretrained is not None:
             fit_weights(model, read_passt_weights(pretrained), pretrained)

@@ -32,6 +32,9 @@ class InputSpec:
         10 ms × q when asked for resolution q).
     stats_note: None when mean/std are the model's own (or it says nothing about them), else a
         sentence saying where they came from (for the CLI to print).
+    waveform_rate: None for a model that reads fbanks; the sample rate of the waveforms
+        [B, samples] a model with its own front end reads instead (a PaSST teacher on its
+        32-kHz mels): `target_length` frames of `frame_shift_ms` each (`waveform_samples`).
     """
 
     target_length: int
@@ -41,6 +44,7 @@ class InputSpec:
     std: float | None = None
     frame_shift_ms: float = FRAME_SHIFT_MS
     stats_note: str | None = None
+    waveform_rate: int | None = None
 
     @property
     def stats(self) -> tuple[float, float]:
@@ -61,6 +65,11 @@ class InputSpec:
         if whole_clip:
             return LengthPolicy.at_least(self.target_length)
         return LengthPolicy.fixed(self.target_length)
+
+    def waveform_samples(self) -> int:
+        """Samples of the waveform a front-end model reads: `target_length` frames."""
+        assert self.waveform_rate is not None, "this model reads fbanks"
+        return round(self.target_length * self.frame_shift_ms * self.waveform_rate / 1000)
 
     def teacher_frames(self) -> int | None:
         """How this model, as a distillation teacher, receives a student's clip: a fixed spec

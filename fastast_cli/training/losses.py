@@ -26,33 +26,39 @@ def ground_truth_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) ->
     raise ValueError(f"unknown loss {kind!r}: use one of {', '.join(LOSSES)}")
 
 
-def teacher_loss(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float
-) -> torch.Tensor:
-    """Distillation term: student logits [B, C] against the teacher's softened predictions."""
-    teacher_logits = teacher_logits.detach() / temperature
+def teacher_targets(teacher_logits: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    """The teacher's softened predictions ψ(Z_t / τ) [B, C]: what the student is taught. Cached
+    per-clip predictions are mixed as the batch was in this space (`Mix.apply`), as EfficientAT
+    mixes its stored teacher predictions."""
+    softened = teacher_logits.detach().float() / temperature
     if kind == "bce":
-        return F.binary_cross_entropy_with_logits(logits, teacher_logits.sigmoid())
+        return softened.sigmoid()
     if kind == "ce":
-        return F.kl_div(
-            logits.log_softmax(dim=-1), teacher_logits.log_softmax(dim=-1),
-            reduction="batchmean", log_target=True,
-        )
+        return softened.softmax(dim=-1)
+    raise ValueError(f"unknown loss {kind!r}: use one of {', '.join(LOSSES)}")
+
+
+def teacher_loss(logits: torch.Tensor, taught: torch.Tensor, kind: str) -> torch.Tensor:
+    """Distillation term: student logits [B, C] against the teacher's predictions `taught`
+    [B, C] (`teacher_targets`: probabilities)."""
+    taught = taught.detach()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, taught)
+    if kind == "ce":
+        return F.kl_div(logits.log_softmax(dim=-1), taught, reduction="batchmean")
     raise ValueError(f"unknown loss {kind!r}: use one of {', '.join(LOSSES)}")
 
 
 def distillation_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
+    taught: torch.Tensor | None,
     kind: str,
     kd_lambda: float = 0.1,
-    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Eq. 1; without a teacher (or with λ = 1) it is the plain ground-truth loss."""
+    """Eq. 1 with the teacher's predictions `taught` = ψ(Z_t / τ) (`teacher_targets`); without a
+    teacher (or with λ = 1) it is the plain ground-truth loss."""
     plain = ground_truth_loss(logits, targets, kind)
-    if teacher_logits is None or kd_lambda == 1.0:
+    if taught is None or kd_lambda == 1.0:
         return plain
-    return kd_lambda * plain + (1 - kd_lambda) * teacher_loss(
-        logits, teacher_logits, kind, temperature
-    )
+    return kd_lambda * plain + (1 - kd_lambda) * teacher_loss(logits, taught, kind)

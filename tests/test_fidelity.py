@@ -195,11 +195,13 @@ def test_cached_teacher_logits_are_mixed_like_the_input(small_demo, tmp_path, mo
     monkeypatch.setattr(loop_module, "distillation_loss", lambda logits, target, taught, *a:
                         seen.append((target, taught)) or real(logits, target, taught, *a))
     mixes = []
-    real_logits = trainer._teacher_logits
-    monkeypatch.setattr(trainer, "_teacher_logits",
-                        lambda fbank, mix, view: mixes.append(mix) or real_logits(fbank, mix, view))
+    real_targets = trainer._teacher_targets
+    monkeypatch.setattr(trainer, "_teacher_targets", lambda fbank, mix, *views:
+                        mixes.append(mix) or real_targets(fbank, mix, *views))
     trainer.run(resume=False)
-    cache = trainer.cached_logits
+    cache = trainer.cached_targets  # the clean clips' predictions, probabilities
+    torch.testing.assert_close(cache, torch.load(tmp_path / "student/teacher_logits.pt",
+                                                 weights_only=True)["logits"].softmax(-1))
     targets = trainer.train_items.dataset.targets
     mixed = 0
     for (target, taught), mix in zip(seen, mixes, strict=True):

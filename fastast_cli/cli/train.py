@@ -212,7 +212,13 @@ def distill(
         help="τ of Eq. 1, applied to the teacher's logits.")] = None,
     teacher_logits: Annotated[str | None, typer.Option(
         help="online: teacher runs on the same augmented batch (consistent teaching); "
-        "cached: computed once on clean clips (faster, inconsistent under augmentation).")] = None,
+        "cached: computed once on clean clips, mixed as each batch (faster, inconsistent "
+        "under augmentation).")] = None,
+    teacher_views: Annotated[int | None, typer.Option(
+        min=0, help="K > 0: the teacher's logits on K augmented views of every clip, computed "
+        "once into --out/teacher_views.pt (resumable; rebuilt for another teacher or other "
+        "augmentation), then each epoch replays one of them: consistent teaching at cached "
+        "cost (overrides --teacher-logits). 0: off.")] = None,
     method: Method = None,
     r: R = None,
     schedule: Schedule = None,
@@ -246,6 +252,7 @@ def distill(
         "proportional_attention": proportional_attention,
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,
+        "teacher_views": teacher_views,
         "method": method_name(method), "r": r, "schedule": schedule, "model": "ast",
         "size": model, "pretrained": pretrained,
         "epochs": epochs, "batch_size": batch_size,

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from fastast_cli.data.audio import load_mono
 from fastast_cli.data.augment import (
+    fit_length,
     mask_band,
     mix_targets,
     mix_waveforms,
@@ -62,7 +63,10 @@ class ASTDataset(Dataset):
     noise + roll) apply only with `training=True`. See the module docstring for `cache_dir`.
     With `return_mix`, items are `(fbank, target, partner, λ)`: the mixup partner's index and
     the first clip's weight (the item's own index and 1.0 when it is not mixed), so that
-    anything stored per clip (cached teacher logits) can be mixed the same way.
+    anything stored per clip (cached teacher logits) can be mixed the same way. With
+    `teacher_wave` = (rate, samples) an item ends with the same clip as audio for a teacher with
+    its own front end: its waveform at `rate`, mixed with the same partner and λ, cut or padded
+    to `samples` (`teacher_waveform`).
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class ASTDataset(Dataset):
         self.cache = ArrayCache(cache_dir) if cache_dir is not None else None
         self.cache_waves = self.mixup > 0.0  # mixed items need waveforms, not fbanks
         self.return_mix = return_mix
+        self.teacher_wave: tuple[int, int] | None = None  # (rate, samples); set by training
 
     @property
     def num_classes(self) -> int:
@@ -118,18 +123,31 @@ class ASTDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def waveform(self, index: int) -> torch.Tensor:
-        """Mono 16-kHz waveform `[samples]` of clip `index` (cached when `cache_waves`)."""
+    def waveform(self, index: int, rate: int = SAMPLE_RATE) -> torch.Tensor:
+        """Mono waveform `[samples]` of clip `index` at `rate` (16 kHz: cached when
+        `cache_waves`; a teacher's rate is decoded each time, not cached)."""
         path = self.entries[index].wav
-        if self.cache is None or not self.cache_waves:
-            return load_mono(path, SAMPLE_RATE)
+        if self.cache is None or not self.cache_waves or rate != SAMPLE_RATE:
+            return load_mono(path, rate)
         key = clip_key(path, "wave", sample_rate=SAMPLE_RATE)
         array = self.cache.get_or_compute("wave", key, lambda: load_mono(path, SAMPLE_RATE).numpy())
         return torch.from_numpy(np.array(array, dtype=np.float32))
 
-    def clip_wave(self, index: int) -> torch.Tensor:
-        """The waveform an item is made from (subclasses may cut it)."""
-        return self.waveform(index)
+    def clip_wave(self, index: int, rate: int = SAMPLE_RATE) -> torch.Tensor:
+        """The waveform at `rate` an item is made from (subclasses may cut it)."""
+        return self.waveform(index, rate)
+
+    def teacher_waveform(self, index: int, partner: int, lam: float) -> torch.Tensor:
+        """The item as audio for a teacher with its own front end [samples]: the clip at the
+        teacher's rate, mixed as the student's (same partner, same λ, AST's `mix_waveforms`),
+        cut or padded to the teacher's length. SpecAugment masks and Speech Commands noise act
+        on the student's fbank only."""
+        assert self.teacher_wave is not None
+        rate, samples = self.teacher_wave
+        wave = self.clip_wave(index, rate)
+        if partner != index or lam != 1.0:
+            wave = mix_waveforms(wave, self.clip_wave(partner, rate), lam)
+        return fit_length(wave, samples).contiguous()
 
     def features_of(self, wave: torch.Tensor) -> torch.Tensor:
         """Raw fbank `[target_length, num_mel_bins]` of a 16-kHz waveform."""
@@ -180,9 +198,12 @@ class ASTDataset(Dataset):
         features = normalize(features, self.mean, self.std)
         if self.noise:
             features = noise_and_roll(features)
+        item: tuple = (features.contiguous(), target)
         if self.return_mix:
-            return features.contiguous(), target, partner, lam
-        return features.contiguous(), target
+            item = (*item, partner, lam)
+        if self.teacher_wave is not None:
+            item = (*item, self.teacher_waveform(index, partner, lam))
+        return item
 
 
 class NativeLengthDataset(ASTDataset):
@@ -227,9 +248,9 @@ class NativeLengthDataset(ASTDataset):
         self.teacher_length = teacher_length
         self.cache_waves = True
 
-    def clip_wave(self, index: int) -> torch.Tensor:
-        wave = self.waveform(index)
-        return wave if self.seconds is None else wave[: int(self.seconds * SAMPLE_RATE)]
+    def clip_wave(self, index: int, rate: int = SAMPLE_RATE) -> torch.Tensor:
+        wave = self.waveform(index, rate)
+        return wave if self.seconds is None else wave[: int(self.seconds * rate)]
 
     def resolution(self) -> float:
         """This item's q: drawn in training (see the class docstring), else `resolutions[0]`."""
@@ -272,6 +293,8 @@ class NativeLengthDataset(ASTDataset):
             item = (*item, partner, lam)
         if self.teacher_length is not None:
             item = (*item, self.teacher_view(wave, q, freq_band, time_band))
+        elif self.teacher_wave is not None:
+            item = (*item, self.teacher_waveform(index, partner, lam))
         return item
 
     def teacher_view(self, wave: torch.Tensor, q: float, freq_band: tuple[int, int],

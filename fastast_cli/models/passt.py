@@ -108,7 +108,8 @@ class PaSSTClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mel is not None:
-            mels = self.mel(x)  # waveform [B, samples] → [B, F, T]
+            with torch.autocast(x.device.type, enabled=False):  # the STFT in float32
+                mels = self.mel(x.float())  # waveform [B, samples] → [B, F, T]
         else:
             mels = x.transpose(1, 2)  # fbank [B, T, F] → [B, F, T]
         logits, _ = self.net(mels.unsqueeze(1))  # input [B, 1, F, T]

@@ -64,7 +64,10 @@ class TrainConfig:
     # CNN name, passt) that must match the checkpoint's.
     teacher: str = "auto"
     teacher_checkpoint: str | None = None
-    teacher_logits: str = "online"  # online (consistent teaching) or cached
+    teacher_logits: str = "online"  # online (consistent teaching) or cached (clean clips)
+    # K > 0: the teacher's logits on K augmented views per clip, computed once and replayed
+    # (exact consistent teaching at cached cost; overrides teacher_logits).
+    teacher_views: int = 0
     kd_lambda: float = 0.1
     temperature: float = 1.0
     # Data.
@@ -182,6 +185,7 @@ class TrainConfig:
             "warmup_steps": (0, "a step count"), "lr_start": (0, "an epoch"),
             "weight_decay": (0, "a weight"), "max_tokens": (16, "tokens per packed row"),
             "fold": (1, "a fold number"), "average_from": (1, "an epoch"),
+            "teacher_views": (0, "views per clip"),
         }
         problems = [
             f"{key} must be >= {lowest} ({why}), got {getattr(self, key)}"

@@ -1,7 +1,8 @@
 """The shared training loop of `train-teacher` and `distill`.
 
-One epoch: batches in a reproducible order (training.sampling) → optional teacher logits
-(online on the very same augmented batch, or cached; training.teacher) → Eq. 1 loss → Adam step
+One epoch: batches in a reproducible order (training.sampling) → optional teacher predictions
+(online on the very same augmented batch; cached of the clean clips, mixed as the batch was; or
+replayed: cached of the very view the student sees; training.teacher) → Eq. 1 loss → Adam step
 at the recipe's learning rate. After each epoch: validation metrics (each rank of a torchrun job
 scores its shard, the scores are gathered), a log row (CSV and JSON lines), `last.pt`
 (everything needed to resume; training.resume) and `best.pt` (best validation metric), both
@@ -42,7 +43,7 @@ from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.training import averaging
 from fastast_cli.training.config import TrainConfig, process_batch, warmup_steps_for
-from fastast_cli.training.losses import distillation_loss
+from fastast_cli.training.losses import distillation_loss, teacher_targets
 from fastast_cli.training.reporting import Reporter, RunResult, SilentReporter, TrainingInterrupted
 from fastast_cli.training.resume import Progress, restore_run
 from fastast_cli.training.run_folder import (
@@ -58,9 +59,14 @@ from fastast_cli.training.schedule import from_scratch_note, learning_rate
 from fastast_cli.training.setup import model_meta, run_dataset, run_model
 from fastast_cli.training.teacher import (
     Mix,
+    ReplayedViews,
     cached_teacher_logits,
+    file_digest,
+    replayed_views,
     run_teacher,
-    teacher_view_frames,
+    teacher_view,
+    views_dataset,
+    views_record,
 )
 
 __all__ = ["Mix", "Progress", "Ranks", "RunResult", "SilentReporter", "Trainer",
@@ -114,8 +120,11 @@ class Trainer:
         self.model = run_model(config, self.manifest, self.reporter.note).to(device)
         self.teacher, self.teacher_path, self.config = run_teacher(
             config, self.manifest, self.mean, device, self.reporter.note)
-        if frames := teacher_view_frames(self.teacher, self.model, self.config):  # q = 1 views
-            self.train_items.dataset.teacher_length = frames
+        self.teacher_view = teacher_view(self.teacher, self.model)  # q = 1 clip, or its audio
+        if self.teacher is not None and config.teacher_views:
+            self.train_items.views = config.teacher_views  # items replay the stored views
+        elif self.teacher_view is not None and config.teacher_logits == "online":
+            self.teacher_view.give(self.train_items.dataset)
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
@@ -124,7 +133,8 @@ class Trainer:
         self.progress = Progress()
         self.warmup_steps = warmup_steps_for(config, len(self._loader()))
         self.averaged: dict[str, torch.Tensor] | None = None
-        self.cached_logits: torch.Tensor | None = None
+        self.cached_targets: torch.Tensor | None = None  # [N, C] clean clips' predictions
+        self.replayed: ReplayedViews | None = None
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -153,8 +163,11 @@ class Trainer:
                 self._start_folder(overwrite)
             if config.from_scratch and not resume:
                 self.reporter.note(from_scratch_note(config.model, self.warmup_steps))
-            if self.teacher is not None and config.teacher_logits == "cached":
-                self.cached_logits = self._teacher_logits_cache()
+            if self.teacher is not None and config.teacher_views:
+                self.replayed = self._replayed_views()
+            elif self.teacher is not None and config.teacher_logits == "cached":
+                self.cached_targets = teacher_targets(self._teacher_logits_cache(), config.loss,
+                                                      config.temperature)
             network = self._network()
             while self.progress.epoch < config.epochs:
                 loss, seconds, samples = self._train_epoch(network)
@@ -194,12 +207,12 @@ class Trainer:
         samples, started = 0, time.perf_counter()
         batches: Iterator = iter(loader)
         try:
-            for fbank, target, partner, lam, *teacher_view, index in batches:
+            for fbank, target, partner, lam, *teacher_view, index, view in batches:
                 with deferred_interrupts():  # a step and its count go together: exact resume
                     lr = learning_rate(config, progress.epoch, progress.step,
                                        self.warmup_steps)
                     loss = self._step(network, fbank, target, Mix(index, partner, lam), lr,
-                                      teacher_view[0] if teacher_view else None)
+                                      teacher_view[0] if teacher_view else None, view)
                     progress.epoch_loss += loss * len(fbank)
                     progress.epoch_samples += len(fbank)
                     samples += len(fbank)
@@ -214,18 +227,17 @@ class Trainer:
         return mean_loss, time.perf_counter() - started, samples
 
     def _step(self, network: nn.Module, fbank: torch.Tensor, target: torch.Tensor,
-              mix: Mix, lr: float, teacher_view: torch.Tensor | None = None) -> float:
+              mix: Mix, lr: float, teacher_view: torch.Tensor | None = None,
+              view: torch.Tensor | None = None) -> float:
         fbank = to_device(fbank, self.device)
         target = target.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
             logits = network(fbank)
-            teacher_logits = self._teacher_logits(fbank, mix, teacher_view)
-            loss = distillation_loss(
-                logits.float(), target, teacher_logits, self.config.loss,
-                self.config.kd_lambda, self.config.temperature,
-            )
+            taught = self._teacher_targets(fbank, mix, teacher_view, view)
+            loss = distillation_loss(logits.float(), target, taught, self.config.loss,
+                                     self.config.kd_lambda)
         if not torch.isfinite(loss):
             raise FastASTError(
                 f"the loss became {loss.item()} in epoch {self.progress.epoch + 1} at step "
@@ -238,38 +250,60 @@ class Trainer:
         self.scaler.update()
         return float(loss.item())
 
-    def _teacher_logits(
+    def _teacher_targets(
         self, fbank: torch.Tensor | list[torch.Tensor], mix: Mix,
-        teacher_view: torch.Tensor | None = None,
+        teacher_view: torch.Tensor | None = None, view: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """The teacher's logits for this very batch (online), or its cached clean-clip logits,
-        mixed as the batch was: λ·z_i + (1-λ)·z_partner (EfficientAT mixes its stored teacher
-        logits so).
+        """The teacher's predictions ψ(Z_t / τ) [B, C] for this very batch: online; replayed
+        (the stored logits of the batch's views, `view` [B]); or of the cached clean clips,
+        mixed as the batch was: λ·p_i + (1-λ)·p_partner (as EfficientAT mixes them).
 
-        A fixed-length teacher of an ElasticAST student reads `teacher_view` [B, T, F]: each
-        clip at q = 1 with the student's masks, padded as AST pads (zero log-mel frames at the
-        end). Native-length clips without a view (an ElasticAST teacher) go to it as they are.
+        Online, a teacher reads `teacher_view` when the items carry one (a fixed-length teacher
+        of an ElasticAST student: each clip at q = 1 with the student's masks [B, T, F]; a
+        teacher with its own front end: the clips' audio [B, samples]), else the student's
+        batch (native-length clips go to a native-length teacher as they are).
         """
         if self.teacher is None:
             return None
-        if self.cached_logits is not None:
-            return mix.apply(self.cached_logits).to(self.device)
-        if teacher_view is not None:
-            fbank = to_device(teacher_view, self.device)
-        with torch.no_grad():
-            return self.teacher(fbank).float()
+        config = self.config
+        if self.cached_targets is not None:
+            return mix.apply(self.cached_targets).to(self.device)
+        if self.replayed is not None:
+            assert view is not None
+            logits = self.replayed.teacher_logits(view, mix.index, mix.partner, mix.lam)
+        else:
+            with torch.no_grad():
+                logits = self.teacher(to_device(fbank if teacher_view is None else teacher_view,
+                                                self.device))
+        return teacher_targets(logits.to(self.device), config.loss, config.temperature)
 
     def _teacher_logits_cache(self) -> torch.Tensor:
         """The teacher's logits of every clean (fixed-length) training clip, once per run."""
         assert self.teacher is not None
         options = {"cache_dir": self.manifest.cache_dir} if self.config.cache else {}
         clean = self.manifest.dataset_for("train", self.config.fold, **options)
+        if self.teacher_view is not None and self.teacher_view.wave is not None:
+            self.teacher_view.give(clean)  # its audio; the clean clips are at q = 1 already
         return cached_teacher_logits(
             self.teacher, self.teacher_path, self.out / "teacher_logits.pt", clean,
             [str(entry.wav) for entry in self.train_items.dataset.entries],
             self.batch_size, self.device, self.use_amp, ranks=self.ranks,
             note=self.reporter.note,
         )
+
+    def _replayed_views(self) -> ReplayedViews:
+        """The teacher's logits on `teacher_views` augmented views of every training clip, read
+        from or written to the run folder's teacher_views.pt (training.teacher)."""
+        assert self.teacher is not None
+        config, dataset = self.config, self.train_items.dataset
+        record = views_record(
+            config, file_digest(self.teacher_path), [str(e.wav) for e in dataset.entries],
+            self.teacher_view, self.mean, self.std, self.manifest.target_length,
+            self.manifest.num_mel_bins)
+        return replayed_views(
+            self.teacher, views_dataset(dataset, self.teacher_view), config.teacher_views,
+            record, self.out / "teacher_views.pt", config.seed, self.batch_size, self.device,
+            self.use_amp, ranks=self.ranks, note=self.reporter.note)
 
     # --- end of epoch ------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from fastast_cli.training.resume import Progress
 LOG_FIELDS = ("epoch", "train_loss", "lr", "accuracy", "mAP", "mAUC", "d_prime",
               "samples_per_s", "seconds")
 RUN_FILES = ("last.pt", "best.pt", "averaged.pt", "config.yaml", "log.csv", "log.jsonl",
-             "summary.json", "teacher_logits.pt")
+             "summary.json", "teacher_logits.pt", "teacher_views.pt")
 
 
 def run_files(out: Path) -> list[str]:

@@ -21,14 +21,30 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return (value ^ (value >> 29)) >> 1
 
 
+# Replayed views (teacher_views: K) draw from their own seed stream, apart from the epochs'.
+VIEW_STREAM = 0x5EED_0F_7EAC
+
+
+def view_seed(seed: int, view: int, index: int) -> int:
+    """The seed of augmented view `view` of clip `index`: its augmentation, whenever drawn."""
+    return item_seed(seed ^ VIEW_STREAM, view, index)
+
+
+def replayed_view(seed: int, epoch: int, index: int, views: int) -> int:
+    """Which of the `views` stored views of clip `index` epoch `epoch` replays."""
+    return item_seed(seed, epoch, index) % views
+
+
 class SeededItems(Dataset):
     """Wraps a dataset so item i of epoch e always draws the same augmentation.
 
-    Returns `(*dataset[i], i)`: the index lets the loop find cached teacher logits.
+    Returns `(*dataset[i], i, view)`: the index lets the loop find cached teacher logits. With
+    `views` = K > 0 an item is one of K fixed augmented views of its clip (`view`, drawn per
+    epoch and clip; the augmentation is the one `view_seed` gives), else `view` is -1.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+    def __init__(self, dataset: Dataset, seed: int, views: int = 0) -> None:
+        self.dataset, self.seed, self.epoch, self.views = dataset, seed, 0, views
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -37,9 +53,19 @@ class SeededItems(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple:
+        if self.views:
+            view = replayed_view(self.seed, self.epoch, index, self.views)
+            return (*view_item(self.dataset, self.seed, view, index), index, view)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, self.epoch, index))
-            return (*self.dataset[index], index)
+            return (*self.dataset[index], index, -1)
+
+
+def view_item(dataset: Dataset, seed: int, view: int, index: int) -> tuple:
+    """Item `index` of `dataset` augmented as its view `view`: the same every time."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(view_seed(seed, view, index))
+        return dataset[index]
 
 
 class EpochSampler(Sampler[int]):

@@ -28,7 +28,7 @@ from fastast_cli.evaluation.throughput import final_tokens
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
 from fastast_cli.presets import PRESETS
 from fastast_cli.reports.tables import Column, rich_table
-from fastast_cli.training.losses import distillation_loss
+from fastast_cli.training.losses import distillation_loss, teacher_targets
 
 
 def main() -> None:
@@ -73,7 +73,8 @@ def main() -> None:
                     teacher_logits = teacher(batch).float()
             else:
                 teacher_logits = cached if teaching == "cached" else None
-            loss = distillation_loss(logits.float(), targets, teacher_logits, "ce")
+            taught = None if teacher_logits is None else teacher_targets(teacher_logits, "ce", 1.0)
+            loss = distillation_loss(logits.float(), targets, taught, "ce")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

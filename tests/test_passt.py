@@ -120,3 +120,19 @@ def test_a_passt_front_end_teacher_gives_hear21passts_logits_on_a_waveform(monke
         torch.testing.assert_close(ours(wave), theirs(wave), rtol=1e-5, atol=1e-5)
     assert ours.state_dict().keys() == build_classifier(
         "passt", LABELS, target_length=998).state_dict().keys()  # the mels hold no weights
+
+
+def test_a_passt_checkpoint_saved_before_front_ends_reads_fbanks_as_before(tmp_path):
+    torch.manual_seed(0)
+    model = build_classifier("passt", LABELS, target_length=64).eval()
+    path = save_checkpoint(tmp_path / "passt.pt", model, mean=-5.0, std=4.0)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["front_end"]  # as written before the front end was recorded
+    torch.save(payload, path)
+    loaded = load_classifier(path)
+    fbank = torch.randn(2, 64, 128)
+    assert loaded.config.front_end == "fbank" and loaded.input_spec().waveform_rate is None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(fbank), model(fbank))
+    with pytest.raises(FastASTError, match="reads 32-kHz waveforms"):
+        build_classifier("passt", LABELS, target_length=64, front_end="passt")(fbank)

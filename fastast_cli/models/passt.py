@@ -108,6 +108,9 @@ class PaSSTClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mel is not None:
+            if x.ndim != 2:
+                raise FastASTError("this PaSST reads 32-kHz waveforms [B, samples] through its "
+                                   f"own front end, not input of shape {list(x.shape)}")
             with torch.autocast(x.device.type, enabled=False):  # the STFT in float32
                 mels = self.mel(x.float())  # waveform [B, samples] → [B, F, T]
         else:

@@ -35,6 +35,11 @@ WarmupSteps = Annotated[int | None, typer.Option(
 Seed = Annotated[int | None, typer.Option(help="Seed of initialisation, order and augmentation.")]
 Device = Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 Fold = Annotated[int | None, typer.Option(help="Cross-validation fold (ESC-50, demo).")]
+NormStats = Annotated[str | None, typer.Option(
+    help="Input mean/std: measured (on the training clips, per fold; the default) or ast "
+    "(AST's published constants of AudioSet, ESC-50 or Speech Commands, one for every fold, as "
+    "AST trained; the shipped recipes of those datasets use them). Stored in the checkpoint.",
+    show_default=False)]
 Workers = Annotated[int | None, typer.Option(min=0, help="Data-loader worker processes.")]
 Pretrained = Annotated[Path | None, typer.Option(
     help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet CNN.")]
@@ -160,6 +165,7 @@ def train_teacher(
     lr: Lr = None,
     warmup_steps: WarmupSteps = None,
     fold: Fold = None,
+    norm_stats: NormStats = None,
     seed: Seed = None,
     device: Device = None,
     num_workers: Workers = None,
@@ -179,7 +185,8 @@ def train_teacher(
         "resolution_sampling": resolution_sampling,
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
+        "warmup_steps": warmup_steps, "fold": fold, "norm_stats": norm_stats, "seed": seed,
+        "device": device,
         "num_workers": num_workers, "method": method_name(method),
         "teacher": "none",
     }, resume, overwrite, quiet)
@@ -218,6 +225,7 @@ def distill(
     lr: Lr = None,
     warmup_steps: WarmupSteps = None,
     fold: Fold = None,
+    norm_stats: NormStats = None,
     seed: Seed = None,
     device: Device = None,
     num_workers: Workers = None,
@@ -241,6 +249,6 @@ def distill(
         "method": method_name(method), "r": r, "schedule": schedule, "model": "ast",
         "size": model, "pretrained": pretrained,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
-        "fold": fold, "seed": seed,
+        "fold": fold, "norm_stats": norm_stats, "seed": seed,
         "device": device, "num_workers": num_workers,
     }, resume, overwrite, quiet)

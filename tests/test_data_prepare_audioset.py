@@ -151,14 +151,16 @@ def test_psla_datafile_labels_map_to_local_clips(audioset: dict[str, Path], tmp_
         (str(outside / "NOTLOCAL001.wav"), "/m/09x0r"),
         ("../../../../etc/passwd", "/m/09x0r"),
         ("/data/sls/audioset/MISSING0001_0.000.flac", "/m/04rlf"),
+        ("/data/evil\nname.wav", "/m/04rlf"),  # a log line of its own
     ])
     out = tmp_path / "out"
     report = prepare_audioset([str(audioset["eval"])], audioset["labels"], audioset["audio"],
                               out, datafiles=[str(enhanced)], target_length=64)
     assert report.counts == {"eval": 2, "train": 4}
     assert sorted(m.split("\t")[0] for m in report.missing) == [
-        "MISSING0001", "MISSING0003", "NOTLOCAL001", "passwd"]
-    assert any("4 of 10 listed clips are missing" in n for n in report.notes)
+        "'/data/evil\\nname.wav'", "MISSING0001", "MISSING0003", "NOTLOCAL001", "passwd"]
+    assert any("5 of 11 listed clips are missing" in n for n in report.notes)
+    assert "evil\n" not in (out / "prepare.log").read_text()
     assert "train labels from balanced_train_data_type1_2_mean.json" in report.notes
     train = load_manifest(out).dataset_for("train")
     targets = {e.wav.stem: train.targets[i].tolist() for i, e in enumerate(train.entries)}

@@ -106,7 +106,8 @@ def read_listed(segments: list[str], datafiles: list[str]) -> list[Listed]:
                                "datafile, e.g. balanced_train_data_type1_2_mean.json)")
         for wav, mids in read_datafile_rows(path):
             keys = datafile_keys(wav)
-            listed.append(Listed(name, keys[-1] if keys else repr(wav), list(mids), path, keys))
+            shown = keys[-1] if keys and keys[-1].isprintable() else ascii(wav)  # one log line
+            listed.append(Listed(name, shown, list(mids), path, keys))
     return listed
 
 
@@ -188,7 +189,7 @@ def prepare_audioset(
     if unknown:
         report.notes.append(
             f"{len(unknown)} label mids not in {labels_csv.name} were dropped: "
-            + ", ".join(sorted(unknown)[:10])
+            + ", ".join(m if m.isprintable() else ascii(m) for m in sorted(unknown)[:10])
         )
     if not clips:
         raise workspace.fail(

@@ -144,8 +144,8 @@ def audioset(
     datafiles: list[str] = typer.Option(
         [], "--datafile", help="AST/PSLA JSON datafile, repeatable; NAME=JSON names its split. "
         "Its labels are used; each wav is found among --audio-dir's clips by its file name or "
-        "YouTube id (its folders are ignored). E.g. PSLA's enhanced balanced labels "
-        "balanced_train_data_type1_2_mean.json, which AST's 0.350 mAP was trained on."
+        "YouTube id (its folders are ignored). E.g. PSLA's enhanced balanced labels, on which "
+        "AST's 0.350 mAP was trained."
     ),
     labels: Path = typer.Option(..., "--labels", help="class_labels_indices.csv"),
     audio_dir: Path = typer.Option(..., "--audio-dir", help="Folder of clips named by YouTube id."),

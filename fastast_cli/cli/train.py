@@ -36,9 +36,9 @@ Seed = Annotated[int | None, typer.Option(help="Seed of initialisation, order an
 Device = Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 Fold = Annotated[int | None, typer.Option(help="Cross-validation fold (ESC-50, demo).")]
 NormStats = Annotated[str | None, typer.Option(
-    help="Input mean/std: measured (on the training clips, per fold; the default) or ast "
-    "(AST's published constants of AudioSet, ESC-50 or Speech Commands, one for every fold, as "
-    "AST trained; the shipped recipes of those datasets use them). Stored in the checkpoint.",
+    help="Input mean/std: measured on the training clips (per fold; the default), or ast: "
+    "AST's constants of AudioSet, ESC-50 or Speech Commands, one for every fold (their "
+    "shipped recipes use them). Stored in the checkpoint.",
     show_default=False)]
 Workers = Annotated[int | None, typer.Option(min=0, help="Data-loader worker processes.")]
 Pretrained = Annotated[Path | None, typer.Option(

@@ -46,7 +46,7 @@ $(DEMO_RUNS)/tome/summary.json: $(DEMO_DATA)/manifest.yaml
 
 $(DEMO_RUNS)/tome-kd/summary.json: $(DEMO_RUNS)/teacher/summary.json
 	$(FASTAST) distill --recipe demo-distill --r $(DEMO_R) --data $(DEMO_DATA) \
-		--teacher-checkpoint $(DEMO_RUNS)/teacher/best.pt \
+		--teacher-checkpoint $(DEMO_RUNS)/teacher/last.pt \
 		--out $(DEMO_RUNS)/tome-kd $(if $(wildcard $(DEMO_RUNS)/tome-kd/last.pt),--resume)
 
 # sweep.png is written last: an interrupted sweep (its CSV holds the finished rows) is resumed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,13 @@ from data_fixtures import (  # noqa: F401
     write_segments,
     write_tone,
 )
+from typer.testing import CliRunner
 
+from fastast_cli.cli import app
 from fastast_cli.data.datafile import read_datafile, read_labels_csv
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.data.prepare import prepare_audioset
+from fastast_cli.data.prepare.audioset import datafile_keys
 from fastast_cli.errors import FastASTError
 
 TRAIN = [
@@ -111,3 +115,80 @@ def test_named_splits_and_nothing_found(audioset: dict[str, Path], tmp_path: Pat
         prepare_audioset(
             [str(audioset["train"])], audioset["train"], audioset["audio"], tmp_path / "o3"
         )
+
+
+# --- AST/PSLA datafiles -----------------------------------------------------------------------
+
+
+def write_json_datafile(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """An AST/PSLA datafile: {"data": [{"wav": ..., "labels": "mid1,mid2"}]}."""
+    path.write_text(json.dumps({"data": [{"wav": wav, "labels": labels} for wav, labels in rows]}))
+    return path
+
+
+def test_datafile_keys_use_the_file_name_only():
+    assert datafile_keys("/data/sls/audioset/data/audio/eval/_/_/--4gqARaEJE_0.000.flac") == (
+        "--4gqARaEJE_0.000", "--4gqARaEJE")
+    assert datafile_keys("Y--PJHxphWEs.wav") == ("Y--PJHxphWEs", "--PJHxphWEs")
+    assert datafile_keys("Ya1b2c3d4e5_30.000.wav") == ("Ya1b2c3d4e5_30.000", "Ya1b2c3d4e5")
+    assert datafile_keys("C:\\clips\\--ZhevVpy1s.wav") == ("--ZhevVpy1s",)
+    assert datafile_keys("../../../etc/passwd") == ("passwd",)
+    assert datafile_keys("..") == () and datafile_keys("") == ()
+
+
+def test_psla_datafile_labels_map_to_local_clips(audioset: dict[str, Path], tmp_path: Path):
+    """PSLA's enhanced balanced labels for training, the segment CSV for eval. Wav paths from
+    another machine find the local clips by name; absent ones are counted; paths outside
+    --audio-dir are never read, even when they exist."""
+    outside = tmp_path / "outside"
+    write_tone(outside / "-0DLPzsiXXE.wav", seconds=0.5, freq=3000.0)  # a local clip's name
+    write_tone(outside / "NOTLOCAL001.wav", seconds=0.5)  # exists, but not in --audio-dir
+    enhanced = write_json_datafile(tmp_path / "balanced_train_data_type1_2_mean.json", [
+        ("/data/sls/audioset/data/audio/bal/_/_/--PJHxphWEs_30.000.flac", "/m/09x0r,/m/04rlf"),
+        ("C:\\audioset\\bal\\--ZhevVpy1s_30000.wav", "/m/04rlf,/m/0jbk"),
+        ("YYa1b2c3d4e5.wav", "/m/0jbk,/m/unknown"),
+        (str(outside / "-0DLPzsiXXE.wav"), "/m/09x0r"),
+        (str(outside / "NOTLOCAL001.wav"), "/m/09x0r"),
+        ("../../../../etc/passwd", "/m/09x0r"),
+        ("/data/sls/audioset/MISSING0001_0.000.flac", "/m/04rlf"),
+        ("/data/evil\nname.wav", "/m/04rlf"),  # a log line of its own
+    ])
+    out = tmp_path / "out"
+    report = prepare_audioset([str(audioset["eval"])], audioset["labels"], audioset["audio"],
+                              out, datafiles=[str(enhanced)], target_length=64)
+    assert report.counts == {"eval": 2, "train": 4}
+    assert sorted(m.split("\t")[0] for m in report.missing) == [
+        "'/data/evil\\nname.wav'", "MISSING0001", "MISSING0003", "NOTLOCAL001", "passwd"]
+    assert any("5 of 11 listed clips are missing" in n for n in report.notes)
+    assert "evil\n" not in (out / "prepare.log").read_text()
+    assert "train labels from balanced_train_data_type1_2_mean.json" in report.notes
+    train = load_manifest(out).dataset_for("train")
+    targets = {e.wav.stem: train.targets[i].tolist() for i, e in enumerate(train.entries)}
+    assert targets == {  # the datafile's labels (Speech, Male speech, Music, Animal)
+        "Y--PJHxphWEs": [1.0, 0.0, 1.0, 0.0],  # segment CSV: Speech, Male speech
+        "--ZhevVpy1s_30000": [0.0, 0.0, 1.0, 1.0],
+        "YYa1b2c3d4e5": [0.0, 0.0, 0.0, 1.0],
+        "-0DLPzsiXXE": [1.0, 0.0, 0.0, 0.0],
+    }
+    local = sf.read(str(audioset["audio"] / "bal" / "-0DLPzsiXXE.wav"))[0]
+    prepared = next(e.wav for e in train.entries if e.wav.stem == "-0DLPzsiXXE")
+    assert (sf.read(str(prepared))[0] == local).all()  # the local clip, not the outside file
+    assert all(e.wav.is_relative_to(out) or e.wav.is_relative_to(audioset["audio"])
+               for e in train.entries)
+
+
+def test_prepare_audioset_cli_takes_datafiles(audioset: dict[str, Path], tmp_path: Path):
+    enhanced = write_json_datafile(tmp_path / "train.json", [("--PJHxphWEs_0.000.flac",
+                                                              "/m/09x0r")])
+    common = ["prepare", "audioset", "--labels", str(audioset["labels"]), "--audio-dir",
+              str(audioset["audio"]), "--target-length", "64", "--quiet"]
+    result = CliRunner().invoke(app, [*common, "--datafile", f"train={enhanced}", "--segments",
+                                      str(audioset["eval"]), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert load_manifest(tmp_path / "o").counts == {"train": 1, "eval": 2}
+    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and "--datafile" in result.output
+    (tmp_path / "bad.json").write_text('{"data": [{"wav": "x.wav"}]}')
+    result = CliRunner().invoke(app, [*common, "--datafile", str(tmp_path / "bad.json"),
+                                      "--out", str(tmp_path / "o3")])
+    assert result.exit_code == 2 and "entry 0 lacks 'wav' or 'labels'" in result.output

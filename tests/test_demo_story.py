@@ -43,7 +43,7 @@ def demo_sweep(small_demo, tmp_path_factory) -> Path:
     invoke("distill", "--recipe", "demo", "--teacher", "none", "--r", "4",
            "--out", str(runs / "tome"), *common)
     invoke("distill", "--recipe", "demo-distill", "--r", "4", "--teacher-checkpoint",
-           str(runs / "teacher/best.pt"), "--out", str(runs / "tome-kd"), *common)
+           str(runs / "teacher/last.pt"), "--out", str(runs / "tome-kd"), *common)
     out = runs / "sweep.csv"
     invoke("sweep", "--data", str(small_demo), "--r", "0,4,8", "--device", "cpu",
            "--warmup", "0", "--runs", "1", "--batch-size", "2",

@@ -40,6 +40,11 @@ WarmupSteps = Annotated[int | None, typer.Option(
 Seed = Annotated[int | None, typer.Option(help="Seed of initialisation, order and augmentation.")]
 Device = Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 Fold = Annotated[int | None, typer.Option(help="Cross-validation fold (ESC-50, demo).")]
+NormStats = Annotated[str | None, typer.Option(
+    help="Input mean/std: measured on the training clips (per fold; the default), or ast: "
+    "AST's constants of AudioSet, ESC-50 or Speech Commands, one for every fold (their "
+    "shipped recipes use them). Stored in the checkpoint.",
+    show_default=False)]
 Workers = Annotated[int | None, typer.Option(min=0, help="Data-loader worker processes.")]
 Pretrained = Annotated[Path | None, typer.Option(
     help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet CNN.")]
@@ -166,6 +171,7 @@ def train_teacher(
     lr: Lr = None,
     warmup_steps: WarmupSteps = None,
     fold: Fold = None,
+    norm_stats: NormStats = None,
     seed: Seed = None,
     device: Device = None,
     num_workers: Workers = None,
@@ -186,7 +192,8 @@ def train_teacher(
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size,
         "per_process_batch": per_process_batch, "lr": lr,
-        "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
+        "warmup_steps": warmup_steps, "fold": fold, "norm_stats": norm_stats, "seed": seed,
+        "device": device,
         "num_workers": num_workers, "method": method_name(method),
         "teacher": "none",
     }, resume, overwrite, quiet)
@@ -232,6 +239,7 @@ def distill(
     lr: Lr = None,
     warmup_steps: WarmupSteps = None,
     fold: Fold = None,
+    norm_stats: NormStats = None,
     seed: Seed = None,
     device: Device = None,
     num_workers: Workers = None,
@@ -257,6 +265,6 @@ def distill(
         "size": model, "pretrained": pretrained,
         "epochs": epochs, "batch_size": batch_size,
         "per_process_batch": per_process_batch, "lr": lr, "warmup_steps": warmup_steps,
-        "fold": fold, "seed": seed,
+        "fold": fold, "norm_stats": norm_stats, "seed": seed,
         "device": device, "num_workers": num_workers,
     }, resume, overwrite, quiet)

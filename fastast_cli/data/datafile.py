@@ -93,6 +93,13 @@ def resolve_wav(wav: str, datafile_dir: Path) -> Path:
 def read_datafile(path: str | os.PathLike[str]) -> list[Entry]:
     """Entries of an AST JSON datafile, with wav paths resolved."""
     path = Path(path)
+    return [Entry(resolve_wav(wav, path.parent), mids) for wav, mids in read_datafile_rows(path)]
+
+
+def read_datafile_rows(path: str | os.PathLike[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """(wav string as written, label mids) per entry of an AST JSON datafile; nothing resolved.
+    `labels` is AST's comma-separated string (a list of strings is taken too)."""
+    path = Path(path)
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -106,13 +113,14 @@ def read_datafile(path: str | os.PathLike[str]) -> list[Entry]:
         raise FastASTError(
             f'{path}: expected an AST datafile {{"data": [{{"wav": ..., "labels": ...}}]}}'
         )
-    entries = []
+    rows = []
     for i, row in enumerate(data):
         if not isinstance(row, dict) or "wav" not in row or "labels" not in row:
             raise FastASTError(f"{path}: entry {i} lacks 'wav' or 'labels'")
-        mids = tuple(m.strip() for m in str(row["labels"]).split(",") if m.strip())
-        entries.append(Entry(resolve_wav(str(row["wav"]), path.parent), mids))
-    return entries
+        labels = row["labels"]
+        parts = labels if isinstance(labels, list) else str(labels).split(",")
+        rows.append((str(row["wav"]), tuple(str(m).strip() for m in parts if str(m).strip())))
+    return rows
 
 
 def datafile_wav(wav: Path, datafile_dir: Path) -> str:

@@ -28,7 +28,10 @@ FRAME_SHIFT_MS = 10.0
 FRAME_LENGTH_MS = 25.0
 MIN_FRAMES = 16  # the fewest frames a native-length clip may have: one 16-frame patch
 
-# (mean, std) of the fbank published with AST, for data whose stats were never measured.
+# (mean, std) of the raw fbank that AST (Gong et al. 2021) normalizes each dataset with, the same
+# for every fold: `dataset_mean`/`dataset_std` of its egs/audioset/run.sh, egs/esc50/run_esc.sh
+# and egs/speechcommands/run_sc.sh. Recipes name them with `norm_stats: ast`; original AST
+# checkpoints, which store none, are read with them.
 AST_NORM_STATS: dict[str, tuple[float, float]] = {
     "audioset": (-4.2677393, 4.5689974),
     "esc50": (-6.6268077, 5.358466),

@@ -37,12 +37,17 @@ import yaml
 
 from fastast_cli.atomic import write_text
 from fastast_cli.data.datafile import read_datafile, read_labels_csv
+from fastast_cli.data.features import AST_NORM_STATS
 from fastast_cli.errors import FastASTError
 
 if TYPE_CHECKING:
     from fastast_cli.data.dataset import ASTDataset
 
 MANIFEST_NAME = "manifest.yaml"
+# Where a run's input mean/std come from: `measured` on the manifest's training clips (per fold
+# for cross-validation data), or `ast`: the constants AST published for its dataset and used for
+# every fold (AST_NORM_STATS; AudioSet, ESC-50 and Speech Commands only).
+NORM_SOURCES = ("measured", "ast")
 MANIFEST_HEADER = "# fastast prepared dataset: pass this file (or its folder) as --data.\n"
 FORMAT_VERSION = 1
 
@@ -166,8 +171,20 @@ class Manifest:
             )
         return self.splits[split]
 
-    def norm_stats(self, fold: int | None = None) -> tuple[float, float]:
-        """(mean, std) to normalize with: the fold's own when there are folds, else global."""
+    def norm_stats(self, fold: int | None = None,
+                   source: str = "measured") -> tuple[float, float]:
+        """(mean, std) to normalize with. `measured`: the fold's own when there are folds, else
+        global; `ast`: AST's published constants of this dataset, the same for every fold."""
+        if source == "ast":
+            if self.dataset not in AST_NORM_STATS:
+                raise FastASTError(
+                    f"norm_stats ast: AST published input statistics for "
+                    f"{', '.join(AST_NORM_STATS)} only, not for this {self.dataset!r} dataset "
+                    f"({self.path}); use norm_stats measured"
+                )
+            return AST_NORM_STATS[self.dataset]
+        if source != "measured":
+            raise FastASTError(f"norm_stats must be {' or '.join(NORM_SOURCES)}, not {source!r}")
         if self.folds and (fold is not None or self.default_fold is not None):
             chosen = self._fold(fold)
             return chosen.mean, chosen.std
@@ -178,11 +195,13 @@ class Manifest:
         value = self.extras.get(key)
         return (self.root / value).resolve() if isinstance(value, str) else None
 
-    def dataset_for(self, split: str, fold: int | None = None, **options: Any) -> ASTDataset:
-        """An `ASTDataset` of `split` with this manifest's features; `options` go to it."""
+    def dataset_for(self, split: str, fold: int | None = None,
+                    stats: tuple[float, float] | None = None, **options: Any) -> ASTDataset:
+        """An `ASTDataset` of `split` with this manifest's features, normalized with `stats`
+        (mean, std; default: the measured `norm_stats(fold)`); `options` go to it."""
         from fastast_cli.data.dataset import ASTDataset
 
-        mean, std = self.norm_stats(fold)
+        mean, std = stats or self.norm_stats(fold)
         return ASTDataset(
             self.datafile(split, fold),
             self.labels_csv,

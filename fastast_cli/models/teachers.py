@@ -6,8 +6,16 @@ normalized fbank as the AST student, then pools and classifies:
     fbank [B, T, F] → image [B, 1, F, T] → features [B, C, f, t] → pooling → logits [B, classes]
 
 `mean` pooling averages over frequency and time, then a linear layer (CMKD's CNN teacher).
-`attention` pooling averages over frequency, then 4-head attention over time (PSLA's pooling),
-returning logits rather than PSLA's probabilities, so the temperature τ applies directly.
+`attention` pooling is PSLA's (Gong, Chung and Glass 2021, "PSLA: Improving Audio Tagging with
+Pretraining, Sampling, Labeling, and Aggregation"; its code's `MHeadAttention`): features
+averaged over frequency, then per head a sigmoid attention over time normalised by its sum,
+sigmoid class scores, their attention-weighted sum, and the heads added with learned weights.
+PSLA outputs those probabilities; here the model returns their logits log(p / (1 − p)), so that
+every classifier returns logits and the temperature τ applies to them.
+
+Checkpoints written before PSLA's pooling (their config has no `pooling_version`) hold a softmax
+attention under the name `attention`; they load with it (`SoftmaxAttentionPool`) and score as
+they always did.
 """
 
 from __future__ import annotations
@@ -29,6 +37,13 @@ BACKBONES = {
     "mobilenetv3-small": "mobilenetv3_small_100",
 }
 POOLINGS = ("mean", "attention")
+# What `attention` means: 1 = the softmax attention of checkpoints written before PSLA's pooling
+# (kept only to load them), 2 = PSLA's. New models get POOLING_VERSION.
+SOFTMAX_POOLING_VERSION = 1
+POOLING_VERSION = 2
+# PSLA clamps its attention to [ε, 1 − ε] before normalising; the probabilities are clamped the
+# same way before they become logits, so a logit is finite (|logit| <= 16.1).
+PSLA_EPSILON = 1e-7
 # Input of a CNN whose checkpoint does not record its own (AST's AudioSet input).
 DEFAULT_FRAMES = 1024
 DEFAULT_MEL_BINS = 128
@@ -43,6 +58,12 @@ class CNNConfig(ConfigRecord):
     pooling: str = "mean"
     heads: int = 4
     labels: list[str] = field(default_factory=list)
+    pooling_version: int = POOLING_VERSION
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CNNConfig:
+        """A stored config; one without `pooling_version` predates PSLA's pooling."""
+        return super().from_dict({"pooling_version": SOFTMAX_POOLING_VERSION, **values})
 
 
 class MeanPool(nn.Module):
@@ -56,8 +77,48 @@ class MeanPool(nn.Module):
         return self.fc(features.mean(dim=(2, 3)))
 
 
-class AttentionPool(nn.Module):
-    """features [B, C, f, t] → mean over f → per-head softmax attention over t → logits [B, K]."""
+class PSLAAttentionPool(nn.Module):
+    """PSLA's multi-head attention pooling; features [B, C, f, t] → logits [B, K].
+
+    Per head h, on the frequency-averaged frames x_t [C]:
+        a_ht = clamp(sigmoid(W_a,h x_t + b_a,h), ε, 1 − ε)     attention [K]
+        c_ht = sigmoid(W_c,h x_t + b_c,h)                      class scores [K]
+        p_h  = Σ_t (a_ht / Σ_t' a_ht') c_ht                    [K]
+    p = Σ_h w_h p_h with learned head weights w (initially 1/H); logits = log(p / (1 − p)),
+    p clamped to [ε, 1 − ε]. Computed in float32 (1 − ε is not a float16).
+    """
+
+    def __init__(self, channels: int, num_classes: int, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.num_classes = heads, num_classes
+        self.attention = nn.Linear(channels, heads * num_classes)
+        self.classify = nn.Linear(channels, heads * num_classes)
+        self.head_weights = nn.Parameter(torch.full((heads,), 1.0 / heads))
+        for layer in (self.attention, self.classify):  # He-uniform weights, zero bias (PSLA)
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """PSLA's output: clip-level probabilities [B, K]."""
+        with torch.autocast(features.device.type, enabled=False):
+            frames = features.float().mean(dim=2).transpose(1, 2)  # [B, t, C]
+            shape = (*frames.shape[:2], self.heads, self.num_classes)
+            attention = self.attention(frames).sigmoid().reshape(shape)  # [B, t, H, K]
+            attention = attention.clamp(PSLA_EPSILON, 1 - PSLA_EPSILON)
+            attention = attention / attention.sum(dim=1, keepdim=True)  # over time
+            scores = self.classify(frames).sigmoid().reshape(shape)  # [B, t, H, K]
+            per_head = (attention * scores).sum(dim=1)  # [B, H, K]
+            return (per_head * self.head_weights[:, None]).sum(dim=1)  # [B, K]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        probabilities = self.probabilities(features).clamp(PSLA_EPSILON, 1 - PSLA_EPSILON)
+        return probabilities.log() - (1 - probabilities).log()  # [B, K]
+
+
+class SoftmaxAttentionPool(nn.Module):
+    """The `attention` pooling of checkpoints written before PSLA's (pooling_version 1), kept
+    only so that they load and score unchanged: features [B, C, f, t] → mean over f → per-head
+    softmax attention over t of linear scores → mean over heads → logits [B, K]."""
 
     def __init__(self, channels: int, num_classes: int, heads: int = 4) -> None:
         super().__init__()
@@ -74,7 +135,7 @@ class AttentionPool(nn.Module):
 
 
 class CNNClassifier(nn.Module):
-    """A 1-channel timm CNN with mean or attention pooling; `model(fbank)` → logits."""
+    """A 1-channel timm CNN with mean or PSLA attention pooling; `model(fbank)` → logits."""
 
     architecture = "cnn"  # the checkpoint tag (see models.checkpoints.save_checkpoint)
     merges_tokens = False
@@ -87,17 +148,14 @@ class CNNClassifier(nn.Module):
             )
         if config.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {config.pooling!r}: use mean or attention")
+        if config.pooling_version not in (SOFTMAX_POOLING_VERSION, POOLING_VERSION):
+            raise ValueError(f"unknown pooling version {config.pooling_version!r}")
         self.config = config
         self.meta: dict[str, Any] = {}
         self.backbone = timm.create_model(
             BACKBONES[config.backbone], pretrained=False, in_chans=1, num_classes=0, global_pool=""
         )
-        channels = self.backbone.num_features
-        self.pool = (
-            MeanPool(channels, config.num_classes)
-            if config.pooling == "mean"
-            else AttentionPool(channels, config.num_classes, config.heads)
-        )
+        self.pool = pooling_layer(config, self.backbone.num_features)
 
     @property
     def labels(self) -> list[str]:
@@ -114,6 +172,15 @@ class CNNClassifier(nn.Module):
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         image = fbank.unsqueeze(1).transpose(2, 3)  # [B, 1, F, T]
         return self.pool(self.backbone.forward_features(image))  # [B, C, f, t] pooled
+
+
+def pooling_layer(config: CNNConfig, channels: int) -> nn.Module:
+    """The pooling head `config` names, over `channels` backbone features."""
+    if config.pooling == "mean":
+        return MeanPool(channels, config.num_classes)
+    if config.pooling_version == SOFTMAX_POOLING_VERSION:
+        return SoftmaxAttentionPool(channels, config.num_classes, config.heads)
+    return PSLAAttentionPool(channels, config.num_classes, config.heads)
 
 
 def imagenet_to_one_channel(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

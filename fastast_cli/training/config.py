@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from fastast_cli.data.manifest import NORM_SOURCES
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import SIZES
 from fastast_cli.models.reduction import METHODS
@@ -77,6 +78,9 @@ class TrainConfig:
     timem: int = 0
     mixup: float = 0.0
     noise: bool = False
+    # Input mean/std: measured on the training clips (per fold), or ast: AST's published
+    # constants of the dataset (AudioSet, ESC-50, Speech Commands), one for every fold.
+    norm_stats: str = "measured"
     cache: bool = True  # fbank cache in the dataset's cache folder
     num_workers: int = 2
     # Optimisation (AST recipe).
@@ -130,6 +134,8 @@ class TrainConfig:
             problems.append(f"size must be one of {', '.join(SIZES)}, not {self.size!r}")
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be mean or attention, not {self.pooling!r}")
+        if self.norm_stats not in NORM_SOURCES:
+            problems.append(f"norm_stats must be measured or ast, not {self.norm_stats!r}")
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.schedule not in SCHEDULES:

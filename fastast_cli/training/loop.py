@@ -108,7 +108,7 @@ class Trainer:
         self.reporter = reporter if ranks.is_main else SilentReporter()
         self.out = Path(config.out or "run")
         self.manifest: Manifest = load_manifest(config.data or "")
-        self.mean, self.std = self.manifest.norm_stats(config.fold)
+        self.mean, self.std = self.manifest.norm_stats(config.fold, config.norm_stats)
         self.use_amp = config.amp and device.type == "cuda"
         torch.manual_seed(config.seed)  # the model's initial weights
         self.train_items = SeededItems(self._dataset("train", training=True), config.seed)
@@ -281,7 +281,8 @@ class Trainer:
         """The teacher's logits of every clean (fixed-length) training clip, once per run."""
         assert self.teacher is not None
         options = {"cache_dir": self.manifest.cache_dir} if self.config.cache else {}
-        clean = self.manifest.dataset_for("train", self.config.fold, **options)
+        clean = self.manifest.dataset_for("train", self.config.fold, (self.mean, self.std),
+                                          **options)
         if self.teacher_view is not None and self.teacher_view.wave is not None:
             self.teacher_view.give(clean)  # its audio; the clean clips are at q = 1 already
         return cached_teacher_logits(

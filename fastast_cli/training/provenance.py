@@ -59,6 +59,6 @@ def check_teacher_data(
         raise FastASTError(
             f"the teacher {path} was trained for fold {meta['fold']}, so it has seen fold "
             f"{number}'s evaluation clips: use the fold-{number} teacher (a teacher path with "
-            "{fold}, e.g. runs/esc50-cnn-teacher-fold{fold}/best.pt, picks it)"
+            "{fold}, e.g. runs/esc50-cnn-teacher-fold{fold}/last.pt, picks it)"
         )
     return None

@@ -22,6 +22,8 @@ from fastast_cli.models.checkpoints import read_checkpoint
 # Settings that may differ when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "out", "data", "cache", "amp"})
 STATE_KEYS = ("optimizer", "scaler", "progress", "averaged")
+# Settings added after runs were saved without them: the value those runs used.
+SAVED_BEFORE_THEY_EXISTED = {"norm_stats": "measured"}
 
 
 @dataclass
@@ -72,7 +74,7 @@ def check_resumable(path: Path, saved: dict[str, Any], current: dict[str, Any],
     """Refuse to resume with settings other than the run's (`saved`: its train_config), except
     those in RESUMABLE_CHANGES. A run saved before warm-up had a default, with the default's
     `warmup_steps`, resumes without --warmup-steps."""
-    saved = dict(saved)
+    saved = {**SAVED_BEFORE_THEY_EXISTED, **saved}
     if current.get("warmup_steps") is None and saved.get("warmup_steps") == warmup_steps:
         saved["warmup_steps"] = None
     changed = [key for key, value in current.items()

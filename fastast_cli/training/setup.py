@@ -42,7 +42,7 @@ def run_dataset(config: TrainConfig, manifest: Manifest, split: str, training: b
             resolutions=(low, high) if training else (1.0, 1.0),
             discrete=config.resolution_sampling == "discrete", **options,
         )
-    return manifest.dataset_for(split, config.fold, **options)
+    return manifest.dataset_for(split, config.fold, (mean, std), **options)
 
 
 def run_model(config: TrainConfig, manifest: Manifest, note: Callable[[str], None]) -> nn.Module:
@@ -79,7 +79,8 @@ def model_meta(config: TrainConfig, manifest: Manifest, mean: float, std: float,
     """What evaluate/sweep/predict need besides the weights; with an epoch's log `row`, that
     epoch and its validation metrics."""
     meta: dict[str, Any] = {
-        "mean": mean, "std": std, "target_length": manifest.target_length,
+        "mean": mean, "std": std, "norm_stats": config.norm_stats,
+        "target_length": manifest.target_length,
         "num_mel_bins": manifest.num_mel_bins,  # a CNN's input_spec() reads both
         "dataset": manifest.dataset, "r": config.r, "schedule": config.schedule,
         "loss": config.loss, "metric": config.metric, **data_record(manifest, config.fold),

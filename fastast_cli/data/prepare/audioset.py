@@ -1,22 +1,30 @@
-"""AudioSet: datafiles for the segment-list clips that exist locally.
+"""AudioSet: datafiles for the listed clips that exist locally.
 
-Inputs: segment CSVs (`YTID, start_seconds, end_seconds, positive_labels` after `#` comment
-lines), `class_labels_indices.csv`, and a folder of clips named by YouTube id: `<YTID>.*`,
-`Y<YTID>.*` or `<YTID>_<anything>.*`, searched recursively. Every real copy of AudioSet misses
-some clips: they are counted and listed in prepare.log, never an error.
+Inputs: the clips' labels from segment CSVs (`YTID, start_seconds, end_seconds, positive_labels`
+after `#` comment lines) and/or from AST/PSLA JSON datafiles (`{"data": [{"wav": ..., "labels":
+"/m/a,/m/b"}]}`, e.g. PSLA's enhanced balanced labels `balanced_train_data_type1_2_mean.json`,
+on which AST's 0.350 mAP was trained); `class_labels_indices.csv`; and a folder of clips named by
+YouTube id: `<YTID>.*`, `Y<YTID>.*` or `<YTID>_<anything>.*`, searched recursively. Every real
+copy of AudioSet misses some clips: they are counted and listed in prepare.log, never an error.
 
-Split names: `--segments NAME=CSV`, or from the file name (`eval` in it → `eval`, `unbalanced`
-→ `unbalanced_train`, otherwise `train`); several CSVs with one name are concatenated.
+A datafile's `wav` was written on another machine: only its file name counts, as a key to a
+local clip (the name itself, else the YouTube id it starts with, after an optional `Y`, as in
+AST's `<YTID>_<start>.flac`); the path is never opened.
+
+Split names: `--segments NAME=CSV` / `--datafile NAME=JSON`, or from the file name (`eval` in it
+→ `eval`, `unbalanced` → `unbalanced_train`, otherwise `train`); several lists with one name are
+concatenated.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
-from fastast_cli.data.datafile import read_labels_csv
+from fastast_cli.data.datafile import read_datafile_rows, read_labels_csv
 from fastast_cli.data.prepare.conversion import Clip, process_clips, sum_stats
 from fastast_cli.data.prepare.outputs import finish, write_labels, write_split
 from fastast_cli.data.prepare.workspace import PrepareReport, Workspace, written_by_prepare
@@ -25,6 +33,19 @@ from fastast_cli.errors import FastASTError
 
 AUDIOSET_TARGET_LENGTH = 1024
 YTID_LENGTH = 11
+YTID = re.compile(r"[A-Za-z0-9_-]{11}")
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One clip a list names: its split, how it is shown in the log, its label mids, the list
+    it comes from, and the keys (tried in order) that find it among the local clips."""
+
+    split: str
+    shown: str
+    mids: list[str]
+    source: Path
+    keys: tuple[str, ...]
 
 
 def split_name(spec: str) -> tuple[str, Path]:
@@ -55,6 +76,39 @@ def read_segments(path: Path) -> list[tuple[str, list[str]]]:
             mids = [m.strip() for m in ",".join(row[3:]).strip('"').split(",") if m.strip()]
             rows.append((row[0].strip(), mids))
     return rows
+
+
+def datafile_keys(wav: str) -> tuple[str, ...]:
+    """Keys of a datafile's `wav` among the local clips: its file name's stem, then the YouTube
+    id that stem starts with (after an optional `Y`). Only the name counts, never its folders:
+    `/data/audio/eval/--4gqARaEJE_0.000.flac` → (`--4gqARaEJE_0.000`, `--4gqARaEJE`)."""
+    stem = PurePosixPath(PureWindowsPath(wav).name).stem  # both / and \\ end a folder name
+    keys = [stem] if stem not in ("", ".", "..") else []
+    for candidate in (stem, stem[1:] if stem.startswith("Y") else ""):
+        head, rest = candidate[:YTID_LENGTH], candidate[YTID_LENGTH:]
+        if YTID.fullmatch(head) and rest[:1] in ("", "_", "."):
+            keys.append(head)
+            break
+    return tuple(dict.fromkeys(keys))
+
+
+def read_listed(segments: list[str], datafiles: list[str]) -> list[Listed]:
+    """Every clip the segment CSVs and the datafiles name, in the order given."""
+    listed = [
+        Listed(name, ytid, mids, path, (ytid,))
+        for name, path in map(split_name, segments)
+        for ytid, mids in read_segments(path.expanduser())
+    ]
+    for name, path in map(split_name, datafiles):
+        path = path.expanduser()
+        if not path.is_file():
+            raise FastASTError(f"--datafile {path} does not exist (expected an AST/PSLA JSON "
+                               "datafile, e.g. balanced_train_data_type1_2_mean.json)")
+        for wav, mids in read_datafile_rows(path):
+            keys = datafile_keys(wav)
+            shown = keys[-1] if keys and keys[-1].isprintable() else ascii(wav)  # one log line
+            listed.append(Listed(name, shown, list(mids), path, keys))
+    return listed
 
 
 def index_audio(audio_dir: Path, workspace: Workspace) -> dict[str, Path]:
@@ -90,46 +144,52 @@ def prepare_audioset(
     audio_dir: Path,
     out: Path,
     *,
+    datafiles: list[str] | None = None,
     target_length: int = AUDIOSET_TARGET_LENGTH,
 ) -> PrepareReport:
-    """Prepare the locally present clips of AudioSet segment lists into `out`."""
-    if not segments:
-        raise FastASTError("pass at least one --segments CSV (e.g. balanced_train_segments.csv)")
+    """Prepare the locally present clips that the segment CSVs and AST/PSLA `datafiles` list
+    into `out`, with the labels each list gives."""
+    datafiles = datafiles or []
+    if not segments and not datafiles:
+        raise FastASTError("pass at least one --segments CSV (e.g. balanced_train_segments.csv) "
+                           "or --datafile (e.g. PSLA's balanced_train_data_type1_2_mean.json)")
     workspace = Workspace.open(out, "audioset", target_length)
     labels = read_labels_csv(labels_csv)
     root = audio_dir.expanduser().resolve()
     audio = index_audio(root, workspace)
-    listed = [
-        (name, ytid, mids, path)
-        for name, path in map(split_name, segments)
-        for ytid, mids in read_segments(path.expanduser())
-    ]
-    has_train = any(name.endswith("train") for name, *_ in listed)
-    unknown = {m for *_, mids, _ in listed for m in mids if m not in labels.index}
+    listed = read_listed(segments, datafiles)
+    has_train = any(item.split.endswith("train") for item in listed)
+    unknown = {m for item in listed for m in item.mids if m not in labels.index}
     clips: list[Clip] = []
     split_of: list[str] = []
-    for name, ytid, mids, path in listed:
-        if ytid not in audio:
-            workspace.report.missing.append(f"{ytid}\t({path.name})")
+    for item in listed:
+        source = next((audio[key] for key in item.keys if key in audio), None)
+        if source is None:
+            workspace.report.missing.append(f"{item.shown}\t({item.source.name})")
             continue
-        source = audio[ytid]
         clips.append(
             Clip(
                 source,
-                [m for m in mids if m in labels.index],
+                [m for m in item.mids if m in labels.index],
                 source.relative_to(root).with_suffix(".wav").as_posix(),
-                name.endswith("train") or not has_train,
+                item.split.endswith("train") or not has_train,
             )
         )
-        split_of.append(name)
+        split_of.append(item.split)
     report = workspace.report
     report.notes.append(
         f"{len(report.missing)} of {len(listed)} listed clips are missing from {root}"
     )
+    sources: dict[str, list[str]] = {}
+    for item in listed:
+        named = sources.setdefault(item.split, [])
+        if item.source.name not in named:
+            named.append(item.source.name)
+    report.notes += [f"{split} labels from {', '.join(names)}" for split, names in sources.items()]
     if unknown:
         report.notes.append(
             f"{len(unknown)} label mids not in {labels_csv.name} were dropped: "
-            + ", ".join(sorted(unknown)[:10])
+            + ", ".join(m if m.isprintable() else ascii(m) for m in sorted(unknown)[:10])
         )
     if not clips:
         raise workspace.fail(

@@ -22,6 +22,7 @@ from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.epoch_logs import fold_epoch_results, read_epoch_log, run_log
 from fastast_cli.evaluation.evaluate import (
     check_evaluation_out,
     check_labels,
@@ -76,7 +77,9 @@ def evaluate(
         "(another fold is refused: its clips were among the checkpoint's training clips)."))
     ] = None,
     folds: Annotated[str | None, typer.Option(
-        help="Several folds, e.g. 1-5: mean ± std over folds (one checkpoint per fold).")] = None,
+        help="Several folds, e.g. 1-5: mean ± std over folds (one checkpoint per fold), and "
+        "from the log.csv beside each fold's checkpoint both ways of reporting them: AST's "
+        "best epoch of the fold mean, and the last epoch.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
     out: Annotated[Path | None, typer.Option(
@@ -141,10 +144,34 @@ def evaluate(
                      **{key: f"{m:.4f} ± {sd:.4f}" for key, (m, sd) in spread.items()}})
     title = f"{checkpoint} on {manifest.path}, {split} split{''.join(sorted(settings))}"
     console.print(rich_table(title, rows, COLUMNS))
+    if folds:
+        print_epoch_results(checkpoint, chosen, evaluation.headline, manifest.selection_split)
     for note in sorted(notes):
         console.print(f"note: {note}")
     if out is not None:
         console.print(f"wrote metrics.json, per_class.csv and predictions.csv under {out}")
+
+
+def print_epoch_results(checkpoint: str, folds: list[int], metric: str, split: str) -> None:
+    """The folds' mean ± std from the runs' per-epoch logs (log.csv beside each fold's
+    checkpoint), named: AST's best epoch of the fold-mean curve and the last epoch."""
+    logs = [run_log(checkpoint.replace("{fold}", str(number))) for number in folds]
+    curves = [read_epoch_log(log, metric) for log in logs]
+    missing = [f"fold {number} ({log})" for number, log, curve in zip(folds, logs, curves,
+                                                                     strict=True) if not curve]
+    if missing:
+        console.print(f"note: no per-epoch {metric} logged for {', '.join(missing)}: the "
+                      "best-epoch and last-epoch means need each fold's run folder (log.csv)")
+        return
+    results = fold_epoch_results(curves)
+    if not results:
+        console.print("note: the folds' log.csv files share no epoch: no per-epoch means")
+        return
+    console.print(f"From the runs' per-epoch logs ({metric} on the {split} split each run "
+                  "validated on; mean ± std over folds):")
+    for result in results:
+        console.print(f"  {result.name}: epoch {result.epoch}, "
+                      f"{result.mean:.4f} ± {result.std:.4f}")
 
 
 def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, merging: dict,

@@ -51,6 +51,7 @@ class Evaluation:
     merging: MergeSettings | None = None  # token merging the model ran with (ASTs)
     stats_note: str | None = None  # where the input mean/std came from, when it was assumed
     capped_note: str | None = None  # r asks for more merging than the tokens allow
+    headline: str = "accuracy"  # the checkpoint's headline metric (`headline_metric`)
 
     @property
     def excluded_classes(self) -> list[str]:
@@ -99,6 +100,15 @@ def check_labels(model: nn.Module, manifest: Manifest, checkpoint: PathLike) -> 
         )
     if labels and labels != manifest.label_names:
         raise FastASTError(f"{checkpoint} was trained on other labels than {manifest.path}")
+
+
+def headline_metric(model: nn.Module, manifest: Manifest) -> str:
+    """A checkpoint's headline metric: the one it was selected by, else mAP for AudioSet and
+    accuracy for the other datasets."""
+    chosen = (getattr(model, "meta", {}) or {}).get("metric")
+    if chosen in ("accuracy", "mAP"):
+        return chosen
+    return "mAP" if manifest.dataset == "audioset" else "accuracy"
 
 
 def scored_fold(model: nn.Module, manifest: Manifest, fold: int | None, name: str) -> int | None:
@@ -194,7 +204,7 @@ def evaluate_model(
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
                       getattr(model, "merge_settings", None),
-                      spec.stats_note)
+                      spec.stats_note, headline=headline_metric(model, manifest))
 
 
 def check_evaluation_out(out: Path) -> None:

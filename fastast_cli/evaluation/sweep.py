@@ -41,6 +41,7 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import (
     check_labels,
     evaluate_model,
+    headline_metric,
     mean_and_std,
     scored_fold,
 )
@@ -225,14 +226,6 @@ def plan_sweep(
     return plan
 
 
-def metric_name(model: nn.Module, manifest: Manifest) -> str:
-    """The run's headline metric: the checkpoint's own, else mAP for AudioSet, accuracy else."""
-    chosen = (getattr(model, "meta", {}) or {}).get("metric")
-    if chosen in ("accuracy", "mAP"):
-        return chosen
-    return "mAP" if manifest.dataset == "audioset" else "accuracy"
-
-
 class SweepMeasurement:
     """The measuring side of a `SweepPlan`: every checkpoint's labels and scored clips checked
     before any timing (folds after the first are read again when scored), the metric named
@@ -256,7 +249,7 @@ class SweepMeasurement:
                 model = self.checked(run, r, fold)  # every checkpoint checked before timing
                 if (r, fold) == (plan.rs[0], options.folds[0]):
                     self.models[run.name, fold] = model
-        self.metric = plan.metric or metric_name(self.first_model(), manifest)
+        self.metric = plan.metric or headline_metric(self.first_model(), manifest)
 
     def first_model(self) -> nn.Module:
         """A model whose checkpoint names the metric: the first loaded, else the first run's."""

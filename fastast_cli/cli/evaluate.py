@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.cli._app import Quiet, app, console, user_errors
-from fastast_cli.cli._backend import BackendOption, OnnxOption
+from fastast_cli.cli._backend import BackendOption, DtypeOption, OnnxOption, check_dtype
 from fastast_cli.cli._merging import (
     MethodOption,
     ProportionalAttentionOption,
@@ -95,11 +95,13 @@ def evaluate(
         "1,2,4.")] = None,
     backend: BackendOption = "torch",
     onnx: OnnxOption = None,
+    dtype: DtypeOption = "fp32",
     quiet: Quiet = False,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out.
     Under torchrun each process scores its shard of the clips; the first one writes."""
     set_progress(not quiet)
+    check_dtype(dtype, [backend])
     if folds and onnx is not None:
         raise FastASTError("--onnx is the graph of one checkpoint, --folds scores one checkpoint "
                            "per fold: leave --onnx out (each fold's checkpoint is exported into "
@@ -115,7 +117,8 @@ def evaluate(
         if backend != "torch" or onnx is not None:
             raise FastASTError("--lengths and --resolutions run on the torch backend")
         length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", merging=merging,
-                     split=split, fold=fold, batch_size=batch_size, device=device, out=out)
+                     split=split, fold=fold, batch_size=batch_size, device=device, out=out,
+                     dtype=dtype)
         return
     if folds and "{fold}" not in checkpoint:
         raise FastASTError("--folds needs a --checkpoint pattern holding {fold}, e.g. "
@@ -130,7 +133,7 @@ def evaluate(
         evaluation = evaluate_checkpoint(
             path, manifest, split=split, fold=number, batch_size=batch_size,
             device=resolve_device(device), backend=check_backend(backend), onnx_file=onnx,
-            **merging,
+            dtype=dtype, **merging,
         )
         settings.add(merging_line(evaluation.merging))
         notes.update(evaluation.notes())
@@ -142,7 +145,8 @@ def evaluate(
         spread = {key: mean_and_std([s[key] for s in summaries]) for key in METRICS}
         rows.append({"fold": "mean ± std",
                      **{key: f"{m:.4f} ± {sd:.4f}" for key, (m, sd) in spread.items()}})
-    title = f"{checkpoint} on {manifest.path}, {split} split{''.join(sorted(settings))}"
+    title = (f"{checkpoint} on {manifest.path}, {split} split, {dtype}"
+             f"{''.join(sorted(settings))}")
     console.print(rich_table(title, rows, COLUMNS))
     if folds:
         print_epoch_results(checkpoint, chosen, evaluation.headline, manifest.selection_split)
@@ -176,7 +180,7 @@ def print_epoch_results(checkpoint: str, folds: list[int], metric: str, split: s
 
 def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, merging: dict,
                  split: str, fold: int | None, batch_size: int, device: str,
-                 out: Path | None) -> None:
+                 out: Path | None, dtype: str = "fp32") -> None:
     """Metric per clip length and time resolution, as a table (and lengths.csv in --out)."""
     if out is not None:
         check_table_target(out / "lengths.csv", LENGTH_COLUMNS)
@@ -187,8 +191,8 @@ def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, m
         console.print(note)
     rows = evaluate_lengths(model, manifest, parse_lengths(lengths), parse_resolutions(resolutions),
                             split=split, fold=fold, batch_size=batch_size,
-                            device=resolve_device(device))
-    title = (f"{checkpoint} by clip length and time resolution, {split} split"
+                            device=resolve_device(device), dtype=dtype)
+    title = (f"{checkpoint} by clip length and time resolution, {split} split, {dtype}"
              f"{merging_line(model)}")
     console.print(rich_table(title, rows, LENGTH_COLUMNS))
     if out is not None:

@@ -37,6 +37,7 @@ from torch import nn
 
 from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import Manifest
+from fastast_cli.devices import device_label
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import (
     check_labels,
@@ -93,8 +94,10 @@ class SweepOptions:
     (None: the dataset's reporting split, `Manifest.eval_split`); batch_size: the timing batch
     (None: `default_batch_size`, filling the device); schedule, proportional_attention: override
     each checkpoint's merging settings when given; warmup, runs: untimed and timed passes per
-    setting; backends: each r is scored and timed on each (export.backends); methods: the
-    token-reduction methods swept (`models.reduction.METHODS`; None: each checkpoint's own).
+    setting; dtype: the precision every row is scored and timed in (fp32, as AST evaluates, or
+    fp16/bf16 autocast); backends: each r is scored and timed on each (export.backends);
+    methods: the token-reduction methods swept (`models.reduction.METHODS`; None: each
+    checkpoint's own).
     """
 
     folds: tuple[int | None, ...] = (None,)
@@ -102,7 +105,7 @@ class SweepOptions:
     batch_size: int | None = None
     eval_batch_size: int = 32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: str = "auto"
+    dtype: str = "fp32"  # of scoring and timing alike: fp32, fp16 or bf16 (devices.DTYPES)
     schedule: str | None = None
     proportional_attention: bool | None = None
     warmup: int = 2
@@ -346,7 +349,7 @@ class SweepMeasurement:
                 evaluation = evaluate_model(
                     model, self.manifest, run.path(r, fold), split=self.plan.split, fold=fold,
                     batch_size=options.eval_batch_size, device=options.device,
-                    forward=make_forward(model, backend))
+                    forward=make_forward(model, backend), dtype=ran_dtype(backend, options.dtype))
                 values[backend].append(evaluation.metrics.summary()[self.metric])
             if self.metric == "mAP":
                 self.notes.update(evaluation.notes())
@@ -361,7 +364,15 @@ class SweepMeasurement:
                 std if len(options.folds) > 1 else None, mean - self.references[reference],
                 timing.samples_per_s, timing.speedup, timing.tokens, timing.gflops,
                 run.path(r, options.folds[0]), self.plan.split, batch_size,
-                settings.attention_line(), method_of(r, settings.method))
+                settings.attention_line(), method_of(r, settings.method),
+                device_label(options.device), ran_dtype(backend, options.dtype),
+                torch.get_num_threads())
+
+
+def ran_dtype(backend: str, dtype: str) -> str:
+    """The precision a backend runs at when asked for `dtype`: onnxruntime runs its fp32
+    export whatever autocast says."""
+    return "fp32" if backend == "onnxruntime" else dtype
 
 
 def reference_metric(plan: SweepPlan, run: SweepRun, method: str | None) -> float | None:

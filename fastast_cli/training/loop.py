@@ -301,10 +301,11 @@ class Trainer:
         self.ranks.barrier()
 
     def _evaluate(self, model: nn.Module) -> Metrics:
-        """Metrics on the validation split; each rank of a torchrun job scores its shard."""
+        """Metrics on the validation split, in float32 as AST validates (AMP is for the
+        training steps); each rank of a torchrun job scores its shard."""
         predictions, targets = predict_dataset(model, self.eval_set, self.config.batch_size,
-                                               self.device, self.use_amp,
-                                               collate_fn=self._collate, ranks=self.ranks)
+                                               self.device, collate_fn=self._collate,
+                                               ranks=self.ranks)
         return compute_metrics(predictions.numpy(), targets.numpy())
 
     def _model_meta(self, row: dict[str, float] | None = None) -> dict[str, Any]:

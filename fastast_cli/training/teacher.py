@@ -128,7 +128,8 @@ def cached_teacher_logits(
     if all(ranks.gather(logits is not None)):  # all ranks or none compute them
         return logits  # type: ignore[return-value]
     note("computing the teacher's logits once (teacher_logits: cached)")
-    logits, _ = predict_dataset(teacher, clean, batch_size, device, amp, ranks=ranks)
+    logits, _ = predict_dataset(teacher, clean, batch_size, device,
+                                torch.float16 if amp else torch.float32, ranks=ranks)
     if ranks.is_main:
         with atomic_path(cache) as temporary:
             torch.save({"clips": clips, "teacher": source, "logits": logits}, temporary)

@@ -68,16 +68,16 @@ THROUGHPUT_TIMING_COLUMNS = [Column("device", "device"), Column("dtype", "dtype"
 METHOD_COLUMN = Column("method", "method")
 
 
-# What every timing ran with (the timing batch is its own column): tables written before these
-# columns have none of them.
+# The CSV's last columns, what every row was timed and scored with (the timing batch is its own
+# column; the console table's title names them): tables written before them have none.
 TIMING_COLUMNS = [Column("device", "device"), Column("dtype", "dtype"),
                   Column("threads", "threads")]
 
 
-def metric_columns(metric: str, method: bool = True, timing: bool = True) -> list[Column]:
-    """Columns of a sweep with data; `metric` names the metric column (its key and header);
-    `method`: with the method column, `timing`: with the device, dtype and threads columns
-    (tables written before them have none)."""
+def metric_columns(metric: str, method: bool = True) -> list[Column]:
+    """Columns of a sweep with data, as the console shows them; `metric` names the metric
+    column (its key and header); `method`: with the method column (tables written before it
+    have none)."""
     return [
         Column("run", "run"),
         *([METHOD_COLUMN] if method else []),
@@ -92,7 +92,6 @@ def metric_columns(metric: str, method: bool = True, timing: bool = True) -> lis
         Column("checkpoint", "checkpoint"),
         Column("split", "split"),
         Column("batch", "timing batch"),
-        *(TIMING_COLUMNS if timing else []),
     ]
 
 
@@ -103,8 +102,10 @@ MERGING_COLUMN = Column("merging", "merging")
 
 
 def csv_columns(metric: str, method: bool = True, timing: bool = True) -> list[Column]:
-    """Columns of a data sweep's CSV; its metric column is named after `metric`."""
-    return [*metric_columns(metric, method, timing), MERGING_COLUMN]
+    """Columns of a data sweep's CSV; its metric column is named after `metric`; `timing`:
+    with the device, dtype and threads columns."""
+    return [*metric_columns(metric, method), MERGING_COLUMN,
+            *(TIMING_COLUMNS if timing else [])]
 
 
 def is_sweep_table(out: Path) -> bool:
@@ -113,9 +114,8 @@ def is_sweep_table(out: Path) -> bool:
     it."""
     return any(is_table_of(out, columns)
                for metric in (*METRIC_NAMES, UNNAMED_METRIC) for method in (True, False)
-               for timing in (True, False)
-               for columns in (csv_columns(metric, method, timing),
-                               metric_columns(metric, method, timing)))
+               for columns in (csv_columns(metric, method), csv_columns(metric, method, False),
+                               metric_columns(metric, method)))
 
 
 def parse_r_values(spec: str) -> list[int]:
@@ -222,7 +222,7 @@ def data_sweep(
     merging = "".join(sorted({f"; {row.run}: {row.merging}" for row in rows if row.merging}))
     console.print(rich_table(
         f"Sweep on {manifest.path}, {plan.split} split ({metric}; drop vs r={rs[0]}; speed on "
-        f"random input{merging})", records, metric_columns(metric),
+        f"random input{merging}; {timing_line(rows)})", records, metric_columns(metric),
     ))
     for note in sorted(measurement.notes):
         console.print(f"note: {note}")
@@ -246,6 +246,15 @@ def data_sweep(
                 f"({best.drop:+.4f} {metric}, {best.samples_per_s:.1f} samples/s, "
                 f"{best.speedup:.2f}x)"
             )
+
+
+def timing_line(rows: list[SweepRow]) -> str:
+    """What the rows were timed and scored with, e.g. `cpu (AMD EPYC), fp32, 2 threads`
+    (rows from tables written before it was recorded: `not recorded`)."""
+    settings = dict.fromkeys(
+        f"{row.device}, {row.dtype}, {row.threads} thread{'s' if row.threads != 1 else ''}"
+        if row.device else "not recorded" for row in rows)
+    return "timed on " + " | ".join(settings)
 
 
 def choice(row: SweepRow) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.checkpoints import read_checkpoint
+from fastast_cli.training.config import LEGACY_ELASTIC
 
 # Settings that may differ when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "out", "data", "cache", "amp"})
@@ -75,12 +76,16 @@ def check_resumable(path: Path, saved: dict[str, Any], current: dict[str, Any],
     saved = dict(saved)
     if current.get("warmup_steps") is None and saved.get("warmup_steps") == warmup_steps:
         saved["warmup_steps"] = None
+    if saved.get("elastic"):  # an ElasticAST run from before its choices were settings
+        saved = {**LEGACY_ELASTIC, **saved}
     changed = [key for key, value in current.items()
                if key not in RESUMABLE_CHANGES and saved.get(key, value) != value]
     if changed:
+        flags = " ".join(f"--{key.replace('_', '-')} {saved[key]}" for key in changed
+                         if key in LEGACY_ELASTIC)
         raise FastASTError(
             f"{path} was trained with other settings ({', '.join(changed)}); "
-            "resume with the same recipe and flags"
+            "resume with the same recipe and flags" + (f" ({flags})" if flags else "")
         )
 
 

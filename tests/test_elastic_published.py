@@ -191,3 +191,17 @@ def test_an_elastic_run_from_before_the_choices_resumes_with_them():
     fixed = {key: value for key, value in saved.items() if key != "elastic"}
     check_resumable(Path("last.pt"), {**fixed, "elastic": False}, {**current, "elastic": False},
                     0)
+
+
+def test_resuming_an_elastic_run_from_before_the_choices_takes_its_choices(tmp_path):
+    from fastast_cli.training.resume import with_run_choices
+
+    (tmp_path / "config.yaml").write_text((OLD_ELASTIC.parent / "config.yaml").read_text())
+    config = TrainConfig(elastic=True)
+    assert with_run_choices(config, tmp_path).elastic_choices() == {
+        "pooling": "cls-dist", "position_fit": "additive", "token_dropout_mode": "bernoulli"}
+    asked = TrainConfig(elastic=True, position_fit="additive", elastic_pooling="cls-dist")
+    assert with_run_choices(asked, tmp_path).token_dropout_mode == "bernoulli"
+    (tmp_path / "config.yaml").write_text("elastic: true\nelastic_pooling: attention\n"
+                                          "position_fit: marginal\ntoken_dropout_mode: exact\n")
+    assert with_run_choices(config, tmp_path).elastic_choices() == PUBLISHED

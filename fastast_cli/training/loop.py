@@ -44,7 +44,7 @@ from fastast_cli.training import averaging
 from fastast_cli.training.config import TrainConfig, warmup_steps_for
 from fastast_cli.training.losses import distillation_loss
 from fastast_cli.training.reporting import Reporter, RunResult, SilentReporter, TrainingInterrupted
-from fastast_cli.training.resume import Progress, restore_run
+from fastast_cli.training.resume import Progress, restore_run, with_run_choices
 from fastast_cli.training.run_folder import (
     append_log_row,
     check_run_folder,
@@ -78,6 +78,8 @@ def train(
     # Refused before the slow set-up (data, model, teacher); `Trainer.run` checks again, for
     # runs started without `train`.
     check_run_folder(out, resume=resume, overwrite=overwrite)
+    if resume:
+        config = with_run_choices(config, out)
     preferred = resolve_device(config.device)
     ranks = init_ranks(preferred)
     try:

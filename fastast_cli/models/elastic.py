@@ -40,8 +40,9 @@ checkpoint without them is the earlier model and loads as it was):
   patches a clip has (see `fastast_cli.data.elastic_features`).
 
 Parameter names are those of `fastast_cli.models.ast.AST` (patch_embed.proj, cls_token,
-dist_token, blocks.N.*, norm, mlp_head) except the positional tables, so `from_ast` copies a
-fixed AST's weights directly; the patch filters are the same 16×16 kernels, used at stride 16.
+dist_token, blocks.N.*, norm, mlp_head) except the positional tables and the attention pooling
+(`attn_pool.*`), so `from_ast` copies a fixed AST's weights directly; the patch filters are the
+same 16×16 kernels, used at stride 16.
 """
 
 from __future__ import annotations

@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pooling", default="attention", choices=["attention", "cls-dist"],
+                        help="attention: ElasticAST's, as new runs train; cls-dist: earlier")
     args = parser.parse_args()
 
     if args.threads:
@@ -113,7 +115,8 @@ def main() -> None:
     budgets = [int(v) for v in args.max_tokens.split(",")]
     r = parse_r(args.r)
     torch.manual_seed(args.seed)
-    model = build_elastic(args.model, 527, target_length=1024).to(device).eval()
+    model = build_elastic(args.model, 527, target_length=1024,
+                          pooling=args.pooling).to(device).eval()
     clips, seconds = draw_clips(
         args.batch_size, args.min_seconds, args.max_seconds, args.seed, device
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 
 import torch
 
@@ -34,6 +35,34 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise FastASTError(f"unknown dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def dtype_name(dtype: str, device: torch.device) -> str:
+    """The precision `dtype` names on `device` (`auto` resolved), as recorded with results."""
+    chosen = resolve_dtype(dtype, device)
+    return next(name for name, value in DTYPES.items() if value == chosen)
+
+
+def device_label(device: torch.device) -> str:
+    """The device and what it is, for a timing's record: `cuda:0 (NVIDIA H100 80GB HBM3)`,
+    `cpu (AMD EPYC 9654 96-Core Processor)` (the processor decides CPU speed)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    name = cpu_model_name()
+    return f"{device.type} ({name})" if name else device.type
+
+
+def cpu_model_name() -> str:
+    """The processor's model name (Linux /proc/cpuinfo, else the platform's), '' if unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                if line.lower().startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

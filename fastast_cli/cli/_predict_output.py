@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import torch
 import typer
 from rich.console import Console
 
@@ -20,6 +21,7 @@ from fastast_cli.atomic import atomic_path, write_json
 from fastast_cli.cli._app import console, err_console
 from fastast_cli.data.audio import AudioReadError, open_audio, open_stream, read_blocks
 from fastast_cli.data.features import SAMPLE_RATE
+from fastast_cli.devices import DTYPES
 from fastast_cli.errors import FastASTError
 from fastast_cli.inference.clips import (
     FRAMES_PER_SECOND,
@@ -65,7 +67,14 @@ def settings_line(predictor: Predictor) -> str:
     return (
         f"scores: {SCORE_NOTES[predictor.kind]}; windows of {window:g} s every {hop:g} s, "
         f"{predictor.aggregate} over windows" + (f"; {merging.describe()}" if merging else "")
+        + precision_note(predictor.dtype)
     )
+
+
+def precision_note(dtype: torch.dtype) -> str:
+    """'' for float32 (the default), else e.g. '; fp16 autocast'."""
+    name = next(name for name, value in DTYPES.items() if value == dtype)
+    return "" if dtype == torch.float32 else f"; {name} autocast"
 
 
 def print_clip(out: Console, clip: ClipScores, labels: list[str], k: int) -> None:

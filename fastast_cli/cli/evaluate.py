@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.cli._app import Quiet, app, console, user_errors
-from fastast_cli.cli._backend import BackendOption, OnnxOption
+from fastast_cli.cli._backend import BackendOption, DtypeOption, OnnxOption, check_dtype
 from fastast_cli.cli._merging import (
     MethodOption,
     ProportionalAttentionOption,
@@ -22,6 +22,7 @@ from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.errors import FastASTError
+from fastast_cli.evaluation.epoch_logs import fold_epoch_results, read_epoch_log, run_log
 from fastast_cli.evaluation.evaluate import (
     check_evaluation_out,
     check_labels,
@@ -76,7 +77,9 @@ def evaluate(
         "(another fold is refused: its clips were among the checkpoint's training clips)."))
     ] = None,
     folds: Annotated[str | None, typer.Option(
-        help="Several folds, e.g. 1-5: mean ± std over folds (one checkpoint per fold).")] = None,
+        help="Several folds, e.g. 1-5: mean ± std over folds (one checkpoint per fold), and "
+        "from the log.csv beside each fold's checkpoint both ways of reporting them: AST's "
+        "best epoch of the fold mean, and the last epoch.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
     out: Annotated[Path | None, typer.Option(
@@ -92,11 +95,13 @@ def evaluate(
         "1,2,4.")] = None,
     backend: BackendOption = "torch",
     onnx: OnnxOption = None,
+    dtype: DtypeOption = "fp32",
     quiet: Quiet = False,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out.
     Under torchrun each process scores its shard of the clips; the first one writes."""
     set_progress(not quiet)
+    check_dtype(dtype, [backend])
     if folds and onnx is not None:
         raise FastASTError("--onnx is the graph of one checkpoint, --folds scores one checkpoint "
                            "per fold: leave --onnx out (each fold's checkpoint is exported into "
@@ -112,7 +117,8 @@ def evaluate(
         if backend != "torch" or onnx is not None:
             raise FastASTError("--lengths and --resolutions run on the torch backend")
         length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", merging=merging,
-                     split=split, fold=fold, batch_size=batch_size, device=device, out=out)
+                     split=split, fold=fold, batch_size=batch_size, device=device, out=out,
+                     dtype=dtype)
         return
     if folds and "{fold}" not in checkpoint:
         raise FastASTError("--folds needs a --checkpoint pattern holding {fold}, e.g. "
@@ -127,7 +133,7 @@ def evaluate(
         evaluation = evaluate_checkpoint(
             path, manifest, split=split, fold=number, batch_size=batch_size,
             device=resolve_device(device), backend=check_backend(backend), onnx_file=onnx,
-            **merging,
+            dtype=dtype, **merging,
         )
         settings.add(merging_line(evaluation.merging))
         notes.update(evaluation.notes())
@@ -139,17 +145,42 @@ def evaluate(
         spread = {key: mean_and_std([s[key] for s in summaries]) for key in METRICS}
         rows.append({"fold": "mean ± std",
                      **{key: f"{m:.4f} ± {sd:.4f}" for key, (m, sd) in spread.items()}})
-    title = f"{checkpoint} on {manifest.path}, {split} split{''.join(sorted(settings))}"
+    title = (f"{checkpoint} on {manifest.path}, {split} split, {dtype}"
+             f"{''.join(sorted(settings))}")
     console.print(rich_table(title, rows, COLUMNS))
+    if folds:
+        print_epoch_results(checkpoint, chosen, evaluation.headline, manifest.selection_split)
     for note in sorted(notes):
         console.print(f"note: {note}")
     if out is not None:
         console.print(f"wrote metrics.json, per_class.csv and predictions.csv under {out}")
 
 
+def print_epoch_results(checkpoint: str, folds: list[int], metric: str, split: str) -> None:
+    """The folds' mean ± std from the runs' per-epoch logs (log.csv beside each fold's
+    checkpoint), named: AST's best epoch of the fold-mean curve and the last epoch."""
+    logs = [run_log(checkpoint.replace("{fold}", str(number))) for number in folds]
+    curves = [read_epoch_log(log, metric) for log in logs]
+    missing = [f"fold {number} ({log})" for number, log, curve in zip(folds, logs, curves,
+                                                                     strict=True) if not curve]
+    if missing:
+        console.print(f"note: no per-epoch {metric} logged for {', '.join(missing)}: the "
+                      "best-epoch and last-epoch means need each fold's run folder (log.csv)")
+        return
+    results = fold_epoch_results(curves)
+    if not results:
+        console.print("note: the folds' log.csv files share no epoch: no per-epoch means")
+        return
+    console.print(f"From the runs' per-epoch logs ({metric} on the {split} split each run "
+                  "validated on; mean ± std over folds):")
+    for result in results:
+        console.print(f"  {result.name}: epoch {result.epoch}, "
+                      f"{result.mean:.4f} ± {result.std:.4f}")
+
+
 def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, merging: dict,
                  split: str, fold: int | None, batch_size: int, device: str,
-                 out: Path | None) -> None:
+                 out: Path | None, dtype: str = "fp32") -> None:
     """Metric per clip length and time resolution, as a table (and lengths.csv in --out)."""
     if out is not None:
         check_table_target(out / "lengths.csv", LENGTH_COLUMNS)
@@ -160,8 +191,8 @@ def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, m
         console.print(note)
     rows = evaluate_lengths(model, manifest, parse_lengths(lengths), parse_resolutions(resolutions),
                             split=split, fold=fold, batch_size=batch_size,
-                            device=resolve_device(device))
-    title = (f"{checkpoint} by clip length and time resolution, {split} split"
+                            device=resolve_device(device), dtype=dtype)
+    title = (f"{checkpoint} by clip length and time resolution, {split} split, {dtype}"
              f"{merging_line(model)}")
     console.print(rich_table(title, rows, LENGTH_COLUMNS))
     if out is not None:

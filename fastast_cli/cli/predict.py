@@ -11,7 +11,7 @@ import typer
 
 from fastast_cli.atomic import check_output
 from fastast_cli.cli._app import Quiet, app, console, err_console, user_errors
-from fastast_cli.cli._backend import BackendOption, OnnxOption
+from fastast_cli.cli._backend import BackendOption, DtypeOption, OnnxOption, check_dtype
 from fastast_cli.cli._merging import (
     MethodOption,
     ProportionalAttentionOption,
@@ -155,11 +155,13 @@ def predict(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
     backend: BackendOption = "torch",
     onnx: OnnxOption = None,
+    dtype: DtypeOption = "fp32",
     quiet: Quiet = False,
 ) -> None:
     """Load, score every file, print tables (or JSON), list failures."""
     set_progress(not quiet)
     check_threshold(threshold)
+    check_dtype(dtype, [backend])
     stdin = any(str(path) == "-" for path in files)
     if stdin and len(files) > 1:
         raise FastASTError("- (standard input) cannot be mixed with files")
@@ -185,7 +187,7 @@ def predict(
                                proportional_attention=proportional_attention,
                                method=method_name(method), hop_s=hop,
                                window_s=window, how=how.value, batch_size=batch_size,
-                               device=resolve_device(device))
+                               device=resolve_device(device), dtype=dtype)
     predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx)
     merging = getattr(predictor.model, "merge_settings", None)
     r = merging.r if merging is not None else 0  # what ran: the checkpoint's unless --r

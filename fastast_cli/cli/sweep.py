@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from fastast_cli.atomic import check_output
@@ -18,7 +19,7 @@ from fastast_cli.cli._merging import (
     schedule_name,
 )
 from fastast_cli.data.manifest import Manifest, load_manifest
-from fastast_cli.devices import resolve_device, resolve_dtype
+from fastast_cli.devices import device_label, dtype_name, resolve_device
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
 from fastast_cli.evaluation.sweep import SweepMeasurement, SweepOptions, parse_run, plan_sweep
@@ -59,14 +60,24 @@ THROUGHPUT_COLUMNS = [
     Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
 ]
 BACKEND_COLUMN = Column("backend", "backend")
+# The throughput CSV's last columns: what the timing ran with (the console table's title).
+THROUGHPUT_TIMING_COLUMNS = [Column("device", "device"), Column("dtype", "dtype"),
+                             Column("batch", "timing batch"), Column("threads", "threads")]
 
 
 METHOD_COLUMN = Column("method", "method")
 
 
+# The CSV's last columns, what every row was timed and scored with (the timing batch is its own
+# column; the console table's title names them): tables written before them have none.
+TIMING_COLUMNS = [Column("device", "device"), Column("dtype", "dtype"),
+                  Column("threads", "threads")]
+
+
 def metric_columns(metric: str, method: bool = True) -> list[Column]:
-    """Columns of a sweep with data; `metric` names the metric column (its key and header);
-    `method`: with the method column (tables written before it have none)."""
+    """Columns of a sweep with data, as the console shows them; `metric` names the metric
+    column (its key and header); `method`: with the method column (tables written before it
+    have none)."""
     return [
         Column("run", "run"),
         *([METHOD_COLUMN] if method else []),
@@ -90,18 +101,21 @@ def metric_columns(metric: str, method: bool = True) -> list[Column]:
 MERGING_COLUMN = Column("merging", "merging")
 
 
-def csv_columns(metric: str, method: bool = True) -> list[Column]:
-    """Columns of a data sweep's CSV; its metric column is named after `metric`."""
-    return [*metric_columns(metric, method), MERGING_COLUMN]
+def csv_columns(metric: str, method: bool = True, timing: bool = True) -> list[Column]:
+    """Columns of a data sweep's CSV; its metric column is named after `metric`; `timing`:
+    with the device, dtype and threads columns."""
+    return [*metric_columns(metric, method), MERGING_COLUMN,
+            *(TIMING_COLUMNS if timing else [])]
 
 
 def is_sweep_table(out: Path) -> bool:
     """Whether `out` is a data sweep's CSV: of any metric, or from before the metric column was
-    named (`metric`), the merging column or the method column existed; a rerun resumes from
+    named (`metric`), the merging, method or timing columns existed; a rerun resumes from
     it."""
     return any(is_table_of(out, columns)
                for metric in (*METRIC_NAMES, UNNAMED_METRIC) for method in (True, False)
-               for columns in (csv_columns(metric, method), metric_columns(metric, method)))
+               for columns in (csv_columns(metric, method), csv_columns(metric, method, False),
+                               metric_columns(metric, method)))
 
 
 def parse_r_values(spec: str) -> list[int]:
@@ -208,7 +222,7 @@ def data_sweep(
     merging = "".join(sorted({f"; {row.run}: {row.merging}" for row in rows if row.merging}))
     console.print(rich_table(
         f"Sweep on {manifest.path}, {plan.split} split ({metric}; drop vs r={rs[0]}; speed on "
-        f"random input{merging})", records, metric_columns(metric),
+        f"random input{merging}; {timing_line(rows)})", records, metric_columns(metric),
     ))
     for note in sorted(measurement.notes):
         console.print(f"note: {note}")
@@ -232,6 +246,15 @@ def data_sweep(
                 f"({best.drop:+.4f} {metric}, {best.samples_per_s:.1f} samples/s, "
                 f"{best.speedup:.2f}x)"
             )
+
+
+def timing_line(rows: list[SweepRow]) -> str:
+    """What the rows were timed and scored with, e.g. `cpu (AMD EPYC), fp32, 2 threads`
+    (rows from tables written before it was recorded: `not recorded`)."""
+    settings = dict.fromkeys(
+        f"{row.device}, {row.dtype}, {row.threads} thread{'s' if row.threads != 1 else ''}"
+        if row.device else "not recorded" for row in rows)
+    return "timed on " + " | ".join(settings)
 
 
 def choice(row: SweepRow) -> str:
@@ -295,7 +318,9 @@ def sweep(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")
                       ] = "auto",
     dtype: Annotated[str, typer.Option(
-        help="auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+        help="Precision of scoring and timing alike: fp32 (the default, as AST evaluates), "
+        "fp16 or bf16 (autocast mixed precision; auto: fp16 on CUDA, fp32 on CPU). Recorded "
+        "with every row.")] = "fp32",
     warmup: Annotated[int, typer.Option(
         min=0, help="Untimed forward passes per r before timing.")] = 2,
     runs: Annotated[int, typer.Option(
@@ -317,7 +342,7 @@ def sweep(
     rs = parse_r_values(r)
     methods = method_names(method) if method is not None else [None]
     backends = parse_backends(backend)
-    resolve_dtype(dtype, resolve_device(device))  # a bad --device or --dtype fails here, clearly
+    dtype = dtype_name(dtype, resolve_device(device))  # a bad --device or --dtype fails here
     if data is not None:
         if not checkpoint:
             raise FastASTError("--data needs at least one --checkpoint to evaluate")
@@ -337,8 +362,9 @@ def sweep(
         raise FastASTError("without --data, sweep one --method at a time (with --data, "
                            "methods are compared in one table)")
     columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
-    if out is not None:
-        check_table_target(out, columns)
+    saved_columns = [*columns, *THROUGHPUT_TIMING_COLUMNS]
+    if out is not None and not is_table_of(out, columns):  # a table from before: replaced
+        check_table_target(out, saved_columns)
     model, description = sweep_model(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
     )
@@ -359,13 +385,15 @@ def sweep(
             )
     except (ValueError, RuntimeError) as error:
         raise FastASTError(str(error)) from None
-    records = [vars(row) for row in rows]
+    timing = {"device": device_label(resolve_device(device)), "dtype": dtype,
+              "batch": batch_size, "threads": torch.get_num_threads()}
+    records = [{**vars(row), **timing} for row in rows]
     attention = "on" if settings.proportional_attention else "off"
-    title = (f"Throughput: {description}, timing batch {batch_size}, "
-             f"{display_name(settings.method)}, {settings.schedule} r, "
-             f"proportional attention {attention}")
+    title = (f"Throughput: {description}, on {timing['device']}, {dtype}, timing batch "
+             f"{batch_size}, {timing['threads']} threads, {display_name(settings.method)}, "
+             f"{settings.schedule} r, proportional attention {attention}")
     console.print(rich_table(title, records, columns))
     if out is not None:
         replaced = out.exists()
-        write_csv(out, records, columns)
+        write_csv(out, records, saved_columns)
         console.print(f"{'replaced' if replaced else 'wrote'} {out}")

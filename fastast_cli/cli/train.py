@@ -75,6 +75,18 @@ Resolutions = Annotated[str | None, typer.Option(
 ResolutionSampling = Annotated[str | None, typer.Option(
     help="ElasticAST: draw q from the whole steps of the range (discrete, ElasticAST's "
     "{1, 2, 3, 4}; the default) or uniformly from it (continuous).")]
+ElasticPooling = Annotated[str | None, typer.Option(
+    help="ElasticAST: attention (masked attention pooling with a learned query per clip, as "
+    "published; the default) or cls-dist ((CLS + DIST) / 2, AST's head, fastast's earlier "
+    "choice).", show_default=False)]
+PositionFit = Annotated[str | None, typer.Option(
+    help="ElasticAST: position tables from the AST grid's means over time and over "
+    "frequency (marginal, as published; the default) or its best additive fit (additive: "
+    "minus the grand mean).", show_default=False)]
+TokenDropoutMode = Annotated[str | None, typer.Option(
+    help="ElasticAST: token dropout keeping exactly int(n·0.9) of each clip's n patches "
+    "(exact, as published; the default) or dropping each with probability 0.1 (bernoulli).",
+    show_default=False)]
 ProportionalAttention = Annotated[bool | None, typer.Option(
     "--proportional-attention/--no-proportional-attention", help="ToMe's proportional "
     "attention in training (off by default, as ToMe trains); stored in the checkpoint, so "
@@ -179,6 +191,9 @@ def train_teacher(
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
     resolution_sampling: ResolutionSampling = None,
+    elastic_pooling: ElasticPooling = None,
+    position_fit: PositionFit = None,
+    token_dropout_mode: TokenDropoutMode = None,
     compile: Compile = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -188,7 +203,8 @@ def train_teacher(
     run(recipe, {
         "elastic": elastic, "max_tokens": max_tokens, "compile": compile,
         "resolutions": parse_resolution_range(resolutions),
-        "resolution_sampling": resolution_sampling,
+        "resolution_sampling": resolution_sampling, "elastic_pooling": elastic_pooling,
+        "position_fit": position_fit, "token_dropout_mode": token_dropout_mode,
         "data": data, "out": out, "model": model, "size": size, "pooling": pooling,
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size,
         "per_process_batch": per_process_batch, "lr": lr,
@@ -247,6 +263,9 @@ def distill(
     max_tokens: MaxTokens = None,
     resolutions: Resolutions = None,
     resolution_sampling: ResolutionSampling = None,
+    elastic_pooling: ElasticPooling = None,
+    position_fit: PositionFit = None,
+    token_dropout_mode: TokenDropoutMode = None,
     compile: Compile = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -256,7 +275,8 @@ def distill(
     run(recipe, {
         "elastic": elastic, "max_tokens": max_tokens, "compile": compile,
         "resolutions": parse_resolution_range(resolutions),
-        "resolution_sampling": resolution_sampling,
+        "resolution_sampling": resolution_sampling, "elastic_pooling": elastic_pooling,
+        "position_fit": position_fit, "token_dropout_mode": token_dropout_mode,
         "proportional_attention": proportional_attention,
         "data": data, "out": out, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
         "kd_lambda": kd_lambda, "temperature": temperature, "teacher_logits": teacher_logits,

@@ -17,6 +17,7 @@ from fastast_cli.data.checks import check_clips
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest
+from fastast_cli.devices import DTYPES
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset
@@ -51,6 +52,8 @@ class Evaluation:
     merging: MergeSettings | None = None  # token merging the model ran with (ASTs)
     stats_note: str | None = None  # where the input mean/std came from, when it was assumed
     capped_note: str | None = None  # r asks for more merging than the tokens allow
+    headline: str = "accuracy"  # the checkpoint's headline metric (`headline_metric`)
+    dtype: str = "fp32"  # the precision the model ran in (devices.DTYPES)
 
     @property
     def excluded_classes(self) -> list[str]:
@@ -72,6 +75,13 @@ class Evaluation:
         if self.capped_note:
             notes.append(self.capped_note.removeprefix("note: "))
         return notes
+
+
+def evaluation_dtype(name: str) -> torch.dtype:
+    """The precision a model is scored in: fp32 (as AST validates), fp16 or bf16 (autocast)."""
+    if name not in DTYPES:
+        raise FastASTError(f"--dtype {name!r}: choose {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def input_spec_on(model: nn.Module, manifest: Manifest, fold: int | None) -> InputSpec:
@@ -99,6 +109,15 @@ def check_labels(model: nn.Module, manifest: Manifest, checkpoint: PathLike) -> 
         )
     if labels and labels != manifest.label_names:
         raise FastASTError(f"{checkpoint} was trained on other labels than {manifest.path}")
+
+
+def headline_metric(model: nn.Module, manifest: Manifest) -> str:
+    """A checkpoint's headline metric: the one it was selected by, else mAP for AudioSet and
+    accuracy for the other datasets."""
+    chosen = (getattr(model, "meta", {}) or {}).get("metric")
+    if chosen in ("accuracy", "mAP"):
+        return chosen
+    return "mAP" if manifest.dataset == "audioset" else "accuracy"
 
 
 def scored_fold(model: nn.Module, manifest: Manifest, fold: int | None, name: str) -> int | None:
@@ -141,11 +160,12 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     backend: str = "torch",
     onnx_file: PathLike | None = None,
+    dtype: str = "fp32",
 ) -> Evaluation:
     """Load `checkpoint` and score it on `split` of `manifest`, run by `backend` (torch, compile
-    or onnxruntime; `onnx_file`: an exported graph for onnxruntime). ASTs merge tokens as their
-    checkpoint records, unless `r`, `schedule`, `proportional_attention` or `method` say
-    otherwise."""
+    or onnxruntime; `onnx_file`: an exported graph for onnxruntime) in precision `dtype`
+    (`evaluation_dtype`). ASTs merge tokens as their checkpoint records, unless `r`,
+    `schedule`, `proportional_attention` or `method` say otherwise."""
     device = device or torch.device("cpu")
     model = load_classifier(checkpoint, r, schedule=schedule,
                             proportional_attention=proportional_attention, method=method,
@@ -154,7 +174,7 @@ def evaluate_checkpoint(
     forward = make_forward(model, backend, onnx_file=onnx_file)
     evaluation = evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
                                 batch_size=batch_size, device=device, num_workers=num_workers,
-                                forward=forward)
+                                forward=forward, dtype=dtype)
     evaluation.capped_note = capped_note(model)
     return evaluation
 
@@ -170,9 +190,11 @@ def evaluate_model(
     device: torch.device | None = None,
     num_workers: int = 0,
     forward: Forward | None = None,
+    dtype: str = "fp32",
 ) -> Evaluation:
     """Score a loaded model (at its current merging rate) on `split` of `manifest`; `forward`
-    (from `make_forward`) runs it on another backend."""
+    (from `make_forward`) runs it on another backend; `dtype`: fp32 (the default, as AST
+    validates), fp16 or bf16 (autocast)."""
     device = device or torch.device("cpu")
     split = split or manifest.eval_split
     fold = scored_fold(model, manifest, fold, name)
@@ -187,14 +209,14 @@ def evaluate_model(
         if elastic else ASTDataset(manifest.datafile(split, fold), manifest.labels_csv, **options))
     check_clips(dataset.entries, dataset.datafile, split)
     logits, targets = predict_dataset(model, dataset, batch_size, device,
-                                      amp=device.type == "cuda", num_workers=num_workers,
+                                      evaluation_dtype(dtype), num_workers=num_workers,
                                       collate_fn=collate_native if elastic else None,
                                       forward=forward)
     metrics = compute_metrics(logits.numpy(), targets.numpy())
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
                       getattr(model, "merge_settings", None),
-                      spec.stats_note)
+                      spec.stats_note, headline=headline_metric(model, manifest), dtype=dtype)
 
 
 def check_evaluation_out(out: Path) -> None:
@@ -221,7 +243,7 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
     metrics = evaluation.metrics
     merging = evaluation.merging
     summary = {"checkpoint": evaluation.checkpoint, "split": evaluation.split,
-               "fold": evaluation.fold, **metrics.summary(),
+               "fold": evaluation.fold, "dtype": evaluation.dtype, **metrics.summary(),
                "map_classes": len(evaluation.labels) - len(evaluation.excluded_classes),
                "classes_without_positives": evaluation.excluded_classes,
                "merging": None if merging is None else
@@ -278,6 +300,7 @@ def evaluate_lengths(
     fold: int | None = None,
     batch_size: int = 32,
     device: torch.device | None = None,
+    dtype: str = "fp32",
 ) -> list[dict[str, float | str]]:
     """Metrics with clips cut to each length (seconds; None = whole clip) at each time
     resolution q (frame shift 10 ms × q): the ElasticAST curve, on `split` (default: the
@@ -305,7 +328,7 @@ def evaluate_lengths(
             )
             check_clips(dataset.entries, dataset.datafile, split or manifest.eval_split)
             logits, targets = predict_dataset(
-                model, dataset, batch_size, device, amp=device.type == "cuda",
+                model, dataset, batch_size, device, evaluation_dtype(dtype),
                 collate_fn=collate_native if elastic else None,
             )
             metrics = compute_metrics(logits.numpy(), targets.numpy())

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from fastast_cli.devices import autocast
 from fastast_cli.distributed import Ranks, current_ranks
 from fastast_cli.progress import track
 
@@ -27,7 +28,7 @@ def predict_dataset(
     dataset: Dataset,
     batch_size: int,
     device: torch.device,
-    amp: bool = False,
+    dtype: torch.dtype = torch.float32,
     num_workers: int = 0,
     collate_fn: Callable | None = None,
     forward: Callable[[Batch], torch.Tensor] | None = None,
@@ -35,7 +36,9 @@ def predict_dataset(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, C] (float32, CPU) of `model` on every item of `dataset`, and targets [N, C].
 
-    The model is put in eval mode; items are `(fbank, target, ...)` tuples; `collate_fn` batches
+    The model is put in eval mode; items are `(fbank, target, ...)` tuples. `dtype`: float32
+    runs the model as it is (as AST validates); float16 or bfloat16 under autocast (mixed
+    precision, as training's AMP). `collate_fn` batches
     them (`collate_native` for native-length clips). `forward` runs the batches instead of the
     model itself (a backend's fbank → logits callable, see export.backends). With several
     `ranks` (default: the process group joined, if any) each rank scores its shard of the items
@@ -51,7 +54,7 @@ def predict_dataset(
                         collate_fn=collate_fn)
     outputs, targets = [], []
     batches = track(loader, "evaluate", transient=True) if ranks.is_main else loader
-    with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=amp):
+    with torch.inference_mode(), autocast(device, dtype):
         for fbank, target, *_ in batches:
             outputs.append(forward(to_device(fbank, device)).float().cpu())
             targets.append(target)

@@ -37,10 +37,12 @@ from torch import nn
 
 from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import Manifest
+from fastast_cli.devices import device_label
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import (
     check_labels,
     evaluate_model,
+    headline_metric,
     mean_and_std,
     scored_fold,
 )
@@ -92,8 +94,10 @@ class SweepOptions:
     (None: the dataset's reporting split, `Manifest.eval_split`); batch_size: the timing batch
     (None: `default_batch_size`, filling the device); schedule, proportional_attention: override
     each checkpoint's merging settings when given; warmup, runs: untimed and timed passes per
-    setting; backends: each r is scored and timed on each (export.backends); methods: the
-    token-reduction methods swept (`models.reduction.METHODS`; None: each checkpoint's own).
+    setting; dtype: the precision every row is scored and timed in (fp32, as AST evaluates, or
+    fp16/bf16 autocast); backends: each r is scored and timed on each (export.backends);
+    methods: the token-reduction methods swept (`models.reduction.METHODS`; None: each
+    checkpoint's own).
     """
 
     folds: tuple[int | None, ...] = (None,)
@@ -101,7 +105,7 @@ class SweepOptions:
     batch_size: int | None = None
     eval_batch_size: int = 32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: str = "auto"
+    dtype: str = "fp32"  # of scoring and timing alike: fp32, fp16 or bf16 (devices.DTYPES)
     schedule: str | None = None
     proportional_attention: bool | None = None
     warmup: int = 2
@@ -225,14 +229,6 @@ def plan_sweep(
     return plan
 
 
-def metric_name(model: nn.Module, manifest: Manifest) -> str:
-    """The run's headline metric: the checkpoint's own, else mAP for AudioSet, accuracy else."""
-    chosen = (getattr(model, "meta", {}) or {}).get("metric")
-    if chosen in ("accuracy", "mAP"):
-        return chosen
-    return "mAP" if manifest.dataset == "audioset" else "accuracy"
-
-
 class SweepMeasurement:
     """The measuring side of a `SweepPlan`: every checkpoint's labels and scored clips checked
     before any timing (folds after the first are read again when scored), the metric named
@@ -256,7 +252,7 @@ class SweepMeasurement:
                 model = self.checked(run, r, fold)  # every checkpoint checked before timing
                 if (r, fold) == (plan.rs[0], options.folds[0]):
                     self.models[run.name, fold] = model
-        self.metric = plan.metric or metric_name(self.first_model(), manifest)
+        self.metric = plan.metric or headline_metric(self.first_model(), manifest)
 
     def first_model(self) -> nn.Module:
         """A model whose checkpoint names the metric: the first loaded, else the first run's."""
@@ -353,7 +349,7 @@ class SweepMeasurement:
                 evaluation = evaluate_model(
                     model, self.manifest, run.path(r, fold), split=self.plan.split, fold=fold,
                     batch_size=options.eval_batch_size, device=options.device,
-                    forward=make_forward(model, backend))
+                    forward=make_forward(model, backend), dtype=ran_dtype(backend, options.dtype))
                 values[backend].append(evaluation.metrics.summary()[self.metric])
             if self.metric == "mAP":
                 self.notes.update(evaluation.notes())
@@ -368,7 +364,15 @@ class SweepMeasurement:
                 std if len(options.folds) > 1 else None, mean - self.references[reference],
                 timing.samples_per_s, timing.speedup, timing.tokens, timing.gflops,
                 run.path(r, options.folds[0]), self.plan.split, batch_size,
-                settings.attention_line(), method_of(r, settings.method))
+                settings.attention_line(), method_of(r, settings.method),
+                device_label(options.device), ran_dtype(backend, options.dtype),
+                torch.get_num_threads())
+
+
+def ran_dtype(backend: str, dtype: str) -> str:
+    """The precision a backend runs at when asked for `dtype`: onnxruntime runs its fp32
+    export whatever autocast says."""
+    return "fp32" if backend == "onnxruntime" else dtype
 
 
 def reference_metric(plan: SweepPlan, run: SweepRun, method: str | None) -> float | None:

@@ -4,7 +4,9 @@ and ran at, read back to resume.
 The CSV names its metric column after the metric (`accuracy` or `mAP`); tables written before
 that say `metric` and are still read (and rewritten with the metric's name on resume). Its
 `method` column names the reduction method (`none` for r = 0, the plain model every method
-shares); tables written before it held ToMe's rows only and are read so.
+shares); tables written before it held ToMe's rows only and are read so. The `device`, `dtype`
+and `threads` columns (with `batch`) say what every row was timed and scored with; tables from
+before them are read with those cells blank.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class SweepRow:
     batch: int  # timing batch of samples_per_s
     merging: str  # schedule and proportional attention the metric was measured with
     method: str = LEGACY_METHOD  # token-reduction method (NO_METHOD at r = 0)
+    # What the timing (and the metric) ran on: the device (`devices.device_label`), the
+    # precision, and the CPU threads torch used; blank/0 in tables from before they were kept.
+    device: str = ""
+    dtype: str = ""
+    threads: int = 0
 
     def to_dict(self, metric: str = UNNAMED_METRIC) -> dict[str, float | int | str | None]:
         """The row as a record; the metric's cell keyed by `metric` (the CSV's column)."""
@@ -96,6 +103,8 @@ def row_of(record: dict[str, str], metric: str, path: Path) -> SweepRow:
             batch=int(record.get("batch") or 0),
             merging=record.get("merging") or "",  # older tables: not recorded
             method=record.get("method") or method_of(int(record["r"])),
+            device=record.get("device") or "", dtype=record.get("dtype") or "",
+            threads=int(record.get("threads") or 0),  # older tables: not recorded
         )
     except (KeyError, TypeError, ValueError):
         raise FastASTError(

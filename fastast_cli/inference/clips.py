@@ -40,6 +40,7 @@ from fastast_cli.data.features import (
     as_channels_first,
     waveform_fbank,
 )
+from fastast_cli.devices import DTYPES, autocast
 from fastast_cli.errors import FastASTError
 from fastast_cli.inference.scores import (
     AGGREGATES,
@@ -124,6 +125,7 @@ class Predictor:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # a backend's, else the model
     window: int = 0
+    dtype: torch.dtype = torch.float32  # float16/bfloat16: run under autocast
 
     def __post_init__(self) -> None:
         self.window = self.window or self.spec.target_length
@@ -143,9 +145,9 @@ class Predictor:
     def score_inputs(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Window inputs [T_i, F] → scores [B, C] (float32, CPU), `batch_size` per pass, through
         the backend's `forward` (else the model); native-length windows go to the model as a
-        list, fixed ones as one tensor [B, T, F]."""
+        list, fixed ones as one tensor [B, T, F]; under autocast unless `dtype` is float32."""
         outputs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             for first in range(0, len(inputs), self.batch_size):
                 chunk = [x.to(self.device) for x in inputs[first : first + self.batch_size]]
                 batch = chunk if self.spec.native_length else torch.stack(chunk)
@@ -277,18 +279,22 @@ def load_predictor(
     how: str = "mean",
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    dtype: str = "fp32",
 ) -> Predictor:
     """A Predictor for any checkpoint `load_classifier` reads (ASTs merge as their checkpoint
     records; `r`, `schedule`, `proportional_attention` and `method` override what they are
     given for).
 
     hop_s: seconds between window starts (default half a window); window_s: seconds per
-    window (default the model's input length); how: `mean` or `max`.
+    window (default the model's input length); how: `mean` or `max`; dtype: fp32 (the
+    default), fp16 or bf16 (autocast).
     """
     if how not in AGGREGATES:
         raise FastASTError(f"unknown aggregate {how!r}: use {' or '.join(AGGREGATES)}")
     if batch_size < 1:
         raise FastASTError(f"batch size must be >= 1, got {batch_size}")
+    if dtype not in DTYPES:
+        raise FastASTError(f"unknown dtype {dtype!r}: choose {', '.join(DTYPES)}")
     device = torch.device(device)
     model = load_classifier(checkpoint, r, schedule=schedule,
                             proportional_attention=proportional_attention, method=method,
@@ -296,7 +302,7 @@ def load_predictor(
     spec = input_spec(model)
     window = window_frames(window_s, spec.target_length)
     return Predictor(model, spec, hop_frames(hop_s, window), how, score_kind(model),
-                     batch_size, device, window=window)
+                     batch_size, device, window=window, dtype=DTYPES[dtype])
 
 
 def predict_files(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ def build_classifier(
     elastic: bool = False,
     max_tokens: int = 2048,
     front_end: str = "fbank",
+    elastic_choices: Mapping[str, str] | None = None,
 ) -> nn.Module:
     """A new classifier over `labels` for fbanks of `target_length` × `num_mel_bins`.
 
@@ -53,6 +55,8 @@ def build_classifier(
         or `passt` (needs the optional hear21passt package).
     elastic: for `ast`, an ElasticAST (native-length clips packed in rows of `max_tokens`) with
         the same weights; its positional tables come from the built (or pretrained) AST grid.
+        elastic_choices: its pooling, position fit and token dropout mode (ElasticConfig;
+        `models.elastic.PUBLISHED` for ElasticAST's; default: the config's).
     pretrained: initial weights. For AST any checkpoint `load_model` reads (AudioSet, HF, DeiT;
         positions adapted, head re-created when the class count differs); for a CNN timm
         ImageNet weights of the same backbone (stem summed to one channel); for PaSST a PaSST
@@ -68,7 +72,8 @@ def build_classifier(
         if pretrained is not None:
             init_from_pretrained(model, pretrained)
         if elastic:  # factorized positions from the 2-D grid; clips up to target_length frames
-            return ElasticAST.from_ast(model, target_length=target_length, max_tokens=max_tokens)
+            return ElasticAST.from_ast(model, target_length=target_length, max_tokens=max_tokens,
+                                       **(elastic_choices or {}))
         return model
     if name in BACKBONES:
         model = CNNClassifier(CNNConfig(len(labels), name, pooling, labels=list(labels)))

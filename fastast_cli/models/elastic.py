@@ -6,16 +6,17 @@ being padded or cut to one size:
     clips [T_i, F] → non-overlapping 16×16 patches [f·t_i, D] + freq_pos[f] + time_pos[t]
         → per clip [CLS, DIST, patches] → flat tokens [N, D], packed into rows by a `Layout`
         → blocks (block-diagonal attention → merge step inside each clip → MLP)
-        → norm → per clip (CLS + DIST) / 2 → mlp_head → logits [num_clips, C]
+        → norm → per clip: attention pooling (or (CLS + DIST) / 2) → mlp_head → logits [K, C]
 
-Design choices:
+Design choices (`ElasticConfig` records the three that ElasticAST's paper and code decide
+otherwise than fastast first did; `PUBLISHED` holds ElasticAST's, which new runs take, and a
+checkpoint without them is the earlier model and loads as it was):
 
-- Pooling: every clip has its own CLS and DIST token, and its prediction is `(CLS + DIST) / 2`
-  as in AST. This keeps AST's head and every AST weight usable as they are (`from_ast`), costs
-  two tokens per clip, and needs no extra attention pass; the prefix tokens are protected from
-  merging exactly as in the fixed AST. (ElasticAST's masked attention pooling would add a
-  learned query per clip and a second masked attention; with per-clip prefix tokens, attention
-  inside the clip already is that pooling.)
+- Pooling (`pooling`): `attention`, ElasticAST's masked attention pooling (models/pooling.py):
+  one learned query attends to every token of its clip (and nothing else) after the final
+  norm. `cls-dist`: every clip's prediction is `(CLS + DIST) / 2` as in AST, so an AST's head
+  scores as it did. Either way each clip keeps a CLS and a DIST token (AST's weights use
+  them), protected from merging as in the fixed AST.
 - Packing: see `fastast_cli.models.packing`. Tokens of all clips stay flat `[N, D]`, so the
   per-token layers never compute on padding; attention runs on rows of at most `max_tokens`
   tokens (greedy first-fit decreasing) with a block-diagonal SDPA mask, to which proportional
@@ -24,9 +25,13 @@ Design choices:
   [1, T_max/16, D]`, indexed by each patch's grid position, so every length up to
   `target_length` frames (the time table's reach) is served without interpolation; CLS and DIST
   have `prefix_pos_embed [1, 2, D]`. `load_pos_embed_grid` initializes them from a 2-D AST/DeiT
-  grid as its best additive fit: the frequency table is the grid averaged over time, the time
-  table the grid averaged over frequency minus the grand mean (an additive grid is recovered
+  grid (`position_fit`): `marginal`, as ElasticAST, the frequency table is the grid averaged
+  over time and the time table the grid averaged over frequency; `additive` also subtracts the
+  grand mean from the time table (the best additive fit: an additive grid is recovered
   exactly).
+- Token dropout in training (`token_dropout_mode`, share `token_dropout`): `exact`, as
+  ElasticAST, keeps int(n·(1 − p)) of each clip's n patches, at least one; `bernoulli` drops
+  each patch with probability p.
 - Token reduction: `set_r(r, method=...)` with an int (tokens every clip loses per block), a
   list (one int per block) or a float in [0, 1) (per clip, round(r × its patch tokens) per
   block). The merge step (models/token_state.py, methods in models/reduction/) never crosses
@@ -35,8 +40,9 @@ Design choices:
   patches a clip has (see `fastast_cli.data.elastic_features`).
 
 Parameter names are those of `fastast_cli.models.ast.AST` (patch_embed.proj, cls_token,
-dist_token, blocks.N.*, norm, mlp_head) except the positional tables, so `from_ast` copies a
-fixed AST's weights directly; the patch filters are the same 16×16 kernels, used at stride 16.
+dist_token, blocks.N.*, norm, mlp_head) except the positional tables and the attention pooling
+(`attn_pool.*`), so `from_ast` copies a fixed AST's weights directly; the patch filters are the
+same 16×16 kernels, used at stride 16.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from fastast_cli.models.ast import AST, ASTConfig
 from fastast_cli.models.backbone import TokenClassifier
 from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.packing import Layout
+from fastast_cli.models.pooling import AttentionPool
 from fastast_cli.models.pos_embed import factorize_grid, resample_table, split_pos_embed
 from fastast_cli.models.reduction.schedule import (
     NUM_PREFIX_TOKENS,
@@ -64,6 +71,13 @@ from fastast_cli.models.token_state import PackedState
 
 # Parameters an AST checkpoint does not hold in this form.
 POSITION_TABLES = ("prefix_pos_embed", "freq_pos_embed", "time_pos_embed")
+# The choices of ElasticConfig as ElasticAST publishes them (paper and released code): new
+# runs take these; the config's defaults are what earlier checkpoints hold.
+PUBLISHED: dict[str, str] = {"pooling": "attention", "position_fit": "marginal",
+                             "token_dropout_mode": "exact"}
+CHOICES: dict[str, tuple[str, ...]] = {"pooling": ("attention", "cls-dist"),
+                                       "position_fit": ("marginal", "additive"),
+                                       "token_dropout_mode": ("exact", "bernoulli")}
 
 
 @dataclass
@@ -73,14 +87,24 @@ class ElasticConfig(ASTConfig):
     target_length: the longest clip, in frames, that the time table covers (1024 frames: 64
         time positions, 10.24 s at q = 1, 40.96 s at q = 4).
     max_tokens: tokens per packed row (CLS and DIST of each clip included).
+    pooling, position_fit, token_dropout_mode: see the module docstring (`CHOICES`); the
+        defaults are the model of checkpoints written before these fields (`PUBLISHED`:
+        ElasticAST's).
     """
 
     fstride: int = 16
     tstride: int = 16
     target_length: int = 1024
     max_tokens: int = 2048
+    pooling: str = "cls-dist"
+    position_fit: str = "additive"
+    token_dropout_mode: str = "bernoulli"
 
     def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                                 f"not {getattr(self, name)!r}")
         if self.fstride != self.patch_size or self.tstride != self.patch_size:
             raise ValueError(
                 f"ElasticAST uses non-overlapping patches: fstride and tstride must equal "
@@ -147,6 +171,8 @@ class ElasticAST(TokenClassifier):
         self.freq_pos_embed = nn.Parameter(torch.zeros(1, f_dim, dim))
         self.time_pos_embed = nn.Parameter(torch.zeros(1, t_dim, dim))
         self._build_trunk(config)
+        if config.pooling == "attention":
+            self.attn_pool = AttentionPool(dim, config.num_heads, config.qkv_bias)
         self.max_tokens = config.max_tokens
         self.r_fraction: float | None = None
         self.schedule = "constant"
@@ -154,6 +180,8 @@ class ElasticAST(TokenClassifier):
         self.last_state: PackedState | None = None  # kept in eval mode only
         positions = [getattr(self, name) for name in POSITION_TABLES]
         self._init_weights([self.cls_token, self.dist_token, *positions])
+        if config.pooling == "attention":
+            nn.init.normal_(self.attn_pool.query)  # ElasticAST: a standard normal query
 
     def input_spec(self) -> InputSpec:
         """Clips [T_i, num_mel_bins] of any length up to `target_length` frames, never padded."""
@@ -258,23 +286,41 @@ class ElasticAST(TokenClassifier):
         time = [torch.arange(t, device=device).repeat(f) for f, t in grids]
         return torch.cat(freq), torch.cat(time)
 
-    def forward_blocks(
+    def run_packed(
         self, tokens: torch.Tensor, layout: Layout, plan: Sequence[Sequence[int]] | None = None
-    ) -> tuple[torch.Tensor, Layout]:
-        """Run the blocks with merging: flat [N0, D] → [N_last, D] and its layout.
+    ) -> tuple[torch.Tensor, PackedState]:
+        """Run the blocks with merging: flat [N0, D] → [N_last, D] and the final PackedState
+        (layout and sizes).
 
         plan: tokens each clip loses in each block, [depth][num_clips] (default: `merge_plan`
             of the `set_r` setting); any per-clip values work within the per-block cap.
-        In eval mode the final PackedState (layout and sizes) is kept in `self.last_state`.
+        In eval mode the final state is also kept in `self.last_state`.
         """
         state = PackedState(layout)
         plan = self.merge_plan(layout.counts) if plan is None else plan
         tokens = self.run_blocks(tokens, state, plan)
         state.layout.forget_mask()  # the [R, 1, L, L] mask is not needed past the last block
+        return tokens, state
+
+    def forward_blocks(
+        self, tokens: torch.Tensor, layout: Layout, plan: Sequence[Sequence[int]] | None = None
+    ) -> tuple[torch.Tensor, Layout]:
+        """`run_packed`, returning the final layout: flat [N_last, D] and its Layout."""
+        tokens, state = self.run_packed(tokens, layout, plan)
         return tokens, state.layout
 
-    def pool(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
-        """(CLS + DIST) / 2 of every clip after the final norm: flat [N, D] → [K, D]."""
+    def pool(
+        self, tokens: torch.Tensor, layout: Layout, sizes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One vector per clip after the final norm: flat [N, D] → [K, D].
+
+        `attention` pooling: the learned query over each clip's tokens (with proportional
+        attention, log(size) per key from `sizes` [N, 1]); `cls-dist`: (CLS + DIST) / 2.
+        """
+        if self.config.pooling == "attention":
+            proportional = self.proportional_attention and sizes is not None
+            return self.attn_pool(self.norm(tokens), layout,
+                                  sizes.log() if proportional else None)
         leading = torch.arange(NUM_PREFIX_TOKENS, device=tokens.device)
         prefix = self.norm(tokens[layout.starts[:, None] + leading])  # [K, 2, D], never merged
         return (prefix[:, 0] + prefix[:, 1]) / 2
@@ -293,18 +339,27 @@ class ElasticAST(TokenClassifier):
             layout = self.pack(clips)
         elif list(layout.counts) != [self.num_tokens(fbank) for fbank in clips]:
             raise ValueError("the layout does not hold these clips' token counts")
-        tokens, layout = self.forward_blocks(tokens, layout)
-        return self.pool(tokens, layout)
+        tokens, state = self.run_packed(tokens, layout)
+        return self.pool(tokens, state.layout, state.sizes)
 
     def drop_tokens(
         self, tokens: torch.Tensor, counts: Sequence[int]
     ) -> tuple[torch.Tensor, list[int]]:
-        """Token dropout (ElasticAST, 0.1 in training): every patch token is dropped with
-        probability `token_dropout`; CLS and DIST always stay. Flat tokens [N, D] with `counts`
-        per clip → the kept tokens [N', D] and the new counts."""
+        """Token dropout (ElasticAST, 0.1 in training) of flat tokens [N, D] with `counts` per
+        clip → the kept tokens [N', D], in their order, and the new counts. CLS and DIST always
+        stay. `exact` (`config.token_dropout_mode`): a random int(n·(1 − p)) of each clip's n
+        patches, at least one, as ElasticAST; `bernoulli`: each patch kept with 1 − p."""
         layout = Layout.one_per_row(counts, tokens.device)
-        keep = (layout.token_position < NUM_PREFIX_TOKENS) | (
-            torch.rand(len(tokens), device=tokens.device) >= self.token_dropout)  # [N]
+        is_patch = layout.token_position >= NUM_PREFIX_TOKENS  # [N]
+        if self.config.token_dropout_mode == "exact":
+            kept_patches = exact_keep(layout.token_clip[is_patch],
+                                      [count - NUM_PREFIX_TOKENS for count in counts],
+                                      self.token_dropout)
+            keep = ~is_patch
+            keep[is_patch] = kept_patches
+        else:
+            keep = ~is_patch | (torch.rand(len(tokens), device=tokens.device)
+                                >= self.token_dropout)  # [N]
         kept_counts = torch.bincount(layout.token_clip[keep], minlength=len(counts))
         return tokens[keep], kept_counts.tolist()
 
@@ -326,7 +381,8 @@ class ElasticAST(TokenClassifier):
         (positions then map by physical frame), None for an ImageNet grid (see resample_table).
         """
         prefix, grid_2d = split_pos_embed(pos_embed, grid, NUM_PREFIX_TOKENS)
-        freq, time = factorize_grid(grid_2d.float())
+        freq, time = factorize_grid(grid_2d.float(),
+                                    centered=self.config.position_fit == "additive")
         f_dim, t_dim = self.config.grid
         f_step, t_step = (
             (None, None)
@@ -337,27 +393,72 @@ class ElasticAST(TokenClassifier):
         self.freq_pos_embed.copy_(resample_table(freq, f_dim, f_step)[None])
         self.time_pos_embed.copy_(resample_table(time, t_dim, t_step)[None])
 
+    @torch.no_grad()
+    def load_pool_from_blocks(self) -> None:
+        """Initialize the attention pooling's projections as ElasticAST does from a pretrained
+        ViT: the mean over the blocks of their attention's query, key/value and output
+        projections (the query vector itself stays random)."""
+        dim = self.config.embed_dim
+        qkv_weight = torch.stack([block.attn.qkv.weight for block in self.blocks]).mean(0)
+        proj_weight = torch.stack([block.attn.proj.weight for block in self.blocks]).mean(0)
+        pool = self.attn_pool
+        pool.q.weight.copy_(qkv_weight[:dim])
+        pool.kv.weight.copy_(qkv_weight[dim:])
+        pool.proj.weight.copy_(proj_weight)
+        pool.proj.bias.copy_(torch.stack([block.attn.proj.bias for block in self.blocks]).mean(0))
+        if pool.q.bias is not None:
+            qkv_bias = torch.stack([block.attn.qkv.bias for block in self.blocks]).mean(0)
+            pool.q.bias.copy_(qkv_bias[:dim])
+            pool.kv.bias.copy_(qkv_bias[dim:])
+
     @classmethod
-    def from_ast(cls, ast: AST, *, target_length: int = 1024, max_tokens: int = 2048) -> ElasticAST:
+    def from_ast(
+        cls, ast: AST, *, target_length: int = 1024, max_tokens: int = 2048, **choices: str
+    ) -> ElasticAST:
         """An ElasticAST holding a fixed AST's weights; its 2-D pos_embed becomes the tables.
 
-        target_length: longest clip (frames) of the new model. Merging settings are not copied.
+        target_length: longest clip (frames) of the new model. choices: `pooling`,
+        `position_fit`, `token_dropout_mode` (default: the config's, the earlier model, whose
+        `cls-dist` pooling scores as the AST does; `PUBLISHED`: ElasticAST's, the attention
+        pooling then initialized by `load_pool_from_blocks`). Merging settings are not copied.
         """
         config = ElasticConfig.from_ast_config(
-            ast.config, target_length=target_length, max_tokens=max_tokens
+            ast.config, target_length=target_length, max_tokens=max_tokens, **choices
         )
         model = cls(config)
         weights = {name: value for name, value in ast.state_dict().items() if name != "pos_embed"}
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        if set(missing) != set(POSITION_TABLES) or unexpected:
+        if {name for name in missing if not name.startswith("attn_pool.")} != set(
+                POSITION_TABLES) or unexpected:
             raise ValueError(
                 f"AST weights do not fit the ElasticAST: missing {missing}, unexpected {unexpected}"
             )
         model.load_pos_embed_grid(
             ast.pos_embed.detach(), ast.config.grid, (ast.config.fstride, ast.config.tstride)
         )
+        if config.pooling == "attention":
+            model.load_pool_from_blocks()
         model.meta = dict(ast.meta)
         return model.to(ast.pos_embed.device)
+
+
+def exact_keep(token_clip: torch.Tensor, counts: Sequence[int], drop: float) -> torch.Tensor:
+    """Which of the patches to keep [M] (bool) when each clip keeps exactly
+    max(1, int(n·(1 − drop))) of its n patches, chosen at random (ElasticAST's token dropout).
+
+    token_clip: [M] clip of every patch, grouped by clip in order; counts: patches per clip.
+    """
+    keep_per_clip = torch.tensor([max(1, int(n * (1 - drop))) for n in counts],
+                                 device=token_clip.device)
+    # A random order inside each clip: clip index + uniform noise, sorted.
+    noise = torch.rand(len(token_clip), device=token_clip.device, dtype=torch.float64)
+    order = torch.argsort(token_clip.double() + noise)
+    first = torch.cumsum(torch.tensor([0, *counts[:-1]], device=token_clip.device), 0)
+    sorted_clip = token_clip[order]
+    rank = torch.arange(len(order), device=token_clip.device) - first[sorted_clip]
+    keep = torch.zeros(len(token_clip), dtype=torch.bool, device=token_clip.device)
+    keep[order] = rank < keep_per_clip[sorted_clip]
+    return keep
 
 
 def build_elastic(

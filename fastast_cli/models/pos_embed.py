@@ -104,15 +104,21 @@ def square_grid(num_patches: int) -> tuple[int, int]:
     return side, side
 
 
-def factorize_grid(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best additive fit of a positional grid [1, D, f, t]: freq [f, D] + time [t, D].
+def factorize_grid(
+    grid: torch.Tensor, centered: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factorized tables of a positional grid [1, D, f, t]: freq [f, D] and time [t, D].
 
-    freq = mean over time; time = mean over frequency minus the grand mean, so that
-    freq[i] + time[j] reproduces any grid of the form a[i] + b[j] exactly.
+    freq = the grid's mean over time, time = its mean over frequency (ElasticAST's tables).
+    centered: time also minus the grid's grand mean, so that freq[i] + time[j] is the best
+    additive fit and reproduces any grid of the form a[i] + b[j] exactly (without it the sum
+    holds the grand mean twice).
     """
     freq = grid.mean(dim=TIME_AXIS)[0].T  # [f, D]
-    time = (grid.mean(dim=FREQUENCY_AXIS) - grid.mean(dim=(2, 3))[..., None])[0].T  # [t, D]
-    return freq, time
+    time = grid.mean(dim=FREQUENCY_AXIS)  # [1, D, t]
+    if centered:
+        time = time - grid.mean(dim=(2, 3))[..., None]
+    return freq, time[0].T  # [f, D], [t, D]
 
 
 def resample_table(table: torch.Tensor, size: int, step: float | None) -> torch.Tensor:

@@ -20,6 +20,7 @@ import yaml
 from fastast_cli.data.manifest import NORM_SOURCES
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import SIZES
+from fastast_cli.models.elastic import CHOICES as ELASTIC_CHOICES
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.models.teachers import BACKBONES, POOLINGS
 
@@ -34,6 +35,11 @@ RECIPES_DIR = Path(str(files("fastast_cli") / "recipes"))
 # 1000 steps. A run from scratch gets it scaled to its length: WARMUP_FRACTION of its steps,
 # at most AST's 1000.
 AST_WARMUP_STEPS = 1000
+# ElasticConfig's choices → the keys naming them here; the values of runs written before them.
+ELASTIC_KEYS = {"pooling": "elastic_pooling", "position_fit": "position_fit",
+                "token_dropout_mode": "token_dropout_mode"}
+LEGACY_ELASTIC = {"elastic_pooling": "cls-dist", "position_fit": "additive",
+                  "token_dropout_mode": "bernoulli"}
 WARMUP_FRACTION = 0.1
 
 
@@ -55,6 +61,11 @@ class TrainConfig:
     resolutions: list[float] = field(default_factory=lambda: [1.0, 4.0])  # training q range
     resolution_sampling: str = "discrete"  # q in {low, low + 1, ..., high}, or continuous
     token_dropout: float = 0.1  # ElasticAST: share of patch tokens dropped in training
+    # ElasticAST as published (models.elastic.PUBLISHED); the values of runs before these keys
+    # (LEGACY_ELASTIC) remain options.
+    elastic_pooling: str = "attention"  # attention (a learned query per clip) or cls-dist
+    position_fit: str = "marginal"  # position tables from the grid: marginal or additive
+    token_dropout_mode: str = "exact"  # exact int(n·(1 − p)) per clip, or bernoulli
     # Token reduction (AST only), stored in the checkpoint: evaluation uses it too by default.
     method: str = "tome"  # one of models.reduction.METHODS: tome, pitome, evit, tofu, random
     r: int = 0
@@ -125,6 +136,10 @@ class TrainConfig:
                 merged[key] = _converted(key, value, merged[key], source)
         return TrainConfig(**merged)
 
+    def elastic_choices(self) -> dict[str, str]:
+        """The ElasticConfig choices of an elastic run (models.elastic.CHOICES)."""
+        return {choice: getattr(self, key) for choice, key in ELASTIC_KEYS.items()}
+
     def check(self) -> None:
         """Refuse settings that cannot work, with the reason."""
         problems = []
@@ -170,6 +185,10 @@ class TrainConfig:
                             f"{self.resolution_sampling!r}")
         if not 0.0 <= self.token_dropout < 1.0:
             problems.append(f"token_dropout must lie in [0, 1), got {self.token_dropout}")
+        for key, value in self.elastic_choices().items():
+            if value not in ELASTIC_CHOICES[key]:
+                problems.append(f"{ELASTIC_KEYS[key]} must be one of "
+                                f"{', '.join(ELASTIC_CHOICES[key])}, not {value!r}")
         if self.teacher not in ("auto", "none", *MODELS):
             problems.append(f"teacher must be auto, none or one of {', '.join(MODELS)}, "
                             f"not {self.teacher!r}")

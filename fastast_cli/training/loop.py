@@ -45,7 +45,7 @@ from fastast_cli.training import averaging
 from fastast_cli.training.config import TrainConfig, process_batch, warmup_steps_for
 from fastast_cli.training.losses import distillation_loss, teacher_targets
 from fastast_cli.training.reporting import Reporter, RunResult, SilentReporter, TrainingInterrupted
-from fastast_cli.training.resume import Progress, restore_run
+from fastast_cli.training.resume import Progress, restore_run, with_run_choices
 from fastast_cli.training.run_folder import (
     append_log_row,
     check_run_folder,
@@ -84,6 +84,8 @@ def train(
     # Refused before the slow set-up (data, model, teacher); `Trainer.run` checks again, for
     # runs started without `train`.
     check_run_folder(out, resume=resume, overwrite=overwrite)
+    if resume:
+        config = with_run_choices(config, out)
     preferred = resolve_device(config.device)
     ranks = init_ranks(preferred)
     try:
@@ -337,10 +339,11 @@ class Trainer:
         self.ranks.barrier()
 
     def _evaluate(self, model: nn.Module) -> Metrics:
-        """Metrics on the validation split; each rank of a torchrun job scores its shard."""
+        """Metrics on the validation split, in float32 as AST validates (AMP is for the
+        training steps); each rank of a torchrun job scores its shard."""
         predictions, targets = predict_dataset(model, self.eval_set, self.batch_size,
-                                               self.device, self.use_amp,
-                                               collate_fn=self._collate, ranks=self.ranks)
+                                               self.device, collate_fn=self._collate,
+                                               ranks=self.ranks)
         return compute_metrics(predictions.numpy(), targets.numpy())
 
     def _model_meta(self, row: dict[str, float] | None = None) -> dict[str, Any]:

@@ -9,15 +9,17 @@ before this layout keep the state inside `meta`; they are read the same way.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.checkpoints import read_checkpoint
+from fastast_cli.training.config import LEGACY_ELASTIC, TrainConfig
 
 # Settings that may differ when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "out", "data", "cache", "amp"})
@@ -77,13 +79,34 @@ def check_resumable(path: Path, saved: dict[str, Any], current: dict[str, Any],
     saved = {**SAVED_BEFORE_THEY_EXISTED, **saved}
     if current.get("warmup_steps") is None and saved.get("warmup_steps") == warmup_steps:
         saved["warmup_steps"] = None
+    if saved.get("elastic"):  # an ElasticAST run from before its choices were settings
+        saved = {**LEGACY_ELASTIC, **saved}
     changed = [key for key, value in current.items()
                if key not in RESUMABLE_CHANGES and saved.get(key, value) != value]
     if changed:
+        flags = " ".join(f"--{key.replace('_', '-')} {saved[key]}" for key in changed
+                         if key in LEGACY_ELASTIC)
         raise FastASTError(
             f"{path} was trained with other settings ({', '.join(changed)}); "
-            "resume with the same recipe and flags"
+            "resume with the same recipe and flags" + (f" ({flags})" if flags else "")
         )
+
+
+def with_run_choices(config: TrainConfig, out: Path) -> TrainConfig:
+    """`config` to resume the run in `out` with: an ElasticAST run from before its choices
+    (pooling, position fit, token dropout mode) were settings — its config.yaml lacks them —
+    continues with the choices it was trained with (LEGACY_ELASTIC) wherever `config` holds
+    the default; a choice given otherwise is left for `check_resumable` to refuse."""
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return config
+    if not isinstance(saved, dict) or not saved.get("elastic"):
+        return config
+    defaults = TrainConfig()
+    earlier = {key: value for key, value in LEGACY_ELASTIC.items()
+               if key not in saved and getattr(config, key) == getattr(defaults, key)}
+    return replace(config, **earlier)
 
 
 def restore_run(

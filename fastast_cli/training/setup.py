@@ -54,6 +54,7 @@ def run_model(config: TrainConfig, manifest: Manifest, note: Callable[[str], Non
         num_mel_bins=manifest.num_mel_bins, size=config.size, depth=config.depth,
         fstride=config.fstride, tstride=config.tstride, pooling=config.pooling,
         pretrained=config.pretrained, elastic=config.elastic, max_tokens=config.max_tokens,
+        elastic_choices=config.elastic_choices(),
     )
     if not model.merges_tokens:
         return model

@@ -204,7 +204,8 @@ def teacher_logits_of(teacher: nn.Module, inputs: TeacherInputs, batch_size: int
     """The teacher's logits [N, C] on every item of `inputs` and their [partner, λ] [N, 2];
     each rank of a torchrun job scores its shard, every rank gets the whole."""
     native = not inputs.has_view and teacher.input_spec().native_length
-    return predict_dataset(teacher, inputs, batch_size, device, amp, ranks=ranks,
+    dtype = torch.float16 if amp else torch.float32
+    return predict_dataset(teacher, inputs, batch_size, device, dtype, ranks=ranks,
                            collate_fn=collate_native if native else None)
 
 

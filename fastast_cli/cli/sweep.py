@@ -3,9 +3,10 @@ methods and rates r."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,7 +37,7 @@ from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.models.merging import MergeSettings, capped_note, display_name
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.presets import PRESETS
-from fastast_cli.progress import progress_bar, set_progress
+from fastast_cli.progress import progress_bar, set_progress, task
 from fastast_cli.reports.plots import method_curves, plot_tradeoff
 from fastast_cli.reports.tables import (
     Column,
@@ -50,6 +51,11 @@ Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ign
 Size = Enum("Size", {name: name for name in SIZES}, type=str)  # type: ignore[misc]
 
 
+# The spread of a setting's timed runs: max − min samples/s, % of the median (the CSV's last
+# column; tables written before it are still read and resumed).
+SPREAD_COLUMN = Column("spread_pct", "spread", "{:.0f}", "%")
+WIDE_SPREAD_PCT = 10.0  # a spread above this gets a note: smaller speed differences are noise
+
 THROUGHPUT_COLUMNS = [
     Column("r", "r"),
     Column("tokens", "tokens left"),
@@ -57,6 +63,7 @@ THROUGHPUT_COLUMNS = [
     Column("samples_per_s", "samples/s", "{:.2f}"),
     Column("speedup", "speedup", "{:.2f}", "x"),
     Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
+    SPREAD_COLUMN,
 ]
 BACKEND_COLUMN = Column("backend", "backend")
 
@@ -73,7 +80,7 @@ def metric_columns(metric: str, method: bool = True) -> list[Column]:
         Column("r", "r"),
         Column(metric, metric, "{:.4f}"),
         Column("metric_std", "±", "{:.4f}"),
-        Column("drop", "drop", "{:+.4f}"),
+        Column("drop", "change", "{:+.4f}"),
         Column("samples_per_s", "samples/s", "{:.2f}"),
         Column("speedup", "speedup", "{:.2f}", "x"),
         Column("tokens", "tokens left"),
@@ -90,18 +97,47 @@ def metric_columns(metric: str, method: bool = True) -> list[Column]:
 MERGING_COLUMN = Column("merging", "merging")
 
 
-def csv_columns(metric: str, method: bool = True) -> list[Column]:
+def csv_columns(metric: str, method: bool = True, spread: bool = True) -> list[Column]:
     """Columns of a data sweep's CSV; its metric column is named after `metric`."""
-    return [*metric_columns(metric, method), MERGING_COLUMN]
+    return [*metric_columns(metric, method), MERGING_COLUMN, *([SPREAD_COLUMN] if spread else [])]
+
+
+def console_columns(metric: str, methods: bool) -> list[Column]:
+    """The console's columns of a data sweep: the CSV's but the checkpoint (it repeats the
+    run's name; the CSV keeps it) and the merging (the title says it), with the timing spread
+    beside samples/s; `methods`: with the method column (several methods swept)."""
+    columns = [column for column in metric_columns(metric, methods)
+               if column.key != "checkpoint"]
+    speed = [column.key for column in columns].index("samples_per_s")
+    return [*columns[:speed + 1], SPREAD_COLUMN, *columns[speed + 1:]]
+
+
+# Console columns said once in the title when every row holds the same value.
+CONSTANT_COLUMNS = ("run", "method", "split", "batch", "backend")
 
 
 def is_sweep_table(out: Path) -> bool:
     """Whether `out` is a data sweep's CSV: of any metric, or from before the metric column was
-    named (`metric`), the merging column or the method column existed; a rerun resumes from
-    it."""
+    named (`metric`), the merging column, the method column or the spread column existed; a
+    rerun resumes from it."""
     return any(is_table_of(out, columns)
                for metric in (*METRIC_NAMES, UNNAMED_METRIC) for method in (True, False)
-               for columns in (csv_columns(metric, method), metric_columns(metric, method)))
+               for columns in (csv_columns(metric, method), csv_columns(metric, method, False),
+                               metric_columns(metric, method)))
+
+
+def spread_note(rows: Sequence[Mapping[str, Any]], runs: int) -> str | None:
+    """A note when the timed runs of some setting differ by more than WIDE_SPREAD_PCT."""
+    spreads = [(row["spread_pct"], row) for row in rows if row.get("spread_pct") is not None]
+    if not spreads:
+        return None
+    widest, row = max(spreads, key=lambda pair: pair[0])
+    if widest <= WIDE_SPREAD_PCT:
+        return None
+    where = f"{row['run']} at r = {row['r']}" if "run" in row else f"r = {row['r']}"
+    return (f"note: the {runs} timed runs of one setting differ by up to {widest:.0f}% "
+            f"({where}): speed differences smaller than that are noise (a busy machine? "
+            "close other programs or raise --runs)")
 
 
 def parse_r_values(spec: str) -> list[int]:
@@ -194,27 +230,29 @@ def data_sweep(
     # split fails here, clearly
     plan = plan_sweep(runs, rs, manifest, options, read_table(out) if out is not None else None)
     rows = plan.rows
-    with progress_bar("sweeping", plan.row_count) as advance:
-        measurement = SweepMeasurement(plan, manifest, options)
-        metric = measurement.metric
-        for _ in rows:  # finished rows count as progress too
-            advance()
+    measurement = SweepMeasurement(plan, manifest, options)
+    metric = measurement.metric
+    # finished rows are done steps, not measured ones: the time left comes from new rows only
+    with task("scoring", plan.row_count, done=len(rows)) as work:
         for row in measurement.rows():
             rows = plan.ordered([*rows, row])
             if out is not None:
                 write_csv(out, [row.to_dict(metric) for row in rows], csv_columns(metric))
-            advance()
+            work.advance()
     records = [row.to_dict(metric) for row in rows]
     merging = "".join(sorted({f"; {row.run}: {row.merging}" for row in rows if row.merging}))
+    methods = sorted({row.method for row in rows if row.method != NO_METHOD})
+    method_text = f"; method {methods[0]} (none at r = 0)" if len(methods) == 1 else ""
     console.print(rich_table(
-        f"Sweep on {manifest.path}, {plan.split} split ({metric}; drop vs r={rs[0]}; speed on "
-        f"random input{merging})", records, metric_columns(metric),
+        f"Sweep on {manifest.path}, {plan.split} split ({metric}; change vs r={rs[0]}; speed on "
+        f"random input{merging}{method_text})", records,
+        console_columns(metric, len(methods) > 1), keys=3, constant=CONSTANT_COLUMNS,
     ))
     for note in sorted(measurement.notes):
         console.print(f"note: {note}")
-    note = capped_rows_note(rows)
-    if note:
-        console.print(note)
+    for note in (capped_rows_note(rows), spread_note(records, options.runs)):
+        if note:
+            console.print(note)
     if out is not None:
         write_csv(out, records, csv_columns(metric))  # also a table read from an older CSV
         plot = plot_tradeoff(
@@ -228,8 +266,8 @@ def data_sweep(
             best = recommend([row for row in rows if row.run == run.name], budget)
             console.print(
                 f"{run.name}: no method and r meet --budget {budget}" if best is None else
-                f"{run.name}: {choice(best)} meets --budget {budget} with the smallest drop "
-                f"({best.drop:+.4f} {metric}, {best.samples_per_s:.1f} samples/s, "
+                f"{run.name}: {choice(best)} meets --budget {budget} with the best {metric} "
+                f"(change {best.drop:+.4f}, {best.samples_per_s:.1f} samples/s, "
                 f"{best.speedup:.2f}x)"
             )
 
@@ -273,7 +311,7 @@ def sweep(
         "valid selects models and is scored only when asked or when it is all there is).")
     ] = None,
     budget: Annotated[str | None, typer.Option(
-        help="Recommend the method and r with the smallest drop that reach this speed: "
+        help="Recommend the method and r with the best metric that reach this speed: "
         "samples/s (e.g. 120) or a speedup (e.g. 1.5x).")] = None,
     preset: Annotated[Preset, typer.Option(
         help="Input shape when no checkpoint is given: esc50 (512 frames), speechcommands "
@@ -337,7 +375,9 @@ def sweep(
         raise FastASTError("without --data, sweep one --method at a time (with --data, "
                            "methods are compared in one table)")
     columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
-    if out is not None:
+    if out is not None and is_table_of(out, columns[:-1]):  # from before the spread column
+        check_output(out, folder=False)
+    elif out is not None:
         check_table_target(out, columns)
     model, description = sweep_model(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
@@ -364,7 +404,10 @@ def sweep(
     title = (f"Throughput: {description}, timing batch {batch_size}, "
              f"{display_name(settings.method)}, {settings.schedule} r, "
              f"proportional attention {attention}")
-    console.print(rich_table(title, records, columns))
+    console.print(rich_table(title, records, columns, keys=1 + (columns[0] == BACKEND_COLUMN)))
+    note = spread_note(records, runs)
+    if note:
+        console.print(note)
     if out is not None:
         replaced = out.exists()
         write_csv(out, records, columns)

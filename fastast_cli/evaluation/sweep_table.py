@@ -44,6 +44,7 @@ class SweepRow:
     batch: int  # timing batch of samples_per_s
     merging: str  # schedule and proportional attention the metric was measured with
     method: str = LEGACY_METHOD  # token-reduction method (NO_METHOD at r = 0)
+    spread_pct: float | None = None  # timing spread of samples_per_s (None: older tables)
 
     def to_dict(self, metric: str = UNNAMED_METRIC) -> dict[str, float | int | str | None]:
         """The row as a record; the metric's cell keyed by `metric` (the CSV's column)."""
@@ -96,6 +97,7 @@ def row_of(record: dict[str, str], metric: str, path: Path) -> SweepRow:
             batch=int(record.get("batch") or 0),
             merging=record.get("merging") or "",  # older tables: not recorded
             method=record.get("method") or method_of(int(record["r"])),
+            spread_pct=float(record["spread_pct"]) if record.get("spread_pct") else None,
         )
     except (KeyError, TypeError, ValueError):
         raise FastASTError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import sys
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -158,8 +159,9 @@ def fastast(
 ) -> None:
     """The root's own options (its help is the app's)."""
 
-# Wide tables stay whole when output goes to a file or a pipe (rich would assume 80 columns).
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Tables fit the terminal (stacked when too wide); output to a file or a pipe is 160 columns
+# wide unless COLUMNS says otherwise (rich would assume 80).
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])

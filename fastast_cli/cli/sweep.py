@@ -102,14 +102,25 @@ def csv_columns(metric: str, method: bool = True, spread: bool = True) -> list[C
     return [*metric_columns(metric, method), MERGING_COLUMN, *([SPREAD_COLUMN] if spread else [])]
 
 
-def console_columns(metric: str, methods: bool) -> list[Column]:
-    """The console's columns of a data sweep: the CSV's but the checkpoint (it repeats the
-    run's name; the CSV keeps it) and the merging (the title says it), with the timing spread
-    beside samples/s; `methods`: with the method column (several methods swept)."""
-    columns = [column for column in metric_columns(metric, methods)
-               if column.key != "checkpoint"]
-    speed = [column.key for column in columns].index("samples_per_s")
-    return [*columns[:speed + 1], SPREAD_COLUMN, *columns[speed + 1:]]
+# On the console samples/s and its spread share a cell: `409.12 ±2%` (± half the spread).
+SPEED_SHOWN = Column("speed_shown", "samples/s")
+
+
+def console_columns(columns: Sequence[Column]) -> list[Column]:
+    """The console's columns of a sweep table: the CSV's but the checkpoint (it repeats the
+    run's name; the CSV keeps it), with samples/s and its spread in one cell."""
+    return [SPEED_SHOWN if column.key == "samples_per_s" else column for column in columns
+            if column.key not in ("checkpoint", SPREAD_COLUMN.key)]
+
+
+def with_speed_shown(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The records with their `SPEED_SHOWN` cell (the median; ± half the spread when known)."""
+    shown = []
+    for record in records:
+        spread = record.get("spread_pct")
+        text = f"{record['samples_per_s']:.2f}" + ("" if spread is None else f" ±{spread / 2:.0f}%")
+        shown.append({**record, SPEED_SHOWN.key: text})
+    return shown
 
 
 # Console columns said once in the title when every row holds the same value.
@@ -244,9 +255,11 @@ def data_sweep(
     methods = sorted({row.method for row in rows if row.method != NO_METHOD})
     method_text = f"; method {methods[0]} (none at r = 0)" if len(methods) == 1 else ""
     console.print(rich_table(
-        f"Sweep on {manifest.path}, {plan.split} split ({metric}; change vs r={rs[0]}; speed on "
-        f"random input{merging}{method_text})", records,
-        console_columns(metric, len(methods) > 1), keys=3, constant=CONSTANT_COLUMNS,
+        f"Sweep on {manifest.path}, {plan.split} split ({metric}; change vs r={rs[0]}; "
+        f"samples/s on random input, median of {options.runs} runs ± half their spread"
+        f"{merging}{method_text})", with_speed_shown(records),
+        console_columns(metric_columns(metric, len(methods) > 1)),
+        keys=2 + (len(methods) > 1), constant=CONSTANT_COLUMNS,
     ))
     for note in sorted(measurement.notes):
         console.print(f"note: {note}")
@@ -403,8 +416,10 @@ def sweep(
     attention = "on" if settings.proportional_attention else "off"
     title = (f"Throughput: {description}, timing batch {batch_size}, "
              f"{display_name(settings.method)}, {settings.schedule} r, "
-             f"proportional attention {attention}")
-    console.print(rich_table(title, records, columns, keys=1 + (columns[0] == BACKEND_COLUMN)))
+             f"proportional attention {attention}; samples/s: median of {runs} runs ± half "
+             "their spread")
+    console.print(rich_table(title, with_speed_shown(records), console_columns(columns),
+                             keys=1 + (columns[0] == BACKEND_COLUMN)))
     note = spread_note(records, runs)
     if note:
         console.print(note)

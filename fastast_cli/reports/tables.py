@@ -79,11 +79,18 @@ class FittedTable:
                 parts.append([*keys, index])
         return parts or [keys]
 
-    def table(self, columns: list[int], title: str) -> Table:
+    def natural(self, index: int) -> int:
+        """The column's width with its header on one line."""
+        return max([cell_len(self.headers[index]), *(cell_len(row[index]) for row in self.cells)])
+
+    def table(self, columns: list[int], title: str, width: int) -> Table:
+        """The part of the table made of `columns`; when its headers on one line would not fit
+        `width`, every column is as narrow as its cells and header words allow."""
+        narrow = sum(self.natural(index) + BORDER for index in columns) + 1 > width
         table = Table(title=escape(title) if title else None, title_justify="left")
         for index in columns:
-            table.add_column(escape(self.headers[index]), justify="right",
-                             min_width=self.widths(index), overflow="fold")
+            table.add_column(escape(self.headers[index]), justify="right", overflow="fold",
+                             width=self.widths(index) if narrow else None)
         for row in self.cells:
             table.add_row(*(escape(row[index]) for index in columns))
         return table
@@ -92,7 +99,7 @@ class FittedTable:
         parts = self.parts(options.max_width)
         for number, columns in enumerate(parts):
             title = self.title if number == 0 else f"(continued, part {number + 1} of {len(parts)})"
-            yield self.table(columns, title)
+            yield self.table(columns, title, options.max_width)
 
 
 def rich_table(

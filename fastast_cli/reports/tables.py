@@ -15,8 +15,8 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from fastast_cli.atomic import atomic_path, check_output
 from fastast_cli.errors import FastASTError
@@ -83,23 +83,27 @@ class FittedTable:
         """The column's width with its header on one line."""
         return max([cell_len(self.headers[index]), *(cell_len(row[index]) for row in self.cells)])
 
-    def table(self, columns: list[int], title: str, width: int) -> Table:
+    def table(self, columns: list[int], width: int) -> Table:
         """The part of the table made of `columns`; when its headers on one line would not fit
         `width`, every column is as narrow as its cells and header words allow."""
         narrow = sum(self.natural(index) + BORDER for index in columns) + 1 > width
-        table = Table(title=escape(title) if title else None, title_justify="left")
+        table = Table()
         for index in columns:
-            table.add_column(escape(self.headers[index]), justify="right", overflow="fold",
+            table.add_column(Text(self.headers[index]), justify="right", overflow="fold",
                              width=self.widths(index) if narrow else None)
         for row in self.cells:
-            table.add_row(*(escape(row[index]) for index in columns))
+            table.add_row(*(Text(row[index]) for index in columns))
         return table
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+    def __rich_console__(self, console: Console, options: ConsoleOptions
+                         ) -> Iterator[Table | Text]:
+        """The title (wrapped at the console's width, not the table's), then each part."""
         parts = self.parts(options.max_width)
         for number, columns in enumerate(parts):
             title = self.title if number == 0 else f"(continued, part {number + 1} of {len(parts)})"
-            yield self.table(columns, title, options.max_width)
+            if title:
+                yield Text(title)
+            yield self.table(columns, options.max_width)
 
 
 def rich_table(

@@ -158,3 +158,41 @@ def test_sweep_rows_read_back_their_spread(tmp_path):
     path = tmp_path / "sweep.csv"
     write_csv(path, [row.to_dict("accuracy") for row in rows], csv_columns("accuracy"))
     assert [row.spread_pct for row in read_rows(path)] == [row.spread_pct for row in rows]
+
+
+def test_sweep_plot_labels_do_not_collide_and_the_legend_names_each_run_once(
+        monkeypatch, tmp_path):
+    from fastast_cli.reports import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.append(figure))
+    records = [row.to_dict("accuracy") for row in sweep_rows()]  # three runs on one curve
+    plots.plot_tradeoff(plots.method_curves(records), "samples_per_s", "accuracy", "r",
+                        tmp_path / "sweep.png", "t", series_key="curve")
+    axes = figures[0].axes[0]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == [
+        "ast", "tome", "tome+kd"]
+    renderer = figures[0].canvas.get_renderer()
+    notes = [child for child in axes.texts]
+    boxes = [note.get_window_extent(renderer) for note in notes]
+    assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert {note.get_text() for note in notes} == {f"r={r}" for r in range(0, 25, 4)}
+    # several runs with several methods: `run (method)`
+    mixed = [{**record, "method": "evit"} for record in records if record["method"] != "none"]
+    names = {curve["curve"] for curve in plots.method_curves(records + mixed)}
+    assert names == {f"{run} ({method})" for run in ("ast", "tome", "tome+kd")
+                     for method in ("tome", "evit")}
+
+
+def test_heat_map_colours_span_the_scores(monkeypatch, tmp_path):
+    from fastast_cli.reports import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.append(figure))
+    scores = [[0.10, 0.20], [0.25, 0.12], [0.15, 0.18]]  # [windows, classes]
+    plots.plot_timeline([0.0, 0.5, 1.0], [1.0, 1.5, 2.0], scores, ["dog", "rain"],
+                        tmp_path / "t.png", "t")
+    mesh = figures[0].axes[0].collections[0]
+    assert mesh.get_clim() == pytest.approx((0.10, 0.25))
+    assert figures[0].axes[1].get_ylabel() == "score (colours span 0.10–0.25)"
+    assert plots.colour_scale([[0.3, 0.3]]) == pytest.approx((0.25, 0.35))

@@ -95,14 +95,16 @@ class FittedTable:
             table.add_row(*(Text(row[index]) for index in columns))
         return table
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions
-                         ) -> Iterator[Table | Text]:
-        """The title (wrapped at the console's width, not the table's), then each part."""
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Any]:
+        """Each part under its title; a title wraps at the part's width, or at 80 columns
+        (within the console's) for a narrower part."""
         parts = self.parts(options.max_width)
         for number, columns in enumerate(parts):
             title = self.title if number == 0 else f"(continued, part {number + 1} of {len(parts)})"
             if title:
-                yield Text(title)
+                width = sum(self.natural(index) + BORDER for index in columns) + 1
+                yield from console.render(
+                    Text(title), options.update_width(min(options.max_width, max(width, 80))))
             yield self.table(columns, options.max_width)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from fastast_cli.cli._app import INTERRUPTED
+INTERRUPTED = 130  # exit code of a process stopped by Ctrl-C (128 + SIGINT)
 
 
 def _load_app() -> Any:

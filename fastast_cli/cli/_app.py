@@ -22,9 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from fastast_cli.cli import INTERRUPTED
 from fastast_cli.errors import FastASTError, Interrupted
-
-INTERRUPTED = 130  # exit code of a process stopped by Ctrl-C (128 + SIGINT)
 
 # Every command in workflow order: its name, the module that registers it, and one line for
 # `fastast --help` (the command's own --help says the rest). A new command adds a line here.
@@ -132,6 +131,7 @@ class Subcommands(TyperGroup):
 
 
 def show_version(value: bool) -> None:
+    """`--version`: print the package version and stop."""
     if value:
         typer.echo(f"fastast {package_version()}")
         raise typer.Exit()

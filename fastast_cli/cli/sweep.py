@@ -244,7 +244,7 @@ def data_sweep(
     measurement = SweepMeasurement(plan, manifest, options)
     metric = measurement.metric
     # finished rows are done steps, not measured ones: the time left comes from new rows only
-    with task("scoring", plan.row_count, done=len(rows)) as work:
+    with task("sweeping", plan.row_count, done=len(rows)) as work:
         for row in measurement.rows():
             rows = plan.ordered([*rows, row])
             if out is not None:

@@ -196,3 +196,32 @@ def test_heat_map_colours_span_the_scores(monkeypatch, tmp_path):
     assert mesh.get_clim() == pytest.approx((0.10, 0.25))
     assert figures[0].axes[1].get_ylabel() == "score (colours span 0.10–0.25)"
     assert plots.colour_scale([[0.3, 0.3]]) == pytest.approx((0.25, 0.35))
+
+
+def test_a_resumed_sweep_estimates_time_from_the_rows_it_measures(small_demo, tmp_path,
+                                                                   monkeypatch):
+    """Rows kept from an earlier run are done steps, not measured ones: the progress starts
+    past them (old: they were counted as instant steps, and the time left came out wrong)."""
+    from fastast_cli.data.manifest import load_manifest
+    from fastast_cli.models.checkpoints import save_checkpoint
+    from fastast_cli.progress import set_progress
+
+    manifest = load_manifest(small_demo)
+    model = build_model("tiny", 10, target_length=200, depth=2, fstride=16, tstride=16,
+                        labels=manifest.label_names)
+    mean, std = manifest.norm_stats()
+    checkpoint = save_checkpoint(tmp_path / "m.pt", model, mean=mean, std=std)
+    monkeypatch.setenv("FASTAST_PROGRESS_INTERVAL", "0")
+    args = ["sweep", "--data", str(small_demo), "--checkpoint", f"m={checkpoint}", "--runs",
+            "1", "--warmup", "0", "--batch-size", "2", "--device", "cpu",
+            "--out", str(tmp_path / "sweep.csv")]
+    try:
+        assert CliRunner().invoke(app, [*args, "--r", "0,2"]).exit_code == 0
+        result = CliRunner().invoke(app, [*args, "--r", "0,2,4"])
+    finally:
+        set_progress(False)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sweeping: ")]
+    assert lines and all(line.startswith("sweeping: step 3/3 (100%)") for line in lines), lines
+    timing = [line for line in result.stderr.splitlines() if line.startswith("timing: ")]
+    assert timing[-1].startswith("timing: step 2/2 (100%)")  # r = 4 and its r = 0 reference

@@ -139,13 +139,18 @@ def test_sweep_timings_carry_their_spread(monkeypatch, tmp_path):
 
 
 def test_sweep_without_data_writes_and_shows_the_spread(tmp_path):
-    out = tmp_path / "speed.csv"
+    out = tmp_path / "speed.csv"  # a table from before the spread column is replaced
+    out.write_text("r,tokens,gflops,samples_per_s,speedup,flop_speedup\n0,98,1.0,10.0,1.0,1.0\n")
     result = CliRunner().invoke(app, [
         "sweep", "--r", "0,4", "--model", "tiny", "--frames", "64", "--runs", "3",
         "--warmup", "0", "--batch-size", "1", "--device", "cpu", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     records = list(csv.DictReader(out.open()))
     assert [float(record["spread_pct"]) >= 0 for record in records] == [True, True]
+    assert "replaced" in result.output
+    out.write_text("mine\n")  # a file of the user's is still refused
+    refused = CliRunner().invoke(app, ["sweep", "--r", "0", "--model", "tiny", "--out", str(out)])
+    assert refused.exit_code == 2 and out.read_text() == "mine\n"
     assert "median of 3 runs ± half their spread" in " ".join(result.output.split())
     assert re.search(r"\d+\.\d\d ±\d+%", result.output)
 

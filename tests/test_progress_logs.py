@@ -44,7 +44,7 @@ def test_long_commands_log_progress_lines_and_quiet_silences_them(
         ("evaluate", "evaluate"): [
             "evaluate", "--checkpoint", str(checkpoint), "--data", str(small_demo),
             "--device", "cpu"],
-        ("sweep", "sweeping", "evaluate"): [
+        ("sweep", "timing", "sweeping", "evaluate"): [
             "sweep", "--data", str(small_demo), "--checkpoint", f"m={checkpoint}", "--r", "0,2",
             "--runs", "1", "--warmup", "0", "--batch-size", "2", "--device", "cpu"],
     }

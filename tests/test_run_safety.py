@@ -159,7 +159,7 @@ def interrupted_import(name, *args, **kwargs):
     return real_import(name, *args, **kwargs)
 
 builtins.__import__ = interrupted_import
-sys.argv = ["fastast", "--help"]
+sys.argv = ["fastast", "sweep", "--help"]  # --help alone needs no torch
 from fastast_cli.cli import main
 main()
 """

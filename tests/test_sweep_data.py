@@ -58,10 +58,17 @@ def test_rows_match_evaluate_and_the_csv_equals_the_table(small_demo, tiny_check
     assert len(table_lines) == len(rows)
     for line, row in zip(table_lines, rows, strict=True):
         cells = [cell.strip() for cell in line.strip("│").split("│")]
-        # The CSV's last cells, the merging the row was measured with and what it was timed
-        # with (device, dtype, threads), are in the table's title.
-        assert [cell.rstrip("x") for cell in cells] == list(row.values())[:-4]
+        # The console shows the CSV's cells but those said once in the title (one run, method,
+        # split and timing batch; the merging), the blank ± and the checkpoint; samples/s with
+        # ± half its timing spread.
+        speed = f"{row['samples_per_s']} ±{float(row['spread_pct']) / 2:.0f}%"
+        assert [cell.rstrip("x") for cell in cells] == [
+            row["r"], row["accuracy"], row["drop"], speed, row["speedup"], row["tokens"],
+            row["gflops"]]
         assert row["merging"] == "constant, proportional attention on"
+    title = " ".join(result.output.split())
+    assert f"run: a; split: {rows[0]['split']}; timing batch: {rows[0]['batch']}" in title
+    assert "method tome (none at r = 0)" in title
 
 
 def test_rerun_skips_finished_rows(small_demo, tiny_checkpoints, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -208,6 +209,27 @@ def test_events_cli_and_bad_thresholds(checkpoint: Path, tmp_path: Path) -> None
         result = invoke(str(wav), "--checkpoint", str(checkpoint), "--events", str(out),
                         "--thresholds", str(spec))
         assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_no_event_names_the_top_score_and_a_threshold_that_finds_one(
+        checkpoint: Path, tmp_path: Path) -> None:
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, noise(2.0), RATE)
+    out = tmp_path / "events.json"
+    result = invoke(str(wav), "--checkpoint", str(checkpoint), "--events", str(out),
+                    "--threshold", "1.0")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["events"] == []
+    hint = re.search(r"no window reached its threshold: the top score was (\d\.\d{4}) "
+                     r"\((\S+) at [\d.]+ s, threshold 1\); --threshold (\d\.\d\d) would "
+                     r"find it", " ".join(result.stdout.split()))
+    assert hint, result.stdout
+    top, label, suggested = float(hint[1]), hint[2], float(hint[3])
+    assert suggested <= top < suggested + 0.01 + 1e-4 and label in LABELS
+    again = invoke(str(wav), "--checkpoint", str(checkpoint), "--events", str(out),
+                   "--threshold", hint[3])
+    assert again.exit_code == 0
+    assert label in {event["label"] for event in json.loads(out.read_text())["events"]}
 
 
 # --- block-wise scoring ----------------------------------------------------------------------

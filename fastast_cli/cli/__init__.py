@@ -1,8 +1,9 @@
 """The `fastast` command line: parses flags, loads recipes and calls the engine.
 
 Each subcommand lives in its own module and registers itself on `app`; no engine module
-imports anything from here. The commands (and torch) are imported on first use of `app`, so
-that `main` can turn a Ctrl-C during those slow imports into a quiet exit.
+imports anything from here. `main` imports only the module of the command it runs (see
+`_app.Commands`), so `fastast --help` needs no torch; `app` (for tests and embedding) is the
+application with every command registered.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
-    """Console entry point of `fastast` and `python -m fastast_cli`."""
+    """Console entry point of `fastast` and `python -m fastast_cli`: the command's module is
+    imported when the command runs (a Ctrl-C during that import exits quietly with 130)."""
     try:
-        app = _load_app()
+        from fastast_cli.cli._app import app
     except KeyboardInterrupt:
         print("interrupted while starting (Ctrl-C)", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    app()
+    app(prog_name="fastast")
 
 
 __all__ = ["app", "main"]

@@ -36,6 +36,7 @@ from fastast_cli.inference.stream import frames_in
 from fastast_cli.inference.timeline import (
     Event,
     EventTracker,
+    Nearest,
     TimelineCSV,
     load_thresholds,
     row_record,
@@ -183,17 +184,21 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
     if options.timeline is not None:
         notes.print(options.written(options.timeline), highlight=False)
     if options.events is not None:
-        write_events(options, tracker.events(), name, notes)
+        write_events(options, tracker.events(), name, notes, tracker.closest)
     if options.plot is not None and options.rows:
         draw_timeline(options, labels, name, notes)
     return stream.duration_s, failure
 
 
 def write_events(options: TimelineOptions, events: list[Event], name: str,
-                 notes: Console) -> None:
-    """The events table on the console and the events JSON file."""
+                 notes: Console, closest: Nearest | None = None) -> None:
+    """The events table on the console (when none: the top score and a threshold that would
+    find it) and the events JSON file."""
     records = [event.to_dict() for event in events]
-    notes.print(rich_table(f"Events in {name} (score ≥ threshold)", records, EVENT_COLUMNS))
+    if records:
+        notes.print(rich_table(f"Events in {name} (score ≥ threshold)", records, EVENT_COLUMNS))
+    elif closest is not None:
+        notes.print(f"Events in {name}: {closest.hint()}", highlight=False, markup=False)
     assert options.events is not None
     write_json(options.events, {
         "file": name, "threshold": options.threshold,

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import app, console, err_console, user_errors
+from fastast_cli.cli._app import Subcommands, app, console, err_console, user_errors
 from fastast_cli.data.prepare import (
     PrepareReport,
     prepare_audioset,
@@ -29,6 +29,7 @@ prepare_app = typer.Typer(
     help="Prepare a dataset: 16-kHz audio, AST JSON datafiles, labels CSV and manifest.yaml "
     "(the --data handle of every later command).",
     no_args_is_help=True,
+    cls=Subcommands,
 )
 app.add_typer(prepare_app, name="prepare")
 

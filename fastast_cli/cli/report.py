@@ -33,9 +33,9 @@ def table1_columns(baseline: str, tome: str) -> list[Column]:
         Column("samples_per_s", "samples/s", "{:.1f}"),
         Column("speedup", "speedup", "{:.2f}", "x"),
         Column("inference_only", f"Inf ({baseline})", "{:.4f}"),
-        Column("inference_only_drop", "drop", "{:+.4f}"),
+        Column("inference_only_drop", "change", "{:+.4f}"),
         Column("during_training", f"Train+Inf ({tome})", "{:.4f}"),
-        Column("during_training_drop", "drop", "{:+.4f}"),
+        Column("during_training_drop", "change", "{:+.4f}"),
     ]
 
 
@@ -88,7 +88,7 @@ def report(
     splits = ", ".join(dict.fromkeys(row.split for row in rows if row.split))
     scored = f"{metric.value}, {splits} split" if splits else metric.value
     console.print(rich_table(
-        f"Table 1: ToMe at inference only vs during training ({scored}; drop vs "
+        f"Table 1: ToMe at inference only vs during training ({scored}; change vs "
         f"{baseline} at r = {reference.r})\n{table1_caption(rows, baseline, tome)}",
         table1_rows(rows, baseline, tome), table1_columns(baseline, tome),
     ))

@@ -3,9 +3,10 @@ methods and rates r."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -37,19 +38,25 @@ from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.models.merging import MergeSettings, capped_note, display_name
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.presets import PRESETS
-from fastast_cli.progress import progress_bar, set_progress
+from fastast_cli.progress import progress_bar, set_progress, task
 from fastast_cli.reports.plots import method_curves, plot_tradeoff
 from fastast_cli.reports.tables import (
     Column,
     check_table_target,
     is_table_of,
     rich_table,
+    table_header,
     write_csv,
 )
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 Size = Enum("Size", {name: name for name in SIZES}, type=str)  # type: ignore[misc]
 
+
+# The spread of a setting's timed runs: max − min samples/s, % of the median (the CSV's last
+# column; tables written before it are still read and resumed).
+SPREAD_COLUMN = Column("spread_pct", "spread", "{:.0f}", "%")
+WIDE_SPREAD_PCT = 10.0  # a spread above this gets a note: smaller speed differences are noise
 
 THROUGHPUT_COLUMNS = [
     Column("r", "r"),
@@ -58,6 +65,7 @@ THROUGHPUT_COLUMNS = [
     Column("samples_per_s", "samples/s", "{:.2f}"),
     Column("speedup", "speedup", "{:.2f}", "x"),
     Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
+    SPREAD_COLUMN,
 ]
 BACKEND_COLUMN = Column("backend", "backend")
 # The throughput CSV's last columns: what the timing ran with (the console table's title).
@@ -84,7 +92,7 @@ def metric_columns(metric: str, method: bool = True) -> list[Column]:
         Column("r", "r"),
         Column(metric, metric, "{:.4f}"),
         Column("metric_std", "±", "{:.4f}"),
-        Column("drop", "drop", "{:+.4f}"),
+        Column("drop", "change", "{:+.4f}"),
         Column("samples_per_s", "samples/s", "{:.2f}"),
         Column("speedup", "speedup", "{:.2f}", "x"),
         Column("tokens", "tokens left"),
@@ -101,21 +109,68 @@ def metric_columns(metric: str, method: bool = True) -> list[Column]:
 MERGING_COLUMN = Column("merging", "merging")
 
 
-def csv_columns(metric: str, method: bool = True, timing: bool = True) -> list[Column]:
-    """Columns of a data sweep's CSV; its metric column is named after `metric`; `timing`:
-    with the device, dtype and threads columns."""
+def csv_columns(metric: str, method: bool = True, current: bool = True) -> list[Column]:
+    """Columns of a data sweep's CSV; its metric column is named after `metric`; `current`:
+    with the timing spread and what the timing ran with (device, dtype, threads): tables
+    written before them have neither."""
     return [*metric_columns(metric, method), MERGING_COLUMN,
-            *(TIMING_COLUMNS if timing else [])]
+            *([SPREAD_COLUMN, *TIMING_COLUMNS] if current else [])]
+
+
+# On the console samples/s and its spread share a cell: `409.12 ±2%` (± half the spread).
+SPEED_SHOWN = Column("speed_shown", "samples/s")
+
+
+def console_columns(columns: Sequence[Column]) -> list[Column]:
+    """The console's columns of a sweep table: the CSV's but the checkpoint (it repeats the
+    run's name; the CSV keeps it), with samples/s and its spread in one cell."""
+    return [SPEED_SHOWN if column.key == "samples_per_s" else column for column in columns
+            if column.key not in ("checkpoint", SPREAD_COLUMN.key)]
+
+
+def with_speed_shown(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The records with their `SPEED_SHOWN` cell (the median; ± half the spread when known)."""
+    shown = []
+    for record in records:
+        spread = record.get("spread_pct")
+        text = f"{record['samples_per_s']:.2f}" + ("" if spread is None else f" ±{spread / 2:.0f}%")
+        shown.append({**record, SPEED_SHOWN.key: text})
+    return shown
+
+
+# Console columns said once in the title when every row holds the same value.
+CONSTANT_COLUMNS = ("run", "method", "split", "batch", "backend")
 
 
 def is_sweep_table(out: Path) -> bool:
-    """Whether `out` is a data sweep's CSV: of any metric, or from before the metric column was
-    named (`metric`), the merging, method or timing columns existed; a rerun resumes from
-    it."""
-    return any(is_table_of(out, columns)
-               for metric in (*METRIC_NAMES, UNNAMED_METRIC) for method in (True, False)
-               for columns in (csv_columns(metric, method), csv_columns(metric, method, False),
-                               metric_columns(metric, method)))
+    """Whether `out` is a data sweep's CSV: of any metric, with or without the method column,
+    and with any of the columns added over time (merging, spread, timing) in their order or
+    none; a rerun resumes from it."""
+    header = table_header(out)
+    if header is None:
+        return False
+    later = [column.key for column in (MERGING_COLUMN, SPREAD_COLUMN, *TIMING_COLUMNS)]
+    for metric in (*METRIC_NAMES, UNNAMED_METRIC):
+        for method in (True, False):
+            base = [column.key for column in metric_columns(metric, method)]
+            rest = header[len(base):]
+            if header[:len(base)] == base and rest == [key for key in later if key in rest]:
+                return True
+    return False
+
+
+def spread_note(rows: Sequence[Mapping[str, Any]], runs: int) -> str | None:
+    """A note when the timed runs of some setting differ by more than WIDE_SPREAD_PCT."""
+    spreads = [(row["spread_pct"], row) for row in rows if row.get("spread_pct") is not None]
+    if not spreads:
+        return None
+    widest, row = max(spreads, key=lambda pair: pair[0])
+    if widest <= WIDE_SPREAD_PCT:
+        return None
+    where = f"{row['run']} at r = {row['r']}" if "run" in row else f"r = {row['r']}"
+    return (f"note: the {runs} timed runs of one setting differ by up to {widest:.0f}% "
+            f"({where}): speed differences smaller than that are noise (a busy machine? "
+            "close other programs or raise --runs)")
 
 
 def parse_r_values(spec: str) -> list[int]:
@@ -208,27 +263,31 @@ def data_sweep(
     # split fails here, clearly
     plan = plan_sweep(runs, rs, manifest, options, read_table(out) if out is not None else None)
     rows = plan.rows
-    with progress_bar("sweeping", plan.row_count) as advance:
-        measurement = SweepMeasurement(plan, manifest, options)
-        metric = measurement.metric
-        for _ in rows:  # finished rows count as progress too
-            advance()
+    measurement = SweepMeasurement(plan, manifest, options)
+    metric = measurement.metric
+    # finished rows are done steps, not measured ones: the time left comes from new rows only
+    with task("sweeping", plan.row_count, done=len(rows)) as work:
         for row in measurement.rows():
             rows = plan.ordered([*rows, row])
             if out is not None:
                 write_csv(out, [row.to_dict(metric) for row in rows], csv_columns(metric))
-            advance()
+            work.advance()
     records = [row.to_dict(metric) for row in rows]
     merging = "".join(sorted({f"; {row.run}: {row.merging}" for row in rows if row.merging}))
+    methods = sorted({row.method for row in rows if row.method != NO_METHOD})
+    method_text = f"; method {methods[0]} (none at r = 0)" if len(methods) == 1 else ""
     console.print(rich_table(
-        f"Sweep on {manifest.path}, {plan.split} split ({metric}; drop vs r={rs[0]}; speed on "
-        f"random input{merging}; {timing_line(rows)})", records, metric_columns(metric),
+        f"Sweep on {manifest.path}, {plan.split} split ({metric}; change vs r={rs[0]}; "
+        f"samples/s on random input, median of {options.runs} runs ± half their spread"
+        f"{merging}{method_text}; {timing_line(rows)})", with_speed_shown(records),
+        console_columns(metric_columns(metric, len(methods) > 1)),
+        keys=2 + (len(methods) > 1), constant=CONSTANT_COLUMNS,
     ))
     for note in sorted(measurement.notes):
         console.print(f"note: {note}")
-    note = capped_rows_note(rows)
-    if note:
-        console.print(note)
+    for note in (capped_rows_note(rows), spread_note(records, options.runs)):
+        if note:
+            console.print(note)
     if out is not None:
         write_csv(out, records, csv_columns(metric))  # also a table read from an older CSV
         plot = plot_tradeoff(
@@ -242,8 +301,8 @@ def data_sweep(
             best = recommend([row for row in rows if row.run == run.name], budget)
             console.print(
                 f"{run.name}: no method and r meet --budget {budget}" if best is None else
-                f"{run.name}: {choice(best)} meets --budget {budget} with the smallest drop "
-                f"({best.drop:+.4f} {metric}, {best.samples_per_s:.1f} samples/s, "
+                f"{run.name}: {choice(best)} meets --budget {budget} with the best {metric} "
+                f"(change {best.drop:+.4f}, {best.samples_per_s:.1f} samples/s, "
                 f"{best.speedup:.2f}x)"
             )
 
@@ -296,7 +355,7 @@ def sweep(
         "valid selects models and is scored only when asked or when it is all there is).")
     ] = None,
     budget: Annotated[str | None, typer.Option(
-        help="Recommend the method and r with the smallest drop that reach this speed: "
+        help="Recommend the method and r with the best metric that reach this speed: "
         "samples/s (e.g. 120) or a speedup (e.g. 1.5x).")] = None,
     preset: Annotated[Preset, typer.Option(
         help="Input shape when no checkpoint is given: esc50 (512 frames), speechcommands "
@@ -363,7 +422,9 @@ def sweep(
                            "methods are compared in one table)")
     columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
     saved_columns = [*columns, *THROUGHPUT_TIMING_COLUMNS]
-    if out is not None and not is_table_of(out, columns):  # a table from before: replaced
+    if out is not None and is_table_of(out, columns[:-1]):  # from before spread and timing
+        check_output(out, folder=False)
+    elif out is not None:
         check_table_target(out, saved_columns)
     model, description = sweep_model(
         checkpoint[0] if checkpoint else None, model_size.value, preset.value, frames
@@ -391,8 +452,13 @@ def sweep(
     attention = "on" if settings.proportional_attention else "off"
     title = (f"Throughput: {description}, on {timing['device']}, {dtype}, timing batch "
              f"{batch_size}, {timing['threads']} threads, {display_name(settings.method)}, "
-             f"{settings.schedule} r, proportional attention {attention}")
-    console.print(rich_table(title, records, columns))
+             f"{settings.schedule} r, proportional attention {attention}; samples/s: median of "
+             f"{runs} runs ± half their spread")
+    console.print(rich_table(title, with_speed_shown(records), console_columns(columns),
+                             keys=1 + (columns[0] == BACKEND_COLUMN)))
+    note = spread_note(records, runs)
+    if note:
+        console.print(note)
     if out is not None:
         replaced = out.exists()
         write_csv(out, records, saved_columns)

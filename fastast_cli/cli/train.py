@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from fastast_cli.cli._app import Quiet, app, console, user_errors
+from fastast_cli.cli._app import DEFAULT_NOTES, Quiet, app, console, user_errors
 from fastast_cli.cli._merging import method_name
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_resolutions
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
-from fastast_cli.training.config import load_config
+from fastast_cli.training.config import TrainConfig, load_config
 from fastast_cli.training.loop import RunResult, train
 
 Recipe = Annotated[Path | None, typer.Option(
@@ -288,3 +289,14 @@ def distill(
         "fold": fold, "norm_stats": norm_stats, "seed": seed,
         "device": device, "num_workers": num_workers,
     }, resume, overwrite, quiet)
+
+
+def recipe_defaults() -> dict[str, Any]:
+    """What a training flag not given takes when the recipe does not set it either (the
+    configuration's defaults), for `--help`."""
+    return {field.name: field.default for field in fields(TrainConfig)
+            if field.default is not MISSING}
+
+
+DEFAULT_NOTES["train-teacher"] = recipe_defaults
+DEFAULT_NOTES["distill"] = lambda: {**recipe_defaults(), "model": recipe_defaults()["size"]}

@@ -56,6 +56,7 @@ from fastast_cli.evaluation.throughput import (
 )
 from fastast_cli.export.backends import make_forward
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.progress import task
 
 
 @dataclass(frozen=True)
@@ -317,12 +318,16 @@ class SweepMeasurement:
         batch_size = options.batch_size or min(  # one batch that every timed model fits
             default_batch_size(model, options.device, options.dtype, rs[0],
                                model.merge_settings.schedule) for model in models)
-        measured = sweep_throughputs(
-            models, [timed_rs for _, timed_rs in timers.values()], batch_size=batch_size,
-            device=options.device, dtype=options.dtype,
-            schedule=[model.merge_settings.schedule for model in models],
-            warmup=options.warmup, runs=options.runs, backends=backends,
-        )
+        timed_rs = [model_rs for _, model_rs in timers.values()]
+        passes = sum(map(len, timed_rs)) * len(backends) * (options.warmup + options.runs)
+        with task("timing", passes) as work:  # one bar per phase: its steps cost alike
+            measured = sweep_throughputs(
+                models, timed_rs, batch_size=batch_size,
+                device=options.device, dtype=options.dtype,
+                schedule=[model.merge_settings.schedule for model in models],
+                warmup=options.warmup, runs=options.runs, backends=backends,
+                on_step=work.advance,
+            )
         by_setting = {(speed_key(model, row.r), row.backend, row.r): row
                       for model, rows in zip(models, measured, strict=True) for row in rows}
         speeds: dict[SweepStep, dict[str, ThroughputRow]] = {}
@@ -366,7 +371,7 @@ class SweepMeasurement:
                 run.path(r, options.folds[0]), self.plan.split, batch_size,
                 settings.attention_line(), method_of(r, settings.method),
                 device_label(options.device), ran_dtype(backend, options.dtype),
-                torch.get_num_threads())
+                torch.get_num_threads(), spread_pct=timing.spread_pct)
 
 
 def ran_dtype(backend: str, dtype: str) -> str:

@@ -51,6 +51,7 @@ class SweepRow:
     device: str = ""
     dtype: str = ""
     threads: int = 0
+    spread_pct: float | None = None  # timing spread of samples_per_s (None: older tables)
 
     def to_dict(self, metric: str = UNNAMED_METRIC) -> dict[str, float | int | str | None]:
         """The row as a record; the metric's cell keyed by `metric` (the CSV's column)."""
@@ -105,6 +106,7 @@ def row_of(record: dict[str, str], metric: str, path: Path) -> SweepRow:
             method=record.get("method") or method_of(int(record["r"])),
             device=record.get("device") or "", dtype=record.get("dtype") or "",
             threads=int(record.get("threads") or 0),  # older tables: not recorded
+            spread_pct=float(record["spread_pct"]) if record.get("spread_pct") else None,
         )
     except (KeyError, TypeError, ValueError):
         raise FastASTError(

@@ -3,7 +3,8 @@
 Method (as ToMe's own benchmark, made robust to a shared machine): a fixed random batch, warm-up
 runs per setting, the device synchronized around every timed run, and the timed runs of all
 settings interleaved round by round, so that a change in machine load hits every r alike. Each
-setting reports the median over its runs.
+setting reports the median over its runs and their spread (max − min, % of the median): a
+speed difference smaller than the spread is noise.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class ThroughputRow:
     speedup: float  # samples/s relative to r = 0 (or the first r) in the same run
     flop_speedup: float  # GFLOPs of the reference setting divided by this one's
     backend: str = "torch"  # what ran it (export.backends)
+    spread_pct: float = 0.0  # max − min of samples/s over the timed runs, % of the median
 
 
 @contextlib.contextmanager
@@ -187,6 +189,8 @@ def sweep_throughputs(
             _tick(on_step)
 
     throughput = {s: batch_size / statistics.median(timings[s]) for s in settings}
+    spread = {s: 100 * (batch_size / min(timings[s]) - batch_size / max(timings[s]))
+              / throughput[s] for s in settings}
     reference = [throughput[index, backends[0], model_rs[0]] for index, model_rs in enumerate(rs)]
     return [
         [
@@ -198,6 +202,7 @@ def sweep_throughputs(
                 speedup=throughput[index, backend, r] / reference[index],
                 flop_speedup=gflops[index, rs[index][0]] / gflops[index, r],
                 backend=backend,
+                spread_pct=spread[index, backend, r],
             )
             for backend in backends for r in rs[index]
         ]

@@ -47,6 +47,31 @@ class Event:
         return record
 
 
+@dataclass
+class Nearest:
+    """The score that came nearest its class's threshold: what a user who found no event needs
+    to pick a threshold that would find one."""
+
+    label: str
+    score: float
+    threshold: float
+    at_s: float  # middle of the window that scored it
+
+    @property
+    def gap(self) -> float:
+        return self.score - self.threshold
+
+    def suggested_threshold(self) -> float:
+        """The largest two-decimal threshold this score still reaches."""
+        return math.floor(self.score * 100) / 100
+
+    def hint(self) -> str:
+        """One line for a search that found no event."""
+        return (f"no window reached its threshold: the top score was {self.score:.4f} "
+                f"({self.label} at {self.at_s:.2f} s, threshold {self.threshold:g}); "
+                f"--threshold {self.suggested_threshold():.2f} would find it")
+
+
 class EventTracker:
     """Merges, per class, windows scoring ≥ the class's threshold into events (see module).
 
@@ -57,10 +82,16 @@ class EventTracker:
         self.thresholds, self.labels = thresholds, list(labels)
         self.open: dict[int, Event] = {}
         self.closed: list[Event] = []
+        self.closest: Nearest | None = None  # the window and class nearest its threshold
 
     def add(self, row: WindowRow) -> None:
         """Take one window's scores [C] into the open events."""
         middle = (row.start_s + row.end_s) / 2
+        gaps = row.scores - self.thresholds  # [C]: ≥ 0 where a class passes
+        best = int(gaps.argmax())
+        if self.closest is None or float(gaps[best]) > self.closest.gap:
+            self.closest = Nearest(self.labels[best], float(row.scores[best]),
+                                   float(self.thresholds[best]), middle)
         for index in torch.nonzero(row.scores >= self.thresholds).flatten().tolist():
             score = float(row.scores[index])
             event = self.open.get(index)

@@ -80,14 +80,13 @@ def plot_tradeoff(
     figure = new_figure(*size)
     axes = figure.add_subplot()
     series = [row[series_key] for row in rows] if series_key else [None] * len(rows)
+    labels: list[tuple[float, float, str]] = []
     for name in dict.fromkeys(series):
         chosen = [row for row, owner in zip(rows, series, strict=True) if owner == name]
         points = _tradeoff_points(chosen, x_key, y_key, label_key)
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         axes.plot(xs, ys, marker="o", linewidth=1.5, label=name)
-        for x, y, label in points:
-            axes.annotate(f"{label_key}={label}", (x, y), textcoords="offset points",
-                          xytext=(4, 4), fontsize=8)
+        labels += [(x, y, f"{label_key}={label}") for x, y, label in points]
     if series_key:
         axes.legend()
     axes.set_xlabel(x_label or x_key)
@@ -95,7 +94,39 @@ def plot_tradeoff(
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
+    annotate_apart(axes, labels)
     return save_figure(figure, path)
+
+
+# Where a point's label may go, tried in order: (dx, dy) in points, horizontal and vertical
+# alignment.
+LABEL_PLACES = ((4, 4, "left", "bottom"), (4, -4, "left", "top"), (-4, 4, "right", "bottom"),
+                (-4, -4, "right", "top"), (0, 10, "center", "bottom"), (0, -10, "center", "top"))
+
+
+def annotate_apart(axes: Axes, labels: Sequence[tuple[float, float, str]]) -> list[str]:
+    """Write each (x, y, text) beside its point where it overlaps no label already written
+    (trying the places of `LABEL_PLACES`); a text already written at the same point, or one
+    with no free place, is left out (the same r is written on the neighbouring curve).
+    Returns the texts written. Call after the layout is final: places are measured in pixels."""
+    renderer = axes.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    taken: list[Any] = []  # bounding boxes of the texts written
+    written: list[str] = []
+    seen: set[tuple[float, float, str]] = set()
+    for x, y, text in labels:
+        if (x, y, text) in seen:
+            continue
+        seen.add((x, y, text))
+        for dx, dy, across, up in LABEL_PLACES:
+            note = axes.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy),
+                                 fontsize=8, ha=across, va=up)
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                written.append(text)
+                break
+            note.remove()
+    return written
 
 
 def method_curves(
@@ -105,17 +136,21 @@ def method_curves(
     """The rows of a sweep over methods as curves for `plot_tradeoff(series_key="curve")`: one
     curve per run and method, each starting at the run's shared r = 0 row (method `shared`).
 
-    rows: mappings with `run_key` and `method_key`; returns copies with `curve` added (the
-    method, or `run method` when there are several runs), curve by curve.
+    rows: mappings with `run_key` and `method_key`; returns copies with `curve` added, curve
+    by curve: the method when there is one run, the run when each run has one method, else
+    `run (method)`.
     """
     runs = list(dict.fromkeys(row[run_key] for row in rows))
     curves: list[dict[str, Any]] = []
+    one_method = all(len({row[method_key] for row in rows
+                          if row[run_key] == run and row[method_key] != shared}) <= 1
+                     for run in runs)
     for run in runs:
         mine = [row for row in rows if row[run_key] == run]
         start = [row for row in mine if row[method_key] == shared]
         methods = list(dict.fromkeys(row[method_key] for row in mine if row[method_key] != shared))
         for method in methods or [shared]:
-            name = method if len(runs) == 1 else f"{run} {method}"
+            name = (method if len(runs) == 1 else run if one_method else f"{run} ({method})")
             points = start + [row for row in mine if row[method_key] == method != shared]
             curves += [{**row, "curve": name} for row in points]
     return curves
@@ -157,6 +192,17 @@ def draw_token_counts(axes: Axes, counts: Sequence[int], title: str = "tokens pe
                   xytext=(0, 6), ha="center", fontsize=8)
 
 
+def colour_scale(values: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """The colour range of a heat map: the lowest and highest score shown, so that a file
+    whose scores lie between 0.1 and 0.25 uses every colour (the colour bar names the range).
+    A range of one value is widened a little, so that it still has a colour."""
+    flat = [value for row in values for value in row]
+    low, high = min(flat), max(flat)
+    if high - low < 1e-6:
+        low, high = max(low - 0.05, 0.0), min(high + 0.05, 1.0)
+    return low, high
+
+
 def plot_timeline(
     starts_s: Sequence[float],
     ends_s: Sequence[float],
@@ -172,7 +218,8 @@ def plot_timeline(
 
     starts_s, ends_s: [W] each window's span; scores: [W, K] the classes' scores in [0, 1];
     labels: [K]. Windows overlap, so each is drawn around its middle, up to halfway to its
-    neighbours' middles (the first from the start, the last to the end).
+    neighbours' middles (the first from the start, the last to the end). Colours span the
+    scores' own range (`colour_scale`), named on the colour bar.
     """
     if not starts_s:
         raise ValueError("no windows to plot")
@@ -180,14 +227,16 @@ def plot_timeline(
     halfway = [(a + b) / 2 for a, b in zip(middles, middles[1:], strict=False)]
     x = [starts_s[0], *halfway, ends_s[-1]]  # [W + 1] column edges in seconds
     values = [[row[k] for row in scores] for k in range(len(labels))]  # [K, W]
+    low, high = colour_scale(values)
     figure = new_figure(width_px, 140 + 28 * len(labels))
     axes = figure.add_subplot()
-    mesh = axes.pcolormesh(x, range(len(labels) + 1), values, vmin=0.0, vmax=1.0,
+    mesh = axes.pcolormesh(x, range(len(labels) + 1), values, vmin=low, vmax=high,
                            cmap="magma", shading="flat")
     axes.set_yticks([k + 0.5 for k in range(len(labels))], labels)
     axes.invert_yaxis()
     axes.set_xlabel("time (s)")
     axes.set_title(title)
-    figure.colorbar(mesh, ax=axes, label="score", fraction=0.03, pad=0.01)
+    figure.colorbar(mesh, ax=axes, label=f"score (colours span {low:.2f}–{high:.2f})",
+                    fraction=0.03, pad=0.01)
     figure.tight_layout()
     return save_figure(figure, path)

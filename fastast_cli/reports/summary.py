@@ -53,7 +53,7 @@ def story_method(rows: Sequence[SweepRow], run: str) -> str:
 
 
 def reference_row(rows: Sequence[SweepRow], baseline: str) -> SweepRow:
-    """The baseline at its smallest r (r = 0 in a usual sweep): what every drop is against."""
+    """The baseline at its smallest r (r = 0 in a usual sweep): what every change is against."""
     mine = rows_by_r(rows, baseline)
     return mine[min(mine)]
 
@@ -82,7 +82,7 @@ def table1_caption(rows: Sequence[SweepRow], baseline: str, tome: str) -> str:
 
 def table1_rows(rows: Sequence[SweepRow], baseline: str, tome: str) -> list[dict[str, Any]]:
     """Table 1 in small, one row per r both runs have: tokens and speed at r, the baseline
-    merged at inference only, and the run trained with merging; drops vs the baseline at r = 0.
+    merged at inference only, and the run trained with merging; changes vs the baseline at r = 0.
     Speed is the baseline's (runs of one architecture share one measurement)."""
     reference = reference_row(rows, baseline)
     inference, training = rows_by_r(rows, baseline), rows_by_r(rows, tome)
@@ -112,22 +112,31 @@ def table2_rows(rows: Sequence[SweepRow], tome: str, kd: str) -> list[dict[str, 
     ]
 
 
+def pace(speedup: float) -> str:
+    """A speed ratio in words: `1.25× faster`, `1.70× slower` (a ratio of 0.59), `as fast`."""
+    if round(speedup, 2) == 1.0:
+        return "as fast"
+    if speedup > 1:
+        return f"{speedup:.2f}× faster"
+    return f"{1 / speedup:.2f}× slower"
+
+
 def summary_lines(
     rows: Sequence[SweepRow], *, baseline: str, tome: str, kd: str | None, r: int,
     metric: str = "accuracy",
 ) -> list[str]:
     """Two sentences: what merging at r buys and costs (the run trained with merging against
-    the baseline at r = 0), and what distillation changes at r (with KD against without)."""
+    the baseline at r = 0: faster or slower, and the metric's signed change), and what
+    distillation changes at r (with KD against without)."""
     reference = reference_row(rows, baseline)
     merged = rows_by_r(rows, tome).get(r)
     if merged is None:
         raise FastASTError(f"the sweep has no row of {tome!r} at r = {r}: sweep that r too")
-    speedup = merged.samples_per_s / reference.samples_per_s
     lines = [
-        f"r = {r} runs {speedup:.2f}× faster for {merged.metric - reference.metric:+.4f} "
-        f"{metric} ({tome} at r = {r}: {merged.metric:.4f}, {merged.samples_per_s:.1f} "
-        f"samples/s; {baseline} at r = {reference.r}: {reference.metric:.4f}, "
-        f"{reference.samples_per_s:.1f} samples/s)"
+        f"r = {r} runs {pace(merged.samples_per_s / reference.samples_per_s)}, {metric} "
+        f"change {merged.metric - reference.metric:+.4f} ({tome} at r = {r}: "
+        f"{merged.metric:.4f}, {merged.samples_per_s:.1f} samples/s; {baseline} at "
+        f"r = {reference.r}: {reference.metric:.4f}, {reference.samples_per_s:.1f} samples/s)"
     ]
     if kd is not None:
         distilled = rows_by_r(rows, kd).get(r)

@@ -40,6 +40,7 @@ from fastast_cli.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
+from fastast_cli.interrupt import abandonable, can_abandon
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.training import averaging
 from fastast_cli.training.config import TrainConfig, process_batch, warmup_steps_for
@@ -235,19 +236,21 @@ class Trainer:
         target = target.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
-            logits = network(fbank)
-            taught = self._teacher_targets(fbank, mix, teacher_view, view)
-            loss = distillation_loss(logits.float(), target, taught, self.config.loss,
-                                     self.config.kd_lambda)
-        if not torch.isfinite(loss):
-            raise FastASTError(
-                f"the loss became {loss.item()} in epoch {self.progress.epoch + 1} at step "
-                f"{self.progress.step}; training stopped and {self.out / 'last.pt'} keeps the last "
-                "good epoch (try a lower --lr)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        # a Ctrl-C before the update drops the step at the next module (CPU steps are long)
+        with abandonable(can_abandon(network, self.device, self.config.compile)):
+            with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
+                logits = network(fbank)
+                taught = self._teacher_targets(fbank, mix, teacher_view, view)
+                loss = distillation_loss(logits.float(), target, taught, self.config.loss,
+                                         self.config.kd_lambda)
+            if not torch.isfinite(loss):
+                raise FastASTError(
+                    f"the loss became {loss.item()} in epoch {self.progress.epoch + 1} at step "
+                    f"{self.progress.step}; training stopped and {self.out / 'last.pt'} keeps "
+                    "the last good epoch (try a lower --lr)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.item())

@@ -68,7 +68,7 @@ def export(
         min=16, help="ElasticAST only: the input length of the export, in frames (e.g. 1024 "
         "= 10.24 s at q = 1); fixed ASTs take their own.", show_default=False)] = None,
     resolution: Annotated[float, typer.Option(
-        min=0.0, min_open=True, help="ElasticAST with --format onnx only: time resolution q "
+        help="ElasticAST with --format onnx only: time resolution q "
         "of the input (frames every 10 ms × q).")] = 1.0,
 ) -> None:
     """Load, set merging, export, report."""

@@ -16,6 +16,8 @@ from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
 from fastast_cli.training.config import load_config
 from fastast_cli.training.loop import RunResult, train
+from fastast_cli.training.tensorboard import FOLDER as TENSORBOARD_FOLDER
+from fastast_cli.training.tensorboard import TensorBoardReporter
 
 Recipe = Annotated[Path | None, typer.Option(
     help="Recipe YAML (a path, or a shipped name: demo, esc50, speechcommands, audioset, ...); "
@@ -41,6 +43,10 @@ Pretrained = Annotated[Path | None, typer.Option(
 Compile = Annotated[bool | None, typer.Option(
     "--compile/--eager", help="Run training steps through torch.compile (first steps slower "
     "while it compiles; evaluation stays eager). Off by default.", show_default=False)]
+TensorBoard = Annotated[bool, typer.Option(
+    "--tensorboard", help="Also write TensorBoard event files in OUT/tensorboard: loss, lr and "
+    "samples/s every step, every logged value every epoch (needs the optional tensorboard "
+    "package: pip install 'fastast[tensorboard]'). View with `tensorboard --logdir OUT`.")]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the interrupted run in --out exactly where it stopped.")]
 Overwrite = Annotated[bool, typer.Option(
@@ -122,12 +128,15 @@ class ConsoleReporter:
 
 
 def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
-        overwrite: bool, quiet: bool = False) -> RunResult:
-    """Load the configuration, train, and print the run's summary."""
+        overwrite: bool, quiet: bool = False, tensorboard: bool = False) -> RunResult:
+    """Load the configuration, train, and print the run's summary (with TensorBoard event
+    files in the run folder when asked)."""
     set_progress(not quiet)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     config = load_config(recipe, overrides)
-    reporter = ConsoleReporter()
+    reporter: ConsoleReporter | TensorBoardReporter = ConsoleReporter()
+    if tensorboard:
+        reporter = TensorBoardReporter(reporter, Path(config.out or "run") / TENSORBOARD_FOLDER)
     try:
         result = train(config, resume=resume, overwrite=overwrite, reporter=reporter)
     finally:
@@ -168,6 +177,7 @@ def train_teacher(
     resolutions: Resolutions = None,
     resolution_sampling: ResolutionSampling = None,
     compile: Compile = None,
+    tensorboard: TensorBoard = False,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -182,7 +192,7 @@ def train_teacher(
         "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
         "num_workers": num_workers, "method": method_name(method),
         "teacher": "none",
-    }, resume, overwrite, quiet)
+    }, resume, overwrite, quiet, tensorboard)
 
 
 @app.command()
@@ -226,6 +236,7 @@ def distill(
     resolutions: Resolutions = None,
     resolution_sampling: ResolutionSampling = None,
     compile: Compile = None,
+    tensorboard: TensorBoard = False,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -243,4 +254,4 @@ def distill(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "seed": seed,
         "device": device, "num_workers": num_workers,
-    }, resume, overwrite, quiet)
+    }, resume, overwrite, quiet, tensorboard)

@@ -208,7 +208,7 @@ def data_sweep(
     merging = "".join(sorted({f"; {row.run}: {row.merging}" for row in rows if row.merging}))
     console.print(rich_table(
         f"Sweep on {manifest.path}, {plan.split} split ({metric}; drop vs r={rs[0]}; speed on "
-        f"random input{merging})", records, metric_columns(metric),
+        f"{measurement.timing_input}{merging})", records, metric_columns(metric),
     ))
     for note in sorted(measurement.notes):
         console.print(f"note: {note}")

@@ -115,7 +115,7 @@ def score_file(session: onnxruntime.InferenceSession, meta: dict[str, Any], path
     return {"file": path, "duration_s": round(samples.shape[1] / rate, 4),
             "windows": len(spans),
             "top": [[labels[i], float(mean[i])] for i in order],
-            "scores": {label: float(value) for label, value in zip(labels, mean)}}
+            "scores": {label: float(value) for label, value in zip(labels, mean, strict=True)}}
 
 
 def main(argv: list[str] | None = None) -> None:

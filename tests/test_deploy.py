@@ -156,6 +156,10 @@ def test_onnx_recipe_alone_reproduces_predict_on_real_speech_and_a_tiny_clip(
     checkpoint = tmp_path / "ce.pt"
     save_checkpoint(checkpoint, model, mean=-5.0, std=4.0, loss="ce")
     onnx_file = tmp_path / "model.onnx"
+    for kind in ("onnx", "hf"):  # a fixed AST takes its own length only
+        line = one_error_line(invoke("export", str(checkpoint), "--format", kind, "--frames",
+                                     "64", "--out", str(tmp_path / f"64-{kind}")))
+        assert "input of an ElasticAST" in line and "takes 128 frames" in line
     assert invoke("export", str(checkpoint), "--r", "6", "--out", str(onnx_file)).exit_code == 0
     meta = read_metadata(onnx_file)
     assert meta["score_activation"] == "softmax" and meta["window_type"] == "hanning"

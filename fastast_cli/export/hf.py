@@ -78,6 +78,8 @@ def _exportable(model: nn.Module, frames: int | None, resolution: float) -> AST:
                 f"this ElasticAST at {frames} frames is not exactly a transformers AST (logits "
                 f"differ by {gap:.1e}): export it with --format onnx --frames {frames}")
         return fixed
+    if frames is not None or resolution != 1.0:
+        at_one_length(model, frames, resolution)  # refuses what only an ElasticAST takes
     if model.architecture != "ast":
         raise FastASTError(
             f"only AST checkpoints can be written as a transformers AST; this is a "

@@ -140,7 +140,7 @@ def evaluate(
         summaries.append(evaluation.metrics.summary())
         rows.append(_cells("-" if evaluation.fold is None else evaluation.fold, summaries[-1]))
         if out is not None:
-            save_evaluation(evaluation, out / f"fold{number}" if folds else out)
+            written = save_evaluation(evaluation, out / f"fold{number}" if folds else out)
     if len(summaries) > 1:
         spread = {key: mean_and_std([s[key] for s in summaries]) for key in METRICS}
         rows.append({"fold": "mean ± std",
@@ -153,7 +153,7 @@ def evaluate(
     for note in sorted(notes):
         console.print(f"note: {note}")
     if out is not None:
-        console.print(f"wrote metrics.json, per_class.csv and predictions.csv under {out}")
+        console.print(f"wrote {', '.join(path.name for path in written)} under {out}")
 
 
 def print_epoch_results(checkpoint: str, folds: list[int], metric: str, split: str) -> None:

@@ -41,7 +41,11 @@ class Format(str, Enum):
     "PyTorch on random input and on audio features (--data clips, else synthetic audio) before "
     "it is written. hf: a transformers "
     "ASTForAudioClassification folder (config.json, model.safetensors, preprocessor_config.json "
-    "with the input mean/std) of a fixed-length AST, without merging."
+    "with the input mean/std) of a fixed-length AST, without merging. An ElasticAST is "
+    "exported at one length (--frames) as the fixed AST it is there, checked against itself; "
+    "onnx also at a time resolution (--resolution q: frames every 10 ms × q). The onnx "
+    "metadata also holds the feature recipe (fbank settings, padding, score activation, "
+    "windows for long files): examples/onnx_predict.py rebuilds `fastast predict` from it."
 )
 @user_errors
 def export(
@@ -60,6 +64,12 @@ def export(
     data: Annotated[Path | None, typer.Option(
         help="Prepared dataset (manifest.yaml or folder): check the ONNX graph on its first "
         "evaluation clips (default: synthetic audio through the same features).")] = None,
+    frames: Annotated[int | None, typer.Option(
+        min=16, help="ElasticAST only: the input length of the export, in frames (e.g. 1024 "
+        "= 10.24 s at q = 1); fixed ASTs take their own.", show_default=False)] = None,
+    resolution: Annotated[float, typer.Option(
+        help="ElasticAST with --format onnx only: time resolution q "
+        "of the input (frames every 10 ms × q).")] = 1.0,
 ) -> None:
     """Load, set merging, export, report."""
     if kind is Format.hf and r:
@@ -73,7 +83,7 @@ def export(
                             method=method_name(method))
     settings = getattr(model, "merge_settings", None)
     if kind is Format.hf:
-        files = export_hf(model, out)
+        files = export_hf(model, out, frames, resolution)
         console.print(f"wrote {', '.join(file.name for file in files)} in {out}")
         if isinstance(settings, MergeSettings) and _merges(settings):
             console.print(f"note: transformers' AST has no token merging: the folder holds the "
@@ -90,9 +100,13 @@ def export(
     note = capped_note(model)  # a capped r, from the checkpoint's settings or the flags
     if note:
         console.print(note)
-    features = dataset_features(model, load_manifest(data)) if data is not None else None
-    report = export_onnx(model, out, method=method, tolerance=tolerance, features=features)
+    features = (dataset_features(model, load_manifest(data), frames=frames,
+                                 resolution=resolution) if data is not None else None)
+    report = export_onnx(model, out, method=method, tolerance=tolerance, features=features,
+                         frames=frames, resolution=resolution)
     merging = settings.describe() if isinstance(settings, MergeSettings) else "no merging"
+    if frames is not None:
+        merging += f"; {frames} frames every {report.metadata['frame_shift_ms']:g} ms"
     console.print(
         f"wrote {report.path} ({merging}); max "
         f"|ONNX - PyTorch| logit difference: {report.max_diff_random:.2e} on random input, "

@@ -278,7 +278,8 @@ def data_sweep(
     method_text = f"; method {methods[0]} (none at r = 0)" if len(methods) == 1 else ""
     console.print(rich_table(
         f"Sweep on {manifest.path}, {plan.split} split ({metric}; change vs r={rs[0]}; "
-        f"samples/s on random input, median of {options.runs} runs ± half their spread"
+        f"samples/s on {measurement.timing_input}, median of {options.runs} runs ± half "
+        "their spread"
         f"{merging}{method_text}; {timing_line(rows)})", with_speed_shown(records),
         console_columns(metric_columns(metric, len(methods) > 1)),
         keys=2 + (len(methods) > 1), constant=CONSTANT_COLUMNS,

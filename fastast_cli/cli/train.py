@@ -17,6 +17,8 @@ from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
 from fastast_cli.training.config import TrainConfig, load_config
 from fastast_cli.training.loop import RunResult, train
+from fastast_cli.training.tensorboard import FOLDER as TENSORBOARD_FOLDER
+from fastast_cli.training.tensorboard import TensorBoardReporter
 
 Recipe = Annotated[Path | None, typer.Option(
     help="Recipe YAML (a path, or a shipped name: demo, esc50, speechcommands, audioset, ...); "
@@ -52,6 +54,10 @@ Pretrained = Annotated[Path | None, typer.Option(
 Compile = Annotated[bool | None, typer.Option(
     "--compile/--eager", help="Run training steps through torch.compile (first steps slower "
     "while it compiles; evaluation stays eager). Off by default.", show_default=False)]
+TensorBoard = Annotated[bool, typer.Option(
+    "--tensorboard", help="Also write TensorBoard event files in OUT/tensorboard: loss, lr and "
+    "samples/s every step, every logged value every epoch (needs the optional tensorboard "
+    "package: pip install 'fastast[tensorboard]'). View with `tensorboard --logdir OUT`.")]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the interrupted run in --out exactly where it stopped.")]
 Overwrite = Annotated[bool, typer.Option(
@@ -145,12 +151,15 @@ class ConsoleReporter:
 
 
 def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
-        overwrite: bool, quiet: bool = False) -> RunResult:
-    """Load the configuration, train, and print the run's summary."""
+        overwrite: bool, quiet: bool = False, tensorboard: bool = False) -> RunResult:
+    """Load the configuration, train, and print the run's summary (with TensorBoard event
+    files in the run folder when asked)."""
     set_progress(not quiet)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     config = load_config(recipe, overrides)
-    reporter = ConsoleReporter()
+    reporter: ConsoleReporter | TensorBoardReporter = ConsoleReporter()
+    if tensorboard:
+        reporter = TensorBoardReporter(reporter, Path(config.out or "run") / TENSORBOARD_FOLDER)
     try:
         result = train(config, resume=resume, overwrite=overwrite, reporter=reporter)
     finally:
@@ -196,6 +205,7 @@ def train_teacher(
     position_fit: PositionFit = None,
     token_dropout_mode: TokenDropoutMode = None,
     compile: Compile = None,
+    tensorboard: TensorBoard = False,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -213,7 +223,7 @@ def train_teacher(
         "device": device,
         "num_workers": num_workers, "method": method_name(method),
         "teacher": "none",
-    }, resume, overwrite, quiet)
+    }, resume, overwrite, quiet, tensorboard)
 
 
 @app.command()
@@ -268,6 +278,7 @@ def distill(
     position_fit: PositionFit = None,
     token_dropout_mode: TokenDropoutMode = None,
     compile: Compile = None,
+    tensorboard: TensorBoard = False,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -288,7 +299,7 @@ def distill(
         "per_process_batch": per_process_batch, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "norm_stats": norm_stats, "seed": seed,
         "device": device, "num_workers": num_workers,
-    }, resume, overwrite, quiet)
+    }, resume, overwrite, quiet, tensorboard)
 
 
 def recipe_defaults() -> dict[str, Any]:

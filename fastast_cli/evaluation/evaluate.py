@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import statistics
 from collections.abc import Sequence
@@ -12,14 +14,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastast_cli.atomic import check_output, write_json
+from fastast_cli.atomic import atomic_path, check_output, write_json
 from fastast_cli.data.checks import check_clips
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.devices import DTYPES
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.metrics import Metrics, compute_metrics
+from fastast_cli.evaluation.metrics import (
+    Metrics,
+    class_accuracy,
+    compute_metrics,
+    confusion,
+    is_single_label,
+)
 from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.export.backends import Forward, make_forward
 from fastast_cli.models.classifiers import load_classifier
@@ -32,6 +40,10 @@ PathLike = str | os.PathLike[str]
 PER_CLASS_COLUMNS = [Column("index", "index"), Column("label", "label"),
                      Column("ap", "AP", "{:.6f}"), Column("auc", "AUC", "{:.6f}"),
                      Column("split", "split")]
+CLASS_ACCURACY_COLUMNS = [Column("index", "index"), Column("label", "label"),
+                          Column("clips", "clips"), Column("correct", "correct"),
+                          Column("accuracy", "accuracy", "{:.6f}"), Column("split", "split")]
+CONFUSION_FIRST = "true"  # confusion.csv: this column, then one per predicted class
 PREDICTION_COLUMNS = [Column("clip", "clip"), Column("split", "split"),
                       Column("predicted", "predicted"), Column("target", "target"),
                       Column("logits", "logits")]
@@ -225,6 +237,8 @@ def check_evaluation_out(out: Path) -> None:
     check_output(out, folder=True)
     check_table_target(out / "per_class.csv", PER_CLASS_COLUMNS)
     check_table_target(out / "predictions.csv", PREDICTION_COLUMNS)
+    check_table_target(out / "class_accuracy.csv", CLASS_ACCURACY_COLUMNS)
+    check_confusion_target(out / "confusion.csv")
     metrics = out / "metrics.json"
     check_output(metrics, folder=False)
     if metrics.exists():
@@ -237,8 +251,24 @@ def check_evaluation_out(out: Path) -> None:
                                "remove it or pick another --out")
 
 
+def check_confusion_target(path: Path) -> None:
+    """confusion.csv is absent or a confusion table (its first column `true`), never a file of
+    the user's."""
+    check_output(path, folder=False)
+    if path.exists():
+        try:
+            with path.open(newline="", encoding="utf-8") as stream:
+                header = next(csv.reader(stream), [])
+        except (OSError, UnicodeDecodeError, csv.Error):
+            header = []
+        if header[:1] != [CONFUSION_FIRST]:
+            raise FastASTError(f"{path} exists and is not an evaluation's confusion table: "
+                               "remove it or pick another --out")
+
+
 def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
-    """metrics.json, per_class.csv (AP and AUC per class) and predictions.csv (one row a clip)."""
+    """metrics.json, per_class.csv (AP and AUC per class) and predictions.csv (one row a clip);
+    for single-label data also confusion.csv (`save_confusion`) and class_accuracy.csv."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluation.metrics
     merging = evaluation.merging
@@ -265,7 +295,29 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
                                    strict=True)
     ]
     write_csv(out / "predictions.csv", predictions, PREDICTION_COLUMNS)
-    return [out / "metrics.json", out / "per_class.csv", out / "predictions.csv"]
+    written = [out / "metrics.json", out / "per_class.csv", out / "predictions.csv"]
+    if is_single_label(evaluation.targets.numpy()):
+        written += save_confusion(evaluation, out)
+    return written
+
+
+def save_confusion(evaluation: Evaluation, out: Path) -> list[Path]:
+    """confusion.csv (row: true class, then the clips predicted as each class) and
+    class_accuracy.csv (clips, correct and accuracy of each class) of a single-label split."""
+    counts = confusion(evaluation.logits.numpy(), evaluation.targets.numpy())
+    labels = evaluation.labels
+    with atomic_path(out / "confusion.csv") as temporary, temporary.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([CONFUSION_FIRST, *labels])  # header: the predicted classes
+        writer.writerows([name, *counts[i].tolist()] for i, name in enumerate(labels))
+    accuracy = class_accuracy(counts)
+    per_class = [{"index": i, "label": name, "clips": int(counts[i].sum()),
+                  "correct": int(counts[i, i]),
+                  "accuracy": None if math.isnan(accuracy[i]) else accuracy[i],
+                  "split": evaluation.split}
+                 for i, name in enumerate(labels)]
+    write_csv(out / "class_accuracy.csv", per_class, CLASS_ACCURACY_COLUMNS)
+    return [out / "confusion.csv", out / "class_accuracy.csv"]
 
 
 def mean_and_std(values: list[float]) -> tuple[float, float]:

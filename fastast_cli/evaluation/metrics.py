@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
-from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    roc_auc_score,
+)
 
 
 @dataclass
@@ -90,3 +95,24 @@ def compute_metrics(predictions: np.ndarray, targets: np.ndarray) -> Metrics:
     mean_auc = nan_mean(per_class_auc)
     return Metrics(accuracy, nan_mean(per_class_ap), mean_auc, d_prime(mean_auc), per_class_ap,
                    per_class_auc)
+
+
+def is_single_label(targets: np.ndarray) -> bool:
+    """Whether every clip of targets [N, C] has exactly one class (ESC-50, Speech Commands),
+    the case where a confusion matrix and per-class accuracy mean something."""
+    return len(targets) > 0 and bool(((targets > 0).sum(axis=1) == 1).all())
+
+
+def confusion(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Confusion counts [C, C] of single-label predictions: row = true class, column = the
+    top-scoring class (scikit-learn's `confusion_matrix`); the diagonal holds the correct
+    clips, row sums the clips of each class."""
+    classes = np.arange(targets.shape[1])
+    return confusion_matrix(targets.argmax(axis=1), scores.argmax(axis=1), labels=classes)
+
+
+def class_accuracy(counts: np.ndarray) -> list[float]:
+    """Per-class accuracy (recall) of confusion counts [C, C]: correct / clips of the class,
+    NaN for a class without clips."""
+    clips = counts.sum(axis=1)
+    return [float(counts[c, c] / clips[c]) if clips[c] else math.nan for c in range(len(counts))]

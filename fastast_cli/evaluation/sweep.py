@@ -18,10 +18,13 @@ run's loaded model (`method_view`: the same weights, its own reduction settings)
 checkpoint is loaded once whatever the number of methods (a `{r}` run's checkpoints: once per
 method, when scored), and every method is timed in one loop against one r = 0 reference.
 
-Throughput is measured on random input of the model's shape and depends only on what
-`speed_key` holds: the architecture, and how it merges when r > 0. Runs with the same key share
-one measurement, and every run of one architecture shares one r = 0 reference (at r = 0 no
-merging setting changes the model), so their speedups are comparable.
+Throughput is measured on random input of the model's shape (a fixed AST pads every clip to
+it) and depends only on what `speed_key` holds: the architecture, and how it merges when r > 0.
+An ElasticAST is timed instead on clips of the scored split at their real lengths, packed as in
+evaluation (`real_length_clips`), so what not padding saves shows beside the padded fixed AST;
+its tokens and FLOPs are the mean per clip. Runs with the same key share one measurement, and
+every run of one architecture shares one r = 0 reference (at r = 0 no merging setting changes
+the model), so their speedups are comparable.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from torch import nn
 
 from fastast_cli.data.checks import check_datafile
+from fastast_cli.data.dataset import NativeLengthDataset
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.devices import device_label
 from fastast_cli.errors import FastASTError
@@ -43,6 +47,7 @@ from fastast_cli.evaluation.evaluate import (
     check_labels,
     evaluate_model,
     headline_metric,
+    input_spec_on,
     mean_and_std,
     scored_fold,
 )
@@ -241,6 +246,7 @@ class SweepMeasurement:
     def __init__(self, plan: SweepPlan, manifest: Manifest, options: SweepOptions) -> None:
         self.plan, self.manifest, self.options = plan, manifest, options
         self.notes: set[str] = set()
+        self.timing_input = "random input"  # what the timed batches were, for the table title
         # (run name, fold) → its rs[0] model: folds[0] of every run (timed), until the run is
         # scored; the other folds only while their run is scored (read again then).
         self.models: dict[tuple[str, int | None], nn.Module] = {}
@@ -319,13 +325,15 @@ class SweepMeasurement:
             default_batch_size(model, options.device, options.dtype, rs[0],
                                model.merge_settings.schedule) for model in models)
         timed_rs = [model_rs for _, model_rs in timers.values()]
+        inputs = [self.real_clips(model, batch_size) if model.input_spec().native_length
+                  else None for model in models]
         passes = sum(map(len, timed_rs)) * len(backends) * (options.warmup + options.runs)
         with task("timing", passes) as work:  # one bar per phase: its steps cost alike
             measured = sweep_throughputs(
                 models, timed_rs, batch_size=batch_size,
                 device=options.device, dtype=options.dtype,
                 schedule=[model.merge_settings.schedule for model in models],
-                warmup=options.warmup, runs=options.runs, backends=backends,
+                warmup=options.warmup, runs=options.runs, backends=backends, inputs=inputs,
                 on_step=work.advance,
             )
         by_setting = {(speed_key(model, row.r), row.backend, row.r): row
@@ -339,6 +347,19 @@ class SweepMeasurement:
                                      reference)
                 for backend in backends}
         return speeds, batch_size
+
+    def real_clips(self, model: nn.Module, count: int) -> list[torch.Tensor]:
+        """`count` clips of the scored split at their real lengths for timing a native-length
+        model (`real_length_clips`), with a note saying so."""
+        fold = scored_fold(model, self.manifest, self.options.folds[0], "the checkpoint")
+        clips = real_length_clips(model, self.manifest, self.plan.split, fold, count)
+        frames = sum(len(clip) for clip in clips) / len(clips)
+        self.timing_input = "random input; ElasticAST: real clips, packed"
+        self.notes.add(
+            f"ElasticAST runs are timed on {count} clips of the {self.plan.split} split at "
+            f"their real lengths (mean {frames:.0f} frames), packed; fixed ASTs on random "
+            "input padded to their length")
+        return clips
 
     def scored(self, step: SweepStep, speed: dict[str, ThroughputRow], batch_size: int
                ) -> Iterator[SweepRow]:
@@ -378,6 +399,20 @@ def ran_dtype(backend: str, dtype: str) -> str:
     """The precision a backend runs at when asked for `dtype`: onnxruntime runs its fp32
     export whatever autocast says."""
     return "fp32" if backend == "onnxruntime" else dtype
+
+
+def real_length_clips(model: nn.Module, manifest: Manifest, split: str, fold: int | None,
+                      count: int) -> list[torch.Tensor]:
+    """`count` normalized fbanks [T_i, F] of `split`'s clips at their own lengths, as evaluation
+    prepares them for `model`: evenly spread over the split (repeated when it has fewer)."""
+    spec = input_spec_on(model, manifest, fold)
+    dataset = NativeLengthDataset(manifest.datafile(split, fold), manifest.labels_csv,
+                                  target_length=spec.target_length, mean=spec.mean,
+                                  std=spec.std, num_mel_bins=manifest.num_mel_bins,
+                                  length=spec.length_policy())
+    total = len(dataset)
+    return [dataset[(index * total // count) if count <= total else index % total][0]
+            for index in range(count)]
 
 
 def reference_metric(plan: SweepPlan, run: SweepRun, method: str | None) -> float | None:

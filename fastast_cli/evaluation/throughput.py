@@ -5,6 +5,10 @@ runs per setting, the device synchronized around every timed run, and the timed 
 settings interleaved round by round, so that a change in machine load hits every r alike. Each
 setting reports the median over its runs and their spread (max − min, % of the median): a
 speed difference smaller than the spread is noise.
+
+A native-length model (ElasticAST) can instead be timed on real clips at their own lengths
+(a list of fbanks [T_i, F], packed by the model as in evaluation), where not padding pays; its
+tokens and FLOPs are then the mean per clip of that batch.
 """
 
 from __future__ import annotations
@@ -102,11 +106,31 @@ def time_forward(
     return time.perf_counter() - start
 
 
+Batch = torch.Tensor | list[torch.Tensor]  # [B, T, F], or B clips [T_i, F] (native length)
+
+
 def final_tokens(model: nn.Module, r: int, schedule: str) -> int:
     """Tokens left after the last block at merging rate r (from the schedule and the cap)."""
     per_block = resolve_schedule(r, model.config.depth, schedule)
     start = model.config.num_patches + NUM_PREFIX_TOKENS
     return tokens_per_block(start, per_block, NUM_PREFIX_TOKENS)[-1]
+
+
+def batch_tokens(model: nn.Module, batch: Batch, r: int, schedule: str) -> int:
+    """Tokens left after the last block per sample of `batch` at merging rate r: a fixed
+    input's count, or for clips at their own lengths the mean over the clips (rounded)."""
+    if not isinstance(batch, list):
+        return final_tokens(model, r, schedule)
+    with merging(model, r, schedule):
+        counts = [model.token_counts(model.num_tokens(clip))[-1] for clip in batch]
+    return round(sum(counts) / len(counts))
+
+
+def gflops_per_sample(model: nn.Module, batch: Batch) -> float:
+    """GFLOPs of one sample: the first of a fixed batch, the mean of clips of any length."""
+    if not isinstance(batch, list):
+        return count_flops(model, batch[:1]) / 1e9
+    return count_flops(model, batch) / 1e9 / len(batch)
 
 
 def sweep_throughput(
@@ -149,13 +173,16 @@ def sweep_throughputs(
     seed: int = 0,
     on_step: Callable[[], None] | None = None,
     backends: Sequence[str] = ("torch",),
+    inputs: Sequence[Batch | None] | None = None,
 ) -> list[list[ThroughputRow]]:
     """`sweep_throughput` of several models (e.g. different architectures) at once: models[i]
     at the merging rates rs[i] on each backend, the timed runs of every (model, backend, r)
     interleaved in one loop so that machine load hits them all alike. Returns the rows of each
     model (backend by backend, then r), its speedups relative to its own first backend at its
     first r. `schedule`: one for every model, or one per model. `on_step` is called after each
-    of the Σ len(backends) · len(rs[i]) · (warmup + runs) forward passes.
+    of the Σ len(backends) · len(rs[i]) · (warmup + runs) forward passes. `inputs`: per model,
+    the batch to time (e.g. real clips at their own lengths for a native-length model), None
+    for a random batch of its input shape; a list of clips times batch_size = len(list).
     """
     if len(models) != len(rs) or not all(rs):
         raise ValueError("no r values to sweep")
@@ -163,13 +190,15 @@ def sweep_throughputs(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     models = [model.to(device).eval() for model in models]
-    batches = [_random_batch(model, batch_size, seed).to(device) for model in models]
+    given = list(inputs) if inputs is not None else [None] * len(models)
+    batches = [_on(device, batch if batch is not None else _random_batch(model, batch_size, seed))
+               for model, batch in zip(models, given, strict=True)]
 
     gflops = {}
     for index, model in enumerate(models):
         for r in rs[index]:
             with merging(model, r, schedules[index]):
-                gflops[index, r] = count_flops(model, batches[index][:1]) / 1e9
+                gflops[index, r] = gflops_per_sample(model, batches[index])
 
     settings = [(index, backend, r) for index, model_rs in enumerate(rs)
                 for backend in backends for r in model_rs]
@@ -188,15 +217,15 @@ def sweep_throughputs(
                 time_forward(forwards[setting], batches[setting[0]], device, torch_dtype))
             _tick(on_step)
 
-    throughput = {s: batch_size / statistics.median(timings[s]) for s in settings}
-    spread = {s: 100 * (batch_size / min(timings[s]) - batch_size / max(timings[s]))
+    throughput = {s: len(batches[s[0]]) / statistics.median(timings[s]) for s in settings}
+    spread = {s: 100 * (len(batches[s[0]]) / min(timings[s]) - len(batches[s[0]]) / max(timings[s]))
               / throughput[s] for s in settings}
     reference = [throughput[index, backends[0], model_rs[0]] for index, model_rs in enumerate(rs)]
     return [
         [
             ThroughputRow(
                 r=r,
-                tokens=final_tokens(model, r, schedules[index]),
+                tokens=batch_tokens(model, batches[index], r, schedules[index]),
                 gflops=gflops[index, r],
                 samples_per_s=throughput[index, backend, r],
                 speedup=throughput[index, backend, r] / reference[index],
@@ -208,6 +237,10 @@ def sweep_throughputs(
         ]
         for index, model in enumerate(models)
     ]
+
+
+def _on(device: torch.device, batch: Batch) -> Batch:
+    return [clip.to(device) for clip in batch] if isinstance(batch, list) else batch.to(device)
 
 
 def _random_batch(model: nn.Module, batch_size: int, seed: int) -> torch.Tensor:

@@ -74,6 +74,11 @@ def make_forward(
                            "onnxruntime")
     model.eval()
     if backend == "onnxruntime":
+        if model.input_spec().native_length:
+            raise FastASTError(
+                "the onnxruntime backend runs graphs of one input length; an ElasticAST reads "
+                "clips of any length: use --backend torch or compile (export one length with "
+                "`fastast export --frames N`)")
         path = Path(onnx_file) if onnx_file is not None else cached_export(model, cache_dir, method)
         return onnx_forward(path, model)
     settings = merging_state(model)

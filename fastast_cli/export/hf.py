@@ -5,10 +5,16 @@ The folder holds what `from_pretrained` reads: `config.json` (architecture, id2l
 and `preprocessor_config.json` (ASTFeatureExtractor with the model's input mean and std).
 transformers is not needed to write it. Token merging has no counterpart in transformers: the
 folder is the plain AST (r = 0).
+
+An ElasticAST is written at one chosen length (`frames`, q = 1: transformers' feature extractor
+reads frames every 10 ms) as the fixed AST it is on clips of that length: its factorized
+positions summed into AST's 2-D table, its (CLS + DIST) / 2 pooling being AST's own. The folder
+is written only when that AST's logits equal the ElasticAST's (checked on random clips).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -20,6 +26,7 @@ from torch import nn
 from fastast_cli.atomic import atomic_path
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.errors import FastASTError
+from fastast_cli.export.one_length import at_one_length, largest_gap
 from fastast_cli.inference.clips import input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of
 from fastast_cli.models.ast import AST
@@ -29,16 +36,22 @@ PathLike = str | os.PathLike[str]
 HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
-def export_hf(model: nn.Module, folder: PathLike) -> list[Path]:
-    """Write `model` (a fixed-length AST) as a transformers folder; returns the files written.
+EXACT_TOLERANCE = 1e-4  # largest |logit| gap of an ElasticAST's fixed AST (float rounding)
 
-    Refuses ElasticAST and CNN models (with what cannot be expressed) and folders that already
+
+def export_hf(model: nn.Module, folder: PathLike, frames: int | None = None,
+              resolution: float = 1.0) -> list[Path]:
+    """Write `model` (a fixed-length AST, or an ElasticAST at `frames` frames) as a
+    transformers folder; returns the files written.
+
+    Refuses CNN models (with what cannot be expressed), an ElasticAST at a resolution other
+    than q = 1 or whose fixed AST is not exact (naming ONNX instead), and folders that already
     hold files.
     """
-    ast = _exportable(model)
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FastASTError(f"{folder} already exists and is not an empty folder: pick a new --out")
+    ast = _exportable(model, frames, resolution)
     weights = {name: t.detach().cpu().contiguous() for name, t in ast.state_dict().items()}
     files = [folder / name for name in HF_FILES]
     _write_json(files[0], hf_config(ast))
@@ -49,13 +62,24 @@ def export_hf(model: nn.Module, folder: PathLike) -> list[Path]:
     return files
 
 
-def _exportable(model: nn.Module) -> AST:
-    if model.architecture == "elastic":
-        raise FastASTError(
-            "an ElasticAST cannot be written as a transformers AST: its clips of any length and "
-            "time resolution (factorized positional tables, packed rows) have no counterpart in "
-            "ASTForAudioClassification, which takes one fixed input length"
-        )
+def _exportable(model: nn.Module, frames: int | None, resolution: float) -> AST:
+    """The AST the folder holds: `model`, or an ElasticAST's exact fixed AST at `frames`."""
+    if getattr(model, "merges_tokens", False) and model.input_spec().native_length:
+        if resolution != 1.0:
+            raise FastASTError(
+                f"transformers' AST feature extractor reads frames every 10 ms, not at q = "
+                f"{resolution:g}: export this ElasticAST with --format onnx --resolution "
+                f"{resolution:g}")
+        plain = copy.copy(model).set_r(0, method=model.reduction_method)  # as written: r = 0
+        fixed = at_one_length(plain, frames, resolution)
+        gap = largest_gap(plain, fixed)
+        if not gap <= EXACT_TOLERANCE:
+            raise FastASTError(
+                f"this ElasticAST at {frames} frames is not exactly a transformers AST (logits "
+                f"differ by {gap:.1e}): export it with --format onnx --frames {frames}")
+        return fixed
+    if frames is not None or resolution != 1.0:
+        at_one_length(model, frames, resolution)  # refuses what only an ElasticAST takes
     if model.architecture != "ast":
         raise FastASTError(
             f"only AST checkpoints can be written as a transformers AST; this is a "

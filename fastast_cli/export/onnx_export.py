@@ -7,7 +7,12 @@ whose ties keep the lower index first, so ONNX and eager PyTorch merge the same 
 
 Everything needed to feed the graph travels in its metadata (`metadata_props`, JSON values):
 labels, mean and std of the input normalization, sample rate, frames, mel bins, r (per block),
-schedule and reduction method.
+schedule and reduction method, and the feature recipe (`export.recipe`) that rebuilds the input
+from audio without fastast.
+
+An ElasticAST takes clips of any length; a graph takes one. It is exported at a chosen length
+(`frames`) and time resolution q (frames every 10 ms × q) as the fixed AST it is at that length
+(`ElasticAST.fixed_length`), and the graph is checked against the ElasticAST itself.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +33,14 @@ from torch import nn
 
 from fastast_cli import __version__
 from fastast_cli.atomic import atomic_path
+from fastast_cli.data.elastic_features import shift_for_resolution
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.extras import import_extra
+from fastast_cli.export.one_length import at_one_length
+from fastast_cli.export.recipe import feature_recipe
 from fastast_cli.inference.clips import clip_features, input_spec
-from fastast_cli.inference.scores import label_names, num_classes_of
+from fastast_cli.inference.scores import label_names, num_classes_of, score_kind
 
 PathLike = str | os.PathLike[str]
 INPUT_NAME = "fbank"
@@ -52,10 +60,17 @@ class ExportReport:
     metadata: dict[str, Any]
 
 
-def onnx_metadata(model: nn.Module, method: str) -> dict[str, Any]:
-    """What a user of the ONNX file needs besides the graph (values JSON-serialisable)."""
+def onnx_metadata(model: nn.Module, method: str, resolution: float = 1.0,
+                  architecture: str | None = None) -> dict[str, Any]:
+    """What a user of the ONNX file needs besides the graph (values JSON-serialisable).
+
+    model: the fixed-length model the graph holds; resolution: the time resolution q its
+    input is read at (frames every 10 ms × q); architecture: the exported checkpoint's
+    (default the model's own; `elastic` for an ElasticAST exported at one length)."""
     spec = input_spec(model)
     r_schedule = list(getattr(model, "r_schedule", []))
+    recipe = feature_recipe(spec, spec.target_length, shift_for_resolution(resolution),
+                            score_kind(model))
     return {
         "labels": label_names(model, num_classes_of(model)),
         "mean": spec.mean,
@@ -69,6 +84,9 @@ def onnx_metadata(model: nn.Module, method: str) -> dict[str, Any]:
         "method": method if any(r_schedule) else "none",
         "proportional_attention": bool(getattr(model, "proportional_attention", False)),
         "producer": f"fastast {__version__}",
+        "architecture": architecture or getattr(model, "architecture", type(model).__name__),
+        "resolution": resolution,
+        **recipe,
     }
 
 
@@ -95,33 +113,34 @@ def export_onnx(
     method: str = "tome",
     tolerance: float = DEFAULT_TOLERANCE,
     features: torch.Tensor | None = None,
+    frames: int | None = None,
+    resolution: float = 1.0,
 ) -> ExportReport:
     """Export `model` (eval mode, at its current merging) to `path` and check it against PyTorch.
 
     features: normalized fbank of real clips [B, frames, bins] for the parity check (e.g. from
         `dataset_features`); by default synthetic audio through the same feature pipeline.
+    frames, resolution: for an ElasticAST (native-length input), the one input length of the
+        graph and the time resolution q its input is read at; fixed-length models take their
+        own length (frames None) at q = 1.
     The file is written beside `path` first and only moved there once the parity check passed:
     a failed check raises FastASTError and leaves nothing behind.
     """
-    if model.input_spec().native_length:
-        raise FastASTError(
-            "ElasticAST checkpoints take clips of any length packed into rows, which ONNX "
-            "cannot express: export a fixed-length AST"
-        )
     import_extra("onnxscript", "ONNX export")
     ort = import_extra("onnxruntime", "the ONNX parity check")
     if any(t.device.type != "cpu" for t in model.state_dict().values()):
         model = copy.deepcopy(model).cpu()  # export on CPU, the caller's model stays where it is
     model.eval()
-    metadata = onnx_metadata(model, method)
+    graph_model = at_one_length(model, frames, resolution)
+    metadata = onnx_metadata(graph_model, method, resolution, model.architecture)
     path = Path(path)
     with atomic_path(path) as temporary:
-        program = _trace(model, metadata)
+        program = _trace(graph_model, metadata)
         for key, value in metadata.items():
             program.model.metadata_props[key] = json.dumps(value)
         program.save(str(temporary))
         session = ort.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
-        noise, synthetic = parity_inputs(model)
+        noise, synthetic = parity_inputs(graph_model, shift_for_resolution(resolution))
         batches = [noise, synthetic if features is None else features]
         diffs = [_max_difference(model, session, batch) for batch in batches]
         if not all(diff <= tolerance for diff in diffs):
@@ -163,14 +182,16 @@ def _translations() -> dict[Any, Any]:
     return {torch.ops.aten.sort.stable: stable_sort}
 
 
-def parity_inputs(model: nn.Module, seed: int = 0) -> list[torch.Tensor]:
+def parity_inputs(model: nn.Module, frame_shift_ms: float = 10.0, seed: int = 0
+                  ) -> list[torch.Tensor]:
     """Two batches [PARITY_BATCH, frames, bins]: standard normal noise, and normalized fbank of
-    synthetic audio (chirps in noise) made by the same feature pipeline as real clips."""
-    spec = input_spec(model)
+    synthetic audio (chirps in noise) made by the same feature pipeline as real clips, with
+    frames every `frame_shift_ms`."""
+    spec = replace(input_spec(model), frame_shift_ms=frame_shift_ms)
     generator = torch.Generator().manual_seed(seed)
     shape = (PARITY_BATCH, spec.target_length, spec.num_mel_bins)
     noise = torch.randn(shape, generator=generator)
-    seconds = spec.target_length / 100 + 0.05
+    seconds = spec.target_length * frame_shift_ms / 1000 + 0.05
     time = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     clips = []
     for index in range(PARITY_BATCH):
@@ -182,7 +203,9 @@ def parity_inputs(model: nn.Module, seed: int = 0) -> list[torch.Tensor]:
 
 
 def _max_difference(model: nn.Module, session: Any, batch: torch.Tensor) -> float:
+    """Largest |ONNX - PyTorch| logit of `batch` [B, frames, bins]; a native-length model
+    reads it as B clips."""
     with torch.inference_mode():
-        expected = model(batch).float()
+        expected = model(list(batch) if model.input_spec().native_length else batch).float()
     got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
     return float((got - expected).abs().max())

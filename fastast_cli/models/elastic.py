@@ -366,6 +366,35 @@ class ElasticAST(TokenClassifier):
     def forward(self, clips: Sequence[torch.Tensor], layout: Layout | None = None) -> torch.Tensor:
         return self.mlp_head(self.forward_features(clips, layout))
 
+    # --- one fixed length -----------------------------------------------------------------------
+
+    def fixed_length(self, frames: int) -> AST:
+        """The fixed AST that computes what this model computes on a clip of exactly `frames`
+        frames: the same weights, 16×16 patches at stride 16 (frames past the last whole patch
+        dropped, as here), `pos_embed` [1, 2 + f·t, D] = prefix table, then freq_pos[f] +
+        time_pos[t] frequency-major, and the per-clip merge schedule at that length (a
+        fractional r becomes its int per block). For ONNX graphs and transformers folders,
+        which take one input length. Raises ValueError for a length the model cannot take.
+        """
+        config = self.config
+        self.check_clip(torch.zeros(frames, config.num_mel_bins))
+        fixed_config = ASTConfig(**{
+            **{f.name: getattr(config, f.name) for f in fields(ASTConfig)},
+            "fstride": config.patch_size, "tstride": config.patch_size, "target_length": frames})
+        ast = AST(fixed_config)
+        weights = {name: value for name, value in self.state_dict().items()
+                   if name not in POSITION_TABLES}
+        f_dim, t_dim = fixed_config.grid
+        grid = (self.freq_pos_embed[0, :f_dim, None] + self.time_pos_embed[0, None, :t_dim])
+        weights["pos_embed"] = torch.cat(
+            [self.prefix_pos_embed[0], grid.reshape(f_dim * t_dim, -1)])[None]  # [1, 2+f·t, D]
+        ast.load_state_dict({name: value.detach() for name, value in weights.items()})
+        schedule = self.clip_schedule(NUM_PREFIX_TOKENS + f_dim * t_dim)
+        ast.set_r(list(schedule), "constant", self.proportional_attention,
+                  method=self.reduction_method, method_options=self.reduction_options)
+        ast.meta = dict(self.meta)
+        return ast.to(self.cls_token.device).eval()
+
     # --- initialization from a fixed AST ------------------------------------------------------
 
     @torch.no_grad()

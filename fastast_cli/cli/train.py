@@ -14,12 +14,13 @@ from fastast_cli.evaluation.evaluate import parse_resolutions
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
-from fastast_cli.training.config import load_config
+from fastast_cli.training.config import load_config, manifest_recipe
 from fastast_cli.training.loop import RunResult, train
 
 Recipe = Annotated[Path | None, typer.Option(
-    help="Recipe YAML (a path, or a shipped name: demo, esc50, speechcommands, audioset, ...); "
-    "flags override its values.")]
+    help="Recipe YAML (a path, or a shipped name: folder, demo, esc50, speechcommands, "
+    "audioset, ...); flags override its values. Default: the recipe the manifest of --data "
+    "names (folder for `prepare folder` data: settings picked from the data and machine).")]
 Data = Annotated[Path | None, typer.Option(
     help="Prepared dataset: manifest.yaml or its folder (from `fastast prepare`).")]
 Out = Annotated[Path | None, typer.Option(
@@ -126,6 +127,9 @@ def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
     """Load the configuration, train, and print the run's summary."""
     set_progress(not quiet)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
+    if recipe is None and (named := manifest_recipe(overrides.get("data"))) is not None:
+        console.print(f"recipe: {named.stem} (named by the manifest; --recipe picks another)")
+        recipe = named
     config = load_config(recipe, overrides)
     reporter = ConsoleReporter()
     try:
@@ -197,7 +201,8 @@ def distill(
         "given it must match the checkpoint.")] = None,
     teacher_checkpoint: Annotated[Path | None, typer.Option(
         help="The trained teacher (from train-teacher, or an AST checkpoint). {fold} in the "
-        "path is the run's fold: each fold's student learns from its own fold's teacher.")
+        "path is the run's fold: each fold's student learns from its own fold's teacher. "
+        "none drops the recipe's (so does --teacher none).")
     ] = None,
     kd_lambda: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="λ of Eq. 1: weight of the ground-truth loss.")] = None,

@@ -126,17 +126,14 @@ class TrainConfig:
         converted to its field's type (YAML reads `1e-4` as a string).
 
         `auto` (for AUTO_SETTINGS) leaves a setting to the run; a value replaces an `auto`.
-        `none` for an UNSETTABLE path unsets it."""
+        An `auto:` list (a run's saved config.yaml) names settings left to the run whatever
+        their values. `none` for an UNSETTABLE path unsets it."""
         merged = self.to_dict()
         auto = list(merged["auto"])
         for key, value in values.items():
             if key not in merged:
                 raise FastASTError(f"{source}: unknown setting {key!r}")
-            if value is None:
-                continue
-            if key == "auto":  # a saved config.yaml used as a recipe
-                auto = [*auto, *(name for name in _auto_names(value, source)
-                                 if name not in auto)]
+            if value is None or key == "auto":
                 continue
             if isinstance(value, str) and value.lower() == "auto" and key in AUTO_SETTINGS:
                 auto = [*auto, key] if key not in auto else auto
@@ -146,6 +143,8 @@ class TrainConfig:
                 merged[key] = None
                 continue
             merged[key] = _converted(key, value, merged[key], source)
+        if values.get("auto") is not None:  # a saved config.yaml used as a recipe: it wins
+            auto += [name for name in _auto_names(values["auto"], source) if name not in auto]
         merged["auto"] = auto
         return TrainConfig(**merged)
 

@@ -17,6 +17,7 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.distributed import Ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.predict import predict_dataset
+from fastast_cli.models.checkpoints.files import existing_path
 from fastast_cli.models.classifiers import load_classifier, model_kind
 from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.provenance import check_teacher_data, teacher_path
@@ -121,7 +122,7 @@ def cached_teacher_logits(
     of the clean clip: consistency under augmentation is lost (CMKD's finding is that consistent
     teaching works better).
     """
-    teacher_file = Path(teacher_path).resolve()
+    teacher_file = existing_path(teacher_path).resolve()  # a Hub id: its cached copy
     stat = teacher_file.stat()
     source = f"{teacher_file}:{stat.st_size}:{stat.st_mtime_ns}"  # retrained → recomputed
     logits = read_cached_logits(cache, clips, source)

@@ -166,7 +166,8 @@ def test_hub_failures_are_one_line(hub, monkeypatch):
     with pytest.raises(CheckpointError, match="has no revision 'nope'"):
         load_model(f"{REPO}@nope")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="not in the Hugging Face cache and HF_HUB_OFFLINE"):
+    with pytest.raises(CheckpointError, match="is not a local path, and its config.json is not "
+                                              "in the Hugging Face cache \\(HF_HUB_OFFLINE"):
         load_model(f"{REPO}@{OLD}")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     server.drop = ("model.safetensors",)
@@ -175,6 +176,24 @@ def test_hub_failures_are_one_line(hub, monkeypatch):
     server.drop = ()  # the half-written file is not taken for the whole one
     with torch.inference_mode():
         torch.testing.assert_close(load_model(REPO)(fbank()), hub[1](fbank()))
+
+
+def test_an_unreachable_hub_is_one_quick_line(tmp_path, monkeypatch):
+    """No retries for half a minute: one HEAD, then the line."""
+    import socket
+    import time
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=f"no such checkpoint: {REPO} is not a local path, "
+                                              "and the Hugging Face Hub at http://127.0.0.1"):
+        load_model(REPO)
+    assert time.monotonic() - started < 10
 
 
 def test_the_cli_says_one_line_for_a_missing_hub_model(hub, tmp_path):

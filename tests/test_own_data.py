@@ -96,7 +96,7 @@ def test_the_time_estimate_comes_after_the_first_steps_and_warns_of_hours_on_a_c
     def clock() -> float:
         return now[0]
 
-    estimate = TimeEstimate(torch.device("cpu"), clock)
+    estimate = TimeEstimate(torch.device("cpu"), clock)  # a model that is not the smallest
     lines = []
     for _ in range(10):
         now[0] += 2.0  # 2 s per step
@@ -106,6 +106,7 @@ def test_the_time_estimate_comes_after_the_first_steps_and_warns_of_hours_on_a_c
                     "validation not included)"]
     assert estimate.warning and estimate.warning.startswith("warning: this run will take about "
                                                             "1.7 h on this CPU")
+    assert "--size tiny" in estimate.warning
     short = TimeEstimate(torch.device("cpu"), clock)
     for _ in range(10):
         now[0] += 0.1

@@ -131,7 +131,7 @@ class Trainer:
         self.warmup_steps = warmup_steps_for(config, self.steps_per_epoch)
         self.averaged: dict[str, torch.Tensor] | None = None
         self.cached_logits: torch.Tensor | None = None
-        self.estimate = TimeEstimate(device)
+        self.estimate = TimeEstimate(device, tiny=config.model != "ast" or config.size == "tiny")
 
     # --- set-up ------------------------------------------------------------------------------
 

@@ -64,12 +64,13 @@ class TimeEstimate:
     """Times a run's first steps (after SKIPPED_STEPS) and says once how long the rest takes.
 
     `step_done(steps_left)` after each step returns the estimate line once TIMED_STEPS steps
-    are timed, then None; `warning` holds a line when a CPU run is estimated at hours.
+    are timed, then None; `warning` holds a line when a CPU run is estimated at hours (`tiny`:
+    the model is already the smallest, so no smaller one is suggested).
     """
 
     def __init__(self, device: torch.device,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.device, self.clock = device, clock
+                 clock: Callable[[], float] = time.perf_counter, tiny: bool = False) -> None:
+        self.device, self.clock, self.tiny = device, clock, tiny
         self.steps = 0
         self.started: float | None = None
         self.done = False
@@ -90,10 +91,11 @@ class TimeEstimate:
         per_step = (self.clock() - self.started) / (self.steps - SKIPPED_STEPS)
         seconds = per_step * steps_left
         if self.device.type == "cpu" and seconds >= WARN_AFTER_S:
+            smaller = "" if self.tiny else "a smaller model (--size tiny --depth 4), "
             self.warning = (
                 f"warning: this run will take about {duration(seconds)} on this CPU. For a "
-                "first result in minutes: fewer --epochs, --size tiny --depth 4 (the folder "
-                "recipe's CPU model), shorter clips, or a GPU; Ctrl-C keeps last.pt and "
-                "--resume continues")
+                f"first result sooner: fewer --epochs, {smaller}shorter clips (prepare "
+                "--target-length), or a GPU; on a busy machine OMP_NUM_THREADS=1 can help. "
+                "Ctrl-C keeps last.pt and --resume continues")
         return (f"estimated time: {duration(seconds)} for the {steps_left} steps left "
                 f"({per_step:.2f} s per step; validation not included)")

@@ -19,8 +19,11 @@ Every failure (no such repository, revision or file, no network, a dropped conne
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 OPTIONAL_FILES = ("preprocessor_config.json",)
 AST_MODEL_TYPE = "audio-spectrogram-transformer"
+PROBE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,9 @@ def _cached(hub: HubId, filename: str, cache_dir: object) -> Path | None:
         return Path(found)
     if found is not None or filename in OPTIONAL_FILES:  # recorded as missing on the Hub
         return None
-    raise CheckpointError(f"{hub}: {filename} is not in the Hugging Face cache and "
-                          "HF_HUB_OFFLINE is set: download it once online")
+    raise CheckpointError(f"no such checkpoint: {hub} is not a local path, and its {filename} "
+                          "is not in the Hugging Face cache (HF_HUB_OFFLINE is set: download "
+                          "it once online)")
 
 
 def _sharded(hub: HubId) -> Path:
@@ -157,6 +162,58 @@ def _fetch(hub: HubId, filename: str, required: bool) -> Path | None:
     """One file of the repository through the cache; None when it has no such file (unless
     `required`)."""
     from huggingface_hub import hf_hub_download
+
+    settings = _environment()
+    if settings["local_files_only"]:
+        return _cached(hub, filename, settings["cache_dir"])
+    with _quiet_hub(), _one_line(hub, filename, required, settings):
+        if filename == CONFIG:
+            _probe(hub, settings)
+        return Path(hf_hub_download(hub.repo, filename, revision=hub.revision, **settings))
+    return None  # the file is not in the repository (`_one_line` said so)
+
+
+def _probe(hub: HubId, settings: dict[str, object]) -> None:
+    """One HEAD request without retries before the first download of an uncached repository,
+    so that an unreachable Hub is one quick line (huggingface_hub retries for half a minute)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    if try_to_load_from_cache(hub.repo, CONFIG, cache_dir=settings["cache_dir"],
+                              revision=hub.revision) is not None:
+        return
+    url = hf_hub_url(hub.repo, CONFIG, revision=hub.revision, endpoint=settings["endpoint"])
+    try:
+        get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S)
+    except EntryNotFoundError:
+        return
+    except HfHubHTTPError:
+        raise
+    except Exception as error:  # no route, no name, refused, timed out
+        raise _Unreachable(str(error)) from None
+
+
+class _Unreachable(Exception):
+    """The Hub could not be reached at all."""
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """huggingface_hub's retry warnings off while fastast says what failed in one line."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def _one_line(hub: HubId, filename: str, required: bool,
+              settings: dict[str, object]) -> Iterator[None]:
+    """Every failure of a download as one CheckpointError; a file the repository lacks is
+    swallowed unless `required` (the caller then returns None)."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -165,31 +222,28 @@ def _fetch(hub: HubId, filename: str, required: bool) -> Path | None:
         RevisionNotFoundError,
     )
 
-    settings = _environment()
-    if settings["local_files_only"]:
-        return _cached(hub, filename, settings["cache_dir"])
+    hub_name = f"the Hugging Face Hub at {settings['endpoint'] or 'huggingface.co'}"
     try:
-        return Path(hf_hub_download(hub.repo, filename, revision=hub.revision, **settings))
+        yield
+    except (_Unreachable, LocalEntryNotFoundError):  # LocalEntry… is an EntryNotFound: first
+        raise CheckpointError(
+            f"no such checkpoint: {hub} is not a local path, and {hub_name} cannot be reached "
+            f"to download its {filename} (not in the cache; HF_ENDPOINT names a mirror)"
+        ) from None
     except EntryNotFoundError:
         if required:
             raise CheckpointError(f"{hub}: the Hub repository has no {filename}") from None
-        return None
     except GatedRepoError:
         raise CheckpointError(f"{hub}: a gated repository: accept its terms on the Hub and set "
                               "HF_TOKEN") from None
     except RepositoryNotFoundError:
         raise CheckpointError(
-            f"no such checkpoint: {hub} is neither a local path nor a model on the Hugging Face "
-            f"Hub at {settings['endpoint'] or 'huggingface.co'} (private ones need HF_TOKEN)"
+            f"no such checkpoint: {hub} is neither a local path nor a model on {hub_name} "
+            "(private ones need HF_TOKEN)"
         ) from None
     except RevisionNotFoundError:
         raise CheckpointError(f"{hub}: the Hub repository has no revision "
                               f"{hub.revision!r}") from None
-    except LocalEntryNotFoundError:
-        if not required and filename in OPTIONAL_FILES:
-            return None
-        raise CheckpointError(f"{hub}: cannot reach the Hugging Face Hub to download "
-                              f"{filename}, and it is not in the cache") from None
     except Exception as error:  # the network and the server: one line, whatever failed
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(f"{hub}: downloading {filename} failed ({type(error).__name__}"

@@ -68,6 +68,18 @@ def test_folder_data_without_a_recipe_gets_the_folder_recipe_and_its_auto_picks(
     assert "epochs" not in tuned.auto and "size" not in tuned.auto  # flags replace auto
 
 
+def test_auto_takes_the_shape_of_pretrained_ast_weights(folder_data, tmp_path):
+    from fastast_cli import build_model
+    from fastast_cli.models.checkpoints import save_checkpoint
+
+    own = save_checkpoint(tmp_path / "own.pt", build_model("tiny", 3, target_length=48, depth=2,
+                                                           fstride=16, tstride=12))
+    config = load_config(None, {"data": str(folder_data), "out": "x", "pretrained": str(own)})
+    picked = resolve_auto(config, DataShape(18, True), Machine("cpu", 2))
+    assert (picked.size, picked.depth, picked.fstride, picked.tstride) == ("tiny", 2, 16, 12)
+    assert (picked.lr, picked.epochs) == (5e-5, 25)  # fine-tuning: 3000 / 18 clips, capped
+
+
 def test_a_run_on_folder_data_prints_its_plan_and_saves_the_picked_settings(folder_data,
                                                                             tmp_path):
     run = tmp_path / "run"
@@ -80,7 +92,7 @@ def test_a_run_on_folder_data_prints_its_plan_and_saves_the_picked_settings(fold
     plan = next(line for line in result.output.split("\n\n")[0].splitlines()
                 if line.startswith("plan:"))
     assert plan.startswith("plan: tiny AST (4 blocks")
-    assert ("parameters; 18 training clips, 3 valid clips of 0.48 s; ce loss, 1 epochs × 3 "
+    assert ("parameters; 18 training clips, 3 valid clips of 0.48 s; ce loss, 1 epoch × 3 "
             "steps of 8; cpu") in text
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert (saved["size"], saved["depth"], saved["loss"], saved["metric"]) == (

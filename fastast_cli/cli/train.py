@@ -37,8 +37,10 @@ Seed = Annotated[int | None, typer.Option(help="Seed of initialisation, order an
 Device = Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 Fold = Annotated[int | None, typer.Option(help="Cross-validation fold (ESC-50, demo).")]
 Workers = Annotated[int | None, typer.Option(min=0, help="Data-loader worker processes.")]
-Pretrained = Annotated[Path | None, typer.Option(
-    help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet CNN.")]
+Pretrained = Annotated[str | None, typer.Option(
+    help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet "
+    "CNN; a Hugging Face Hub id works too (MIT/ast-finetuned-audioset-10-10-0.4593, "
+    "timm/efficientnet_b2.ra_in1k, OWNER/NAME@REVISION). none drops the recipe's.")]
 Compile = Annotated[bool | None, typer.Option(
     "--compile/--eager", help="Run training steps through torch.compile (first steps slower "
     "while it compiles; evaluation stays eager). Off by default.", show_default=False)]

@@ -5,11 +5,12 @@ model size, patching, loss, metric, epochs, batch size, learning rate and data-l
 `auto`; any flag replaces an `auto`. The rules are rules of thumb, stated here and printed when a
 run starts:
 
-- **Model.** With `--pretrained` weights (an AudioSet or ImageNet AST): AST's own fine-tuning
-  shape, base size, 12 blocks, overlapping 16×16 patches every 10 frames and bins (Gong et al.
-  2021), lr 5e-5, batch 12. Without, on a CPU: the demo's tiny AST (4 blocks,
-  non-overlapping patches, lr 2e-4, batch 8), which trains in minutes on a few hundred clips;
-  on a GPU: a small AST (12 blocks, overlapping patches, lr 1e-4, batch 32).
+- **Model.** With `--pretrained` AST weights: the size, blocks and patch strides the weights
+  have (AST's own fine-tuning shape for AudioSet and ImageNet weights: base, 12 blocks,
+  overlapping 16×16 patches every 10 frames and bins, Gong et al. 2021), lr 5e-5, batch 12.
+  Without, on a CPU: the demo's tiny AST (4 blocks, non-overlapping patches, lr 2e-4, batch
+  8), which trains in minutes on a few hundred clips; on a GPU: a small AST (12 blocks,
+  overlapping patches, lr 1e-4, batch 32).
 - **Loss and metric.** Cross-entropy and accuracy when every training clip has exactly one
   label (a class-per-folder dataset); binary cross-entropy and mAP when clips have several.
 - **Epochs.** Enough passes for the run to see about `CLIPS_SEEN` clips (fine-tuning:
@@ -64,11 +65,30 @@ class DataShape:
         return cls(len(labels_per_clip), all(count == 1 for count in labels_per_clip))
 
 
-def model_shape(pretrained: bool, machine: Machine) -> dict[str, Any]:
+def pretrained_shape(path: str) -> dict[str, Any]:
+    """Size, depth and strides of AST weights at `path` (base, 12, 10/10 when the file is not
+    AST weights with a known size, e.g. a CNN's)."""
+    from fastast_cli.errors import FastASTError
+    from fastast_cli.models.ast import SIZES
+    from fastast_cli.models.checkpoints import read_weights
+
+    shape = {"size": "base", "depth": 12, "fstride": 10, "tstride": 10}
+    try:
+        config = read_weights(path).config
+    except (FastASTError, OSError, ValueError, KeyError, TypeError):
+        return shape
+    sizes = {values["embed_dim"]: name for name, values in SIZES.items()}
+    embed_dim = getattr(config, "embed_dim", None)
+    if embed_dim not in sizes or not hasattr(config, "fstride"):
+        return shape
+    return {"size": sizes[embed_dim], "depth": config.depth, "fstride": config.fstride,
+            "tstride": config.tstride}
+
+
+def model_shape(pretrained: str | None, machine: Machine) -> dict[str, Any]:
     """Size, depth, patch strides, learning rate and batch size (see the module docstring)."""
-    if pretrained:
-        return {"size": "base", "depth": 12, "fstride": 10, "tstride": 10, "lr": 5e-5,
-                "batch_size": 12}
+    if pretrained is not None:
+        return {**pretrained_shape(pretrained), "lr": 5e-5, "batch_size": 12}
     if machine.accelerated:
         return {"size": "small", "depth": 12, "fstride": 10, "tstride": 10, "lr": 1e-4,
                 "batch_size": 32}
@@ -93,8 +113,11 @@ def workers_for(machine: Machine) -> int:
 def picks(config: TrainConfig, data: DataShape, machine: Machine) -> dict[str, Any]:
     """The value of every setting `config.auto` names."""
     pretrained = config.pretrained is not None
+    shape_keys = {"size", "depth", "fstride", "tstride", "lr", "batch_size"}
+    shape = (model_shape(config.pretrained if config.model == "ast" else None, machine)
+             if shape_keys & set(config.auto) else {})
     chosen: dict[str, Any] = {
-        **model_shape(pretrained, machine),
+        **shape,
         "loss": "ce" if data.single_label else "bce",
         "metric": "accuracy" if data.single_label else "mAP",
         "epochs": epochs_for(data.train_clips, pretrained),

@@ -47,7 +47,8 @@ def plan_line(config: TrainConfig, model: nn.Module, *, train_clips: int, eval_c
     """The run in one line: model, parameters, clips, clip length, loss, epochs, device."""
     return (f"plan: {model_name(config)}, {parameter_count(model)} parameters; "
             f"{train_clips} training clips, {eval_clips} {eval_split} clips of "
-            f"{clip_frames / 100:.2f} s; {config.loss} loss, {config.epochs} epochs × "
+            f"{clip_frames / 100:.2f} s; {config.loss} loss, {config.epochs} "
+            f"epoch{'s' if config.epochs != 1 else ''} × "
             f"{steps_per_epoch} steps of {config.batch_size}; {device_name(device)}")
 
 

@@ -65,7 +65,8 @@ def test_tome_is_first_and_unknown_names_or_options_are_refused():
     with pytest.raises(ValueError, match="bad options"):
         model.set_r(4, method="random", method_options={"sed": 1})
     assert model.set_r(4, method="pitome").reduction_method == "pitome"
-    assert model.set_r(4).reduction_method == "tome"
+    assert model.set_r(8).reduction_method == "pitome"  # set_r keeps the method in use
+    assert model.set_r(4, method="tome").reduction_method == "tome"
     assert build_model("tiny", 2, target_length=32, method="evit").reduction_method == "evit"
     assert build_elastic("tiny", 2, target_length=32, method="tofu").reduction_method == "tofu"
     assert make_method("random", {"seed": 7}).seed == 7

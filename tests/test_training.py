@@ -388,8 +388,10 @@ def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_dem
     # A run without warm-up (saved before the from-scratch default) resumes only without it.
     notes = NoteRecorder()
     train(config(small_demo, tmp_path / "old", epochs=1, warmup_steps=0), reporter=notes)
-    assert notes.notes == ["training ast from scratch (no --pretrained) without lr warm-up "
-                           "(--warmup-steps 0): a transformer from scratch may stay at chance"]
+    assert notes.notes[0].startswith("plan: tiny AST")  # every run starts with its plan
+    said = [n for n in notes.notes[1:] if not n.startswith("estimated time")]
+    assert said == ["training ast from scratch (no --pretrained) without lr warm-up "
+                    "(--warmup-steps 0): a transformer from scratch may stay at chance"]
     with pytest.raises(FastASTError, match="other settings.*warmup_steps"):
         train(config(small_demo, tmp_path / "old", epochs=2), resume=True)
     assert len(train(config(small_demo, tmp_path / "old", epochs=2, warmup_steps=0),

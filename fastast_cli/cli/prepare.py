@@ -173,23 +173,37 @@ def _ratios(text: str) -> tuple[float, ...]:
         raise FastASTError(f"--ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None
 
 
+def source_name(src: Path) -> str:
+    """The default output name of `prepare folder --src SRC`: SRC's own folder name."""
+    name = src.expanduser().resolve().name
+    return name if name not in ("", ".", "..") else "folder"
+
+
 @prepare_app.command("folder")
 @user_errors
 def folder(
-    src: Path = typer.Option(..., "--src", help="Folder with one subfolder of audio per class."),
-    out: Path = typer.Option(None, "--out", help=OUT_HELP),
+    src: Path = typer.Option(..., "--src", help="Folder with one subfolder of audio per class "
+                             "(or audio files labelled by --label-pattern)."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: data/<name of "
+                             "--src>); manifest.yaml is written at its root."),
     ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,valid,test fractions."),
     seed: int = typer.Option(0, "--seed", help="Seed of the stratified split."),
     target_length: int = typer.Option(
         None, "--target-length", help="Fbank frames (default: fits 95% of the clips)."
     ),
+    label_pattern: str = typer.Option(
+        None, "--label-pattern", help="Label files by their names instead of class folders: a "
+        "regular expression matched at the start of each file name, the class in its group "
+        "'label' (else its first group), e.g. '(?P<label>[^_]+)_.*' for dog_001.wav."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
 ) -> None:
-    """Your own data: one subfolder per class → stratified train/valid/test."""
+    """Your own data: one subfolder per class (or a file-name pattern) → stratified
+    train/valid/test, with a report of the clip lengths."""
     _run(quiet)
     _summary(
         prepare_folder(
-            src, _out(out, "folder"), ratios=_ratios(ratios), seed=seed, target_length=target_length
+            src, _out(out, source_name(src)), ratios=_ratios(ratios), seed=seed,
+            target_length=target_length, label_pattern=label_pattern,
         )
     )
 

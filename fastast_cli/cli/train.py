@@ -15,14 +15,15 @@ from fastast_cli.evaluation.evaluate import parse_resolutions
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
-from fastast_cli.training.config import TrainConfig, load_config
+from fastast_cli.training.config import TrainConfig, load_config, manifest_recipe
 from fastast_cli.training.loop import RunResult, train
 from fastast_cli.training.tensorboard import FOLDER as TENSORBOARD_FOLDER
 from fastast_cli.training.tensorboard import TensorBoardReporter
 
 Recipe = Annotated[Path | None, typer.Option(
-    help="Recipe YAML (a path, or a shipped name: demo, esc50, speechcommands, audioset, ...); "
-    "flags override its values.")]
+    help="Recipe YAML (a path, or a shipped name: folder, demo, esc50, speechcommands, "
+    "audioset, ...); flags override its values. Default: the recipe the manifest of --data "
+    "names (folder for `prepare folder` data: settings picked from the data and machine).")]
 Data = Annotated[Path | None, typer.Option(
     help="Prepared dataset: manifest.yaml or its folder (from `fastast prepare`).")]
 Out = Annotated[Path | None, typer.Option(
@@ -49,8 +50,10 @@ NormStats = Annotated[str | None, typer.Option(
     "shipped recipes use them). Stored in the checkpoint.",
     show_default=False)]
 Workers = Annotated[int | None, typer.Option(min=0, help="Data-loader worker processes.")]
-Pretrained = Annotated[Path | None, typer.Option(
-    help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet CNN.")]
+Pretrained = Annotated[str | None, typer.Option(
+    help="Initial weights: AST (AudioSet .pth, Hugging Face folder, DeiT) or timm ImageNet "
+    "CNN; a Hugging Face Hub id works too (MIT/ast-finetuned-audioset-10-10-0.4593, "
+    "timm/efficientnet_b2.ra_in1k, OWNER/NAME@REVISION). none drops the recipe's.")]
 Compile = Annotated[bool | None, typer.Option(
     "--compile/--eager", help="Run training steps through torch.compile (first steps slower "
     "while it compiles; evaluation stays eager). Off by default.", show_default=False)]
@@ -156,6 +159,9 @@ def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
     files in the run folder when asked)."""
     set_progress(not quiet)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
+    if recipe is None and (named := manifest_recipe(overrides.get("data"))) is not None:
+        console.print(f"recipe: {named.stem} (named by the manifest; --recipe picks another)")
+        recipe = named
     config = load_config(recipe, overrides)
     reporter: ConsoleReporter | TensorBoardReporter = ConsoleReporter()
     if tensorboard:
@@ -238,7 +244,8 @@ def distill(
         "given it must match the checkpoint.")] = None,
     teacher_checkpoint: Annotated[Path | None, typer.Option(
         help="The trained teacher (from train-teacher, or an AST checkpoint). {fold} in the "
-        "path is the run's fold: each fold's student learns from its own fold's teacher.")
+        "path is the run's fold: each fold's student learns from its own fold's teacher. "
+        "none drops the recipe's (so does --teacher none).")
     ] = None,
     kd_lambda: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="λ of Eq. 1: weight of the ground-truth loss.")] = None,

@@ -59,6 +59,7 @@ from fastast_cli.inference.scores import (
 from fastast_cli.inference.stream import (
     FRAME_SHIFT,
     FRAMES_PER_SECOND,
+    Span,
     Window,
     WindowCutter,
     WindowPlan,
@@ -78,7 +79,8 @@ PathLike = str | os.PathLike[str]
 
 __all__ = [  # the predictor, and the scores and window sizes it works with (re-exported)
     "AGGREGATES", "FRAMES_PER_SECOND", "ClipFailure", "ClipScores", "InputSpec", "PredictionRun",
-    "Predictor", "ScoreStream", "WindowRow", "aggregate", "clip_features", "hop_frames",
+    "Predictor", "ScoreStream", "WindowRow", "aggregate", "clip_features", "features",
+    "hop_frames",
     "input_spec", "label_names", "load_predictor", "num_classes_of", "predict_files",
     "run_to_dict", "score_kind", "timeline_rows", "to_scores", "top_k", "window_frames",
     "window_starts",
@@ -161,7 +163,19 @@ class Predictor:
         """Scores of one waveform `[samples]` or `[channels, samples]` at `sample_rate` Hz,
         decoded whole (the reference for `score_blocks`, which keeps memory constant)."""
         samples = torch.as_tensor(waveform).shape[-1]
-        if samples == 0:
+        spans, inputs = self.window_inputs(waveform, sample_rate, path)
+        scores = self.score_inputs(inputs)
+        duration = samples / sample_rate
+        rows = timeline_rows([span.start for span in spans], [span.stop for span in spans],
+                             scores, duration)
+        return self.clip_of(path, duration, rows)
+
+    def window_inputs(
+        self, waveform: np.ndarray | torch.Tensor, sample_rate: int, path: str = "<waveform>"
+    ) -> tuple[list[Span], list[torch.Tensor]]:
+        """The windows of one waveform and the model input of each [T, F] (fixed-length
+        models: T = target_length; native-length ones: the window's own frames)."""
+        if torch.as_tensor(waveform).shape[-1] == 0:
             raise AudioReadError(f"{path}: no audio samples")
         mono = resample(to_mono(as_channels_first(waveform)), sample_rate, SAMPLE_RATE)
         spans = self.plan.spans(max(frames_in(mono.shape[0]), 1))
@@ -169,11 +183,7 @@ class Predictor:
         for span in spans:
             wave = mono[span.start * FRAME_SHIFT :][: samples_for(span.stop - span.start)]
             inputs.append(window_features(wave, self.spec))
-        scores = self.score_inputs(inputs)
-        duration = samples / sample_rate
-        rows = timeline_rows([span.start for span in spans], [span.stop for span in spans],
-                             scores, duration)
-        return self.clip_of(path, duration, rows)
+        return spans, inputs
 
     def stream(self, blocks: Iterable[np.ndarray], sample_rate: int,
                eager: bool = False) -> ScoreStream:
@@ -265,6 +275,31 @@ class ScoreStream:
         return [WindowRow(w.span.start, w.span.start / FRAMES_PER_SECOND,
                           w.span.stop / FRAMES_PER_SECOND, row)
                 for w, row in zip(windows, scores, strict=True)]
+
+
+def features(
+    waveform: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    model: nn.Module,
+    *,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+) -> torch.Tensor | list[torch.Tensor]:
+    """The input `model` takes for a waveform, exactly as `fastast predict` builds it.
+
+    waveform: [samples], [channels, samples] or [samples, channels] at `sample_rate` Hz (any
+    rate; channels averaged, resampled to 16 kHz). The clip is cut into predict's windows
+    (one window for a clip up to the model's input length; `window_s`, `hop_s` as predict's
+    --window and --hop), each a Kaldi fbank padded to the model's length and normalized with
+    the checkpoint's mean and std (AudioSet's when it stores none). Returns [windows, T, F]
+    for a fixed-length model (`model(features(...))` gives one row of logits per window;
+    predict averages their scores), a list of [T_i, F] for a native-length one (ElasticAST).
+    """
+    spec = input_spec(model)
+    window = window_frames(window_s, spec.target_length)
+    predictor = Predictor(model, spec, hop_frames(hop_s, window), window=window)
+    _, inputs = predictor.window_inputs(waveform, sample_rate)
+    return inputs if spec.native_length else torch.stack(inputs)
 
 
 def load_predictor(

@@ -121,8 +121,8 @@ class AST(TokenClassifier):
         self,
         r: RSchedule,
         schedule: str = "constant",
-        proportional_attention: bool = True,
-        method: str = "tome",
+        proportional_attention: bool | None = None,
+        method: str | None = None,
         method_options: Mapping[str, Any] | None = None,
     ) -> AST:
         """Set token reduction: `r` per block (int or list), `constant` or `decreasing` schedule.
@@ -131,11 +131,13 @@ class AST(TokenClassifier):
         run time. method: one of `reduction.METHODS` (tome, pitome, evit, tofu, random), each
         removing exactly r tokens per block; method_options: that method's options (PiToMe:
         margin_start, margin_slope, alpha; ToFu: switch; random: seed), None for its defaults.
-        Returns the model, so `load_model(p).set_r(8)` reads naturally.
+        proportional_attention and method: None keeps the model's (a loaded checkpoint's, as
+        `load_model` set them). Returns the model, so `load_model(p).set_r(8)` reads naturally.
         """
         self.r_schedule = resolve_schedule(r, self.config.depth, schedule)
-        self.set_method(method, method_options)
-        self.proportional_attention = proportional_attention
+        self.set_method(method or self.reduction_method, method_options)
+        if proportional_attention is not None:
+            self.proportional_attention = proportional_attention
         return self
 
     def input_spec(self) -> InputSpec:
@@ -182,7 +184,7 @@ class AST(TokenClassifier):
 
 def build_model(
     size: str = "base",
-    num_classes: int = 527,
+    num_classes: int | None = None,
     *,
     r: RSchedule = 0,
     schedule: str = "constant",
@@ -191,8 +193,29 @@ def build_model(
 ) -> AST:
     """A randomly initialised AST of a named size; `config` overrides ASTConfig fields.
 
-    Example: `build_model("tiny", 50, target_length=512, fstride=10, tstride=10, r=8)`;
-    `method` names the token-reduction method (see `AST.set_r`).
+    size: `tiny`, `small` or `base`; `ast` (or `ast-tiny`, `ast-small`, `ast-base`) names the
+        model as the command line does (`ast` is base). num_classes: default the length of
+        `labels=[...]` when given, else AudioSet's 527.
+    Example: `build_model("tiny", 50, target_length=512, fstride=10, tstride=10, r=8)`,
+    `build_model("ast", num_classes=11)`; `method` names the token-reduction method (see
+    `AST.set_r`).
     """
+    if not isinstance(size, str):
+        raise TypeError(f"build_model's first argument is the model size (tiny, small, base), "
+                        f"got {size!r}; pass the class count as num_classes=")
+    size = model_size(size)
+    if num_classes is None:
+        num_classes = len(config["labels"]) if config.get("labels") else 527
     model = AST(ASTConfig.for_size(size, num_classes=num_classes, **config))
     return model.set_r(r, schedule, method=method)
+
+
+def model_size(name: str) -> str:
+    """The size a model name means: `tiny`/`small`/`base`, also as `ast-tiny`, ...; `ast` is
+    base. Raises ValueError naming the choices otherwise."""
+    size = name.lower().removeprefix("ast").lstrip("-_ ") or "base"
+    if size not in SIZES:
+        raise ValueError(f"unknown AST size {name!r}: choose one of {', '.join(SIZES)} (or "
+                         "'ast' for base); other models: fastast_cli.models.classifiers."
+                         "build_classifier")
+    return size

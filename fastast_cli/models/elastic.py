@@ -194,8 +194,8 @@ class ElasticAST(TokenClassifier):
         self,
         r: RSchedule | float,
         schedule: str = "constant",
-        proportional_attention: bool = True,
-        method: str = "tome",
+        proportional_attention: bool | None = None,
+        method: str | None = None,
         method_options: Mapping[str, Any] | None = None,
     ) -> ElasticAST:
         """Set token reduction for every clip; returns the model.
@@ -206,6 +206,7 @@ class ElasticAST(TokenClassifier):
         schedule: `constant` or `decreasing` (2r → 0), applied per clip.
         Every value is capped per block at half of the clip's mergeable tokens.
         method, method_options: the reduction method and its options, as in `AST.set_r`.
+        proportional_attention and method: None keeps the model's.
         """
         if isinstance(r, float):
             if not 0.0 <= r < 1.0:
@@ -216,8 +217,9 @@ class ElasticAST(TokenClassifier):
             self.r_fraction = None
             self.r_schedule = resolve_schedule(r, self.config.depth, schedule)
         self.schedule = schedule
-        self.set_method(method, method_options)
-        self.proportional_attention = proportional_attention
+        self.set_method(method or self.reduction_method, method_options)
+        if proportional_attention is not None:
+            self.proportional_attention = proportional_attention
         return self
 
     def clip_schedule(self, num_tokens: int) -> list[int]:

@@ -1,5 +1,11 @@
 """Training configuration: one flat record, read from a recipe YAML and overridden by flags.
 
+A value may be `auto` for the settings in `AUTO_SETTINGS` (the shipped `folder` recipe does
+so): the run picks it from the dataset and the machine when it starts (`training.auto`), and a
+flag replaces it. From the command line, `none` unsets an optional path (`--teacher-checkpoint
+none`, `--pretrained none`), and `--teacher none` also drops a recipe's teacher checkpoint.
+With no recipe, a manifest that names a shipped recipe (`recipe:` in manifest.yaml) picks it.
+
 A recipe may name another recipe under `base:` (a path relative to it, `.yaml` optional, or a
 shipped recipe's name, so a copied shipped recipe still finds its base); its values are read
 first and the recipe's own values override them.
@@ -41,6 +47,13 @@ ELASTIC_KEYS = {"pooling": "elastic_pooling", "position_fit": "position_fit",
 LEGACY_ELASTIC = {"elastic_pooling": "cls-dist", "position_fit": "additive",
                   "token_dropout_mode": "bernoulli"}
 WARMUP_FRACTION = 0.1
+
+# Settings a recipe may leave to the run (`auto`), picked from the data and the machine.
+AUTO_SETTINGS = ("size", "depth", "fstride", "tstride", "loss", "metric", "epochs",
+                 "batch_size", "lr", "num_workers")
+# Optional paths the command line can unset with `none` (a recipe's value dropped).
+UNSETTABLE = ("teacher_checkpoint", "pretrained")
+UNSET_WORDS = ("none", "null")
 
 
 @dataclass
@@ -116,6 +129,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     out: str | None = None  # run folder
+    # Settings whose recipe value is `auto`: picked when the run starts (training.auto).
+    auto: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,13 +142,29 @@ class TrainConfig:
 
     def updated(self, values: dict[str, Any], source: str) -> TrainConfig:
         """A copy with `values` applied (None values are skipped: flags not given), each
-        converted to its field's type (YAML reads `1e-4` as a string)."""
+        converted to its field's type (YAML reads `1e-4` as a string).
+
+        `auto` (for AUTO_SETTINGS) leaves a setting to the run; a value replaces an `auto`.
+        An `auto:` list (a run's saved config.yaml) names settings left to the run whatever
+        their values. `none` for an UNSETTABLE path unsets it."""
         merged = self.to_dict()
+        auto = list(merged["auto"])
         for key, value in values.items():
             if key not in merged:
                 raise FastASTError(f"{source}: unknown setting {key!r}")
-            if value is not None:
-                merged[key] = _converted(key, value, merged[key], source)
+            if value is None or key == "auto":
+                continue
+            if isinstance(value, str) and value.lower() == "auto" and key in AUTO_SETTINGS:
+                auto = [*auto, key] if key not in auto else auto
+                continue
+            auto = [name for name in auto if name != key]
+            if key in UNSETTABLE and isinstance(value, str) and value.lower() in UNSET_WORDS:
+                merged[key] = None
+                continue
+            merged[key] = _converted(key, value, merged[key], source)
+        if values.get("auto") is not None:  # a saved config.yaml used as a recipe: it wins
+            auto += [name for name in _auto_names(values["auto"], source) if name not in auto]
+        merged["auto"] = auto
         return TrainConfig(**merged)
 
     def elastic_choices(self) -> dict[str, str]:
@@ -261,6 +292,15 @@ def process_batch(config: TrainConfig, world: int) -> int:
     return config.batch_size // world
 
 
+def _auto_names(value: Any, source: str) -> list[str]:
+    """The setting names of an `auto:` list, each one of AUTO_SETTINGS."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or any(name not in AUTO_SETTINGS for name in names):
+        raise FastASTError(f"{source}: auto = {value!r} must list settings among "
+                           f"{', '.join(AUTO_SETTINGS)}")
+    return [str(name) for name in names]
+
+
 def _converted(key: str, value: Any, default: Any, source: str) -> Any:
     """`value` as the type of setting `key` (int, float, bool, str or a list of floats)."""
     kind = FIELD_TYPES[key]
@@ -329,11 +369,36 @@ def base_path(base: str, recipe: Path) -> Path:
 def load_config(
     recipe: str | os.PathLike[str] | None, overrides: dict[str, Any]
 ) -> TrainConfig:
-    """Defaults ← recipe ← flags; then checked."""
+    """Defaults ← recipe ← flags; then checked.
+
+    Without a recipe, the one the manifest of `--data` names is used when it ships (e.g.
+    `folder` for `prepare folder` data). `--teacher none` without `--teacher-checkpoint`
+    drops the recipe's teacher checkpoint."""
     config = TrainConfig()
+    if recipe is None:
+        recipe = manifest_recipe(overrides.get("data"))
     if recipe is not None:
         config = config.updated(read_recipe(recipe), f"recipe {recipe}")
     config = config.updated(overrides, "command line")
+    if overrides.get("teacher") == "none" and overrides.get("teacher_checkpoint") is None:
+        config = config.updated({"teacher_checkpoint": "none"}, "command line")
     config.check()
     return config
+
+
+def manifest_recipe(data: str | os.PathLike[str] | None) -> Path | None:
+    """The shipped recipe file a prepared dataset's manifest names (`recipe:`), None when there
+    is no readable manifest or it names none that ships (commands report a bad --data later)."""
+    if data is None:
+        return None
+    path = Path(data).expanduser()
+    path = path / "manifest.yaml" if path.is_dir() else path
+    try:
+        name = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("recipe")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+        return None
+    shipped = RECIPES_DIR / f"{name}.yaml"
+    return shipped if shipped.is_file() else None
 

@@ -43,8 +43,10 @@ from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.interrupt import abandonable, can_abandon
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.training import averaging
+from fastast_cli.training.auto import DataShape, Machine, auto_line, resolve_auto
 from fastast_cli.training.config import TrainConfig, process_batch, warmup_steps_for
 from fastast_cli.training.losses import distillation_loss, teacher_targets
+from fastast_cli.training.plan import TimeEstimate, plan_line
 from fastast_cli.training.reporting import Reporter, RunResult, SilentReporter, TrainingInterrupted
 from fastast_cli.training.resume import Progress, restore_run, with_run_choices
 from fastast_cli.training.run_folder import (
@@ -120,6 +122,10 @@ class Trainer:
                     "nothing to train on")
         check_clips(self.eval_set.entries, self.eval_set.datafile, self.manifest.selection_split,
                     "every epoch is validated on it, and best.pt is the best validated epoch")
+        data_shape = DataShape.of([len(e.labels) for e in self.train_items.dataset.entries])
+        self.config = config = resolve_auto(config, data_shape, Machine.of(device))
+        if config.auto:
+            self.reporter.note(auto_line(config, data_shape, Machine.of(device)))
         self.model = run_model(config, self.manifest, self.reporter.note).to(device)
         self.teacher, self.teacher_path, self.config = run_teacher(
             config, self.manifest, self.mean, device, self.reporter.note)
@@ -134,10 +140,12 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.progress = Progress()
-        self.warmup_steps = warmup_steps_for(config, len(self._loader()))
+        self.steps_per_epoch = len(self._loader())
+        self.warmup_steps = warmup_steps_for(config, self.steps_per_epoch)
         self.averaged: dict[str, torch.Tensor] | None = None
         self.cached_targets: torch.Tensor | None = None  # [N, C] clean clips' predictions
         self.replayed: ReplayedViews | None = None
+        self.estimate = TimeEstimate(device, tiny=config.model != "ast" or config.size == "tiny")
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -164,6 +172,7 @@ class Trainer:
         try:
             if self.ranks.is_main:
                 self._start_folder(overwrite)
+            self.reporter.note(self._plan())
             if config.from_scratch and not resume:
                 self.reporter.note(from_scratch_note(config.model, self.warmup_steps))
             if self.teacher is not None and config.teacher_views:
@@ -206,7 +215,8 @@ class Trainer:
         config, progress = self.config, self.progress
         loader = self._loader()
         network.train()
-        self.reporter.epoch_started(progress.epoch, config.epochs, progress.batch + len(loader))
+        epoch_batches = progress.batch + len(loader)
+        self.reporter.epoch_started(progress.epoch, config.epochs, epoch_batches)
         samples, started = 0, time.perf_counter()
         batches: Iterator = iter(loader)
         try:
@@ -223,6 +233,7 @@ class Trainer:
                     progress.step += 1
                 elapsed = time.perf_counter() - started
                 self.reporter.batch_done(loss, lr, samples / max(elapsed, 1e-9))
+                self._tell_estimate(epoch_batches - progress.batch)
         except KeyboardInterrupt:
             del batches  # stops the loader's workers before the state is saved
             raise
@@ -254,6 +265,22 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.item())
+
+    def _plan(self) -> str:
+        """The plan line: model, parameters, clips, device."""
+        return plan_line(self.config, self.model, train_clips=len(self.train_items),
+                         eval_clips=len(self.eval_set), eval_split=self.manifest.selection_split,
+                         clip_frames=self.manifest.target_length, device=self.device,
+                         steps_per_epoch=self.steps_per_epoch)
+
+    def _tell_estimate(self, left_this_epoch: int) -> None:
+        """After the first steps, once: the time the run's remaining steps take."""
+        epochs_after = self.config.epochs - self.progress.epoch - 1
+        line = self.estimate.step_done(left_this_epoch + epochs_after * self.steps_per_epoch)
+        if line is not None:
+            self.reporter.note(line)
+            if self.estimate.warning:
+                self.reporter.note(self.estimate.warning)
 
     def _teacher_targets(
         self, fbank: torch.Tensor | list[torch.Tensor], mix: Mix,

@@ -22,6 +22,7 @@ from fastast_cli.data.manifest import Manifest
 from fastast_cli.distributed import Ranks
 from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.evaluation.predict import predict_dataset
+from fastast_cli.models.checkpoints.files import existing_path
 from fastast_cli.models.checkpoints.passt import read_passt_weights
 from fastast_cli.models.classifiers import build_classifier, load_classifier, model_kind
 from fastast_cli.training.config import TrainConfig
@@ -166,11 +167,16 @@ def check_teacher_input(teacher: nn.Module, path: str, manifest: Manifest, mean:
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file (a teacher checkpoint): caches of its logits name it."""
+    """SHA-256 of a teacher checkpoint (a file, or every file of a folder in name order; a Hub
+    id: its cached copy): caches of its logits name it."""
+    root = existing_path(path).resolve()
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for file in sorted(root.rglob("*")) if root.is_dir() else [root]:
+        if file.is_file():
+            digest.update(file.relative_to(root).as_posix().encode() if root.is_dir() else b"")
+            with open(file, "rb") as handle:
+                for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                    digest.update(block)
     return f"sha256:{digest.hexdigest()}"
 
 

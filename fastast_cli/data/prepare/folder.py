@@ -1,29 +1,35 @@
 """Any folder with one subfolder per class → labels CSV and stratified train/valid/test splits.
 
     DIR/dog/*.wav, DIR/rain/*.flac, ...   (files may sit deeper inside a class folder)
+    DIR/dog_001.wav, DIR/rain_002.wav ... with a label pattern such as `(?P<label>[^_]+)_`
+
+With a label pattern (a regular expression matched at the start of each file name, its group
+`label` or else its first group naming the class), the audio files anywhere under DIR are
+labelled by their names; files it does not match are counted and left out.
 
 Class index = position in the sorted folder names; mid = `/fastast/<folder name>` (characters
 other than letters, digits, `_.-` replaced by `_`). Each class's files are shuffled with
 `seed` and cut by `ratios` (train, valid, test), so every split keeps the class balance.
 Without `target_length`, it is sized to the 95th percentile of the clip durations (≥ 16
-frames, ≤ 1024, a multiple of 8).
+frames, ≤ 1024, a multiple of 8); the report says how the clip lengths fit it (`lengths`).
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
 from fastast_cli.data.features import SAMPLE_RATE, num_frames
 from fastast_cli.data.prepare.conversion import Clip, converted_name, process_clips, sum_stats
+from fastast_cli.data.prepare.lengths import ClipLengths, clip_seconds
 from fastast_cli.data.prepare.outputs import finish, write_labels, write_split
 from fastast_cli.data.prepare.workspace import PrepareReport, Workspace, written_by_prepare
 from fastast_cli.data.safepath import stays_under
@@ -40,6 +46,7 @@ class ClassScan:
     classes: dict[str, list[Path]]
     empty: list[str]  # class folders without audio files
     escaped: list[str]  # files (relative to src) that are links out of src
+    unmatched: list[str] = field(default_factory=list)  # files a label pattern left out
 
 
 def class_files(src: Path, out: Path) -> ClassScan:
@@ -111,15 +118,85 @@ def stratified_split(
     }
 
 
-def auto_target_length(files: list[Path]) -> int:
-    """Frames covering the 95th-percentile duration, a multiple of 8 in [16, 1024]."""
-    seconds = []
-    for path in files:
+# A label pattern runs in a child process for at most this long over all file names: a pattern
+# with catastrophic backtracking stops with a message instead of hanging prepare.
+PATTERN_TIMEOUT_S = 10.0
+MAX_LABEL_CHARS = 200
+
+
+def compile_label_pattern(pattern: str) -> re.Pattern[str]:
+    """A `--label-pattern`: valid, with a group `label` (or at least one group)."""
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as error:
+        raise FastASTError(f"--label-pattern {pattern!r} is not a regular expression "
+                           f"({error})") from None
+    if compiled.groups == 0:
+        raise FastASTError(f"--label-pattern {pattern!r} has no group to take the label from: "
+                           "e.g. '(?P<label>[^_]+)_.*' labels dog_001.wav as dog")
+    return compiled
+
+
+def _labels_of(pattern: str, names: list[str]) -> list[str | None]:
+    """The label `pattern` gives each file name (None: no match, or an unusable label)."""
+    compiled = re.compile(pattern)
+    group = "label" if "label" in compiled.groupindex else 1
+    labels: list[str | None] = []
+    for name in names:
+        match = compiled.match(name)
+        label = (match.group(group) or "").strip() if match else ""
+        usable = label and len(label) <= MAX_LABEL_CHARS and label.isprintable()
+        labels.append(label if usable and label not in (".", "..") else None)
+    return labels
+
+
+def match_labels(pattern: re.Pattern[str], names: list[str]) -> list[str | None]:
+    """`_labels_of` in a child process, stopped after PATTERN_TIMEOUT_S."""
+    context = multiprocessing.get_context("fork" if "fork" in
+                                          multiprocessing.get_all_start_methods() else "spawn")
+    with context.Pool(1) as pool:
+        pending = pool.apply_async(_labels_of, (pattern.pattern, names))
         try:
-            info = sf.info(str(path))
-            seconds.append(info.frames / info.samplerate)
-        except (sf.LibsndfileError, RuntimeError, OSError, ZeroDivisionError):
+            return pending.get(PATTERN_TIMEOUT_S)
+        except multiprocessing.TimeoutError:
+            pool.terminate()
+            raise FastASTError(
+                f"--label-pattern {pattern.pattern!r} took over {PATTERN_TIMEOUT_S:g} s on "
+                f"{len(names)} file names (nested repeats backtrack without end): simplify it, "
+                "e.g. '(?P<label>[^_]+)_'") from None
+
+
+def pattern_files(src: Path, out: Path, pattern: re.Pattern[str]) -> ClassScan:
+    """Audio files anywhere under `src` per label their name gives (see `match_labels`);
+    prepare's own output under `out` and links out of `src` are left out."""
+    out = out.expanduser().resolve()
+    files, escaped = [], []
+    for path in sorted(src.rglob("*")):
+        if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
             continue
+        if written_by_prepare(out, path):
+            continue
+        if stays_under(src, path):
+            files.append(path)
+        else:
+            escaped.append(path.relative_to(src).as_posix())
+    scan = ClassScan({}, [], escaped)
+    for path, label in zip(files, match_labels(pattern, [p.name for p in files]), strict=True):
+        if label is None:
+            scan.unmatched.append(path.relative_to(src).as_posix())
+        else:
+            scan.classes.setdefault(label, []).append(path)
+    scan.classes = dict(sorted(scan.classes.items()))
+    if not scan.classes:
+        example = ", ".join(p.name for p in files[:3]) or "no audio files"
+        raise FastASTError(f"--label-pattern {pattern.pattern!r} labels none of the {len(files)} "
+                           f"audio files under {src} (e.g. {example}); it is matched at the "
+                           "start of each file name")
+    return scan
+
+
+def auto_target_length(seconds: list[float]) -> int:
+    """Frames covering the 95th-percentile duration, a multiple of 8 in [16, 1024]."""
     if not seconds:
         return MIN_FRAMES
     frames = num_frames(int(float(np.percentile(seconds, 95)) * SAMPLE_RATE))
@@ -138,17 +215,22 @@ def prepare_folder(
     ratios: tuple[float, ...] = (0.8, 0.1, 0.1),
     seed: int = 0,
     target_length: int | None = None,
+    label_pattern: str | None = None,
 ) -> PrepareReport:
-    """Prepare a class-per-subfolder tree into stratified train/valid/test datafiles."""
+    """Prepare a class-per-subfolder tree (or, with `label_pattern`, files labelled by their
+    names) into stratified train/valid/test datafiles."""
     src = src.expanduser()
     if not src.is_dir():
         raise FastASTError(f"--src {src} is not a folder (expected one subfolder per class)")
     src = src.resolve()
     fractions = parse_ratios(ratios)
-    scan = class_files(src, Path(out))
+    pattern = compile_label_pattern(label_pattern) if label_pattern is not None else None
+    scan = class_files(src, Path(out)) if pattern is None else pattern_files(src, Path(out),
+                                                                              pattern)
     classes = scan.classes
     all_files = [f for files in classes.values() for f in files]
-    workspace = Workspace.open(out, "folder", target_length or auto_target_length(all_files))
+    seconds = [s for s in map(clip_seconds, all_files) if s is not None]
+    workspace = Workspace.open(out, "folder", target_length or auto_target_length(seconds))
     for name in scan.escaped:
         workspace.refuse(name, src)
     if scan.empty:
@@ -156,10 +238,15 @@ def prepare_folder(
             f"{len(scan.empty)} class folders hold no audio and were left out: "
             + ", ".join(scan.empty)
         )
+    if scan.unmatched:
+        workspace.report.warnings.append(
+            f"{len(scan.unmatched)} audio files do not match --label-pattern and were left out "
+            f"(e.g. {', '.join(scan.unmatched[:3])})")
     loose = [f for f in src.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
-    if loose:
+    if loose and pattern is None:
         workspace.report.notes.append(
-            f"{len(loose)} audio files directly in {src} (not in a class folder) were ignored"
+            f"{len(loose)} audio files directly in {src} (not in a class folder) were ignored; "
+            "--label-pattern labels files by their names"
         )
     mids = _unique_mids(list(classes))
     clips: list[Clip] = []
@@ -197,6 +284,7 @@ def prepare_folder(
         f"split {', '.join(f'{f:.2f}' for f in fractions)} with seed {seed}; "
         f"target length {workspace.target_length} frames"
     )
+    workspace.report.notes.extend(ClipLengths(tuple(seconds), workspace.target_length).lines())
     return finish(workspace, labels=labels, splits=splits, mean=mean, std=std, recipe="folder")
 
 

@@ -66,11 +66,17 @@ def read_state_dict(path: PathLike) -> StateDict:
 
 
 def existing_path(path: PathLike) -> Path:
-    """`path` with `~` expanded, when something is there."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"no such checkpoint: {path}")
-    return path
+    """`path` with `~` expanded, when something is there; else, for a Hugging Face Hub id
+    (`OWNER/NAME[@REV]`, `hf://...`), the downloaded checkpoint in the Hub cache (`hub`)."""
+    from fastast_cli.models.checkpoints.hub import hub_checkpoint, hub_id
+
+    local = Path(path).expanduser()
+    if local.exists() and not str(path).startswith("hf:/"):
+        return local
+    hub = hub_id(str(path))
+    if hub is not None:
+        return hub_checkpoint(hub)
+    raise CheckpointError(f"no such checkpoint: {local}")
 
 
 def load_file(path: Path) -> Any:

@@ -33,6 +33,7 @@ from fastast_cli.models.checkpoints.original import original_ast_weights, strip_
 from fastast_cli.models.checkpoints.passt import TIME_TABLE
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, required
 from fastast_cli.models.elastic import ElasticAST, ElasticConfig
+from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
 from fastast_cli.models.records import ConfigRecord
 from fastast_cli.models.reduction.schedule import RSchedule
@@ -107,9 +108,11 @@ BUILDERS: dict[str, Builder] = {
 
 def load_model(
     path: PathLike,
-    r: RSchedule = 0,
+    r: RSchedule | None = None,
     *,
-    schedule: str = "constant",
+    schedule: str | None = None,
+    proportional_attention: bool | None = None,
+    method: str | None = None,
     num_classes: int | None = None,
     target_length: int | None = None,
     fstride: int | None = None,
@@ -118,21 +121,32 @@ def load_model(
 ) -> AST:
     """Build the AST a checkpoint describes, load its weights, and return it in eval mode.
 
-    path: a fastast checkpoint, an original AST `.pth`, a Hugging Face AST folder, or timm DeiT
-        ImageNet weights (`.pth` / `.safetensors`; needs `num_classes`).
-    r, schedule: token merging, as in `AST.set_r`.
+    path: a fastast checkpoint, an original AST `.pth`, a Hugging Face AST folder (or a Hub
+        id, see `hub`), or timm DeiT ImageNet weights (`.pth` / `.safetensors`; needs
+        `num_classes`).
+    r, schedule, proportional_attention, method: token merging, as in `AST.set_r`. The model
+        merges as its checkpoint records (`MergeSettings`: a run trained at r = 8 runs at
+        r = 8, proportional attention as trained), exactly as the command line runs it; each
+        argument given overrides its part. Files that record nothing load without merging.
     num_classes: a new class count; the classification head is then freshly initialised.
     target_length, fstride, tstride: input frames and patch strides of the model; positional
         embeddings are cut or interpolated when the patch grid differs from the checkpoint's.
         Original AST files do not store their strides: for them fstride/tstride name the strides
         the checkpoint was trained with (default 10/10; `audioset_12_12_*` needs 12/12).
-    The checkpoint's metadata lands in `model.meta` and what loading did in `model.load_notes`.
+    The checkpoint's metadata lands in `model.meta`, what loading did in `model.load_notes`,
+    and the merging used in `model.merge_settings`.
     """
     weights = read_weights(path, fstride=fstride, tstride=tstride)
     model = ast_from_weights(weights, path, num_classes=num_classes, target_length=target_length,
                              fstride=fstride, tstride=tstride)
     model.to(device).eval()
-    return model.set_r(r, schedule)
+    settings = MergeSettings.from_meta(model.meta).overridden(
+        r, schedule, proportional_attention, method)
+    try:
+        return settings.apply(model)
+    except (ValueError, TypeError) as error:  # a damaged record, an unknown method
+        raise CheckpointError(f"{path}: token merging settings {settings.to_meta()} do not "
+                              f"apply ({error})") from None
 
 
 def ast_from_weights(

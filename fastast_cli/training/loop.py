@@ -109,7 +109,6 @@ class Trainer:
         self, config: TrainConfig, ranks: Ranks, device: torch.device, reporter: Reporter
     ) -> None:
         self.config, self.ranks, self.device = config, ranks, device
-        self.batch_size = process_batch(config, ranks.world)  # this process's share of a step
         self.reporter = reporter if ranks.is_main else SilentReporter()
         self.out = Path(config.out or "run")
         self.manifest: Manifest = load_manifest(config.data or "")
@@ -124,6 +123,7 @@ class Trainer:
                     "every epoch is validated on it, and best.pt is the best validated epoch")
         data_shape = DataShape.of([len(e.labels) for e in self.train_items.dataset.entries])
         self.config = config = resolve_auto(config, data_shape, Machine.of(device))
+        self.batch_size = process_batch(config, ranks.world)  # this process's share of a step
         if config.auto:
             self.reporter.note(auto_line(config, data_shape, Machine.of(device)))
         self.model = run_model(config, self.manifest, self.reporter.note).to(device)

@@ -190,7 +190,8 @@ def evaluate_model(
                                       amp=device.type == "cuda", num_workers=num_workers,
                                       collate_fn=collate_native if elastic else None,
                                       forward=forward)
-    metrics = compute_metrics(logits.numpy(), targets.numpy())
+    metrics = compute_metrics(logits.numpy(), targets.numpy(),
+                              [str(entry.wav) for entry in dataset.entries])
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
                       getattr(model, "merge_settings", None),
@@ -308,7 +309,8 @@ def evaluate_lengths(
                 model, dataset, batch_size, device, amp=device.type == "cuda",
                 collate_fn=collate_native if elastic else None,
             )
-            metrics = compute_metrics(logits.numpy(), targets.numpy())
+            metrics = compute_metrics(logits.numpy(), targets.numpy(),
+                              [str(entry.wav) for entry in dataset.entries])
             rows.append({"split": split, "length": "full" if seconds is None else f"{seconds:g}",
                          "resolution": q, **metrics.summary()})
     return rows

@@ -101,23 +101,26 @@ def evaluate(
         raise FastASTError("--onnx is the graph of one checkpoint, --folds scores one checkpoint "
                            "per fold: leave --onnx out (each fold's checkpoint is exported into "
                            "the cache) or score one --fold")
+    length_values = parse_lengths(lengths) if lengths is not None else [None]  # before work
+    resolution_values = parse_resolutions(resolutions) if resolutions is not None else [1.0]
+    fold_numbers = parse_folds(folds) if folds else None
     manifest = load_manifest(data)
     merging = {"r": r, "schedule": schedule_name(schedule),
                "proportional_attention": proportional_attention, "method": method_name(method)}
     split = split or manifest.eval_split
     if out is not None and lengths is None and resolutions is None:
-        for number in parse_folds(folds) if folds else [None]:
+        for number in fold_numbers or [None]:
             check_evaluation_out(out / f"fold{number}" if folds else out)
     if lengths is not None or resolutions is not None:
         if backend != "torch" or onnx is not None:
             raise FastASTError("--lengths and --resolutions run on the torch backend")
-        length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", merging=merging,
+        length_sweep(checkpoint, manifest, length_values, resolution_values, merging=merging,
                      split=split, fold=fold, batch_size=batch_size, device=device, out=out)
         return
     if folds and "{fold}" not in checkpoint:
         raise FastASTError("--folds needs a --checkpoint pattern holding {fold}, e.g. "
                            "runs/esc50-fold{fold}/best.pt")
-    chosen = parse_folds(folds) if folds else [fold]
+    chosen = fold_numbers or [fold]
     if folds:  # every fold's clips, before the first fold is scored
         for number in chosen:
             check_datafile(manifest.datafile(split, number), split)
@@ -147,7 +150,8 @@ def evaluate(
         console.print(f"wrote metrics.json, per_class.csv and predictions.csv under {out}")
 
 
-def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, merging: dict,
+def length_sweep(checkpoint: str, manifest, lengths: list[float | None],
+                 resolutions: list[float], *, merging: dict,
                  split: str, fold: int | None, batch_size: int, device: str,
                  out: Path | None) -> None:
     """Metric per clip length and time resolution, as a table (and lengths.csv in --out)."""
@@ -158,7 +162,7 @@ def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, m
     note = capped_note(model)
     if note:
         console.print(note)
-    rows = evaluate_lengths(model, manifest, parse_lengths(lengths), parse_resolutions(resolutions),
+    rows = evaluate_lengths(model, manifest, lengths, resolutions,
                             split=split, fold=fold, batch_size=batch_size,
                             device=resolve_device(device))
     title = (f"{checkpoint} by clip length and time resolution, {split} split"

@@ -25,6 +25,7 @@ from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
 from fastast_cli.models.merging import MergeSettings, capped_note
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
+from fastast_cli.values import bounded_list, bounded_range, number, shown
 
 PathLike = str | os.PathLike[str]
 
@@ -259,14 +260,23 @@ def parse_folds(spec: str) -> list[int]:
     try:
         if "-" in spec:
             first, last = (int(v) for v in spec.split("-"))
-            folds = list(range(first, last + 1))
+            folds = bounded_range(first, last, 1, f"--folds {shown(spec)}", MAX_FOLDS)
         else:
             folds = [int(v) for v in spec.split(",") if v.strip()]
+            bounded_list(folds, f"--folds {shown(spec)}", MAX_FOLDS)
     except ValueError:
-        raise FastASTError(f"--folds {spec!r} is not understood: use 1-5 or 1,2,3") from None
+        raise FastASTError(f"--folds {shown(spec)} is not understood: use 1-5 or 1,2,3") from None
     if not folds:
-        raise FastASTError(f"--folds {spec!r} names no fold")
+        raise FastASTError(f"--folds {shown(spec)} names no fold")
+    if min(folds) < 1:
+        raise FastASTError(f"--folds {shown(spec)}: fold numbers start at 1")
     return folds
+
+
+MAX_FOLDS = 1000
+MAX_LENGTHS = 100  # lengths or resolutions one --lengths / --resolutions may list
+MAX_LENGTH_S = 24 * 3600.0
+RESOLUTION_RANGE = (0.1, 16.0)  # q: frame shifts of 1 ms to 160 ms (ElasticAST trains 1–4)
 
 
 def evaluate_lengths(
@@ -319,9 +329,17 @@ def evaluate_lengths(
 def parse_lengths(spec: str) -> list[float | None]:
     """`1,2,5,10` seconds; `full` keeps whole clips."""
     try:
-        return [None if v.strip() == "full" else float(v) for v in spec.split(",") if v.strip()]
+        values = [None if v.strip() == "full" else float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise FastASTError(f"--lengths {spec!r}: give seconds such as 1,2,5,10 (or full)") from None
+        raise FastASTError(f"--lengths {shown(spec)}: give seconds such as 1,2,5,10 (or full)"
+                           ) from None
+    bounded_list(values, f"--lengths {shown(spec)}", MAX_LENGTHS)
+    if not values:
+        raise FastASTError(f"--lengths {shown(spec)} names no length")
+    for value in values:
+        if value is not None:
+            number(value, "--lengths: a length in seconds", above=0.0, high=MAX_LENGTH_S)
+    return values
 
 
 def parse_resolutions(spec: str) -> list[float]:
@@ -329,7 +347,11 @@ def parse_resolutions(spec: str) -> list[float]:
     try:
         values = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise FastASTError(f"--resolutions {spec!r}: give factors such as 1,2,4") from None
-    if not values or min(values) <= 0:
-        raise FastASTError(f"--resolutions {spec!r}: factors must be > 0")
+        raise FastASTError(f"--resolutions {shown(spec)}: give factors such as 1,2,4") from None
+    bounded_list(values, f"--resolutions {shown(spec)}", MAX_LENGTHS)
+    if not values:
+        raise FastASTError(f"--resolutions {shown(spec)}: factors must be > 0")
+    low, high = RESOLUTION_RANGE
+    for value in values:
+        number(value, "--resolutions: a factor q (frame shift 10 ms × q)", low=low, high=high)
     return values

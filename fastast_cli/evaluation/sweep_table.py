@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fastast_cli.errors import FastASTError
+from fastast_cli.values import number, shown
 
 # Names of the metric column: the metric itself, or `metric` in tables from before it was named.
 METRIC_NAMES = ("accuracy", "mAP")
@@ -113,18 +114,25 @@ def method_of(r: int, method: str = LEGACY_METHOD) -> str:
     return method if r else NO_METHOD
 
 
+def parse_budget(budget: str) -> tuple[str, float]:
+    """`--budget`: samples/s (`120`) or a speedup over r = 0 (`1.5x`), a finite number > 0, as
+    (the row attribute it bounds, the value); checked before a sweep starts."""
+    text = budget.strip().lower()
+    try:
+        wanted = float(text.removesuffix("x"))
+    except ValueError:
+        raise FastASTError(
+            f"--budget {shown(budget)}: give samples/s (120) or a speedup (1.5x)"
+        ) from None
+    number(wanted, f"--budget {shown(budget)}", above=0.0)
+    return ("speedup" if text.endswith("x") else "samples_per_s"), wanted
+
+
 def recommend(rows: Sequence[SweepRow], budget: str) -> SweepRow | None:
     """The row with the smallest drop whose speed meets `budget`: samples/s (`120`) or a
     speedup over r = 0 (`1.5x`), among every method and r of `rows`. None when no row meets
     it."""
-    text = budget.strip().lower()
-    try:
-        wanted = float(text.rstrip("x"))
-    except ValueError:
-        raise FastASTError(
-            f"--budget {budget!r}: give samples/s (120) or a speedup (1.5x)"
-        ) from None
-    key = "speedup" if text.endswith("x") else "samples_per_s"
+    key, wanted = parse_budget(budget)
     meeting = [row for row in rows if getattr(row, key) >= wanted]
     if not meeting:
         return None

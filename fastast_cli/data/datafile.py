@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastast_cli.atomic import write_json, write_text
 from fastast_cli.errors import FastASTError
+from fastast_cli.values import load_json
 
 LABELS_HEADER = ("index", "mid", "display_name")
 
@@ -94,24 +94,31 @@ def read_datafile(path: str | os.PathLike[str]) -> list[Entry]:
     """Entries of an AST JSON datafile, with wav paths resolved."""
     path = Path(path)
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = load_json(path.read_text(encoding="utf-8"), str(path), limit=None)
     except OSError as error:
         raise FastASTError(f"cannot read datafile {path}: {error.strerror or error}") from None
     except UnicodeDecodeError:
         raise FastASTError(f"datafile {path} is not text (expected AST's JSON format)") from None
-    except json.JSONDecodeError as error:
-        raise FastASTError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
     data = content.get("data") if isinstance(content, dict) else None
     if not isinstance(data, list):
         raise FastASTError(
             f'{path}: expected an AST datafile {{"data": [{{"wav": ..., "labels": ...}}]}}'
         )
-    entries = []
+    entries, first_row = [], {}
     for i, row in enumerate(data):
         if not isinstance(row, dict) or "wav" not in row or "labels" not in row:
             raise FastASTError(f"{path}: entry {i} lacks 'wav' or 'labels'")
-        mids = tuple(m.strip() for m in str(row["labels"]).split(",") if m.strip())
-        entries.append(Entry(resolve_wav(str(row["wav"]), path.parent), mids))
+        labels = row["labels"]
+        if not isinstance(row["wav"], str) or isinstance(labels, bool) or not isinstance(
+                labels, str | int):
+            raise FastASTError(f"{path}: entry {i}: 'wav' and 'labels' must be text")
+        mids = tuple(m.strip() for m in str(labels).split(",") if m.strip())
+        entry = Entry(resolve_wav(row["wav"], path.parent), mids)
+        if entry.wav in first_row:
+            raise FastASTError(f"{path}: entries {first_row[entry.wav]} and {i} both list "
+                               f"{entry.wav}: each clip may be listed once")
+        first_row[entry.wav] = i
+        entries.append(entry)
     return entries
 
 

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fastast_cli.atomic import deferred_interrupts, write_text
-from fastast_cli.data.checks import check_clips
+from fastast_cli.data.checks import check_clips, check_held_out
 from fastast_cli.data.dataset import ASTDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest, load_manifest
@@ -110,6 +110,7 @@ class Trainer:
                     "nothing to train on")
         check_clips(self.eval_set.entries, self.eval_set.datafile, self.manifest.selection_split,
                     "every epoch is validated on it, and best.pt is the best validated epoch")
+        check_held_out(self.manifest, config.fold, self.train_items.dataset.entries)
         self.model = run_model(config, self.manifest, self.reporter.note).to(device)
         self.teacher, self.teacher_path, self.config = run_teacher(
             config, self.manifest, self.mean, device, self.reporter.note)

@@ -29,6 +29,7 @@ from fastast_cli.cli._predict_output import (
 )
 from fastast_cli.cli._torchrun import torchrun_command, under_torchrun
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
+from fastast_cli.data.safepath import real_path
 from fastast_cli.devices import resolve_device
 from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
@@ -78,14 +79,14 @@ def expand_inputs(files: list[Path]) -> list[Path]:
 def check_outputs(inputs: list[Path], outputs: dict[str, Path | None]) -> None:
     """Refuse, before any work, an output file that cannot be written or that would overwrite
     an input file or another output."""
-    taken = {path.resolve(): "an input file" for path in inputs}
+    taken = {real_path(path): "an input file" for path in inputs}
     for option, path in outputs.items():
         if path is None:
             continue
-        if path.resolve() in taken:
-            raise FastASTError(f"{option} {path} is {taken[path.resolve()]}: choose another path")
+        if real_path(path) in taken:
+            raise FastASTError(f"{option} {path} is {taken[real_path(path)]}: choose another path")
         check_output(path, folder=False, option=option)
-        taken[path.resolve()] = f"also the {option} output"
+        taken[real_path(path)] = f"also the {option} output"
 
 
 @app.command(

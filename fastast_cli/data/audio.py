@@ -165,7 +165,7 @@ def is_plain_wav(path: str | os.PathLike[str], sample_rate: int = 16000) -> bool
     Such files are used in place by `prepare`; any other file is converted to 16-bit WAV.
     """
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, OSError):
         return False
     return (
@@ -206,8 +206,9 @@ def open_audio(source: str | os.PathLike[str] | int | BinaryIO, *, name: str | N
         _check_regular_file(Path(source), label)
     raw = {} if rate is None else {"format": "RAW", "subtype": "PCM_16", "endian": "LITTLE",
                                    "samplerate": rate, "channels": channels or 1}
-    sound = _soundfile(source if not isinstance(source, os.PathLike) else str(source), label,
-                       closefd=not isinstance(source, int), **raw)
+    # a path as bytes: names that are not UTF-8 open too (soundfile would encode a str strictly)
+    sound = _soundfile(os.fsencode(source) if isinstance(source, str | os.PathLike) else source,
+                       label, closefd=not isinstance(source, int), **raw)
     if isinstance(source, str | os.PathLike):
         try:
             check_header(label, sound.frames, sound.samplerate, sound.channels,
@@ -238,7 +239,7 @@ def _check_regular_file(path: Path, label: str) -> None:
         raise AudioReadError(f"{label}: not a regular file (a FIFO, socket or device)")
 
 
-def _soundfile(source: str | int | BinaryIO, label: str, closefd: bool,
+def _soundfile(source: str | bytes | int | BinaryIO, label: str, closefd: bool,
                **options: Any) -> sf.SoundFile:
     """`sf.SoundFile` for reading, its errors as AudioReadError naming `label`."""
     try:

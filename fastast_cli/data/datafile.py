@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastast_cli.atomic import write_json, write_text
+from fastast_cli.data.safepath import real_path
 from fastast_cli.errors import FastASTError
 from fastast_cli.values import load_json
 
@@ -86,8 +87,8 @@ def resolve_wav(wav: str, datafile_dir: Path) -> Path:
         return path
     beside = datafile_dir / path
     if beside.exists() or not Path(wav).exists():
-        return beside.resolve()
-    return Path(wav).resolve()
+        return real_path(beside)
+    return real_path(wav)
 
 
 def read_datafile(path: str | os.PathLike[str]) -> list[Entry]:

@@ -283,9 +283,9 @@ def read_recipe(name_or_path: str | os.PathLike[str], _seen: tuple[Path, ...] = 
 def base_path(base: str, recipe: Path) -> Path:
     """The file a recipe's `base:` names: beside the recipe first (a name in its folder or
     below, never an absolute path or one that leaves it), then among shipped ones."""
-    folder = recipe.parent.resolve()
+    folder = Path(os.path.realpath(recipe.parent))
     beside = folder / base
-    if Path(base).is_absolute() or not beside.resolve().is_relative_to(folder):
+    if Path(base).is_absolute() or not Path(os.path.realpath(beside)).is_relative_to(folder):
         raise FastASTError(f"recipe {recipe}: its base {shown(base)} must be a recipe beside it "
                            "(a name, no absolute path or '..') or a shipped recipe's name")
     shipped = _shipped(base) if "/" not in base and "\\" not in base else ()

@@ -11,11 +11,14 @@ frames, ≤ 1024, a multiple of 8).
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import random
 import re
+import stat
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,7 @@ class ClassScan:
     classes: dict[str, list[Path]]
     empty: list[str]  # class folders without audio files
     escaped: list[str]  # files (relative to src) that are links out of src
+    unusable: list[tuple[str, str]] = field(default_factory=list)  # (name, why): not read
 
 
 def class_files(src: Path, out: Path) -> ClassScan:
@@ -57,9 +61,16 @@ def class_files(src: Path, out: Path) -> ClassScan:
     ):
         if written_by_prepare(out, folder):
             continue
+        if not is_utf8(folder.name):
+            scan.unusable.append((printable(folder.name), NOT_UTF8 + " (a class folder)"))
+            continue
         files = []
         for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+            if path.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            why = unusable_reason(path)
+            if why is not None:
+                scan.unusable.append((printable(path.relative_to(src)), why))
                 continue
             if written_by_prepare(out, path):
                 continue
@@ -79,9 +90,44 @@ def class_files(src: Path, out: Path) -> ClassScan:
     return scan
 
 
+NOT_UTF8 = "its name is not UTF-8 text (datafiles and labels are): rename it"
+
+
+def is_utf8(name: str | Path) -> bool:
+    """Whether a file name decodes as UTF-8 (Python keeps other bytes as surrogates)."""
+    try:
+        str(name).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(name: str | Path) -> str:
+    """A name as text that can always be printed and logged (undecodable bytes as \\xNN)."""
+    return os.fsencode(str(name)).decode("utf-8", "backslashreplace")
+
+
+def unusable_reason(path: Path) -> str | None:
+    """Why a file with an audio extension is not read (None: it is a readable regular file)."""
+    if not is_utf8(path.name):
+        return NOT_UTF8
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        return "a broken symbolic link" if path.is_symlink() else (error.strerror or str(error))
+    if stat.S_ISDIR(mode):
+        return "a folder with an audio file's name"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return None
+
+
 def parse_ratios(ratios: tuple[float, ...]) -> tuple[float, float, float]:
     """Normalized (train, valid, test) fractions; train must be positive."""
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or ratios[0] <= 0:
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) or \
+            ratios[0] <= 0:
         raise FastASTError(
             f"--ratios {ratios}: expected three non-negative numbers train,valid,test "
             "with train > 0, e.g. 0.8,0.1,0.1"
@@ -116,7 +162,7 @@ def auto_target_length(files: list[Path]) -> int:
     seconds = []
     for path in files:
         try:
-            info = sf.info(str(path))
+            info = sf.info(os.fsencode(path))
             seconds.append(info.frames / info.samplerate)
         except (sf.LibsndfileError, RuntimeError, OSError, ZeroDivisionError):
             continue
@@ -151,6 +197,8 @@ def prepare_folder(
     workspace = Workspace.open(out, "folder", target_length or auto_target_length(all_files))
     for name in scan.escaped:
         workspace.refuse(name, src)
+    for name, why in scan.unusable:
+        workspace.skip(name, why)
     if scan.empty:
         workspace.report.notes.append(
             f"{len(scan.empty)} class folders hold no audio and were left out: "

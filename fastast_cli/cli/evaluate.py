@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import Quiet, app, console, user_errors
+from fastast_cli.cli._app import MaxDuration, Quiet, app, apply_max_duration, console, user_errors
 from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.cli._merging import (
     MethodOption,
@@ -93,10 +93,12 @@ def evaluate(
     backend: BackendOption = "torch",
     onnx: OnnxOption = None,
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out.
     Under torchrun each process scores its shard of the clips; the first one writes."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
     if folds and onnx is not None:
         raise FastASTError("--onnx is the graph of one checkpoint, --folds scores one checkpoint "
                            "per fold: leave --onnx out (each fold's checkpoint is exported into "

@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import Quiet, app, console, err_console, user_errors
+from fastast_cli.cli._app import (
+    MaxDuration,
+    Quiet,
+    app,
+    apply_max_duration,
+    console,
+    err_console,
+    user_errors,
+)
 from fastast_cli.cli._backend import BackendOption, OnnxOption
 from fastast_cli.cli._merging import (
     MethodOption,
@@ -157,9 +165,11 @@ def predict(
     backend: BackendOption = "torch",
     onnx: OnnxOption = None,
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Load, score every file, print tables (or JSON), list failures."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
     check_threshold(threshold)
     stdin = any(str(path) == "-" for path in files)
     if stdin and len(files) > 1:

@@ -8,7 +8,14 @@ import typer
 from rich.table import Table
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import app, console, err_console, user_errors
+from fastast_cli.cli._app import (
+    MaxDuration,
+    app,
+    apply_max_duration,
+    console,
+    err_console,
+    user_errors,
+)
 from fastast_cli.data.prepare import (
     PrepareReport,
     prepare_audioset,
@@ -77,9 +84,10 @@ def _summary(report: PrepareReport) -> None:
     console.print(f"[bold green]manifest:[/] {report.manifest}  (use --data {report.out})")
 
 
-def _run(quiet: bool) -> None:
-    """Apply --quiet."""
+def _run(quiet: bool, max_duration: float | None = None) -> None:
+    """Apply --quiet and --max-duration."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
 
 
 @prepare_app.command("esc50")
@@ -92,9 +100,10 @@ def esc50(
     checksum: str = typer.Option(None, "--checksum", help=CHECKSUM_HELP),
     target_length: int = typer.Option(ESC50_TARGET_LENGTH, "--target-length", help="Fbank frames."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    max_duration: MaxDuration = None,
 ) -> None:
     """ESC-50: 5 folds (train = 4 folds, eval = 1), 44.1 kHz → 16 kHz mono."""
-    _run(quiet)
+    _run(quiet, max_duration)
     _summary(
         prepare_esc50(
             src,
@@ -119,9 +128,10 @@ def speechcommands(
         SPEECHCOMMANDS_TARGET_LENGTH, "--target-length", help="Fbank frames."
     ),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    max_duration: MaxDuration = None,
 ) -> None:
     """Speech Commands V2: official train/valid/test split, AST's 35 labels."""
-    _run(quiet)
+    _run(quiet, max_duration)
     _summary(
         prepare_speechcommands(
             src,
@@ -145,9 +155,10 @@ def audioset(
     out: Path = typer.Option(None, "--out", help=OUT_HELP),
     target_length: int = typer.Option(1024, "--target-length", help="Fbank frames."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    max_duration: MaxDuration = None,
 ) -> None:
     """AudioSet: datafiles for the listed clips found locally; missing ones are counted."""
-    _run(quiet)
+    _run(quiet, max_duration)
     _summary(
         prepare_audioset(
             segments, labels, audio_dir, _out(out, "audioset"), target_length=target_length
@@ -174,9 +185,10 @@ def folder(
         None, "--target-length", help="Fbank frames (default: fits 95% of the clips)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    max_duration: MaxDuration = None,
 ) -> None:
     """Your own data: one subfolder per class → stratified train/valid/test."""
-    _run(quiet)
+    _run(quiet, max_duration)
     _summary(
         prepare_folder(
             src, _out(out, "folder"), ratios=_ratios(ratios), seed=seed, target_length=target_length

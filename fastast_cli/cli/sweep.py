@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import Quiet, app, console, user_errors
+from fastast_cli.cli._app import MaxDuration, Quiet, app, apply_max_duration, console, user_errors
 from fastast_cli.cli._merging import (
     ProportionalAttentionOption,
     ScheduleOption,
@@ -318,9 +318,11 @@ def sweep(
         "onnxruntime: ONNX exports cached in $FASTAST_CACHE_DIR or ~/.cache/fastast.")
     ] = "torch",
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
     rs = parse_r_values(r)
     if budget is not None:
         if data is None:

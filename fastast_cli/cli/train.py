@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fastast_cli.cli._app import Quiet, app, console, user_errors
+from fastast_cli.cli._app import MaxDuration, Quiet, app, apply_max_duration, console, user_errors
 from fastast_cli.cli._merging import method_name
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_resolutions
@@ -122,9 +122,10 @@ class ConsoleReporter:
 
 
 def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
-        overwrite: bool, quiet: bool = False) -> RunResult:
+        overwrite: bool, quiet: bool = False, max_duration: float | None = None) -> RunResult:
     """Load the configuration, train, and print the run's summary."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     config = load_config(recipe, overrides)
     reporter = ConsoleReporter()
@@ -171,6 +172,7 @@ def train_teacher(
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
     run(recipe, {
@@ -182,7 +184,7 @@ def train_teacher(
         "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
         "num_workers": num_workers, "method": method_name(method),
         "teacher": "none",
-    }, resume, overwrite, quiet)
+    }, resume, overwrite, quiet, max_duration)
 
 
 @app.command()
@@ -229,6 +231,7 @@ def distill(
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Train an AST student with token merging and cross-model knowledge distillation."""
     run(recipe, {
@@ -243,4 +246,4 @@ def distill(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "seed": seed,
         "device": device, "num_workers": num_workers,
-    }, resume, overwrite, quiet)
+    }, resume, overwrite, quiet, max_duration)

@@ -66,15 +66,21 @@ def read_table(path: Path) -> SweepTable:
     """The rows of an earlier (maybe interrupted) sweep written as CSV to `path`; none if absent."""
     if not path.exists():
         return SweepTable()
-    with path.open(newline="") as stream:
-        reader = csv.DictReader(stream)
-        header = reader.fieldnames or []
-        named = [name for name in (*METRIC_NAMES, UNNAMED_METRIC) if name in header]
-        if len(named) != 1:
-            raise FastASTError(
-                f"{path} is not a sweep table of this kind: remove it or pick another --out")
-        metric = named[0]
-        rows = [row_of(record, metric, path) for record in reader]
+    try:
+        with path.open(newline="", encoding="utf-8") as stream:
+            reader = csv.DictReader(stream)
+            header = reader.fieldnames or []
+            named = [name for name in (*METRIC_NAMES, UNNAMED_METRIC) if name in header]
+            if len(named) != 1:
+                raise FastASTError(
+                    f"{path} is not a sweep table of this kind: remove it or pick another --out")
+            metric = named[0]
+            rows = [row_of(record, metric, path) for record in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise FastASTError(f"{path} is not a sweep table (not UTF-8 CSV text: "
+                           f"{shown(str(error))})") from None
+    except IsADirectoryError:
+        raise FastASTError(f"{path} is a folder, not a sweep table") from None
     return SweepTable(rows, metric if metric in METRIC_NAMES else None)
 
 
@@ -102,6 +108,9 @@ def row_of(record: dict[str, str], metric: str, path: Path) -> SweepRow:
         raise FastASTError(
             f"{path} is not a sweep table of this kind: remove it or pick another --out"
         ) from None
+    if not all(math.isfinite(value) for value in (row.speedup, row.gflops, row.drop)):
+        raise FastASTError(f"{path}: run {shown(row.run)} at r = {row.r} holds a speedup, "
+                           "GFLOPs or drop that is not a finite number")
     if not 0 < row.samples_per_s < math.inf:  # speeds are divided by
         raise FastASTError(
             f"{path}: run {row.run!r} at r = {row.r} has samples_per_s "

@@ -15,7 +15,7 @@ from torch import nn
 from fastast_cli.atomic import check_output, write_json
 from fastast_cli.data.checks import check_clips
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
-from fastast_cli.data.elastic_features import collate_native
+from fastast_cli.data.elastic_features import RESOLUTION_RANGE, collate_native
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
@@ -276,7 +276,6 @@ def parse_folds(spec: str) -> list[int]:
 MAX_FOLDS = 1000
 MAX_LENGTHS = 100  # lengths or resolutions one --lengths / --resolutions may list
 MAX_LENGTH_S = 24 * 3600.0
-RESOLUTION_RANGE = (0.1, 16.0)  # q: frame shifts of 1 ms to 160 ms (ElasticAST trains 1–4)
 
 
 def evaluate_lengths(

@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from fastast_cli.data.elastic_features import RESOLUTION_RANGE
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import SIZES
 from fastast_cli.models.reduction import METHODS
@@ -151,9 +152,11 @@ class TrainConfig:
             problems.append("weight averaging needs both average_from and average_to")
         if self.elastic and self.model != "ast":
             problems.append("elastic training is for an AST student (--model ast)")
-        if len(self.resolutions) != 2 or not 0 < self.resolutions[0] <= self.resolutions[1]:
-            problems.append(f"resolutions must be [low, high] with 0 < low <= high, "
-                            f"got {self.resolutions}")
+        low, high = RESOLUTION_RANGE
+        if len(self.resolutions) != 2 or not low <= self.resolutions[0] <= self.resolutions[1] \
+                <= high:
+            problems.append(f"resolutions must be [low, high] with {low:g} <= low <= high <= "
+                            f"{high:g}, got {self.resolutions}")
         if self.resolution_sampling not in ("discrete", "continuous"):
             problems.append("resolution_sampling must be discrete or continuous, not "
                             f"{self.resolution_sampling!r}")

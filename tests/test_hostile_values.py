@@ -32,10 +32,10 @@ from fastast_cli.data.prepare import prepare_folder
 from fastast_cli.errors import CheckpointError, FastASTError, NonFiniteScores
 from fastast_cli.evaluation.metrics import compute_metrics
 from fastast_cli.models.checkpoints import read_checkpoint, save_checkpoint
-from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.checkpoints.huggingface import read_hf_folder
-from fastast_cli.training.loop import train
+from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.training.config import TrainConfig, load_config, read_recipe
+from fastast_cli.training.loop import train
 from fastast_cli.values import MAX_YAML_NODES, load_json, load_yaml
 from tests.data_fixtures import no_progress, write_tone  # noqa: F401
 

@@ -322,6 +322,19 @@ class TestNoTraceback:
                          "--device", "cpu")
         assert result.exit_code == 0 and "Traceback" not in result.output
 
+    def test_odd_files_in_a_folder_given_to_predict_are_reported(self, checkpoint, tmp_path):
+        folder = tmp_path / "in"
+        write_tone(folder / "good.wav")
+        os.mkfifo(folder / "fifo.wav")
+        os.symlink("loop.wav", folder / "loop.wav")
+        result = run_cli("predict", str(folder), "--checkpoint", str(checkpoint), "--json",
+                         "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        payload = json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])[0]
+        failures = {Path(f["file"]).name: f["error"] for f in payload["failures"]}
+        assert set(failures) == {"fifo.wav", "loop.wav"} and len(payload["results"]) == 1
+        assert "FIFO" in failures["fifo.wav"] and "loop" in failures["loop.wav"]
+
     def test_non_utf8_names_and_odd_files_in_a_class_folder_are_logged(self, tmp_path):
         for name in ("a", "b"):
             for i in range(3):
@@ -499,7 +512,7 @@ class TestStillWorks:
         result = run_cli("predict", *map(str, files), "--checkpoint", str(checkpoint),
                          "--json", "--device", "cpu")
         assert result.exit_code == 0, result.output
-        payload = json.loads(result.output[result.output.index("{"):])
+        payload = json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])[0]
         assert len(payload["results"]) == len(files) and not payload["failures"]
 
     def test_long_files_stream_past_the_whole_decode_limit(self, checkpoint, tmp_path,

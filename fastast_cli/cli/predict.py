@@ -75,8 +75,9 @@ def expand_inputs(files: list[Path]) -> list[Path]:
         if not path.is_dir():
             paths.append(path)
             continue
+        # FIFOs, link loops and dangling links are kept: they fail with their reason
         found = sorted(p for p in path.rglob("*")
-                       if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+                       if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir())
         if not found:
             raise FastASTError(f"{path}: a folder without audio files "
                                f"({', '.join(AUDIO_EXTENSIONS)})")

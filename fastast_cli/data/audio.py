@@ -223,20 +223,27 @@ def open_audio(source: str | os.PathLike[str] | int | BinaryIO, *, name: str | N
     return sound
 
 
-def _check_regular_file(path: Path, label: str) -> None:
-    """Refuse a path that is not a regular file (after links) before a decoder opens it: a
-    folder, a FIFO (it would block), a device, a dangling link or a loop of links."""
+def not_a_file(path: Path) -> str | None:
+    """Why `path` (links followed) is no audio file to open, or None for a regular file: a
+    folder, a FIFO (a decoder would block on it), a device, a dangling link, a loop of links."""
     try:
         mode = path.stat().st_mode
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise AudioReadError(f"{label}: a loop of symbolic links") from None
-        what = "file not found" if not path.is_symlink() else "a broken symbolic link"
-        raise AudioReadError(f"{label}: {what}") from None
+            return "a loop of symbolic links"
+        return "a broken symbolic link" if path.is_symlink() else "file not found"
     if stat.S_ISDIR(mode):
-        raise AudioReadError(f"{label}: is a folder, not an audio file")
+        return "is a folder, not an audio file"
     if not stat.S_ISREG(mode):
-        raise AudioReadError(f"{label}: not a regular file (a FIFO, socket or device)")
+        return "not a regular file (a FIFO, socket or device)"
+    return None
+
+
+def _check_regular_file(path: Path, label: str) -> None:
+    """Refuse a path that is not a regular file before a decoder opens it (`not_a_file`)."""
+    why = not_a_file(path)
+    if why is not None:
+        raise AudioReadError(f"{label}: {why}")
 
 
 def _soundfile(source: str | bytes | int | BinaryIO, label: str, closefd: bool,

@@ -15,7 +15,7 @@ import csv
 import re
 from pathlib import Path
 
-from fastast_cli.data.audio import AUDIO_EXTENSIONS
+from fastast_cli.data.audio import AUDIO_EXTENSIONS, not_a_file
 from fastast_cli.data.datafile import read_labels_csv
 from fastast_cli.data.prepare.conversion import Clip, process_clips, sum_stats
 from fastast_cli.data.prepare.outputs import finish, write_labels, write_split
@@ -69,7 +69,11 @@ def index_audio(audio_dir: Path, workspace: Workspace) -> dict[str, Path]:
     exact: dict[str, Path] = {}
     loose: dict[str, Path] = {}
     for path in sorted(audio_dir.rglob("*")):
-        if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+        if path.suffix.lower() not in AUDIO_EXTENSIONS or path.is_dir():
+            continue
+        why = not_a_file(path)
+        if why is not None:
+            workspace.skip(path, why)
             continue
         if written_by_prepare(workspace.out, path):
             continue

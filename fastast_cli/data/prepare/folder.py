@@ -11,12 +11,10 @@ frames, ≤ 1024, a multiple of 8).
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import random
 import re
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from fastast_cli.data.audio import AUDIO_EXTENSIONS
+from fastast_cli.data.audio import AUDIO_EXTENSIONS, not_a_file
 from fastast_cli.data.features import SAMPLE_RATE, num_frames
 from fastast_cli.data.prepare.conversion import Clip, converted_name, process_clips, sum_stats
 from fastast_cli.data.prepare.outputs import finish, write_labels, write_split
@@ -109,19 +107,7 @@ def printable(name: str | Path) -> str:
 
 def unusable_reason(path: Path) -> str | None:
     """Why a file with an audio extension is not read (None: it is a readable regular file)."""
-    if not is_utf8(path.name):
-        return NOT_UTF8
-    try:
-        mode = path.stat().st_mode
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "a loop of symbolic links"
-        return "a broken symbolic link" if path.is_symlink() else (error.strerror or str(error))
-    if stat.S_ISDIR(mode):
-        return "a folder with an audio file's name"
-    if not stat.S_ISREG(mode):
-        return "not a regular file (a FIFO, socket or device)"
-    return None
+    return NOT_UTF8 if not is_utf8(path.name) else not_a_file(path)
 
 
 def parse_ratios(ratios: tuple[float, ...]) -> tuple[float, float, float]:

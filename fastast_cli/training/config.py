@@ -284,13 +284,13 @@ def read_recipe(name_or_path: str | os.PathLike[str], _seen: tuple[Path, ...] = 
 
 
 def base_path(base: str, recipe: Path) -> Path:
-    """The file a recipe's `base:` names: beside the recipe first (a name in its folder or
-    below, never an absolute path or one that leaves it), then among shipped ones."""
+    """The file a recipe's `base:` names: beside the recipe first (in its folder or below; a
+    path that leaves the folder is refused), then among shipped ones."""
     folder = Path(os.path.realpath(recipe.parent))
     beside = folder / base
-    if Path(base).is_absolute() or not Path(os.path.realpath(beside)).is_relative_to(folder):
+    if not Path(os.path.realpath(beside)).is_relative_to(folder):
         raise FastASTError(f"recipe {recipe}: its base {shown(base)} must be a recipe beside it "
-                           "(a name, no absolute path or '..') or a shipped recipe's name")
+                           "(in its folder or below) or a shipped recipe's name")
     shipped = _shipped(base) if "/" not in base and "\\" not in base else ()
     for candidate in (beside, beside.with_name(beside.name + ".yaml"), *shipped):
         if candidate.is_file():

@@ -11,6 +11,10 @@ class CheckpointError(FastASTError):
     """A checkpoint that cannot be read, is unsafe to read, or does not fit the model."""
 
 
+class NonFiniteScores(FastASTError):
+    """A model gave NaN or infinite scores: never printed or scored as a result."""
+
+
 class Interrupted(FastASTError):
     """Ctrl-C: the message says what was kept and how to continue (exit code 130, as a shell
     reports SIGINT)."""

@@ -207,14 +207,15 @@ def test_datafile_names_only_ever_key_the_cache(tmp_path: Path, victim: Path) ->
 
     data = tmp_path / "data"
     data.mkdir()
-    (data / "train.json").write_text(json.dumps({"data": [
-        {"wav": "../home/victim.wav", "labels": "/m/a"}, {"wav": str(victim), "labels": "/m/a"}
-    ]}))
+    for name, wav in (("relative", "../home/victim.wav"), ("absolute", str(victim))):
+        (data / f"{name}.json").write_text(json.dumps({"data": [{"wav": wav, "labels": "/m/a"}]}))
     (data / "labels.csv").write_text("index,mid,display_name\n0,/m/a,a\n")
     before = _snapshot(tmp_path, tmp_path / "cache")
-    dataset = ASTDataset(data / "train.json", data / "labels.csv", target_length=32, mean=0.0,
-                         std=1.0, mixup=1.0, training=True, cache_dir=tmp_path / "cache")
-    assert all(dataset[i][0].shape == (32, 128) for i in range(2))
+    for name in ("relative", "absolute"):  # one clip may be listed once per datafile
+        dataset = ASTDataset(data / f"{name}.json", data / "labels.csv", target_length=32,
+                             mean=0.0, std=1.0, mixup=1.0, training=True,
+                             cache_dir=tmp_path / "cache")
+        assert dataset[0][0].shape == (32, 128)
     assert _snapshot(tmp_path, tmp_path / "cache") == before
     cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert [len(p.stem) for p in cached] == [40]  # both names are one file: one sha1 entry

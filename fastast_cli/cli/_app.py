@@ -23,7 +23,9 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from fastast_cli.cli import INTERRUPTED
+from fastast_cli.data.audio import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_STREAM_S, set_max_duration
 from fastast_cli.errors import FastASTError, Interrupted
+from fastast_cli.values import number
 
 # Every command in workflow order: its name, the module that registers it, and one line for
 # `fastast --help` (the command's own --help says the rest). A new command adds a line here.
@@ -168,6 +170,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 Quiet = Annotated[bool, typer.Option(
     "--quiet", help="No progress (bars on a terminal, periodic lines in a log file).")]
+
+MAX_DURATION_HELP = (
+    "Longest audio file read, in seconds, checked from its header before decoding. Default: "
+    f"{DEFAULT_MAX_DURATION_S / 3600:g} h for a file decoded whole (datasets, prepare, "
+    f"visualize), {DEFAULT_MAX_STREAM_S / 3600:g} h for one read in windows (predict); "
+    "standard input is not limited.")
+MaxDuration = Annotated[float | None, typer.Option(
+    "--max-duration", help=MAX_DURATION_HELP, show_default=False)]
+
+
+def apply_max_duration(seconds: float | None) -> None:
+    """Set the audio duration limit of this process from --max-duration (None: defaults)."""
+    if seconds is not None:
+        number(seconds, "--max-duration", above=0.0)
+    set_max_duration(seconds)
 
 
 def user_errors(func: F) -> F:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fastast_cli.cli._app import Quiet, app, console, user_errors
+from fastast_cli.cli._app import MaxDuration, Quiet, app, apply_max_duration, console, user_errors
 from fastast_cli.cli._backend import BackendOption, DtypeOption, OnnxOption, check_dtype
 from fastast_cli.cli._merging import (
     MethodOption,
@@ -97,33 +97,38 @@ def evaluate(
     onnx: OnnxOption = None,
     dtype: DtypeOption = "fp32",
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Accuracy, mAP, mAUC and d' of a checkpoint; per-class AP and predictions with --out.
     Under torchrun each process scores its shard of the clips; the first one writes."""
     set_progress(not quiet)
     check_dtype(dtype, [backend])
+    apply_max_duration(max_duration)
     if folds and onnx is not None:
         raise FastASTError("--onnx is the graph of one checkpoint, --folds scores one checkpoint "
                            "per fold: leave --onnx out (each fold's checkpoint is exported into "
                            "the cache) or score one --fold")
+    length_values = parse_lengths(lengths) if lengths is not None else [None]  # before work
+    resolution_values = parse_resolutions(resolutions) if resolutions is not None else [1.0]
+    fold_numbers = parse_folds(folds) if folds else None
     manifest = load_manifest(data)
     merging = {"r": r, "schedule": schedule_name(schedule),
                "proportional_attention": proportional_attention, "method": method_name(method)}
     split = split or manifest.eval_split
     if out is not None and lengths is None and resolutions is None:
-        for number in parse_folds(folds) if folds else [None]:
+        for number in fold_numbers or [None]:
             check_evaluation_out(out / f"fold{number}" if folds else out)
     if lengths is not None or resolutions is not None:
         if backend != "torch" or onnx is not None:
             raise FastASTError("--lengths and --resolutions run on the torch backend")
-        length_sweep(checkpoint, manifest, lengths or "full", resolutions or "1", merging=merging,
+        length_sweep(checkpoint, manifest, length_values, resolution_values, merging=merging,
                      split=split, fold=fold, batch_size=batch_size, device=device, out=out,
                      dtype=dtype)
         return
     if folds and "{fold}" not in checkpoint:
         raise FastASTError("--folds needs a --checkpoint pattern holding {fold}, e.g. "
                            "runs/esc50-fold{fold}/best.pt")
-    chosen = parse_folds(folds) if folds else [fold]
+    chosen = fold_numbers or [fold]
     if folds:  # every fold's clips, before the first fold is scored
         for number in chosen:
             check_datafile(manifest.datafile(split, number), split)
@@ -178,7 +183,8 @@ def print_epoch_results(checkpoint: str, folds: list[int], metric: str, split: s
                       f"{result.mean:.4f} ± {result.std:.4f}")
 
 
-def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, merging: dict,
+def length_sweep(checkpoint: str, manifest, lengths: list[float | None],
+                 resolutions: list[float], *, merging: dict,
                  split: str, fold: int | None, batch_size: int, device: str,
                  out: Path | None, dtype: str = "fp32") -> None:
     """Metric per clip length and time resolution, as a table (and lengths.csv in --out)."""
@@ -189,7 +195,7 @@ def length_sweep(checkpoint: str, manifest, lengths: str, resolutions: str, *, m
     note = capped_note(model)
     if note:
         console.print(note)
-    rows = evaluate_lengths(model, manifest, parse_lengths(lengths), parse_resolutions(resolutions),
+    rows = evaluate_lengths(model, manifest, lengths, resolutions,
                             split=split, fold=fold, batch_size=batch_size,
                             device=resolve_device(device), dtype=dtype)
     title = (f"{checkpoint} by clip length and time resolution, {split} split, {dtype}"

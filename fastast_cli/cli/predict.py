@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import Quiet, app, console, err_console, user_errors
+from fastast_cli.cli._app import (
+    MaxDuration,
+    Quiet,
+    app,
+    apply_max_duration,
+    console,
+    err_console,
+    user_errors,
+)
 from fastast_cli.cli._backend import BackendOption, DtypeOption, OnnxOption, check_dtype
 from fastast_cli.cli._merging import (
     MethodOption,
@@ -29,6 +37,7 @@ from fastast_cli.cli._predict_output import (
 )
 from fastast_cli.cli._torchrun import torchrun_command, under_torchrun
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
+from fastast_cli.data.safepath import real_path
 from fastast_cli.devices import resolve_device
 from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
@@ -66,8 +75,9 @@ def expand_inputs(files: list[Path]) -> list[Path]:
         if not path.is_dir():
             paths.append(path)
             continue
+        # FIFOs, link loops and dangling links are kept: they fail with their reason
         found = sorted(p for p in path.rglob("*")
-                       if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+                       if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir())
         if not found:
             raise FastASTError(f"{path}: a folder without audio files "
                                f"({', '.join(AUDIO_EXTENSIONS)})")
@@ -78,14 +88,14 @@ def expand_inputs(files: list[Path]) -> list[Path]:
 def check_outputs(inputs: list[Path], outputs: dict[str, Path | None]) -> None:
     """Refuse, before any work, an output file that cannot be written or that would overwrite
     an input file or another output."""
-    taken = {path.resolve(): "an input file" for path in inputs}
+    taken = {real_path(path): "an input file" for path in inputs}
     for option, path in outputs.items():
         if path is None:
             continue
-        if path.resolve() in taken:
-            raise FastASTError(f"{option} {path} is {taken[path.resolve()]}: choose another path")
+        if real_path(path) in taken:
+            raise FastASTError(f"{option} {path} is {taken[real_path(path)]}: choose another path")
         check_output(path, folder=False, option=option)
-        taken[path.resolve()] = f"also the {option} output"
+        taken[real_path(path)] = f"also the {option} output"
 
 
 @app.command(
@@ -157,9 +167,11 @@ def predict(
     onnx: OnnxOption = None,
     dtype: DtypeOption = "fp32",
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Load, score every file, print tables (or JSON), list failures."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
     check_threshold(threshold)
     check_dtype(dtype, [backend])
     stdin = any(str(path) == "-" for path in files)

@@ -8,7 +8,15 @@ import typer
 from rich.table import Table
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import Subcommands, app, console, err_console, user_errors
+from fastast_cli.cli._app import (
+    MaxDuration,
+    Subcommands,
+    app,
+    apply_max_duration,
+    console,
+    err_console,
+    user_errors,
+)
 from fastast_cli.data.prepare import (
     PrepareReport,
     prepare_audioset,
@@ -78,9 +86,10 @@ def _summary(report: PrepareReport) -> None:
     console.print(f"[bold green]manifest:[/] {report.manifest}  (use --data {report.out})")
 
 
-def _run(quiet: bool) -> None:
-    """Apply --quiet."""
+def _run(quiet: bool, max_duration: float | None = None) -> None:
+    """Apply --quiet and --max-duration."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
 
 
 @prepare_app.command("esc50")
@@ -93,9 +102,10 @@ def esc50(
     checksum: str = typer.Option(None, "--checksum", help=CHECKSUM_HELP),
     target_length: int = typer.Option(ESC50_TARGET_LENGTH, "--target-length", help="Fbank frames."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    max_duration: MaxDuration = None,
 ) -> None:
     """ESC-50: 5 folds (train = 4 folds, eval = 1), 44.1 kHz → 16 kHz mono."""
-    _run(quiet)
+    _run(quiet, max_duration)
     _summary(
         prepare_esc50(
             src,
@@ -120,9 +130,10 @@ def speechcommands(
         SPEECHCOMMANDS_TARGET_LENGTH, "--target-length", help="Fbank frames."
     ),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    max_duration: MaxDuration = None,
 ) -> None:
     """Speech Commands V2: official train/valid/test split, AST's 35 labels."""
-    _run(quiet)
+    _run(quiet, max_duration)
     _summary(
         prepare_speechcommands(
             src,
@@ -153,10 +164,11 @@ def audioset(
     out: Path = typer.Option(None, "--out", help=OUT_HELP),
     target_length: int = typer.Option(1024, "--target-length", help="Fbank frames."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    max_duration: MaxDuration = None,
 ) -> None:
     """AudioSet: datafiles for the listed clips found locally; missing ones are counted.
     Give the clips by --segments, --datafile or both."""
-    _run(quiet)
+    _run(quiet, max_duration)
     _summary(
         prepare_audioset(
             segments, labels, audio_dir, _out(out, "audioset"), datafiles=datafiles,
@@ -196,10 +208,11 @@ def folder(
         "regular expression matched at the start of each file name, the class in its group "
         "'label' (else its first group), e.g. '(?P<label>[^_]+)_.*' for dog_001.wav."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    max_duration: MaxDuration = None,
 ) -> None:
     """Your own data: one subfolder per class (or a file-name pattern) → stratified
     train/valid/test, with a report of the clip lengths."""
-    _run(quiet)
+    _run(quiet, max_duration)
     _summary(
         prepare_folder(
             src, _out(out, source_name(src)), ratios=_ratios(ratios), seed=seed,

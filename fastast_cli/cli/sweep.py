@@ -12,7 +12,7 @@ import torch
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import Quiet, app, console, user_errors
+from fastast_cli.cli._app import MaxDuration, Quiet, app, apply_max_duration, console, user_errors
 from fastast_cli.cli._merging import (
     ProportionalAttentionOption,
     ScheduleOption,
@@ -29,6 +29,7 @@ from fastast_cli.evaluation.sweep_table import (
     NO_METHOD,
     UNNAMED_METRIC,
     SweepRow,
+    parse_budget,
     read_table,
     recommend,
 )
@@ -48,6 +49,7 @@ from fastast_cli.reports.tables import (
     table_header,
     write_csv,
 )
+from fastast_cli.values import bounded_list, bounded_range, shown
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 Size = Enum("Size", {name: name for name in SIZES}, type=str)  # type: ignore[misc]
@@ -173,6 +175,9 @@ def spread_note(rows: Sequence[Mapping[str, Any]], runs: int) -> str | None:
             "close other programs or raise --runs)")
 
 
+MAX_R_VALUES = 1000  # r values one --r may give (tokens per block: a few hundred at most)
+
+
 def parse_r_values(spec: str) -> list[int]:
     """`start:stop:step` (stop included), `start:stop` (step 1), or a comma list `0,8,16`."""
     try:
@@ -183,15 +188,17 @@ def parse_r_values(spec: str) -> list[int]:
             start, stop, step = (*parts, 1) if len(parts) == 2 else parts
             if step <= 0:
                 raise ValueError
-            values = list(range(start, stop + 1, step))
+            values = bounded_range(start, stop, step, f"--r {shown(spec)}", MAX_R_VALUES)
         else:
             values = [int(p) for p in spec.split(",") if p.strip()]
+            bounded_list(values, f"--r {shown(spec)}", MAX_R_VALUES)
     except ValueError:
         raise FastASTError(
-            f"--r {spec!r} is not understood: use start:stop:step (e.g. 0:40:5) or a list (0,8,16)"
+            f"--r {shown(spec)} is not understood: use start:stop:step (e.g. 0:40:5) or a list "
+            "(0,8,16)"
         ) from None
     if not values or min(values) < 0:
-        raise FastASTError(f"--r {spec!r} must give at least one value, all >= 0")
+        raise FastASTError(f"--r {shown(spec)} must give at least one value, all >= 0")
     return values
 
 
@@ -396,10 +403,17 @@ def sweep(
         "onnxruntime: ONNX exports cached in $FASTAST_CACHE_DIR or ~/.cache/fastast.")
     ] = "torch",
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
     rs = parse_r_values(r)
+    if budget is not None:
+        if data is None:
+            raise FastASTError("--budget picks among evaluated rows: it needs --data (and "
+                               "--checkpoint)")
+        parse_budget(budget)  # a bad value is refused now, not after the sweep
     methods = method_names(method) if method is not None else [None]
     backends = parse_backends(backend)
     dtype = dtype_name(dtype, resolve_device(device))  # a bad --device or --dtype fails here

@@ -8,7 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from fastast_cli.cli._app import DEFAULT_NOTES, Quiet, app, console, user_errors
+from fastast_cli.cli._app import (
+    DEFAULT_NOTES,
+    MaxDuration,
+    Quiet,
+    app,
+    apply_max_duration,
+    console,
+    user_errors,
+)
 from fastast_cli.cli._merging import method_name
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_resolutions
@@ -154,10 +162,12 @@ class ConsoleReporter:
 
 
 def run(recipe: Path | None, overrides: dict[str, Any], resume: bool,
-        overwrite: bool, quiet: bool = False, tensorboard: bool = False) -> RunResult:
+        overwrite: bool, quiet: bool = False, tensorboard: bool = False,
+        max_duration: float | None = None) -> RunResult:
     """Load the configuration, train, and print the run's summary (with TensorBoard event
     files in the run folder when asked)."""
     set_progress(not quiet)
+    apply_max_duration(max_duration)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     if recipe is None and (named := manifest_recipe(overrides.get("data"))) is not None:
         console.print(f"recipe: {named.stem} (named by the manifest; --recipe picks another)")
@@ -215,6 +225,7 @@ def train_teacher(
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Train a teacher (or a plain AST, or an ElasticAST) from labels."""
     run(recipe, {
@@ -229,7 +240,7 @@ def train_teacher(
         "device": device,
         "num_workers": num_workers, "method": method_name(method),
         "teacher": "none",
-    }, resume, overwrite, quiet, tensorboard)
+    }, resume, overwrite, quiet, tensorboard, max_duration)
 
 
 @app.command()
@@ -289,6 +300,7 @@ def distill(
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    max_duration: MaxDuration = None,
 ) -> None:
     """Train an AST student with token merging and cross-model knowledge distillation."""
     run(recipe, {
@@ -306,7 +318,7 @@ def distill(
         "per_process_batch": per_process_batch, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "norm_stats": norm_stats, "seed": seed,
         "device": device, "num_workers": num_workers,
-    }, resume, overwrite, quiet, tensorboard)
+    }, resume, overwrite, quiet, tensorboard, max_duration)
 
 
 def recipe_defaults() -> dict[str, Any]:

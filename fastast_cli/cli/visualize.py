@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.atomic import check_output
-from fastast_cli.cli._app import app, console, user_errors
+from fastast_cli.cli._app import MaxDuration, app, apply_max_duration, console, user_errors
 from fastast_cli.cli._merging import (
     MethodOption,
     ProportionalAttentionOption,
@@ -51,8 +51,10 @@ def visualize(
     width: Annotated[int, typer.Option(min=200, help="Image width in pixels.")] = 1400,
     height: Annotated[int, typer.Option(min=200, help="Image height in pixels.")] = 800,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
+    max_duration: MaxDuration = None,
 ) -> None:
     """Load the AST, track token sources on one window, draw and save the figure."""
+    apply_max_duration(max_duration)
     image_format(out)  # an unwritable suffix or path fails before any work
     check_output(out, folder=False)
     model = require_ast(load_classifier(

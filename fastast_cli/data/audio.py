@@ -1,11 +1,22 @@
 """Reading audio robustly: decode, check, downmix to mono, resample; and writing 16-bit WAV.
 
-Every way a file can be unusable (unreadable, corrupt, empty, silent NaNs) becomes an
-`AudioReadError` carrying the path and the reason, so callers can report and skip it.
+Every way a file can be unusable (unreadable, corrupt, empty, silent NaNs, samples far beyond
+full scale, a rate or length its header makes up) becomes an `AudioReadError` carrying the path
+and the reason, so callers can report and skip it.
+
+Limits, checked from the header before anything is decoded (`check_header`): a sample rate of
+at least MIN_SAMPLE_RATE (a 64-KB file whose header says 1 Hz would otherwise be 9 hours of
+audio to resample), a duration of at most the reading's limit (`set_max_duration`, the
+commands' `--max-duration`; by default DEFAULT_MAX_DURATION_S for a file decoded whole and
+DEFAULT_MAX_STREAM_S for one streamed in blocks, as `predict` reads), and for a whole decode
+the memory it takes (at most half the machine's memory). Standard input is a live stream: it
+has no length to check. Samples are checked as decoded: finite and within
+±MAX_SAMPLE_MAGNITUDE (float files hold any value; beyond that, the fbank's power overflows).
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -35,18 +46,85 @@ class AudioReadError(FastASTError):
     """An audio file that cannot be used: unreadable, corrupt, empty or not finite."""
 
 
-def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """Decode a file to float32 samples `[channels, samples]` in [-1, 1] and its sample rate."""
-    if not Path(path).is_file():
-        raise AudioReadError(f"{path}: file not found")
+MIN_SAMPLE_RATE = 1000  # Hz; audio is resampled to 16 kHz, whose mel bins reach 8 kHz
+MAX_SAMPLE_MAGNITUDE = 1e6  # float WAVs may exceed full scale (1.0), e.g. int16-scaled floats
+DEFAULT_MAX_DURATION_S = 4 * 3600.0  # a file decoded whole (datasets, prepare, visualize)
+DEFAULT_MAX_STREAM_S = 24 * 3600.0  # a file read in blocks (predict, timelines)
+_max_duration_s: float | None = None  # set_max_duration: one limit for both kinds of reads
+
+
+def set_max_duration(seconds: float | None) -> None:
+    """Set the longest audio file this process reads (None: the defaults above); the
+    commands' `--max-duration`."""
+    global _max_duration_s
+    _max_duration_s = seconds
+
+
+def max_duration(streamed: bool) -> float:
+    """The longest file (seconds) a whole decode (`streamed` False) or a block read accepts."""
+    if _max_duration_s is not None:
+        return _max_duration_s
+    return DEFAULT_MAX_STREAM_S if streamed else DEFAULT_MAX_DURATION_S
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory (0 when it cannot be told)."""
     try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, EOFError) as error:
-        raise AudioReadError(f"{path}: cannot decode audio ({_reason(error)})") from None
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
+
+
+def check_header(label: str, frames: int, sample_rate: int, channels: int, *,
+                 streamed: bool) -> None:
+    """Refuse, before decoding, audio whose header gives an unusable rate, a length beyond the
+    duration limit, or (decoded whole) more memory than half the machine has."""
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise AudioReadError(f"{label}: sample rate {sample_rate} Hz is below "
+                             f"{MIN_SAMPLE_RATE} Hz (a damaged or made-up header?)")
+    seconds, limit = frames / sample_rate, max_duration(streamed)
+    if seconds > limit:
+        raise AudioReadError(f"{label}: {_hours(seconds)} of audio is longer than the limit "
+                             f"of {_hours(limit)} (raise it with --max-duration SECONDS)")
+    if streamed:
+        return
+    # float32 samples of every channel, the mono mix and its 16-kHz resampling
+    needed = 4 * frames * (channels + 1) + 4 * math.ceil(seconds * 16000)
+    memory = _memory_bytes()
+    if memory and needed > memory // 2:
+        raise AudioReadError(f"{label}: decoding it whole takes {needed / 2**30:.1f} GiB, more "
+                             f"than half this machine's memory ({memory / 2**30:.1f} GiB)")
+
+
+def check_samples(block: np.ndarray, label: str) -> None:
+    """Refuse decoded samples that are not finite or lie beyond ±MAX_SAMPLE_MAGNITUDE."""
+    if not np.isfinite(block).all():
+        raise AudioReadError(f"{label}: samples are not finite (NaN or inf)")
+    if block.size and float(np.abs(block).max()) > MAX_SAMPLE_MAGNITUDE:
+        raise AudioReadError(f"{label}: samples reach {float(np.abs(block).max()):.3g}, beyond "
+                             f"±{MAX_SAMPLE_MAGNITUDE:g} (full scale is 1.0): not usable audio")
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 samples `[channels, samples]` in [-1, 1] and its sample rate.
+
+    The header is checked first (`check_header`: rate, duration, memory), the samples after.
+    """
+    with open_audio(path, streamed=False) as sound:
+        try:
+            data = sound.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError, EOFError) as error:
+            raise AudioReadError(f"{path}: cannot decode audio ({_reason(error)})") from None
+        except MemoryError:
+            raise AudioReadError(f"{path}: not enough memory to decode it") from None
+        sample_rate = sound.samplerate
     if data.shape[0] == 0:
         raise AudioReadError(f"{path}: no audio samples (empty file)")
-    if not np.isfinite(data).all():
-        raise AudioReadError(f"{path}: samples are not finite (NaN or inf)")
+    check_samples(data, str(path))
     return np.ascontiguousarray(data.T), int(sample_rate)
 
 
@@ -87,7 +165,7 @@ def is_plain_wav(path: str | os.PathLike[str], sample_rate: int = 16000) -> bool
     Such files are used in place by `prepare`; any other file is converted to 16-bit WAV.
     """
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, OSError):
         return False
     return (
@@ -113,24 +191,62 @@ DEFAULT_BLOCK_SECONDS = 30.0
 
 
 def open_audio(source: str | os.PathLike[str] | int | BinaryIO, *, name: str | None = None,
-               rate: int | None = None, channels: int | None = None) -> sf.SoundFile:
+               rate: int | None = None, channels: int | None = None,
+               streamed: bool = True) -> sf.SoundFile:
     """Open a file, a file descriptor (e.g. 0, standard input) or a binary stream for block reads.
 
     rate/channels: given together, the input is read as raw 16-bit little-endian PCM with that
     rate and channel count; otherwise its header says (WAV, FLAC, ...; a pipe works).
-    Raises AudioReadError naming `name` (default: the source) when it cannot be opened.
+    A file's header is checked (`check_header`) for block reads, or for a whole decode when
+    `streamed` is False. Raises AudioReadError naming `name` (default: the source) when it
+    cannot be opened or fails a check.
     """
     label = name or str(source)
-    if isinstance(source, str | os.PathLike) and not Path(source).is_file():
-        what = "is a folder, not an audio file" if Path(source).is_dir() else "file not found"
-        raise AudioReadError(f"{label}: {what}")
+    if isinstance(source, str | os.PathLike):
+        _check_regular_file(Path(source), label)
     raw = {} if rate is None else {"format": "RAW", "subtype": "PCM_16", "endian": "LITTLE",
                                    "samplerate": rate, "channels": channels or 1}
-    return _soundfile(source if not isinstance(source, os.PathLike) else str(source), label,
-                      closefd=not isinstance(source, int), **raw)
+    # a path as bytes: names that are not UTF-8 open too (soundfile would encode a str strictly)
+    sound = _soundfile(os.fsencode(source) if isinstance(source, str | os.PathLike) else source,
+                       label, closefd=not isinstance(source, int), **raw)
+    if isinstance(source, str | os.PathLike):
+        try:
+            check_header(label, sound.frames, sound.samplerate, sound.channels,
+                         streamed=streamed)
+        except AudioReadError:
+            sound.close()
+            raise
+    elif sound.samplerate < MIN_SAMPLE_RATE:
+        sound.close()
+        raise AudioReadError(f"{label}: sample rate {sound.samplerate} Hz is below "
+                             f"{MIN_SAMPLE_RATE} Hz (a damaged or made-up header?)")
+    return sound
 
 
-def _soundfile(source: str | int | BinaryIO, label: str, closefd: bool,
+def not_a_file(path: Path) -> str | None:
+    """Why `path` (links followed) is no audio file to open, or None for a regular file: a
+    folder, a FIFO (a decoder would block on it), a device, a dangling link, a loop of links."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        return "a broken symbolic link" if path.is_symlink() else "file not found"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an audio file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return None
+
+
+def _check_regular_file(path: Path, label: str) -> None:
+    """Refuse a path that is not a regular file before a decoder opens it (`not_a_file`)."""
+    why = not_a_file(path)
+    if why is not None:
+        raise AudioReadError(f"{label}: {why}")
+
+
+def _soundfile(source: str | bytes | int | BinaryIO, label: str, closefd: bool,
                **options: Any) -> sf.SoundFile:
     """`sf.SoundFile` for reading, its errors as AudioReadError naming `label`."""
     try:
@@ -157,8 +273,7 @@ def read_blocks(sound: sf.SoundFile, block_frames: int, name: str = "",
             raise AudioReadError(f"{label}: cannot decode audio ({_reason(error)})") from None
         if block.shape[0] == 0:
             return
-        if not np.isfinite(block).all():
-            raise AudioReadError(f"{label}: samples are not finite (NaN or inf)")
+        check_samples(block, label)
         if left is not None:
             left -= block.shape[0]
         yield np.ascontiguousarray(block.T)
@@ -238,6 +353,9 @@ def open_stream(source: int | BinaryIO, name: str, rate: int | None = None,
     if rate is not None or not isinstance(source, int) or not _is_pipe(source):
         return open_audio(source, name=name, rate=rate, channels=channels), None
     layout, head = read_wav_header(partial(_read_exactly, source))
+    if layout is not None and layout.samplerate < MIN_SAMPLE_RATE:
+        raise AudioReadError(f"{name}: sample rate {layout.samplerate} Hz is below "
+                             f"{MIN_SAMPLE_RATE} Hz (a damaged or made-up header?)")
     if layout is None:
         return _soundfile(_replay(head, source), name, closefd=True), None
     sound = _soundfile(source, name, closefd=False, format="RAW", subtype=layout.subtype,

@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastast_cli.data.datafile import Entry, read_datafile
 from fastast_cli.errors import FastASTError
+
+if TYPE_CHECKING:
+    from fastast_cli.data.manifest import Manifest
 
 SHOWN = 3  # names listed in a message; the rest are counted
 
@@ -50,3 +54,24 @@ def check_datafile(datafile: Path, split: str) -> None:
     entries = read_datafile(datafile)
     check_clips(entries, datafile, split)
     check_labelled(entries, datafile)
+
+
+def check_disjoint(train: Sequence[Entry], train_file: Path, held_out: Sequence[Entry],
+                   held_out_file: Path, split: str) -> None:
+    """No clip of a held-out split may also be a training clip: its scores would be leaked."""
+    training = {entry.wav for entry in train}
+    shared = [str(entry.wav) for entry in held_out if entry.wav in training]
+    if shared:
+        raise FastASTError(
+            f"{len(shared)} clips of the {split} split ({held_out_file}) are also training clips "
+            f"({train_file}): {_some(shared)}; a held-out split must not share clips with train"
+        )
+
+
+def check_held_out(manifest: Manifest, fold: int | None, train: Sequence[Entry]) -> None:
+    """`check_disjoint` of the training clips and the splits that select and report a model
+    (the fold's eval split in a cross-validation dataset)."""
+    train_file = manifest.datafile("train", fold)
+    for split in dict.fromkeys((manifest.selection_split, manifest.eval_split)):
+        datafile = manifest.datafile(split, fold)
+        check_disjoint(train, train_file, read_datafile(datafile), datafile, split)

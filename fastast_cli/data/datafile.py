@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastast_cli.atomic import write_json, write_text
+from fastast_cli.data.safepath import real_path
 from fastast_cli.errors import FastASTError
+from fastast_cli.values import load_json
 
 LABELS_HEADER = ("index", "mid", "display_name")
 
@@ -86,14 +87,22 @@ def resolve_wav(wav: str, datafile_dir: Path) -> Path:
         return path
     beside = datafile_dir / path
     if beside.exists() or not Path(wav).exists():
-        return beside.resolve()
-    return Path(wav).resolve()
+        return real_path(beside)
+    return real_path(wav)
 
 
 def read_datafile(path: str | os.PathLike[str]) -> list[Entry]:
     """Entries of an AST JSON datafile, with wav paths resolved."""
     path = Path(path)
-    return [Entry(resolve_wav(wav, path.parent), mids) for wav, mids in read_datafile_rows(path)]
+    entries, first_row = [], {}
+    for i, (wav, mids) in enumerate(read_datafile_rows(path)):
+        entry = Entry(resolve_wav(wav, path.parent), mids)
+        if entry.wav in first_row:
+            raise FastASTError(f"{path}: entries {first_row[entry.wav]} and {i} both list "
+                               f"{entry.wav}: each clip may be listed once")
+        first_row[entry.wav] = i
+        entries.append(entry)
+    return entries
 
 
 def read_datafile_rows(path: str | os.PathLike[str]) -> list[tuple[str, tuple[str, ...]]]:
@@ -101,13 +110,11 @@ def read_datafile_rows(path: str | os.PathLike[str]) -> list[tuple[str, tuple[st
     `labels` is AST's comma-separated string (a list of strings is taken too)."""
     path = Path(path)
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = load_json(path.read_text(encoding="utf-8"), str(path), limit=None)
     except OSError as error:
         raise FastASTError(f"cannot read datafile {path}: {error.strerror or error}") from None
     except UnicodeDecodeError:
         raise FastASTError(f"datafile {path} is not text (expected AST's JSON format)") from None
-    except json.JSONDecodeError as error:
-        raise FastASTError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
     data = content.get("data") if isinstance(content, dict) else None
     if not isinstance(data, list):
         raise FastASTError(
@@ -118,8 +125,11 @@ def read_datafile_rows(path: str | os.PathLike[str]) -> list[tuple[str, tuple[st
         if not isinstance(row, dict) or "wav" not in row or "labels" not in row:
             raise FastASTError(f"{path}: entry {i} lacks 'wav' or 'labels'")
         labels = row["labels"]
+        if not isinstance(row["wav"], str) or isinstance(labels, bool) or not isinstance(
+                labels, str | int | list):
+            raise FastASTError(f"{path}: entry {i}: 'wav' and 'labels' must be text")
         parts = labels if isinstance(labels, list) else str(labels).split(",")
-        rows.append((str(row["wav"]), tuple(str(m).strip() for m in parts if str(m).strip())))
+        rows.append((row["wav"], tuple(str(m).strip() for m in parts if str(m).strip())))
     return rows
 
 

@@ -28,6 +28,8 @@ from fastast_cli.data.features import (
     waveform_fbank,
 )
 
+RESOLUTION_RANGE = (0.1, 16.0)  # q read or trained: frame shifts of 1 to 160 ms (paper: 1–4)
+
 
 def shift_for_resolution(resolution: float) -> float:
     """Frame shift in milliseconds at resolution q: 10 ms × q."""

@@ -27,6 +27,7 @@ NUM_MEL_BINS = 128
 FRAME_SHIFT_MS = 10.0
 FRAME_LENGTH_MS = 25.0
 MIN_FRAMES = 16  # the fewest frames a native-length clip may have: one 16-frame patch
+MAX_TARGET_LENGTH = 100_000  # frames (1000 s) a model input may be set to; AST uses 128–1024
 
 # (mean, std) of the raw fbank that AST (Gong et al. 2021) normalizes each dataset with, the same
 # for every fold: `dataset_mean`/`dataset_std` of its egs/audioset/run.sh, egs/esc50/run_esc.sh
@@ -222,4 +223,9 @@ class FbankSums:
             raise ValueError("no fbank values to measure mean and std on")
         mean = self.total / self.count
         var = max(self.total_sq / self.count - mean * mean, 0.0)
+        if not math.isfinite(mean) or not math.isfinite(var):
+            raise ValueError("the fbank mean/std of the training clips are not finite")
+        if var == 0.0:
+            raise ValueError("every training clip gives the same fbank (silence?): its std is 0, "
+                             "and features are divided by it")
         return mean, math.sqrt(var)

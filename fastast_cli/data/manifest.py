@@ -37,8 +37,9 @@ import yaml
 
 from fastast_cli.atomic import write_text
 from fastast_cli.data.datafile import read_datafile, read_labels_csv
-from fastast_cli.data.features import AST_NORM_STATS
+from fastast_cli.data.features import AST_NORM_STATS, MAX_TARGET_LENGTH, SAMPLE_RATE
 from fastast_cli.errors import FastASTError
+from fastast_cli.values import load_yaml, number, shown
 
 if TYPE_CHECKING:
     from fastast_cli.data.dataset import ASTDataset
@@ -296,40 +297,71 @@ def _read_manifest(path: Path) -> Manifest:
             f"no manifest at {path}: pass a folder made by `fastast prepare` or its manifest.yaml"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise FastASTError(f"{path}: not valid YAML ({error})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FastASTError(f"{path}: not a fastast manifest (not UTF-8 text)") from None
+    data = load_yaml(text, str(path))
     if not isinstance(data, dict):
         raise FastASTError(f"{path}: not a fastast manifest")
-    if data.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+    if number(data.get("format", FORMAT_VERSION), f"{path}: format", integer=True) > \
+            FORMAT_VERSION:
         raise FastASTError(f"{path}: manifest format {data['format']} is newer than this fastast")
     root = path.parent.resolve()
 
     def at(value: str) -> Path:
         return (root / value).resolve()
 
+    def checked(key: str, value: Any, **limits: Any) -> Any:
+        return number(value, f"{path}: {key}", **limits)
+
     folds = {
-        int(number): Fold(at(f["train"]), at(f["eval"]), float(f["mean"]), float(f["std"]))
-        for number, f in (data.get("folds") or {}).items()
+        checked("fold number", key, low=1, integer=True): Fold(
+            at(f["train"]), at(f["eval"]), *_norm_stats(f["mean"], f["std"], f"{path}: fold {key}"))
+        for key, f in (data.get("folds") or {}).items()
     }
     labels = read_labels_csv(at(_require(data, "labels_csv", path)))
+    if "num_classes" in data and checked("num_classes", data["num_classes"], integer=True) != \
+            len(labels):
+        raise FastASTError(f"{path}: num_classes is {shown(data['num_classes'])} but its labels "
+                           f"CSV lists {len(labels)} classes")
+    default_fold = data.get("default_fold")
+    if default_fold is not None and checked("default_fold", default_fold, integer=True) not in \
+            folds:
+        raise FastASTError(f"{path}: default_fold {shown(default_fold)} is not one of its folds "
+                           f"({sorted(folds)})")
+    if checked("sample_rate", _require(data, "sample_rate", path), integer=True) != SAMPLE_RATE:
+        raise FastASTError(f"{path}: sample_rate is {shown(data['sample_rate'])}, but prepared "
+                           f"audio is at {SAMPLE_RATE} Hz (features are computed at that rate)")
     extras = dict(data.get("extras") or {})
     return Manifest(
         path=path.resolve(),
         dataset=str(_require(data, "dataset", path)),
-        sample_rate=int(_require(data, "sample_rate", path)),
-        num_mel_bins=int(data.get("num_mel_bins", 128)),
-        target_length=int(_require(data, "target_length", path)),
+        sample_rate=SAMPLE_RATE,
+        num_mel_bins=checked("num_mel_bins", data.get("num_mel_bins", 128), low=16,
+                             high=MAX_MEL_BINS, integer=True),
+        target_length=checked("target_length", _require(data, "target_length", path), low=1,
+                              high=MAX_TARGET_LENGTH, integer=True),
         labels_csv=at(data["labels_csv"]),
-        mean=float(_require(data, "mean", path)),
-        std=float(_require(data, "std", path)),
+        mean=(stats := _norm_stats(_require(data, "mean", path), _require(data, "std", path),
+                                   str(path)))[0],
+        std=stats[1],
         splits={name: at(p) for name, p in (data.get("splits") or {}).items()},
         folds=folds,
-        default_fold=data.get("default_fold"),
+        default_fold=None if default_fold is None else int(default_fold),
         recipe=data.get("recipe"),
         norm_measured_on=str(data.get("norm_measured_on", "train")),
-        counts={str(k): int(v) for k, v in (data.get("counts") or {}).items()},
+        counts={str(k): checked(f"counts.{k}", v, low=0, integer=True)
+                for k, v in (data.get("counts") or {}).items()},
         extras=extras,
         label_mids=list(labels.mids),
         label_names=list(labels.names),
     )
+
+
+MAX_MEL_BINS = 1024  # AST uses 128 (16 = one patch is the fewest a model reads)
+
+
+def _norm_stats(mean: Any, std: Any, where: str) -> tuple[float, float]:
+    """A fbank (mean, std) read from a file: finite, std > 0 (features are divided by it)."""
+    return (number(mean, f"{where}: mean", low=-1e4, high=1e4),
+            number(std, f"{where}: std", above=0.0, high=1e4))

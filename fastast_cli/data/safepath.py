@@ -9,8 +9,15 @@ through a symbolic link (the link and the root are both resolved before comparin
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path, PurePosixPath
+
+
+def real_path(path: str | os.PathLike[str]) -> Path:
+    """`path` absolute with links followed, like `Path.resolve()`, but a loop of links (or a
+    name that is not UTF-8) is kept as it is instead of raising."""
+    return Path(os.path.realpath(path))
 
 
 def resolve_under(root: Path, name: str) -> Path | None:
@@ -22,12 +29,12 @@ def resolve_under(root: Path, name: str) -> Path | None:
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if not parts or ".." in parts:
         return None
-    base = root.resolve()
-    target = base.joinpath(*parts).resolve()
+    base = real_path(root)
+    target = real_path(base.joinpath(*parts))
     return target if target.is_relative_to(base) and target != base else None
 
 
 def stays_under(root: Path, path: Path) -> bool:
     """Whether `path` (found by walking `root`) still lies inside `root` once links are
     followed."""
-    return path.resolve().is_relative_to(root.resolve())
+    return real_path(path).is_relative_to(real_path(root))

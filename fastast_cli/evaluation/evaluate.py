@@ -17,7 +17,7 @@ from torch import nn
 from fastast_cli.atomic import atomic_path, check_output, write_json
 from fastast_cli.data.checks import check_clips
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
-from fastast_cli.data.elastic_features import collate_native
+from fastast_cli.data.elastic_features import RESOLUTION_RANGE, collate_native
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.devices import DTYPES
 from fastast_cli.errors import FastASTError
@@ -34,6 +34,7 @@ from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
 from fastast_cli.models.merging import MergeSettings, capped_note
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
+from fastast_cli.values import bounded_list, bounded_range, number, shown
 
 PathLike = str | os.PathLike[str]
 
@@ -224,7 +225,8 @@ def evaluate_model(
                                       evaluation_dtype(dtype), num_workers=num_workers,
                                       collate_fn=collate_native if elastic else None,
                                       forward=forward)
-    metrics = compute_metrics(logits.numpy(), targets.numpy())
+    metrics = compute_metrics(logits.numpy(), targets.numpy(),
+                              [str(entry.wav) for entry in dataset.entries])
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
                       getattr(model, "merge_settings", None),
@@ -332,14 +334,22 @@ def parse_folds(spec: str) -> list[int]:
     try:
         if "-" in spec:
             first, last = (int(v) for v in spec.split("-"))
-            folds = list(range(first, last + 1))
+            folds = bounded_range(first, last, 1, f"--folds {shown(spec)}", MAX_FOLDS)
         else:
             folds = [int(v) for v in spec.split(",") if v.strip()]
+            bounded_list(folds, f"--folds {shown(spec)}", MAX_FOLDS)
     except ValueError:
-        raise FastASTError(f"--folds {spec!r} is not understood: use 1-5 or 1,2,3") from None
+        raise FastASTError(f"--folds {shown(spec)} is not understood: use 1-5 or 1,2,3") from None
     if not folds:
-        raise FastASTError(f"--folds {spec!r} names no fold")
+        raise FastASTError(f"--folds {shown(spec)} names no fold")
+    if min(folds) < 1:
+        raise FastASTError(f"--folds {shown(spec)}: fold numbers start at 1")
     return folds
+
+
+MAX_FOLDS = 1000
+MAX_LENGTHS = 100  # lengths or resolutions one --lengths / --resolutions may list
+MAX_LENGTH_S = 24 * 3600.0
 
 
 def evaluate_lengths(
@@ -383,7 +393,8 @@ def evaluate_lengths(
                 model, dataset, batch_size, device, evaluation_dtype(dtype),
                 collate_fn=collate_native if elastic else None,
             )
-            metrics = compute_metrics(logits.numpy(), targets.numpy())
+            metrics = compute_metrics(logits.numpy(), targets.numpy(),
+                              [str(entry.wav) for entry in dataset.entries])
             rows.append({"split": split, "length": "full" if seconds is None else f"{seconds:g}",
                          "resolution": q, **metrics.summary()})
     return rows
@@ -392,9 +403,17 @@ def evaluate_lengths(
 def parse_lengths(spec: str) -> list[float | None]:
     """`1,2,5,10` seconds; `full` keeps whole clips."""
     try:
-        return [None if v.strip() == "full" else float(v) for v in spec.split(",") if v.strip()]
+        values = [None if v.strip() == "full" else float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise FastASTError(f"--lengths {spec!r}: give seconds such as 1,2,5,10 (or full)") from None
+        raise FastASTError(f"--lengths {shown(spec)}: give seconds such as 1,2,5,10 (or full)"
+                           ) from None
+    bounded_list(values, f"--lengths {shown(spec)}", MAX_LENGTHS)
+    if not values:
+        raise FastASTError(f"--lengths {shown(spec)} names no length")
+    for value in values:
+        if value is not None:
+            number(value, "--lengths: a length in seconds", above=0.0, high=MAX_LENGTH_S)
+    return values
 
 
 def parse_resolutions(spec: str) -> list[float]:
@@ -402,7 +421,11 @@ def parse_resolutions(spec: str) -> list[float]:
     try:
         values = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise FastASTError(f"--resolutions {spec!r}: give factors such as 1,2,4") from None
-    if not values or min(values) <= 0:
-        raise FastASTError(f"--resolutions {spec!r}: factors must be > 0")
+        raise FastASTError(f"--resolutions {shown(spec)}: give factors such as 1,2,4") from None
+    bounded_list(values, f"--resolutions {shown(spec)}", MAX_LENGTHS)
+    if not values:
+        raise FastASTError(f"--resolutions {shown(spec)}: factors must be > 0")
+    low, high = RESOLUTION_RANGE
+    for value in values:
+        number(value, "--resolutions: a factor q (frame shift 10 ms × q)", low=low, high=high)
     return values

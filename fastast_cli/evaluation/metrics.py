@@ -9,6 +9,7 @@ AUC); it is NaN in the per-class lists and left out of the means instead of coun
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -19,6 +20,8 @@ from sklearn.metrics import (
     confusion_matrix,
     roc_auc_score,
 )
+
+from fastast_cli.errors import NonFiniteScores
 
 
 @dataclass
@@ -70,16 +73,22 @@ def d_prime(auc: float) -> float:
     return math.sqrt(2.0) * NormalDist().inv_cdf(auc)
 
 
+def _clip_name(names: Sequence[str] | None, row: int) -> str:
+    return names[row] if names is not None and row < len(names) else f"clip {row}"
+
+
 def nan_mean(values: list[float]) -> float:
     """Mean of the values that are not NaN; NaN when all are."""
     kept = [value for value in values if not math.isnan(value)]
     return float(np.mean(kept)) if kept else math.nan
 
 
-def compute_metrics(predictions: np.ndarray, targets: np.ndarray) -> Metrics:
+def compute_metrics(predictions: np.ndarray, targets: np.ndarray,
+                    names: Sequence[str] | None = None) -> Metrics:
     """All metrics for scores `predictions` [N, C] (logits or probabilities) and 0/1 `targets`.
 
     Accuracy compares argmaxes (targets may be soft); AP and AUC take targets > 0.5 as positives.
+    Scores that are not finite raise NonFiniteScores (naming the first such clip of `names`).
     """
     predictions = np.asarray(predictions, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
@@ -87,6 +96,12 @@ def compute_metrics(predictions: np.ndarray, targets: np.ndarray) -> Metrics:
         raise ValueError(
             f"predictions {predictions.shape} and targets {targets.shape} must both be [N, C]"
         )
+    if not np.isfinite(predictions).all():
+        rows = np.flatnonzero(~np.isfinite(predictions).all(axis=1))
+        raise NonFiniteScores(
+            f"the model's scores are not finite (NaN or infinite) for {len(rows)} of "
+            f"{len(predictions)} clips (first: {_clip_name(names, rows[0])}): no metric can be "
+            "computed; its weights or input statistics are damaged, or the audio overflows them")
     positives = targets > 0.5
     accuracy = float(accuracy_score(targets.argmax(1), predictions.argmax(1)))
     per_class_ap = [average_precision(predictions[:, c], positives[:, c])

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fastast_cli.errors import FastASTError
+from fastast_cli.values import number, shown
 
 # Names of the metric column: the metric itself, or `metric` in tables from before it was named.
 METRIC_NAMES = ("accuracy", "mAP")
@@ -73,15 +74,21 @@ def read_table(path: Path) -> SweepTable:
     """The rows of an earlier (maybe interrupted) sweep written as CSV to `path`; none if absent."""
     if not path.exists():
         return SweepTable()
-    with path.open(newline="") as stream:
-        reader = csv.DictReader(stream)
-        header = reader.fieldnames or []
-        named = [name for name in (*METRIC_NAMES, UNNAMED_METRIC) if name in header]
-        if len(named) != 1:
-            raise FastASTError(
-                f"{path} is not a sweep table of this kind: remove it or pick another --out")
-        metric = named[0]
-        rows = [row_of(record, metric, path) for record in reader]
+    try:
+        with path.open(newline="", encoding="utf-8") as stream:
+            reader = csv.DictReader(stream)
+            header = reader.fieldnames or []
+            named = [name for name in (*METRIC_NAMES, UNNAMED_METRIC) if name in header]
+            if len(named) != 1:
+                raise FastASTError(
+                    f"{path} is not a sweep table of this kind: remove it or pick another --out")
+            metric = named[0]
+            rows = [row_of(record, metric, path) for record in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise FastASTError(f"{path} is not a sweep table (not UTF-8 CSV text: "
+                           f"{shown(str(error))})") from None
+    except IsADirectoryError:
+        raise FastASTError(f"{path} is a folder, not a sweep table") from None
     return SweepTable(rows, metric if metric in METRIC_NAMES else None)
 
 
@@ -112,6 +119,9 @@ def row_of(record: dict[str, str], metric: str, path: Path) -> SweepRow:
         raise FastASTError(
             f"{path} is not a sweep table of this kind: remove it or pick another --out"
         ) from None
+    if not all(math.isfinite(value) for value in (row.speedup, row.gflops, row.drop)):
+        raise FastASTError(f"{path}: run {shown(row.run)} at r = {row.r} holds a speedup, "
+                           "GFLOPs or drop that is not a finite number")
     if not 0 < row.samples_per_s < math.inf:  # speeds are divided by
         raise FastASTError(
             f"{path}: run {row.run!r} at r = {row.r} has samples_per_s "
@@ -124,18 +134,25 @@ def method_of(r: int, method: str = LEGACY_METHOD) -> str:
     return method if r else NO_METHOD
 
 
+def parse_budget(budget: str) -> tuple[str, float]:
+    """`--budget`: samples/s (`120`) or a speedup over r = 0 (`1.5x`), a finite number > 0, as
+    (the row attribute it bounds, the value); checked before a sweep starts."""
+    text = budget.strip().lower()
+    try:
+        wanted = float(text.removesuffix("x"))
+    except ValueError:
+        raise FastASTError(
+            f"--budget {shown(budget)}: give samples/s (120) or a speedup (1.5x)"
+        ) from None
+    number(wanted, f"--budget {shown(budget)}", above=0.0)
+    return ("speedup" if text.endswith("x") else "samples_per_s"), wanted
+
+
 def recommend(rows: Sequence[SweepRow], budget: str) -> SweepRow | None:
     """The row with the smallest drop whose speed meets `budget`: samples/s (`120`) or a
     speedup over r = 0 (`1.5x`), among every method and r of `rows`. None when no row meets
     it."""
-    text = budget.strip().lower()
-    try:
-        wanted = float(text.rstrip("x"))
-    except ValueError:
-        raise FastASTError(
-            f"--budget {budget!r}: give samples/s (120) or a speedup (1.5x)"
-        ) from None
-    key = "speedup" if text.endswith("x") else "samples_per_s"
+    key, wanted = parse_budget(budget)
     meeting = [row for row in rows if getattr(row, key) >= wanted]
     if not meeting:
         return None

@@ -41,7 +41,7 @@ from fastast_cli.data.features import (
     waveform_fbank,
 )
 from fastast_cli.devices import DTYPES, autocast
-from fastast_cli.errors import FastASTError
+from fastast_cli.errors import FastASTError, NonFiniteScores
 from fastast_cli.inference.scores import (
     AGGREGATES,
     ClipFailure,
@@ -154,6 +154,10 @@ class Predictor:
                 chunk = [x.to(self.device) for x in inputs[first : first + self.batch_size]]
                 batch = chunk if self.spec.native_length else torch.stack(chunk)
                 logits = (self.forward or self.model)(batch).float().cpu()
+                if not bool(torch.isfinite(logits).all()):
+                    raise NonFiniteScores(
+                        "the model's scores are not finite (NaN or infinite): its weights or "
+                        "input statistics are damaged, or the audio overflows them")
                 outputs.append(to_scores(logits, self.kind))
         return torch.cat(outputs)
 

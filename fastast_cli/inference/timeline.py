@@ -11,7 +11,6 @@ windows: a window says *that* a sound is inside it, not where.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -23,6 +22,7 @@ import torch
 
 from fastast_cli.errors import FastASTError
 from fastast_cli.inference.scores import WindowRow, top_k
+from fastast_cli.values import load_json
 
 TIMELINE_CLASSES = ("all", "top")
 
@@ -159,17 +159,19 @@ def _read_threshold_file(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise FastASTError(f"{path}: cannot read thresholds ({error})") from None
     if path.suffix.lower() == ".json":
-        try:
-            mapping = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise FastASTError(f"{path}: not valid JSON ({error})") from None
+        mapping = load_json(text, str(path))
         if not isinstance(mapping, dict):
             raise FastASTError(f'{path}: expected a JSON object {{"label": threshold, ...}}')
         return mapping
     reader = csv.DictReader(text.splitlines())
     if not {"label", "threshold"} <= set(reader.fieldnames or []):
         raise FastASTError(f"{path}: expected a CSV with columns label and threshold")
-    return {row["label"]: row["threshold"] for row in reader}
+    mapping: dict[str, Any] = {}
+    for row in reader:
+        if row["label"] in mapping:
+            raise FastASTError(f"{path}: label {row['label']!r} is given twice")
+        mapping[row["label"]] = row["threshold"]
+    return mapping
 
 
 def row_record(row: WindowRow, labels: Sequence[str], k: int | None) -> dict[str, Any]:

@@ -23,12 +23,14 @@ from typing import Any
 
 import yaml
 
+from fastast_cli.data.elastic_features import RESOLUTION_RANGE
 from fastast_cli.data.manifest import NORM_SOURCES
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import SIZES
 from fastast_cli.models.elastic import CHOICES as ELASTIC_CHOICES
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.models.teachers import BACKBONES, POOLINGS
+from fastast_cli.values import load_yaml, number, shown
 
 MODELS = ("ast", *BACKBONES, "passt")
 SCHEDULES = ("constant", "decreasing")
@@ -208,9 +210,11 @@ class TrainConfig:
             problems.append("weight averaging needs both average_from and average_to")
         if self.elastic and self.model != "ast":
             problems.append("elastic training is for an AST student (--model ast)")
-        if len(self.resolutions) != 2 or not 0 < self.resolutions[0] <= self.resolutions[1]:
-            problems.append(f"resolutions must be [low, high] with 0 < low <= high, "
-                            f"got {self.resolutions}")
+        low, high = RESOLUTION_RANGE
+        if len(self.resolutions) != 2 or not low <= self.resolutions[0] <= self.resolutions[1] \
+                <= high:
+            problems.append(f"resolutions must be [low, high] with {low:g} <= low <= high <= "
+                            f"{high:g}, got {self.resolutions}")
         if self.resolution_sampling not in ("discrete", "continuous"):
             problems.append("resolution_sampling must be discrete or continuous, not "
                             f"{self.resolution_sampling!r}")
@@ -301,27 +305,35 @@ def _auto_names(value: Any, source: str) -> list[str]:
     return [str(name) for name in names]
 
 
+MAX_LIST_VALUES = 8  # the longest list setting (betas, resolutions) holds 2
+
+
 def _converted(key: str, value: Any, default: Any, source: str) -> Any:
-    """`value` as the type of setting `key` (int, float, bool, str or a list of floats)."""
+    """`value` as the type of setting `key` (int, float, bool, str or a list of floats);
+    numbers must be finite, a bool is not a number, an int is not a bool."""
     kind = FIELD_TYPES[key]
-    try:
-        if "bool" in kind:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
-                    raise ValueError
-                return value.lower() in ("true", "yes", "1")
+    what = f"{source}: {key}"
+    if "bool" in kind:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
             return bool(value)
+        raise FastASTError(f"{what} = {shown(value)} is not a valid {kind}")
+    try:
         if kind.startswith("list"):
-            return [float(v) for v in value]
+            if not isinstance(value, list | tuple) or len(value) > MAX_LIST_VALUES:
+                raise FastASTError("not a short list")
+            return [number(v, what) for v in value]
         if "float" in kind:
-            return float(value)
+            return number(value, what)
         if "int" in kind:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
+            return number(value, what, integer=True)
+        if isinstance(value, dict | list | tuple):
+            raise FastASTError("not text")
         return str(value)
-    except (TypeError, ValueError):
-        raise FastASTError(f"{source}: {key} = {value!r} is not a valid {kind}") from None
+    except FastASTError as error:
+        reason = str(error).removeprefix(f"{what} ")
+        raise FastASTError(f"{what} = {shown(value)} is not a valid {kind} ({reason})") from None
 
 
 def _shipped(name: str) -> tuple[Path, Path]:
@@ -345,21 +357,30 @@ def read_recipe(name_or_path: str | os.PathLike[str], _seen: tuple[Path, ...] = 
     if path in _seen:
         raise FastASTError(f"recipe {path} includes itself through 'base:'")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise FastASTError(f"recipe {path} is not valid YAML: {error}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FastASTError(f"recipe {path} is not UTF-8 text") from None
+    values = load_yaml(text, f"recipe {path}") or {}
     if not isinstance(values, dict):
         raise FastASTError(f"recipe {path} must be a mapping of settings")
     base = values.pop("base", None)
     if base is None:
         return values
+    if not isinstance(base, str):
+        raise FastASTError(f"recipe {path}: base must be a recipe name, got {shown(base)}")
     return {**read_recipe(base_path(str(base), path), (*_seen, path)), **values}
 
 
 def base_path(base: str, recipe: Path) -> Path:
-    """The file a recipe's `base:` names: beside the recipe first, then among shipped ones."""
-    beside = recipe.parent / Path(base).expanduser()
-    for candidate in (beside, beside.with_name(beside.name + ".yaml"), *_shipped(base)):
+    """The file a recipe's `base:` names: beside the recipe first (in its folder or below; a
+    path that leaves the folder is refused), then among shipped ones."""
+    folder = Path(os.path.realpath(recipe.parent))
+    beside = folder / base
+    if not Path(os.path.realpath(beside)).is_relative_to(folder):
+        raise FastASTError(f"recipe {recipe}: its base {shown(base)} must be a recipe beside it "
+                           "(in its folder or below) or a shipped recipe's name")
+    shipped = _shipped(base) if "/" not in base and "\\" not in base else ()
+    for candidate in (beside, beside.with_name(beside.name + ".yaml"), *shipped):
         if candidate.is_file():
             return candidate
     raise FastASTError(f"recipe {recipe}: its base {base!r} is neither beside it nor a shipped "

@@ -31,13 +31,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fastast_cli.atomic import deferred_interrupts, write_text
-from fastast_cli.data.checks import check_clips
+from fastast_cli.data.checks import check_clips, check_held_out
 from fastast_cli.data.dataset import ASTDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.distributed import Ranks, close_ranks, init_ranks
-from fastast_cli.errors import FastASTError
+from fastast_cli.errors import FastASTError, NonFiniteScores
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.interrupt import abandonable, can_abandon
@@ -121,6 +121,7 @@ class Trainer:
                     "nothing to train on")
         check_clips(self.eval_set.entries, self.eval_set.datafile, self.manifest.selection_split,
                     "every epoch is validated on it, and best.pt is the best validated epoch")
+        check_held_out(self.manifest, config.fold, self.train_items.dataset.entries)
         data_shape = DataShape.of([len(e.labels) for e in self.train_items.dataset.entries])
         self.config = config = resolve_auto(config, data_shape, Machine.of(device))
         self.batch_size = process_batch(config, ranks.world)  # this process's share of a step
@@ -343,7 +344,16 @@ class Trainer:
     def _end_epoch(self, loss: float, seconds: float, samples: int) -> None:
         progress, config = self.progress, self.config
         loss = self.ranks.mean(loss)
-        metrics = self._evaluate(self.model)
+        try:
+            metrics = self._evaluate(self.model)
+        except NonFiniteScores as error:
+            if self.ranks.is_main:
+                with deferred_interrupts():
+                    self._save_last()
+            raise FastASTError(
+                f"validation of epoch {progress.epoch + 1} stopped: {error}. The epoch's "
+                f"training is saved in {self.out / 'last.pt'} (--resume validates it again)"
+            ) from None
         row = {
             "epoch": progress.epoch + 1, "train_loss": loss,
             "lr": learning_rate(config, progress.epoch, max(progress.step - 1, 0),
@@ -374,7 +384,8 @@ class Trainer:
         predictions, targets = predict_dataset(model, self.eval_set, self.batch_size,
                                                self.device, collate_fn=self._collate,
                                                ranks=self.ranks)
-        return compute_metrics(predictions.numpy(), targets.numpy())
+        names = [str(entry.wav) for entry in self.eval_set.entries]
+        return compute_metrics(predictions.numpy(), targets.numpy(), names)
 
     def _model_meta(self, row: dict[str, float] | None = None) -> dict[str, Any]:
         return model_meta(self.config, self.manifest, self.mean, self.std, row)

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from fastast_cli.data.audio import AUDIO_EXTENSIONS
+from fastast_cli.data.audio import AUDIO_EXTENSIONS, not_a_file
 from fastast_cli.data.datafile import read_datafile_rows, read_labels_csv
 from fastast_cli.data.prepare.conversion import Clip, process_clips, sum_stats
 from fastast_cli.data.prepare.outputs import finish, write_labels, write_split
@@ -123,7 +123,11 @@ def index_audio(audio_dir: Path, workspace: Workspace) -> dict[str, Path]:
     exact: dict[str, Path] = {}
     loose: dict[str, Path] = {}
     for path in sorted(audio_dir.rglob("*")):
-        if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+        if path.suffix.lower() not in AUDIO_EXTENSIONS or path.is_dir():
+            continue
+        why = not_a_file(path)
+        if why is not None:
+            workspace.skip(path, why)
             continue
         if written_by_prepare(workspace.out, path):
             continue
@@ -162,11 +166,17 @@ def prepare_audioset(
     unknown = {m for item in listed for m in item.mids if m not in labels.index}
     clips: list[Clip] = []
     split_of: list[str] = []
+    taken: set[tuple[str, Path]] = set()  # (split, clip): a split lists each clip once
+    repeated = 0
     for item in listed:
         source = next((audio[key] for key in item.keys if key in audio), None)
         if source is None:
             workspace.report.missing.append(f"{item.shown}\t({item.source.name})")
             continue
+        if (item.split, source) in taken:
+            repeated += 1
+            continue
+        taken.add((item.split, source))
         clips.append(
             Clip(
                 source,
@@ -180,6 +190,9 @@ def prepare_audioset(
     report.notes.append(
         f"{len(report.missing)} of {len(listed)} listed clips are missing from {root}"
     )
+    if repeated:
+        report.notes.append(f"{repeated} entries named a clip their split already holds: "
+                            "each clip is taken once per split")
     sources: dict[str, list[str]] = {}
     for item in listed:
         named = sources.setdefault(item.split, [])

@@ -188,7 +188,9 @@ def sum_stats(
         result = results.get(position)
         if result is not None and result.sums is not None:
             total = total + result.sums
+    if total.count == 0:
+        raise workspace.fail("no usable training clip to measure the fbank mean/std on")
     try:
         return total.mean_std()
-    except ValueError:
-        raise workspace.fail("no usable training clip to measure the fbank mean/std on") from None
+    except ValueError as error:
+        raise workspace.fail(str(error)) from None

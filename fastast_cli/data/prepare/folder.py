@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import random
 import re
 from collections import Counter
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastast_cli.data.audio import AUDIO_EXTENSIONS
+from fastast_cli.data.audio import AUDIO_EXTENSIONS, not_a_file
 from fastast_cli.data.features import SAMPLE_RATE, num_frames
 from fastast_cli.data.prepare.conversion import Clip, converted_name, process_clips, sum_stats
 from fastast_cli.data.prepare.lengths import ClipLengths, clip_seconds
@@ -47,6 +48,7 @@ class ClassScan:
     empty: list[str]  # class folders without audio files
     escaped: list[str]  # files (relative to src) that are links out of src
     unmatched: list[str] = field(default_factory=list)  # files a label pattern left out
+    unusable: list[tuple[str, str]] = field(default_factory=list)  # (name, why): not read
 
 
 def class_files(src: Path, out: Path) -> ClassScan:
@@ -64,16 +66,10 @@ def class_files(src: Path, out: Path) -> ClassScan:
     ):
         if written_by_prepare(out, folder):
             continue
-        files = []
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
-                continue
-            if written_by_prepare(out, path):
-                continue
-            if stays_under(src, path):
-                files.append(path)
-            else:
-                scan.escaped.append(path.relative_to(src).as_posix())
+        if not is_utf8(folder.name):
+            scan.unusable.append((printable(folder.name), NOT_UTF8 + " (a class folder)"))
+            continue
+        files = audio_files(folder, src, out, scan)
         if files:
             scan.classes[folder.name] = files
         elif folder.resolve() != out:
@@ -86,9 +82,52 @@ def class_files(src: Path, out: Path) -> ClassScan:
     return scan
 
 
+def audio_files(folder: Path, src: Path, out: Path, scan: ClassScan) -> list[Path]:
+    """The usable audio files anywhere under `folder` (sorted). Files that cannot be read as
+    audio (FIFOs, folders, link loops, names that are not UTF-8) go to `scan.unusable` with the
+    reason, links out of `src` to `scan.escaped`; prepare's own output under `out` is left out."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in AUDIO_EXTENSIONS:
+            continue
+        why = unusable_reason(path)
+        if why is not None:
+            scan.unusable.append((printable(path.relative_to(src)), why))
+        elif written_by_prepare(out, path):
+            continue
+        elif stays_under(src, path):
+            files.append(path)
+        else:
+            scan.escaped.append(path.relative_to(src).as_posix())
+    return files
+
+
+NOT_UTF8 = "its name is not UTF-8 text (datafiles and labels are): rename it"
+
+
+def is_utf8(name: str | Path) -> bool:
+    """Whether a file name decodes as UTF-8 (Python keeps other bytes as surrogates)."""
+    try:
+        str(name).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(name: str | Path) -> str:
+    """A name as text that can always be printed and logged (undecodable bytes as \\xNN)."""
+    return os.fsencode(str(name)).decode("utf-8", "backslashreplace")
+
+
+def unusable_reason(path: Path) -> str | None:
+    """Why a file with an audio extension is not read (None: it is a readable regular file)."""
+    return NOT_UTF8 if not is_utf8(path.name) else not_a_file(path)
+
+
 def parse_ratios(ratios: tuple[float, ...]) -> tuple[float, float, float]:
     """Normalized (train, valid, test) fractions; train must be positive."""
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or ratios[0] <= 0:
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) or \
+            ratios[0] <= 0:
         raise FastASTError(
             f"--ratios {ratios}: expected three non-negative numbers train,valid,test "
             "with train > 0, e.g. 0.8,0.1,0.1"
@@ -170,17 +209,8 @@ def pattern_files(src: Path, out: Path, pattern: re.Pattern[str]) -> ClassScan:
     """Audio files anywhere under `src` per label their name gives (see `match_labels`);
     prepare's own output under `out` and links out of `src` are left out."""
     out = out.expanduser().resolve()
-    files, escaped = [], []
-    for path in sorted(src.rglob("*")):
-        if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
-            continue
-        if written_by_prepare(out, path):
-            continue
-        if stays_under(src, path):
-            files.append(path)
-        else:
-            escaped.append(path.relative_to(src).as_posix())
-    scan = ClassScan({}, [], escaped)
+    scan = ClassScan({}, [], [])
+    files = audio_files(src, src, out, scan)
     for path, label in zip(files, match_labels(pattern, [p.name for p in files]), strict=True):
         if label is None:
             scan.unmatched.append(path.relative_to(src).as_posix())
@@ -233,6 +263,8 @@ def prepare_folder(
     workspace = Workspace.open(out, "folder", target_length or auto_target_length(seconds))
     for name in scan.escaped:
         workspace.refuse(name, src)
+    for name, why in scan.unusable:
+        workspace.skip(name, why)
     if scan.empty:
         workspace.report.notes.append(
             f"{len(scan.empty)} class folders hold no audio and were left out: "

@@ -9,6 +9,7 @@ than half, and suggests `--elastic` when lengths vary widely.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ MOSTLY_PADDING = 0.25  # share of clips padded by more than half at which it is 
 def clip_seconds(path: object) -> float | None:
     """A file's duration from its header, None when soundfile cannot tell."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(str(path)))  # bytes: names that are not UTF-8 open too
         return info.frames / info.samplerate
     except (sf.LibsndfileError, RuntimeError, OSError, ZeroDivisionError):
         return None

@@ -16,6 +16,7 @@ from typing import Any
 from fastast_cli.atomic import write_json, write_text
 from fastast_cli.data.features import NUM_MEL_BINS, SAMPLE_RATE
 from fastast_cli.data.manifest import MANIFEST_HEADER, MANIFEST_NAME
+from fastast_cli.data.safepath import real_path
 from fastast_cli.errors import FastASTError
 
 STATE_NAME = ".fastast_state.json"
@@ -177,8 +178,8 @@ def written_by_prepare(out: Path, path: Path) -> bool:
     """Whether `path` (links followed) lies in a folder of prepare's results under `out`: such
     files are never read back as source audio, so a re-run with `--out` inside the source is
     the same."""
-    resolved = path.resolve()
-    return any(resolved.is_relative_to(out.resolve() / name) for name in DERIVED_FOLDERS)
+    resolved = real_path(path)
+    return any(resolved.is_relative_to(real_path(out) / name) for name in DERIVED_FOLDERS)
 
 
 def format_log(report: PrepareReport) -> str:

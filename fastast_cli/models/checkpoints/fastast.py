@@ -14,10 +14,12 @@ from typing import Any
 
 from torch import nn
 
-from fastast_cli.errors import CheckpointError
+from fastast_cli.data.features import MAX_TARGET_LENGTH
+from fastast_cli.errors import CheckpointError, FastASTError
 from fastast_cli.models.ast import ASTConfig
 from fastast_cli.models.checkpoints.files import (
     PathLike,
+    check_finite_weights,
     check_storable,
     existing_path,
     is_state_dict,
@@ -25,6 +27,7 @@ from fastast_cli.models.checkpoints.files import (
     save_atomically,
 )
 from fastast_cli.models.checkpoints.weights import PretrainedWeights
+from fastast_cli.values import number, shown
 
 FORMAT_NAME = "fastast"
 FORMAT_VERSION = 1
@@ -103,7 +106,36 @@ def recorded_parts(
     meta = payload.get("meta") or {}
     if not isinstance(meta, Mapping):
         raise CheckpointError(f"{path} is a damaged fastast checkpoint (meta is not a dict)")
+    check_meta(meta, path)
+    check_finite_weights(state_dict, path)
     return dict(config), dict(state_dict), dict(meta)
+
+
+# What the numbers a checkpoint's meta records must be: (integer, lowest, highest, above).
+META_NUMBERS: dict[str, tuple[bool, float | None, float | None, float | None]] = {
+    "mean": (False, -1e4, 1e4, None), "std": (False, None, 1e4, 0.0),
+    "target_length": (True, 1, MAX_TARGET_LENGTH, None), "num_mel_bins": (True, 1, 1024, None),
+    "fold": (True, 1, None, None), "epoch": (True, 0, None, None), "r": (True, 0, None, None),
+    "averaged_epochs": (True, 0, None, None),
+}
+META_TEXTS = ("data_identity", "loss", "metric", "dataset", "schedule", "stats_note")
+
+
+def check_meta(meta: Mapping[str, Any], path: PathLike) -> None:
+    """Refuse meta whose numbers (mean, std, lengths, fold, epoch, r) are not finite numbers in
+    range, or whose names are not text: they decide how inputs are normalized and which clips
+    a model is scored on."""
+    for key, (integer, low, high, above) in META_NUMBERS.items():
+        if meta.get(key) is not None:
+            try:
+                number(meta[key], f"meta {key}", low=low, high=high, above=above,
+                       integer=integer)
+            except FastASTError as error:
+                raise CheckpointError(f"{path}: damaged checkpoint ({error})") from None
+    for key in META_TEXTS:
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise CheckpointError(f"{path}: damaged checkpoint (meta {key} must be text, got "
+                                  f"{shown(meta[key])})")
 
 
 def fastast_weights(payload: Mapping[str, Any], path: Path) -> PretrainedWeights:

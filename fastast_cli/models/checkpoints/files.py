@@ -7,7 +7,6 @@ over it, after checking that a weights-only load can read every stored value bac
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -19,7 +18,8 @@ import safetensors.torch
 import torch
 
 from fastast_cli.atomic import atomic_path
-from fastast_cli.errors import CheckpointError
+from fastast_cli.errors import CheckpointError, FastASTError
+from fastast_cli.values import load_json
 
 PathLike = str | os.PathLike[str]
 StateDict = dict[str, torch.Tensor]
@@ -122,8 +122,17 @@ def unwrap_state_dict(payload: Any, path: PathLike) -> StateDict:
     """The state dict in a file: the payload itself, or its 'model' / 'state_dict' entry."""
     for candidate in (payload, *_wrapped(payload)):
         if is_state_dict(candidate):
+            check_finite_weights(candidate, path)
             return dict(candidate)
     raise CheckpointError(f"{path} holds no state dict of tensors (found {_describe(payload)})")
+
+
+def check_finite_weights(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    """Refuse weights holding NaN or infinity: every score the model gave would be NaN."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: damaged checkpoint ({name} holds NaN or infinite "
+                                  "values)")
 
 
 def _wrapped(payload: Any) -> list[Any]:
@@ -148,10 +157,12 @@ def _describe(value: Any) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object beside a checkpoint (config.json, an index): within the size budget, no
+    key given twice, no NaN (see `fastast_cli.values.load_json`)."""
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is not readable JSON ({error})") from error
+        values = load_json(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, FastASTError) as error:
+        raise CheckpointError(f"{path} is not readable JSON ({error})") from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{path} does not hold a JSON object")
     return values

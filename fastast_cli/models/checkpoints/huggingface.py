@@ -14,6 +14,7 @@ import torch
 
 from fastast_cli.errors import CheckpointError
 from fastast_cli.models.ast import ASTConfig
+from fastast_cli.models.checkpoints.fastast import check_meta
 from fastast_cli.models.checkpoints.files import StateDict, load_file, read_json, unwrap_state_dict
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, num_classes_of
 
@@ -67,6 +68,7 @@ TO_HF_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     _fragment_rule(ours, hf) for hf, ours in HF_NAME_TABLE
 )
 
+STORED_BLOCK = re.compile(r"^blocks\.(\d+)\.")  # a transformer layer's tensors, renamed
 HF_SPLIT_QKV = re.compile(r"^(blocks\.\d+\.attn)\.(query|key|value)\.(weight|bias)$")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -103,6 +105,7 @@ def read_hf_folder(folder: Path) -> PretrainedWeights:
     state_dict = rename_hf_state_dict(_read_hf_tensors(folder))
     config = _config_from_hf(hf_config, state_dict, config_file)
     meta = _hf_normalization(folder)
+    check_meta(meta, folder / "preprocessor_config.json")
     return PretrainedWeights(state_dict, config, config.grid, "Hugging Face AST folder", meta)
 
 
@@ -195,21 +198,30 @@ def _config_from_hf(
         )
     embed_dim = hf_config["hidden_size"]
     num_classes = num_classes_of(state_dict)
-    return ASTConfig(
-        num_classes=num_classes,
-        embed_dim=embed_dim,
-        depth=hf_config["num_hidden_layers"],
-        num_heads=hf_config["num_attention_heads"],
-        mlp_ratio=hf_config["intermediate_size"] / embed_dim,
-        patch_size=hf_config["patch_size"],
-        fstride=hf_config["frequency_stride"],
-        tstride=hf_config["time_stride"],
-        num_mel_bins=hf_config["num_mel_bins"],
-        target_length=hf_config["max_length"],
-        layer_norm_eps=hf_config["layer_norm_eps"],
-        qkv_bias=hf_config["qkv_bias"],
-        labels=_hf_labels(hf_config.get("id2label"), num_classes),
-    )
+    depth = hf_config["num_hidden_layers"]
+    stored = {int(match.group(1)) for name in state_dict
+              if (match := STORED_BLOCK.match(name)) is not None}
+    if stored and depth != len(stored):
+        raise CheckpointError(f"{config_file}: num_hidden_layers is {str(depth)[:20]}, but the "
+                              f"weights hold {len(stored)} layers")
+    try:
+        return ASTConfig.from_dict(dict(
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=hf_config["num_attention_heads"],
+            mlp_ratio=hf_config["intermediate_size"] / embed_dim,
+            patch_size=hf_config["patch_size"],
+            fstride=hf_config["frequency_stride"],
+            tstride=hf_config["time_stride"],
+            num_mel_bins=hf_config["num_mel_bins"],
+            target_length=hf_config["max_length"],
+            layer_norm_eps=hf_config["layer_norm_eps"],
+            qkv_bias=hf_config["qkv_bias"],
+            labels=_hf_labels(hf_config.get("id2label"), num_classes),
+        ))
+    except (TypeError, ValueError, ArithmeticError) as error:
+        raise CheckpointError(f"{config_file}: {error}") from None
 
 
 def _hf_labels(id2label: Any, num_classes: int) -> list[str]:

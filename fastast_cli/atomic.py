@@ -1,25 +1,44 @@
-"""Safe file output: atomic writes, output paths checked before any work, Ctrl-C held off.
+"""Safe file output: atomic writes, output paths checked before any work, stop requests held
+off (`deferred_interrupts`, from fastast_cli.signals).
 
 Atomic: write to a temporary file beside the target (`.NAME.XXXX.SUFFIX.tmp`), then
 `os.replace` it. A reader (or a re-run after a crash) therefore sees either the old file or the
 complete new one, never half a file; a temporary left by a killed process is found by
-`stale_temporaries` and removed by the next run.
+`stale_temporaries` and removed by the next run. The file gets the mode `open()` would give it
+(0666 less the umask), whatever the writer inside did. A write that fails for want of room or
+permission (a full disk, a read-only file system) is one `FastASTError` naming the file, with
+the earlier file kept; writers that report a full disk in their own words (torch's zip writer)
+are recognised by the free space left.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import signal
+import stat
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fastast_cli.errors import FastASTError
+from fastast_cli.signals import deferred_interrupts
+
+__all__ = ["atomic_path", "check_output", "deferred_interrupts", "json_safe", "output_error",
+           "remove_stale_temporaries", "stale_temporaries", "write_json", "write_text"]
+
+# Why a write failed, in words, for the errors that are the machine's, not the program's.
+WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file is too large for the file system",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "the operation is not permitted",
+}
 
 
 def _read_umask() -> int:
@@ -39,21 +58,54 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
     as soundfile or numpy, pick the right format for the temporary file.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.",
-        suffix=(target.suffix if suffix is None else suffix) + ".tmp",
-        dir=target.parent,
-    )
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.",
+            suffix=(target.suffix if suffix is None else suffix) + ".tmp",
+            dir=target.parent,
+        )
+        os.close(fd)
+    except OSError as error:
+        raise output_error(target, error) from None
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
     try:
         yield tmp_path
+        # mkstemp makes 0600, and some writers (safetensors) make their file anew: give the
+        # file what open() would
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
+    except FastASTError:
+        raise
+    except OSError as error:
+        if error.errno not in WRITE_FAILURES:
+            raise
+        raise output_error(target, error) from None
+    except Exception as error:
+        if not _full(target.parent):
+            raise
+        raise output_error(target, OSError(errno.ENOSPC, str(error))) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def output_error(target: str | os.PathLike[str], error: OSError) -> FastASTError:
+    """The one-line error of a failed write of `target` (a full disk, a read-only file system,
+    no permission), saying that an earlier file of that name is kept."""
+    target = Path(target)
+    reason = WRITE_FAILURES.get(error.errno or 0, error.strerror or str(error))
+    kept = f"; the earlier {target.name} is kept" if target.is_file() else ""
+    return FastASTError(f"cannot write {target}: {reason}{kept}")
+
+
+def _full(folder: Path) -> bool:
+    """Whether the file system of `folder` has (next to) no room left."""
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return False
+    return info.f_bavail <= 4
 
 
 def stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
@@ -79,6 +131,10 @@ def check_output(path: str | os.PathLike[str], *, folder: bool, option: str = "-
         raise FastASTError(f"{option} {path} is a file, not a folder")
     if not folder and path.is_dir():
         raise FastASTError(f"{option} {path} is a folder: give a file name")
+    if not folder and path.is_file() and not path.stat().st_mode & 0o222:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        raise FastASTError(f"{option} {path} is read-only (mode {mode:o}): make it writable or "
+                           "pick another name")
     existing = path if folder and path.is_dir() else path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -93,26 +149,6 @@ def check_output(path: str | os.PathLike[str], *, folder: bool, option: str = "-
         ) from None
     os.close(fd)
     os.unlink(probe)
-
-
-@contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Hold off Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt: for
-    writes that must finish together (a log row and the checkpoint that matches it).
-
-    Outside the main thread (where signal handlers cannot be set) the block runs as is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:

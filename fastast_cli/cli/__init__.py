@@ -37,12 +37,16 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
-    """Console entry point of `fastast` and `python -m fastast_cli`."""
+    """Console entry point of `fastast` and `python -m fastast_cli`: SIGTERM and SIGHUP are
+    taken like Ctrl-C (fastast_cli.signals)."""
+    from fastast_cli.signals import exit_code, install_stop_handlers, signal_name
+
+    install_stop_handlers()
     try:
         app = _load_app()
-    except KeyboardInterrupt:
-        print("interrupted while starting (Ctrl-C)", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+    except KeyboardInterrupt as error:
+        print(f"interrupted while starting ({signal_name(error)})", file=sys.stderr)
+        sys.exit(exit_code(error))
     app()
 
 

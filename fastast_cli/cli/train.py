@@ -25,6 +25,10 @@ Data = Annotated[Path | None, typer.Option(
 Out = Annotated[Path | None, typer.Option(
     help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml. A "
     "folder that already holds a run is refused unless you pass --resume or --overwrite.")]
+CacheDir = Annotated[Path | None, typer.Option(
+    help="Folder of the per-clip fbank cache (recipe key cache_dir; `cache: false` turns the "
+    "cache off). Default: $FASTAST_CACHE_DIR/features when set (shared by runs), else cache/ "
+    "inside --out. Never the dataset's folder unless you name it here.")]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int | None, typer.Option(min=1, help="Samples per step (per process).")]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate (Adam).")]
@@ -168,6 +172,7 @@ def train_teacher(
     resolutions: Resolutions = None,
     resolution_sampling: ResolutionSampling = None,
     compile: Compile = None,
+    cache_dir: CacheDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -181,7 +186,7 @@ def train_teacher(
         "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "warmup_steps": warmup_steps, "fold": fold, "seed": seed, "device": device,
         "num_workers": num_workers, "method": method_name(method),
-        "teacher": "none",
+        "teacher": "none", "cache_dir": cache_dir,
     }, resume, overwrite, quiet)
 
 
@@ -226,6 +231,7 @@ def distill(
     resolutions: Resolutions = None,
     resolution_sampling: ResolutionSampling = None,
     compile: Compile = None,
+    cache_dir: CacheDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -242,5 +248,5 @@ def distill(
         "size": model, "pretrained": pretrained,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "seed": seed,
-        "device": device, "num_workers": num_workers,
+        "device": device, "num_workers": num_workers, "cache_dir": cache_dir,
     }, resume, overwrite, quiet)

@@ -17,6 +17,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -119,6 +120,31 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> None:
     for path in stale_temporaries(target):
         if path.is_file() and not path.is_symlink():
             path.unlink()
+
+
+# `.NAME.XXXXXXXX.SUFFIX.tmp`: what atomic_path names its temporaries (mkstemp's 8 characters).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?\.tmp$")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is named as atomic_path names a temporary of a file in its folder."""
+    match = _TEMPORARY.match(path.name)
+    return bool(match) and match["name"].endswith(match["suffix"] or "")
+
+
+def remove_temporaries_in(folder: str | os.PathLike[str], recursive: bool = False) -> int:
+    """Remove the temporaries a killed writer left in `folder` (and below, `recursive`): plain
+    files of atomic_path's naming only. Returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return 0
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    removed = 0
+    for path in found:
+        if is_temporary(path) and path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def check_output(path: str | os.PathLike[str], *, folder: bool, option: str = "--out") -> None:

@@ -3,6 +3,7 @@ methods and rates r."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +22,13 @@ from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
-from fastast_cli.evaluation.sweep import SweepMeasurement, SweepOptions, parse_run, plan_sweep
+from fastast_cli.evaluation.sweep import (
+    SweepMeasurement,
+    SweepOptions,
+    SweepRun,
+    parse_run,
+    plan_sweep,
+)
 from fastast_cli.evaluation.sweep_table import (
     METRIC_NAMES,
     NO_METHOD,
@@ -32,6 +39,7 @@ from fastast_cli.evaluation.sweep_table import (
 )
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.export.backends import parse_backends
+from fastast_cli.locks import output_lock
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.models.merging import MergeSettings, capped_note, display_name
 from fastast_cli.models.reduction import METHODS
@@ -192,13 +200,22 @@ def data_sweep(
     runs = [parse_run(spec) for spec in specs]
     manifest.datafile(options.split or manifest.eval_split, options.folds[0])  # an unknown
     # split fails here, clearly
+    with output_lock(out, "sweep --out") if out is not None else nullcontext():
+        _data_sweep(manifest, runs, rs, out, budget, options)
+
+
+def _data_sweep(
+    manifest: Manifest, runs: list[SweepRun], rs: list[int], out: Path | None,
+    budget: str | None, options: SweepOptions,
+) -> None:
+    """`data_sweep` with its CSV locked."""
     plan = plan_sweep(runs, rs, manifest, options, read_table(out) if out is not None else None)
-    rows = plan.rows
     with progress_bar("sweeping", plan.row_count) as advance:
         measurement = SweepMeasurement(plan, manifest, options)
         metric = measurement.metric
-        for _ in rows:  # finished rows count as progress too
+        for _ in plan.rows:  # finished rows count as progress too
             advance()
+        rows = measurement.retimed()  # the kept rows, timed in this run's loop
         for row in measurement.rows():
             rows = plan.ordered([*rows, row])
             if out is not None:
@@ -366,6 +383,7 @@ def sweep(
              f"proportional attention {attention}")
     console.print(rich_table(title, records, columns))
     if out is not None:
-        replaced = out.exists()
-        write_csv(out, records, columns)
+        with output_lock(out, "sweep --out"):
+            replaced = out.exists()
+            write_csv(out, records, columns)
         console.print(f"{'replaced' if replaced else 'wrote'} {out}")

@@ -11,6 +11,7 @@ systems without flock the lock is skipped (it is advisory).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -45,10 +46,8 @@ def folder_lock(folder: str | os.PathLike[str], what: str = "--out") -> Iterator
             yield
     finally:
         if made:
-            try:
+            with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
-            except OSError:
-                pass
 
 
 @contextmanager
@@ -71,10 +70,8 @@ def file_lock(lock: Path, label: str) -> Iterator[None]:
         yield
     finally:
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 lock.unlink(missing_ok=True)  # still held: nobody can take the removed file
-            except OSError:
-                pass
             os.close(fd)
 
 

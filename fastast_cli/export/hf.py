@@ -1,6 +1,8 @@
 """A Hugging Face `ASTForAudioClassification` folder from a fixed-length fastast AST.
 
-The folder holds what `from_pretrained` reads: `config.json` (architecture, id2label/label2id),
+The folder holds what `from_pretrained` reads: `config.json` (architecture, id2label/label2id,
+and `problem_type` from the training loss: single-label for cross-entropy, so the folder is
+scored with softmax as the checkpoint is; multi-label for BCE),
 `model.safetensors` (transformers 4.x names, the inverse of the mapping used to load HF folders)
 and `preprocessor_config.json` (ASTFeatureExtractor with the model's input mean and std).
 transformers is not needed to write it. Token merging has no counterpart in transformers: the
@@ -24,6 +26,7 @@ from fastast_cli.inference.clips import input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of
 from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import HF_MODEL_TYPE, to_hf_state_dict
+from fastast_cli.models.checkpoints.huggingface import HF_PROBLEM_TYPES
 
 PathLike = str | os.PathLike[str]
 HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
@@ -103,7 +106,15 @@ def hf_config(model: AST) -> dict[str, Any]:
         "num_mel_bins": config.num_mel_bins,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
+        **problem_type(model),
     }
+
+
+def problem_type(model: AST) -> dict[str, str]:
+    """`problem_type` of config.json for the loss `model` was trained with (none recorded:
+    none written, and transformers' default applies)."""
+    loss = str((getattr(model, "meta", {}) or {}).get("loss", "")).lower()
+    return {"problem_type": HF_PROBLEM_TYPES[loss]} if loss in HF_PROBLEM_TYPES else {}
 
 
 def feature_extractor_config(model: AST) -> dict[str, Any]:

@@ -38,10 +38,11 @@ from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device
 from fastast_cli.distributed import Ranks, close_ranks, init_ranks
 from fastast_cli.errors import FastASTError
-from fastast_cli.locks import folder_lock
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
+from fastast_cli.locks import folder_lock
 from fastast_cli.models.checkpoints import save_checkpoint
+from fastast_cli.signals import exit_code, signal_name
 from fastast_cli.training import averaging
 from fastast_cli.training.config import TrainConfig, warmup_steps_for
 from fastast_cli.training.losses import distillation_loss
@@ -57,7 +58,6 @@ from fastast_cli.training.run_folder import (
 )
 from fastast_cli.training.sampling import EpochSampler, SeededItems
 from fastast_cli.training.schedule import from_scratch_note, learning_rate
-from fastast_cli.signals import exit_code, signal_name
 from fastast_cli.training.setup import feature_cache_dir, model_meta, run_dataset, run_model
 from fastast_cli.training.teacher import (
     Mix,

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -28,8 +29,9 @@ from typing import Any
 from fastast_cli.errors import FastASTError
 from fastast_cli.signals import deferred_interrupts
 
-__all__ = ["atomic_path", "check_output", "deferred_interrupts", "json_safe", "output_error",
-           "remove_stale_temporaries", "stale_temporaries", "write_json", "write_text"]
+__all__ = ["atomic_folder", "atomic_path", "check_output", "deferred_interrupts", "json_safe",
+           "output_error", "remove_stale_temporaries", "stale_temporaries", "write_json",
+           "write_text"]
 
 # Why a write failed, in words, for the errors that are the machine's, not the program's.
 WRITE_FAILURES = {
@@ -89,6 +91,33 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside `target` (absent or an empty folder); on success it
+    becomes `target` whole, on failure (a full disk, Ctrl-C) it is removed: no half-written
+    folder is ever left."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp-folder",
+                                         dir=target.parent))
+        os.chmod(building, 0o777 & ~_UMASK)  # mkdtemp makes 0700; give what mkdir would
+    except OSError as error:
+        raise output_error(target, error) from None
+    try:
+        yield building
+        if target.is_dir():
+            target.rmdir()  # empty (the caller checked): replaced by the finished folder
+        os.rename(building, target)
+    except OSError as error:
+        if error.errno not in WRITE_FAILURES:
+            raise
+        raise output_error(target, error) from None
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
 
 
 def output_error(target: str | os.PathLike[str], error: OSError) -> FastASTError:

@@ -19,7 +19,7 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
-from fastast_cli.atomic import atomic_path
+from fastast_cli.atomic import atomic_folder, atomic_path
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.errors import FastASTError
 from fastast_cli.inference.clips import input_spec
@@ -43,13 +43,13 @@ def export_hf(model: nn.Module, folder: PathLike) -> list[Path]:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FastASTError(f"{folder} already exists and is not an empty folder: pick a new --out")
     weights = {name: t.detach().cpu().contiguous() for name, t in ast.state_dict().items()}
-    files = [folder / name for name in HF_FILES]
-    _write_json(files[0], hf_config(ast))
-    with atomic_path(files[1]) as temporary:
-        safetensors.torch.save_file(to_hf_state_dict(weights), str(temporary),
-                                    metadata={"format": "pt"})
-    _write_json(files[2], feature_extractor_config(ast))
-    return files
+    with atomic_folder(folder) as building:
+        _write_json(building / HF_FILES[0], hf_config(ast))
+        with atomic_path(building / HF_FILES[1]) as temporary:
+            safetensors.torch.save_file(to_hf_state_dict(weights), str(temporary),
+                                        metadata={"format": "pt"})
+        _write_json(building / HF_FILES[2], feature_extractor_config(ast))
+    return [folder / name for name in HF_FILES]
 
 
 def _exportable(model: nn.Module) -> AST:

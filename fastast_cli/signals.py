@@ -56,6 +56,15 @@ def _default(signum: int) -> object:
     return signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader's `worker_init_fn`: its workers ignore SIGTERM and SIGHUP. A scheduler
+    signals the whole process group; a worker dying of it would make the main process fail with
+    'DataLoader worker killed' before its own stop request is taken. The main process stops the
+    workers itself when it saves (they also leave when it dies)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Hold off Ctrl-C, SIGTERM and SIGHUP until the block is done, then raise the first one

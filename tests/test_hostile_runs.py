@@ -76,13 +76,16 @@ STOPPING = """
 import os, signal, sys
 from fastast_cli.training import loop
 signum, point, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-name = {"batch": "_step", "validation": "_evaluate"}[point]
+name = {"batch": "_step", "group": "_step", "validation": "_evaluate"}[point]
 original, calls = getattr(loop.Trainer, name), []
 
 def stopping(self, *positional, **keywords):
     calls.append(1)
-    if len(calls) == (3 if point == "batch" else 1):
-        os.kill(os.getpid(), signum)
+    if len(calls) == (1 if point == "validation" else 3):
+        if point == "group":  # as Slurm does: the process and its loader workers
+            os.killpg(0, signum)
+        else:
+            os.kill(os.getpid(), signum)
     return original(self, *positional, **keywords)
 
 setattr(loop.Trainer, name, stopping)
@@ -94,20 +97,22 @@ main()
 
 def run_stopped(signum: int, point: str, args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", STOPPING, str(int(signum)), point, *args],
-                          timeout=300, capture_output=True, text=True,
+                          timeout=300, capture_output=True, text=True, start_new_session=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-@pytest.mark.parametrize(("signum", "point", "code", "saved"), [
-    (signal.SIGTERM, "batch", 143, (0, 3)),  # the step under way finishes, then the save
-    (signal.SIGHUP, "validation", 129, (0, 8)),
+@pytest.mark.parametrize(("signum", "point", "code", "saved", "workers"), [
+    (signal.SIGTERM, "batch", 143, (0, 3), 0),  # the step under way finishes, then the save
+    (signal.SIGHUP, "validation", 129, (0, 8), 0),
+    (signal.SIGTERM, "group", 143, (0, 3), 2),  # the loader's workers get it too
 ])
 def test_sigterm_and_sighup_save_the_state_and_resume_exactly(
-        small_demo, recipe, tmp_path, signum, point, code, saved):
+        small_demo, recipe, tmp_path, signum, point, code, saved, workers):
     whole = train(tiny(recipe, small_demo, tmp_path / "whole"))
     out = tmp_path / "cut"
     done = run_stopped(signum, point, ["train-teacher", "--recipe", str(recipe), "--data",
-                                       str(small_demo), "--out", str(out)])
+                                       str(small_demo), "--out", str(out), "--num-workers",
+                                       str(workers)])
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     assert signal.Signals(signum).name in done.stderr
@@ -115,7 +120,7 @@ def test_sigterm_and_sighup_save_the_state_and_resume_exactly(
     progress = read_checkpoint(out / "last.pt")["progress"]
     assert (progress["epoch"], progress["batch"]) == saved
     assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
-    resumed = train(tiny(recipe, small_demo, out), resume=True)
+    resumed = train(tiny(recipe, small_demo, out, num_workers=workers), resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     for name, tensor in read_checkpoint(tmp_path / "whole/last.pt")["model"].items():
         assert torch.allclose(tensor, read_checkpoint(out / "last.pt")["model"][name],
@@ -431,6 +436,21 @@ def test_an_hf_folder_keeps_the_loss_and_the_umask_mode(checkpoint, tmp_path, lo
         assert stat.S_IMODE(path.stat().st_mode) == UMASK_MODE, path
     again = load_model(folder)
     assert score_kind(again) == kind == score_kind(load_model(source))
+
+
+def test_an_hf_folder_on_a_full_disk_is_not_left_half_written(checkpoint, tmp_path,
+                                                               monkeypatch):
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(atomic, "_full", lambda folder: True)
+    folder = tmp_path / "hf"
+    one_line_error(invoke("export", checkpoint, "--format", "hf", "--out", folder),
+                   "the disk is full")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_every_atomic_writer_gives_the_umask_mode(tmp_path):

@@ -42,7 +42,7 @@ from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.locks import folder_lock
 from fastast_cli.models.checkpoints import save_checkpoint
-from fastast_cli.signals import exit_code, signal_name
+from fastast_cli.signals import exit_code, ignore_stop_signals, signal_name
 from fastast_cli.training import averaging
 from fastast_cli.training.config import TrainConfig, warmup_steps_for
 from fastast_cli.training.losses import distillation_loss
@@ -185,6 +185,7 @@ class Trainer:
             self.train_items, batch_size=self.config.batch_size, sampler=sampler,
             num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False, collate_fn=self._collate,
+            worker_init_fn=ignore_stop_signals,
         )
 
     @property

@@ -120,6 +120,27 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(building, ignore_errors=True)
 
 
+@contextmanager
+def output_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create `folder` (and its parents) for the block's outputs; a folder made here that is
+    still empty when the block ends (a full disk at the first file) is removed again: a failed
+    command leaves no empty folder behind."""
+    folder = Path(folder)
+    made = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise output_error(folder, error) from None
+    try:
+        yield folder
+    finally:
+        for path in made:  # innermost first; stops at the first that is not empty
+            try:
+                path.rmdir()
+            except OSError:
+                break
+
+
 def output_error(target: str | os.PathLike[str], error: OSError) -> FastASTError:
     """The one-line error of a failed write of `target` (a full disk, a read-only file system,
     no permission), saying that an earlier file of that name is kept."""

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fastast_cli.atomic import output_error
+from fastast_cli.atomic import output_error, output_folder
 from fastast_cli.errors import FastASTError
 
 FOLDER_LOCK = ".fastast.lock"
@@ -36,18 +36,8 @@ def folder_lock(folder: str | os.PathLike[str], what: str = "--out") -> Iterator
     """Hold the lock of `folder` (created when missing) for the block. A folder this call made
     and that is empty when the block ends (the run failed before its first file) is removed."""
     folder = Path(folder)
-    made = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise output_error(folder, error) from None
-    try:
-        with file_lock(folder / FOLDER_LOCK, f"{what} {folder}"):
-            yield
-    finally:
-        if made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty
+    with output_folder(folder), file_lock(folder / FOLDER_LOCK, f"{what} {folder}"):
+        yield
 
 
 @contextmanager

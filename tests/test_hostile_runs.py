@@ -377,6 +377,7 @@ def test_evaluate_and_predict_outputs_that_fail_are_one_line(small_demo, checkpo
     reason = atomic.WRITE_FAILURES[code]
     one_line_error(invoke("evaluate", "--checkpoint", checkpoint, "--data", small_demo,
                           "--out", tmp_path / "eval", "--device", "cpu"), reason)
+    assert not (tmp_path / "eval").exists()  # no empty folder left behind
     one_line_error(invoke("predict", wav, "--checkpoint", checkpoint, "--out",
                           tmp_path / "p.csv", "--device", "cpu"), reason)
     one_line_error(invoke("sweep", "--model", "tiny", "--r", "0", "--out", tmp_path / "s.csv",

@@ -85,9 +85,10 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
             raise
         raise output_error(target, error) from None
     except Exception as error:
-        if not _full(target.parent):
+        code = _reported_errno(error) or (errno.ENOSPC if _full(target.parent) else None)
+        if code is None:
             raise
-        raise output_error(target, OSError(errno.ENOSPC, str(error))) from None
+        raise output_error(target, OSError(code, str(error))) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -111,6 +112,8 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
         if target.is_dir():
             target.rmdir()  # empty (the caller checked): replaced by the finished folder
         os.rename(building, target)
+    except FastASTError as error:  # a file inside: named as it would have been in `target`
+        raise FastASTError(str(error).replace(str(building), str(target))) from None
     except OSError as error:
         if error.errno not in WRITE_FAILURES:
             raise
@@ -148,6 +151,14 @@ def output_error(target: str | os.PathLike[str], error: OSError) -> FastASTError
     reason = WRITE_FAILURES.get(error.errno or 0, error.strerror or str(error))
     kept = f"; the earlier {target.name} is kept" if target.is_file() else ""
     return FastASTError(f"cannot write {target}: {reason}{kept}")
+
+
+def _reported_errno(error: Exception) -> int | None:
+    """The write failure a writer's own exception names in its message (safetensors says
+    `(os error 28)`, others `[Errno 28]`), when it is one of WRITE_FAILURES."""
+    match = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(error))
+    code = int(match[1] or match[2]) if match else None
+    return code if code in WRITE_FAILURES else None
 
 
 def _full(folder: Path) -> bool:

@@ -16,7 +16,11 @@ class NonFiniteScores(FastASTError):
 
 
 class Interrupted(FastASTError):
-    """Ctrl-C: the message says what was kept and how to continue (exit code 130, as a shell
-    reports SIGINT)."""
+    """Ctrl-C (or SIGTERM, SIGHUP): the message says what was kept and how to continue; exit
+    code 128 + the signal's number, as a shell reports it (130 for Ctrl-C, 143 for SIGTERM)."""
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,4 +1,5 @@
-"""Ctrl-C during a long training step on the CPU: stop at the next module, not at the step's end.
+"""Ctrl-C (or SIGTERM, SIGHUP) during a long training step on the CPU: stop at the next module,
+not at the step's end.
 
 A training step holds Ctrl-C off until it is done (`atomic.deferred_interrupts`), so that a
 step and its count are saved together; on a CPU one step of a base AST takes a minute or more.
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
+
+from fastast_cli.signals import STOP_SIGNALS, Stopped
 
 
 def can_abandon(network: nn.Module, device: torch.device, compiled: bool) -> bool:
@@ -44,7 +47,7 @@ def abandonable(enabled: bool = True) -> Iterator[None]:
 
     def check(*_: Any) -> None:
         if requested and active:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if requested[0] == signal.SIGINT else Stopped(requested[0])
 
     def before_module(module: nn.Module, args: tuple[Any, ...]) -> None:
         check()
@@ -52,7 +55,8 @@ def abandonable(enabled: bool = True) -> Iterator[None]:
             if isinstance(value, torch.Tensor) and value.requires_grad:
                 value.register_hook(check)
 
-    previous = signal.signal(signal.SIGINT, lambda number, frame: requested.append(number))
+    previous = {signum: signal.signal(signum, lambda number, frame: requested.append(number))
+                for signum in STOP_SIGNALS}
     handle = register_module_forward_pre_hook(before_module)
     try:
         yield
@@ -60,4 +64,5 @@ def abandonable(enabled: bool = True) -> Iterator[None]:
     finally:
         active.clear()
         handle.remove()
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

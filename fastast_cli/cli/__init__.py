@@ -39,12 +39,16 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     """Console entry point of `fastast` and `python -m fastast_cli`: the command's module is
-    imported when the command runs (a Ctrl-C during that import exits quietly with 130)."""
+    imported when the command runs; SIGTERM and SIGHUP are taken like Ctrl-C
+    (fastast_cli.signals), and a stop during start-up exits quietly with its code."""
+    from fastast_cli.signals import exit_code, install_stop_handlers, signal_name
+
+    install_stop_handlers()
     try:
         from fastast_cli.cli._app import app
-    except KeyboardInterrupt:
-        print("interrupted while starting (Ctrl-C)", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+    except KeyboardInterrupt as error:
+        print(f"interrupted while starting ({signal_name(error)})", file=sys.stderr)
+        sys.exit(exit_code(error))
     app(prog_name="fastast")
 
 

@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from fastast_cli.cli import INTERRUPTED
+from fastast_cli.atomic import WRITE_FAILURES
 from fastast_cli.data.audio import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_STREAM_S, set_max_duration
 from fastast_cli.errors import FastASTError, Interrupted
+from fastast_cli.signals import exit_code, signal_name
 from fastast_cli.values import number
 
 # Every command in workflow order: its name, the module that registers it, and one line for
@@ -62,9 +63,9 @@ def load_command_module(module: str) -> None:
     imports (torch) is one line and exit code 130, not a traceback."""
     try:
         importlib.import_module(f"fastast_cli.cli.{module}")
-    except KeyboardInterrupt:
-        print("interrupted while starting (Ctrl-C)", file=sys.stderr)
-        raise typer.Exit(code=INTERRUPTED) from None
+    except KeyboardInterrupt as error:
+        print(f"interrupted while starting ({signal_name(error)})", file=sys.stderr)
+        raise typer.Exit(code=exit_code(error)) from None
 
 
 def add_default_notes(command: TyperCommand, defaults: Mapping[str, Any]) -> None:
@@ -189,7 +190,9 @@ def apply_max_duration(seconds: float | None) -> None:
 
 def user_errors(func: F) -> F:
     """Turn a FastASTError raised by the engine into one red line on stderr and exit code 2
-    (an `Interrupted` one into a yellow line and 130); a bare Ctrl-C into one line and 130."""
+    (an `Interrupted` one into a yellow line and 128 + its signal); a bare Ctrl-C, SIGTERM or
+    SIGHUP into one line and 128 + the signal; a file the system would not let us write or
+    read (a full disk, a read-only file system, no permission) into one red line and 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -201,9 +204,15 @@ def user_errors(func: F) -> F:
         except FastASTError as error:
             err_console.print(f"[bold red]error:[/] {escape(str(error))}")  # [..] is text
             raise typer.Exit(code=error.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold yellow]interrupted[/] (Ctrl-C)")
-            raise typer.Exit(code=130) from None
+        except KeyboardInterrupt as error:
+            err_console.print(f"[bold yellow]interrupted[/] ({signal_name(error)})")
+            raise typer.Exit(code=exit_code(error)) from None
+        except OSError as error:
+            if error.errno not in WRITE_FAILURES:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            err_console.print(f"[bold red]error:[/] {escape(where)}{WRITE_FAILURES[error.errno]}")
+            raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
 

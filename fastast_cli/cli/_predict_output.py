@@ -45,6 +45,7 @@ from fastast_cli.inference.timeline import (
 from fastast_cli.progress import task
 from fastast_cli.reports.plots import plot_timeline
 from fastast_cli.reports.tables import Column, rich_table
+from fastast_cli.signals import signal_name
 
 SCORE_NOTES = {
     "softmax": "softmax over classes (checkpoint trained with cross-entropy: one label per clip)",
@@ -170,11 +171,11 @@ def score_timeline(predictor: Predictor, source: Path | None, options: TimelineO
                 work.advance()
         except AudioReadError as error:
             failure = str(error)
-        except KeyboardInterrupt:  # a live stream ends here; a file is left unfinished
+        except KeyboardInterrupt as stop:  # a live stream ends here; a file is left unfinished
             if source is not None:
-                failure = f"{name}: interrupted"
+                failure = f"{name}: interrupted ({signal_name(stop)})"
             else:
-                err_console.print("stopped (Ctrl-C)")
+                err_console.print(f"stopped ({signal_name(stop)})")
         except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         wall = time.monotonic() - started

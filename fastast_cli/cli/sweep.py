@@ -4,6 +4,7 @@ methods and rates r."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +24,13 @@ from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import device_label, dtype_name, resolve_device
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import parse_folds
-from fastast_cli.evaluation.sweep import SweepMeasurement, SweepOptions, parse_run, plan_sweep
+from fastast_cli.evaluation.sweep import (
+    SweepMeasurement,
+    SweepOptions,
+    SweepRun,
+    parse_run,
+    plan_sweep,
+)
 from fastast_cli.evaluation.sweep_table import (
     METRIC_NAMES,
     NO_METHOD,
@@ -35,6 +42,7 @@ from fastast_cli.evaluation.sweep_table import (
 )
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.export.backends import parse_backends
+from fastast_cli.locks import output_lock
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.models.merging import MergeSettings, capped_note, display_name
 from fastast_cli.models.reduction import METHODS
@@ -268,12 +276,21 @@ def data_sweep(
     runs = [parse_run(spec) for spec in specs]
     manifest.datafile(options.split or manifest.eval_split, options.folds[0])  # an unknown
     # split fails here, clearly
+    with output_lock(out, "sweep --out") if out is not None else nullcontext():
+        _data_sweep(manifest, runs, rs, out, budget, options)
+
+
+def _data_sweep(
+    manifest: Manifest, runs: list[SweepRun], rs: list[int], out: Path | None,
+    budget: str | None, options: SweepOptions,
+) -> None:
+    """`data_sweep` with its CSV locked."""
     plan = plan_sweep(runs, rs, manifest, options, read_table(out) if out is not None else None)
-    rows = plan.rows
     measurement = SweepMeasurement(plan, manifest, options)
     metric = measurement.metric
     # finished rows are done steps, not measured ones: the time left comes from new rows only
-    with task("sweeping", plan.row_count, done=len(rows)) as work:
+    with task("sweeping", plan.row_count, done=len(plan.rows)) as work:
+        rows = measurement.retimed()  # the kept rows, timed in this run's loop
         for row in measurement.rows():
             rows = plan.ordered([*rows, row])
             if out is not None:
@@ -475,6 +492,7 @@ def sweep(
     if note:
         console.print(note)
     if out is not None:
-        replaced = out.exists()
-        write_csv(out, records, saved_columns)
+        with output_lock(out, "sweep --out"):
+            replaced = out.exists()
+            write_csv(out, records, saved_columns)
         console.print(f"{'replaced' if replaced else 'wrote'} {out}")

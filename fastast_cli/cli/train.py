@@ -37,6 +37,10 @@ Data = Annotated[Path | None, typer.Option(
 Out = Annotated[Path | None, typer.Option(
     help="Run folder: best.pt, last.pt, log.csv, log.jsonl and the effective config.yaml. A "
     "folder that already holds a run is refused unless you pass --resume or --overwrite.")]
+CacheDir = Annotated[Path | None, typer.Option(
+    help="Folder of the per-clip fbank cache (recipe key cache_dir; `cache: false` turns the "
+    "cache off). Default: $FASTAST_CACHE_DIR/features when set (shared by runs), else cache/ "
+    "inside --out. Never the dataset's folder unless you name it here.")]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int | None, typer.Option(min=1, help=(
     "Samples per optimizer step, in all: under torchrun split evenly across the processes "
@@ -222,6 +226,7 @@ def train_teacher(
     token_dropout_mode: TokenDropoutMode = None,
     compile: Compile = None,
     tensorboard: TensorBoard = False,
+    cache_dir: CacheDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -239,7 +244,7 @@ def train_teacher(
         "warmup_steps": warmup_steps, "fold": fold, "norm_stats": norm_stats, "seed": seed,
         "device": device,
         "num_workers": num_workers, "method": method_name(method),
-        "teacher": "none",
+        "teacher": "none", "cache_dir": cache_dir,
     }, resume, overwrite, quiet, tensorboard, max_duration)
 
 
@@ -297,6 +302,7 @@ def distill(
     token_dropout_mode: TokenDropoutMode = None,
     compile: Compile = None,
     tensorboard: TensorBoard = False,
+    cache_dir: CacheDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -317,7 +323,7 @@ def distill(
         "epochs": epochs, "batch_size": batch_size,
         "per_process_batch": per_process_batch, "lr": lr, "warmup_steps": warmup_steps,
         "fold": fold, "norm_stats": norm_stats, "seed": seed,
-        "device": device, "num_workers": num_workers,
+        "device": device, "num_workers": num_workers, "cache_dir": cache_dir,
     }, resume, overwrite, quiet, tensorboard, max_duration)
 
 

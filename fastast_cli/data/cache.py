@@ -3,7 +3,9 @@
 An entry's key hashes the clip's absolute path, modification time and size plus the parameters
 that shaped the array, so an edited clip or a different feature setting never reads a stale
 entry. Entries are written atomically: DataLoader workers racing on the same clip at worst
-compute it twice.
+compute it twice. The cache is an aid, never a reason to stop: an entry that cannot be written
+(a full disk, a folder turned read-only) is computed and used unstored, and no more entries are
+tried.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fastast_cli.atomic import atomic_path
+from fastast_cli.errors import FastASTError
 
 CACHE_VERSION = 1
 
@@ -34,6 +37,7 @@ class ArrayCache:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self.writable = True
 
     def entry(self, kind: str, key: str) -> Path:
         """Where the array with this key lives."""
@@ -47,8 +51,12 @@ class ArrayCache:
         except (FileNotFoundError, ValueError, OSError):
             pass  # missing, or unreadable (a damaged entry is simply recomputed)
         array = np.ascontiguousarray(compute())
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
+        if self.writable:
+            try:
+                with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                    np.save(handle, array, allow_pickle=False)
+            except (FastASTError, OSError):
+                self.writable = False
         return array
 
     def count(self, kind: str) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastast_cli.atomic import atomic_path, check_output, write_json
+from fastast_cli.atomic import atomic_path, check_output, output_folder, write_json
 from fastast_cli.data.checks import check_clips
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.elastic_features import RESOLUTION_RANGE, collate_native
@@ -270,8 +270,13 @@ def check_confusion_target(path: Path) -> None:
 
 def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
     """metrics.json, per_class.csv (AP and AUC per class) and predictions.csv (one row a clip);
-    for single-label data also confusion.csv (`save_confusion`) and class_accuracy.csv."""
-    out.mkdir(parents=True, exist_ok=True)
+    for single-label data also confusion.csv (`save_confusion`) and class_accuracy.csv; a
+    folder made here and left empty by a failed write is removed."""
+    with output_folder(out):
+        return _save_evaluation(evaluation, out)
+
+
+def _save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
     metrics = evaluation.metrics
     merging = evaluation.merging
     summary = {"checkpoint": evaluation.checkpoint, "split": evaluation.split,

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from fastast_cli.devices import autocast
 from fastast_cli.distributed import Ranks, current_ranks
 from fastast_cli.progress import track
+from fastast_cli.signals import ignore_stop_signals
 
 Batch = torch.Tensor | list[torch.Tensor]
 
@@ -51,7 +52,7 @@ def predict_dataset(
     model.eval()
     forward = forward or model
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_fn)
+                        collate_fn=collate_fn, worker_init_fn=ignore_stop_signals)
     outputs, targets = [], []
     batches = track(loader, "evaluate", transient=True) if ranks.is_main else loader
     with torch.inference_mode(), autocast(device, dtype):

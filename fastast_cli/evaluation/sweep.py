@@ -13,6 +13,12 @@ sweep loses nothing):
   metric, times every run at every r of the plan in one interleaved loop (evaluation.throughput,
   one model per run), then yields the rows step by step, holding one run's folds at a time.
 
+A resumed sweep keeps the metric of the rows it holds (scoring is the slow part) but times
+them again in its own loop, with the steps it measures (`SweepMeasurement.retimed`): samples/s
+of one machine state are not comparable with another's, so every samples/s and speedup of a
+table comes from one timing loop, and every speedup divides by the r = 0 timing of that loop.
+(Only where a kept run's checkpoint is gone are its rows' timings kept, with a note.)
+
 A step is one run with one token-reduction method at one r. Each method runs on a view of the
 run's loaded model (`method_view`: the same weights, its own reduction settings), so a run's
 checkpoint is loaded once whatever the number of methods (a `{r}` run's checkpoints: once per
@@ -260,6 +266,64 @@ class SweepMeasurement:
                 if (r, fold) == (plan.rs[0], options.folds[0]):
                     self.models[run.name, fold] = model
         self.metric = plan.metric or headline_metric(self.first_model(), manifest)
+        self.kept = self._kept_steps() if plan.steps else []
+        self._timing: tuple[dict[SweepStep, dict[str, ThroughputRow]], int] | None = None
+
+    def _kept_steps(self) -> list[tuple[SweepRow, SweepStep, str]]:
+        """The plan's kept rows, each with its step and backend, to be timed again; a run's
+        rs[0] model is loaded for it (rows of a run whose checkpoint is gone keep their
+        earlier timing, with a note)."""
+        fold = self.options.folds[0]
+        kept = []
+        for row in self.plan.rows:
+            found = [(run, backend) for run in self.plan.runs for backend in self.plan.backends
+                     if backend_run_name(run.name, backend, self.plan.backends) == row.run]
+            if not found:
+                continue
+            run, backend = found[0]
+            if (run.name, fold) not in self.models:
+                try:
+                    self.models[run.name, fold] = self.options.load(
+                        run.path(self.plan.rs[0], fold))
+                except FastASTError as error:
+                    self.notes.add(f"{run.name}: its earlier rows keep their earlier timing "
+                                   f"(not comparable with this run's): {error}")
+                    continue
+            kept.append((row, SweepStep(run, row.r, row.method), backend))
+        return kept
+
+    def retimed(self) -> list[SweepRow]:
+        """The kept rows with samples/s, speedup, tokens, GFLOPs and timing batch from this
+        sweep's timing loop (the one the new rows get theirs from); the rows as they are when
+        nothing is left to measure."""
+        if not self.kept:
+            return list(self.plan.rows)
+        speeds, batch_size = self.timed_once()
+        again = {id(row): (step, backend) for row, step, backend in self.kept}
+        rows = []
+        for row in self.plan.rows:
+            if id(row) not in again:
+                rows.append(row)
+                continue
+            step, backend = again[id(row)]
+            timing = speeds[step][backend]
+            rows.append(replace(row, samples_per_s=timing.samples_per_s, speedup=timing.speedup,
+                                tokens=timing.tokens, gflops=timing.gflops, batch=batch_size,
+                                spread_pct=timing.spread_pct,
+                                device=device_label(self.options.device),
+                                dtype=ran_dtype(backend, self.options.dtype),
+                                threads=torch.get_num_threads()))
+        return rows
+
+    def timed_once(self) -> tuple[dict[SweepStep, dict[str, ThroughputRow]], int]:
+        """`timed()`, run once per sweep; models of runs kept whole are freed after it."""
+        if self._timing is None:
+            self._timing = self.timed()
+            measured = {step.run.name for step in self.plan.steps}
+            for name, fold in list(self.models):
+                if name not in measured:
+                    del self.models[name, fold]
+        return self._timing
 
     def first_model(self) -> nn.Module:
         """A model whose checkpoint names the metric: the first loaded, else the first run's."""
@@ -299,7 +363,7 @@ class SweepMeasurement:
         """Time every step (one loop), then score the steps in order and yield their rows."""
         if not self.plan.steps:
             return
-        speeds, batch_size = self.timed()
+        speeds, batch_size = self.timed_once()
         for index, step in enumerate(self.plan.steps):
             yield from self.scored(step, speeds[step], batch_size)
             if all(later.run != step.run for later in self.plan.steps[index + 1:]):
@@ -312,9 +376,10 @@ class SweepMeasurement:
         One model per `merging_key` is timed (r = 0 once per architecture), with its
         checkpoint's schedule unless the options give one."""
         options, rs, backends = self.options, self.plan.rs, self.plan.backends
+        steps = list(dict.fromkeys([*self.plan.steps, *(step for _, step, _ in self.kept)]))
         timers: dict[str, tuple[nn.Module, list[int]]] = {}  # merging_key → model, its r
         timed: set[tuple[str, int]] = set()  # (speed key, r) with a timer
-        for step in self.plan.steps:
+        for step in steps:
             model = method_view(self.models[step.run.name, options.folds[0]], step.method)
             for r in (rs[0], step.r):
                 if (speed_key(model, r), r) not in timed:
@@ -339,7 +404,7 @@ class SweepMeasurement:
         by_setting = {(speed_key(model, row.r), row.backend, row.r): row
                       for model, rows in zip(models, measured, strict=True) for row in rows}
         speeds: dict[SweepStep, dict[str, ThroughputRow]] = {}
-        for step in self.plan.steps:
+        for step in steps:
             model = method_view(self.models[step.run.name, options.folds[0]], step.method)
             reference = by_setting[speed_key(model, rs[0]), backends[0], rs[0]]
             speeds[step] = {

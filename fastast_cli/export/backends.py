@@ -27,7 +27,13 @@ from torch import nn
 from fastast_cli import __version__
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.extras import import_extra
-from fastast_cli.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, read_metadata
+from fastast_cli.export.onnx_export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_onnx,
+    read_metadata,
+    weights_digest,
+)
 from fastast_cli.inference.clips import input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of
 
@@ -148,7 +154,9 @@ def onnx_forward(path: Path, model: nn.Module) -> Forward:
 
 def _check_matches(metadata: dict[str, Any], model: nn.Module, path: Path) -> None:
     """Refuse a graph exported for another input shape, merging or label set than `model`'s
-    (proportional attention only counts where tokens are merged)."""
+    (proportional attention only counts where tokens are merged), or from other weights (its
+    `weights_sha256`; graphs exported before it was recorded are taken on their other
+    metadata)."""
     spec = input_spec(model)
     r_schedule = list(getattr(model, "r_schedule", []))
     expected: dict[str, Any] = {"frames": spec.target_length, "num_mel_bins": spec.num_mel_bins,
@@ -162,6 +170,14 @@ def _check_matches(metadata: dict[str, Any], model: nn.Module, path: Path) -> No
         wrong.append(f"its labels are not the checkpoint's {len(labels)} classes")
     if wrong:
         raise FastASTError(f"{path} was exported for other settings: {'; '.join(wrong)}")
+    recorded = metadata.get("weights_sha256")
+    if recorded is not None and recorded != weights_digest(model):
+        raise FastASTError(
+            f"{path} was exported from other weights than this checkpoint (weights_sha256 "
+            f"{str(recorded)[:12]}…, the checkpoint's {weights_digest(model)[:12]}…): its scores "
+            "would be another model's; export this checkpoint (fastast export CHECKPOINT "
+            "--format onnx) or drop --onnx"
+        )
 
 
 def user_cache_dir() -> Path:

@@ -1,6 +1,8 @@
 """A Hugging Face `ASTForAudioClassification` folder from a fixed-length fastast AST.
 
-The folder holds what `from_pretrained` reads: `config.json` (architecture, id2label/label2id),
+The folder holds what `from_pretrained` reads: `config.json` (architecture, id2label/label2id,
+and `problem_type` from the training loss: single-label for cross-entropy, so the folder is
+scored with softmax as the checkpoint is; multi-label for BCE),
 `model.safetensors` (transformers 4.x names, the inverse of the mapping used to load HF folders)
 and `preprocessor_config.json` (ASTFeatureExtractor with the model's input mean and std).
 transformers is not needed to write it. Token merging has no counterpart in transformers: the
@@ -23,7 +25,7 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
-from fastast_cli.atomic import atomic_path
+from fastast_cli.atomic import atomic_folder, atomic_path
 from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.one_length import at_one_length, largest_gap
@@ -31,6 +33,7 @@ from fastast_cli.inference.clips import input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of
 from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import HF_MODEL_TYPE, to_hf_state_dict
+from fastast_cli.models.checkpoints.huggingface import HF_PROBLEM_TYPES
 
 PathLike = str | os.PathLike[str]
 HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
@@ -53,13 +56,13 @@ def export_hf(model: nn.Module, folder: PathLike, frames: int | None = None,
         raise FastASTError(f"{folder} already exists and is not an empty folder: pick a new --out")
     ast = _exportable(model, frames, resolution)
     weights = {name: t.detach().cpu().contiguous() for name, t in ast.state_dict().items()}
-    files = [folder / name for name in HF_FILES]
-    _write_json(files[0], hf_config(ast))
-    with atomic_path(files[1]) as temporary:
-        safetensors.torch.save_file(to_hf_state_dict(weights), str(temporary),
-                                    metadata={"format": "pt"})
-    _write_json(files[2], feature_extractor_config(ast))
-    return files
+    with atomic_folder(folder) as building:
+        _write_json(building / HF_FILES[0], hf_config(ast))
+        with atomic_path(building / HF_FILES[1]) as temporary:
+            safetensors.torch.save_file(to_hf_state_dict(weights), str(temporary),
+                                        metadata={"format": "pt"})
+        _write_json(building / HF_FILES[2], feature_extractor_config(ast))
+    return [folder / name for name in HF_FILES]
 
 
 def _exportable(model: nn.Module, frames: int | None, resolution: float) -> AST:
@@ -127,7 +130,15 @@ def hf_config(model: AST) -> dict[str, Any]:
         "num_mel_bins": config.num_mel_bins,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
+        **problem_type(model),
     }
+
+
+def problem_type(model: AST) -> dict[str, str]:
+    """`problem_type` of config.json for the loss `model` was trained with (none recorded:
+    none written, and transformers' default applies)."""
+    loss = str((getattr(model, "meta", {}) or {}).get("loss", "")).lower()
+    return {"problem_type": HF_PROBLEM_TYPES[loss]} if loss in HF_PROBLEM_TYPES else {}
 
 
 def feature_extractor_config(model: AST) -> dict[str, Any]:

@@ -7,8 +7,9 @@ whose ties keep the lower index first, so ONNX and eager PyTorch merge the same 
 
 Everything needed to feed the graph travels in its metadata (`metadata_props`, JSON values):
 labels, mean and std of the input normalization, sample rate, frames, mel bins, r (per block),
-schedule and reduction method, and the feature recipe (`export.recipe`) that rebuilds the input
-from audio without fastast.
+schedule, reduction method, `weights_sha256` (a digest of the weights the graph was exported
+from: a graph of another checkpoint with the same shape and labels is told apart by it), and the
+feature recipe (`export.recipe`) that rebuilds the input from audio without fastast.
 
 An ElasticAST takes clips of any length; a graph takes one. It is exported at a chosen length
 (`frames`) and time resolution q (frames every 10 ms × q) as the fixed AST it is at that length
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import math
@@ -83,11 +85,23 @@ def onnx_metadata(model: nn.Module, method: str, resolution: float = 1.0,
         "r_schedule": r_schedule,
         "method": method if any(r_schedule) else "none",
         "proportional_attention": bool(getattr(model, "proportional_attention", False)),
+        "weights_sha256": weights_digest(model),
         "producer": f"fastast {__version__}",
         "architecture": architecture or getattr(model, "architecture", type(model).__name__),
         "resolution": resolution,
         **recipe,
     }
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of `model`'s state dict (names, dtypes, shapes and values, in order): which
+    weights an exported graph holds."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:

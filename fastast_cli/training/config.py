@@ -107,7 +107,10 @@ class TrainConfig:
     # Input mean/std: measured on the training clips (per fold), or ast: AST's published
     # constants of the dataset (AudioSet, ESC-50, Speech Commands), one for every fold.
     norm_stats: str = "measured"
-    cache: bool = True  # fbank cache in the dataset's cache folder
+    cache: bool = True  # per-clip fbank cache (see `cache_dir`)
+    # Where the fbank cache lives: this folder; else $FASTAST_CACHE_DIR/features; else the run
+    # folder's cache/ (never the dataset's folder unless named here).
+    cache_dir: str | None = None
     num_workers: int = 2
     # Optimisation (AST recipe).
     loss: str = "bce"  # bce or ce

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fastast_cli.atomic import deferred_interrupts, write_text
+from fastast_cli.atomic import check_output, deferred_interrupts, write_text
 from fastast_cli.data.checks import check_clips, check_held_out
 from fastast_cli.data.dataset import ASTDataset
 from fastast_cli.data.elastic_features import collate_native
@@ -41,7 +42,9 @@ from fastast_cli.errors import FastASTError, NonFiniteScores
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.interrupt import abandonable, can_abandon
+from fastast_cli.locks import folder_lock
 from fastast_cli.models.checkpoints import save_checkpoint
+from fastast_cli.signals import exit_code, ignore_stop_signals, signal_name
 from fastast_cli.training import averaging
 from fastast_cli.training.auto import DataShape, Machine, auto_line, resolve_auto
 from fastast_cli.training.config import TrainConfig, process_batch, warmup_steps_for
@@ -59,7 +62,7 @@ from fastast_cli.training.run_folder import (
 )
 from fastast_cli.training.sampling import EpochSampler, SeededItems
 from fastast_cli.training.schedule import from_scratch_note, learning_rate
-from fastast_cli.training.setup import model_meta, run_dataset, run_model
+from fastast_cli.training.setup import feature_cache_dir, model_meta, run_dataset, run_model
 from fastast_cli.training.teacher import (
     Mix,
     ReplayedViews,
@@ -84,20 +87,26 @@ def train(
     returns the run's results."""
     reporter = reporter or SilentReporter()
     out = Path(config.out or "run")
-    # Refused before the slow set-up (data, model, teacher); `Trainer.run` checks again, for
-    # runs started without `train`.
+    # Refused before the slow set-up (data, model, teacher); `Trainer.run` checks again with
+    # the folder locked, so that no other process starts or resumes a run there in between.
     check_run_folder(out, resume=resume, overwrite=overwrite)
     if resume:
         config = with_run_choices(config, out)
+    cache = feature_cache_dir(config)
+    if cache is not None and not cache.is_relative_to(out):
+        check_output(cache, folder=True, option="the feature cache (--cache-dir)")
     preferred = resolve_device(config.device)
     ranks = init_ranks(preferred)
     try:
-        try:
-            trainer = Trainer(config, ranks, ranks.device(preferred), reporter)
-        except KeyboardInterrupt:
-            kept = f"{out / 'last.pt'} is unchanged" if resume else f"nothing was written to {out}"
-            raise TrainingInterrupted(f"while starting: {kept}") from None
-        return trainer.run(resume, overwrite=overwrite)
+        with folder_lock(out) if ranks.is_main else nullcontext():
+            try:
+                trainer = Trainer(config, ranks, ranks.device(preferred), reporter)
+            except KeyboardInterrupt as error:
+                kept = (f"{out / 'last.pt'} is unchanged" if resume
+                        else f"nothing was written to {out}")
+                raise TrainingInterrupted(f"while starting ({signal_name(error)}): {kept}",
+                                          exit_code(error)) from None
+            return trainer.run(resume, overwrite=overwrite)
     finally:
         close_ranks(ranks)
 
@@ -189,8 +198,8 @@ class Trainer:
             if self.ranks.is_main:
                 write_summary(self.out, self.config, self.manifest.selection_split,
                               self.progress, averaged_metrics)
-        except KeyboardInterrupt:
-            self._interrupted()
+        except KeyboardInterrupt as error:
+            self._interrupted(error)
         return RunResult(self.out, self.progress.best, self.progress.best_epoch,
                          self.progress.history, averaged_metrics, self.manifest.selection_split)
 
@@ -203,6 +212,7 @@ class Trainer:
             self.train_items, batch_size=self.batch_size, sampler=sampler,
             num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False, collate_fn=self._collate,
+            worker_init_fn=ignore_stop_signals,
         )
 
     @property
@@ -313,7 +323,8 @@ class Trainer:
     def _teacher_logits_cache(self) -> torch.Tensor:
         """The teacher's logits of every clean (fixed-length) training clip, once per run."""
         assert self.teacher is not None
-        options = {"cache_dir": self.manifest.cache_dir} if self.config.cache else {}
+        cache = feature_cache_dir(self.config)
+        options = {"cache_dir": cache} if cache is not None else {}
         clean = self.manifest.dataset_for("train", self.config.fold, (self.mean, self.std),
                                           **options)
         if self.teacher_view is not None and self.teacher_view.wave is not None:
@@ -437,8 +448,9 @@ class Trainer:
         write_text(self.out / "config.yaml",
                    yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
-    def _interrupted(self) -> NoReturn:
-        """Ctrl-C: save `last.pt` at the point reached (a second Ctrl-C waits for the write)."""
+    def _interrupted(self, error: KeyboardInterrupt) -> NoReturn:
+        """Ctrl-C, SIGTERM or SIGHUP: save `last.pt` at the point reached (a second stop
+        request waits for the write)."""
         progress = self.progress
         if self.ranks.is_main:
             try:
@@ -449,8 +461,8 @@ class Trainer:
         where = (f"epoch {progress.epoch + 1}, after batch {progress.batch}"
                  if progress.epoch < self.config.epochs else "after the last epoch")
         raise TrainingInterrupted(
-            f"{where}: the state is saved in {self.out / 'last.pt'}; continue with --resume"
-        ) from None
+            f"{signal_name(error)} in {where}: the state is saved in {self.out / 'last.pt'}; "
+            "continue with --resume", exit_code(error)) from None
 
     def _save_last(self) -> None:
         """last.pt: the model with its meta, and the run's state at the top level."""
@@ -465,7 +477,7 @@ class Trainer:
         """Continue from `path` (this layout or the one before, with the state in meta)."""
         self.progress, self.averaged = restore_run(
             path, self.model, self.optimizer, self.scaler, self.config.to_dict(),
-            self.warmup_steps)
+            self.warmup_steps, self.manifest.identity)
         self.reporter.note(
             f"resuming {self.out} at epoch {self.progress.epoch + 1}, batch {self.progress.batch}"
         )

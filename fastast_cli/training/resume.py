@@ -22,7 +22,8 @@ from fastast_cli.models.checkpoints import read_checkpoint
 from fastast_cli.training.config import LEGACY_ELASTIC, TrainConfig
 
 # Settings that may differ when a run is resumed; any other change is refused.
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "out", "data", "cache", "amp"})
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_workers", "out", "data", "cache",
+                               "cache_dir", "amp"})
 STATE_KEYS = ("optimizer", "scaler", "progress", "averaged")
 # Settings added after runs were saved without them: the value those runs used.
 SAVED_BEFORE_THEY_EXISTED = {"norm_stats": "measured"}
@@ -109,17 +110,32 @@ def with_run_choices(config: TrainConfig, out: Path) -> TrainConfig:
     return replace(config, **earlier)
 
 
+def check_same_data(path: Path, meta: dict[str, Any], data_identity: str, data: str) -> None:
+    """Refuse to resume on other data than the run's: its checkpoints would carry the new
+    dataset's identity, and the fold-leakage guard (training.provenance) would trust them. The
+    same data moved or prepared again has the same identity and resumes."""
+    saved = meta.get("data_identity")
+    if saved is not None and saved != data_identity:
+        raise FastASTError(
+            f"{path} was trained on other data ({saved}; {data} is {data_identity}): resume "
+            "with the run's own --data, or start a new run in another --out"
+        )
+
+
 def restore_run(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, current: dict[str, Any], warmup_steps: int,
+    data_identity: str | None = None,
 ) -> tuple[Progress, dict[str, torch.Tensor] | None]:
     """Load the `last.pt` at `path` into `model`, `optimizer` and `scaler` after checking that
-    it was written by a run with the `current` settings; returns its progress and averaged
-    weights."""
+    it was written by a run with the `current` settings (and, given its `data_identity`, on the
+    same dataset); returns its progress and averaged weights."""
     payload = read_checkpoint(path)
     meta = payload.get("meta")
     saved = meta.get("train_config") if isinstance(meta, dict) else None
     check_resumable(path, saved if isinstance(saved, dict) else {}, current, warmup_steps)
+    if data_identity is not None and isinstance(meta, dict):
+        check_same_data(path, meta, data_identity, str(current.get("data")))
     state = run_state(payload, path)
     try:
         model.load_state_dict(payload["model"])

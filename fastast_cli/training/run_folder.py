@@ -16,6 +16,7 @@ from pathlib import Path
 from fastast_cli.atomic import (
     check_output,
     json_safe,
+    output_error,
     remove_stale_temporaries,
     write_json,
     write_text,
@@ -121,13 +122,19 @@ def append_log_row(out: Path, row: dict[str, float]) -> None:
     """One epoch's row, appended to log.csv (header first in a new file) and log.jsonl."""
     csv_path = out / "log.csv"
     new = not csv_path.exists()
-    with csv_path.open("a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=LOG_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-    with (out / "log.jsonl").open("a") as stream:
-        stream.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+    try:
+        with csv_path.open("a", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=LOG_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    except OSError as error:
+        raise output_error(csv_path, error) from None
+    try:
+        with (out / "log.jsonl").open("a") as stream:
+            stream.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+    except OSError as error:
+        raise output_error(out / "log.jsonl", error) from None
 
 
 def write_summary(out: Path, config: TrainConfig, split: str, progress: Progress,

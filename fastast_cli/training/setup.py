@@ -6,7 +6,9 @@ class.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +34,7 @@ def run_dataset(config: TrainConfig, manifest: Manifest, split: str, training: b
         options.update(freqm=config.freqm, timem=config.timem, mixup=config.mixup,
                        noise=config.noise, return_mix=True)
     if config.cache:
-        options["cache_dir"] = manifest.cache_dir
+        options["cache_dir"] = feature_cache_dir(config)
     if config.elastic:
         low, high = config.resolutions
         return NativeLengthDataset(
@@ -43,6 +45,23 @@ def run_dataset(config: TrainConfig, manifest: Manifest, split: str, training: b
             discrete=config.resolution_sampling == "discrete", **options,
         )
     return manifest.dataset_for(split, config.fold, (mean, std), **options)
+
+
+CACHE_ENV = "FASTAST_CACHE_DIR"
+
+
+def feature_cache_dir(config: TrainConfig) -> Path | None:
+    """Where the run's fbank cache lives: `cache_dir` (the recipe key or --cache-dir), else
+    $FASTAST_CACHE_DIR/features (one cache shared by runs), else `cache/` in the run folder;
+    None without a cache. Entries are keyed by the clip's path, size, time and the feature
+    settings, so runs on any data may share one folder."""
+    if not config.cache:
+        return None
+    if config.cache_dir:
+        return Path(config.cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser() / "features"
+    return Path(config.out or "run") / "cache"
 
 
 def run_model(config: TrainConfig, manifest: Manifest, note: Callable[[str], None]) -> nn.Module:

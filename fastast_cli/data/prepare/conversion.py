@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from fastast_cli.atomic import deferred_interrupts
 from fastast_cli.data.audio import (
     AudioReadError,
     is_plain_wav,
@@ -123,6 +124,20 @@ def _process(
 ) -> dict[int, ClipResult]:
     """The loop of `process_clips`."""
     results: dict[int, ClipResult] = {}
+    try:
+        _process_into(results, clips, workspace, description)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: keep what is converted for the re-run
+        with deferred_interrupts():
+            workspace.save_state()
+        raise
+    workspace.save_state()
+    return results
+
+
+def _process_into(results: dict[int, ClipResult], clips: Sequence[Clip], workspace: Workspace,
+                  description: str) -> None:
+    """Convert `clips` one by one into `results` (by position), saving the resume state now
+    and then."""
     used_names: set[str] = set()
     last_save = time.monotonic()
     for position, clip in enumerate(track(clips, description)):
@@ -159,8 +174,6 @@ def _process(
         if time.monotonic() - last_save > SAVE_EVERY_S:
             workspace.save_state()
             last_save = time.monotonic()
-    workspace.save_state()
-    return results
 
 
 def _unique(name: str, used: set[str]) -> str:

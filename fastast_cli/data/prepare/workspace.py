@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastast_cli.atomic import write_json, write_text
+from fastast_cli.atomic import remove_temporaries_in, write_json, write_text
 from fastast_cli.data.features import NUM_MEL_BINS, SAMPLE_RATE
 from fastast_cli.data.manifest import MANIFEST_HEADER, MANIFEST_NAME
 from fastast_cli.data.safepath import real_path
@@ -82,6 +82,9 @@ class Workspace:
                 )
         saved = read_state(out)
         check_not_foreign(out, saved)
+        remove_temporaries_in(out)  # left by a killed run (SIGKILL, power loss)
+        for name in DERIVED_FOLDERS:
+            remove_temporaries_in(out / name, recursive=True)
         report = PrepareReport(dataset, out, out / MANIFEST_NAME)
         workspace = cls(out, report, target_length)
         workspace.state = workspace._clips_of(saved)

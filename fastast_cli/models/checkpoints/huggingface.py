@@ -88,6 +88,8 @@ HF_DEFAULTS: dict[str, Any] = {
     "qkv_bias": True,
 }
 HF_MODEL_TYPE = "audio-spectrogram-transformer"
+# transformers' `problem_type` ↔ fastast's training loss (which picks softmax or sigmoid scores).
+HF_PROBLEM_TYPES = {"ce": "single_label_classification", "bce": "multi_label_classification"}
 
 
 def read_hf_folder(folder: Path) -> PretrainedWeights:
@@ -104,7 +106,7 @@ def read_hf_folder(folder: Path) -> PretrainedWeights:
         raise CheckpointError(f"{config_file} describes a {model_type!r} model, not an AST")
     state_dict = rename_hf_state_dict(_read_hf_tensors(folder))
     config = _config_from_hf(hf_config, state_dict, config_file)
-    meta = _hf_normalization(folder)
+    meta = {**_hf_normalization(folder), **_hf_loss(hf_config)}
     check_meta(meta, folder / "preprocessor_config.json")
     return PretrainedWeights(state_dict, config, config.grid, "Hugging Face AST folder", meta)
 
@@ -233,6 +235,14 @@ def _hf_labels(id2label: Any, num_classes: int) -> list[str]:
     except ValueError:
         return []
     return [by_id[i] for i in range(num_classes)] if set(by_id) == set(range(num_classes)) else []
+
+
+def _hf_loss(hf_config: dict[str, Any]) -> dict[str, str]:
+    """The loss `problem_type` stands for (`{"loss": "ce"}`: single-label, scored with softmax);
+    nothing when config.json does not say (transformers' AST models are multi-label)."""
+    losses = {problem: loss for loss, problem in HF_PROBLEM_TYPES.items()}
+    loss = losses.get(hf_config.get("problem_type"))
+    return {"loss": loss} if loss else {}
 
 
 def _hf_normalization(folder: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from data_fixtures import no_progress, write_tone  # noqa: F401
 from typer.testing import CliRunner
 
 import fastast_cli.data.audio as audio_module
@@ -37,7 +38,6 @@ from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.training.config import TrainConfig, load_config, read_recipe
 from fastast_cli.training.loop import train
 from fastast_cli.values import MAX_YAML_NODES, load_json, load_yaml
-from tests.data_fixtures import no_progress, write_tone  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -392,9 +392,10 @@ def sweep(
         "refused, never replaced.")] = None,
     backend: Annotated[str, typer.Option(
         help="Inference backends, e.g. torch,compile,onnxruntime: each r is timed (and with "
-        "--data evaluated) on each, interleaved in one run. compile: torch.compile; "
-        "onnxruntime: ONNX exports cached in $FASTAST_CACHE_DIR or ~/.cache/fastast.")
-    ] = "torch",
+        "--data evaluated) on each, interleaved in one run. auto: at each r the fastest here "
+        "(measured once, cached; the table names it); compile: torch.compile; onnxruntime: "
+        "ONNX exports cached in $FASTAST_CACHE or ~/.cache/fastast.")
+    ] = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Sweep r: parse, pick the mode (with or without data), print and save."""

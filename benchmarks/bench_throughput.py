@@ -16,6 +16,7 @@ import argparse
 import statistics
 
 import torch
+from machine import machine_line
 from rich.console import Console
 from torch import nn
 
@@ -114,6 +115,7 @@ def main() -> None:
         Column("efficiency", "speedup / FLOP speedup", "{:.2f}"),
     ]
     console = Console(width=150)
+    console.print(machine_line(device))
     title = (
         f"{args.model} AST, {args.preset} shape ({preset.target_length} frames), batch "
         f"{args.batch_size}, {device.type} {str(dtype).replace('torch.', '')}, "

@@ -9,7 +9,8 @@
 #   benchmarks/gpu_check.sh [RESULTS_FOLDER]        # default gpu-check-YYYYmmdd-HHMMSS
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_BUDGET_S (default 450:
-# the whole check), TEST_TIMEOUT_S (default 170), BENCH_TIMEOUT_S (default 40, per shape).
+# the whole check), TEST_TIMEOUT_S (default 100), TORCHRUN_TIMEOUT_S (default 120),
+# BENCH_TIMEOUT_S (default 40, per shape).
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -46,8 +47,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
   > "$RESULTS/gpu.txt" 2>&1 || true
 cat "$RESULTS/gpu.txt"
 
-run_part cuda-tests "${TEST_TIMEOUT_S:-170}" "$PYTHON" -m pytest tests/test_cuda.py -q \
-  -p no:cacheprovider --junitxml="$RESULTS/cuda-tests.xml" -o junit_family=xunit1
+tests() {  # tests NAME TIMEOUT -k EXPRESSION: a share of tests/test_cuda.py, its own report
+  run_part "$1" "$2" "$PYTHON" -m pytest tests/test_cuda.py -q -p no:cacheprovider \
+    -o junit_family=xunit1 --junitxml="$RESULTS/$1.xml" "${@:3}"
+}
+tests cuda-tests "${TEST_TIMEOUT_S:-100}" -k "not torchrun and not nccl"
+tests cuda-torchrun "${TORCHRUN_TIMEOUT_S:-120}" -k "torchrun or nccl"
 
 bench() {  # bench PRESET DTYPE BATCH
   run_part "throughput-$1-$2-b$3" "${BENCH_TIMEOUT_S:-40}" "$PYTHON" \

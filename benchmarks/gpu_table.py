@@ -3,10 +3,11 @@ transformers' AST and the paper's Table 1, and peak memory, from the files the p
 
     .venv/bin/python benchmarks/gpu_table.py RESULTS   # after gpu_check.sh, or on its folder
 
-RESULTS holds, per part NAME, `NAME.rc` (its exit status; 124: timed out) and `NAME.log`; the
-test part's JUnit XML `cuda-tests.xml`; each throughput part's `NAME.json` (bench_throughput.py
---json). A part that failed, timed out or left nothing still gets its row, so one broken part
-never hides the others. Also writes RESULTS/table.csv.
+RESULTS holds, per part NAME, `NAME.rc` (its exit status; 124: timed out) and `NAME.log`; each
+test part's JUnit XML `NAME.xml` (pytest writes none when killed, hence two test parts); each
+throughput part's `NAME.json` (bench_throughput.py --json). A part that failed, timed out or
+left nothing still gets its row, so one broken part never hides the others. Also writes
+RESULTS/table.csv.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PAPER_SAMPLES_PER_S = {
                        40: 580},
     "audioset": {0: 55, 5: 59, 10: 60, 15: 62, 20: 65, 25: 68, 30: 70, 35: 74, 40: 80},
 }
-TEST_REPORT = "cuda-tests.xml"
+TEST_PARTS = ("cuda-tests", "cuda-torchrun")  # in the order gpu_check.sh runs them
 COLUMNS = [
     Column("part", "part"),
     Column("setting", "setting"),
@@ -72,32 +73,28 @@ def part_status(results: Path, name: str) -> tuple[str, str]:
     return f"failed (exit {text})", last
 
 
-def test_rows(results: Path) -> list[dict[str, Any]]:
-    """One row per test case of the CUDA test part (its recorded properties as the note), or
-    one row saying why there are none."""
-    report = results / TEST_REPORT
-    status, last = part_status(results, "cuda-tests")
+def test_rows(results: Path, name: str) -> list[dict[str, Any]]:
+    """One row per test case of the test part `name` (its recorded properties as the note),
+    or one row saying why there are none."""
+    status, last = part_status(results, name)
     try:
-        cases = ElementTree.parse(report).getroot().iter("testcase")
+        cases = list(ElementTree.parse(results / f"{name}.xml").getroot().iter("testcase"))
     except (OSError, ElementTree.ParseError):
-        return [row("cuda tests", "-", status if status != "ok" else "no report", last)]
+        return [row(name, "-", status if status != "ok" else "no report", last)]
     rows = []
     for case in cases:
         result, note = "passed", ""
-        for outcome in ("failure", "error", "skipped"):
+        for outcome, shown in (("failure", "FAILED"), ("error", "ERROR"), ("skipped", "skipped")):
             found = case.find(outcome)
             if found is not None:
-                result = {"failure": "FAILED", "error": "ERROR", "skipped": "skipped"}[outcome]
-                note = (found.get("message") or "").splitlines()[0][:120] if found.get(
-                    "message") else ""
-        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
-        note = "; ".join([*(f"{k} {v}" for k, v in properties.items()), note][:3]).strip("; ")
-        rows.append(row("cuda test", case.get("name", "?"), result, note,
-                        seconds=float(case.get("time", 0) or 0)))
+                result = shown
+                note = (found.get("message") or "").split("\n")[0][:120]
+        properties = [f"{p.get('name')} {p.get('value')}" for p in case.iter("property")]
+        rows.append(row("cuda test", case.get("name", "?"), result,
+                        "; ".join(part for part in [*properties, note] if part),
+                        seconds=float(case.get("time") or 0)))
     if not rows:
-        rows.append(row("cuda tests", "-", "no test ran", last))
-    elif status == "timed out":
-        rows.append(row("cuda tests", "-", "timed out", "later tests did not run"))
+        rows.append(row(name, "-", "no test ran", last))
     return rows
 
 
@@ -131,7 +128,7 @@ def throughput_rows(results: Path, name: str) -> list[dict[str, Any]]:
 
 def gpu_rows(results: Path) -> list[dict[str, Any]]:
     """Every part's rows: the tests first, then each throughput part in name order."""
-    rows = test_rows(results)
+    rows = [row for name in TEST_PARTS for row in test_rows(results, name)]
     parts = sorted({path.stem for path in results.glob("throughput-*.rc")} |
                    {path.stem for path in results.glob("throughput-*.json")})
     for name in parts:

@@ -52,6 +52,8 @@ def results(tmp_path: Path) -> Path:
     budget, one that crashed leaving a broken JSON."""
     (tmp_path / "cuda-tests.rc").write_text("1\n")
     (tmp_path / "cuda-tests.xml").write_text(JUNIT)
+    (tmp_path / "cuda-torchrun.rc").write_text("124\n")  # killed: pytest wrote no report
+    (tmp_path / "cuda-torchrun.log").write_text("..\n")
     name = "throughput-esc50-fp16-b128"
     (tmp_path / f"{name}.rc").write_text("0\n")
     record = bench_record("esc50", {"transformers": 600.0, 0: 620.0, 20: 780.0, 40: 1000.0})
@@ -70,7 +72,7 @@ def by_setting(rows: list[dict]) -> dict[str, dict]:
 
 
 def test_test_outcomes_become_rows_with_their_recorded_properties(results):
-    rows = by_setting(gpu_table.test_rows(results))
+    rows = by_setting(gpu_table.test_rows(results, "cuda-tests"))
     sdpa = rows["test_sdpa_kernel_is_a_fused_one[proportional-mask]"]
     assert (sdpa["result"], sdpa["note"], sdpa["seconds"]) == ("passed", "sdpa efficient", 1.25)
     sync = rows["test_packed_merge_runs_without_a_host_sync[tome]"]
@@ -83,8 +85,13 @@ def test_a_missing_test_report_is_one_row_saying_why(results):
     (results / "cuda-tests.xml").unlink()
     (results / "cuda-tests.rc").write_text("124")
     (results / "cuda-tests.log").write_text("collecting ...\n")
-    assert [(r["result"], r["note"]) for r in gpu_table.test_rows(results)] == [
+    assert [(r["result"], r["note"]) for r in gpu_table.test_rows(results, "cuda-tests")] == [
         ("timed out", "collecting ...")]
+    assert [(r["part"], r["result"], r["note"])
+            for r in gpu_table.test_rows(results, "cuda-torchrun")] == [
+        ("cuda-torchrun", "timed out", "..")]
+    (results / "cuda-torchrun.rc").unlink()
+    assert gpu_table.test_rows(results, "cuda-torchrun")[0]["result"] == "not run"
 
 
 def test_throughput_sits_beside_transformers_and_the_paper(results):
@@ -108,7 +115,7 @@ def test_failed_timed_out_and_unrun_parts_keep_their_rows(results):
     assert rows["throughput-esc50-fp16-b256"]["note"] == "torch.OutOfMemoryError: CUDA"
     assert len([r for r in rows.values() if r["part"] == "throughput"]) == 4 + 3
     parts = [row["part"] for row in gpu_table.gpu_rows(results)]
-    assert parts[:3] == ["cuda test"] * 3  # the tests first
+    assert parts[:4] == ["cuda test"] * 3 + ["cuda-torchrun"]  # the tests first
 
 
 def test_main_prints_one_table_and_writes_its_csv(results, capsys):
@@ -118,14 +125,15 @@ def test_main_prints_one_table_and_writes_its_csv(results, capsys):
     assert "timed out" in printed and "1.30x" in printed
     lines = (results / "table.csv").read_text().splitlines()
     assert lines[0].startswith("part,setting,result,samples_per_s")
-    assert len(lines) == 1 + 3 + 4 + 3
+    assert len(lines) == 1 + 3 + 1 + 4 + 3
     assert gpu_table.main([str(results / "absent")]) == 2
 
 
 def test_the_script_names_the_parts_the_table_reads():
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
-    assert "--junitxml=\"$RESULTS/cuda-tests.xml\"" in script
-    assert "run_part cuda-tests" in script and 'run_part "throughput-$1-$2-b$3"' in script
+    assert '--junitxml="$RESULTS/$1.xml"' in script
+    assert all(f"tests {name} " in script for name in gpu_table.TEST_PARTS)
+    assert 'run_part "throughput-$1-$2-b$3"' in script
     assert '--json "$RESULTS/throughput-$1-$2-b$3.json"' in script
     assert "gpu_table.py \"$RESULTS\"" in script
     done = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")])

@@ -36,6 +36,7 @@ from fastast_cli.devices import autocast, resolve_dtype, synchronize
 from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.inference.clips import input_spec
+from fastast_cli.progress import progress_bar
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 REFERENCE = "torch"
@@ -178,22 +179,25 @@ def measure(forwards: dict[str, Forward], batch: torch.Tensor,
             timer: Callable[[Forward, torch.Tensor], float],
             warmup: int = WARMUP, rounds: int = ROUNDS) -> dict[str, list[float]]:
     """Seconds per batch of each forward: `warmup` untimed calls each, then `rounds` rounds
-    that time every forward once (interleaved, so machine load hits all alike). A forward that
-    raises is dropped (torch's error is raised)."""
+    that time every forward once (interleaved, so machine load hits all alike), with a
+    progress bar. A forward that raises is dropped (torch's error is raised)."""
     alive = dict(forwards)
     timings: dict[str, list[float]] = {name: [] for name in forwards}
-    for step in range(warmup + rounds):
-        for name, forward in list(alive.items()):
-            try:
-                seconds = timer(forward, batch)
-            except Exception:
-                if name == REFERENCE:
-                    raise
-                alive.pop(name)
-                timings.pop(name)
-                continue
-            if step >= warmup:
-                timings[name].append(seconds)
+    description = f"--backend auto: timing {', '.join(forwards)}"
+    with progress_bar(description, (warmup + rounds) * len(forwards)) as advance:
+        for step in range(warmup + rounds):
+            for name, forward in list(alive.items()):
+                advance()
+                try:
+                    seconds = timer(forward, batch)
+                except Exception:
+                    if name == REFERENCE:
+                        raise
+                    alive.pop(name)
+                    timings.pop(name)
+                    continue
+                if step >= warmup:
+                    timings[name].append(seconds)
     return timings
 
 

@@ -224,3 +224,23 @@ def test_evaluate_and_predict_default_to_auto_and_name_the_backend(small_demo, t
                                          "--device", "cpu"])
     assert predicted.exit_code == 0, predicted.output
     assert "backend: torch (auto:" in predicted.output
+
+
+def test_sweep_rows_name_the_backend_auto_picked(monkeypatch, tmp_path):
+    """`sweep --backend auto` times, at each r, the backend picked for that r, and its rows say
+    which (here the pick is forced to onnxruntime at r = 4 and torch at r = 0)."""
+    pytest.importorskip("onnxruntime")
+    from fastast_cli.evaluation.sweep import backend_run_name
+    from fastast_cli.evaluation.throughput import sweep_throughput
+    from fastast_cli.export import backend_choice
+
+    monkeypatch.setenv("FASTAST_CACHE", str(tmp_path))
+    monkeypatch.setenv("FASTAST_AUTO_BACKENDS", "onnxruntime")
+    model = tiny_ast()
+    picks = iter([("torch", "forced"), ("onnxruntime", "forced")])
+    monkeypatch.setattr(backend_choice, "pick_fastest", lambda timings: next(picks))
+    rows = sweep_throughput(model, [0, 4], batch_size=2, warmup=0, runs=1, backends=("auto",))
+    assert [(row.r, row.backend) for row in rows] == [(0, "torch"), (4, "onnxruntime")]
+    assert rows[1].tokens < rows[0].tokens
+    assert backend_run_name("kd", "auto", ("auto",)) == "kd"  # its pick goes in a note
+    assert backend_run_name("kd", "onnxruntime", ("torch", "onnxruntime")) == "kd (onnxruntime)"

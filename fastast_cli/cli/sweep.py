@@ -394,7 +394,7 @@ def sweep(
         help="Inference backends, e.g. torch,compile,onnxruntime: each r is timed (and with "
         "--data evaluated) on each, interleaved in one run. auto: at each r the fastest here "
         "(measured once, cached; the table names it); compile: torch.compile; onnxruntime: "
-        "ONNX exports cached in $FASTAST_CACHE or ~/.cache/fastast.")
+        "ONNX exports cached in $FASTAST_CACHE, else the user cache folder.")
     ] = "auto",
     quiet: Quiet = False,
 ) -> None:

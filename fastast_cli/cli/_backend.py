@@ -18,8 +18,9 @@ BackendOption = Annotated[str, typer.Option(
     "with the merging baked in: --onnx, else exported once into the cache folder; needs the "
     "export extra).")]
 OnnxOption = Annotated[Path | None, typer.Option(
-    help="With --backend onnxruntime (or auto, which then runs it): an ONNX file from `fastast export` to run (its metadata "
-    "must match the checkpoint's frames, labels, r and proportional attention).")]
+    help="With --backend onnxruntime (or auto, which then runs it): an ONNX file from "
+    "`fastast export` to run (its metadata must match the checkpoint's frames, labels, r and "
+    "proportional attention).")]
 DtypeOption = Annotated[str, typer.Option(
     help="Precision of the forward passes: fp32 (the default, as AST evaluates), or fp16 / "
     "bf16 mixed precision (autocast). Saved with the results.")]

@@ -422,9 +422,12 @@ def sweep(
     if len(methods) > 1:
         raise FastASTError("without --data, sweep one --method at a time (with --data, "
                            "methods are compared in one table)")
-    columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
-    saved_columns = [*columns, *THROUGHPUT_TIMING_COLUMNS]
-    if out is not None and is_table_of(out, columns[:-1]):  # from before spread and timing
+    auto = backends == ["auto"]  # one backend per r, picked: named in the last column
+    columns = (THROUGHPUT_COLUMNS if backends == ["torch"] or auto
+               else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS])
+    saved_columns = [*columns, *THROUGHPUT_TIMING_COLUMNS, *([BACKEND_COLUMN] if auto else [])]
+    if out is not None and (is_table_of(out, columns[:-1])  # from before spread and timing
+                            or is_table_of(out, [*columns, *THROUGHPUT_TIMING_COLUMNS])):
         check_output(out, folder=False)
     elif out is not None:
         check_table_target(out, saved_columns)
@@ -456,7 +459,8 @@ def sweep(
              f"{batch_size}, {timing['threads']} threads, {display_name(settings.method)}, "
              f"{settings.schedule} r, proportional attention {attention}; samples/s: median of "
              f"{runs} runs ± half their spread")
-    console.print(rich_table(title, with_speed_shown(records), console_columns(columns),
+    shown = console_columns([*columns, *([BACKEND_COLUMN] if auto else [])])
+    console.print(rich_table(title, with_speed_shown(records), shown,
                              keys=1 + (columns[0] == BACKEND_COLUMN)))
     note = spread_note(records, runs)
     if note:

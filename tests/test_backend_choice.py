@@ -244,3 +244,25 @@ def test_sweep_rows_name_the_backend_auto_picked(monkeypatch, tmp_path):
     assert rows[1].tokens < rows[0].tokens
     assert backend_run_name("kd", "auto", ("auto",)) == "kd"  # its pick goes in a note
     assert backend_run_name("kd", "onnxruntime", ("torch", "onnxruntime")) == "kd (onnxruntime)"
+
+
+def test_auto_with_an_onnx_file_runs_it_in_fp32_only(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fastast_cli.errors import FastASTError
+    from fastast_cli.export.onnx_export import export_onnx
+
+    model = tiny_ast().set_r(4)
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, path, method="tome")
+    assert make_forward(model, "auto", onnx_file=path).backend == "onnxruntime"
+    with pytest.raises(FastASTError, match="runs in fp32"):
+        make_forward(model, "auto", onnx_file=path, dtype=torch.float16)
+
+
+def test_auto_below_fp32_leaves_onnxruntime_out(monkeypatch, tmp_path):
+    """onnxruntime runs its fp32 export: at fp16/bf16 it is no candidate, nothing is timed."""
+    monkeypatch.setenv("FASTAST_CACHE", str(tmp_path))
+    monkeypatch.setenv("FASTAST_AUTO_BACKENDS", "onnxruntime")
+    forward = make_forward(tiny_ast(), "auto", batch_size=2, dtype=torch.bfloat16)
+    assert forward.backend == "torch" and forward.choice.samples_per_s == {}
+    assert not (tmp_path / "backend-choice.json").exists()

@@ -78,7 +78,10 @@ def make_forward(
     """
     method = method or getattr(model, "reduction_method", "tome")
     check_backend(backend)
-    if backend == "auto" and onnx_file is not None:
+    if backend == "auto" and onnx_file is not None:  # a graph given: onnxruntime runs it
+        if dtype not in (None, torch.float32):
+            raise FastASTError(f"--onnx {onnx_file} runs in fp32 (onnxruntime): use --dtype "
+                               "fp32, or leave --onnx out")
         backend = "onnxruntime"
     if onnx_file is not None and backend != "onnxruntime":
         raise FastASTError("an ONNX file is run by the onnxruntime backend: add --backend "

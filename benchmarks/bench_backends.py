@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import machine_line
 from rich.console import Console
 
 from fastast_cli import build_model
@@ -148,6 +149,7 @@ def main() -> None:
         Column("of_peak", "% of matmul peak", "{:.0f}", "%"),
     ]
     console = Console(width=170)
+    console.print(machine_line(device))
     title = (
         f"{args.model} AST, {args.preset} shape ({preset.target_length} frames), batch "
         f"{args.batch_size}, {device.type} {str(dtype).replace('torch.', '')}, "

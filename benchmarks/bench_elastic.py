@@ -35,6 +35,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from machine import machine_line  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from fastast_cli.data.elastic_features import frames_for_seconds  # noqa: E402
@@ -171,6 +172,7 @@ def main() -> None:
         f"median of {args.runs} interleaved runs"
     )
     console = Console(width=150)
+    console.print(machine_line(device))
     console.print(rich_table(title, rows, columns))
     packing = max(rows[1 : 1 + len(budgets)], key=lambda row: row["speedup"])
     merged = max(rows[1 + len(budgets) :], key=lambda row: row["speedup"])

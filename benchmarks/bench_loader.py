@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_line
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
@@ -95,6 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     set_progress(False)
     console = Console()
+    console.print(machine_line("cpu"))
     manifest = demo_manifest(args.data)
     mean, std = manifest.norm_stats()
     train_file = manifest.datafile("train")

@@ -23,6 +23,7 @@ import statistics
 import time
 
 import torch
+from machine import machine_line
 from rich.console import Console
 
 from fastast_cli import build_model
@@ -157,6 +158,7 @@ def main() -> None:
              f"{args.batch_size}, {torch.get_num_threads()} threads, median of {args.runs} "
              f"interleaved runs; r picked for ToMe speedups {args.targets}")
     console = Console(width=160)
+    console.print(machine_line("cpu"))
     console.print(rich_table(title, rows, columns))
     for method in METHODS:
         worst = min(row["efficiency"] for row in rows[1:] if row["method"] == method)

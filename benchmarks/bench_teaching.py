@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine import machine_line
 from rich.console import Console
 from torch import nn
 
@@ -122,6 +123,7 @@ def main() -> None:
                Column("samples_per_s", "samples/s", "{:.2f}"),
                Column("ratio", "replay is faster by", "{:.2f}", "x")]
     console = Console(width=120)
+    console.print(machine_line(device))
     console.print(rich_table(
         f"AST-{args.student} student (r={args.r}), {args.preset} shape, batch {args.batch_size}, "
         f"{device.type}, {torch.get_num_threads()} threads, median of {args.runs} interleaved "

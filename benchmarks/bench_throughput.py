@@ -8,14 +8,20 @@ setting. Prints two ratios the engine is held to:
 
     .venv/bin/python benchmarks/bench_throughput.py                 # base AST, ESC-50 shape, CPU
     .venv/bin/python benchmarks/bench_throughput.py --device cuda --dtype fp16 --batch-size 64
+
+On CUDA the peak memory of each setting is printed too; --json PATH also writes the rows, the
+settings and the machine as JSON (benchmarks/gpu_check.sh collects them into one table).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+from pathlib import Path
 
 import torch
+from machine import machine_facts, machine_line
 from rich.console import Console
 from torch import nn
 
@@ -55,6 +61,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -69,12 +76,20 @@ def main() -> None:
     batch = torch.randn(args.batch_size, preset.target_length, 128, device=device)
 
     settings = ["transformers"] + [f"r={r}" for r in rs]
+    peak_mib: dict[str, float] = {}
 
     def run(setting: str) -> float:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         if setting == "transformers":
-            return time_forward(reference, batch, device, dtype)
-        ours.set_r(int(setting[2:]))
-        return time_forward(ours, batch, device, dtype)
+            seconds = time_forward(reference, batch, device, dtype)
+        else:
+            ours.set_r(int(setting[2:]))
+            seconds = time_forward(ours, batch, device, dtype)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+            peak_mib[setting] = max(peak_mib.get(setting, 0.0), peak)
+        return seconds
 
     for setting in settings:
         for _ in range(args.warmup):
@@ -95,6 +110,7 @@ def main() -> None:
         "setting": "transformers AST (SDPA)", "tokens": ours.config.num_patches + 2,
         "gflops": flops_reference, "samples_per_s": speed["transformers"],
         "speedup": 1.0, "flop_speedup": 1.0, "efficiency": 1.0,
+        "peak_mib": peak_mib.get("transformers"),
     }]
     for r in rs:
         speedup = speed[f"r={r}"] / speed[f"r={rs[0]}"]
@@ -103,6 +119,7 @@ def main() -> None:
             "setting": f"fastast r={r}", "tokens": final_tokens(ours, r, "constant"),
             "gflops": flops[r], "samples_per_s": speed[f"r={r}"], "speedup": speedup,
             "flop_speedup": flop_speedup, "efficiency": speedup / flop_speedup,
+            "r": r, "peak_mib": peak_mib.get(f"r={r}"),
         })
     columns = [
         Column("setting", "setting"),
@@ -112,8 +129,10 @@ def main() -> None:
         Column("speedup", "speedup vs r=0", "{:.2f}", "x"),
         Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
         Column("efficiency", "speedup / FLOP speedup", "{:.2f}"),
+        *([Column("peak_mib", "peak MiB", "{:.0f}")] if device.type == "cuda" else []),
     ]
     console = Console(width=150)
+    console.print(machine_line(device))
     title = (
         f"{args.model} AST, {args.preset} shape ({preset.target_length} frames), batch "
         f"{args.batch_size}, {device.type} {str(dtype).replace('torch.', '')}, "
@@ -124,6 +143,12 @@ def main() -> None:
     console.print(f"fastast r={rs[0]} vs transformers: {ratio:.2f}x (goal >= 1.0)")
     worst = min(row["efficiency"] for row in rows[2:]) if len(rows) > 2 else float("nan")
     console.print(f"lowest speedup / FLOP speedup over r > {rs[0]}: {worst:.2f} (goal >= 0.9)")
+    if args.json is not None:
+        record = {"model": args.model, "preset": args.preset, "frames": preset.target_length,
+                  "batch_size": args.batch_size, "device": device.type,
+                  "dtype": str(dtype).removeprefix("torch."), "runs": args.runs,
+                  "machine": machine_facts(device), "rows": rows}
+        args.json.write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from machine import machine_line
 from rich.console import Console
 
 from fastast_cli import build_model
@@ -105,6 +106,7 @@ def main() -> None:
         Column("speedup", f"vs r={rs[0]}, no teacher", "{:.2f}", "x"),
     ]
     console = Console(width=150)
+    console.print(machine_line(device))
     console.print(rich_table(
         f"{args.model} AST student, {args.preset} shape, batch {args.batch_size}, {device.type}, "
         f"{args.teacher} teacher, {torch.get_num_threads()} threads, median of {args.runs} "

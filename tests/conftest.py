@@ -37,3 +37,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The user's cache folder stays untouched, and `--backend auto` runs torch without
+    measuring (tests of `auto` set $FASTAST_AUTO_BACKENDS themselves); subprocesses inherit
+    both."""
+    import os
+
+    names = ("FASTAST_CACHE", "FASTAST_CACHE_DIR", "FASTAST_AUTO_BACKENDS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.pop("FASTAST_CACHE", None)
+    os.environ["FASTAST_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["FASTAST_AUTO_BACKENDS"] = ""
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -11,13 +11,16 @@ from fastast_cli.devices import DTYPES
 from fastast_cli.errors import FastASTError
 
 BackendOption = Annotated[str, typer.Option(
-    help="Inference backend: torch (eager), compile (torch.compile, one compilation per r and "
-    "batch shape) or onnxruntime (an ONNX export with the merging baked in: --onnx, else "
-    "exported once into the cache folder, $FASTAST_CACHE_DIR or ~/.cache/fastast; needs "
-    "the export extra).")]
+    help="Inference backend: auto (the fastest here for this model, shape and r, timed on a "
+    "few batches once and cached in $FASTAST_CACHE, else the user cache folder; torch unless "
+    "another beats it by more than the noise; the pick is printed), torch (eager), compile "
+    "(torch.compile, one compilation per r and batch shape) or onnxruntime (an ONNX export "
+    "with the merging baked in: --onnx, else exported once into the cache folder; needs the "
+    "export extra).")]
 OnnxOption = Annotated[Path | None, typer.Option(
-    help="With --backend onnxruntime: an ONNX file from `fastast export` to run (its metadata "
-    "must match the checkpoint's frames, labels, r and proportional attention).")]
+    help="With --backend onnxruntime (or auto, which then runs it): an ONNX file from "
+    "`fastast export` to run (its metadata must match the checkpoint's frames, labels, r and "
+    "proportional attention).")]
 DtypeOption = Annotated[str, typer.Option(
     help="Precision of the forward passes: fp32 (the default, as AST evaluates), or fp16 / "
     "bf16 mixed precision (autocast). Saved with the results.")]

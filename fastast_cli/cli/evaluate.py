@@ -93,7 +93,7 @@ def evaluate(
     resolutions: Annotated[str | None, typer.Option(
         help="With --lengths (or alone): time resolutions q, frame shift 10 ms × q, e.g. "
         "1,2,4.")] = None,
-    backend: BackendOption = "torch",
+    backend: BackendOption = "auto",
     onnx: OnnxOption = None,
     dtype: DtypeOption = "fp32",
     quiet: Quiet = False,
@@ -119,7 +119,7 @@ def evaluate(
         for number in fold_numbers or [None]:
             check_evaluation_out(out / f"fold{number}" if folds else out)
     if lengths is not None or resolutions is not None:
-        if backend != "torch" or onnx is not None:
+        if backend not in ("auto", "torch") or onnx is not None:
             raise FastASTError("--lengths and --resolutions run on the torch backend")
         length_sweep(checkpoint, manifest, length_values, resolution_values, merging=merging,
                      split=split, fold=fold, batch_size=batch_size, device=device, out=out,

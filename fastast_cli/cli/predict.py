@@ -38,7 +38,7 @@ from fastast_cli.cli._predict_output import (
 from fastast_cli.cli._torchrun import torchrun_command, under_torchrun
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
 from fastast_cli.data.safepath import real_path
-from fastast_cli.devices import resolve_device
+from fastast_cli.devices import DTYPES, resolve_device
 from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.backends import make_forward
@@ -163,7 +163,7 @@ def predict(
         help="Also write the results as JSON to this file (replaced if it exists).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
-    backend: BackendOption = "torch",
+    backend: BackendOption = "auto",
     onnx: OnnxOption = None,
     dtype: DtypeOption = "fp32",
     quiet: Quiet = False,
@@ -200,13 +200,16 @@ def predict(
                                method=method_name(method), hop_s=hop,
                                window_s=window, how=how.value, batch_size=batch_size,
                                device=resolve_device(device), dtype=dtype)
-    predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx)
+    predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx,
+                                     batch_size=batch_size, dtype=DTYPES[dtype])
     merging = getattr(predictor.model, "merge_settings", None)
     r = merging.r if merging is not None else 0  # what ran: the checkpoint's unless --r
     notes = err_console if as_json or stdin else console
     if predictor.spec.stats_note:
         notes.print(f"note: {predictor.spec.stats_note}")
     notes.print(settings_line(predictor))
+    if getattr(predictor.forward, "choice", None) is not None:
+        notes.print(predictor.forward.choice.describe())
     note = capped_note(predictor.model, r)
     if note:
         notes.print(note)

@@ -416,9 +416,10 @@ def sweep(
         "refused, never replaced.")] = None,
     backend: Annotated[str, typer.Option(
         help="Inference backends, e.g. torch,compile,onnxruntime: each r is timed (and with "
-        "--data evaluated) on each, interleaved in one run. compile: torch.compile; "
-        "onnxruntime: ONNX exports cached in $FASTAST_CACHE_DIR or ~/.cache/fastast.")
-    ] = "torch",
+        "--data evaluated) on each, interleaved in one run. auto: at each r the fastest here "
+        "(measured once, cached; the table names it); compile: torch.compile; onnxruntime: "
+        "ONNX exports cached in $FASTAST_CACHE, else the user cache folder.")
+    ] = "auto",
     quiet: Quiet = False,
     max_duration: MaxDuration = None,
 ) -> None:
@@ -452,9 +453,12 @@ def sweep(
     if len(methods) > 1:
         raise FastASTError("without --data, sweep one --method at a time (with --data, "
                            "methods are compared in one table)")
-    columns = THROUGHPUT_COLUMNS if backends == ["torch"] else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS]
-    saved_columns = [*columns, *THROUGHPUT_TIMING_COLUMNS]
-    if out is not None and is_table_of(out, columns[:-1]):  # from before spread and timing
+    auto = backends == ["auto"]  # one backend per r, picked: named in the last column
+    columns = (THROUGHPUT_COLUMNS if backends == ["torch"] or auto
+               else [BACKEND_COLUMN, *THROUGHPUT_COLUMNS])
+    saved_columns = [*columns, *THROUGHPUT_TIMING_COLUMNS, *([BACKEND_COLUMN] if auto else [])]
+    if out is not None and (is_table_of(out, columns[:-1])  # from before spread and timing
+                            or is_table_of(out, [*columns, *THROUGHPUT_TIMING_COLUMNS])):
         check_output(out, folder=False)
     elif out is not None:
         check_table_target(out, saved_columns)
@@ -486,7 +490,8 @@ def sweep(
              f"{batch_size}, {timing['threads']} threads, {display_name(settings.method)}, "
              f"{settings.schedule} r, proportional attention {attention}; samples/s: median of "
              f"{runs} runs ± half their spread")
-    console.print(rich_table(title, with_speed_shown(records), console_columns(columns),
+    shown = console_columns([*columns, *([BACKEND_COLUMN] if auto else [])])
+    console.print(rich_table(title, with_speed_shown(records), shown,
                              keys=1 + (columns[0] == BACKEND_COLUMN)))
     note = spread_note(records, runs)
     if note:

@@ -67,6 +67,7 @@ class Evaluation:
     capped_note: str | None = None  # r asks for more merging than the tokens allow
     headline: str = "accuracy"  # the checkpoint's headline metric (`headline_metric`)
     dtype: str = "fp32"  # the precision the model ran in (devices.DTYPES)
+    backend_note: str | None = None  # what `--backend auto` picked and why
 
     @property
     def excluded_classes(self) -> list[str]:
@@ -87,6 +88,8 @@ class Evaluation:
                 f"{', '.join(excluded)}")
         if self.capped_note:
             notes.append(self.capped_note.removeprefix("note: "))
+        if self.backend_note:
+            notes.append(self.backend_note)
         return notes
 
 
@@ -175,8 +178,8 @@ def evaluate_checkpoint(
     onnx_file: PathLike | None = None,
     dtype: str = "fp32",
 ) -> Evaluation:
-    """Load `checkpoint` and score it on `split` of `manifest`, run by `backend` (torch, compile
-    or onnxruntime; `onnx_file`: an exported graph for onnxruntime) in precision `dtype`
+    """Load `checkpoint` and score it on `split` of `manifest`, run by `backend` (auto, torch,
+    compile or onnxruntime; `onnx_file`: an exported graph for onnxruntime) in precision `dtype`
     (`evaluation_dtype`). ASTs merge tokens as their checkpoint records, unless `r`,
     `schedule`, `proportional_attention` or `method` say otherwise."""
     device = device or torch.device("cpu")
@@ -184,11 +187,14 @@ def evaluate_checkpoint(
                             proportional_attention=proportional_attention, method=method,
                             device=device)
     check_labels(model, manifest, checkpoint)
-    forward = make_forward(model, backend, onnx_file=onnx_file)
+    forward = make_forward(model, backend, onnx_file=onnx_file, batch_size=batch_size,
+                           dtype=evaluation_dtype(dtype))
     evaluation = evaluate_model(model, manifest, str(checkpoint), split=split, fold=fold,
                                 batch_size=batch_size, device=device, num_workers=num_workers,
                                 forward=forward, dtype=dtype)
     evaluation.capped_note = capped_note(model)
+    choice = getattr(forward, "choice", None)
+    evaluation.backend_note = choice.describe() if choice is not None else None
     return evaluation
 
 

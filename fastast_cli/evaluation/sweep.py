@@ -160,8 +160,9 @@ def matches(row: SweepRow, step: SweepStep) -> bool:
 
 
 def backend_run_name(name: str, backend: str, backends: Sequence[str]) -> str:
-    """A run's name in the table: itself on the torch backend alone, else `name (backend)`."""
-    return name if list(backends) == ["torch"] else f"{name} ({backend})"
+    """A run's name in the table: itself on one backend, torch or `auto` (whose pick is
+    noted beside the table), else `name (backend)`."""
+    return name if list(backends) in (["torch"], ["auto"]) else f"{name} ({backend})"
 
 
 @dataclass
@@ -401,8 +402,11 @@ class SweepMeasurement:
                 warmup=options.warmup, runs=options.runs, backends=backends, inputs=inputs,
                 on_step=work.advance,
             )
-        by_setting = {(speed_key(model, row.r), row.backend, row.r): row
-                      for model, rows in zip(models, measured, strict=True) for row in rows}
+        by_setting = {}  # (speed key, backend asked for, r) → row (naming the backend that ran)
+        for model, model_rs, rows in zip(models, timed_rs, measured, strict=True):
+            asked = [(backend, r) for backend in backends for r in model_rs]
+            for (backend, r), row in zip(asked, rows, strict=True):
+                by_setting[speed_key(model, r), backend, r] = row
         speeds: dict[SweepStep, dict[str, ThroughputRow]] = {}
         for step in steps:
             model = method_view(self.models[step.run.name, options.folds[0]], step.method)
@@ -436,11 +440,12 @@ class SweepMeasurement:
             model = self.model(run, r, fold, step.method)
             settings = model.merge_settings.overridden(r=r)
             settings.apply(model)
-            for backend in self.plan.backends:
+            for backend in self.plan.backends:  # `auto` runs what it picked when timing
                 evaluation = evaluate_model(
                     model, self.manifest, run.path(r, fold), split=self.plan.split, fold=fold,
                     batch_size=options.eval_batch_size, device=options.device,
-                    forward=make_forward(model, backend), dtype=ran_dtype(backend, options.dtype))
+                    forward=make_forward(model, speed[backend].backend),
+                    dtype=ran_dtype(speed[backend].backend, options.dtype))
                 values[backend].append(evaluation.metrics.summary()[self.metric])
             if self.metric == "mAP":
                 self.notes.update(evaluation.notes())
@@ -450,6 +455,8 @@ class SweepMeasurement:
             if self.references[reference] is None:
                 self.references[reference] = mean
             timing = speed[backend]
+            if backend == "auto":
+                self.notes.add(f"--backend auto ran {run.name} at r={r} on {timing.backend}")
             yield SweepRow(
                 backend_run_name(run.name, backend, self.plan.backends), r, mean,
                 std if len(options.folds) > 1 else None, mean - self.references[reference],

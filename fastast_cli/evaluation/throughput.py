@@ -76,7 +76,7 @@ class ThroughputRow:
     samples_per_s: float
     speedup: float  # samples/s relative to r = 0 (or the first r) in the same run
     flop_speedup: float  # GFLOPs of the reference setting divided by this one's
-    backend: str = "torch"  # what ran it (export.backends)
+    backend: str = "torch"  # what ran it (export.backends; for `auto`, the one it picked)
     spread_pct: float = 0.0  # max − min of samples/s over the timed runs, % of the median
 
 
@@ -178,7 +178,8 @@ def sweep_throughputs(
     """`sweep_throughput` of several models (e.g. different architectures) at once: models[i]
     at the merging rates rs[i] on each backend, the timed runs of every (model, backend, r)
     interleaved in one loop so that machine load hits them all alike. Returns the rows of each
-    model (backend by backend, then r), its speedups relative to its own first backend at its
+    model (backend by backend, then r; a row names the backend that ran, the one picked for
+    `auto`), its speedups relative to its own first backend at its
     first r. `schedule`: one for every model, or one per model. `on_step` is called after each
     of the Σ len(backends) · len(rs[i]) · (warmup + runs) forward passes. `inputs`: per model,
     the batch to time (e.g. real clips at their own lengths for a native-length model), None
@@ -205,7 +206,8 @@ def sweep_throughputs(
     forwards = {}
     for index, backend, r in settings:
         with merging(models[index], r, schedules[index]):
-            forwards[index, backend, r] = make_forward(models[index], backend)
+            forwards[index, backend, r] = make_forward(models[index], backend,
+                                                       batch_size=batch_size, dtype=torch_dtype)
     timings: dict[tuple[int, str, int], list[float]] = {setting: [] for setting in settings}
     for setting in settings:
         for _ in range(warmup):
@@ -230,7 +232,7 @@ def sweep_throughputs(
                 samples_per_s=throughput[index, backend, r],
                 speedup=throughput[index, backend, r] / reference[index],
                 flop_speedup=gflops[index, rs[index][0]] / gflops[index, r],
-                backend=backend,
+                backend=getattr(forwards[index, backend, r], "backend", backend),
                 spread_pct=spread[index, backend, r],
             )
             for backend in backends for r in rs[index]

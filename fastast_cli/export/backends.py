@@ -1,5 +1,7 @@
 """Inference backends behind one interface: given a model and settings, a callable fbank → logits.
 
+- `auto`: the fastest of the others for this machine, model, shape and merging, measured once
+  and cached (export.backend_choice);
 - `torch`: the model itself, eager;
 - `compile`: the model through `torch.compile` (token counts are static for a given r, so one
   compilation per r schedule and batch shape);
@@ -39,8 +41,8 @@ from fastast_cli.inference.scores import label_names, num_classes_of
 
 PathLike = str | os.PathLike[str]
 Forward = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS = ("torch", "compile", "onnxruntime")
-CACHE_ENV = "FASTAST_CACHE_DIR"
+BACKENDS = ("auto", "torch", "compile", "onnxruntime")
+CACHE_ENVS = ("FASTAST_CACHE", "FASTAST_CACHE_DIR")  # the first one set wins
 
 
 def check_backend(name: str) -> str:
@@ -65,20 +67,38 @@ def make_forward(
     onnx_file: PathLike | None = None,
     cache_dir: PathLike | None = None,
     method: str | None = None,
+    batch_size: int = 8,
+    dtype: torch.dtype | None = None,
 ) -> Forward:
     """fbank [B, T, F] → logits [B, C] of `model` (eval mode) at its current merging settings.
+    The forward's `.backend` names the backend that runs it (for `auto`, the one picked; its
+    `.choice` then holds the measurement).
 
-    onnx_file: for `onnxruntime`, an exported graph to run instead of exporting one.
+    onnx_file: for `onnxruntime` (and `auto`, which then means onnxruntime), an exported graph
+    to run instead of exporting one.
     cache_dir: for `onnxruntime`, where on-the-fly exports are kept (default `user_cache_dir()`).
     method: the token reduction method the model is set up with (recorded in ONNX metadata;
     default: the model's own, tome for models without one).
+    batch_size, dtype: for `auto`, the batches it will run (the measurement's shape and
+    autocast; default dtype: fp16 on CUDA, fp32 elsewhere).
     """
     method = method or getattr(model, "reduction_method", "tome")
     check_backend(backend)
+    if backend == "auto" and onnx_file is not None:  # a graph given: onnxruntime runs it
+        if dtype not in (None, torch.float32):
+            raise FastASTError(f"--onnx {onnx_file} runs in fp32 (onnxruntime): use --dtype "
+                               "fp32, or leave --onnx out")
+        backend = "onnxruntime"
     if onnx_file is not None and backend != "onnxruntime":
         raise FastASTError("an ONNX file is run by the onnxruntime backend: add --backend "
                            "onnxruntime")
     model.eval()
+    if backend == "auto":
+        from fastast_cli.export.backend_choice import auto_forward
+
+        return auto_forward(
+            model, lambda name: make_forward(model, name, cache_dir=cache_dir, method=method),
+            batch_size=batch_size, dtype=dtype, method=method)
     if backend == "onnxruntime":
         if model.input_spec().native_length:
             raise FastASTError(
@@ -86,7 +106,7 @@ def make_forward(
                 "clips of any length: use --backend torch or compile (export one length with "
                 "`fastast export --frames N`)")
         path = Path(onnx_file) if onnx_file is not None else cached_export(model, cache_dir, method)
-        return onnx_forward(path, model)
+        return _named(onnx_forward(path, model), backend)
     settings = merging_state(model)
     runner: Callable[[torch.Tensor], torch.Tensor] = model
     if backend == "compile":
@@ -101,6 +121,12 @@ def make_forward(
         finally:
             set_merging_state(model, current)
 
+    return _named(forward, backend)
+
+
+def _named(forward: Forward, backend: str) -> Forward:
+    """`forward`, saying which backend runs it."""
+    forward.backend = backend  # type: ignore[attr-defined]
     return forward
 
 
@@ -181,9 +207,11 @@ def _check_matches(metadata: dict[str, Any], model: nn.Module, path: Path) -> No
 
 
 def user_cache_dir() -> Path:
-    """$FASTAST_CACHE_DIR, else $XDG_CACHE_HOME/fastast, else ~/.cache/fastast."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+    """$FASTAST_CACHE (or $FASTAST_CACHE_DIR), else $XDG_CACHE_HOME/fastast, else
+    ~/.cache/fastast."""
+    for name in CACHE_ENVS:
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "fastast"
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One GPU, under 8 minutes, one table: the CUDA tests (tests/test_cuda.py: AMP training steps for
+# every method and layout, the packed merge under sync-debug "error", the SDPA kernel with and
+# without the proportional mask, NCCL and evaluate/predict under torchrun) and
+# bench_throughput.py at the paper's three shapes in fp16 and bf16, beside transformers' AST and
+# the paper's Table 1, with peak memory. Each part runs under its own timeout, within an overall
+# budget; a part that fails or times out gets its row and the others still run.
+#
+#   benchmarks/gpu_check.sh [RESULTS_FOLDER]        # default gpu-check-YYYYmmdd-HHMMSS
+#
+# Environment: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_BUDGET_S (default 450:
+# the whole check), TEST_TIMEOUT_S (default 100), TORCHRUN_TIMEOUT_S (default 120),
+# BENCH_TIMEOUT_S (default 40, per shape).
+set -u
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python3
+RESULTS=${1:-gpu-check-$(date +%Y%m%d-%H%M%S)}
+if [ -e "$RESULTS" ] && [ -n "$(ls -A "$RESULTS" 2>/dev/null)" ]; then
+  echo "gpu_check: $RESULTS exists and is not empty: pick another folder" >&2
+  exit 2
+fi
+mkdir -p "$RESULTS" || exit 2
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
+START=$(date +%s)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# run_part NAME TIMEOUT COMMAND...: its output in NAME.log, its exit status in NAME.rc
+# (124: timed out; "skipped": the budget ran out before it).
+run_part() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - ($(date +%s) - START)))
+  if [ "$left" -lt 10 ]; then
+    echo skipped > "$RESULTS/$name.rc"
+    echo "== $name: skipped (budget spent)"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (at most ${limit}s)"
+  timeout -k 10 "$limit" "$@" > "$RESULTS/$name.log" 2>&1
+  echo $? > "$RESULTS/$name.rc"
+  tail -n 3 "$RESULTS/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
+  > "$RESULTS/gpu.txt" 2>&1 || true
+cat "$RESULTS/gpu.txt"
+
+tests() {  # tests NAME TIMEOUT -k EXPRESSION: a share of tests/test_cuda.py, its own report
+  run_part "$1" "$2" "$PYTHON" -m pytest tests/test_cuda.py -q -p no:cacheprovider \
+    -o junit_family=xunit1 --junitxml="$RESULTS/$1.xml" "${@:3}"
+}
+tests cuda-tests "${TEST_TIMEOUT_S:-100}" -k "not torchrun and not nccl"
+tests cuda-torchrun "${TORCHRUN_TIMEOUT_S:-120}" -k "torchrun or nccl"
+
+bench() {  # bench PRESET DTYPE BATCH
+  run_part "throughput-$1-$2-b$3" "${BENCH_TIMEOUT_S:-40}" "$PYTHON" \
+    benchmarks/bench_throughput.py --device cuda --model base --preset "$1" --dtype "$2" \
+    --batch-size "$3" --r 0,20,40 --runs 5 --warmup 2 --json "$RESULTS/throughput-$1-$2-b$3.json"
+}
+for preset in esc50 speechcommands audioset; do
+  for dtype in fp16 bf16; do
+    bench "$preset" "$dtype" 128
+  done
+done
+bench esc50 fp16 64
+bench esc50 fp16 256
+
+"$PYTHON" benchmarks/gpu_table.py "$RESULTS"
+echo "gpu_check: $(( $(date +%s) - START ))s in all; logs and table.csv in $RESULTS"

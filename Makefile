@@ -52,10 +52,11 @@ $(DEMO_RUNS)/tome-kd/summary.json: $(DEMO_RUNS)/teacher/summary.json
 # sweep.png is written last: an interrupted sweep (its CSV holds the finished rows) is resumed.
 # The three students share one architecture and are timed in one interleaved loop: tome and
 # tome+kd (merging as trained) share one measurement; ast (r = 0) is merged off the shelf with
-# proportional attention on, a setting of its own.
+# proportional attention on, a setting of its own. One backend (torch) for every r, so that the
+# speedups measure merging alone (`--backend auto` may pick another backend at another r).
 $(DEMO_RESULTS)/sweep.png: $(DEMO_RUNS)/ast/summary.json $(DEMO_RUNS)/tome/summary.json \
 		$(DEMO_RUNS)/tome-kd/summary.json
-	$(FASTAST) sweep --data $(DEMO_DATA) --r 0:24:4 --batch-size 32 --runs 10 \
+	$(FASTAST) sweep --data $(DEMO_DATA) --r 0:24:4 --batch-size 32 --runs 10 --backend torch \
 		--checkpoint ast=$(DEMO_RUNS)/ast/best.pt \
 		--checkpoint tome=$(DEMO_RUNS)/tome/best.pt \
 		--checkpoint tome+kd=$(DEMO_RUNS)/tome-kd/best.pt \

@@ -221,8 +221,17 @@ class _RangeHandler(BaseHTTPRequestHandler):
 @contextmanager
 def http_server(files: dict[str, bytes], honor_range: bool = True) -> Iterator[ThreadingHTTPServer]:
     """A local HTTP server on 127.0.0.1 (random port); `.requests` logs (path, Range header)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    server.files, server.requests, server.honor_range = files, [], honor_range  # type: ignore[attr-defined]
+    with local_server(_RangeHandler, files=files, requests=[], honor_range=honor_range) as server:
+        yield server
+
+
+@contextmanager
+def local_server(handler: type, **attributes: object) -> Iterator[ThreadingHTTPServer]:
+    """`handler` served on 127.0.0.1 (random port) in a thread, with `attributes` set on the
+    server for the handler to read; shut down on leaving."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    for name, value in attributes.items():
+        setattr(server, name, value)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

@@ -5,7 +5,6 @@ X-Repo-Commit and ETag; X-Error-Code on a 404)."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from data_fixtures import local_server
 from typer.testing import CliRunner
 
 from fastast_cli import build_model, load_model
@@ -86,15 +86,8 @@ class HubHandler(BaseHTTPRequestHandler):
 
 @contextmanager
 def hub_server(repos: dict, drop: tuple[str, ...] = ()) -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
-    server.repos, server.requests, server.drop = repos, [], drop  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with local_server(HubHandler, repos=repos, requests=[], drop=drop) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def tiny_ast(seed: int) -> torch.nn.Module:

@@ -23,7 +23,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from fastast_cli.atomic import WRITE_FAILURES
-from fastast_cli.data.audio import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_STREAM_S, set_max_duration
+from fastast_cli.audio_limits import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_STREAM_S, set_max_duration
 from fastast_cli.errors import FastASTError, Interrupted
 from fastast_cli.signals import exit_code, signal_name
 from fastast_cli.values import number

@@ -34,9 +34,15 @@ import torch
 import torchaudio.functional as AF
 
 from fastast_cli.atomic import atomic_path
+from fastast_cli.audio_limits import (  # noqa: F401 (set_max_duration: part of this API)
+    DEFAULT_MAX_DURATION_S,
+    DEFAULT_MAX_STREAM_S,
+    chosen_max_duration,
+    set_max_duration,
+)
 from fastast_cli.errors import FastASTError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".au", ".w64", ".opus")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64", ".opus")
 
 # WAV subtypes that every reader handles; anything else (8-bit, ADPCM, ...) gets converted.
 PLAIN_WAV_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")
@@ -48,22 +54,13 @@ class AudioReadError(FastASTError):
 
 MIN_SAMPLE_RATE = 1000  # Hz; audio is resampled to 16 kHz, whose mel bins reach 8 kHz
 MAX_SAMPLE_MAGNITUDE = 1e6  # float WAVs may exceed full scale (1.0), e.g. int16-scaled floats
-DEFAULT_MAX_DURATION_S = 4 * 3600.0  # a file decoded whole (datasets, prepare, visualize)
-DEFAULT_MAX_STREAM_S = 24 * 3600.0  # a file read in blocks (predict, timelines)
-_max_duration_s: float | None = None  # set_max_duration: one limit for both kinds of reads
-
-
-def set_max_duration(seconds: float | None) -> None:
-    """Set the longest audio file this process reads (None: the defaults above); the
-    commands' `--max-duration`."""
-    global _max_duration_s
-    _max_duration_s = seconds
 
 
 def max_duration(streamed: bool) -> float:
     """The longest file (seconds) a whole decode (`streamed` False) or a block read accepts."""
-    if _max_duration_s is not None:
-        return _max_duration_s
+    chosen = chosen_max_duration()
+    if chosen is not None:
+        return chosen
     return DEFAULT_MAX_STREAM_S if streamed else DEFAULT_MAX_DURATION_S
 
 

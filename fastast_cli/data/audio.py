@@ -42,7 +42,8 @@ from fastast_cli.audio_limits import (  # noqa: F401 (set_max_duration: part of 
 )
 from fastast_cli.errors import FastASTError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64", ".opus")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64",
+                    ".opus")
 
 # WAV subtypes that every reader handles; anything else (8-bit, ADPCM, ...) gets converted.
 PLAIN_WAV_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")

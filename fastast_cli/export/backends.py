@@ -231,9 +231,7 @@ def cache_key(model: nn.Module, method: str) -> str:
         "versions": [__version__, torch.__version__],
     }
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(weights_digest(model).encode())
     return digest.hexdigest()[:20]
 
 

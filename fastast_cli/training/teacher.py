@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fastast_cli.atomic import atomic_path
+from fastast_cli.data.download import file_digest as hex_digest
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.distributed import Ranks
@@ -167,17 +168,15 @@ def check_teacher_input(teacher: nn.Module, path: str, manifest: Manifest, mean:
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a teacher checkpoint (a file, or every file of a folder in name order; a Hub
-    id: its cached copy): caches of its logits name it."""
+    """SHA-256 of a teacher checkpoint (a Hub id: its cached copy): a file's bytes, or for a
+    folder the digest of its files' names and digests in name order. Caches of its logits name
+    it."""
     root = existing_path(path).resolve()
-    digest = hashlib.sha256()
-    for file in sorted(root.rglob("*")) if root.is_dir() else [root]:
-        if file.is_file():
-            digest.update(file.relative_to(root).as_posix().encode() if root.is_dir() else b"")
-            with open(file, "rb") as handle:
-                for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    if not root.is_dir():
+        return f"sha256:{hex_digest(root, 'sha256')}"
+    files = [f"{file.relative_to(root).as_posix()}:{hex_digest(file, 'sha256')}"
+             for file in sorted(root.rglob("*")) if file.is_file()]
+    return f"sha256:{hashlib.sha256(chr(10).join(files).encode()).hexdigest()}"
 
 
 class TeacherInputs(Dataset):

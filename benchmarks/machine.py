@@ -16,7 +16,7 @@ from importlib import metadata
 
 import torch
 
-from fastast_cli.export.backend_choice import processor_name
+from fastast_cli.inference.backend_choice import processor_name
 
 LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "transformers", "numpy")
 

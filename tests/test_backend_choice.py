@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fastast_cli import build_model
 from fastast_cli.cli import app
-from fastast_cli.export.backend_choice import (
+from fastast_cli.inference.backend_choice import (
     BackendChoice,
     ChoiceCache,
     ChoiceKey,
@@ -22,7 +22,7 @@ from fastast_cli.export.backend_choice import (
     choose_backend,
     pick_fastest,
 )
-from fastast_cli.export.backends import make_forward, user_cache_dir
+from fastast_cli.inference.backends import make_forward, user_cache_dir
 from fastast_cli.models.checkpoints import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -232,7 +232,7 @@ def test_sweep_rows_name_the_backend_auto_picked(monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")
     from fastast_cli.evaluation.sweep import backend_run_name
     from fastast_cli.evaluation.throughput import sweep_throughput
-    from fastast_cli.export import backend_choice
+    from fastast_cli.inference import backend_choice
 
     monkeypatch.setenv("FASTAST_CACHE", str(tmp_path))
     monkeypatch.setenv("FASTAST_AUTO_BACKENDS", "onnxruntime")

@@ -16,9 +16,9 @@ from fastast_cli.cli import app
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.evaluation.evaluate import evaluate_checkpoint
 from fastast_cli.export import onnx_export
-from fastast_cli.export.backends import cache_key, make_forward, user_cache_dir
 from fastast_cli.export.onnx_export import export_onnx, onnx_metadata, read_metadata
 from fastast_cli.export.reduction import METHODS, apply_reduction
+from fastast_cli.inference.backends import cache_key, make_forward, user_cache_dir
 from fastast_cli.models.checkpoints import (
     load_model,
     rename_hf_state_dict,

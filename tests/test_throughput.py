@@ -149,7 +149,7 @@ def test_timing_and_backends_put_back_every_merging_setting():
     own margin: timing it at another r, or running a backend made before its settings changed,
     leaves (or runs) exactly those settings, schedule and method options included."""
     from fastast_cli.evaluation.throughput import merging
-    from fastast_cli.export.backends import make_forward
+    from fastast_cli.inference.backends import make_forward
     from fastast_cli.models.elastic import build_elastic
 
     torch.manual_seed(0)

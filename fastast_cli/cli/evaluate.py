@@ -34,7 +34,7 @@ from fastast_cli.evaluation.evaluate import (
     parse_resolutions,
     save_evaluation,
 )
-from fastast_cli.export.backends import check_backend
+from fastast_cli.inference.backends import check_backend
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.merging import MergeSettings, capped_note
 from fastast_cli.progress import set_progress

@@ -41,7 +41,7 @@ from fastast_cli.data.safepath import real_path
 from fastast_cli.devices import DTYPES, resolve_device
 from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
-from fastast_cli.export.backends import make_forward
+from fastast_cli.inference.backends import make_forward
 from fastast_cli.inference.clips import (
     ClipFailure,
     ClipScores,

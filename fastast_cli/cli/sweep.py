@@ -41,7 +41,7 @@ from fastast_cli.evaluation.sweep_table import (
     recommend,
 )
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
-from fastast_cli.export.backends import parse_backends
+from fastast_cli.inference.backends import parse_backends
 from fastast_cli.locks import output_lock
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.models.merging import MergeSettings, capped_note, display_name

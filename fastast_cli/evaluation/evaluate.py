@@ -29,7 +29,7 @@ from fastast_cli.evaluation.metrics import (
     is_single_label,
 )
 from fastast_cli.evaluation.predict import predict_dataset
-from fastast_cli.export.backends import Forward, make_forward
+from fastast_cli.inference.backends import Forward, make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
 from fastast_cli.models.merging import MergeSettings, capped_note

@@ -41,7 +41,7 @@ def predict_dataset(
     runs the model as it is (as AST validates); float16 or bfloat16 under autocast (mixed
     precision, as training's AMP). `collate_fn` batches
     them (`collate_native` for native-length clips). `forward` runs the batches instead of the
-    model itself (a backend's fbank → logits callable, see export.backends). With several
+    model itself (a backend's fbank → logits callable, see inference.backends). With several
     `ranks` (default: the process group joined, if any) each rank scores its shard of the items
     and the outputs of all ranks are gathered, in the dataset's order, on every rank: all ranks
     must call this together.

@@ -65,7 +65,7 @@ from fastast_cli.evaluation.throughput import (
     speed_key,
     sweep_throughputs,
 )
-from fastast_cli.export.backends import make_forward
+from fastast_cli.inference.backends import make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.progress import task
 
@@ -107,7 +107,7 @@ class SweepOptions:
     (None: `default_batch_size`, filling the device); schedule, proportional_attention: override
     each checkpoint's merging settings when given; warmup, runs: untimed and timed passes per
     setting; dtype: the precision every row is scored and timed in (fp32, as AST evaluates, or
-    fp16/bf16 autocast); backends: each r is scored and timed on each (export.backends);
+    fp16/bf16 autocast); backends: each r is scored and timed on each (inference.backends);
     methods: the token-reduction methods swept (`models.reduction.METHODS`; None: each
     checkpoint's own).
     """

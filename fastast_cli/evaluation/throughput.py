@@ -24,7 +24,7 @@ from torch import nn
 
 from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
-from fastast_cli.export.backends import make_forward, merging_state, set_merging_state
+from fastast_cli.inference.backends import make_forward, merging_state, set_merging_state
 from fastast_cli.models.ast import NUM_PREFIX_TOKENS
 from fastast_cli.models.reduction.schedule import resolve_schedule, tokens_per_block
 
@@ -76,7 +76,7 @@ class ThroughputRow:
     samples_per_s: float
     speedup: float  # samples/s relative to r = 0 (or the first r) in the same run
     flop_speedup: float  # GFLOPs of the reference setting divided by this one's
-    backend: str = "torch"  # what ran it (export.backends; for `auto`, the one it picked)
+    backend: str = "torch"  # what ran it (inference.backends; for `auto`, the one it picked)
     spread_pct: float = 0.0  # max − min of samples/s over the timed runs, % of the median
 
 
@@ -149,7 +149,7 @@ def sweep_throughput(
 ) -> list[ThroughputRow]:
     """Measure samples/s and count FLOPs at each r on one random batch of the model's shape.
 
-    Each r runs on each of `backends` (export.backends: torch, compile, onnxruntime), all
+    Each r runs on each of `backends` (inference.backends: torch, compile, onnxruntime), all
     settings interleaved. Speedups are relative to the first backend at the first r in `rs`
     (put 0 first for the usual table). `on_step` is called after each forward pass: there are
     len(backends) · len(rs) · (warmup + runs) of them.

@@ -1,2 +1,2 @@
-"""Deploying trained models: ONNX files with merging baked in, Hugging Face AST folders, and
-inference backends (eager, torch.compile, onnxruntime) behind one interface."""
+"""Deploying trained models: ONNX files with merging baked in and Hugging Face AST folders
+(the inference backends that run them live in `fastast_cli.inference.backends`)."""

@@ -9,8 +9,8 @@ from fastast_cli.data.dataset import NativeLengthDataset
 from fastast_cli.data.features import LengthPolicy
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.evaluate import input_spec_on
 from fastast_cli.export.onnx_export import PARITY_BATCH
+from fastast_cli.models.inputs import resolved_input
 
 
 def dataset_features(model: nn.Module, manifest: Manifest, count: int = PARITY_BATCH, *,
@@ -18,7 +18,7 @@ def dataset_features(model: nn.Module, manifest: Manifest, count: int = PARITY_B
     """Normalized fbank [count, frames, bins] of the first clips of the manifest's evaluation
     split, prepared for `model` as evaluation prepares them (an ElasticAST's at the export's
     `frames` and resolution q, padded or cut to that length as the graph reads them)."""
-    spec = input_spec_on(model, manifest, None)
+    spec = resolved_input(model, lambda: manifest.norm_stats(None))  # as evaluation reads it
     if spec.num_mel_bins != manifest.num_mel_bins:
         raise FastASTError(f"{manifest.path} has no clips of the model's input shape to check "
                            "the export with")

@@ -1,7 +1,7 @@
 """Inference backends behind one interface: given a model and settings, a callable fbank → logits.
 
 - `auto`: the fastest of the others for this machine, model, shape and merging, measured once
-  and cached (export.backend_choice);
+  and cached (inference.backend_choice);
 - `torch`: the model itself, eager;
 - `compile`: the model through `torch.compile` (token counts are static for a given r, so one
   compilation per r schedule and batch shape);
@@ -94,7 +94,7 @@ def make_forward(
                            "onnxruntime")
     model.eval()
     if backend == "auto":
-        from fastast_cli.export.backend_choice import auto_forward
+        from fastast_cli.inference.backend_choice import auto_forward
 
         return auto_forward(
             model, lambda name: make_forward(model, name, cache_dir=cache_dir, method=method),

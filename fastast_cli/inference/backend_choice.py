@@ -60,7 +60,7 @@ class ChoiceKey:
     vector_width: str  # torch.backends.cpu.get_cpu_capability(): the ISA kernels execute
     threads: int
     versions: dict[str, str]  # fastast, torch, onnxruntime
-    model: str  # digest of weights, architecture and merging settings (export.backends)
+    model: str  # digest of weights, architecture and merging settings (inference.backends)
     shape: tuple[int, ...]  # the measured batch [B, T, F]
     device: str
     dtype: str
@@ -111,7 +111,7 @@ def available_candidates() -> list[str]:
     """The backends `auto` measures against torch: $FASTAST_AUTO_BACKENDS (a comma list, empty
     for torch alone) else `AUTO_CANDIDATES`, less those that cannot run here (onnxruntime
     needs the export extra)."""
-    from fastast_cli.export.backends import BACKENDS
+    from fastast_cli.inference.backends import BACKENDS
 
     spec = os.environ.get(AUTO_ENV)
     names = AUTO_CANDIDATES if spec is None else [n.strip() for n in spec.split(",") if n.strip()]
@@ -135,7 +135,7 @@ def _installed(backend: str) -> bool:
 def choice_key(model: nn.Module, shape: Sequence[int], device: torch.device,
                dtype: torch.dtype, method: str) -> ChoiceKey:
     """The cache key of `model` (at its current merging settings) run on batches of `shape`."""
-    from fastast_cli.export.backends import cache_key
+    from fastast_cli.inference.backends import cache_key
 
     return ChoiceKey(
         processor=processor_name(device),
@@ -236,7 +236,7 @@ class ChoiceCache:
 
 
 def default_cache() -> ChoiceCache:
-    from fastast_cli.export.backends import user_cache_dir
+    from fastast_cli.inference.backends import user_cache_dir
 
     return ChoiceCache(user_cache_dir() / CHOICE_FILE)
 

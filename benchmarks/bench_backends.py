@@ -29,11 +29,12 @@ from machine import machine_line
 from rich.console import Console
 
 from fastast_cli import build_model
+from fastast_cli.cli.options import parse_backends
 from fastast_cli.devices import resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.evaluation.throughput import final_tokens, time_forward
 from fastast_cli.export.hf import export_hf
-from fastast_cli.inference.backends import make_forward, parse_backends
+from fastast_cli.inference.backends import make_forward
 from fastast_cli.presets import PRESETS
 from fastast_cli.reports.tables import Column, rich_table
 

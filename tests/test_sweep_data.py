@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from fastast_cli import build_model
 from fastast_cli.cli import app
+from fastast_cli.cli.options import parse_run
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.evaluation import sweep as sweep_module
 from fastast_cli.evaluation.evaluate import evaluate_checkpoint
-from fastast_cli.evaluation.sweep import parse_run
 from fastast_cli.evaluation.sweep_table import SweepRow, recommend
 from fastast_cli.models.checkpoints import save_checkpoint
 

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from fastast_cli import build_model
 from fastast_cli.cli import app
 from fastast_cli.cli import sweep as sweep_cli
+from fastast_cli.cli.options import parse_run
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.evaluation import sweep as sweep_module
-from fastast_cli.evaluation.sweep import SweepOptions, parse_run, plan_sweep
+from fastast_cli.evaluation.sweep import SweepOptions, plan_sweep
 from fastast_cli.evaluation.sweep_table import SweepRow, read_table, recommend
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.reports.plots import method_curves

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fastast_cli import build_model
 from fastast_cli.cli import app
-from fastast_cli.cli.sweep import parse_r_values
+from fastast_cli.cli.options import parse_r_values
 from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.evaluation.throughput import final_tokens, sweep_throughput

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from fastast_cli.cli._app import MaxDuration, Quiet, app, apply_max_duration, console, user_errors
-from fastast_cli.cli._backend import BackendOption, DtypeOption, OnnxOption, check_dtype
 from fastast_cli.cli._merging import (
     MethodOption,
     ProportionalAttentionOption,
@@ -18,6 +17,15 @@ from fastast_cli.cli._merging import (
     schedule_name,
 )
 from fastast_cli.cli._torchrun import torchrun_command
+from fastast_cli.cli.options import (
+    BackendOption,
+    DtypeOption,
+    OnnxOption,
+    check_dtype,
+    parse_folds,
+    parse_lengths,
+    parse_resolutions,
+)
 from fastast_cli.data.checks import check_datafile
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device
@@ -29,9 +37,6 @@ from fastast_cli.evaluation.evaluate import (
     evaluate_checkpoint,
     evaluate_lengths,
     mean_and_std,
-    parse_folds,
-    parse_lengths,
-    parse_resolutions,
     save_evaluation,
 )
 from fastast_cli.inference.backends import check_backend

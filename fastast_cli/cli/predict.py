@@ -19,7 +19,6 @@ from fastast_cli.cli._app import (
     err_console,
     user_errors,
 )
-from fastast_cli.cli._backend import BackendOption, DtypeOption, OnnxOption, check_dtype
 from fastast_cli.cli._merging import (
     MethodOption,
     ProportionalAttentionOption,
@@ -36,6 +35,7 @@ from fastast_cli.cli._predict_output import (
     settings_line,
 )
 from fastast_cli.cli._torchrun import torchrun_command, under_torchrun
+from fastast_cli.cli.options import BackendOption, DtypeOption, OnnxOption, check_dtype
 from fastast_cli.data.audio import AUDIO_EXTENSIONS
 from fastast_cli.data.safepath import real_path
 from fastast_cli.devices import DTYPES, resolve_device

@@ -20,15 +20,14 @@ from fastast_cli.cli._merging import (
     method_names,
     schedule_name,
 )
+from fastast_cli.cli.options import parse_backends, parse_folds, parse_r_values, parse_run
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import device_label, dtype_name, resolve_device
 from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.evaluate import parse_folds
 from fastast_cli.evaluation.sweep import (
     SweepMeasurement,
     SweepOptions,
     SweepRun,
-    parse_run,
     plan_sweep,
 )
 from fastast_cli.evaluation.sweep_table import (
@@ -41,7 +40,6 @@ from fastast_cli.evaluation.sweep_table import (
     recommend,
 )
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
-from fastast_cli.inference.backends import parse_backends
 from fastast_cli.locks import output_lock
 from fastast_cli.models.ast import AST, SIZES, build_model
 from fastast_cli.models.merging import MergeSettings, capped_note, display_name
@@ -57,7 +55,6 @@ from fastast_cli.reports.tables import (
     table_header,
     write_csv,
 )
-from fastast_cli.values import bounded_list, bounded_range, shown
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 Size = Enum("Size", {name: name for name in SIZES}, type=str)  # type: ignore[misc]
@@ -181,33 +178,6 @@ def spread_note(rows: Sequence[Mapping[str, Any]], runs: int) -> str | None:
     return (f"note: the {runs} timed runs of one setting differ by up to {widest:.0f}% "
             f"({where}): speed differences smaller than that are noise (a busy machine? "
             "close other programs or raise --runs)")
-
-
-MAX_R_VALUES = 1000  # r values one --r may give (tokens per block: a few hundred at most)
-
-
-def parse_r_values(spec: str) -> list[int]:
-    """`start:stop:step` (stop included), `start:stop` (step 1), or a comma list `0,8,16`."""
-    try:
-        if ":" in spec:
-            parts = [int(p) for p in spec.split(":")]
-            if len(parts) not in (2, 3):
-                raise ValueError
-            start, stop, step = (*parts, 1) if len(parts) == 2 else parts
-            if step <= 0:
-                raise ValueError
-            values = bounded_range(start, stop, step, f"--r {shown(spec)}", MAX_R_VALUES)
-        else:
-            values = [int(p) for p in spec.split(",") if p.strip()]
-            bounded_list(values, f"--r {shown(spec)}", MAX_R_VALUES)
-    except ValueError:
-        raise FastASTError(
-            f"--r {shown(spec)} is not understood: use start:stop:step (e.g. 0:40:5) or a list "
-            "(0,8,16)"
-        ) from None
-    if not values or min(values) < 0:
-        raise FastASTError(f"--r {shown(spec)} must give at least one value, all >= 0")
-    return values
 
 
 def sweep_model(

@@ -18,8 +18,7 @@ from fastast_cli.cli._app import (
     user_errors,
 )
 from fastast_cli.cli._merging import method_name
-from fastast_cli.errors import FastASTError
-from fastast_cli.evaluation.evaluate import parse_resolutions
+from fastast_cli.cli.options import parse_resolution_range
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
@@ -113,16 +112,6 @@ ProportionalAttention = Annotated[bool | None, typer.Option(
     "--proportional-attention/--no-proportional-attention", help="ToMe's proportional "
     "attention in training (off by default, as ToMe trains); stored in the checkpoint, so "
     "evaluation uses the same.", show_default=False)]
-
-
-def parse_resolution_range(spec: str | None) -> list[float] | None:
-    """`1,4` → [1.0, 4.0] (training draws q from that range); None keeps the recipe's value."""
-    if spec is None:
-        return None
-    values = parse_resolutions(spec)
-    if len(values) != 2:
-        raise FastASTError(f"--resolutions {spec!r}: give LOW,HIGH, e.g. 1,4")
-    return values
 
 
 LOG_COLUMNS = [

@@ -17,7 +17,7 @@ from torch import nn
 from fastast_cli.atomic import atomic_path, check_output, output_folder, write_json
 from fastast_cli.data.checks import check_clips
 from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
-from fastast_cli.data.elastic_features import RESOLUTION_RANGE, collate_native
+from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.devices import DTYPES
 from fastast_cli.errors import FastASTError
@@ -34,7 +34,6 @@ from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
 from fastast_cli.models.merging import MergeSettings, capped_note
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
-from fastast_cli.values import bounded_list, bounded_range, number, shown
 
 PathLike = str | os.PathLike[str]
 
@@ -340,29 +339,6 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values)
 
 
-def parse_folds(spec: str) -> list[int]:
-    """`1-5` or `1,3,5` → fold numbers."""
-    try:
-        if "-" in spec:
-            first, last = (int(v) for v in spec.split("-"))
-            folds = bounded_range(first, last, 1, f"--folds {shown(spec)}", MAX_FOLDS)
-        else:
-            folds = [int(v) for v in spec.split(",") if v.strip()]
-            bounded_list(folds, f"--folds {shown(spec)}", MAX_FOLDS)
-    except ValueError:
-        raise FastASTError(f"--folds {shown(spec)} is not understood: use 1-5 or 1,2,3") from None
-    if not folds:
-        raise FastASTError(f"--folds {shown(spec)} names no fold")
-    if min(folds) < 1:
-        raise FastASTError(f"--folds {shown(spec)}: fold numbers start at 1")
-    return folds
-
-
-MAX_FOLDS = 1000
-MAX_LENGTHS = 100  # lengths or resolutions one --lengths / --resolutions may list
-MAX_LENGTH_S = 24 * 3600.0
-
-
 def evaluate_lengths(
     model: nn.Module,
     manifest: Manifest,
@@ -411,32 +387,3 @@ def evaluate_lengths(
     return rows
 
 
-def parse_lengths(spec: str) -> list[float | None]:
-    """`1,2,5,10` seconds; `full` keeps whole clips."""
-    try:
-        values = [None if v.strip() == "full" else float(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise FastASTError(f"--lengths {shown(spec)}: give seconds such as 1,2,5,10 (or full)"
-                           ) from None
-    bounded_list(values, f"--lengths {shown(spec)}", MAX_LENGTHS)
-    if not values:
-        raise FastASTError(f"--lengths {shown(spec)} names no length")
-    for value in values:
-        if value is not None:
-            number(value, "--lengths: a length in seconds", above=0.0, high=MAX_LENGTH_S)
-    return values
-
-
-def parse_resolutions(spec: str) -> list[float]:
-    """`1,2,4` → time resolutions q (frame shift 10 ms × q)."""
-    try:
-        values = [float(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise FastASTError(f"--resolutions {shown(spec)}: give factors such as 1,2,4") from None
-    bounded_list(values, f"--resolutions {shown(spec)}", MAX_LENGTHS)
-    if not values:
-        raise FastASTError(f"--resolutions {shown(spec)}: factors must be > 0")
-    low, high = RESOLUTION_RANGE
-    for value in values:
-        number(value, "--resolutions: a factor q (frame shift 10 ms × q)", low=low, high=high)
-    return values

@@ -36,7 +36,6 @@ the model), so their speedups are comparable.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,19 +82,6 @@ class SweepRun:
 
     def path(self, r: int, fold: int | None) -> str:
         return self.checkpoint.replace("{r}", str(r)).replace("{fold}", str(fold))
-
-
-def parse_run(spec: str) -> SweepRun:
-    """`name=path` or a bare path (named after its folder; an existing file's path may hold
-    `=`)."""
-    name, sep, path = spec.partition("=")
-    if not sep or Path(spec).is_file():
-        path = spec
-        parts = [p for p in re.split(r"[\\/]", spec) if p]
-        name = parts[-2] if len(parts) >= 2 else parts[-1] if parts else spec
-    if not name or not path:
-        raise FastASTError(f"--checkpoint {spec!r}: use name=path or a path")
-    return SweepRun(name, path)
 
 
 @dataclass(frozen=True)

@@ -52,14 +52,6 @@ def check_backend(name: str) -> str:
     return name
 
 
-def parse_backends(spec: str) -> list[str]:
-    """`torch,compile,onnxruntime` → the backends, each checked, duplicates dropped."""
-    names = [check_backend(part.strip()) for part in spec.split(",") if part.strip()]
-    if not names:
-        raise FastASTError(f"--backend {spec!r} names no backend: use {', '.join(BACKENDS)}")
-    return list(dict.fromkeys(names))
-
-
 def make_forward(
     model: nn.Module,
     backend: str = "torch",

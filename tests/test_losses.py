@@ -74,7 +74,7 @@ def test_cached_predictions_are_mixed_as_probabilities_by_hand():
     """Mixup of two clips with cached teacher logits: the target is the mix of the two
     predictions, as EfficientAT mixes (its loss is λ·L(ŷ, p_i) + (1-λ)·L(ŷ, p_j)), not the
     prediction of mixed logits."""
-    from fastast_cli.training.teacher import Mix
+    from fastast_cli.training.batch import Mix
 
     mix = Mix(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5], dtype=torch.float64))
     bce = mix.apply(teacher_targets(torch.tensor([[3.0], [-8.0]]), "bce", 1.0))

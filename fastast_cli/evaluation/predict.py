@@ -14,10 +14,10 @@ from fastast_cli.distributed import Ranks, current_ranks
 from fastast_cli.progress import track
 from fastast_cli.signals import ignore_stop_signals
 
-Batch = torch.Tensor | list[torch.Tensor]
+Fbanks = torch.Tensor | list[torch.Tensor]  # [B, T, F], or B native-length clips [T_i, F]
 
 
-def to_device(fbank: Batch, device: torch.device) -> Batch:
+def to_device(fbank: Fbanks, device: torch.device) -> Fbanks:
     """A batch on `device`: one tensor [B, T, F], or a list of native-length clips [T_i, F]."""
     if isinstance(fbank, list):
         return [clip.to(device, non_blocking=True) for clip in fbank]
@@ -32,7 +32,7 @@ def predict_dataset(
     dtype: torch.dtype = torch.float32,
     num_workers: int = 0,
     collate_fn: Callable | None = None,
-    forward: Callable[[Batch], torch.Tensor] | None = None,
+    forward: Callable[[Fbanks], torch.Tensor] | None = None,
     ranks: Ranks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, C] (float32, CPU) of `model` on every item of `dataset`, and targets [N, C].

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -47,6 +48,7 @@ from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.signals import exit_code, ignore_stop_signals, signal_name
 from fastast_cli.training import averaging
 from fastast_cli.training.auto import DataShape, Machine, auto_line, resolve_auto
+from fastast_cli.training.batch import Batch, Fbanks, Mix, collate_batch
 from fastast_cli.training.config import TrainConfig, process_batch, warmup_steps_for
 from fastast_cli.training.losses import distillation_loss, teacher_targets
 from fastast_cli.training.plan import TimeEstimate, plan_line
@@ -64,7 +66,6 @@ from fastast_cli.training.sampling import EpochSampler, SeededItems
 from fastast_cli.training.schedule import from_scratch_note, learning_rate
 from fastast_cli.training.setup import feature_cache_dir, model_meta, run_dataset, run_model
 from fastast_cli.training.teacher import (
-    Mix,
     ReplayedViews,
     cached_teacher_logits,
     file_digest,
@@ -208,15 +209,15 @@ class Trainer:
                                self.ranks.rank, self.ranks.world)
         sampler.set_epoch(self.progress.epoch, self.progress.batch * self.batch_size)
         self.train_items.set_epoch(self.progress.epoch)
+        collate = partial(collate_batch, native_length=self.model.input_spec().native_length)
         return DataLoader(
             self.train_items, batch_size=self.batch_size, sampler=sampler,
             num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False, collate_fn=self._collate,
-            worker_init_fn=ignore_stop_signals,
+            persistent_workers=False, collate_fn=collate, worker_init_fn=ignore_stop_signals,
         )
 
     @property
-    def _collate(self) -> Callable | None:
+    def _eval_collate(self) -> Callable | None:
         """Native-length clips travel as lists (ElasticAST); fixed-length ones as one tensor."""
         return collate_native if self.model.input_spec().native_length else None
 
@@ -229,17 +230,16 @@ class Trainer:
         epoch_batches = progress.batch + len(loader)
         self.reporter.epoch_started(progress.epoch, config.epochs, epoch_batches)
         samples, started = 0, time.perf_counter()
-        batches: Iterator = iter(loader)
+        batches: Iterator[Batch] = iter(loader)
         try:
-            for fbank, target, partner, lam, *teacher_view, index, view in batches:
+            for batch in batches:
                 with deferred_interrupts():  # a step and its count go together: exact resume
                     lr = learning_rate(config, progress.epoch, progress.step,
                                        self.warmup_steps)
-                    loss = self._step(network, fbank, target, Mix(index, partner, lam), lr,
-                                      teacher_view[0] if teacher_view else None, view)
-                    progress.epoch_loss += loss * len(fbank)
-                    progress.epoch_samples += len(fbank)
-                    samples += len(fbank)
+                    loss = self._step(network, batch, lr)
+                    progress.epoch_loss += loss * len(batch)
+                    progress.epoch_samples += len(batch)
+                    samples += len(batch)
                     progress.batch += 1
                     progress.step += 1
                 elapsed = time.perf_counter() - started
@@ -251,18 +251,16 @@ class Trainer:
         mean_loss = progress.epoch_loss / max(progress.epoch_samples, 1)
         return mean_loss, time.perf_counter() - started, samples
 
-    def _step(self, network: nn.Module, fbank: torch.Tensor, target: torch.Tensor,
-              mix: Mix, lr: float, teacher_view: torch.Tensor | None = None,
-              view: torch.Tensor | None = None) -> float:
-        fbank = to_device(fbank, self.device)
-        target = target.to(self.device, non_blocking=True)
+    def _step(self, network: nn.Module, batch: Batch, lr: float) -> float:
+        fbank = to_device(batch.fbank, self.device)
+        target = batch.target.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # a Ctrl-C before the update drops the step at the next module (CPU steps are long)
         with abandonable(can_abandon(network, self.device, self.config.compile)):
             with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
                 logits = network(fbank)
-                taught = self._teacher_targets(fbank, mix, teacher_view, view)
+                taught = self._teacher_targets(fbank, batch)
                 loss = distillation_loss(logits.float(), target, taught, self.config.loss,
                                          self.config.kd_lambda)
             if not torch.isfinite(loss):
@@ -293,31 +291,28 @@ class Trainer:
             if self.estimate.warning:
                 self.reporter.note(self.estimate.warning)
 
-    def _teacher_targets(
-        self, fbank: torch.Tensor | list[torch.Tensor], mix: Mix,
-        teacher_view: torch.Tensor | None = None, view: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
+    def _teacher_targets(self, fbank: Fbanks, batch: Batch) -> torch.Tensor | None:
         """The teacher's predictions ψ(Z_t / τ) [B, C] for this very batch: online; replayed
-        (the stored logits of the batch's views, `view` [B]); or of the cached clean clips,
-        mixed as the batch was: λ·p_i + (1-λ)·p_partner (as EfficientAT mixes them).
+        (the stored logits of the batch's views, `batch.view` [B]); or of the cached clean
+        clips, mixed as the batch was: λ·p_i + (1-λ)·p_partner (as EfficientAT mixes them).
 
-        Online, a teacher reads `teacher_view` when the items carry one (a fixed-length teacher
-        of an ElasticAST student: each clip at q = 1 with the student's masks [B, T, F]; a
-        teacher with its own front end: the clips' audio [B, samples]), else the student's
-        batch (native-length clips go to a native-length teacher as they are).
+        Online, a teacher reads `batch.teacher_input` when the items carry one (a fixed-length
+        teacher of an ElasticAST student: each clip at q = 1 with the student's masks
+        [B, T, F]; a teacher with its own front end: the clips' audio [B, samples]), else the
+        student's `fbank` (already on the device; native-length clips go to a native-length
+        teacher as they are).
         """
         if self.teacher is None:
             return None
-        config = self.config
+        config, mix = self.config, batch.mix
         if self.cached_targets is not None:
             return mix.apply(self.cached_targets).to(self.device)
         if self.replayed is not None:
-            assert view is not None
-            logits = self.replayed.teacher_logits(view, mix.index, mix.partner, mix.lam)
+            logits = self.replayed.teacher_logits(batch.view, mix.index, mix.partner, mix.lam)
         else:
+            teacher_input = fbank if batch.teacher_input is None else batch.teacher_input
             with torch.no_grad():
-                logits = self.teacher(to_device(fbank if teacher_view is None else teacher_view,
-                                                self.device))
+                logits = self.teacher(to_device(teacher_input, self.device))
         return teacher_targets(logits.to(self.device), config.loss, config.temperature)
 
     def _teacher_logits_cache(self) -> torch.Tensor:
@@ -393,7 +388,7 @@ class Trainer:
         """Metrics on the validation split, in float32 as AST validates (AMP is for the
         training steps); each rank of a torchrun job scores its shard."""
         predictions, targets = predict_dataset(model, self.eval_set, self.batch_size,
-                                               self.device, collate_fn=self._collate,
+                                               self.device, collate_fn=self._eval_collate,
                                                ranks=self.ranks)
         names = [str(entry.wav) for entry in self.eval_set.entries]
         return compute_metrics(predictions.numpy(), targets.numpy(), names)

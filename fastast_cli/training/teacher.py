@@ -34,24 +34,6 @@ Note = Callable[[str], None]
 VIEWS_FORMAT = 1  # of teacher_views.pt
 
 
-@dataclass
-class Mix:
-    """Which clips a training batch mixed: item `index` [B] with `partner` [B] by weight `lam`
-    [B] (partner = index and lam = 1 for unmixed items)."""
-
-    index: torch.Tensor
-    partner: torch.Tensor
-    lam: torch.Tensor
-
-    def apply(self, per_clip: torch.Tensor) -> torch.Tensor:
-        """Per-clip values [N, C] → the batch's mixed values [B, C]: λ·v_i + (1-λ)·v_partner.
-        Teacher predictions are mixed so as probabilities (`losses.teacher_targets`), as
-        EfficientAT mixes its stored ones (its λ-weighted losses of the two targets are the
-        loss of this mixed target)."""
-        lam = self.lam.to(per_clip.dtype)[:, None]
-        return lam * per_clip[self.index] + (1 - lam) * per_clip[self.partner]
-
-
 @dataclass(frozen=True)
 class TeacherView:
     """What a training item carries for its teacher besides the student's input (the last field

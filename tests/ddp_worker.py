@@ -22,9 +22,9 @@ def record_steps(trainer: Trainer) -> list[tuple[int, float, list[int]]]:
     steps: list[tuple[int, float, list[int]]] = []
     step = trainer._step
 
-    def recorded(network, fbank, target, mix, lr, *rest):
-        steps.append((trainer.progress.epoch, lr, mix.index.tolist()))
-        return step(network, fbank, target, mix, lr, *rest)
+    def recorded(network, batch, lr):
+        steps.append((trainer.progress.epoch, lr, batch.mix.index.tolist()))
+        return step(network, batch, lr)
 
     trainer._step = recorded  # type: ignore[method-assign]
     return steps

@@ -260,7 +260,7 @@ class Trainer:
         with abandonable(can_abandon(network, self.device, self.config.compile)):
             with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
                 logits = network(fbank)
-                taught = self._teacher_targets(fbank, batch)
+                taught = self._teacher_targets(fbank, batch.mix, batch.teacher_input, batch.view)
                 loss = distillation_loss(logits.float(), target, taught, self.config.loss,
                                          self.config.kd_lambda)
             if not torch.isfinite(loss):
@@ -291,28 +291,29 @@ class Trainer:
             if self.estimate.warning:
                 self.reporter.note(self.estimate.warning)
 
-    def _teacher_targets(self, fbank: Fbanks, batch: Batch) -> torch.Tensor | None:
-        """The teacher's predictions ψ(Z_t / τ) [B, C] for this very batch: online; replayed
-        (the stored logits of the batch's views, `batch.view` [B]); or of the cached clean
-        clips, mixed as the batch was: λ·p_i + (1-λ)·p_partner (as EfficientAT mixes them).
+    def _teacher_targets(self, fbank: Fbanks, mix: Mix, teacher_input: torch.Tensor | None,
+                         view: torch.Tensor) -> torch.Tensor | None:
+        """The teacher's predictions ψ(Z_t / τ) [B, C] for this very batch (`Batch`'s fields):
+        online; replayed (the stored logits of the batch's views, `view` [B]); or of the cached
+        clean clips, mixed as the batch was: λ·p_i + (1-λ)·p_partner (as EfficientAT mixes
+        them).
 
-        Online, a teacher reads `batch.teacher_input` when the items carry one (a fixed-length
-        teacher of an ElasticAST student: each clip at q = 1 with the student's masks
-        [B, T, F]; a teacher with its own front end: the clips' audio [B, samples]), else the
-        student's `fbank` (already on the device; native-length clips go to a native-length
-        teacher as they are).
+        Online, a teacher reads `teacher_input` when the items carry one (a fixed-length teacher
+        of an ElasticAST student: each clip at q = 1 with the student's masks [B, T, F]; a
+        teacher with its own front end: the clips' audio [B, samples]), else the student's
+        `fbank` (native-length clips go to a native-length teacher as they are).
         """
         if self.teacher is None:
             return None
-        config, mix = self.config, batch.mix
+        config = self.config
         if self.cached_targets is not None:
             return mix.apply(self.cached_targets).to(self.device)
         if self.replayed is not None:
-            logits = self.replayed.teacher_logits(batch.view, mix.index, mix.partner, mix.lam)
+            logits = self.replayed.teacher_logits(view, mix.index, mix.partner, mix.lam)
         else:
-            teacher_input = fbank if batch.teacher_input is None else batch.teacher_input
             with torch.no_grad():
-                logits = self.teacher(to_device(teacher_input, self.device))
+                logits = self.teacher(to_device(fbank if teacher_input is None else teacher_input,
+                                                self.device))
         return teacher_targets(logits.to(self.device), config.loss, config.temperature)
 
     def _teacher_logits_cache(self) -> torch.Tensor:

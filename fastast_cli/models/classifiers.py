@@ -106,8 +106,11 @@ def load_classifier(
     method: str | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Any trained classifier, in eval mode: fastast AST, ElasticAST, CNN or PaSST checkpoints,
-    original AST `.pth` files and Hugging Face AST folders (`load_checkpoint`).
+    """Any trained classifier, in eval mode, ready to run as the command line runs it: fastast
+    AST, ElasticAST, CNN or PaSST checkpoints, original AST `.pth` files and Hugging Face AST
+    folders (read by `load_checkpoint`). Use it when the architecture is not known in advance
+    (`evaluate`, `predict`, `sweep`); `load_model` is the AST-only loader that can also re-shape
+    the input or replace the head.
 
     Models that merge tokens merge as their checkpoint records (`MergeSettings`; none recorded:
     no merging, proportional attention on); `r`, `schedule`, `proportional_attention` and

@@ -1,6 +1,14 @@
-"""Loading models from checkpoints. `load_checkpoint` is the one entry point for a trained
-classifier: it reads a file once and builds the architecture recorded in it. `load_model` and
-`init_from_pretrained` put AST weights of any supported format into an AST."""
+"""Loading models from checkpoints. Which loader to use:
+
+- `load_checkpoint(path)`: the classifier a file holds, any architecture, as stored (no token
+  merging). The one place a file becomes a model; the others build on it or on `read_weights`.
+- `models.classifiers.load_classifier(path, r=...)`: any trained classifier ready to run,
+  merging as its checkpoint records (what `evaluate`, `predict` and `sweep` load).
+- `load_model(path, r=...)`: an AST only (the public Python API's loader), merging as recorded,
+  from any AST format, optionally re-shaped (`target_length`, strides) or with a new head
+  (`num_classes`). Other architectures are refused with a pointer to `load_classifier`.
+- `init_from_pretrained(model, path)`: AST weights of any format into an AST already built.
+"""
 
 from __future__ import annotations
 
@@ -46,11 +54,13 @@ Builder = Callable[[Mapping[str, Any], Path], nn.Module]
 
 
 def load_checkpoint(path: PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The classifier a checkpoint holds, in eval mode, reading the file once.
+    """The classifier a checkpoint holds (AST, ElasticAST, CNN or PaSST), in eval mode, as
+    stored: token merging is left off whatever the checkpoint records. Reads the file once.
 
     path: a fastast checkpoint of any architecture (`ast`, `elastic`, `cnn`, `passt`; a run's
         `best.pt` or `last.pt`, old or new layout), an original AST `.pth` or a Hugging Face AST
-        folder. The checkpoint's metadata lands in `model.meta`; merging is left off.
+        folder. The checkpoint's metadata lands in `model.meta`. To run a checkpoint as trained
+        use `load_classifier` (merging as recorded) or, for an AST, `load_model`.
     """
     path = existing_path(path)
     if path.is_dir():
@@ -119,7 +129,12 @@ def load_model(
     tstride: int | None = None,
     device: str | torch.device = "cpu",
 ) -> AST:
-    """Build the AST a checkpoint describes, load its weights, and return it in eval mode.
+    """The AST a checkpoint describes, its weights loaded, in eval mode, merging as the
+    checkpoint records: the Python API's loader (`fastast_cli.load_model`).
+
+    Returns an `AST` only. A fastast checkpoint of another architecture (ElasticAST, CNN,
+    PaSST) raises `CheckpointError` naming `load_classifier`, which loads any of them merging
+    as recorded (and `load_checkpoint` as stored); those take no re-shaping arguments.
 
     path: a fastast checkpoint, an original AST `.pth`, a Hugging Face AST folder (or a Hub
         id, see `hub`), or timm DeiT ImageNet weights (`.pth` / `.safetensors`; needs

@@ -38,9 +38,10 @@ def replayed_view(seed: int, epoch: int, index: int, views: int) -> int:
 class SeededItems(Dataset):
     """Wraps a dataset so item i of epoch e always draws the same augmentation.
 
-    Returns `(*dataset[i], i, view)`: the index lets the loop find cached teacher logits. With
-    `views` = K > 0 an item is one of K fixed augmented views of its clip (`view`, drawn per
-    epoch and clip; the augmentation is the one `view_seed` gives), else `view` is -1.
+    Returns `(*dataset[i], i, view)` (`training.batch.collate_batch` makes B of them one
+    `Batch`): the index lets the loop find cached teacher logits. With `views` = K > 0 an item
+    is one of K fixed augmented views of its clip (`view`, drawn per epoch and clip; the
+    augmentation is the one `view_seed` gives), else `view` is -1.
     """
 
     def __init__(self, dataset: Dataset, seed: int, views: int = 0) -> None:

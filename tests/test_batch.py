@@ -1,0 +1,56 @@
+"""A training batch is a named record: `collate_batch` names what SeededItems' items hold."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fastast_cli.training.batch import Batch, collate_batch
+from fastast_cli.training.sampling import SeededItems
+
+
+class Items(Dataset):
+    """Items as a `return_mix` dataset gives them: (fbank, target, partner, λ[, teacher input]),
+    with clip i's fbank [T_i, 4] filled with i, its target one-hot, partner i + 1 mod N."""
+
+    def __init__(self, count: int = 5, native: bool = False, teacher: bool = False) -> None:
+        self.count, self.native, self.teacher = count, native, teacher
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple:
+        frames = 3 + index if self.native else 6
+        item = (torch.full((frames, 4), float(index)), torch.eye(self.count)[index],
+                (index + 1) % self.count, 0.25 * index)
+        return (*item, torch.full((8,), -float(index))) if self.teacher else item
+
+
+def batches(dataset: Dataset, native: bool, views: int = 0) -> list[Batch]:
+    items = SeededItems(dataset, seed=0, views=views)
+    loader = DataLoader(items, batch_size=3, shuffle=False,
+                        collate_fn=lambda chunk: collate_batch(chunk, native_length=native))
+    return list(loader)
+
+
+def test_fixed_length_batch_names_every_field():
+    first, second = batches(Items(), native=False)
+    assert isinstance(first, Batch) and (len(first), len(second)) == (3, 2)
+    assert first.fbank.shape == (3, 6, 4)
+    torch.testing.assert_close(first.fbank[:, 0, 0], torch.tensor([0.0, 1.0, 2.0]))
+    torch.testing.assert_close(first.target, torch.eye(5)[:3])
+    assert first.mix.index.tolist() == [0, 1, 2]
+    assert first.mix.partner.tolist() == [1, 2, 3]
+    torch.testing.assert_close(first.mix.lam, torch.tensor([0.0, 0.25, 0.5], dtype=torch.float64))
+    assert first.view.tolist() == [-1, -1, -1] and first.teacher_input is None
+    assert second.mix.index.tolist() == [3, 4] and second.mix.partner.tolist() == [4, 0]
+
+
+def test_native_length_batch_keeps_clips_apart_and_carries_the_teacher_input():
+    first, _ = batches(Items(native=True, teacher=True), native=True, views=2)
+    assert isinstance(first.fbank, list)
+    assert [clip.shape[0] for clip in first.fbank] == [3, 4, 5]
+    assert first.teacher_input is not None and first.teacher_input.shape == (3, 8)
+    torch.testing.assert_close(first.teacher_input[:, 0], torch.tensor([0.0, -1.0, -2.0]))
+    assert first.mix.index.tolist() == [0, 1, 2]
+    assert all(view in (0, 1) for view in first.view.tolist())  # a replayed view, not -1

@@ -49,8 +49,6 @@ def check_dtype(dtype: str, backends: list[str]) -> str:
 MAX_FOLDS = 1000
 MAX_LENGTHS = 100  # lengths or resolutions one --lengths / --resolutions may list
 MAX_LENGTH_S = 24 * 3600.0
-
-
 MAX_R_VALUES = 1000  # r values one --r may give (tokens per block: a few hundred at most)
 
 

@@ -1,8 +1,8 @@
 """What a flag string means: the parsers of the list and range flags (`--r 0:40:10`,
 `--folds 1-5`, `--lengths 1,2,full`, `--resolutions 1,4`, `--backend torch,onnxruntime`,
-`--checkpoint name=path`) and the options shared by the commands that run a model on a choice
-of backend. Every parser raises a one-line FastASTError naming the flag; no module outside
-`fastast_cli/cli/` parses flag strings."""
+`--checkpoint name=path`, `--ratios 0.8,0.1,0.1`) and the options shared by the commands that
+run a model on a choice of backend. Every parser raises a one-line FastASTError naming the
+flag; no module outside `fastast_cli/cli/` parses flag strings."""
 
 from __future__ import annotations
 
@@ -154,3 +154,11 @@ def parse_backends(spec: str) -> list[str]:
     if not names:
         raise FastASTError(f"--backend {spec!r} names no backend: use {', '.join(BACKENDS)}")
     return list(dict.fromkeys(names))
+
+
+def parse_ratio_list(text: str) -> tuple[float, ...]:
+    """`--ratios 0.8,0.1,0.1` → (0.8, 0.1, 0.1) (`prepare folder` checks and normalizes them)."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise FastASTError(f"--ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None

@@ -17,6 +17,7 @@ from fastast_cli.cli._app import (
     err_console,
     user_errors,
 )
+from fastast_cli.cli.options import parse_ratio_list
 from fastast_cli.data.prepare import (
     PrepareReport,
     prepare_audioset,
@@ -177,14 +178,6 @@ def audioset(
     )
 
 
-def _ratios(text: str) -> tuple[float, ...]:
-    """'0.8,0.1,0.1' → (0.8, 0.1, 0.1)."""
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise FastASTError(f"--ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None
-
-
 def source_name(src: Path) -> str:
     """The default output name of `prepare folder --src SRC`: SRC's own folder name."""
     name = src.expanduser().resolve().name
@@ -215,7 +208,7 @@ def folder(
     _run(quiet, max_duration)
     _summary(
         prepare_folder(
-            src, _out(out, source_name(src)), ratios=_ratios(ratios), seed=seed,
+            src, _out(out, source_name(src)), ratios=parse_ratio_list(ratios), seed=seed,
             target_length=target_length, label_pattern=label_pattern,
         )
     )

@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 # The end-to-end demo on the generated demo set, CPU-sized: prepare → CNN teacher → three tiny
-# AST students (no merging; merging at r = DEMO_R; merging and distillation) → sweep r → the
+# AST students of 230 tokens per clip (recipes/demo.yaml; no merging; merging at r = DEMO_R
+# tokens per block; merging and distillation) → sweep r = 0…48 → the
 # paper's Tables 1 and 2 in small and a two-line summary, computed from the sweep's CSV. Each
 # step is skipped when its result exists (a run is complete once its summary.json exists).
 DEMO_R := 24

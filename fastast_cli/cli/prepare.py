@@ -231,8 +231,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the generated sounds."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
 ) -> None:
-    """A built-in offline demo set: 10 procedural sound classes in ESC-50 layout, 5 folds, in
-    five pairs told apart by fine time-frequency detail only."""
+    """A built-in offline demo set: 10 procedural sound classes in ESC-50 layout, 5 folds."""
     _run(quiet)
     if clips_per_class < 5:
         raise FastASTError("--clips-per-class must be at least 5 (one per fold)")

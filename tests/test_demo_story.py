@@ -100,6 +100,8 @@ def test_tables_hold_the_rows_of_their_runs(demo_sweep):
         assert row["during_training"] == cells["tome", row["r"]].metric
         assert row["during_training_drop"] == pytest.approx(
             cells["tome", row["r"]].metric - cells["ast", 0].metric)
+        assert row["flop_speedup"] == pytest.approx(
+            cells["ast", 0].gflops / cells["ast", row["r"]].gflops)
         # One architecture and merging setting, one interleaved measurement: the two students
         # trained with merging share samples/s (the r = 0 run merges off the shelf, with
         # proportional attention on, so it is timed as a setting of its own at r > 0).
@@ -116,6 +118,9 @@ def test_tables_hold_the_rows_of_their_runs(demo_sweep):
     output = invoke("report", str(demo_sweep), "--baseline", "ast", "--tome", "tome",
                     "--r", "8")
     assert "Table 1" in output and "Table 2" not in output
+    assert "FLOP speedup" in output
+    assert [row["flop_speedup"] for row in table1][0] == 1.0
+    assert table1[-1]["flop_speedup"] > 1.0  # r = 8 merges: fewer FLOPs
     assert len(re.findall(r"^r = 8 runs", output, flags=re.MULTILINE)) == 1
     wrong = CliRunner().invoke(app, ["report", str(demo_sweep), "--baseline", "ast", "--tome",
                                      "tome", "--r", "8", "--metric", "mAP"])

@@ -32,6 +32,7 @@ def table1_columns(baseline: str, tome: str) -> list[Column]:
         Column("tokens", "tokens left"),
         Column("samples_per_s", "samples/s", "{:.1f}"),
         Column("speedup", "speedup", "{:.2f}", "x"),
+        Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
         Column("inference_only", f"Inf ({baseline})", "{:.4f}"),
         Column("inference_only_drop", "change", "{:+.4f}"),
         Column("during_training", f"Train+Inf ({tome})", "{:.4f}"),

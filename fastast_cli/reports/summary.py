@@ -18,6 +18,7 @@ shared r = 0 row (a run swept with one other method alone: that method's).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,13 +84,15 @@ def table1_caption(rows: Sequence[SweepRow], baseline: str, tome: str) -> str:
 def table1_rows(rows: Sequence[SweepRow], baseline: str, tome: str) -> list[dict[str, Any]]:
     """Table 1 in small, one row per r both runs have: tokens and speed at r, the baseline
     merged at inference only, and the run trained with merging; changes vs the baseline at r = 0.
-    Speed is the baseline's (runs of one architecture share one measurement)."""
+    Speed is the baseline's (runs of one architecture share one measurement); beside the
+    measured speedup, the speedup its FLOPs promise (GFLOPs at r = 0 over GFLOPs at r)."""
     reference = reference_row(rows, baseline)
     inference, training = rows_by_r(rows, baseline), rows_by_r(rows, tome)
     return [
         {
             "r": r, "tokens": inference[r].tokens, "samples_per_s": inference[r].samples_per_s,
             "speedup": inference[r].samples_per_s / reference.samples_per_s,
+            "flop_speedup": flop_ratio(reference.gflops, inference[r].gflops),
             "inference_only": inference[r].metric,
             "inference_only_drop": inference[r].metric - reference.metric,
             "during_training": training[r].metric,
@@ -97,6 +100,11 @@ def table1_rows(rows: Sequence[SweepRow], baseline: str, tome: str) -> list[dict
         }
         for r in sorted(inference.keys() & training.keys())
     ]
+
+
+def flop_ratio(reference_gflops: float, gflops: float) -> float:
+    """How many times fewer FLOPs `gflops` takes than `reference_gflops` (NaN without FLOPs)."""
+    return reference_gflops / gflops if gflops > 0 else math.nan
 
 
 def table2_rows(rows: Sequence[SweepRow], tome: str, kd: str) -> list[dict[str, Any]]:

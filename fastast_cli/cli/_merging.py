@@ -1,6 +1,6 @@
 """Options shared by the commands that run a model with token reduction: the method, how many
 tokens a block removes, the schedule and proportional attention. Each defaults to what the
-checkpoint stores (`models.merging.MergeSettings`); a flag given overrides it."""
+checkpoint stores (`models.reduction.settings.MergeSettings`); a flag given overrides it."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from fastast_cli.evaluation.evaluate import (
 )
 from fastast_cli.export.backends import check_backend
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import MergeSettings, capped_note
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note
 from fastast_cli.progress import set_progress
 from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
 

@@ -25,7 +25,7 @@ from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
 from fastast_cli.export.parity import dataset_features
 from fastast_cli.export.reduction import apply_reduction
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import MergeSettings, capped_note
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note
 
 
 class Format(str, Enum):

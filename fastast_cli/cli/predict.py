@@ -51,7 +51,7 @@ from fastast_cli.inference.clips import (
     predict_files,
 )
 from fastast_cli.inference.timeline import check_threshold
-from fastast_cli.models.merging import capped_note
+from fastast_cli.models.reduction.settings import capped_note
 from fastast_cli.progress import set_progress
 from fastast_cli.reports.plots import image_format
 

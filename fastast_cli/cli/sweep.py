@@ -44,7 +44,7 @@ from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughp
 from fastast_cli.export.backends import parse_backends
 from fastast_cli.locks import output_lock
 from fastast_cli.models.ast import AST, SIZES, build_model
-from fastast_cli.models.merging import MergeSettings, capped_note, display_name
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note, display_name
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar, set_progress, task

@@ -18,7 +18,7 @@ from fastast_cli.cli._merging import (
 )
 from fastast_cli.devices import resolve_device
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import capped_note, display_name
+from fastast_cli.models.reduction.settings import capped_note, display_name
 from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
 from fastast_cli.reports.plots import image_format
 

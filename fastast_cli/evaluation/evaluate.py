@@ -32,7 +32,7 @@ from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.export.backends import Forward, make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
-from fastast_cli.models.merging import MergeSettings, capped_note
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
 from fastast_cli.values import bounded_list, bounded_range, number, shown
 

@@ -18,7 +18,7 @@ from fastast_cli.models.checkpoints import (
 from fastast_cli.models.checkpoints.fitting import fit_weights, load_exactly
 from fastast_cli.models.checkpoints.passt import read_passt_weights
 from fastast_cli.models.elastic import ElasticAST
-from fastast_cli.models.merging import MergeSettings
+from fastast_cli.models.reduction.settings import MergeSettings
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
 from fastast_cli.models.reduction.schedule import RSchedule
 from fastast_cli.models.teachers import (

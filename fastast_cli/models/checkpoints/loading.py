@@ -33,7 +33,7 @@ from fastast_cli.models.checkpoints.original import original_ast_weights, strip_
 from fastast_cli.models.checkpoints.passt import TIME_TABLE
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, required
 from fastast_cli.models.elastic import ElasticAST, ElasticConfig
-from fastast_cli.models.merging import MergeSettings
+from fastast_cli.models.reduction.settings import MergeSettings
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
 from fastast_cli.models.records import ConfigRecord
 from fastast_cli.models.reduction.schedule import RSchedule

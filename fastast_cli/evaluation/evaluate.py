@@ -32,7 +32,7 @@ from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.export.backends import Forward, make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
-from fastast_cli.models.reduction.settings import MergeSettings, capped_note
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note, merging_of
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
 from fastast_cli.values import bounded_list, bounded_range, number, shown
 
@@ -235,7 +235,7 @@ def evaluate_model(
                               [str(entry.wav) for entry in dataset.entries])
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
-                      getattr(model, "merge_settings", None),
+                      merging_of(model),
                       spec.stats_note, headline=headline_metric(model, manifest), dtype=dtype)
 
 

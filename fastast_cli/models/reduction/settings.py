@@ -194,5 +194,5 @@ def _legacy_record(meta: dict[str, Any]) -> dict[str, Any] | None:
         return None
     config = meta.get("train_config")
     proportional = config.get("proportional_attention", True) if isinstance(config, dict) else True
-    return {"method": DEFAULT_METHOD, "r": meta["r"], "schedule": meta.get("schedule") or "constant",
-            "proportional_attention": proportional}
+    return {"method": DEFAULT_METHOD, "r": meta["r"],
+            "schedule": meta.get("schedule") or "constant", "proportional_attention": proportional}

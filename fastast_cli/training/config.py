@@ -28,7 +28,7 @@ from fastast_cli.data.manifest import NORM_SOURCES
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import SIZES
 from fastast_cli.models.elastic import CHOICES as ELASTIC_CHOICES
-from fastast_cli.models.reduction import DEFAULT_METHOD, check_method
+from fastast_cli.models.reduction import DEFAULT_METHOD, METHODS, check_method
 from fastast_cli.models.teachers import BACKBONES, POOLINGS
 from fastast_cli.values import load_yaml, number, shown
 
@@ -189,8 +189,8 @@ class TrainConfig:
             problems.append(f"norm_stats must be measured or ast, not {self.norm_stats!r}")
         try:
             check_method(self.method)
-        except ValueError as error:
-            problems.append(str(error))
+        except ValueError:  # worded as the other keys
+            problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be constant or decreasing, not {self.schedule!r}")
         if self.lr_step < 1 or self.depth < 1 or self.fstride < 1 or self.tstride < 1:

@@ -24,11 +24,12 @@ DISPLAY_NAMES = {ToMe.name: "ToMe", PiToMe.name: "PiToMe", EViT.name: "EViT", To
 
 
 def check_method(name: str) -> str:
-    """`name` when it names a method; ValueError with the one message naming the choices if
-    not (every entry point, flags and recipes included, gives this message)."""
+    """`name` when it names a method; if not, ValueError with the one message naming the
+    choices (flags, the Python API, checkpoints' records and export all give it; a recipe
+    words it as its other keys, `method must be one of ...`)."""
     if name not in METHODS:
-        raise ValueError(f"token reduction method must be one of {', '.join(METHODS)}, "
-                         f"not {name!r}")
+        raise ValueError(f"unknown token reduction method {name!r}: choose one of "
+                         f"{', '.join(METHODS)}")
     return name
 
 

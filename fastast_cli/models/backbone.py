@@ -30,7 +30,7 @@ Model = TypeVar("Model", bound="TokenClassifier")
 class TokenClassifier(nn.Module):
     """A transformer classifier with token reduction in every block."""
 
-    merges_tokens = True  # has `set_r`
+    merges_tokens = True  # has `merging` and `set_r`
     head_prefixes = ("mlp_head.",)  # the tensors a new class count re-creates
     config: ASTConfig
 
@@ -74,10 +74,9 @@ class TokenClassifier(nn.Module):
         schedule; TypeError for an r of the wrong kind) before anything changes."""
         plan = self.resolve_r(settings)
         key = _method_key(settings)
-        reduction = self._methods.get(key) or make_method(settings.method,
-                                                          settings.method_options)
-        self._methods[key] = reduction
-        self._merging, self._plan, self._reduction = settings, plan, reduction
+        if key not in self._methods:
+            self._methods[key] = make_method(settings.method, settings.method_options)
+        self._merging, self._plan, self._reduction = settings, plan, self._methods[key]
 
     def set_r(
         self: Model,

@@ -36,6 +36,7 @@ from fastast_cli.models.reduction.schedule import RSchedule, capped_merging_note
 
 META_KEY = "merging"
 
+
 @dataclass(frozen=True)
 class MergeSettings:
     """Token reduction of a model: `r` (int, per-block list, or an ElasticAST fraction), the

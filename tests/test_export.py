@@ -17,7 +17,7 @@ from fastast_cli.data.manifest import load_manifest
 from fastast_cli.evaluation.evaluate import evaluate_checkpoint
 from fastast_cli.export import onnx_export
 from fastast_cli.export.onnx_export import export_onnx, onnx_metadata, read_metadata
-from fastast_cli.export.reduction import METHODS, apply_reduction
+from fastast_cli.export.reduction import apply_reduction
 from fastast_cli.inference.backends import cache_key, make_forward, user_cache_dir
 from fastast_cli.models.checkpoints import (
     load_model,
@@ -26,6 +26,7 @@ from fastast_cli.models.checkpoints import (
     to_hf_state_dict,
 )
 from fastast_cli.models.elastic import ElasticAST
+from fastast_cli.models.reduction import METHODS
 from fastast_cli.models.reduction.tome import bipartite_soft_matching
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
 

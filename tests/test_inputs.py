@@ -35,7 +35,7 @@ from fastast_cli.inference.stream import window_features
 from fastast_cli.models.ast import build_model
 from fastast_cli.models.elastic import build_elastic
 from fastast_cli.models.inputs import InputSpec, resolved_input
-from fastast_cli.models.merging import MergeSettings, capped_note, merges_fixed_grid
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note, merges_fixed_grid
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
 
 # Outputs of features.raw_features / waveform_to_fbank, elastic_features.elastic_features,

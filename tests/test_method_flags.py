@@ -17,8 +17,8 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.evaluation.evaluate import evaluate_checkpoint
 from fastast_cli.models.checkpoints import save_checkpoint
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.reduction import METHODS
+from fastast_cli.models.reduction.settings import MergeSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

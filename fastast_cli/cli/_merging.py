@@ -1,6 +1,7 @@
 """Options shared by the commands that run a model with token reduction: the method, how many
 tokens a block removes, the schedule and proportional attention. Each defaults to what the
-checkpoint stores (`models.merging.MergeSettings`); a flag given overrides it."""
+checkpoint stores (`models.reduction.settings.MergeSettings`); a flag given overrides it.
+Method names are checked by the engine's registry (`models.reduction.check_method`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Annotated
 import typer
 
 from fastast_cli.errors import FastASTError
-from fastast_cli.models.reduction import METHODS
+from fastast_cli.models.reduction import DEFAULT_METHOD, METHODS, check_method
 
 
 class Schedule(str, Enum):
@@ -37,15 +38,19 @@ ProportionalAttentionOption = Annotated[bool | None, typer.Option(
 
 MethodOption = Annotated[str | None, typer.Option(help=(
     f"Token reduction method: {', '.join(METHODS)} (ToMe, PiToMe, EViT, Token Fusion, seeded "
-    "random merges). Default: the checkpoint's (tome for checkpoints that record none)."),
+    f"random merges). Default: the checkpoint's ({DEFAULT_METHOD} for checkpoints that record "
+    "none)."),
     show_default=False)]
 
 
 def method_name(method: str | None) -> str | None:
-    """The `--method` given, checked against the engine's methods; None when not given."""
-    if method is not None and method not in METHODS:
-        raise FastASTError(f"unknown --method {method!r}: choose one of {', '.join(METHODS)}")
-    return method
+    """The `--method` given, checked by the engine's registry; None when not given."""
+    if method is None:
+        return None
+    try:
+        return check_method(method)
+    except ValueError as error:
+        raise FastASTError(str(error)) from None
 
 
 def method_names(methods: str) -> list[str]:

@@ -42,6 +42,7 @@ from fastast_cli.inference.timeline import (
     row_record,
     top_classes,
 )
+from fastast_cli.models.reduction.settings import merging_of
 from fastast_cli.progress import task
 from fastast_cli.reports.plots import plot_timeline
 from fastast_cli.reports.tables import Column, rich_table
@@ -65,7 +66,7 @@ def settings_line(predictor: Predictor) -> str:
     """One line saying how scores are made: score function, windows and aggregation."""
     window = predictor.window / FRAMES_PER_SECOND
     hop = predictor.hop / FRAMES_PER_SECOND
-    merging = getattr(predictor.model, "merge_settings", None)
+    merging = merging_of(predictor.model)
     return (
         f"scores: {SCORE_NOTES[predictor.kind]}; windows of {window:g} s every {hop:g} s, "
         f"{predictor.aggregate} over windows" + (f"; {merging.describe()}" if merging else "")

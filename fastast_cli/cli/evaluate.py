@@ -41,7 +41,7 @@ from fastast_cli.evaluation.evaluate import (
 )
 from fastast_cli.inference.backends import check_backend
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import MergeSettings, capped_note
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note, merging_of
 from fastast_cli.progress import set_progress
 from fastast_cli.reports.tables import Column, check_table_target, rich_table, write_csv
 
@@ -56,10 +56,9 @@ def _cells(fold: object, values: dict[str, float]) -> dict[str, str]:
     return {"fold": str(fold), **{key: f"{values[key]:.4f}" for key in METRICS}}
 
 
-def merging_line(model_or_settings: object) -> str:
+def merging_line(settings: MergeSettings | None) -> str:
     """How the model merged tokens, for a table title ('' for models without merging)."""
-    settings = getattr(model_or_settings, "merge_settings", model_or_settings)
-    return f"; {settings.describe()}" if isinstance(settings, MergeSettings) else ""
+    return f"; {settings.describe()}" if settings is not None else ""
 
 
 @app.command()
@@ -204,7 +203,7 @@ def length_sweep(checkpoint: str, manifest, lengths: list[float | None],
                             split=split, fold=fold, batch_size=batch_size,
                             device=resolve_device(device), dtype=dtype)
     title = (f"{checkpoint} by clip length and time resolution, {split} split, {dtype}"
-             f"{merging_line(model)}")
+             f"{merging_line(merging_of(model))}")
     console.print(rich_table(title, rows, LENGTH_COLUMNS))
     if out is not None:
         write_csv(out / "lengths.csv", rows, LENGTH_COLUMNS)

@@ -25,7 +25,8 @@ from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
 from fastast_cli.export.parity import dataset_features
 from fastast_cli.export.reduction import apply_reduction
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import MergeSettings, capped_note
+from fastast_cli.models.reduction import DEFAULT_METHOD
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note, merging_of
 
 
 class Format(str, Enum):
@@ -81,21 +82,21 @@ def export(
     model = load_classifier(checkpoint, r, schedule=schedule_name(schedule),
                             proportional_attention=proportional_attention,
                             method=method_name(method))
-    settings = getattr(model, "merge_settings", None)
+    settings = merging_of(model)  # None: a CNN or PaSST checkpoint, which never merges
     if kind is Format.hf:
         files = export_hf(model, out, frames, resolution)
         console.print(f"wrote {', '.join(file.name for file in files)} in {out}")
-        if isinstance(settings, MergeSettings) and _merges(settings):
+        if settings is not None and _merges(settings):
             console.print(f"note: transformers' AST has no token merging: the folder holds the "
                           f"model without the r={settings.r} it was trained with (r = 0)")
         eps_note = head_eps_note(model)
         if eps_note:
             console.print(f"note: {eps_note}")
         return
-    if isinstance(settings, MergeSettings):  # merging set by load_classifier
+    if settings is not None:  # merging set by load_classifier
         method = settings.method
-    else:  # CNN and PaSST checkpoints: no merging settings of their own
-        method = method_name(method) or "tome"
+    else:
+        method = method_name(method) or DEFAULT_METHOD
         apply_reduction(model, method, r or 0)
     note = capped_note(model)  # a capped r, from the checkpoint's settings or the flags
     if note:
@@ -104,7 +105,7 @@ def export(
                                  resolution=resolution) if data is not None else None)
     report = export_onnx(model, out, method=method, tolerance=tolerance, features=features,
                          frames=frames, resolution=resolution)
-    merging = settings.describe() if isinstance(settings, MergeSettings) else "no merging"
+    merging = settings.describe() if settings is not None else "no merging"
     if frames is not None:
         merging += f"; {frames} frames every {report.metadata['frame_shift_ms']:g} ms"
     console.print(

@@ -51,7 +51,7 @@ from fastast_cli.inference.clips import (
     predict_files,
 )
 from fastast_cli.inference.timeline import check_threshold
-from fastast_cli.models.merging import capped_note
+from fastast_cli.models.reduction.settings import capped_note, merging_of
 from fastast_cli.progress import set_progress
 from fastast_cli.reports.plots import image_format
 
@@ -202,7 +202,7 @@ def predict(
                                device=resolve_device(device), dtype=dtype)
     predictor.forward = make_forward(predictor.model, backend, onnx_file=onnx,
                                      batch_size=batch_size, dtype=DTYPES[dtype])
-    merging = getattr(predictor.model, "merge_settings", None)
+    merging = merging_of(predictor.model)
     r = merging.r if merging is not None else 0  # what ran: the checkpoint's unless --r
     notes = err_console if as_json or stdin else console
     if predictor.spec.stats_note:

@@ -42,8 +42,8 @@ from fastast_cli.evaluation.sweep_table import (
 from fastast_cli.evaluation.throughput import default_batch_size, sweep_throughput
 from fastast_cli.locks import output_lock
 from fastast_cli.models.ast import AST, SIZES, build_model
-from fastast_cli.models.merging import MergeSettings, capped_note, display_name
-from fastast_cli.models.reduction import METHODS
+from fastast_cli.models.reduction import METHODS, display_name
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note
 from fastast_cli.presets import PRESETS
 from fastast_cli.progress import progress_bar, set_progress, task
 from fastast_cli.reports.plots import method_curves, plot_tradeoff
@@ -437,7 +437,7 @@ def sweep(
     )
     settings = MergeSettings.from_meta(model.meta).overridden(
         None, schedule_name(schedule), proportional_attention, methods[0])
-    settings.apply(model)
+    model.merging = settings
     note = capped_note(model, max(rs), settings.schedule)
     if note:
         console.print(note)

@@ -19,7 +19,7 @@ from fastast_cli.cli._app import (
 )
 from fastast_cli.cli._merging import method_name
 from fastast_cli.cli.options import parse_resolution_range
-from fastast_cli.models.reduction import METHODS
+from fastast_cli.models.reduction import DEFAULT_METHOD, METHODS
 from fastast_cli.progress import Task, set_progress
 from fastast_cli.reports.tables import Column, rich_table
 from fastast_cli.training.config import TrainConfig, load_config, manifest_recipe
@@ -83,7 +83,7 @@ R = Annotated[int | None, typer.Option(
 Schedule = Annotated[str | None, typer.Option(help="r schedule: constant or decreasing.")]
 Method = Annotated[str | None, typer.Option(help=(
     f"Token reduction method in training and evaluation: {', '.join(METHODS)}. Default: the "
-    "recipe's, else tome. Stored in the checkpoint."), show_default=False)]
+    f"recipe's, else {DEFAULT_METHOD}. Stored in the checkpoint."), show_default=False)]
 Elastic = Annotated[bool | None, typer.Option(
     "--elastic/--fixed", help="ElasticAST: clips at their native length packed into rows, "
     "training at random time resolutions (AST students; a fixed-length teacher reads each "

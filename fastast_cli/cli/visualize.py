@@ -18,7 +18,8 @@ from fastast_cli.cli._merging import (
 )
 from fastast_cli.devices import resolve_device
 from fastast_cli.models.classifiers import load_classifier
-from fastast_cli.models.merging import capped_note, display_name
+from fastast_cli.models.reduction import display_name
+from fastast_cli.models.reduction.settings import capped_note
 from fastast_cli.reports.merge_view import draw_merge_view, file_merge_view, require_ast
 from fastast_cli.reports.plots import image_format
 
@@ -63,12 +64,12 @@ def visualize(
         device=resolve_device(device),
     ), checkpoint)
     if r is None and not any(model.r_schedule):  # trained without merging: show r = 8
-        model.merge_settings.overridden(r=DEFAULT_R).apply(model)
+        model.merging = model.merging.overridden(r=DEFAULT_R)
     note = capped_note(model)
     if note:
         console.print(note)
     view = file_merge_view(model, file, offset)
-    settings = model.merge_settings
+    settings = model.merging
     title = (
         f"{file.name}: {view.config.num_patches} patches → {view.num_groups} tokens at "
         f"{display_name(settings.method)} r={settings.r} ({settings.schedule})"

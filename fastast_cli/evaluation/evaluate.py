@@ -32,7 +32,7 @@ from fastast_cli.evaluation.predict import predict_dataset
 from fastast_cli.inference.backends import Forward, make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.inputs import InputSpec, resolved_input
-from fastast_cli.models.merging import MergeSettings, capped_note
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note, merging_of
 from fastast_cli.reports.tables import Column, check_table_target, write_csv
 
 PathLike = str | os.PathLike[str]
@@ -234,7 +234,7 @@ def evaluate_model(
                               [str(entry.wav) for entry in dataset.entries])
     clips = [str(entry.wav) for entry in dataset.entries]
     return Evaluation(name, split, fold, metrics, logits, targets, clips, manifest.label_names,
-                      getattr(model, "merge_settings", None),
+                      merging_of(model),
                       spec.stats_note, headline=headline_metric(model, manifest), dtype=dtype)
 
 

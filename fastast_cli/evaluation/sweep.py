@@ -20,7 +20,8 @@ table comes from one timing loop, and every speedup divides by the r = 0 timing 
 (Only where a kept run's checkpoint is gone are its rows' timings kept, with a note.)
 
 A step is one run with one token-reduction method at one r. Each method runs on a view of the
-run's loaded model (`method_view`: the same weights, its own reduction settings), so a run's
+run's loaded model (`method_view`: the same model, with that method's merging record swapped in
+while it runs; nothing copied, the model's own record untouched), so a run's
 checkpoint is loaded once whatever the number of methods (a `{r}` run's checkpoints: once per
 method, when scored), and every method is timed in one loop against one r = 0 reference.
 
@@ -35,7 +36,6 @@ the model), so their speedups are comparable.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +66,7 @@ from fastast_cli.evaluation.throughput import (
 )
 from fastast_cli.inference.backends import make_forward
 from fastast_cli.models.classifiers import load_classifier
+from fastast_cli.models.reduction.settings import MergingView, merging_as, model_and_merging
 from fastast_cli.progress import task
 
 
@@ -131,13 +132,13 @@ class SweepStep:
     method: str | None = NO_METHOD
 
 
-def method_view(model: nn.Module, method: str | None) -> nn.Module:
-    """`model` reducing tokens with `method` (None, NO_METHOD: as it is): a shallow copy that
-    shares the weights and modules and has its own reduction settings."""
-    if method in (None, NO_METHOD, model.merge_settings.method):
+def method_view(model: nn.Module, method: str | None) -> nn.Module | MergingView:
+    """`model` reducing tokens with `method` (None, NO_METHOD: as it is, the model itself): a
+    `MergingView`, the model with its record's method replaced (that method's default
+    options), swapped in only while the view runs."""
+    if method in (None, NO_METHOD, model.merging.method):
         return model
-    view = copy.copy(model)
-    return model.merge_settings.overridden(method=method).apply(view)
+    return MergingView(model, model.merging.overridden(method=method))
 
 
 def matches(row: SweepRow, step: SweepStep) -> bool:
@@ -337,7 +338,7 @@ class SweepMeasurement:
         return NO_METHOD if self.plan.rs[0] == 0 else method
 
     def model(self, run: SweepRun, r: int, fold: int | None,
-              method: str | None = NO_METHOD) -> nn.Module:
+              method: str | None = NO_METHOD) -> nn.Module | MergingView:
         """The model `run` is scored with at `r` on `fold` with `method`: its own checkpoint
         per r for a `{r}` run, else the one checkpoint (kept until the run is scored)."""
         if run.per_r and r != self.plan.rs[0]:  # checked before timing, read again now
@@ -375,7 +376,7 @@ class SweepMeasurement:
         models = [model for model, _ in timers.values()]
         batch_size = options.batch_size or min(  # one batch that every timed model fits
             default_batch_size(model, options.device, options.dtype, rs[0],
-                               model.merge_settings.schedule) for model in models)
+                               model.merging.schedule) for model in models)
         timed_rs = [model_rs for _, model_rs in timers.values()]
         inputs = [self.real_clips(model, batch_size) if model.input_spec().native_length
                   else None for model in models]
@@ -384,7 +385,7 @@ class SweepMeasurement:
             measured = sweep_throughputs(
                 models, timed_rs, batch_size=batch_size,
                 device=options.device, dtype=options.dtype,
-                schedule=[model.merge_settings.schedule for model in models],
+                schedule=[model.merging.schedule for model in models],
                 warmup=options.warmup, runs=options.runs, backends=backends, inputs=inputs,
                 on_step=work.advance,
             )
@@ -403,9 +404,10 @@ class SweepMeasurement:
                 for backend in backends}
         return speeds, batch_size
 
-    def real_clips(self, model: nn.Module, count: int) -> list[torch.Tensor]:
+    def real_clips(self, entry: nn.Module | MergingView, count: int) -> list[torch.Tensor]:
         """`count` clips of the scored split at their real lengths for timing a native-length
         model (`real_length_clips`), with a note saying so."""
+        model = model_and_merging(entry)[0]
         fold = scored_fold(model, self.manifest, self.options.folds[0], "the checkpoint")
         clips = real_length_clips(model, self.manifest, self.plan.split, fold, count)
         frames = sum(len(clip) for clip in clips) / len(clips)
@@ -423,15 +425,15 @@ class SweepMeasurement:
         run, r, options = step.run, step.r, self.options
         values: dict[str, list[float]] = {backend: [] for backend in self.plan.backends}
         for fold in options.folds:
-            model = self.model(run, r, fold, step.method)
-            settings = model.merge_settings.overridden(r=r)
-            settings.apply(model)
+            model, merging = model_and_merging(self.model(run, r, fold, step.method))
+            settings = merging.overridden(r=r)
             for backend in self.plan.backends:  # `auto` runs what it picked when timing
-                evaluation = evaluate_model(
-                    model, self.manifest, run.path(r, fold), split=self.plan.split, fold=fold,
-                    batch_size=options.eval_batch_size, device=options.device,
-                    forward=make_forward(model, speed[backend].backend),
-                    dtype=ran_dtype(speed[backend].backend, options.dtype))
+                with merging_as(model, settings):
+                    evaluation = evaluate_model(
+                        model, self.manifest, run.path(r, fold), split=self.plan.split,
+                        fold=fold, batch_size=options.eval_batch_size, device=options.device,
+                        forward=make_forward(model, speed[backend].backend),
+                        dtype=ran_dtype(speed[backend].backend, options.dtype))
                 values[backend].append(evaluation.metrics.summary()[self.metric])
             if self.metric == "mAP":
                 self.notes.update(evaluation.notes())

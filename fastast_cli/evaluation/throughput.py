@@ -24,9 +24,13 @@ from torch import nn
 
 from fastast_cli.devices import autocast, resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
-from fastast_cli.inference.backends import make_forward, merging_state, set_merging_state
+from fastast_cli.inference.backends import make_forward
 from fastast_cli.models.ast import NUM_PREFIX_TOKENS
 from fastast_cli.models.reduction.schedule import resolve_schedule, tokens_per_block
+from fastast_cli.models.reduction.settings import MergingView, merging_as, model_and_merging
+
+# A model, or a view of one with its own merging record (a sweep's method).
+Timed = nn.Module | MergingView
 
 # Timing batches tried on an accelerator, largest first (ToMe's benchmarks use 64–256); CPU runs
 # keep a small batch so that a sweep finishes in minutes.
@@ -35,7 +39,7 @@ CPU_BATCH = 8
 
 
 def default_batch_size(
-    model: nn.Module, device: str | torch.device = "auto", dtype: str = "auto", r: int = 0,
+    entry: Timed, device: str | torch.device = "auto", dtype: str = "auto", r: int = 0,
     schedule: str = "constant",
 ) -> int:
     """The timing batch that fills the device: on CUDA the largest of `ACCELERATOR_BATCHES`
@@ -45,13 +49,13 @@ def default_batch_size(
     if device.type != "cuda":
         return CPU_BATCH
     torch_dtype = resolve_dtype(dtype, device)
+    model = model_and_merging(entry)[0].to(device).eval()
     spec = model.input_spec()
-    model = model.to(device).eval()
 
     def fits(size: int) -> bool:
         try:
             batch = torch.zeros(size, spec.target_length, spec.num_mel_bins, device=device)
-            with merging(model, r, schedule):
+            with merging(entry, r, schedule):
                 time_forward(model, batch, device, torch_dtype)
             return True
         except torch.cuda.OutOfMemoryError:
@@ -81,15 +85,13 @@ class ThroughputRow:
 
 
 @contextlib.contextmanager
-def merging(model: nn.Module, r: int, schedule: str) -> Iterator[nn.Module]:
-    """Temporarily set the model's merging rate and schedule (its reduction method and the
-    method's options stay); everything that decides its merging is put back afterwards."""
-    saved = merging_state(model)
-    model.set_r(r, schedule, model.proportional_attention, method=model.reduction_method)
-    try:
+def merging(entry: Timed, r: int, schedule: str) -> Iterator[nn.Module]:
+    """The model of `entry` merging at rate `r` on `schedule`, the rest of its record (a
+    view's, or its own: method, options, proportional attention) kept; the model's own record
+    is set back afterwards."""
+    model, settings = model_and_merging(entry)
+    with merging_as(model, settings.overridden(r=r, schedule=schedule)):
         yield model
-    finally:
-        set_merging_state(model, saved)
 
 
 def time_forward(
@@ -116,12 +118,12 @@ def final_tokens(model: nn.Module, r: int, schedule: str) -> int:
     return tokens_per_block(start, per_block, NUM_PREFIX_TOKENS)[-1]
 
 
-def batch_tokens(model: nn.Module, batch: Batch, r: int, schedule: str) -> int:
+def batch_tokens(entry: Timed, batch: Batch, r: int, schedule: str) -> int:
     """Tokens left after the last block per sample of `batch` at merging rate r: a fixed
     input's count, or for clips at their own lengths the mean over the clips (rounded)."""
     if not isinstance(batch, list):
-        return final_tokens(model, r, schedule)
-    with merging(model, r, schedule):
+        return final_tokens(model_and_merging(entry)[0], r, schedule)
+    with merging(entry, r, schedule) as model:
         counts = [model.token_counts(model.num_tokens(clip))[-1] for clip in batch]
     return round(sum(counts) / len(counts))
 
@@ -134,7 +136,7 @@ def gflops_per_sample(model: nn.Module, batch: Batch) -> float:
 
 
 def sweep_throughput(
-    model: nn.Module,
+    model: Timed,
     rs: Sequence[int],
     *,
     batch_size: int = 8,
@@ -161,7 +163,7 @@ def sweep_throughput(
 
 
 def sweep_throughputs(
-    models: Sequence[nn.Module],
+    models: Sequence[Timed],
     rs: Sequence[Sequence[int]],
     *,
     batch_size: int = 8,
@@ -177,7 +179,9 @@ def sweep_throughputs(
 ) -> list[list[ThroughputRow]]:
     """`sweep_throughput` of several models (e.g. different architectures) at once: models[i]
     at the merging rates rs[i] on each backend, the timed runs of every (model, backend, r)
-    interleaved in one loop so that machine load hits them all alike. Returns the rows of each
+    interleaved in one loop so that machine load hits them all alike (a model may come as
+    several `MergingView`s, e.g. one per method: each is timed with its record, r and schedule
+    set as asked). Returns the rows of each
     model (backend by backend, then r; a row names the backend that ran, the one picked for
     `auto`), its speedups relative to its own first backend at its
     first r. `schedule`: one for every model, or one per model. `on_step` is called after each
@@ -190,24 +194,25 @@ def sweep_throughputs(
     schedules = [schedule] * len(models) if isinstance(schedule, str) else list(schedule)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    models = [model.to(device).eval() for model in models]
+    for entry in models:
+        model_and_merging(entry)[0].to(device).eval()
     given = list(inputs) if inputs is not None else [None] * len(models)
-    batches = [_on(device, batch if batch is not None else _random_batch(model, batch_size, seed))
-               for model, batch in zip(models, given, strict=True)]
+    batches = [_on(device, batch if batch is not None else _random_batch(entry, batch_size, seed))
+               for entry, batch in zip(models, given, strict=True)]
 
     gflops = {}
-    for index, model in enumerate(models):
+    for index, entry in enumerate(models):
         for r in rs[index]:
-            with merging(model, r, schedules[index]):
+            with merging(entry, r, schedules[index]) as model:
                 gflops[index, r] = gflops_per_sample(model, batches[index])
 
     settings = [(index, backend, r) for index, model_rs in enumerate(rs)
                 for backend in backends for r in model_rs]
     forwards = {}
     for index, backend, r in settings:
-        with merging(models[index], r, schedules[index]):
-            forwards[index, backend, r] = make_forward(models[index], backend,
-                                                       batch_size=batch_size, dtype=torch_dtype)
+        with merging(models[index], r, schedules[index]) as model:
+            forwards[index, backend, r] = make_forward(model, backend, batch_size=batch_size,
+                                                       dtype=torch_dtype)
     timings: dict[tuple[int, str, int], list[float]] = {setting: [] for setting in settings}
     for setting in settings:
         for _ in range(warmup):
@@ -227,7 +232,7 @@ def sweep_throughputs(
         [
             ThroughputRow(
                 r=r,
-                tokens=batch_tokens(model, batches[index], r, schedules[index]),
+                tokens=batch_tokens(entry, batches[index], r, schedules[index]),
                 gflops=gflops[index, r],
                 samples_per_s=throughput[index, backend, r],
                 speedup=throughput[index, backend, r] / reference[index],
@@ -237,7 +242,7 @@ def sweep_throughputs(
             )
             for backend in backends for r in rs[index]
         ]
-        for index, model in enumerate(models)
+        for index, entry in enumerate(models)
     ]
 
 
@@ -245,10 +250,10 @@ def _on(device: torch.device, batch: Batch) -> Batch:
     return [clip.to(device) for clip in batch] if isinstance(batch, list) else batch.to(device)
 
 
-def _random_batch(model: nn.Module, batch_size: int, seed: int) -> torch.Tensor:
+def _random_batch(entry: Timed, batch_size: int, seed: int) -> torch.Tensor:
     """A fixed random batch [batch_size, frames, mel_bins] of the model's input shape (for a
     native-length model, its longest clip)."""
-    spec = model.input_spec()
+    spec = model_and_merging(entry)[0].input_spec()
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((batch_size, spec.target_length, spec.num_mel_bins), generator=generator)
 
@@ -258,7 +263,7 @@ def _tick(on_step: Callable[[], None] | None) -> None:
         on_step()
 
 
-def architecture_key(model: nn.Module) -> str:
+def architecture_key(model: Timed) -> str:
     """What decides a model's speed without merging: its architecture and its config without
     the label names. Two models with the same key run at the same samples/s at r = 0."""
     config = {f.name: getattr(model.config, f.name) for f in fields(model.config)
@@ -266,15 +271,15 @@ def architecture_key(model: nn.Module) -> str:
     return repr((model.architecture, config))
 
 
-def merging_key(model: nn.Module) -> str:
+def merging_key(entry: Timed) -> str:
     """What decides a model's samples/s when it merges (r > 0): its `architecture_key` and how it
-    merges (its token-reduction method, schedule, proportional attention)."""
-    settings = model.merge_settings
-    return repr((architecture_key(model), model.reduction.name, settings.schedule,
+    merges (its record's token-reduction method, schedule, proportional attention)."""
+    model, settings = model_and_merging(entry)
+    return repr((architecture_key(model), settings.method, settings.schedule,
                  settings.proportional_attention))
 
 
-def speed_key(model: nn.Module, r: int) -> str:
+def speed_key(model: Timed, r: int) -> str:
     """What decides a model's samples/s at merging rate `r`: its `merging_key`, or at r = 0,
     where every merging setting runs the same model, its `architecture_key` alone (runs of one
     architecture share their r = 0 measurement)."""

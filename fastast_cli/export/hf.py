@@ -16,7 +16,6 @@ is written only when that AST's logits equal the ElasticAST's (checked on random
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -34,6 +33,7 @@ from fastast_cli.inference.scores import label_names, num_classes_of
 from fastast_cli.models.ast import AST
 from fastast_cli.models.checkpoints import HF_MODEL_TYPE, to_hf_state_dict
 from fastast_cli.models.checkpoints.huggingface import HF_PROBLEM_TYPES
+from fastast_cli.models.reduction.settings import merging_as
 
 PathLike = str | os.PathLike[str]
 HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
@@ -73,9 +73,9 @@ def _exportable(model: nn.Module, frames: int | None, resolution: float) -> AST:
                 f"transformers' AST feature extractor reads frames every 10 ms, not at q = "
                 f"{resolution:g}: export this ElasticAST with --format onnx --resolution "
                 f"{resolution:g}")
-        plain = copy.copy(model).set_r(0, method=model.reduction_method)  # as written: r = 0
-        fixed = at_one_length(plain, frames, resolution)
-        gap = largest_gap(plain, fixed)
+        with merging_as(model, model.merging.overridden(r=0)):  # as written: r = 0
+            fixed = at_one_length(model, frames, resolution)
+            gap = largest_gap(model, fixed)
         if not gap <= EXACT_TOLERANCE:
             raise FastASTError(
                 f"this ElasticAST at {frames} frames is not exactly a transformers AST (logits "

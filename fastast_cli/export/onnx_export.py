@@ -43,6 +43,7 @@ from fastast_cli.export.one_length import at_one_length
 from fastast_cli.export.recipe import feature_recipe
 from fastast_cli.inference.clips import clip_features, input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of, score_kind
+from fastast_cli.models.reduction import DEFAULT_METHOD
 
 PathLike = str | os.PathLike[str]
 INPUT_NAME = "fbank"
@@ -124,7 +125,7 @@ def export_onnx(
     model: nn.Module,
     path: PathLike,
     *,
-    method: str = "tome",
+    method: str = DEFAULT_METHOD,
     tolerance: float = DEFAULT_TOLERANCE,
     features: torch.Tensor | None = None,
     frames: int | None = None,

@@ -36,6 +36,7 @@ from fastast_cli.devices import autocast, resolve_dtype, synchronize
 from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.inference.clips import input_spec
+from fastast_cli.models.reduction import DEFAULT_METHOD
 from fastast_cli.progress import progress_bar
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -297,7 +298,7 @@ def auto_forward(
     *,
     batch_size: int = CPU_MEASURE_BATCH,
     dtype: torch.dtype | None = None,
-    method: str = "tome",
+    method: str = DEFAULT_METHOD,
     cache: ChoiceCache | None = None,
 ) -> Forward:
     """The forward of the backend `choose_backend` picks for `model` at its current merging,

@@ -9,13 +9,14 @@
   match the model's settings) or exported on the fly into a cache keyed by the weights and
   settings (under the user's cache folder unless another is given).
 
-A forward made here keeps the model's merging settings of the moment it was made, whatever is
-set on the model afterwards, as an ONNX graph does: forwards at several r can share one model.
+A forward made here keeps the model's merging record (`model.merging`) of the moment it was
+made, whatever is set on the model afterwards, as an ONNX graph does: forwards at several r can
+share one model.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +39,8 @@ from fastast_cli.export.onnx_export import (
 )
 from fastast_cli.inference.clips import input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of
+from fastast_cli.models.reduction import DEFAULT_METHOD
+from fastast_cli.models.reduction.settings import merging_as, merging_of
 
 PathLike = str | os.PathLike[str]
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -74,7 +77,8 @@ def make_forward(
     batch_size, dtype: for `auto`, the batches it will run (the measurement's shape and
     autocast; default dtype: fp16 on CUDA, fp32 elsewhere).
     """
-    method = method or getattr(model, "reduction_method", "tome")
+    merging = merging_of(model)  # the record this forward keeps (None: a model that never merges)
+    method = method or (merging.method if merging is not None else DEFAULT_METHOD)
     check_backend(backend)
     if backend == "auto" and onnx_file is not None:  # a graph given: onnxruntime runs it
         if dtype not in (None, torch.float32):
@@ -99,19 +103,14 @@ def make_forward(
                 "`fastast export --frames N`)")
         path = Path(onnx_file) if onnx_file is not None else cached_export(model, cache_dir, method)
         return _named(onnx_forward(path, model), backend)
-    settings = merging_state(model)
     runner: Callable[[torch.Tensor], torch.Tensor] = model
     if backend == "compile":
         _allow_recompiles()
         runner = torch.compile(model, dynamic=False)
 
     def forward(fbank: torch.Tensor) -> torch.Tensor:
-        current = merging_state(model)
-        set_merging_state(model, settings)
-        try:
+        with merging_as(model, merging) if merging else contextlib.nullcontext():
             return runner(fbank)
-        finally:
-            set_merging_state(model, current)
 
     return _named(forward, backend)
 
@@ -127,23 +126,6 @@ def _allow_recompiles(per_function: int = 64) -> None:
     function silently falls back to eager, which would mislabel a sweep's compiled timings."""
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, per_function)
-
-
-# The attributes that decide how a model merges tokens (ElasticAST's fraction and schedule too).
-MERGING_ATTRIBUTES = ("r_schedule", "r_fraction", "schedule", "proportional_attention",
-                      "reduction")
-
-
-def merging_state(model: nn.Module) -> dict[str, Any]:
-    """A copy of how `model` merges tokens now, for `set_merging_state` to put back."""
-    return {key: copy.copy(getattr(model, key)) for key in MERGING_ATTRIBUTES
-            if hasattr(model, key)}
-
-
-def set_merging_state(model: nn.Module, state: dict[str, Any]) -> None:
-    """Make `model` merge as it did when `merging_state` took `state`."""
-    for key, value in state.items():
-        setattr(model, key, value)
 
 
 def onnx_forward(path: Path, model: nn.Module) -> Forward:
@@ -217,14 +199,20 @@ def cache_key(model: nn.Module, method: str) -> str:
     settings = {
         "config": config.to_dict() if config is not None else type(model).__name__,
         "stats": [meta.get("mean"), meta.get("std")],
-        "merging": {key: value for key, value in merging_state(model).items()
-                    if key != "reduction"},  # the method is recorded by name and options
+        "merging": _graph_merging(model),  # the method is recorded by name and options
         "method": method, "method_options": getattr(model, "reduction_options", {}),
         "versions": [__version__, torch.__version__],
     }
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(weights_digest(model).encode())
     return digest.hexdigest()[:20]
+
+
+def _graph_merging(model: nn.Module) -> dict[str, Any]:
+    """How a model merges, for the key: its record and the r per block it resolves to ({} for
+    a model that never merges)."""
+    merging = merging_of(model)
+    return {} if merging is None else {**merging.to_meta(), "r_schedule": model.r_schedule}
 
 
 def cached_export(model: nn.Module, cache_dir: PathLike | None, method: str) -> Path:

@@ -7,12 +7,12 @@ checkpoints (`module.v.*`, `module.mlp_head.*`) and timm DeiT weights load by na
         → blocks (attention → merge step → MLP) → norm → (tok0 + tok1) / 2 → mlp_head → logits
 
 The merge step is the token state's `reduce` (models/token_state.py) with the model's
-reduction method (models/reduction/, ToMe by default; `set_r(r, method=...)`).
+reduction method (models/reduction/, ToMe by default), as its one record `model.merging`
+(models/reduction/settings.py) says; `set_r(r, method=...)` changes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,9 @@ from torch import nn
 from fastast_cli.models.backbone import TokenClassifier
 from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.records import ConfigRecord
+from fastast_cli.models.reduction.registry import DEFAULT_METHOD
 from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, RSchedule, resolve_schedule
+from fastast_cli.models.reduction.settings import MergeSettings
 from fastast_cli.models.token_state import TokenState
 
 SIZES: dict[str, dict[str, int]] = {
@@ -117,28 +119,9 @@ class AST(TokenClassifier):
         self.last_state: TokenState | None = None  # kept in eval mode only
         self._init_weights([self.cls_token, self.dist_token, self.pos_embed])
 
-    def set_r(
-        self,
-        r: RSchedule,
-        schedule: str = "constant",
-        proportional_attention: bool | None = None,
-        method: str | None = None,
-        method_options: Mapping[str, Any] | None = None,
-    ) -> AST:
-        """Set token reduction: `r` per block (int or list), `constant` or `decreasing` schedule.
-
-        r = 0 is the plain AST. Per-block values above half the mergeable tokens are capped at
-        run time. method: one of `reduction.METHODS` (tome, pitome, evit, tofu, random), each
-        removing exactly r tokens per block; method_options: that method's options (PiToMe:
-        margin_start, margin_slope, alpha; ToFu: switch; random: seed), None for its defaults.
-        proportional_attention and method: None keeps the model's (a loaded checkpoint's, as
-        `load_model` set them). Returns the model, so `load_model(p).set_r(8)` reads naturally.
-        """
-        self.r_schedule = resolve_schedule(r, self.config.depth, schedule)
-        self.set_method(method or self.reduction_method, method_options)
-        if proportional_attention is not None:
-            self.proportional_attention = proportional_attention
-        return self
+    def resolve_r(self, settings: MergeSettings) -> list[int]:
+        """The r of each block: `settings.r` (an int or one per block) on its schedule."""
+        return resolve_schedule(settings.r, self.config.depth, settings.schedule)
 
     def input_spec(self) -> InputSpec:
         """Fixed-length fbanks [B, target_length, num_mel_bins], with the stored stats."""
@@ -188,7 +171,7 @@ def build_model(
     *,
     r: RSchedule = 0,
     schedule: str = "constant",
-    method: str = "tome",
+    method: str = DEFAULT_METHOD,
     **config: Any,
 ) -> AST:
     """A randomly initialised AST of a named size; `config` overrides ASTConfig fields.
@@ -207,7 +190,7 @@ def build_model(
     if num_classes is None:
         num_classes = len(config["labels"]) if config.get("labels") else 527
     model = AST(ASTConfig.for_size(size, num_classes=num_classes, **config))
-    return model.set_r(r, schedule, method=method)
+    return MergeSettings(r, schedule, method=method).apply(model)
 
 
 def model_size(name: str) -> str:

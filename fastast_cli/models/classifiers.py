@@ -18,9 +18,9 @@ from fastast_cli.models.checkpoints import (
 from fastast_cli.models.checkpoints.fitting import fit_weights, load_exactly
 from fastast_cli.models.checkpoints.passt import read_passt_weights
 from fastast_cli.models.elastic import ElasticAST
-from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
 from fastast_cli.models.reduction.schedule import RSchedule
+from fastast_cli.models.reduction.settings import MergeSettings
 from fastast_cli.models.teachers import (
     BACKBONES,
     CNNClassifier,
@@ -115,7 +115,7 @@ def load_classifier(
     Models that merge tokens merge as their checkpoint records (`MergeSettings`; none recorded:
     no merging, proportional attention on); `r`, `schedule`, `proportional_attention` and
     `method` (a name in `models.reduction.METHODS`) override what they are given for. The
-    settings used are in `model.merge_settings`.
+    settings used are in `model.merging`.
     """
     model = load_checkpoint(path, device=device)
     if not model.merges_tokens:

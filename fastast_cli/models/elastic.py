@@ -47,8 +47,8 @@ same 16×16 kernels, used at stride 16.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -61,12 +61,14 @@ from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.packing import Layout
 from fastast_cli.models.pooling import AttentionPool
 from fastast_cli.models.pos_embed import factorize_grid, resample_table, split_pos_embed
+from fastast_cli.models.reduction.registry import DEFAULT_METHOD
 from fastast_cli.models.reduction.schedule import (
     NUM_PREFIX_TOKENS,
     RSchedule,
     resolve_schedule,
     tokens_per_block,
 )
+from fastast_cli.models.reduction.settings import MergeSettings
 from fastast_cli.models.token_state import PackedState
 
 # Parameters an AST checkpoint does not hold in this form.
@@ -174,8 +176,6 @@ class ElasticAST(TokenClassifier):
         if config.pooling == "attention":
             self.attn_pool = AttentionPool(dim, config.num_heads, config.qkv_bias)
         self.max_tokens = config.max_tokens
-        self.r_fraction: float | None = None
-        self.schedule = "constant"
         self.token_dropout = 0.0  # share of patch tokens dropped in training (ElasticAST: 0.1)
         self.last_state: PackedState | None = None  # kept in eval mode only
         positions = [getattr(self, name) for name in POSITION_TABLES]
@@ -190,37 +190,26 @@ class ElasticAST(TokenClassifier):
 
     # --- merging ------------------------------------------------------------------------------
 
-    def set_r(
-        self,
-        r: RSchedule | float,
-        schedule: str = "constant",
-        proportional_attention: bool | None = None,
-        method: str | None = None,
-        method_options: Mapping[str, Any] | None = None,
-    ) -> ElasticAST:
-        """Set token reduction for every clip; returns the model.
+    def resolve_r(self, settings: MergeSettings) -> list[int]:
+        """The r of each block for an int r or one per block, as `AST.resolve_r`; zeros for a
+        fraction in [0, 1) of each clip's patch tokens (`clip_schedule` resolves it per clip)."""
+        if isinstance(settings.r, float):
+            if not 0.0 <= settings.r < 1.0:
+                raise ValueError(f"a fractional r must lie in [0, 1), got {settings.r}")
+            resolve_schedule(0, self.config.depth, settings.schedule)  # checks the name
+            return [0] * self.config.depth
+        return resolve_schedule(settings.r, self.config.depth, settings.schedule)
 
-        r: an int (tokens each clip loses per block) or a list with one int per block, as in
-            `AST.set_r`; or a float in [0, 1): each clip loses round(r × its patch tokens) per
-            block, so long and short clips shrink alike. 0 is the plain model.
-        schedule: `constant` or `decreasing` (2r → 0), applied per clip.
-        Every value is capped per block at half of the clip's mergeable tokens.
-        method, method_options: the reduction method and its options, as in `AST.set_r`.
-        proportional_attention and method: None keeps the model's.
-        """
-        if isinstance(r, float):
-            if not 0.0 <= r < 1.0:
-                raise ValueError(f"a fractional r must lie in [0, 1), got {r}")
-            resolve_schedule(0, self.config.depth, schedule)  # validates the schedule name
-            self.r_fraction, self.r_schedule = r, [0] * self.config.depth
-        else:
-            self.r_fraction = None
-            self.r_schedule = resolve_schedule(r, self.config.depth, schedule)
-        self.schedule = schedule
-        self.set_method(method or self.reduction_method, method_options)
-        if proportional_attention is not None:
-            self.proportional_attention = proportional_attention
-        return self
+    @property
+    def r_fraction(self) -> float | None:
+        """The fraction of each clip's patch tokens merged per block (from `merging`); None for
+        an int r."""
+        return self.merging.r if isinstance(self.merging.r, float) else None
+
+    @property
+    def schedule(self) -> str:
+        """The r schedule, applied per clip (from `merging`)."""
+        return self.merging.schedule
 
     def clip_schedule(self, num_tokens: int) -> list[int]:
         """Tokens a clip of `num_tokens` tokens (prefix included) is asked to lose per block."""
@@ -392,8 +381,7 @@ class ElasticAST(TokenClassifier):
             [self.prefix_pos_embed[0], grid.reshape(f_dim * t_dim, -1)])[None]  # [1, 2+f·t, D]
         ast.load_state_dict({name: value.detach() for name, value in weights.items()})
         schedule = self.clip_schedule(NUM_PREFIX_TOKENS + f_dim * t_dim)
-        ast.set_r(list(schedule), "constant", self.proportional_attention,
-                  method=self.reduction_method, method_options=self.reduction_options)
+        ast.merging = replace(self.merging, r=list(schedule), schedule="constant")
         ast.meta = dict(self.meta)
         return ast.to(self.cls_token.device).eval()
 
@@ -498,7 +486,7 @@ def build_elastic(
     *,
     r: RSchedule | float = 0,
     schedule: str = "constant",
-    method: str = "tome",
+    method: str = DEFAULT_METHOD,
     **config: Any,
 ) -> ElasticAST:
     """A randomly initialised ElasticAST of a named size; `config` overrides ElasticConfig fields.
@@ -506,4 +494,4 @@ def build_elastic(
     Example: `build_elastic("tiny", 50, max_tokens=1024, r=0.05)`.
     """
     model = ElasticAST(ElasticConfig.for_size(size, num_classes=num_classes, **config))
-    return model.set_r(r, schedule, method=method)
+    return MergeSettings(r, schedule, method=method).apply(model)

@@ -25,7 +25,7 @@ from fastast_cli.errors import FastASTError
 from fastast_cli.inference.clips import clip_features, input_spec
 from fastast_cli.inference.stream import FRAMES_PER_SECOND
 from fastast_cli.models.ast import AST, NUM_PREFIX_TOKENS, ASTConfig
-from fastast_cli.models.merging import merges_fixed_grid
+from fastast_cli.models.reduction.settings import merges_fixed_grid
 from fastast_cli.reports.plots import draw_token_counts, new_figure, save_figure
 
 PathLike = str | os.PathLike[str]

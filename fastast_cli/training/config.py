@@ -28,7 +28,7 @@ from fastast_cli.data.manifest import NORM_SOURCES
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.ast import SIZES
 from fastast_cli.models.elastic import CHOICES as ELASTIC_CHOICES
-from fastast_cli.models.reduction import METHODS
+from fastast_cli.models.reduction import DEFAULT_METHOD, METHODS, check_method
 from fastast_cli.models.teachers import BACKBONES, POOLINGS
 from fastast_cli.values import load_yaml, number, shown
 
@@ -82,7 +82,7 @@ class TrainConfig:
     position_fit: str = "marginal"  # position tables from the grid: marginal or additive
     token_dropout_mode: str = "exact"  # exact int(n·(1 − p)) per clip, or bernoulli
     # Token reduction (AST only), stored in the checkpoint: evaluation uses it too by default.
-    method: str = "tome"  # one of models.reduction.METHODS: tome, pitome, evit, tofu, random
+    method: str = DEFAULT_METHOD  # one of models.reduction.METHODS (tome, pitome, evit, ...)
     r: int = 0
     schedule: str = "constant"
     proportional_attention: bool = False  # off in training, as ToMe trains
@@ -187,7 +187,9 @@ class TrainConfig:
             problems.append(f"pooling must be mean or attention, not {self.pooling!r}")
         if self.norm_stats not in NORM_SOURCES:
             problems.append(f"norm_stats must be measured or ast, not {self.norm_stats!r}")
-        if self.method not in METHODS:
+        try:
+            check_method(self.method)
+        except ValueError:  # worded as the other keys
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be constant or decreasing, not {self.schedule!r}")

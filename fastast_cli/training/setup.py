@@ -18,7 +18,7 @@ from fastast_cli.data.dataset import ASTDataset, NativeLengthDataset
 from fastast_cli.data.manifest import Manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.models.classifiers import build_classifier
-from fastast_cli.models.merging import MergeSettings, capped_note
+from fastast_cli.models.reduction.settings import MergeSettings, capped_note
 from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.provenance import data_record
 

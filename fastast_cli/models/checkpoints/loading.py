@@ -41,10 +41,10 @@ from fastast_cli.models.checkpoints.original import original_ast_weights, strip_
 from fastast_cli.models.checkpoints.passt import TIME_TABLE
 from fastast_cli.models.checkpoints.weights import PretrainedWeights, required
 from fastast_cli.models.elastic import ElasticAST, ElasticConfig
-from fastast_cli.models.merging import MergeSettings
 from fastast_cli.models.passt import PaSSTClassifier, PaSSTConfig
 from fastast_cli.models.records import ConfigRecord
 from fastast_cli.models.reduction.schedule import RSchedule
+from fastast_cli.models.reduction.settings import MergeSettings
 from fastast_cli.models.teachers import CNNClassifier, CNNConfig
 
 # Rebuilds the model of a fastast checkpoint's contents; the path is for messages.
@@ -149,7 +149,7 @@ def load_model(
         Original AST files do not store their strides: for them fstride/tstride name the strides
         the checkpoint was trained with (default 10/10; `audioset_12_12_*` needs 12/12).
     The checkpoint's metadata lands in `model.meta`, what loading did in `model.load_notes`,
-    and the merging used in `model.merge_settings`.
+    and the merging used in `model.merging`.
     """
     weights = read_weights(path, fstride=fstride, tstride=tstride)
     model = ast_from_weights(weights, path, num_classes=num_classes, target_length=target_length,

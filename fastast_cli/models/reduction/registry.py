@@ -1,4 +1,5 @@
-"""The token-reduction methods by name (`--method`, `model.set_r(r, method=...)`)."""
+"""The token-reduction methods by name: the one place method names are listed and checked
+(`--method`, recipes, checkpoints' `merging` records, `model.merging`)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,28 @@ from fastast_cli.models.reduction.tofu import ToFu
 from fastast_cli.models.reduction.tome import ToMe
 
 METHODS: dict[str, Callable[..., TokenReduction]] = {
-    "tome": ToMe,  # the default
-    "pitome": PiToMe,
-    "evit": EViT,
-    "tofu": ToFu,
-    "random": RandomMerge,
+    method.name: method for method in (ToMe, PiToMe, EViT, ToFu, RandomMerge)
 }
+# The method of new models and runs, and of checkpoint records that name none.
+DEFAULT_METHOD = ToMe.name
+# The name a method goes by in tables and titles.
+DISPLAY_NAMES = {ToMe.name: "ToMe", PiToMe.name: "PiToMe", EViT.name: "EViT", ToFu.name: "ToFu",
+                 RandomMerge.name: "random"}
+
+
+def check_method(name: str) -> str:
+    """`name` when it names a method; if not, ValueError with the one message naming the
+    choices (flags, the Python API, checkpoints' records and export all give it; a recipe
+    words it as its other keys, `method must be one of ...`)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown token reduction method {name!r}: choose one of "
+                         f"{', '.join(METHODS)}")
+    return name
+
+
+def display_name(method: str) -> str:
+    """The name a method goes by in tables and titles, e.g. `PiToMe` for `pitome`."""
+    return DISPLAY_NAMES.get(method, method)
 
 
 def method_options(method: TokenReduction) -> dict[str, Any]:
@@ -30,10 +47,7 @@ def method_options(method: TokenReduction) -> dict[str, Any]:
 def make_method(name: str, options: Mapping[str, Any] | None = None) -> TokenReduction:
     """A reduction method by name, with its options (PiToMe: margin_start, margin_slope,
     alpha; ToFu: switch; random: seed). Raises ValueError for an unknown name or option."""
-    if name not in METHODS:
-        raise ValueError(f"unknown token reduction method {name!r}: choose one of "
-                         f"{', '.join(METHODS)}")
     try:
-        return METHODS[name](**dict(options or {}))
+        return METHODS[check_method(name)](**dict(options or {}))
     except TypeError as error:
         raise ValueError(f"bad options for method {name!r}: {dict(options or {})}") from error

@@ -1,4 +1,12 @@
-"""How a model merges tokens, as stored in its checkpoint and applied when it is loaded.
+"""How a model merges tokens: one record (`MergeSettings`), carried by the model as
+`model.merging`, stored in its checkpoint and applied when it is loaded.
+
+A model that merges tokens (AST, ElasticAST) holds exactly one frozen record, read and written
+as a whole: `model.merging = settings` applies it (the per-block schedule and the method
+instance are derived from it), `model.merging` is what is in effect, `model.set_r(...)` builds
+and assigns one. Code that runs a model with other settings for a while swaps the record
+(`merging_as`) or runs a view of the model with its own record (`MergingView`) instead of
+copying modules or attributes.
 
 Training records its token-reduction settings in the checkpoint's metadata under `merging`
 (method, its options, r, schedule, proportional attention), so that evaluate, predict, sweep and
@@ -16,22 +24,17 @@ merging and on for off-the-shelf models; training here defaults to off (`TrainCo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
 
+from fastast_cli.models.reduction.registry import DEFAULT_METHOD, display_name
 from fastast_cli.models.reduction.schedule import RSchedule, capped_merging_note
 
 META_KEY = "merging"
-METHOD = "tome"  # the default method, and the method of records that name none
-DISPLAY_NAMES = {"tome": "ToMe", "pitome": "PiToMe", "evit": "EViT", "tofu": "ToFu",
-                 "random": "random"}
-
-
-def display_name(method: str) -> str:
-    """The name a method goes by in tables and titles, e.g. `PiToMe` for `pitome`."""
-    return DISPLAY_NAMES.get(method, method)
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ class MergeSettings:
     r: RSchedule | float = 0
     schedule: str = "constant"
     proportional_attention: bool = True
-    source: str = "default"  # "checkpoint", "default" (nothing stored) or "flags"
-    method: str = METHOD
+    source: str = "default"  # "checkpoint", "default" (nothing stored), "flags" (overridden)
+    method: str = DEFAULT_METHOD
     method_options: dict[str, Any] | None = None
 
     def to_meta(self) -> dict[str, Any]:
@@ -75,7 +78,7 @@ class MergeSettings:
         proportional = bool(record.get("proportional_attention", True)) if merged else True
         options = record.get("method_options")
         return cls(r, record.get("schedule", "constant"), proportional, "checkpoint",
-                   str(record.get("method", METHOD)),
+                   str(record.get("method", DEFAULT_METHOD)),
                    dict(options) if isinstance(options, dict) else None)
 
     def overridden(
@@ -108,13 +111,58 @@ class MergeSettings:
         return f"{display_name(self.method)} r={self.r} {self.attention_line()} ({origin})"
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Set these settings on an AST or ElasticAST (`set_r`) and remember them on the model.
+        """`model.merging = self` on an AST or ElasticAST; returns the model.
 
-        Raises ValueError for a method or option the model's engine does not know."""
-        model.set_r(self.r, self.schedule, self.proportional_attention, method=self.method,
-                    method_options=self.method_options)
-        model.merge_settings = self
+        Raises ValueError for a method, option, r or schedule the model cannot take."""
+        model.merging = self
         return model
+
+
+@contextlib.contextmanager
+def merging_as(model: nn.Module, settings: MergeSettings) -> Iterator[nn.Module]:
+    """`model` merging by `settings` inside the block; its own record is set back afterwards
+    (on errors too)."""
+    saved = model.merging
+    model.merging = settings
+    try:
+        yield model
+    finally:
+        model.merging = saved
+
+
+@dataclass(frozen=True)
+class MergingView:
+    """A model seen with another merging record than its own (e.g. a sweep's method): the same
+    modules and weights, nothing copied, the model's own record untouched. Calling the view,
+    or reading an attribute through it, happens with `merging` swapped in (`merging_as`):
+    `view.reduction_method`, `view.r_schedule` are the view's, `view.blocks is model.blocks`.
+    Code that hands the model to others (backends, export) unpacks it with
+    `model_and_merging` and swaps the record itself."""
+
+    model: nn.Module
+    merging: MergeSettings
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with merging_as(self.model, self.merging):
+            return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("model", "merging") or name.startswith("__"):
+            raise AttributeError(name)
+        with merging_as(self.model, self.merging):
+            return getattr(self.model, name)
+
+
+def model_and_merging(entry: nn.Module | MergingView) -> tuple[nn.Module, MergeSettings]:
+    """The model to run and the record to run it with: a view's, or a model's own."""
+    if isinstance(entry, MergingView):
+        return entry.model, entry.merging
+    return entry, entry.merging
+
+
+def merging_of(model: nn.Module) -> MergeSettings | None:
+    """The record of a model that merges tokens; None for one that does not (CNN, PaSST)."""
+    return model.merging if getattr(model, "merges_tokens", False) else None
 
 
 def merges_fixed_grid(model: nn.Module) -> bool:
@@ -127,10 +175,10 @@ def capped_note(model: nn.Module, r: RSchedule | float | None = None,
                 schedule: str | None = None) -> str | None:
     """The note a user gets when `r` asks for more merging than a fixed-grid model's tokens
     allow (`capped_merging_note`); None for other models, r = 0 or merging within the cap.
-    `r` and `schedule` default to the model's `merge_settings` (none: no merging)."""
+    `r` and `schedule` default to the model's `merging`."""
     if not merges_fixed_grid(model):
         return None
-    settings = getattr(model, "merge_settings", None) or MergeSettings()
+    settings = model.merging
     r = settings.r if r is None else r
     if not r:
         return None
@@ -147,5 +195,5 @@ def _legacy_record(meta: dict[str, Any]) -> dict[str, Any] | None:
         return None
     config = meta.get("train_config")
     proportional = config.get("proportional_attention", True) if isinstance(config, dict) else True
-    return {"method": METHOD, "r": meta["r"], "schedule": meta.get("schedule") or "constant",
-            "proportional_attention": proportional}
+    return {"method": DEFAULT_METHOD, "r": meta["r"],
+            "schedule": meta.get("schedule") or "constant", "proportional_attention": proportional}

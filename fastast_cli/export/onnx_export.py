@@ -203,7 +203,12 @@ def _write_int8(model: nn.Module, fp32_file: Path, target: Path, metadata: dict[
     extended by the quantization and the parity."""
     ort = import_extra("onnxruntime", "the int8 parity check")
     graph = quantize_int8(fp32_file)
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(graph.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unknown error"
+        raise FastASTError(f"onnxruntime cannot run the int8 graph ({reason})") from None
     parity = int8_parity(model, lambda batch: session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0],
                          features, source)
     metadata = {**metadata, "quantization": "int8", "quantization_settings": INT8_SETTINGS,

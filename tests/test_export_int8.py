@@ -40,6 +40,7 @@ from fastast_cli.training.config import TrainConfig
 from fastast_cli.training.loop import train
 
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 pytestmark = pytest.mark.usefixtures("one_thread")
 # Top-1 agreement the briefly trained tiny model's int8 graph must reach on the demo's clips.
@@ -93,9 +94,14 @@ def test_int8_export_quantizes_every_linear_layer_and_reports_parity(trained, in
     model = load_model(trained, 4)
     linears = sum(isinstance(module, torch.nn.Linear) for module in model.modules())
     # every linear layer's MatMul runs on int8 (the head's Gemm too); activations quantized on
-    # the fly; the attention products (Q·Kᵀ, softmax·V: no constant weight) stay fp32
+    # the fly; the products of two activations (Q·Kᵀ, softmax·V and the merge step's
+    # similarities) have no constant weight and stay fp32
     assert ops["MatMulInteger"] == linears and ops["DynamicQuantizeLinear"] == linears
-    assert ops.get("MatMul", 0) == 2 * len(model.blocks) and "Gemm" not in ops
+    assert ops["MatMul"] == 3 * len(model.blocks) and "Gemm" not in ops
+    graph = onnx.load(str(path)).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    assert not [node.name for node in graph.node
+                if node.op_type in ("MatMul", "Gemm") and weights & set(node.input)]
     metadata = read_metadata(path)
     assert metadata["quantization"] == "int8" and metadata["r_schedule"] == [4, 4]
     assert metadata["quantization_settings"]["ops"] == ["MatMul", "Gemm"]

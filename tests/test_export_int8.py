@@ -193,7 +193,7 @@ def test_cache_keys_follow_the_quantization_and_the_weights(trained):
     assert fp32 == cache_key(model, "tome", "none") != int8
     other = load_model(trained, 4)
     with torch.no_grad():
-        other.head[-1].bias.add_(1e-3)
+        other.mlp_head[-1].bias.add_(1e-3)
     assert cache_key(other, "tome", "int8") != int8
 
 
@@ -243,7 +243,7 @@ def test_int8_files_are_refused_where_they_do_not_belong(trained, int8_file, dem
     other = trained.parent / "other.pt"
     model = load_model(trained, 4)
     with torch.no_grad():
-        model.head[-1].bias.add_(1e-3)
+        model.mlp_head[-1].bias.add_(1e-3)
     from fastast_cli.models.checkpoints import save_checkpoint
 
     save_checkpoint(other, model, mean=model.meta["mean"], std=model.meta["std"])

@@ -89,7 +89,8 @@ def make_forward(
     """
     method = method or getattr(model, "reduction_method", "tome")
     check_backend(backend)
-    if backend == "auto" and onnx_file is not None:  # a graph given: onnxruntime runs it
+    given_to_auto = backend == "auto" and onnx_file is not None
+    if given_to_auto:  # a graph given: the onnxruntime backend of its quantization runs it
         if dtype not in (None, torch.float32):
             raise FastASTError(f"--onnx {onnx_file} runs in fp32 (onnxruntime): use --dtype "
                                "fp32, or leave --onnx out")
@@ -98,6 +99,13 @@ def make_forward(
         raise FastASTError(f"an ONNX file is run by the onnxruntime backend: add --backend "
                            f"{onnx_backend_of(Path(onnx_file))}")
     model.eval()
+    if given_to_auto:  # the file's quantization decided: say which backend runs it
+        from fastast_cli.export.backend_choice import BackendChoice
+
+        forward = make_forward(model, backend, onnx_file=onnx_file, method=method)
+        choice = BackendChoice(backend, reason="runs the given ONNX file")
+        forward.choice = choice  # type: ignore[attr-defined]
+        return forward
     if backend == "auto":
         from fastast_cli.export.backend_choice import auto_forward
 

@@ -1,4 +1,5 @@
-"""Inference backends side by side: eager, torch.compile, onnxruntime and transformers' AST.
+"""Inference backends side by side: eager, torch.compile, onnxruntime (fp32 and int8) and
+transformers' AST.
 
 One run, one machine, interleaved timing (every round times every setting once, a plain matmul
 included), median per setting. Besides samples/s it prints the matmul peak measured in the same
@@ -11,8 +12,22 @@ peak; at r = 20 and 40 its speedup / FLOP speedup >= 1.0.
     .venv/bin/python benchmarks/bench_backends.py --device cuda --dtype bf16 --batch-size 64
     .venv/bin/python benchmarks/bench_backends.py --model tiny --runs 1 --backends torch,onnxruntime
 
-onnxruntime always runs fp32 (on CUDA when onnxruntime-gpu provides it); --dtype applies to the
-PyTorch settings (autocast). ONNX exports go to a temporary folder, removed at the end.
+int8 on CPU (issue 24: goal >= 1.5x fp32 onnxruntime at equal r, top-1 agreement >= 99 % on a
+trained model): add onnxruntime-int8 and give a trained checkpoint, whose shape and labels then
+replace --model and --preset; --data (a prepared dataset) gives real clips for the parity,
+else synthetic audio through the same features. Without --checkpoint, --train-epochs N first
+trains --model for N epochs on the generated demo set (its shape, its clips for the parity):
+
+    .venv/bin/python benchmarks/bench_backends.py --backends torch,onnxruntime,onnxruntime-int8 \
+        --checkpoint runs/kd/best.pt --data data/esc50
+    .venv/bin/python benchmarks/bench_backends.py --backends onnxruntime,onnxruntime-int8 \
+        --model small --train-epochs 4
+
+Besides the table it prints, at each r, int8's speed as a ratio of fp32 onnxruntime's from the
+same interleaved run, and its top-1 agreement and max probability difference against PyTorch.
+onnxruntime always runs fp32 (int8 linear layers for onnxruntime-int8; on CUDA when
+onnxruntime-gpu provides it); --dtype applies to the PyTorch settings (autocast). ONNX exports
+go to a temporary folder, removed at the end.
 """
 
 from __future__ import annotations
@@ -30,11 +45,15 @@ from rich.console import Console
 
 from fastast_cli import build_model
 from fastast_cli.cli.options import parse_backends
+from fastast_cli.data.manifest import load_manifest
 from fastast_cli.devices import resolve_device, resolve_dtype, synchronize
 from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.evaluation.throughput import final_tokens, time_forward
 from fastast_cli.export.hf import export_hf
+from fastast_cli.export.parity import dataset_features
+from fastast_cli.export.quantize import PARITY_CLIPS, QuantParity, audio_features, int8_parity
 from fastast_cli.inference.backends import make_forward
+from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.presets import PRESETS
 from fastast_cli.reports.tables import Column, rich_table
 
@@ -68,6 +87,35 @@ def transformers_forward(model: torch.nn.Module, folder: Path, device: torch.dev
     return lambda fbank: reference(input_values=fbank).logits
 
 
+def trained_on_demo(size: str, epochs: int, folder: Path) -> tuple[Path, Path]:
+    """Train a `size` AST for `epochs` on the generated demo set in `folder`: its best
+    checkpoint and the demo's manifest."""
+    from fastast_cli.data.prepare import prepare_demo
+    from fastast_cli.training.config import TrainConfig
+    from fastast_cli.training.loop import train
+
+    prepare_demo(folder / "demo")
+    manifest = folder / "demo" / "manifest.yaml"
+    train(TrainConfig(model="ast", size=size, data=str(manifest), out=str(folder / "run"),
+                      epochs=epochs, batch_size=8, lr=2e-4, loss="ce", num_workers=0,
+                      lr_start=99))
+    return folder / "run" / "best.pt", manifest
+
+
+def int8_parities(model: torch.nn.Module, forwards: dict[str, Callable], rs: list[int],
+                  features: torch.Tensor, source: str) -> dict[int, QuantParity]:
+    """At each r, the int8 forward's top-1 agreement and max probability difference against
+    the model in PyTorch (fp32) on `features`."""
+    parities = {}
+    for r in rs:
+        model.set_r(r)
+        forward = forwards[f"onnxruntime-int8 r={r}"]
+        parities[r] = int8_parity(model, lambda batch, f=forward: f(torch.from_numpy(batch))
+                                  .numpy(), features, source)
+    model.set_r(0)
+    return parities
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="base", choices=["tiny", "small", "base"])
@@ -80,6 +128,12 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--checkpoint", type=Path, help="a trained model (replaces --model and "
+                        "--preset): int8's parity is only meaningful on one")
+    parser.add_argument("--data", type=Path, help="prepared dataset: its evaluation clips for "
+                        "int8's parity (default: synthetic audio)")
+    parser.add_argument("--train-epochs", type=int, default=0, help="without --checkpoint: "
+                        "train --model this long on the demo set first")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -88,10 +142,20 @@ def main() -> None:
     rs = [int(v) for v in args.r.split(",")]
     backends = parse_backends(args.backends)
     torch.manual_seed(0)
-    model = build_model(args.model, preset.num_classes, target_length=preset.target_length)
-    model = model.to(device).eval()
-    batch = torch.randn(args.batch_size, preset.target_length, 128, device=device)
     cache = tempfile.TemporaryDirectory(prefix="bench-backends-")
+    if args.checkpoint is None and args.train_epochs > 0:
+        args.checkpoint, args.data = trained_on_demo(args.model, args.train_epochs,
+                                                     Path(cache.name))
+    if args.checkpoint is not None:
+        model = load_classifier(args.checkpoint, 0)
+        described = f"{args.checkpoint} ({model.input_spec().target_length} frames)"
+    else:
+        model = build_model(args.model, preset.num_classes, target_length=preset.target_length)
+        described = (f"{args.model} AST (random weights), {args.preset} shape "
+                     f"({preset.target_length} frames)")
+    model = model.to(device).eval()
+    spec = model.input_spec()
+    batch = torch.randn(args.batch_size, spec.target_length, spec.num_mel_bins, device=device)
 
     forwards: dict[str, Callable] = {}
     gflops: dict[str, float] = {}
@@ -111,6 +175,15 @@ def main() -> None:
         if setting == MATMUL:
             return matmul()
         return time_forward(forwards[setting], batch, device, dtype)
+
+    parities: dict[int, QuantParity] = {}
+    if "onnxruntime-int8" in backends:  # (its graphs warm up on the way)
+        if args.data is not None:
+            features = dataset_features(model, load_manifest(args.data), PARITY_CLIPS)
+            source = f"clips of {args.data}"
+        else:
+            features, source = audio_features(model, PARITY_CLIPS), "synthetic audio clips"
+        parities = int8_parities(model, forwards, rs, features, source)
 
     settings = [MATMUL, *forwards]
     for setting in settings:
@@ -152,7 +225,7 @@ def main() -> None:
     console = Console(width=170)
     console.print(machine_line(device))
     title = (
-        f"{args.model} AST, {args.preset} shape ({preset.target_length} frames), batch "
+        f"{described}, batch "
         f"{args.batch_size}, {device.type} {str(dtype).replace('torch.', '')}, "
         f"{torch.get_num_threads()} threads, median of {args.runs} interleaved runs"
     )
@@ -168,6 +241,14 @@ def main() -> None:
             f"{best['of_peak']:.0f} % of peak, speedup / FLOP speedup {best['efficiency']:.2f} "
             f"(goal: {goal})"
         )
+    for r, parity in parities.items():
+        ratio = ""
+        if "onnxruntime" in backends:
+            ratio = (f"{speed[f'onnxruntime-int8 r={r}'] / speed[f'onnxruntime r={r}']:.2f}x "
+                     "fp32 onnxruntime, ")
+        trained = "" if args.checkpoint else " (random weights: pass --checkpoint)"
+        console.print(f"r={r}: onnxruntime-int8 {ratio}{parity.describe()}{trained} (goal: "
+                      ">= 1.5x, >= 99 %)")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,8 @@ def test_a_corrupt_cache_is_ignored_and_replaced(cache, content):
 def test_the_key_changes_with_each_field():
     others = {"processor": "Intel Xeon", "vector_width": "AVX2", "threads": 4,
               "versions": {**KEY.versions, "onnxruntime": "1.23.0"}, "model": "def456",
-              "shape": (8, 1024, 128), "device": "cuda", "dtype": "float16"}
+              "shape": (8, 1024, 128), "device": "cuda", "dtype": "float16",
+              "candidates": ("onnxruntime", "onnxruntime-int8")}
     assert set(others) == {f.name for f in dataclasses.fields(ChoiceKey)}
     digests = {dataclasses.replace(KEY, **{name: value}).digest()
                for name, value in others.items()}

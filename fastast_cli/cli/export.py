@@ -21,8 +21,9 @@ from fastast_cli.cli._merging import (
 from fastast_cli.data.manifest import load_manifest
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.hf import export_hf, head_eps_note
-from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, export_onnx
+from fastast_cli.export.onnx_export import DEFAULT_TOLERANCE, PARITY_BATCH, export_onnx
 from fastast_cli.export.parity import dataset_features
+from fastast_cli.export.quantize import MIN_AGREEMENT, PARITY_CLIPS
 from fastast_cli.export.reduction import apply_reduction
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.models.reduction import DEFAULT_METHOD
@@ -32,6 +33,11 @@ from fastast_cli.models.reduction.settings import MergeSettings, capped_note, me
 class Format(str, Enum):
     onnx = "onnx"
     hf = "hf"
+
+
+class Quantization(str, Enum):
+    none = "none"
+    int8 = "int8"
 
 
 @app.command(
@@ -46,7 +52,10 @@ class Format(str, Enum):
     "exported at one length (--frames) as the fixed AST it is there, checked against itself; "
     "onnx also at a time resolution (--resolution q: frames every 10 ms × q). The onnx "
     "metadata also holds the feature recipe (fbank settings, padding, score activation, "
-    "windows for long files): examples/onnx_predict.py rebuilds `fastast predict` from it."
+    "windows for long files): examples/onnx_predict.py rebuilds `fastast predict` from it. "
+    "--quantize int8: the linear layers in int8 (onnxruntime's dynamic quantization, for "
+    "CPUs; run it with --backend onnxruntime-int8), its top-1 agreement and max probability "
+    "difference against PyTorch measured on real features and recorded."
 )
 @user_errors
 def export(
@@ -71,11 +80,20 @@ def export(
     resolution: Annotated[float, typer.Option(
         help="ElasticAST with --format onnx only: time resolution q "
         "of the input (frames every 10 ms × q).")] = 1.0,
+    quantize: Annotated[Quantization, typer.Option(
+        help="--format onnx only: none (fp32) or int8 (onnxruntime's dynamic quantization of "
+        "the linear layers: int8 weights, activations quantized on the fly; the attention "
+        "products, norms and merging stay fp32). Reports top-1 agreement and max probability "
+        f"difference against PyTorch on {PARITY_CLIPS} clips (--data's, else synthetic audio)."
+    )] = Quantization.none,
 ) -> None:
     """Load, set merging, export, report."""
     if kind is Format.hf and r:
         raise FastASTError("transformers' AST has no token merging: export --format hf with "
                            "--r 0, or use --format onnx for a merged model")
+    if kind is Format.hf and quantize is not Quantization.none:
+        raise FastASTError("--quantize applies to --format onnx: a transformers folder holds "
+                           "the fp32 weights")
     check_output(out, folder=kind is Format.hf)
     if kind is Format.onnx and out.exists():
         raise FastASTError(f"{out} already exists: remove it or pick another --out")
@@ -101,19 +119,30 @@ def export(
     note = capped_note(model)  # a capped r, from the checkpoint's settings or the flags
     if note:
         console.print(note)
-    features = (dataset_features(model, load_manifest(data), frames=frames,
+    clips = PARITY_CLIPS if quantize is Quantization.int8 else PARITY_BATCH
+    features = (dataset_features(model, load_manifest(data), clips, frames=frames,
                                  resolution=resolution) if data is not None else None)
     report = export_onnx(model, out, method=method, tolerance=tolerance, features=features,
-                         frames=frames, resolution=resolution)
+                         frames=frames, resolution=resolution, quantize=quantize.value)
     merging = settings.describe() if settings is not None else "no merging"
     if frames is not None:
         merging += f"; {frames} frames every {report.metadata['frame_shift_ms']:g} ms"
     console.print(
-        f"wrote {report.path} ({merging}); max "
+        f"wrote {report.path} ({merging}{', int8' if report.int8 else ''}); "
+        f"{'before quantization, ' if report.int8 else ''}max "
         f"|ONNX - PyTorch| logit difference: {report.max_diff_random:.2e} on random input, "
         f"{report.max_diff_features:.2e} on {'clips of ' + str(data) if data else 'audio'} "
         f"features (tolerance {tolerance:g})"
     )
+    if report.int8 is not None:
+        source = f"clips of {data}" if data else "synthetic audio clips"
+        console.print(f"int8 (--backend onnxruntime-int8): top-1 agreement "
+                      f"{100 * report.int8.top1_agreement:.1f} %, max probability difference "
+                      f"{report.int8.max_prob_diff:.4f} on {report.int8.clips} {source}")
+        if report.int8.top1_agreement < MIN_AGREEMENT:
+            console.print(f"warning: below {100 * MIN_AGREEMENT:g} % top-1 agreement the int8 "
+                          "graph ranks classes unlike the model; `--backend auto` will not "
+                          "pick it (the fp32 export keeps the model's scores)")
 
 
 def _merges(settings: MergeSettings) -> bool:

@@ -388,7 +388,9 @@ def sweep(
         help="Inference backends, e.g. torch,compile,onnxruntime: each r is timed (and with "
         "--data evaluated) on each, interleaved in one run. auto: at each r the fastest here "
         "(measured once, cached; the table names it); compile: torch.compile; onnxruntime: "
-        "ONNX exports cached in $FASTAST_CACHE, else the user cache folder.")
+        "ONNX exports cached in $FASTAST_CACHE, else the user cache folder; "
+        "onnxruntime-int8: the same with int8 linear layers (e.g. torch,onnxruntime,"
+        "onnxruntime-int8 measures int8 beside fp32).")
     ] = "auto",
     quiet: Quiet = False,
     max_duration: MaxDuration = None,

@@ -456,9 +456,9 @@ class SweepMeasurement:
 
 
 def ran_dtype(backend: str, dtype: str) -> str:
-    """The precision a backend runs at when asked for `dtype`: onnxruntime runs its fp32
-    export whatever autocast says."""
-    return "fp32" if backend == "onnxruntime" else dtype
+    """The precision a backend runs at when asked for `dtype`: the onnxruntime backends run
+    their export (fp32, or fp32 with int8 linear layers) whatever autocast says."""
+    return "fp32" if backend.startswith("onnxruntime") else dtype
 
 
 def real_length_clips(model: nn.Module, manifest: Manifest, split: str, fold: int | None,

@@ -8,7 +8,8 @@ whose ties keep the lower index first, so ONNX and eager PyTorch merge the same 
 Everything needed to feed the graph travels in its metadata (`metadata_props`, JSON values):
 labels, mean and std of the input normalization, sample rate, frames, mel bins, r (per block),
 schedule, reduction method, `weights_sha256` (a digest of the weights the graph was exported
-from: a graph of another checkpoint with the same shape and labels is told apart by it), and the
+from: a graph of another checkpoint with the same shape and labels is told apart by it),
+`quantization` (`none`, or `int8` with its settings and parity: export.quantize), and the
 feature recipe (`export.recipe`) that rebuilds the input from audio without fastast.
 
 An ElasticAST takes clips of any length; a graph takes one. It is exported at a chosen length
@@ -25,6 +26,7 @@ import io
 import json
 import math
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +42,17 @@ from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.extras import import_extra
 from fastast_cli.export.one_length import at_one_length
+from fastast_cli.export.quantize import (
+    INT8_SETTINGS,
+    PARITY_CLIPS,
+    QuantParity,
+    audio_features,
+    check_quantization,
+    int8_parity,
+    parity_record,
+    quantize_int8,
+    set_metadata,
+)
 from fastast_cli.export.recipe import feature_recipe
 from fastast_cli.inference.clips import clip_features, input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of, score_kind
@@ -55,12 +68,14 @@ PARITY_BATCH = 3
 
 @dataclass
 class ExportReport:
-    """Where the graph went and how far its logits are from PyTorch's on each kind of input."""
+    """Where the graph went and how far its logits are from PyTorch's on each kind of input
+    (those of the fp32 graph; an int8 graph's parity in `int8`)."""
 
     path: Path
     max_diff_random: float
     max_diff_features: float
     metadata: dict[str, Any]
+    int8: QuantParity | None = None
 
 
 def onnx_metadata(model: nn.Module, method: str, resolution: float = 1.0,
@@ -90,6 +105,7 @@ def onnx_metadata(model: nn.Module, method: str, resolution: float = 1.0,
         "producer": f"fastast {__version__}",
         "architecture": architecture or getattr(model, "architecture", type(model).__name__),
         "resolution": resolution,
+        "quantization": "none",
         **recipe,
     }
 
@@ -130,17 +146,23 @@ def export_onnx(
     features: torch.Tensor | None = None,
     frames: int | None = None,
     resolution: float = 1.0,
+    quantize: str = "none",
 ) -> ExportReport:
     """Export `model` (eval mode, at its current merging) to `path` and check it against PyTorch.
 
     features: normalized fbank of real clips [B, frames, bins] for the parity check (e.g. from
-        `dataset_features`); by default synthetic audio through the same feature pipeline.
+        `dataset_features`; the fp32 check takes the first `PARITY_BATCH`, the int8 one all);
+        by default synthetic audio through the same feature pipeline.
     frames, resolution: for an ElasticAST (native-length input), the one input length of the
         graph and the time resolution q its input is read at; fixed-length models take their
         own length (frames None) at q = 1.
+    quantize: `int8` writes onnxruntime's dynamic int8 quantization of the checked fp32 graph
+        (export.quantize) and measures its top-1 agreement and max probability difference
+        against PyTorch on real-feature input.
     The file is written beside `path` first and only moved there once the parity check passed:
     a failed check raises FastASTError and leaves nothing behind.
     """
+    quantize = check_quantization(quantize)
     import_extra("onnxscript", "ONNX export")
     ort = import_extra("onnxruntime", "the ONNX parity check")
     if any(t.device.type != "cpu" for t in model.state_dict().values()):
@@ -149,21 +171,52 @@ def export_onnx(
     graph_model = at_one_length(model, frames, resolution)
     metadata = onnx_metadata(graph_model, method, resolution, model.architecture)
     path = Path(path)
-    with atomic_path(path) as temporary:
+    with atomic_path(path) as temporary, tempfile.TemporaryDirectory() as folder:
+        fp32_file = temporary if quantize == "none" else Path(folder) / "fp32.onnx"
         program = _trace(graph_model, metadata)
         for key, value in metadata.items():
             program.model.metadata_props[key] = json.dumps(value)
-        program.save(str(temporary))
-        session = ort.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+        program.save(str(fp32_file))
+        session = ort.InferenceSession(str(fp32_file), providers=["CPUExecutionProvider"])
         noise, synthetic = parity_inputs(graph_model, shift_for_resolution(resolution))
-        batches = [noise, synthetic if features is None else features]
+        batches = [noise, synthetic if features is None else features[:PARITY_BATCH]]
         diffs = [_max_difference(model, session, batch) for batch in batches]
         if not all(diff <= tolerance for diff in diffs):
             raise FastASTError(
                 f"the ONNX graph differs from PyTorch by up to {max(diffs):.2e} in the logits "
                 f"(tolerance {tolerance:g}); nothing written to {path}"
             )
-    return ExportReport(path, diffs[0], diffs[1], metadata)
+        parity = None
+        if quantize == "int8":
+            source = "evaluation clips" if features is not None else "synthetic clips"
+            if features is None:
+                features = audio_features(graph_model, PARITY_CLIPS,
+                                          shift_for_resolution(resolution))
+            metadata, parity = _write_int8(model, fp32_file, temporary, metadata, features,
+                                           source)
+    return ExportReport(path, diffs[0], diffs[1], metadata, parity)
+
+
+def _write_int8(model: nn.Module, fp32_file: Path, target: Path, metadata: dict[str, Any],
+                features: torch.Tensor, source: str) -> tuple[dict[str, Any], QuantParity]:
+    """Quantize the checked fp32 graph to int8, measure its parity against `model` on
+    `features` [N, frames, bins] (of `source`) and write it to `target` with `metadata`
+    extended by the quantization and the parity."""
+    ort = import_extra("onnxruntime", "the int8 parity check")
+    graph = quantize_int8(fp32_file)
+    try:
+        session = ort.InferenceSession(graph.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unknown error"
+        raise FastASTError(f"onnxruntime cannot run the int8 graph ({reason})") from None
+    parity = int8_parity(model, lambda batch: session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0],
+                         features, source)
+    metadata = {**metadata, "quantization": "int8", "quantization_settings": INT8_SETTINGS,
+                "int8_parity": parity_record(parity)}
+    set_metadata(graph, metadata)
+    import_extra("onnx", "int8 quantization").save(graph, str(target))
+    return metadata, parity
 
 
 def _trace(model: nn.Module, metadata: dict[str, Any]) -> Any:

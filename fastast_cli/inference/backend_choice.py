@@ -4,11 +4,13 @@ Which backend wins depends on the processor (onnxruntime's own GEMM kernels ran 
 PyTorch on one 2-core AMD EPYC and at 1.07x on a Zen 4 EPYC), so it is measured, not assumed:
 every available candidate runs a few batches of the real input shape, interleaved with `torch`
 round by round, and a candidate replaces `torch` only when it is faster by more than the noise
-of the measurement. A candidate that fails to load or run is dropped. The decision is cached
-(one JSON file in the user's cache folder, written atomically; an unreadable file is ignored)
-under a key of everything it depends on: processor, vector width, threads, library versions,
-model digest, input shape, merging settings, device and dtype. With `torch` the only candidate
-nothing is measured.
+of the measurement. A candidate that fails to load or run is dropped, and so is
+`onnxruntime-int8` when its export's top-1 agreement with the model (on synthetic audio
+features, export.quantize) is below 99 %. The decision is cached (one JSON file in the user's
+cache folder, written atomically; an unreadable file is ignored) under a key of everything it
+depends on: processor, vector width, threads, library versions, model digest, input shape,
+merging settings, device, dtype and the candidates measured (so fp32 and int8). With `torch`
+the only candidate nothing is measured.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from fastast_cli.atomic import atomic_path
 from fastast_cli.devices import autocast, resolve_dtype, synchronize
 from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
+from fastast_cli.export.quantize import MIN_AGREEMENT
 from fastast_cli.inference.clips import input_spec
 from fastast_cli.models.reduction import DEFAULT_METHOD
 from fastast_cli.progress import progress_bar
@@ -44,7 +47,8 @@ REFERENCE = "torch"
 # Candidates `auto` measures against torch by default. `compile` is left out: its first call
 # compiles for about a minute per r and batch shape, which a short measurement cannot pay back
 # (ask for it with --backend compile, or add it in $FASTAST_AUTO_BACKENDS).
-AUTO_CANDIDATES = ("onnxruntime",)
+AUTO_CANDIDATES = ("onnxruntime", "onnxruntime-int8")
+ONNX_CANDIDATES = ("onnxruntime", "onnxruntime-int8")  # run their fp32 or int8 export: fp32 only
 AUTO_ENV = "FASTAST_AUTO_BACKENDS"
 MIN_GAIN = 0.05  # a candidate must beat torch by at least 5 % (and by more than the noise)
 WARMUP = 1  # untimed calls per backend
@@ -65,6 +69,7 @@ class ChoiceKey:
     shape: tuple[int, ...]  # the measured batch [B, T, F]
     device: str
     dtype: str
+    candidates: tuple[str, ...] = ()  # the backends measured against torch (int8 among them)
 
     def digest(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True, default=str)
@@ -119,23 +124,26 @@ def available_candidates() -> list[str]:
     unknown = [name for name in names if name not in BACKENDS or name == "auto"]
     if unknown:
         raise FastASTError(f"${AUTO_ENV} names {', '.join(unknown)}: use backends among "
-                           "torch, compile, onnxruntime")
+                           f"{', '.join(name for name in BACKENDS if name != 'auto')}")
     return [name for name in names if name != REFERENCE and _installed(name)]
 
 
 def _installed(backend: str) -> bool:
-    if backend != "onnxruntime":
+    if backend not in ONNX_CANDIDATES:
         return True
     try:
         import onnxruntime  # noqa: F401
+        if backend == "onnxruntime-int8":
+            import onnxruntime.quantization  # noqa: F401
     except ImportError:
         return False
     return True
 
 
 def choice_key(model: nn.Module, shape: Sequence[int], device: torch.device,
-               dtype: torch.dtype, method: str) -> ChoiceKey:
-    """The cache key of `model` (at its current merging settings) run on batches of `shape`."""
+               dtype: torch.dtype, method: str, candidates: Sequence[str] = ()) -> ChoiceKey:
+    """The cache key of `model` (at its current merging settings) run on batches of `shape`,
+    choosing among torch and `candidates`."""
     from fastast_cli.inference.backends import cache_key
 
     return ChoiceKey(
@@ -147,6 +155,7 @@ def choice_key(model: nn.Module, shape: Sequence[int], device: torch.device,
         shape=tuple(int(size) for size in shape),
         device=device.type,
         dtype=str(dtype).removeprefix("torch."),
+        candidates=tuple(sorted(candidates)),
     )
 
 
@@ -274,10 +283,12 @@ def choose_backend(
     if cached is not None:
         return cached
     forwards = {REFERENCE: load(REFERENCE)}
-    failed = []
+    failed, left_out = [], []
     for name in candidates:
         try:
             forwards[name] = load(name)
+        except FastASTError as error:  # refused for a reason worth saying (int8 parity)
+            left_out.append(f"{name} left out: {error}")
         except Exception:  # a candidate that cannot load (missing extra, export refused) drops
             failed.append(name)
     timings = measure(forwards, batch, timer)
@@ -285,6 +296,7 @@ def choose_backend(
     backend, reason = pick_fastest(timings)
     if failed:
         reason += f"; {', '.join(failed)} failed to run"
+    reason += "".join(f"; {line}" for line in left_out)
     samples = {name: batch.shape[0] / statistics.median(seconds)
                for name, seconds in timings.items()}
     choice = BackendChoice(backend, samples, reason)
@@ -303,9 +315,10 @@ def auto_forward(
 ) -> Forward:
     """The forward of the backend `choose_backend` picks for `model` at its current merging,
     batches of `batch_size` clips of its input shape (at most `CPU_MEASURE_BATCH` on a CPU) and
-    `dtype` (default: fp16 autocast on CUDA, fp32 elsewhere; onnxruntime, which runs its fp32
-    export, is a candidate at fp32 only). `make(name)` builds a backend's forward. Under
-    torchrun the first process decides and the others follow it. The forward carries
+    `dtype` (default: fp16 autocast on CUDA, fp32 elsewhere; the onnxruntime backends, which
+    run their fp32 or int8 export, are candidates at fp32 only). `make(name)` builds a
+    backend's forward. Under torchrun the first process decides and the others follow it. The
+    forward carries
     `.backend` (the name) and `.choice` (the `BackendChoice`)."""
     device = next(model.parameters()).device
     dtype = dtype or resolve_dtype("auto", device)
@@ -315,6 +328,7 @@ def auto_forward(
 
     def load(name: str) -> Forward:
         made[name] = made.get(name) or make(name)
+        check_int8_parity(made[name])
         return made[name]
 
     ranks = current_ranks()
@@ -324,9 +338,9 @@ def auto_forward(
         generator = torch.Generator().manual_seed(0)
         batch = torch.randn((batch_size, spec.target_length, spec.num_mel_bins),
                             generator=generator).to(device)
-        key = choice_key(model, batch.shape, device, dtype, method)
         candidates = [name for name in available_candidates()  # onnxruntime: fp32 only
-                      if dtype == torch.float32 or name != "onnxruntime"]
+                      if dtype == torch.float32 or name not in ONNX_CANDIDATES]
+        key = choice_key(model, batch.shape, device, dtype, method, candidates)
         choice = choose_backend(key, batch, load, functools.partial(time_call, dtype=dtype),
                                 candidates=candidates, cache=cache)
     if ranks.active:
@@ -335,3 +349,12 @@ def auto_forward(
     forward = load(choice.backend)
     forward.choice = choice  # type: ignore[attr-defined]
     return forward
+
+
+def check_int8_parity(forward: Forward) -> None:
+    """Refuse (FastASTError) a forward whose recorded int8 parity is below `MIN_AGREEMENT`
+    top-1 agreement: `auto` picks the fastest backend, not one that scores differently."""
+    parity = getattr(forward, "parity", None)
+    if parity is not None and parity.top1_agreement < MIN_AGREEMENT:
+        raise FastASTError(f"its top-1 agreement with the model is "
+                           f"{100 * parity.top1_agreement:.1f} % (< {100 * MIN_AGREEMENT:g} %)")

@@ -7,7 +7,9 @@
   compilation per r schedule and batch shape);
 - `onnxruntime`: an ONNX graph with the merging baked in, either a given file (its metadata must
   match the model's settings) or exported on the fly into a cache keyed by the weights and
-  settings (under the user's cache folder unless another is given).
+  settings (under the user's cache folder unless another is given);
+- `onnxruntime-int8`: the same with the graph's linear layers quantized to int8
+  (export.quantize; an int8 file given, or an int8 export cached beside the fp32 ones).
 
 A forward made here keeps the model's merging record (`model.merging`) of the moment it was
 made, whatever is set on the model afterwards, as an ONNX graph does: forwards at several r can
@@ -37,6 +39,7 @@ from fastast_cli.export.onnx_export import (
     read_metadata,
     weights_digest,
 )
+from fastast_cli.export.quantize import QuantParity
 from fastast_cli.inference.clips import input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of
 from fastast_cli.models.reduction import DEFAULT_METHOD
@@ -44,7 +47,8 @@ from fastast_cli.models.reduction.settings import merging_as, merging_of
 
 PathLike = str | os.PathLike[str]
 Forward = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS = ("auto", "torch", "compile", "onnxruntime")
+BACKENDS = ("auto", "torch", "compile", "onnxruntime", "onnxruntime-int8")
+ONNX_BACKENDS = {"onnxruntime": "none", "onnxruntime-int8": "int8"}  # → the graph's quantization
 CACHE_ENVS = ("FASTAST_CACHE", "FASTAST_CACHE_DIR")  # the first one set wins
 
 
@@ -69,9 +73,10 @@ def make_forward(
     The forward's `.backend` names the backend that runs it (for `auto`, the one picked; its
     `.choice` then holds the measurement).
 
-    onnx_file: for `onnxruntime` (and `auto`, which then means onnxruntime), an exported graph
-    to run instead of exporting one.
-    cache_dir: for `onnxruntime`, where on-the-fly exports are kept (default `user_cache_dir()`).
+    onnx_file: for `onnxruntime` or `onnxruntime-int8` (and `auto`, which then runs the one
+    the file's quantization calls for), an exported graph to run instead of exporting one.
+    cache_dir: for the onnxruntime backends, where on-the-fly exports are kept (default
+    `user_cache_dir()`).
     method: the token reduction method the model is set up with (recorded in ONNX metadata;
     default: the model's own, tome for models without one).
     batch_size, dtype: for `auto`, the batches it will run (the measurement's shape and
@@ -80,29 +85,39 @@ def make_forward(
     merging = merging_of(model)  # the record this forward keeps (None: a model that never merges)
     method = method or (merging.method if merging is not None else DEFAULT_METHOD)
     check_backend(backend)
-    if backend == "auto" and onnx_file is not None:  # a graph given: onnxruntime runs it
+    given_to_auto = backend == "auto" and onnx_file is not None
+    if given_to_auto:  # a graph given: the onnxruntime backend of its quantization runs it
         if dtype not in (None, torch.float32):
             raise FastASTError(f"--onnx {onnx_file} runs in fp32 (onnxruntime): use --dtype "
                                "fp32, or leave --onnx out")
-        backend = "onnxruntime"
-    if onnx_file is not None and backend != "onnxruntime":
-        raise FastASTError("an ONNX file is run by the onnxruntime backend: add --backend "
-                           "onnxruntime")
+        backend = onnx_backend_of(Path(onnx_file))
+    if onnx_file is not None and backend not in ONNX_BACKENDS:
+        raise FastASTError(f"an ONNX file is run by the onnxruntime backend: add --backend "
+                           f"{onnx_backend_of(Path(onnx_file))}")
     model.eval()
+    if given_to_auto:  # the file's quantization decided: say which backend runs it
+        from fastast_cli.inference.backend_choice import BackendChoice
+
+        forward = make_forward(model, backend, onnx_file=onnx_file, method=method)
+        choice = BackendChoice(backend, reason="runs the given ONNX file")
+        forward.choice = choice  # type: ignore[attr-defined]
+        return forward
     if backend == "auto":
         from fastast_cli.inference.backend_choice import auto_forward
 
         return auto_forward(
             model, lambda name: make_forward(model, name, cache_dir=cache_dir, method=method),
             batch_size=batch_size, dtype=dtype, method=method)
-    if backend == "onnxruntime":
+    if backend in ONNX_BACKENDS:
         if model.input_spec().native_length:
             raise FastASTError(
-                "the onnxruntime backend runs graphs of one input length; an ElasticAST reads "
+                f"the {backend} backend runs graphs of one input length; an ElasticAST reads "
                 "clips of any length: use --backend torch or compile (export one length with "
                 "`fastast export --frames N`)")
-        path = Path(onnx_file) if onnx_file is not None else cached_export(model, cache_dir, method)
-        return _named(onnx_forward(path, model), backend)
+        quantization = ONNX_BACKENDS[backend]
+        path = (Path(onnx_file) if onnx_file is not None
+                else cached_export(model, cache_dir, method, quantization))
+        return _named(onnx_forward(path, model, quantization), backend)
     runner: Callable[[torch.Tensor], torch.Tensor] = model
     if backend == "compile":
         _allow_recompiles()
@@ -128,13 +143,28 @@ def _allow_recompiles(per_function: int = 64) -> None:
     config.recompile_limit = max(config.recompile_limit, per_function)
 
 
-def onnx_forward(path: Path, model: nn.Module) -> Forward:
+def onnx_backend_of(path: Path) -> str:
+    """The onnxruntime backend that runs the graph at `path`: by its recorded quantization."""
+    if not path.is_file():
+        raise FastASTError(f"no such ONNX file: {path}")
+    quantization = read_metadata(path).get("quantization", "none")
+    return next((name for name, kind in ONNX_BACKENDS.items() if kind == quantization),
+                "onnxruntime")
+
+
+def onnx_forward(path: Path, model: nn.Module, quantization: str = "none") -> Forward:
     """Run the ONNX graph at `path` with onnxruntime; its metadata must match `model`'s input
-    shape and merging (a file exported for other settings is refused, not silently used)."""
+    shape and merging, and `quantization` (a file exported for other settings is refused, not
+    silently used). An int8 forward's `.parity` is the parity recorded at export."""
     ort = import_extra("onnxruntime", "the onnxruntime backend")
     if not path.is_file():
         raise FastASTError(f"no such ONNX file: {path}")
-    _check_matches(read_metadata(path), model, path)
+    metadata = read_metadata(path)
+    _check_matches(metadata, model, path)
+    recorded = metadata.get("quantization", "none")
+    if recorded != quantization:
+        raise FastASTError(f"{path} is a graph with quantization {recorded!r}, not "
+                           f"{quantization!r}: run it with --backend {onnx_backend_of(path)}")
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                  if p in ort.get_available_providers()]
     options = ort.SessionOptions()
@@ -149,6 +179,7 @@ def onnx_forward(path: Path, model: nn.Module) -> Forward:
         logits = session.run([OUTPUT_NAME], {INPUT_NAME: array})[0]
         return torch.from_numpy(logits).to(fbank.device)
 
+    forward.parity = QuantParity.from_metadata(metadata)  # type: ignore[attr-defined]
     return forward
 
 
@@ -190,9 +221,10 @@ def user_cache_dir() -> Path:
     return Path(base) / "fastast"
 
 
-def cache_key(model: nn.Module, method: str) -> str:
-    """A digest of the weights, architecture, input statistics, merging settings, method and
-    software versions: everything the exported graph and its metadata depend on."""
+def cache_key(model: nn.Module, method: str, quantization: str = "none") -> str:
+    """A digest of the weights, architecture, input statistics, merging settings, method,
+    quantization and software versions: everything the exported graph and its metadata depend
+    on."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     meta = getattr(model, "meta", {}) or {}
@@ -203,6 +235,8 @@ def cache_key(model: nn.Module, method: str) -> str:
         "method": method, "method_options": getattr(model, "reduction_options", {}),
         "versions": [__version__, torch.__version__],
     }
+    if quantization != "none":  # fp32 keys stay those of earlier versions
+        settings["quantization"] = quantization
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(weights_digest(model).encode())
     return digest.hexdigest()[:20]
@@ -215,10 +249,12 @@ def _graph_merging(model: nn.Module) -> dict[str, Any]:
     return {} if merging is None else {**merging.to_meta(), "r_schedule": model.r_schedule}
 
 
-def cached_export(model: nn.Module, cache_dir: PathLike | None, method: str) -> Path:
-    """The ONNX export of `model` at its settings, from the cache or made now (and cached)."""
+def cached_export(model: nn.Module, cache_dir: PathLike | None, method: str,
+                  quantization: str = "none") -> Path:
+    """The ONNX export of `model` at its settings and quantization, from the cache or made now
+    (and cached)."""
     folder = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "onnx"
-    path = folder / f"{cache_key(model, method)}.onnx"
+    path = folder / f"{cache_key(model, method, quantization)}.onnx"
     if not path.is_file():
-        export_onnx(model, path, method=method)
+        export_onnx(model, path, method=method, quantize=quantization)
     return path

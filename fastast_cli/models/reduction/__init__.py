@@ -1,10 +1,50 @@
-"""Token reduction for both layouts: the interface (`base`), r schedules and the per-block cap
-(`schedule`), and the methods by name (`METHODS`: tome, pitome, evit, tofu, random; one module
-each, per-clip views in `groups`). A method is one class with `name` and `match(step) ->
-Merges`, set on a model with `model.set_r(r, method=name)`; it is written once with the token
-state's primitives (`step.state.bipartite_matching`, `step.state.clip_view`) and never branches
-on the layout (see `base`)."""
+"""Token reduction: the methods by name, the one place names are checked and listed.
 
-from fastast_cli.models.reduction.registry import METHODS, make_method, method_options
+A block reads the path of one merge in three files: `models/vit.py`'s `Block` builds a
+`ReductionStep` and asks the method (`tome.py`, `pitome.py`, `evit.py`, `tofu.py`, `random.py`)
+for a matching (`matching.py`), which the token state (`state.py`) applies to tokens, sizes,
+sources and the packed `Layout` (`layout.py`). r schedules and the per-block cap are in
+`schedule.py`. A method is one class with `name` and `match(step)`, set on a model with
+`model.set_r(r, method=name)`; to add one, write it in its own module and register it in
+`METHODS` (tests/test_methods.py then runs it in both layouts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastast_cli.models.reduction.evit import EViT
+from fastast_cli.models.reduction.matching import ReductionMethod
+from fastast_cli.models.reduction.pitome import PiToMe
+from fastast_cli.models.reduction.random import RandomMerge
+from fastast_cli.models.reduction.tofu import ToFu
+from fastast_cli.models.reduction.tome import ToMe
+
+METHODS: dict[str, Callable[..., ReductionMethod]] = {
+    "tome": ToMe,  # the default
+    "pitome": PiToMe,
+    "evit": EViT,
+    "tofu": ToFu,
+    "random": RandomMerge,
+}
 
 __all__ = ["METHODS", "make_method", "method_options"]
+
+
+def method_options(method: ReductionMethod) -> dict[str, Any]:
+    """The options of a method instance (`make_method(method.name, options)` rebuilds it);
+    {} for methods without options (tome, evit)."""
+    return dict(getattr(method, "options", {}))
+
+
+def make_method(name: str, options: Mapping[str, Any] | None = None) -> ReductionMethod:
+    """A reduction method by name, with its options (PiToMe: margin_start, margin_slope,
+    alpha; ToFu: switch; random: seed). Raises ValueError for an unknown name or option."""
+    if name not in METHODS:
+        raise ValueError(f"unknown token reduction method {name!r}: choose one of "
+                         f"{', '.join(METHODS)}")
+    try:
+        return METHODS[name](**dict(options or {}))
+    except TypeError as error:
+        raise ValueError(f"bad options for method {name!r}: {dict(options or {})}") from error

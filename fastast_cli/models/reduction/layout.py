@@ -1,26 +1,28 @@
-"""Sequence packing for variable-length clips: where each clip's tokens sit in attention rows.
+"""Where each clip's tokens sit: packed rows, the block-diagonal mask, and per-clip views.
 
-Representation. The tokens of all clips of a batch live back to back in one flat tensor
-`[N, D]` (clip 0's tokens, then clip 1's, ...; each clip `[CLS, DIST, patches...]`). Every
-per-token layer (LayerNorm, qkv, MLP) runs on that flat tensor, so padding costs nothing there.
-Only attention and the ToMe similarity need rows: a `Layout` scatters the flat tokens into rows
-`[R, L, C]`, where each row holds whole clips (greedy first-fit-decreasing packing, at most
-`max_tokens` tokens per row) followed by zero padding, and gathers them back.
+Two layouts run the same blocks:
 
-Attention inside a row is block-diagonal: a token attends only to tokens of its own clip. The
-mask is built from the per-slot `segment` (the clip id, -1 for padding): query and key must
-have the same segment. Padding slots thus attend only to padding (no all-masked row, no NaN)
-and are never attended by a real token, so padding never influences a result. Proportional
-attention adds log(size) of each key on top of the same mask.
+- dense (the fixed AST): tokens [B, N, D], one clip per row; no `Layout` (None);
+- packed (ElasticAST): the tokens of all clips of a batch live back to back in one flat tensor
+  [N, D] (clip 0's tokens, then clip 1's, ...; each clip `[CLS, DIST, patches...]`). Every
+  per-token layer (LayerNorm, qkv, MLP) runs on that flat tensor, so padding costs nothing there.
+  Only attention and the similarity of a matching need rows: a `Layout` scatters the flat tokens
+  into rows [R, L, C], where each row holds whole clips (greedy first-fit-decreasing packing, at
+  most `max_tokens` tokens per row) followed by zero padding, and gathers them back.
 
-Token merging inside packed rows lives with the reduction methods
-(`fastast_cli.models.reduction.tome.packed_bipartite_matching`); the token state
-(`fastast_cli.models.token_state.PackedState`) carries the layout from block to block.
+Attention inside a row is block-diagonal (`block_diagonal_bias`): a token attends only to tokens
+of its own clip. The mask is built from the per-slot `segment` (the clip id, -1 for padding):
+query and key must have the same segment. Padding slots thus attend only to padding (no
+all-masked row, no NaN) and are never attended by a real token, so padding never influences a
+result. Proportional attention adds log(size) of each key on top of the same mask.
+
+`ClipView` lays the mergeable tokens of every clip (either layout) out as padded rows [K, T], on
+which the methods that are not ToMe's bipartite matching score, rank and pick partners.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -213,3 +215,124 @@ def block_diagonal_bias(
         return None if key_bias is None else key_bias[:, None, None, :]
     blocked = layout.attention_mask.to(dtype)
     return blocked if key_bias is None else blocked + key_bias[:, None, None, :]
+
+
+@dataclass
+class ClipView:
+    """The mergeable tokens (all but the `protected` CLS and DIST) of every clip as padded rows
+    [K, T]: K clips, T the longest clip's mergeable tokens (dense: K = B rows, no padding).
+
+    One batched computation on the view serves both layouts and never mixes clips. A method
+    reads everything layout-dependent through it: `gather` (tokens → [K, T, C]), `clip_rows`
+    (attention rows → the row of each clip), `per_clip` (a pattern made on the host per clip
+    shape) and `rank`; `matching.regroup` turns its answer into a matching.
+
+    clip_r: tokens each clip loses, as `ReductionStep.clip_r` (dense: [r] for every row).
+    remove: [K] the same on the device, one value per view row (dense: r repeated).
+    valid: [K, T] real (not padding) entries. layout, index: the packed layout and [K, T] flat
+    token index of each entry (packed only; index 0 at padding). row, slot: [K] attention row
+    of each clip and [K, T] slot of each entry in it; prefix_slot: [K, P] slots of its CLS and
+    DIST.
+    """
+
+    protected: int
+    clip_r: list[int]
+    remove: torch.Tensor
+    valid: torch.Tensor
+    row: torch.Tensor
+    slot: torch.Tensor
+    prefix_slot: torch.Tensor
+    layout: Layout | None = None
+    index: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, tokens: torch.Tensor, layout: Layout | None, clip_r: list[int],
+           protected: int) -> ClipView:
+        """The view of dense rows (`layout` None: tokens [B, N, D]) or of packed clips (flat
+        tokens [N, D] laid out by `layout`)."""
+        if layout is None:
+            return cls.of_rows(tokens, clip_r, protected)
+        return cls.of_clips(tokens, layout, clip_r, protected)
+
+    @classmethod
+    def of_rows(cls, tokens: torch.Tensor, clip_r: list[int], protected: int) -> ClipView:
+        """Dense rows: `tokens` [B, N, D], one clip per row, every row losing `clip_r[0]`
+        (no padding; the view's rows are the attention rows)."""
+        device = tokens.device
+        batch, length = tokens.shape[:2]
+        position = torch.arange(protected, length, device=device).expand(batch, -1)  # [B, T]
+        remove = torch.full((batch,), clip_r[0], device=device, dtype=torch.long)
+        everywhere = torch.ones_like(position, dtype=torch.bool)
+        leading = torch.arange(protected, device=device)
+        return cls(protected, list(clip_r), remove, everywhere, torch.arange(batch, device=device),
+                   position, leading.expand(batch, -1))
+
+    @classmethod
+    def of_clips(cls, tokens: torch.Tensor, layout: Layout, clip_r: list[int],
+                 protected: int) -> ClipView:
+        """Packed clips: flat `tokens` [N, D] laid out by `layout`, clip c losing
+        `clip_r[c]`."""
+        device = tokens.device
+        leading = torch.arange(protected, device=device)
+        mergeable = (layout.count_tensor - protected).clamp_min(0)  # [K]
+        longest = max(max(layout.counts) - protected, 1)  # from the host: no device sync
+        within = torch.arange(longest, device=device)  # [T]
+        valid = within < mergeable[:, None]  # [K, T]
+        index = torch.where(valid, layout.starts[:, None] + protected + within, 0)
+        offsets = layout.offset_tensor
+        slot = torch.where(valid, offsets[:, None] + protected + within, 0)
+        remove = torch.tensor(clip_r, device=device, dtype=torch.long)
+        rows = layout.row_tensor
+        return cls(protected, list(clip_r), remove, valid, rows, slot,
+                   offsets[:, None] + leading, layout, index)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """[K] mergeable tokens of each clip."""
+        return self.valid.sum(dim=1)
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-token values (dense [B, N, C], packed flat [N, C]) → [K, T, C]."""
+        if self.index is None:
+            return values[:, self.protected :]
+        return values[self.index]
+
+    def scatter(self, values: torch.Tensor, prefix: float) -> torch.Tensor:
+        """[K, T] per-entry values → per token (dense [B, N, 1], packed [N, 1]); CLS and DIST
+        get `prefix`."""
+        if self.index is None:
+            ahead = values.new_full((values.shape[0], self.protected), prefix)
+            return torch.cat([ahead, values], dim=1)[..., None]
+        flat = values.new_full((self.layout.num_tokens,), prefix)
+        return flat.index_put((self.index[self.valid],), values[self.valid])[:, None]
+
+    def clip_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per attention row values [R, ...] → the row of every clip [K, ...] (dense: the rows
+        themselves, no copy)."""
+        if self.index is None:
+            return rows
+        return rows[self.row]
+
+    def per_clip(self, make: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """[K, T] from a rule evaluated on the host: `make(count, remove)` → [T] for a clip of
+        `count` mergeable tokens that loses `remove` (T: this view's width).
+
+        Dense rows all have one shape: one call, expanded over the rows (the batch size stays
+        symbolic when the model is exported); packed: one call per clip. Nothing is read back
+        from the device.
+        """
+        width = self.valid.shape[1]
+        if self.index is None:
+            return make(width, self.clip_r[0]).to(self.valid.device).expand(
+                self.valid.shape[0], -1)
+        counts = [max(count - self.protected, 0) for count in self.layout.counts]
+        return torch.stack([make(count, remove) for count, remove
+                            in zip(counts, self.clip_r, strict=True)]).to(self.valid.device)
+
+    def rank(self, score: torch.Tensor) -> torch.Tensor:
+        """[K, T] rank of every entry in its clip by descending `score` (ties: earlier first;
+        padding last)."""
+        score = score.masked_fill(~self.valid, float("-inf"))
+        order = score.argsort(dim=1, descending=True, stable=True)
+        within = torch.arange(score.shape[1], device=score.device).expand_as(order)
+        return torch.empty_like(order).scatter_(1, order, within)

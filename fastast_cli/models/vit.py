@@ -1,0 +1,200 @@
+"""The transformer trunk of both models: attention (one SDPA call), the merge step, MLP, head.
+
+The fixed AST (dense rows [B, N, D]) and the ElasticAST (flat tokens [N, D] of packed clips) run
+the same `Block`, pre-norm as in timm's `vision_transformer.py`, with token reduction between
+attention and MLP (FastAST Fig. 1):
+
+    tokens → + attention(norm1(tokens)) → merge step → + mlp(norm2(tokens))
+
+The merge step reads in one direction: the block asks the token state (`reduction/state.py`)
+how many tokens each clip may lose, hands the reduction method (`reduction/tome.py`, ...) a
+`ReductionStep`, and has the state apply the matching the method returns
+(`reduction/matching.py`). `TokenClassifier` holds what both models share: blocks, final norm,
+head, init, labels and the reduction settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastast_cli.models.reduction import make_method, method_options
+from fastast_cli.models.reduction.matching import ReductionMethod, ReductionStep
+from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS
+from fastast_cli.models.reduction.state import TokenState
+from fastast_cli.models.reduction.tome import ToMe
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through fused SDPA on the rows the token state lays out."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, tokens: torch.Tensor, state: TokenState, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens [B, N, D] or flat [N, D] → (output, same shape; query, key [R, H, L, hd]).
+
+        Per-token projections run on the tokens as they are; only SDPA sees rows [R, L, ·].
+        bias: additive mask broadcastable to [R, H, L, L], or None.
+        """
+        dim = tokens.shape[-1]
+        qkv = state.to_rows(self.qkv(tokens))  # [R, L, 3D]
+        rows, length = qkv.shape[:2]
+        qkv = qkv.reshape(rows, length, 3, self.num_heads, dim // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [R, H, L, hd]
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        out = state.from_rows(out.transpose(1, 2).reshape(rows, length, dim))
+        return self.proj(out), query, key
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP of a transformer block."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(tokens)))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block `index` of `depth`, with token reduction between attention and MLP."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float,
+        index: int, depth: int,
+    ) -> None:
+        super().__init__()
+        self.index, self.depth = index, depth
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, round(dim * mlp_ratio))
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        state: TokenState,
+        method: ReductionMethod,
+        r: int | list[int],
+        proportional: bool,
+    ) -> torch.Tensor:
+        """tokens [B, N, D] or flat [N, D] → the same, r tokens fewer per clip (capped).
+
+        method: the token-reduction method; r: tokens every clip loses (an int), or one value
+        per clip (packed rows); proportional: add log(size) per key to the attention logits.
+        """
+        bias = state.attention_bias(tokens.dtype, proportional)
+        attended, query, key = self.attn(self.norm1(tokens), state, bias)
+        tokens = tokens + attended
+        clip_r = state.allowed_r(tokens, r)
+        if any(clip_r):  # the merge step
+            step = ReductionStep(tokens, query, key, state.layout, clip_r, self.index,
+                                 self.depth, NUM_PREFIX_TOKENS, bias)
+            tokens = state.apply(method.match(step), tokens)
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+class TrunkConfig(Protocol):
+    """What the trunk is built from: the fields of `ASTConfig` (and `ElasticConfig`) it reads."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    qkv_bias: bool
+    layer_norm_eps: float
+    num_classes: int
+    labels: list[str]
+
+    @property
+    def head_eps(self) -> float: ...
+
+
+class TokenClassifier(nn.Module):
+    """A transformer classifier with token reduction in every block."""
+
+    merges_tokens = True  # has `set_r`
+    head_prefixes = ("mlp_head.",)  # the tensors a new class count re-creates
+    config: TrunkConfig
+
+    def _build_trunk(self, config: TrunkConfig) -> None:
+        """The blocks, the final norm and the classification head."""
+        dim = config.embed_dim
+        self.blocks = nn.ModuleList(
+            Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.layer_norm_eps,
+                  index, config.depth)
+            for index in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp_head = nn.Sequential(
+            nn.LayerNorm(dim, eps=config.head_eps), nn.Linear(dim, config.num_classes)
+        )
+        self.r_schedule = [0] * config.depth
+        self.proportional_attention = True
+        self.reduction: ReductionMethod = ToMe()
+        self.meta: dict[str, Any] = {}  # normalization stats etc., filled by the loaders
+
+    def _init_weights(self, embeddings: Sequence[nn.Parameter]) -> None:
+        """Truncated normal (std 0.02) for the embeddings and every Linear, zero biases."""
+        for parameter in embeddings:
+            nn.init.trunc_normal_(parameter, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def reduction_method(self) -> str:
+        """Name of the token-reduction method in use (`tome`, `pitome`, `evit`, `tofu`,
+        `random`)."""
+        return self.reduction.name
+
+    @property
+    def reduction_options(self) -> dict[str, Any]:
+        """Options of the reduction method in use (PiToMe's margins, ToFu's switch, random's
+        seed; {} for tome and evit): `set_r(..., method_options=...)` takes them back."""
+        return method_options(self.reduction)
+
+    def set_method(self, method: str, options: Mapping[str, Any] | None = None) -> None:
+        """Use the reduction method `method` (see `reduction.METHODS`) with its options.
+
+        The method in use is kept (with its options and caches) when it already is `method` and
+        no options are given. Raises ValueError for an unknown method or option.
+        """
+        if method != self.reduction.name or options is not None:
+            self.reduction = make_method(method, options)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.labels
+
+    def run_blocks(
+        self,
+        tokens: torch.Tensor,
+        state: TokenState,
+        plan: Sequence[int | Sequence[int]],
+    ) -> torch.Tensor:
+        """Every block with the model's reduction method and its r (int, or one per clip);
+        the state goes along.
+
+        In eval mode the final state is kept in `self.last_state` for inspection; in training
+        it is not, so no graph outlives a step.
+        """
+        for block, r in zip(self.blocks, plan, strict=True):
+            tokens = block(tokens, state, self.reduction, r, self.proportional_attention)
+        self.last_state = None if self.training else state
+        return tokens

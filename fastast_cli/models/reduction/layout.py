@@ -121,7 +121,7 @@ class Layout:
         return max(filled, default=0)
 
     @cached_property
-    def is_dense(self) -> bool:
+    def rows_are_clips(self) -> bool:
         """One clip per row and no padding: rows are a plain reshape of the flat tokens."""
         return list(self.rows) == list(range(self.num_clips)) and all(
             count == self.length for count in self.counts
@@ -190,7 +190,7 @@ class Layout:
     def to_rows(self, values: torch.Tensor) -> torch.Tensor:
         """Flat values [N, C] → rows [R, L, C], padding slots zero."""
         channels = values.shape[-1]
-        if self.is_dense:
+        if self.rows_are_clips:
             return values.reshape(self.num_rows, self.length, channels)
         rows = values.new_zeros(self.num_rows * self.length, channels)
         return rows.index_copy(0, self.slot, values).view(self.num_rows, self.length, channels)
@@ -198,7 +198,7 @@ class Layout:
     def from_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows [R, L, C] → flat values [N, C]; padding slots are dropped."""
         flat = rows.reshape(self.num_rows * self.length, rows.shape[-1])
-        return flat if self.is_dense else flat.index_select(0, self.slot)
+        return flat if self.rows_are_clips else flat.index_select(0, self.slot)
 
 
 def block_diagonal_bias(
@@ -207,11 +207,11 @@ def block_diagonal_bias(
     """Additive SDPA mask: tokens attend within their clip, plus log(size) per key.
 
     log_sizes: [N, 1] log of every flat token's size (proportional attention), or None.
-    Returns [R, 1, L, L] (-inf across clips and between padding and real tokens), or, for a
-    dense layout (one clip per row, no padding), only the size term [R, 1, 1, L] or None.
+    Returns [R, 1, L, L] (-inf across clips and between padding and real tokens), or, when the
+    rows are the clips (one per row, no padding), only the size term [R, 1, 1, L] or None.
     """
     key_bias = None if log_sizes is None else layout.to_rows(log_sizes.to(dtype))[..., 0]
-    if layout.is_dense:
+    if layout.rows_are_clips:
         return None if key_bias is None else key_bias[:, None, None, :]
     blocked = layout.attention_mask.to(dtype)
     return blocked if key_bias is None else blocked + key_bias[:, None, None, :]

@@ -42,7 +42,7 @@ from fastast_cli.data.elastic_features import frames_for_seconds  # noqa: E402
 from fastast_cli.devices import resolve_device, resolve_dtype  # noqa: E402
 from fastast_cli.evaluation.throughput import time_forward  # noqa: E402
 from fastast_cli.models.elastic import ElasticAST, build_elastic  # noqa: E402
-from fastast_cli.models.packing import Layout  # noqa: E402
+from fastast_cli.models.reduction.layout import Layout  # noqa: E402
 from fastast_cli.reports.tables import Column, rich_table  # noqa: E402
 
 

@@ -17,16 +17,16 @@ from fastast_cli.data.elastic_features import (
 from fastast_cli.data.features import LengthPolicy, fbank, num_frames
 from fastast_cli.models.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from fastast_cli.models.elastic import ElasticAST, build_elastic
-from fastast_cli.models.packing import Layout, block_diagonal_bias, first_fit_decreasing
 from fastast_cli.models.pos_embed import (
     factorize_grid,
     join_pos_embed,
     resample_table,
     split_pos_embed,
 )
+from fastast_cli.models.reduction.layout import Layout, block_diagonal_bias, first_fit_decreasing
 from fastast_cli.models.reduction.schedule import max_merge, tokens_per_block
+from fastast_cli.models.reduction.state import TokenState
 from fastast_cli.models.reduction.tome import bipartite_soft_matching, packed_bipartite_matching
-from fastast_cli.models.token_state import PackedState, TokenState
 
 # Frames of the test clips: 50, 130, 18, 162, 10 and 34 tokens (CLS + DIST + 8 × frames // 16).
 FRAMES = (100, 256, 37, 320, 16, 70)
@@ -47,7 +47,7 @@ def tokens_per_clip_per_block(model: ElasticAST, clips) -> list[list[torch.Tenso
     """The output of every block, split per clip: [depth][num_clips] tensors [n, D]."""
     captured = []
 
-    def keep(block, args, out):  # args[1] is the PackedState, already holding the new layout
+    def keep(block, args, out):  # args[1] is the TokenState, already holding the new layout
         captured.append(list(out.split(list(args[1].layout.counts))))
 
     hooks = [block.register_forward_hook(keep) for block in model.blocks]
@@ -209,7 +209,7 @@ def test_merging_never_crosses_clips_or_touches_padding():
     assert matching.layout.counts == (7, 6, 5)
     bounds = [0, 7, 13, 18]  # each clip's slots after merging
     for clip, (start, stop) in enumerate(zip([0, 12, 21], [12, 21, 28], strict=True)):
-        kept = matching.kept[bounds[clip] : bounds[clip + 1]]
+        kept = matching.stay[bounds[clip] : bounds[clip + 1]]
         assert kept.min() >= start and kept.max() < stop
         assert torch.equal(kept[:2], torch.arange(2) + start)  # CLS and DIST stay in front
         from_clip = (matching.merged >= start) & (matching.merged < stop)
@@ -224,10 +224,10 @@ def test_one_clip_is_merged_exactly_as_tome_merges_it():
     torch.manual_seed(0)
     keys, tokens = torch.randn(1, 41, 8), torch.randn(1, 41, 16)
     state = TokenState()
-    expected = state.merge(bipartite_soft_matching(keys, 12, protected=2), tokens)
-    packed_state = PackedState(Layout((41,), (0,)))
+    expected = state.apply(bipartite_soft_matching(keys, 12, protected=2), tokens)
+    packed_state = TokenState(Layout((41,), (0,)))
     matching = packed_bipartite_matching(keys[0], packed_state.layout, [12], protected=2)
-    merged = packed_state.merge(matching, tokens[0])
+    merged = packed_state.apply(matching, tokens[0])
     torch.testing.assert_close(merged, expected[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(packed_state.sizes, state.sizes[0])
 
@@ -335,7 +335,7 @@ def test_packed_unmerged_tokens_keep_their_position_order():
     starts, after = [0, 14, 25], [0, 11, 20, 28]
     for clip, count in enumerate(layout.counts):
         num_a = (count - 2 + 1) // 2
-        kept = matching.kept[after[clip] + 2 : after[clip] + 2 + num_a - r[clip]] - starts[clip]
+        kept = matching.stay[after[clip] + 2 : after[clip] + 2 + num_a - r[clip]] - starts[clip]
         assert torch.all(kept[1:] > kept[:-1]), kept
         assert torch.all((kept - 2) % 2 == 0)  # A tokens only
 
@@ -346,9 +346,9 @@ def test_packed_merging_matches_tome_over_several_blocks():
     keys1, keys2 = torch.randn(1, 30, 8), torch.randn(1, 22, 8)
     tokens = torch.randn(1, 30, 16)
     state = TokenState()
-    expected = state.merge(bipartite_soft_matching(keys1, 8, protected=2), tokens)
-    expected = state.merge(bipartite_soft_matching(keys2, 6, protected=2), expected)
-    packed = PackedState(Layout((30,), (0,)))
-    merged = packed.merge(packed_bipartite_matching(keys1[0], packed.layout, [8], 2), tokens[0])
-    merged = packed.merge(packed_bipartite_matching(keys2[0], packed.layout, [6], 2), merged)
+    expected = state.apply(bipartite_soft_matching(keys1, 8, protected=2), tokens)
+    expected = state.apply(bipartite_soft_matching(keys2, 6, protected=2), expected)
+    packed = TokenState(Layout((30,), (0,)))
+    merged = packed.apply(packed_bipartite_matching(keys1[0], packed.layout, [8], 2), tokens[0])
+    merged = packed.apply(packed_bipartite_matching(keys2[0], packed.layout, [6], 2), merged)
     torch.testing.assert_close(merged, expected[0], atol=1e-6, rtol=0)

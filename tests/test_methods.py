@@ -10,16 +10,16 @@ import torch
 
 from fastast_cli import build_model
 from fastast_cli.models.elastic import ElasticAST, build_elastic
-from fastast_cli.models.packing import Layout
 from fastast_cli.models.pos_embed import join_pos_embed, split_pos_embed
 from fastast_cli.models.reduction import METHODS, make_method
-from fastast_cli.models.reduction.base import ReductionStep
 from fastast_cli.models.reduction.evit import EViT
+from fastast_cli.models.reduction.layout import Layout
+from fastast_cli.models.reduction.matching import ReductionStep, regroup
 from fastast_cli.models.reduction.pitome import PiToMe
 from fastast_cli.models.reduction.schedule import tokens_per_block
+from fastast_cli.models.reduction.state import TokenState
 from fastast_cli.models.reduction.tofu import ToFu
-from fastast_cli.models.reduction.tome import ToMe, bipartite_soft_matching
-from fastast_cli.models.token_state import PackedState, TokenState
+from fastast_cli.models.reduction.tome import ToMe, bipartite_matching, bipartite_soft_matching
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -202,17 +202,17 @@ def test_every_method_trains(name):
 
 def dense_step(tokens: torch.Tensor, keys: torch.Tensor, r: int, block: int = 0,
                query: torch.Tensor | None = None, sizes: torch.Tensor | None = None,
-               ) -> ReductionStep:
-    """A one-row dense step: tokens [1, N, D], per-head keys [1, H, N, hd]."""
-    state = TokenState(sizes=sizes, depth=12, block=block)
+               ) -> tuple[ReductionStep, TokenState]:
+    """A one-row dense step: tokens [1, N, D], per-head keys [1, H, N, hd]; and its state."""
+    state = TokenState(sizes=sizes)
     bias = state.attention_bias(tokens.dtype, True)
     query = keys if query is None else query
-    return ReductionStep(tokens, query, keys, state, [r], block, 12, 2, bias)
+    return ReductionStep(tokens, query, keys, None, [r], block, 12, 2, bias), state
 
 
-def apply(step: ReductionStep, method) -> tuple[torch.Tensor, torch.Tensor]:
-    state = step.state
-    return state.merge(method.match(step), step.tokens), state.sizes
+def apply(case: tuple[ReductionStep, TokenState], method) -> tuple[torch.Tensor, torch.Tensor]:
+    step, state = case
+    return state.apply(method.match(step), step.tokens), state.sizes
 
 
 def cluster_with_an_outlier(count: int, outlier: int) -> torch.Tensor:
@@ -237,7 +237,7 @@ def test_pitome_protects_an_isolated_token_that_tome_merges(count, r):
     found = (merged[0] == isolated).all(dim=-1)
     assert found.sum() == 1 and sizes[0, found, 0].item() == 1  # untouched, alone
     tome = bipartite_soft_matching(keys[:, 0], count // 2, 2)
-    kept = TokenState().merge(tome, tokens)
+    kept = TokenState().apply(tome, tokens)
     assert not (kept[0] == isolated).all(dim=-1).any()  # ToMe at r = T/2 merges it away
 
 
@@ -338,27 +338,27 @@ def test_tome_method_is_the_engine_tome():
 
 
 class JoinTheLargest:
-    """A method written once, with the state's primitives and no layout branch: in every clip,
+    """A method written once, on the step's clip view and no layout branch: in every clip,
     the r mergeable tokens of smallest norm join the clip's largest-norm token."""
 
     name = "join-the-largest"
 
     def match(self, step: ReductionStep):
-        view = step.state.clip_view(step.tokens, step.r, step.protected)
+        view = step.clip_view()
         rank = view.rank(view.gather(step.tokens).norm(dim=-1))  # [K, T], 0 = largest norm
-        joins = view.valid & (rank >= (view.counts - view.r)[:, None])
+        joins = view.valid & (rank >= (view.counts - view.remove)[:, None])
         largest = (rank == 0).long().argmax(dim=1, keepdim=True).expand_as(rank)
         position = torch.arange(rank.shape[1]).expand_as(rank)
-        return view.regroup(~joins, torch.where(joins, largest, position))
+        return regroup(view, ~joins, torch.where(joins, largest, position))
 
 
 class ToMeOnTokens:
-    """ToMe's matching on the tokens instead of the keys, through `state.bipartite_matching`."""
+    """ToMe's matching on the tokens instead of the keys, through `tome.bipartite_matching`."""
 
     name = "tome-on-tokens"
 
     def match(self, step: ReductionStep):
-        return step.state.bipartite_matching(step.tokens, step.r, step.protected)
+        return bipartite_matching(step, step.tokens)
 
 
 NEW_METHODS = [JoinTheLargest, ToMeOnTokens]
@@ -375,10 +375,10 @@ def merged_clips(method, tokens: list[torch.Tensor], keys: list[torch.Tensor], r
     """Merge clips (tokens [n, D], keys [n, 2·hd]) packed into rows of `max_tokens`: the
     tokens and sizes of every clip after one step."""
     layout = Layout.pack([len(clip) for clip in tokens], max_tokens)
-    state = PackedState(layout, depth=12)
+    state = TokenState(layout)
     keys_rows = per_head_rows(torch.cat(keys), layout, 2)
-    step = ReductionStep(torch.cat(tokens), keys_rows, keys_rows, state, r, 0, 12, 2)
-    merged = state.merge(method.match(step), step.tokens)
+    step = ReductionStep(torch.cat(tokens), keys_rows, keys_rows, layout, r, 0, 12, 2)
+    merged = state.apply(method.match(step), step.tokens)
     counts = list(state.layout.counts)
     return list(merged.split(counts)), list(state.sizes.split(counts))
 
@@ -386,10 +386,10 @@ def merged_clips(method, tokens: list[torch.Tensor], keys: list[torch.Tensor], r
 def merged_rows(method, tokens: torch.Tensor, keys: torch.Tensor,
                 r: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge dense rows (tokens [B, N, D], keys [B, N, 2·hd]): tokens and sizes after one step."""
-    state = TokenState(depth=12)
+    state = TokenState()
     keys_rows = keys.view(*keys.shape[:2], 2, -1).transpose(1, 2)  # [B, H, N, hd]
-    step = ReductionStep(tokens, keys_rows, keys_rows, state, [r], 0, 12, 2)
-    return state.merge(method.match(step), tokens), state.sizes
+    step = ReductionStep(tokens, keys_rows, keys_rows, None, [r], 0, 12, 2)
+    return state.apply(method.match(step), tokens), state.sizes
 
 
 @pytest.mark.parametrize("method", NEW_METHODS)

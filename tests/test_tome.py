@@ -9,10 +9,10 @@ import torch
 
 from fastast_cli import build_model
 from fastast_cli.models.elastic import build_elastic
-from fastast_cli.models.reduction.base import ReductionStep
+from fastast_cli.models.reduction.matching import ReductionStep
 from fastast_cli.models.reduction.schedule import max_merge, resolve_schedule, tokens_per_block
+from fastast_cli.models.reduction.state import TokenState
 from fastast_cli.models.reduction.tome import ToMe, bipartite_soft_matching
-from fastast_cli.models.token_state import PackedState, TokenState
 
 
 def tiny(frames: int = 128, **kwargs) -> torch.nn.Module:
@@ -110,7 +110,7 @@ def test_cls_and_dist_are_never_merged_even_when_most_similar():
     keys[:, 0] = torch.randn(2, 8)
     tokens = torch.randn(2, 21, 16)
     state = TokenState()
-    merged = state.merge(bipartite_soft_matching(keys, 9, protected=2), tokens)
+    merged = state.apply(bipartite_soft_matching(keys, 9, protected=2), tokens)
     assert merged.shape == (2, 12, 16)
     assert torch.equal(merged[:, :2], tokens[:, :2])
     assert state.sizes[:, :2].eq(1).all()
@@ -223,9 +223,9 @@ class RecordingToMe(ToMe):
         self.seen: list[tuple[int, int, bool, tuple[int, ...], list[int]]] = []
 
     def match(self, step: ReductionStep):
-        packed = isinstance(step.state, PackedState)
+        packed = step.layout is not None
         self.seen.append((step.block, step.depth, packed, tuple(step.query.shape),
-                          list(step.r)))
+                          list(step.clip_r)))
         assert step.query.shape == step.key.shape  # per head: [R, H, L, hd]
         return super().match(step)
 

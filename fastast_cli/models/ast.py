@@ -6,8 +6,8 @@ checkpoints (`module.v.*`, `module.mlp_head.*`) and timm DeiT weights load by na
     fbank [B, T, F] → patches [B, f·t, D] → [CLS, DIST, patches] + pos_embed
         → blocks (attention → merge step → MLP) → norm → (tok0 + tok1) / 2 → mlp_head → logits
 
-The merge step is the token state's `reduce` (models/token_state.py) with the model's
-reduction method (models/reduction/, ToMe by default), as its one record `model.merging`
+The blocks and the merge step are `models/vit.py`'s, with the model's reduction method
+(models/reduction/, ToMe by default) as its one record `model.merging`
 (models/reduction/settings.py) says; `set_r(r, method=...)` changes it.
 """
 
@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastast_cli.models.backbone import TokenClassifier
 from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.records import ConfigRecord
-from fastast_cli.models.reduction.registry import DEFAULT_METHOD
+from fastast_cli.models.reduction import DEFAULT_METHOD
 from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, RSchedule, resolve_schedule
 from fastast_cli.models.reduction.settings import MergeSettings
-from fastast_cli.models.token_state import TokenState
+from fastast_cli.models.reduction.state import TokenState
+from fastast_cli.models.vit import TokenClassifier
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 192, "num_heads": 3},
@@ -147,7 +147,7 @@ class AST(TokenClassifier):
     def forward_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run the transformer blocks with merging: [B, N0, D] → [B, N_last, D].
 
-        In eval mode the final TokenState (sizes, and sources when `track_source` is on) is kept
+        In eval mode the final `TokenState` (sizes, and sources when `track_source` is on) is kept
         in `self.last_state` for inspection; in training it is not, so no graph outlives a step.
         """
         state = TokenState()

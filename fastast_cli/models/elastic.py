@@ -17,7 +17,7 @@ checkpoint without them is the earlier model and loads as it was):
   norm. `cls-dist`: every clip's prediction is `(CLS + DIST) / 2` as in AST, so an AST's head
   scores as it did. Either way each clip keeps a CLS and a DIST token (AST's weights use
   them), protected from merging as in the fixed AST.
-- Packing: see `fastast_cli.models.packing`. Tokens of all clips stay flat `[N, D]`, so the
+- Packing: see `fastast_cli.models.reduction.layout`. Tokens of all clips stay flat `[N, D]`, so the
   per-token layers never compute on padding; attention runs on rows of at most `max_tokens`
   tokens (greedy first-fit decreasing) with a block-diagonal SDPA mask, to which proportional
   attention adds log(size) per key. Padding neither attends to nor is attended by real tokens.
@@ -34,7 +34,7 @@ checkpoint without them is the earlier model and loads as it was):
   each patch with probability p.
 - Token reduction: `set_r(r, method=...)` with an int (tokens every clip loses per block), a
   list (one int per block) or a float in [0, 1) (per clip, round(r × its patch tokens) per
-  block). The merge step (models/token_state.py, methods in models/reduction/) never crosses
+  block). The merge step (models/vit.py's `Block`, methods in models/reduction/) never crosses
   clips, and each clip is reduced exactly as the fixed AST reduces it alone.
 - Resolution: the model is resolution-agnostic; frame shift 10 ms × q only changes how many time
   patches a clip has (see `fastast_cli.data.elastic_features`).
@@ -56,12 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastast_cli.models.ast import AST, ASTConfig
-from fastast_cli.models.backbone import TokenClassifier
 from fastast_cli.models.inputs import InputSpec, stored_stats
-from fastast_cli.models.packing import Layout
 from fastast_cli.models.pooling import AttentionPool
 from fastast_cli.models.pos_embed import factorize_grid, resample_table, split_pos_embed
-from fastast_cli.models.reduction.registry import DEFAULT_METHOD
+from fastast_cli.models.reduction import DEFAULT_METHOD
+from fastast_cli.models.reduction.layout import Layout
 from fastast_cli.models.reduction.schedule import (
     NUM_PREFIX_TOKENS,
     RSchedule,
@@ -69,7 +68,8 @@ from fastast_cli.models.reduction.schedule import (
     tokens_per_block,
 )
 from fastast_cli.models.reduction.settings import MergeSettings
-from fastast_cli.models.token_state import PackedState
+from fastast_cli.models.reduction.state import TokenState
+from fastast_cli.models.vit import TokenClassifier
 
 # Parameters an AST checkpoint does not hold in this form.
 POSITION_TABLES = ("prefix_pos_embed", "freq_pos_embed", "time_pos_embed")
@@ -177,7 +177,7 @@ class ElasticAST(TokenClassifier):
             self.attn_pool = AttentionPool(dim, config.num_heads, config.qkv_bias)
         self.max_tokens = config.max_tokens
         self.token_dropout = 0.0  # share of patch tokens dropped in training (ElasticAST: 0.1)
-        self.last_state: PackedState | None = None  # kept in eval mode only
+        self.last_state: TokenState | None = None  # kept in eval mode only
         positions = [getattr(self, name) for name in POSITION_TABLES]
         self._init_weights([self.cls_token, self.dist_token, *positions])
         if config.pooling == "attention":
@@ -279,15 +279,15 @@ class ElasticAST(TokenClassifier):
 
     def run_packed(
         self, tokens: torch.Tensor, layout: Layout, plan: Sequence[Sequence[int]] | None = None
-    ) -> tuple[torch.Tensor, PackedState]:
-        """Run the blocks with merging: flat [N0, D] → [N_last, D] and the final PackedState
-        (layout and sizes).
+    ) -> tuple[torch.Tensor, TokenState]:
+        """Run the blocks with merging: flat [N0, D] → [N_last, D] and the final packed
+        `TokenState` (layout and sizes).
 
         plan: tokens each clip loses in each block, [depth][num_clips] (default: `merge_plan`
             of the `set_r` setting); any per-clip values work within the per-block cap.
         In eval mode the final state is also kept in `self.last_state`.
         """
-        state = PackedState(layout)
+        state = TokenState(layout)
         plan = self.merge_plan(layout.counts) if plan is None else plan
         tokens = self.run_blocks(tokens, state, plan)
         state.layout.forget_mask()  # the [R, 1, L, L] mask is not needed past the last block

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastast_cli.models.packing import Layout
+from fastast_cli.models.reduction.layout import Layout
 
 
 class AttentionPool(nn.Module):

@@ -28,8 +28,8 @@ import math
 
 import torch
 
-from fastast_cli.models.reduction.base import Merges, ReductionStep
-from fastast_cli.models.reduction.groups import ClipView
+from fastast_cli.models.reduction.layout import ClipView
+from fastast_cli.models.reduction.matching import ReductionStep, Regrouping, regroup
 
 
 def prefix_attention(step: ReductionStep, view: ClipView) -> torch.Tensor:
@@ -52,15 +52,15 @@ class EViT:
 
     name = "evit"
 
-    def match(self, step: ReductionStep) -> Merges:
-        view = step.state.clip_view(step.tokens, step.r, step.protected)
+    def match(self, step: ReductionStep) -> Regrouping:
+        view = step.clip_view()
         attention = prefix_attention(step, view)  # [K, T]
         rank = view.rank(attention)
-        fuses = (view.r > 0)[:, None]  # a clip that loses nothing fuses nothing
-        fused = view.valid & fuses & (rank >= (view.counts - view.r - 1)[:, None])  # r + 1
+        fuses = (view.remove > 0)[:, None]  # a clip that loses nothing fuses nothing
+        fused = view.valid & fuses & (rank >= (view.counts - view.remove - 1)[:, None])  # r + 1
         first = fused & (fused.long().cumsum(dim=1) == 1)  # where the fused token sits
         position = torch.arange(rank.shape[1], device=rank.device).expand_as(rank)
         target = first.long().argmax(dim=1, keepdim=True).expand_as(rank)
         partner = torch.where(fused, target, position)
         weights = torch.where(fused, attention, 1.0)  # [K, T] float32
-        return view.regroup(~fused | first, partner, weights)
+        return regroup(view, ~fused | first, partner, weights)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastast_cli.models.reduction.base import Merges, ReductionStep
+from fastast_cli.models.reduction.matching import ReductionStep, Regrouping, regroup
 
 
 def energy(similarity: torch.Tensor, valid: torch.Tensor, margin: float,
@@ -54,16 +54,16 @@ class PiToMe:
         """The energy margin m_l of block `block` of `depth`."""
         return self.margin_start - self.margin_slope * block / max(depth, 1)
 
-    def match(self, step: ReductionStep) -> Merges:
-        view = step.state.clip_view(step.tokens, step.r, step.protected)
+    def match(self, step: ReductionStep) -> Regrouping:
+        view = step.clip_view()
         keys = view.gather(step.mean_keys())  # [K, T, hd]
         keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         similarity = keys @ keys.transpose(-1, -2)  # [K, T, T]
         score = energy(similarity, view.valid, self.margin(step.block, step.depth), self.alpha)
         rank = view.rank(score)  # 0 = highest energy
-        candidate = rank < 2 * view.r[:, None]
+        candidate = rank < 2 * view.remove[:, None]
         set_a = candidate & (rank % 2 == 0)
         set_b = candidate & (rank % 2 == 1)
         best = similarity.masked_fill(~set_b[:, None, :], float("-inf")).argmax(dim=-1)
         position = torch.arange(rank.shape[1], device=rank.device).expand_as(rank)
-        return view.regroup(~set_a, torch.where(set_a, best, position))
+        return regroup(view, ~set_a, torch.where(set_a, best, position))

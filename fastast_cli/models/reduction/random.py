@@ -17,7 +17,7 @@ import random
 
 import torch
 
-from fastast_cli.models.reduction.base import Merges, ReductionStep
+from fastast_cli.models.reduction.matching import ReductionStep, Regrouping, regroup
 
 
 def random_pattern(seed: int, block: int, count: int, remove: int) -> torch.Tensor:
@@ -68,10 +68,10 @@ class RandomMerge:
             return partner
         return torch.cat([partner, torch.arange(count, length)])
 
-    def match(self, step: ReductionStep) -> Merges:
-        view = step.state.clip_view(step.tokens, step.r, step.protected)
+    def match(self, step: ReductionStep) -> Regrouping:
+        view = step.clip_view()
         length = view.valid.shape[1]
         partner = view.per_clip(  # [K, T]; the draw depends only on the clip's shape
             lambda count, remove: self.clip_partner(step.block, count, remove, length))
         position = torch.arange(length, device=partner.device).expand_as(partner)
-        return view.regroup(partner == position, partner)
+        return regroup(view, partner == position, partner)

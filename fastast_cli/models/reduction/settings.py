@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from fastast_cli.models.reduction.registry import DEFAULT_METHOD, display_name
+from fastast_cli.models.reduction import DEFAULT_METHOD, display_name
 from fastast_cli.models.reduction.schedule import RSchedule, capped_merging_note
 
 META_KEY = "merging"

@@ -20,20 +20,25 @@ from dataclasses import dataclass
 
 import torch
 
-from fastast_cli.models.packing import Layout
-from fastast_cli.models.reduction.base import Merges, ReductionStep, merge_tokens
-from fastast_cli.models.reduction.tome import Matching, PackedMatching, ToMe
+from fastast_cli.models.reduction.layout import Layout
+from fastast_cli.models.reduction.matching import (
+    Matching,
+    PackedMatching,
+    ReductionStep,
+    TokenMatching,
+)
+from fastast_cli.models.reduction.tome import bipartite_matching
 
 
 def mlerp(
-    matching: Merges, tokens: torch.Tensor, sizes: torch.Tensor
+    matching: Matching | PackedMatching, tokens: torch.Tensor, sizes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ToFu's MLERP: each merged group → its size-weighted mean with the norm of its largest
     member; tokens that merge with nothing stay as they are (up to the mean's rounding).
 
     tokens: [B, N, D] or [N, D], sizes: [B, N, 1] or [N, 1] → the reduced tokens and sizes.
     """
-    mean, merged_sizes = merge_tokens(matching, tokens, sizes)
+    mean, merged_sizes = matching.combine(tokens, sizes)
     largest = matching.merge(tokens.norm(dim=-1, keepdim=True), reduce="amax")
     members = matching.merge(torch.ones_like(sizes))
     rescaled = mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-6) * largest
@@ -41,15 +46,15 @@ def mlerp(
 
 
 @dataclass
-class ToFuMatching:
-    """ToMe's matching of one block, combined by pruning (`prune`) or by MLERP."""
+class ToFuMatching(TokenMatching):
+    """ToMe's matching of one block, combined by pruning (`prunes`) or by MLERP."""
 
     matching: Matching | PackedMatching
-    prune: bool
+    prunes: bool
 
     @property
-    def layout(self) -> Layout:
-        """The packed layout after the merge (packed matchings only)."""
+    def layout(self) -> Layout | None:
+        """The packed layout after the merge (None for dense rows)."""
         return self.matching.layout
 
     def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
@@ -58,7 +63,8 @@ class ToFuMatching:
     def combine(
         self, tokens: torch.Tensor, sizes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.prune:
+        """Prune: every slot keeps its own token, sizes add up; else MLERP."""
+        if self.prunes:
             return self.matching.keep(tokens), self.matching.merge(sizes)
         return mlerp(self.matching, tokens, sizes)
 
@@ -71,7 +77,6 @@ class ToFu:
 
     def __init__(self, switch: int | None = None) -> None:
         self.switch = switch
-        self.matcher = ToMe()
 
     @property
     def options(self) -> dict[str, int | None]:
@@ -82,5 +87,6 @@ class ToFu:
         """Whether block `block` of `depth` prunes (else it merges with MLERP)."""
         return block <= (depth // 2 if self.switch is None else self.switch)
 
-    def match(self, step: ReductionStep) -> Merges:
-        return ToFuMatching(self.matcher.match(step), self.prunes(step.block, step.depth))
+    def match(self, step: ReductionStep) -> ToFuMatching:
+        matching = bipartite_matching(step, step.mean_keys())
+        return ToFuMatching(matching, self.prunes(step.block, step.depth))

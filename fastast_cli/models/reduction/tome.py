@@ -22,6 +22,9 @@ inside its clip, each A token finds its most similar B token *of the same clip*,
 r_i best edges merge, and the clip becomes `[CLS, DIST, unmerged A in position order, B]`; a
 merge never crosses clips and padding is never a candidate (A and B are taken from the flat
 tokens, which hold no padding).
+
+`ToMe.match` picks the matcher by the step's layout (`bipartite_matching`); the records it
+returns (`Matching`, `PackedMatching`) and their size-weighted combine live in matching.py.
 """
 
 from __future__ import annotations
@@ -31,41 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fastast_cli.models.packing import Layout, exclusive_cumsum
-from fastast_cli.models.reduction.base import Merges, ReductionStep
-
-
-@dataclass
-class Matching:
-    """The outcome of bipartite soft matching for one block; applies to any per-token tensor.
-
-    `unmerged` [B, Na - r, 1] indexes the A tokens that stay (ascending: position order),
-    `merged` [B, r, 1] the A tokens that go, and `partner` [B, r, 1] the B token each of them
-    is merged into.
-    """
-
-    protected: int
-    unmerged: torch.Tensor
-    merged: torch.Tensor
-    partner: torch.Tensor
-
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Apply the matching to `values` [B, N, C] → [B, N - r, C], combining with `reduce`."""
-        channels = values.shape[-1]
-        kept, mergeable = values[:, : self.protected], values[:, self.protected :]
-        set_a, set_b = mergeable[:, ::2], mergeable[:, 1::2]
-        stay = set_a.gather(1, self.unmerged.expand(-1, -1, channels))
-        go = set_a.gather(1, self.merged.expand(-1, -1, channels))
-        set_b = set_b.scatter_reduce(1, self.partner.expand(-1, -1, channels), go, reduce=reduce)
-        return torch.cat([kept, stay, set_b], dim=1)
-
-    def keep(self, values: torch.Tensor) -> torch.Tensor:
-        """Every slot's own token, the merged A tokens dropped (pruning): [B, N, C] →
-        [B, N - r, C]."""
-        channels = values.shape[-1]
-        kept, mergeable = values[:, : self.protected], values[:, self.protected :]
-        stay = mergeable[:, ::2].gather(1, self.unmerged.expand(-1, -1, channels))
-        return torch.cat([kept, stay, mergeable[:, 1::2]], dim=1)
+from fastast_cli.models.reduction.layout import Layout, exclusive_cumsum
+from fastast_cli.models.reduction.matching import Matching, PackedMatching, ReductionStep
 
 
 def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Matching:
@@ -85,44 +55,6 @@ def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Match
     merged, unmerged = order[:, :r], order[:, r:]
     unmerged = unmerged.sort(dim=1).values  # back to position order, as ToMe keeps them
     return Matching(protected, unmerged, merged, partner.unsqueeze(-1).gather(1, merged))
-
-
-@dataclass
-class PackedMatching:
-    """Bipartite matching of every clip in a packed batch; applies to any flat per-token tensor.
-
-    kept: [N'] the token that stays in each slot of the merged batch (laid out by `layout`:
-    every clip `[CLS, DIST, unmerged A, B]`); merged: [M] the A tokens that go; into: [M] the
-    slot of the B partner each of them joins. Duck-types `Matching`, so `merge_tokens`
-    merges packed tokens as it merges batched ones.
-    """
-
-    kept: torch.Tensor
-    merged: torch.Tensor
-    into: torch.Tensor
-    layout: Layout
-
-    @classmethod
-    def from_destination(
-        cls, destination: torch.Tensor, merged: torch.Tensor, layout: Layout
-    ) -> PackedMatching:
-        """From the new slot of every token [N] and which tokens merge into another [N]."""
-        token = torch.arange(len(destination), device=destination.device)
-        kept = torch.empty(layout.num_tokens, dtype=torch.long, device=destination.device)
-        kept[destination[~merged]] = token[~merged]
-        return cls(kept, token[merged], destination[merged], layout)
-
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Apply the matching to flat `values` [N, C] → [N', C], combining with `reduce`."""
-        stay = values.index_select(0, self.kept)
-        go = values.index_select(0, self.merged)
-        if reduce == "sum":
-            return stay.index_add(0, self.into, go)
-        return stay.scatter_reduce(0, self.into[:, None].expand_as(go), go, reduce=reduce)
-
-    def keep(self, values: torch.Tensor) -> torch.Tensor:
-        """Every slot's own token, the merged A tokens dropped (pruning): [N, C] → [N', C]."""
-        return values.index_select(0, self.kept)
 
 
 @dataclass
@@ -230,7 +162,13 @@ class ToMe:
 
     name = "tome"
 
-    def match(self, step: ReductionStep) -> Merges:
-        """One matching per clip, by the state (dense: per row; packed: per clip in its row)."""
-        keys = step.mean_keys()  # [B, N, hd] or [N, hd]
-        return step.state.bipartite_matching(keys, step.r, step.protected)
+    def match(self, step: ReductionStep) -> Matching | PackedMatching:
+        return bipartite_matching(step, step.mean_keys())
+
+
+def bipartite_matching(step: ReductionStep, keys: torch.Tensor) -> Matching | PackedMatching:
+    """ToMe's matching of `step` on `keys` (dense [B, N, C], packed flat [N, C]): per row when
+    dense, per clip inside its row when packed."""
+    if step.layout is None:
+        return bipartite_soft_matching(keys, step.row_r, step.protected)
+    return packed_bipartite_matching(keys, step.layout, step.clip_r, step.protected)

@@ -1,28 +1,128 @@
-"""What the fixed AST and the ElasticAST share: blocks, final norm, head, init and labels.
+"""The transformer trunk of both models: attention (one SDPA call), the merge step, MLP, head.
 
-Subclasses add their patch embedding and positions, then call `_build_trunk` (blocks, norm,
-head: parameter names `blocks.N.*`, `norm`, `mlp_head`, as in AST and timm) and
-`_init_weights` with their embedding parameters.
+The fixed AST (dense rows [B, N, D]) and the ElasticAST (flat tokens [N, D] of packed clips) run
+the same `Block`, pre-norm as in timm's `vision_transformer.py`, with token reduction between
+attention and MLP (FastAST Fig. 1):
+
+    tokens → + attention(norm1(tokens)) → merge step → + mlp(norm2(tokens))
+
+The merge step reads in one direction: the block asks the token state (`reduction/state.py`)
+how many tokens each clip may lose, hands the reduction method (`reduction/tome.py`, ...) a
+`ReductionStep`, and has the state apply the matching the method returns
+(`reduction/matching.py`). `TokenClassifier` holds what both models share: blocks, final norm,
+head, init, labels and the reduction settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fastast_cli.models.layers import Block
-from fastast_cli.models.reduction.base import TokenReduction
-from fastast_cli.models.reduction.registry import make_method, method_options
-from fastast_cli.models.reduction.schedule import RSchedule
+from fastast_cli.models.reduction import make_method, method_options
+from fastast_cli.models.reduction.matching import ReductionMethod, ReductionStep
+from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, RSchedule
 from fastast_cli.models.reduction.settings import MergeSettings
-from fastast_cli.models.token_state import PackedState, TokenState
+from fastast_cli.models.reduction.state import TokenState
 
-if TYPE_CHECKING:
-    from fastast_cli.models.ast import ASTConfig
+
+class Attention(nn.Module):
+    """Multi-head self-attention through fused SDPA on the rows the token state lays out."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, tokens: torch.Tensor, state: TokenState, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens [B, N, D] or flat [N, D] → (output, same shape; query, key [R, H, L, hd]).
+
+        Per-token projections run on the tokens as they are; only SDPA sees rows [R, L, ·].
+        bias: additive mask broadcastable to [R, H, L, L], or None.
+        """
+        dim = tokens.shape[-1]
+        qkv = state.to_rows(self.qkv(tokens))  # [R, L, 3D]
+        rows, length = qkv.shape[:2]
+        qkv = qkv.reshape(rows, length, 3, self.num_heads, dim // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [R, H, L, hd]
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        out = state.from_rows(out.transpose(1, 2).reshape(rows, length, dim))
+        return self.proj(out), query, key
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP of a transformer block."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(tokens)))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block `index` of `depth`, with token reduction between attention and MLP."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float,
+        index: int, depth: int,
+    ) -> None:
+        super().__init__()
+        self.index, self.depth = index, depth
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, round(dim * mlp_ratio))
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        state: TokenState,
+        method: ReductionMethod,
+        r: int | list[int],
+        proportional: bool,
+    ) -> torch.Tensor:
+        """tokens [B, N, D] or flat [N, D] → the same, r tokens fewer per clip (capped).
+
+        method: the token-reduction method; r: tokens every clip loses (an int), or one value
+        per clip (packed rows); proportional: add log(size) per key to the attention logits.
+        """
+        bias = state.attention_bias(tokens.dtype, proportional)
+        attended, query, key = self.attn(self.norm1(tokens), state, bias)
+        tokens = tokens + attended
+        clip_r = state.allowed_r(tokens, r)
+        if any(clip_r):  # the merge step
+            step = ReductionStep(tokens, query, key, state.layout, clip_r, self.index,
+                                 self.depth, NUM_PREFIX_TOKENS, bias)
+            tokens = state.apply(method.match(step), tokens)
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+class TrunkConfig(Protocol):
+    """What the trunk is built from: the fields of `ASTConfig` (and `ElasticConfig`) it reads."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    qkv_bias: bool
+    layer_norm_eps: float
+    num_classes: int
+    labels: list[str]
+
+    @property
+    def head_eps(self) -> float: ...
+
 
 Model = TypeVar("Model", bound="TokenClassifier")
 
@@ -32,20 +132,21 @@ class TokenClassifier(nn.Module):
 
     merges_tokens = True  # has `merging` and `set_r`
     head_prefixes = ("mlp_head.",)  # the tensors a new class count re-creates
-    config: ASTConfig
+    config: TrunkConfig
 
-    def _build_trunk(self, config: ASTConfig) -> None:
+    def _build_trunk(self, config: TrunkConfig) -> None:
         """The blocks, the final norm and the classification head."""
         dim = config.embed_dim
         self.blocks = nn.ModuleList(
-            Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.layer_norm_eps)
-            for _ in range(config.depth)
+            Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.layer_norm_eps,
+                  index, config.depth)
+            for index in range(config.depth)
         )
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp_head = nn.Sequential(
             nn.LayerNorm(dim, eps=config.head_eps), nn.Linear(dim, config.num_classes)
         )
-        self._methods: dict[str, TokenReduction] = {}  # instances by method and options
+        self._methods: dict[str, ReductionMethod] = {}  # instances by method and options
         self.merging = MergeSettings()  # no merging, proportional attention on
         self.meta: dict[str, Any] = {}  # normalization stats etc., filled by the loaders
 
@@ -136,12 +237,12 @@ class TokenClassifier(nn.Module):
         return self._merging
 
     @property
-    def reduction(self) -> TokenReduction:
+    def reduction(self) -> ReductionMethod:
         """The method instance in use (derived from `merging`)."""
         return self._reduction
 
     @reduction.setter
-    def reduction(self, method: TokenReduction) -> None:
+    def reduction(self, method: ReductionMethod) -> None:
         """Plug a method instance, e.g. one the registry does not name (tests, experiments):
         `merging` then names it, with its options."""
         options = method_options(method) or None
@@ -156,18 +257,17 @@ class TokenClassifier(nn.Module):
     def run_blocks(
         self,
         tokens: torch.Tensor,
-        state: TokenState | PackedState,
+        state: TokenState,
         plan: Sequence[int | Sequence[int]],
     ) -> torch.Tensor:
-        """Every block with its r (int, or one per clip); the state goes along.
+        """Every block with the model's reduction method and its r (int, or one per clip);
+        the state goes along.
 
         In eval mode the final state is kept in `self.last_state` for inspection; in training
         it is not, so no graph outlives a step.
         """
-        state.reduction, state.depth = self._reduction, len(self.blocks)
-        for index, (block, r) in enumerate(zip(self.blocks, plan, strict=True)):
-            state.block = index
-            tokens = block(tokens, state, r, self.proportional_attention)
+        for block, r in zip(self.blocks, plan, strict=True):
+            tokens = block(tokens, state, self._reduction, r, self.proportional_attention)
         self.last_state = None if self.training else state
         return tokens
 

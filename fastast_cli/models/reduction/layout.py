@@ -286,6 +286,22 @@ class ClipView:
         return cls(protected, list(clip_r), remove, valid, rows, slot,
                    offsets[:, None] + leading, layout, index)
 
+    @cached_property
+    def target(self) -> torch.Tensor:
+        """[K·T] flat token of every entry, padding sent to a spare slot N past the last token
+        (packed only): scatters through it need no boolean-mask indexing."""
+        spare = self.layout.num_tokens
+        return torch.where(self.valid, self.index, spare).flatten()
+
+    @property
+    def padding_mask(self) -> torch.Tensor | None:
+        """`valid` where some clip is shorter than the view's width, None where every entry is
+        real (dense rows; packed clips of one length): read from the host, no device sync."""
+        counts = set(() if self.layout is None else self.layout.counts)
+        if len(counts) <= 1 and min(counts, default=self.protected + 1) > self.protected:
+            return None
+        return self.valid
+
     @property
     def counts(self) -> torch.Tensor:
         """[K] mergeable tokens of each clip."""
@@ -303,8 +319,9 @@ class ClipView:
         if self.index is None:
             ahead = values.new_full((values.shape[0], self.protected), prefix)
             return torch.cat([ahead, values], dim=1)[..., None]
-        flat = values.new_full((self.layout.num_tokens,), prefix)
-        return flat.index_put((self.index[self.valid],), values[self.valid])[:, None]
+        flat = values.new_full((self.layout.num_tokens + 1,), prefix)
+        flat = flat.scatter(0, self.target, values.flatten())
+        return flat[: self.layout.num_tokens, None]
 
     def clip_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Per attention row values [R, ...] → the row of every clip [K, ...] (dense: the rows

@@ -68,7 +68,11 @@ class ReductionStep:
 
     def mean_keys(self) -> torch.Tensor:
         """Keys averaged over heads, per token: dense [B, N, hd], packed flat [N, hd]."""
-        rows = self.key.mean(dim=1)  # [R, L, hd]
+        heads = self.key.shape[1]
+        rows = self.key[:, 0]
+        for head in range(1, heads):  # the order `mean` sums in (same bits), faster on the
+            rows = rows + self.key[:, head]  # strided head axis of the attention's key view
+        rows = rows / heads  # [R, L, hd]
         return rows if self.layout is None else self.layout.from_rows(rows)
 
     def clip_view(self) -> ClipView:
@@ -123,24 +127,59 @@ class Matching(TokenMatching):
     unmerged: torch.Tensor
     merged: torch.Tensor
     partner: torch.Tensor
+    _index: tuple[torch.Tensor, ...] | None = field(default=None, init=False, repr=False,
+                                                    compare=False)
 
     def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Apply the matching to `values` [B, N, C] → [B, N - r, C], combining with `reduce`."""
-        channels = values.shape[-1]
-        prefix, mergeable = values[:, : self.protected], values[:, self.protected :]
-        set_a, set_b = mergeable[:, ::2], mergeable[:, 1::2]
-        stay = set_a.gather(1, self.unmerged.expand(-1, -1, channels))
-        go = set_a.gather(1, self.merged.expand(-1, -1, channels))
-        set_b = set_b.scatter_reduce(1, self.partner.expand(-1, -1, channels), go, reduce=reduce)
-        return torch.cat([prefix, stay, set_b], dim=1)
+        """Apply the matching to `values` [B, N, C] → [B, N - r, C], combining with `reduce`.
+
+        One row copy for the tokens that stay, one for the A tokens that go and one indexed
+        add (or `reduce`) of those into their partners, on the rows flattened to [B·N, C].
+        """
+        batch, length, channels = values.shape
+        stay, merged, into = self._flat_index(length)
+        flat = values.reshape(batch * length, channels)
+        out = flat.index_select(0, stay)  # [B·(N - r), C]
+        go = flat.index_select(0, merged)  # [B·r, C]
+        return combine_rows(out, into, go, reduce).view(batch, -1, channels)
 
     def keep(self, values: torch.Tensor) -> torch.Tensor:
         """Every slot's own token, the merged A tokens dropped (pruning): [B, N, C] →
         [B, N - r, C]."""
-        channels = values.shape[-1]
-        prefix, mergeable = values[:, : self.protected], values[:, self.protected :]
-        stay = mergeable[:, ::2].gather(1, self.unmerged.expand(-1, -1, channels))
-        return torch.cat([prefix, stay, mergeable[:, 1::2]], dim=1)
+        batch, length, channels = values.shape
+        stay = self._flat_index(length)[0]
+        return values.reshape(batch * length, channels).index_select(0, stay).view(
+            batch, -1, channels)
+
+    def _flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Indices into the rows flattened to [B·N]: the token holding every slot of the
+        result `[protected, unmerged A, B]` [B·(N - r)], the merged A tokens [B·r], and the
+        slot of the result each of them joins [B·r]. Computed once per matching."""
+        if self._index is None:
+            batch, stays, _ = self.unmerged.shape
+            device = self.unmerged.device
+            row = torch.arange(batch, device=device)[:, None]  # [B, 1]
+            prefix = torch.arange(self.protected, device=device).expand(batch, -1)
+            b_position = torch.arange(self.protected + 1, length, 2, device=device)
+            stay = torch.cat([prefix, self.protected + 2 * self.unmerged[..., 0],
+                              b_position.expand(batch, -1)], dim=1)  # [B, N - r]
+            merged = self.protected + 2 * self.merged[..., 0]  # [B, r]
+            into = self.protected + stays + self.partner[..., 0]  # [B, r]
+            result = length - self.merged.shape[1]  # N - r
+            self._index = ((stay + row * length).flatten(), (merged + row * length).flatten(),
+                           (into + row * result).flatten())
+        return self._index
+
+
+def combine_rows(
+    out: torch.Tensor, into: torch.Tensor, go: torch.Tensor, reduce: str
+) -> torch.Tensor:
+    """Combine rows `go` [M, C] into rows `into` [M] of `out` [N', C] (in place) with `reduce`
+    ("sum": an indexed add; else `scatter_reduce_`'s, the slot's own row included), each
+    slot's rows in index order."""
+    if reduce == "sum":
+        return out.index_add_(0, into, go)
+    return out.scatter_reduce_(0, into[:, None].expand_as(go), go, reduce=reduce)
 
 
 @dataclass
@@ -160,19 +199,27 @@ class PackedMatching(TokenMatching):
     def from_destination(
         cls, destination: torch.Tensor, merged: torch.Tensor, layout: Layout
     ) -> PackedMatching:
-        """From the new slot of every token [N] and which tokens merge into another [N]."""
-        token = torch.arange(len(destination), device=destination.device)
-        stay = torch.empty(layout.num_tokens, dtype=torch.long, device=destination.device)
-        stay[destination[~merged]] = token[~merged]
-        return cls(stay, token[merged], destination[merged], layout)
+        """From the new slot of every token [N] and which tokens merge into another [N].
+
+        Scatters only (no boolean-mask indexing, which waits for the device on CUDA): every
+        token is written to its slot, a merged one to a spare slot past the end; the merged
+        tokens, in token order, to their rank among the merged.
+        """
+        device = destination.device
+        stays, goes = layout.num_tokens, len(destination) - layout.num_tokens  # N', M
+        token = torch.arange(len(destination), device=device)
+        stay = torch.empty(stays + 1, dtype=torch.long, device=device)
+        stay = stay.scatter_(0, torch.where(merged, stays, destination), token)[:stays]
+        among = torch.where(merged, merged.long().cumsum(0) - 1, goes)  # [N] rank, M if stays
+        which = torch.empty(goes + 1, dtype=torch.long, device=device)
+        which = which.scatter_(0, among, token)[:goes]  # [M] the merged tokens in token order
+        return cls(stay, which, destination.index_select(0, which), layout)
 
     def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
         """Apply the matching to flat `values` [N, C] → [N', C], combining with `reduce`."""
         stay = values.index_select(0, self.stay)
         go = values.index_select(0, self.merged)
-        if reduce == "sum":
-            return stay.index_add(0, self.into, go)
-        return stay.scatter_reduce(0, self.into[:, None].expand_as(go), go, reduce=reduce)
+        return combine_rows(stay, self.into, go, reduce)
 
     def keep(self, values: torch.Tensor) -> torch.Tensor:
         """Every slot's own token, the merged tokens dropped (pruning): [N, C] → [N', C]."""
@@ -183,11 +230,13 @@ class PackedMatching(TokenMatching):
 class RowMatching(TokenMatching):
     """Dense rows regrouped: `stay` [B, N - r, 1] the token that holds each new slot (position
     order), `merged` [B, r, 1] the tokens that join another, `into` [B, r, 1] the slot each
-    joins. Applied with gathers and one scatter, as ToMe's `Matching`."""
+    joins. Applied with row copies and one indexed add, as ToMe's `Matching`."""
 
     stay: torch.Tensor
     merged: torch.Tensor
     into: torch.Tensor
+    _index: tuple[torch.Tensor, ...] | None = field(default=None, init=False, repr=False,
+                                                    compare=False)
 
     @classmethod
     def of(cls, keep: torch.Tensor, moved: torch.Tensor, protected: int,
@@ -203,11 +252,26 @@ class RowMatching(TokenMatching):
         return cls(order[:, :stays], merged, into)
 
     def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Combine `values` [B, N, C] per group with `reduce` → [B, N - r, C]."""
-        channels = values.shape[-1]
-        stay = values.gather(1, self.stay.expand(-1, -1, channels))
-        go = values.gather(1, self.merged.expand(-1, -1, channels))
-        return stay.scatter_reduce(1, self.into.expand(-1, -1, channels), go, reduce=reduce)
+        """Combine `values` [B, N, C] per group with `reduce` → [B, N - r, C]: row copies and
+        one indexed add (or `reduce`) on the rows flattened to [B·N, C]."""
+        batch, length, channels = values.shape
+        stay, merged, into = self._flat_index(length)
+        flat = values.reshape(batch * length, channels)
+        out = flat.index_select(0, stay)
+        out = combine_rows(out, into, flat.index_select(0, merged), reduce)
+        return out.view(batch, -1, channels)
+
+    def _flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`stay` [B·(N - r)] and `merged` [B·r] as indices into the rows flattened to [B·N],
+        `into` [B·r] into the result's rows flattened to [B·(N - r)]. Computed once per
+        matching."""
+        if self._index is None:
+            batch, stays = self.stay.shape[:2]
+            row = torch.arange(batch, device=self.stay.device)[:, None]  # [B, 1]
+            self._index = ((self.stay[..., 0] + row * length).flatten(),
+                           (self.merged[..., 0] + row * length).flatten(),
+                           (self.into[..., 0] + row * stays).flatten())
+        return self._index
 
 
 @dataclass
@@ -261,8 +325,10 @@ def regroup(
         [n - r for n, r in zip(view.layout.counts, view.clip_r, strict=True)])
     starts, old = layout.starts, view.layout
     destination = starts[old.token_clip] + old.token_position  # right for CLS and DIST
-    destination[view.index[view.valid]] = (starts[:, None] + moved)[view.valid]
-    merged = torch.zeros_like(destination, dtype=torch.bool)
-    merged[view.index[view.valid]] = ~keep[view.valid]
+    spare = destination.new_zeros(1)  # where padding entries are written, then dropped
+    destination = torch.cat([destination, spare]).scatter_(
+        0, view.target, (starts[:, None] + moved).flatten())[: old.num_tokens]
+    merged = torch.zeros(old.num_tokens + 1, dtype=torch.bool, device=keep.device)
+    merged = merged.scatter_(0, view.target, (~keep).flatten())[: old.num_tokens]
     matching = PackedMatching.from_destination(destination, merged, layout)
     return Regrouping(matching, token_weights)

@@ -24,12 +24,34 @@ import torch.nn.functional as F
 from fastast_cli.models.reduction.matching import ReductionStep, Regrouping, regroup
 
 
-def energy(similarity: torch.Tensor, valid: torch.Tensor, margin: float,
+def energy(similarity: torch.Tensor, valid: torch.Tensor | None, margin: float,
            alpha: float) -> torch.Tensor:
     """PiToMe's energy score (Eq. 4): similarity [K, T, T] of each clip's tokens, valid [K, T]
-    → [K, T], the mean of ELU_α(S_ij − margin) over the clip's real tokens j."""
-    terms = F.elu(similarity - margin, alpha=alpha) * valid[:, None, :]
+    (None: every entry is real) → [K, T], the mean of ELU_α(S_ij − margin) over the clip's real
+    tokens j."""
+    terms = F.elu(similarity - margin, alpha=alpha, inplace=True)  # one [K, T, T] temporary
+    if valid is None:
+        return terms.sum(dim=-1) / similarity.shape[-1]
+    terms = terms.masked_fill(~valid[:, None, :], 0.0)
     return terms.sum(dim=-1) / valid.sum(dim=-1, keepdim=True).clamp_min(1)
+
+
+def best_partners(similarity: torch.Tensor, set_a: torch.Tensor, set_b: torch.Tensor,
+                  order: torch.Tensor, most: int) -> torch.Tensor:
+    """Every entry's partner [K, T]: an A entry's most similar B entry (ties: the earlier one),
+    every other entry itself.
+
+    similarity [K, T, T]; set_a, set_b [K, T]; order [K, T] the entries by descending energy
+    (A and B alternate from its front); most: the largest number of A entries of a clip (the
+    largest r). Only the A rows of `similarity` are read.
+    """
+    clips, width = set_a.shape
+    candidate = order[:, : 2 * most : 2]  # [K, R] every clip's A entries (and a few more)
+    flat = candidate + torch.arange(clips, device=order.device)[:, None] * width
+    rows = similarity.reshape(clips * width, width).index_select(0, flat.flatten())
+    rows = rows.view(clips, -1, width).masked_fill_(~set_b[:, None, :], float("-inf"))
+    chosen = torch.where(set_a.gather(1, candidate), rows.argmax(dim=-1), candidate)  # [K, R]
+    return _positions(set_a).scatter(1, candidate, chosen)
 
 
 class PiToMe:
@@ -59,11 +81,17 @@ class PiToMe:
         keys = view.gather(step.mean_keys())  # [K, T, hd]
         keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         similarity = keys @ keys.transpose(-1, -2)  # [K, T, T]
-        score = energy(similarity, view.valid, self.margin(step.block, step.depth), self.alpha)
+        score = energy(similarity, view.padding_mask, self.margin(step.block, step.depth),
+                       self.alpha)
         rank = view.rank(score)  # 0 = highest energy
         candidate = rank < 2 * view.remove[:, None]
         set_a = candidate & (rank % 2 == 0)
         set_b = candidate & (rank % 2 == 1)
-        best = similarity.masked_fill(~set_b[:, None, :], float("-inf")).argmax(dim=-1)
-        position = torch.arange(rank.shape[1], device=rank.device).expand_as(rank)
-        return regroup(view, ~set_a, torch.where(set_a, best, position))
+        order = torch.empty_like(rank).scatter_(1, rank, _positions(rank))  # by energy
+        partner = best_partners(similarity, set_a, set_b, order, max(view.clip_r))
+        return regroup(view, ~set_a, partner)
+
+
+def _positions(like: torch.Tensor) -> torch.Tensor:
+    """[K, T] 0, 1, ..., T - 1 in every row, shaped as `like`."""
+    return torch.arange(like.shape[1], device=like.device).expand_as(like)

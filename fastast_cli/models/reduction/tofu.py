@@ -41,7 +41,7 @@ def mlerp(
     mean, merged_sizes = matching.combine(tokens, sizes)
     largest = matching.merge(tokens.norm(dim=-1, keepdim=True), reduce="amax")
     members = matching.merge(torch.ones_like(sizes))
-    rescaled = mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-6) * largest
+    rescaled = (mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-6)).mul_(largest)
     return torch.where(members > 1, rescaled, mean), merged_sizes
 
 

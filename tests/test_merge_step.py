@@ -1,0 +1,100 @@
+"""The merge step's cost: row copies and scatters with precomputed indices, the same bits as the
+plain gather / boolean-mask formulation, and no op that waits for the device in the packed path
+(boolean-mask indexing runs `nonzero`, a host sync per index on CUDA)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from fastast_cli import build_model
+from fastast_cli.models.elastic import build_elastic
+from fastast_cli.models.reduction import METHODS
+from fastast_cli.models.reduction.layout import ClipView, Layout
+from fastast_cli.models.reduction.matching import PackedMatching
+from fastast_cli.models.reduction.tome import bipartite_soft_matching
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SYNCING_OPS = {"aten::nonzero", "aten::_local_scalar_dense", "aten::masked_select",
+               "aten::item"}
+
+
+def syncing_ops(run) -> list[str]:
+    """The aten ops of `run()` that wait for the device on CUDA."""
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return [event.name for event in prof.events() if event.name in SYNCING_OPS]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_the_packed_merge_step_never_waits_for_the_device(name):
+    torch.manual_seed(0)
+    model = build_elastic("tiny", 4, target_length=128, depth=3, max_tokens=80).eval()
+    model.set_r(5, method=name)
+    generator = torch.Generator().manual_seed(1)
+    clips = [torch.randn(frames, 128, generator=generator) for frames in (48, 16, 32, 64)]
+    assert syncing_ops(lambda: model(clips)) == []
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_the_dense_merge_step_never_waits_for_the_device(name):
+    torch.manual_seed(0)
+    model = build_model("tiny", 4, target_length=64, depth=3).eval().set_r(6, method=name)
+    assert syncing_ops(lambda: model(torch.randn(2, 64, 128))) == []
+
+
+def gather_merge(matching, values: torch.Tensor, reduce: str) -> torch.Tensor:
+    """ToMe's merge written with gathers on the A/B views (the reference formulation)."""
+    channels = values.shape[-1]
+    kept, mergeable = values[:, : matching.protected], values[:, matching.protected :]
+    set_a, set_b = mergeable[:, ::2], mergeable[:, 1::2]
+    stay = set_a.gather(1, matching.unmerged.expand(-1, -1, channels))
+    go = set_a.gather(1, matching.merged.expand(-1, -1, channels))
+    set_b = set_b.scatter_reduce(1, matching.partner.expand(-1, -1, channels), go, reduce=reduce)
+    return torch.cat([kept, stay, set_b], dim=1)
+
+
+@pytest.mark.parametrize("length", [13, 14])
+@pytest.mark.parametrize("reduce", ["sum", "amax"])
+def test_dense_merge_has_the_bits_of_the_gather_formulation(length, reduce):
+    generator = torch.Generator().manual_seed(2)
+    keys = torch.randn(3, length, 8, generator=generator)
+    keys[1, 4:10] = keys[1, 3]  # ties: equal similarities everywhere in that stretch
+    values = torch.randn(3, length, 5, generator=generator)
+    for r in (1, 3, (length - 2) // 2):
+        matching = bipartite_soft_matching(keys, r, protected=2)
+        assert torch.equal(matching.merge(values, reduce), gather_merge(matching, values, reduce))
+        unmerged = matching.unmerged.expand(-1, -1, 5)
+        pruned = torch.cat([values[:, :2], values[:, 2::2].gather(1, unmerged),
+                            values[:, 3::2]], dim=1)
+        assert torch.equal(matching.keep(values), pruned)
+
+
+def test_packed_matching_from_destination_has_the_bits_of_boolean_indexing():
+    generator = torch.Generator().manual_seed(3)
+    layout = Layout.pack([7, 4, 9], 12)
+    after = layout.resized([5, 3, 6])
+    # every token's new slot: clip c's staying tokens in order, merged ones onto a staying slot
+    merged = torch.zeros(20, dtype=torch.bool)
+    merged[[3, 5, 9, 14, 17, 19]] = True
+    stays = (~merged).nonzero()[:, 0]
+    destination = torch.empty(20, dtype=torch.long)
+    destination[stays] = torch.arange(14)
+    destination[merged] = torch.randint(0, 14, (6,), generator=generator)
+    matching = PackedMatching.from_destination(destination, merged, after)
+    token = torch.arange(20)
+    kept = torch.empty(14, dtype=torch.long)
+    kept[destination[~merged]] = token[~merged]
+    assert torch.equal(matching.stay, kept)
+    assert torch.equal(matching.merged, token[merged])
+    assert torch.equal(matching.into, destination[merged])
+
+
+def test_clip_view_scatter_writes_every_real_entry_and_the_prefix():
+    layout = Layout.pack([5, 3, 6], 10)  # mergeable 3, 1, 4: padded to 4
+    view = ClipView.of_clips(torch.zeros(14, 2), layout, [1, 0, 2], protected=2)
+    values = torch.arange(12, dtype=torch.float).view(3, 4)
+    flat = view.scatter(values, -1.0)[:, 0]
+    assert flat.tolist() == [-1, -1, 0, 1, 2, -1, -1, 4, -1, -1, 8, 9, 10, 11]

@@ -42,15 +42,37 @@ TINY = {"model": "ast", "size": "tiny", "depth": 2, "fstride": 16, "tstride": 16
 UMASK_MODE = 0o666 & ~atomic._UMASK  # what open() gives a new file
 
 
-@pytest.fixture
-def recipe(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     return path
 
 
 def tiny(recipe: Path, data: Path, out: Path, **values):
     return load_config(recipe, {"data": str(data), "out": str(out), **values})
+
+
+@pytest.fixture(scope="module")
+def whole_run(small_demo, recipe, tmp_path_factory):
+    """The tiny recipe's 2 epochs run without interruption, once for the module:
+    (its folder, its result). Tests read it and never write into it."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    return out, train(tiny(recipe, small_demo, out))
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(small_demo, recipe, tmp_path_factory) -> Path:
+    """The tiny recipe's first epoch, trained once for the module: tests that resume it work
+    on a copy (`copy_run`), since a run folder may be resumed under any --out."""
+    out = tmp_path_factory.mktemp("one-epoch") / "run"
+    train(tiny(recipe, small_demo, out, epochs=1))
+    return out
+
+
+def copy_run(run: Path, out: Path) -> Path:
+    shutil.copytree(run, out)
+    return out
 
 
 def invoke(*args: str):
@@ -107,8 +129,8 @@ def run_stopped(signum: int, point: str, args: list[str]) -> subprocess.Complete
     (signal.SIGTERM, "group", 143, (0, 3), 2),  # the loader's workers get it too
 ])
 def test_sigterm_and_sighup_save_the_state_and_resume_exactly(
-        small_demo, recipe, tmp_path, signum, point, code, saved, workers):
-    whole = train(tiny(recipe, small_demo, tmp_path / "whole"))
+        small_demo, recipe, whole_run, tmp_path, signum, point, code, saved, workers):
+    whole_out, whole = whole_run
     out = tmp_path / "cut"
     done = run_stopped(signum, point, ["train-teacher", "--recipe", str(recipe), "--data",
                                        str(small_demo), "--out", str(out), "--num-workers",
@@ -122,7 +144,7 @@ def test_sigterm_and_sighup_save_the_state_and_resume_exactly(
     assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
     resumed = train(tiny(recipe, small_demo, out, num_workers=workers), resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2]
-    for name, tensor in read_checkpoint(tmp_path / "whole/last.pt")["model"].items():
+    for name, tensor in read_checkpoint(whole_out / "last.pt")["model"].items():
         assert torch.allclose(tensor, read_checkpoint(out / "last.pt")["model"][name],
                               atol=1e-6), name
     assert resumed.history[-1]["accuracy"] == whole.history[-1]["accuracy"]
@@ -141,7 +163,8 @@ def stopping(*positional, **keywords):
     return original(*positional, **keywords)
 
 audio.sf.write = stopping
-sys.argv = ["fastast", "prepare", "demo", "--out", sys.argv[1], "--quiet"]
+sys.argv = ["fastast", "prepare", "demo", "--out", sys.argv[1], "--clips-per-class", "5",
+            "--quiet"]
 from fastast_cli.cli import main
 main()
 """
@@ -152,7 +175,7 @@ main()
     assert done.returncode == 143, done.stderr
     assert "Traceback" not in done.stderr and "SIGTERM" in done.stderr
     assert not [path for path in out.rglob("*.tmp")]
-    again = invoke("prepare", "demo", "--out", out, "--quiet")
+    again = invoke("prepare", "demo", "--out", out, "--clips-per-class", "5", "--quiet")
     assert again.exit_code == 0, again.output
     assert load_manifest(out).label_names
 
@@ -178,9 +201,9 @@ def test_a_rerun_of_prepare_removes_what_a_killed_one_left(tmp_path):
 
 # --- one process per run folder and per sweep table ---------------------------------------------
 
-def test_a_run_folder_in_use_is_refused_with_one_line(small_demo, recipe, tmp_path):
-    out = tmp_path / "run"
-    train(tiny(recipe, small_demo, out, epochs=1))
+def test_a_run_folder_in_use_is_refused_with_one_line(small_demo, recipe, one_epoch_run,
+                                                      tmp_path):
+    out = copy_run(one_epoch_run, tmp_path / "run")
     log = (out / "log.csv").read_text()
     args = ["train-teacher", "--recipe", recipe, "--data", small_demo, "--out", out,
             "--epochs", "2"]
@@ -235,9 +258,9 @@ def test_a_sweep_table_in_use_is_refused(small_demo, tmp_path):
 
 # --- resume only on the run's own data ----------------------------------------------------------
 
-def test_resume_on_other_data_is_refused_and_moved_data_resumes(small_demo, recipe, tmp_path):
-    out = tmp_path / "run"
-    train(tiny(recipe, small_demo, out, epochs=1))
+def test_resume_on_other_data_is_refused_and_moved_data_resumes(small_demo, recipe,
+                                                                one_epoch_run, tmp_path):
+    out = copy_run(one_epoch_run, tmp_path / "run")
     before = (out / "last.pt").read_bytes()
     other = tmp_path / "other"
     shutil.copytree(small_demo.parent, other, ignore=shutil.ignore_patterns("cache"))
@@ -329,10 +352,10 @@ def test_a_full_disk_at_the_first_file_of_a_run_leaves_no_folder(small_demo, rec
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EDQUOT])
-def test_a_failed_checkpoint_write_mid_run_keeps_the_last_one(small_demo, recipe, tmp_path,
+def test_a_failed_checkpoint_write_mid_run_keeps_the_last_one(small_demo, recipe,
+                                                              one_epoch_run, tmp_path,
                                                               monkeypatch, code):
-    out = tmp_path / "run"
-    train(tiny(recipe, small_demo, out, epochs=1))
+    out = copy_run(one_epoch_run, tmp_path / "run")
     before = (out / "last.pt").read_bytes()
     fail_replace(monkeypatch, code, ("last.pt",))
     result = invoke("train-teacher", "--recipe", recipe, "--data", small_demo, "--out", out,

@@ -151,6 +151,19 @@ def test_a_hub_id_downloads_once_into_the_cache_and_loads_the_same_weights(hub, 
         torch.testing.assert_close(again(fbank()), new(fbank()))
 
 
+def no_waiting(monkeypatch) -> None:
+    """huggingface_hub retries a cut download 5 times, 1 s apart: the same retries, no wait."""
+    import time
+    import types
+
+    from huggingface_hub import file_download
+
+    fast = types.ModuleType("time")
+    fast.__dict__.update(vars(time))
+    fast.sleep = lambda seconds: None
+    monkeypatch.setattr(file_download, "time", fast, raising=False)
+
+
 def test_hub_failures_are_one_line(hub, monkeypatch):
     server, _, _ = hub
     with pytest.raises(CheckpointError, match="no such checkpoint: MIT/missing is neither a local "
@@ -163,6 +176,7 @@ def test_hub_failures_are_one_line(hub, monkeypatch):
                                               "in the Hugging Face cache \\(HF_HUB_OFFLINE"):
         load_model(f"{REPO}@{OLD}")
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    no_waiting(monkeypatch)
     server.drop = ("model.safetensors",)
     with pytest.raises(CheckpointError, match=f"{REPO}: downloading model.safetensors failed"):
         load_model(REPO)

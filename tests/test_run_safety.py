@@ -32,15 +32,32 @@ TINY = {"model": "ast", "size": "tiny", "depth": 2, "fstride": 16, "tstride": 16
         "lr_start": 99}
 
 
-@pytest.fixture
-def recipe(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     return path
 
 
 def tiny(recipe: Path, data: Path, out: Path, **values):
     return load_config(recipe, {"data": str(data), "out": str(out), **values})
+
+
+@pytest.fixture(scope="module")
+def whole_run(small_demo, recipe, tmp_path_factory):
+    """The tiny recipe's 2 epochs without a teacher, run once for the module: (its folder, its
+    result). Tests read it and never write into it."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    return out, train(tiny(recipe, small_demo, out, teacher="none"))
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(small_demo, recipe, tmp_path_factory) -> Path:
+    """The tiny recipe's first epoch, trained once for the module: tests that resume it work
+    on a copy (a run folder may be resumed under any --out)."""
+    out = tmp_path_factory.mktemp("one-epoch") / "run"
+    train(tiny(recipe, small_demo, out, epochs=1))
+    return out
 
 
 def copy_of(manifest: Path, tmp_path: Path) -> Path:
@@ -127,8 +144,8 @@ def run_interrupted(point: str, args: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("point", ["validation", "last.pt"])
 def test_ctrl_c_during_validation_or_the_checkpoint_write_saves_a_resumable_state(
-        small_demo, recipe, tmp_path, point):
-    whole = train(tiny(recipe, small_demo, tmp_path / "whole", teacher="none"))
+        small_demo, recipe, whole_run, tmp_path, point):
+    whole_out, whole = whole_run
     out = tmp_path / "cut"
     done = run_interrupted(point, ["train-teacher", "--recipe", str(recipe), "--data",
                                    str(small_demo), "--out", str(out)])
@@ -142,7 +159,7 @@ def test_ctrl_c_during_validation_or_the_checkpoint_write_saves_a_resumable_stat
     resumed = train(tiny(recipe, small_demo, out, teacher="none"), resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     assert len((out / "log.csv").read_text().splitlines()) == 3
-    for name, tensor in read_checkpoint(tmp_path / "whole/last.pt")["model"].items():
+    for name, tensor in read_checkpoint(whole_out / "last.pt")["model"].items():
         assert torch.allclose(tensor, read_checkpoint(out / "last.pt")["model"][name],
                               atol=1e-6), name
     assert resumed.history[-1]["accuracy"] == whole.history[-1]["accuracy"]
@@ -274,9 +291,9 @@ def test_evaluate_checks_every_folds_clips_before_scoring(small_demo, tmp_path, 
 # --- 12: logs after a crash, stale temporaries --------------------------------------------------
 
 def test_resume_drops_log_rows_beyond_the_checkpoint_and_stale_temporaries(
-        small_demo, recipe, tmp_path):
+        small_demo, recipe, one_epoch_run, tmp_path):
     out = tmp_path / "run"
-    train(tiny(recipe, small_demo, out, epochs=1))
+    shutil.copytree(one_epoch_run, out)
     after_one = (out / "last.pt").read_bytes()
     train(tiny(recipe, small_demo, out, epochs=2), resume=True)
     # Killed between epoch 2's log row and its last.pt: the log is a row ahead of the state.
@@ -294,8 +311,9 @@ def test_resume_drops_log_rows_beyond_the_checkpoint_and_stale_temporaries(
 
 # --- 13: the teacher's kind comes from its checkpoint ------------------------------------------
 
-def test_teacher_kind_is_taken_from_the_checkpoint_and_must_agree(small_demo, recipe, tmp_path):
-    teacher = train(tiny(recipe, small_demo, tmp_path / "teacher", epochs=1)).out / "best.pt"
+def test_teacher_kind_is_taken_from_the_checkpoint_and_must_agree(small_demo, recipe,
+                                                                  one_epoch_run, tmp_path):
+    teacher = one_epoch_run / "best.pt"
     config = tiny(recipe, small_demo, tmp_path / "student", teacher_checkpoint=str(teacher))
     trainer = Trainer(config, loop_module.Ranks(), torch.device("cpu"),
                       loop_module.SilentReporter())
@@ -312,7 +330,9 @@ def test_teacher_kind_is_taken_from_the_checkpoint_and_must_agree(small_demo, re
 
 # --- 15: recipe values and bases ----------------------------------------------------------------
 
-def test_recipe_values_out_of_range_are_refused_with_the_setting_named(recipe, tmp_path):
+def test_recipe_values_out_of_range_are_refused_with_the_setting_named(tmp_path):
+    recipe = tmp_path / "tiny.yaml"  # a base beside the recipes built on it
+    recipe.write_text(yaml.safe_dump(TINY))
     for key, value, message in (("r", -5, "r must be >= 0"), ("mixup", 2.0, "mixup"),
                                 ("freqm", -1, "freqm must be >= 0"),
                                 ("num_workers", -2, "num_workers"), ("fold", 0, "fold"),

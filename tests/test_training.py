@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,15 @@ def config(data: Path, out: Path, **values) -> TrainConfig:
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)["model"]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(small_demo, tmp_path_factory) -> Path:
+    """The tiny AST's first epoch, trained once for the module: its best.pt is a teacher or
+    pretrained weights; tests that resume the run work on a copy (any --out resumes it)."""
+    out = tmp_path_factory.mktemp("one-epoch") / "run"
+    train(config(small_demo, out, epochs=1))
+    return out
 
 
 def test_tiny_ast_and_tiny_cnn_learn_the_demo_set(demo_data, tmp_path):
@@ -99,9 +109,9 @@ def test_resume_after_interruption_gives_the_same_weights(small_demo, tmp_path, 
     assert strip == [",".join(line.split(",")[:7]) for line in split_log]
 
 
-def test_teacher_is_frozen_and_sees_the_students_augmented_input(small_demo, tmp_path):
-    train(config(small_demo, tmp_path / "teacher", epochs=1))
-    teacher_path = tmp_path / "teacher/best.pt"
+def test_teacher_is_frozen_and_sees_the_students_augmented_input(small_demo, one_epoch_run,
+                                                                tmp_path):
+    teacher_path = one_epoch_run / "best.pt"
     student = config(small_demo, tmp_path / "student", epochs=1, teacher="ast",
                      teacher_checkpoint=str(teacher_path), r=4, freqm=24, timem=48)
     trainer = Trainer(student, loop_module.Ranks(), torch.device("cpu"),
@@ -128,10 +138,9 @@ def test_teacher_is_frozen_and_sees_the_students_augmented_input(small_demo, tmp
     assert trainer.model.r_schedule == [4, 4]
 
 
-def test_cached_teacher_logits_are_computed_once(small_demo, tmp_path):
-    train(config(small_demo, tmp_path / "teacher", epochs=1))
+def test_cached_teacher_logits_are_computed_once(small_demo, one_epoch_run, tmp_path):
     student = config(small_demo, tmp_path / "student", epochs=2, teacher="ast",
-                     teacher_checkpoint=str(tmp_path / "teacher/best.pt"),
+                     teacher_checkpoint=str(one_epoch_run / "best.pt"),
                      teacher_logits="cached", freqm=24, timem=48)
     trainer = Trainer(student, loop_module.Ranks(), torch.device("cpu"),
                       loop_module.SilentReporter())
@@ -142,7 +151,7 @@ def test_cached_teacher_logits_are_computed_once(small_demo, tmp_path):
     assert sum(calls) == clips  # one pass over the clean clips, none during the 2 epochs
     cache = torch.load(tmp_path / "student/teacher_logits.pt", weights_only=True)
     clean = trainer._dataset("train", training=False)
-    teacher = load_classifier(tmp_path / "teacher/best.pt")
+    teacher = load_classifier(one_epoch_run / "best.pt")
     with torch.no_grad():
         expected = teacher(torch.stack([clean[i][0] for i in range(clips)]))
     torch.testing.assert_close(cache["logits"], expected, atol=1e-5, rtol=1e-5)
@@ -221,7 +230,8 @@ def first_epoch_lrs(run: TrainConfig) -> tuple[int, list[float]]:
     return trainer.warmup_steps, recorder.lrs
 
 
-def test_ast_from_scratch_warms_up_unless_pretrained_or_set(small_demo, tmp_path):
+def test_ast_from_scratch_warms_up_unless_pretrained_or_set(small_demo, one_epoch_run,
+                                                           tmp_path):
     # 64 training clips in batches of 8: 8 steps per epoch, 5 epochs → 40 steps, 10%: 4.
     scratch = config(small_demo, tmp_path / "scratch", epochs=5, lr=1e-3)
     assert scratch.from_scratch and scratch.warmup_steps is None
@@ -232,8 +242,7 @@ def test_ast_from_scratch_warms_up_unless_pretrained_or_set(small_demo, tmp_path
     assert warmup_steps_for(long_run, 1700) == 1000
     assert warmup_steps_for(TrainConfig(model="efficientnet-b2"), 100) == 0  # CNNs: none
 
-    train(config(small_demo, tmp_path / "initial", epochs=1))
-    weights_path = tmp_path / "initial/best.pt"
+    weights_path = one_epoch_run / "best.pt"
     pretrained = config(small_demo, tmp_path / "pretrained", epochs=5, lr=1e-3,
                         pretrained=str(weights_path))
     assert not pretrained.from_scratch
@@ -299,13 +308,17 @@ def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
     second = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for name, tensor in first.items():
         assert torch.equal(tensor, second[name]), name
-    initial = train_initial_weights(small_demo, tmp_path / "init")
+    # one process of the same settings, built before it trains: the initial weights
+    from ddp_worker import DDP_CONFIG, record_steps
+
+    single = Trainer(TrainConfig(**DDP_CONFIG, data=str(small_demo), out=str(tmp_path / "single")),
+                     loop_module.Ranks(), torch.device("cpu"), loop_module.SilentReporter())
+    initial = {name: tensor.clone() for name, tensor in single.model.state_dict().items()}
     assert not torch.equal(first["blocks.0.attn.qkv.weight"], initial["blocks.0.attn.qkv.weight"])
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # rank 0 alone writes
     # each rank validated its half of the clips; the metrics are those of all clips
     validated = [torch.load(tmp_path / f"validated{rank}.pt") for rank in (0, 1)]
-    clips = len(Trainer(config(small_demo, tmp_path / "one", r=4), loop_module.Ranks(),
-                        torch.device("cpu"), loop_module.SilentReporter()).eval_set)
+    clips = len(single.eval_set)
     assert validated == [2 * (clips // 2), 2 * (clips - clips // 2)]  # 2 epochs
     last = list(csv.DictReader((tmp_path / "log.csv").open()))[-1]
     whole = evaluate_model(load_classifier(tmp_path / "last.pt"), load_manifest(small_demo),
@@ -314,10 +327,6 @@ def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
         assert float(last[key]) == pytest.approx(value, abs=1e-6), key
     # batch_size is the global batch: 2 processes follow the 1-process schedule step by step
     # (steps per epoch, warm-up, lr) and see its clips, each step's split between them.
-    from ddp_worker import DDP_CONFIG, record_steps
-
-    single = Trainer(TrainConfig(**DDP_CONFIG, data=str(small_demo), out=str(tmp_path / "single")),
-                     loop_module.Ranks(), torch.device("cpu"), loop_module.SilentReporter())
     expected = record_steps(single)
     single.run(resume=False)
     ranks = [torch.load(tmp_path / f"steps{rank}.pt", weights_only=True) for rank in (0, 1)]
@@ -363,12 +372,6 @@ def test_epoch_sampler_shards_are_disjoint_reproducible_and_resumable():
     assert all(len(list(sampler)) == len(sampler) == 1 for sampler in crowded)
 
 
-def train_initial_weights(data: Path, out: Path) -> dict[str, torch.Tensor]:
-    trainer = Trainer(config(data, out, r=4), loop_module.Ranks(), torch.device("cpu"),
-                      loop_module.SilentReporter())
-    return trainer.model.state_dict()
-
-
 def test_recipe_values_are_typed_and_validated(tmp_path):
     recipe = tmp_path / "typed.yaml"
     recipe.write_text("base: demo\nlr: 1e-4\nepochs: '3'\nelastic: 'false'\n")
@@ -381,8 +384,9 @@ def test_recipe_values_are_typed_and_validated(tmp_path):
             load_config("demo", {"out": str(tmp_path), **bad})
 
 
-def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_demo, tmp_path):
-    train(config(small_demo, tmp_path / "a", epochs=1))
+def test_resume_refuses_changed_settings_and_teachers_of_another_shape(small_demo,
+                                                                      one_epoch_run, tmp_path):
+    shutil.copytree(one_epoch_run, tmp_path / "a")
     with pytest.raises(FastASTError, match="other settings.*depth"):
         train(config(small_demo, tmp_path / "a", epochs=2, depth=3), resume=True)
     # A run without warm-up (saved before the from-scratch default) resumes only without it.

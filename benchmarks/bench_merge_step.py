@@ -104,10 +104,10 @@ class Case:
 
 
 def new_state(sizes: object) -> object:
-    """A dense token state holding `sizes`, in this engine's API (the state of models/reduction/
-    since the engine's reading path; `models/token_state.py` before, for `--baseline`)."""
+    """A dense token state holding `sizes`, in this engine's API (`models/vit.py`'s since the
+    engine's reading path; `models/token_state.py`'s before, for `--baseline`)."""
     try:
-        from fastast_cli.models.reduction.state import TokenState
+        from fastast_cli.models.vit import TokenState
     except ImportError:  # an engine before the reading path
         from fastast_cli.models.token_state import TokenState
     return TokenState(sizes=sizes)

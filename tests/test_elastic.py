@@ -25,8 +25,8 @@ from fastast_cli.models.pos_embed import (
 )
 from fastast_cli.models.reduction.layout import Layout, block_diagonal_bias, first_fit_decreasing
 from fastast_cli.models.reduction.schedule import max_merge, tokens_per_block
-from fastast_cli.models.reduction.state import TokenState
 from fastast_cli.models.reduction.tome import bipartite_soft_matching, packed_bipartite_matching
+from fastast_cli.models.vit import TokenState
 
 # Frames of the test clips: 50, 130, 18, 162, 10 and 34 tokens (CLS + DIST + 8 × frames // 16).
 FRAMES = (100, 256, 37, 320, 16, 70)

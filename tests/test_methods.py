@@ -17,9 +17,9 @@ from fastast_cli.models.reduction.layout import Layout
 from fastast_cli.models.reduction.matching import ReductionStep, regroup
 from fastast_cli.models.reduction.pitome import PiToMe
 from fastast_cli.models.reduction.schedule import tokens_per_block
-from fastast_cli.models.reduction.state import TokenState
 from fastast_cli.models.reduction.tofu import ToFu
 from fastast_cli.models.reduction.tome import ToMe, bipartite_matching, bipartite_soft_matching
+from fastast_cli.models.vit import TokenState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,8 @@ from fastast_cli import build_model
 from fastast_cli.models.elastic import build_elastic
 from fastast_cli.models.reduction.matching import ReductionStep
 from fastast_cli.models.reduction.schedule import max_merge, resolve_schedule, tokens_per_block
-from fastast_cli.models.reduction.state import TokenState
 from fastast_cli.models.reduction.tome import ToMe, bipartite_soft_matching
+from fastast_cli.models.vit import TokenState
 
 
 def tiny(frames: int = 128, **kwargs) -> torch.nn.Module:

@@ -27,12 +27,12 @@ import torch
 from fastast_cli import build_model
 from fastast_cli.models.elastic import build_elastic
 from fastast_cli.models.reduction.layout import Layout
-from fastast_cli.models.reduction.state import TokenState
 from fastast_cli.models.reduction.tome import (
     ToMe,
     bipartite_soft_matching,
     packed_bipartite_matching,
 )
+from fastast_cli.models.vit import TokenState
 
 PROTECTED = 2
 

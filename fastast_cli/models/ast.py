@@ -24,8 +24,7 @@ from fastast_cli.models.records import ConfigRecord
 from fastast_cli.models.reduction import DEFAULT_METHOD
 from fastast_cli.models.reduction.schedule import NUM_PREFIX_TOKENS, RSchedule, resolve_schedule
 from fastast_cli.models.reduction.settings import MergeSettings
-from fastast_cli.models.reduction.state import TokenState
-from fastast_cli.models.vit import TokenClassifier
+from fastast_cli.models.vit import TokenClassifier, TokenState
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 192, "num_heads": 3},

@@ -68,8 +68,7 @@ from fastast_cli.models.reduction.schedule import (
     tokens_per_block,
 )
 from fastast_cli.models.reduction.settings import MergeSettings
-from fastast_cli.models.reduction.state import TokenState
-from fastast_cli.models.vit import TokenClassifier
+from fastast_cli.models.vit import TokenClassifier, TokenState
 
 # Parameters an AST checkpoint does not hold in this form.
 POSITION_TABLES = ("prefix_pos_embed", "freq_pos_embed", "time_pos_embed")

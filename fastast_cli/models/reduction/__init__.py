@@ -1,10 +1,10 @@
 """Token reduction: the methods by name, the one place names are checked and listed.
 
-A block reads the path of one merge in three files: `models/vit.py`'s `Block` builds a
+A merge reads in one direction, three files: `models/vit.py`'s `Block` builds a
 `ReductionStep` and asks the method (`tome.py`, `pitome.py`, `evit.py`, `tofu.py`, `random.py`)
-for a matching (`matching.py`), which the token state (`state.py`) applies to tokens, sizes,
-sources and the packed `Layout` (`layout.py`). r schedules and the per-block cap are in
-`schedule.py`; the record a model merges by (`MergeSettings`, set as `model.merging`) in
+for a matching (`matching.py`), which the token state (`vit.py`'s `TokenState`) applies to
+tokens, sizes, sources and the packed `Layout` (`layout.py`). r schedules and the per-block
+cap are in `schedule.py`; the record a model merges by (`MergeSettings`, set as `model.merging`) in
 `settings.py`. A method is one class with `name` and `match(step)`, set on a model with
 `model.set_r(r, method=name)`; to add one, write it in its own module and register it in
 `METHODS` (tests/test_methods.py then runs it in both layouts).

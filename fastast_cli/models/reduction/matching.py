@@ -275,22 +275,30 @@ class RowMatching(TokenMatching):
 
 
 @dataclass
-class Regrouping(TokenMatching):
+class CombiningMatching(TokenMatching):
+    """Another matching's groups, combined this matching's own way (`combine`): `merge` and
+    `layout` are the inner `matching`'s."""
+
+    matching: TokenMatching
+
+    @property
+    def layout(self) -> Layout | None:
+        """The packed layout after the merge (None for dense rows)."""
+        return self.matching.layout
+
+    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        """Combine `values` (dense [B, N, C], packed [N, C]) per group with `reduce`."""
+        return self.matching.merge(values, reduce)
+
+
+@dataclass
+class Regrouping(CombiningMatching):
     """Tokens joined into groups (dense `RowMatching` or packed `PackedMatching`), combined by
     the size-weighted average or, with per-token `weights` (dense [B, N, 1], packed [N, 1]),
     by the weighted mean."""
 
     matching: RowMatching | PackedMatching
     weights: torch.Tensor | None = None
-
-    @property
-    def layout(self) -> Layout | None:
-        """The packed layout after the regrouping (None for dense rows)."""
-        return self.matching.layout
-
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Combine `values` (dense [B, N, C], packed [N, C]) per group with `reduce`."""
-        return self.matching.merge(values, reduce)
 
     def combine(
         self, tokens: torch.Tensor, sizes: torch.Tensor

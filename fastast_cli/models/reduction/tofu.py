@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from fastast_cli.models.reduction.layout import Layout
 from fastast_cli.models.reduction.matching import (
+    CombiningMatching,
     Matching,
     PackedMatching,
     ReductionStep,
-    TokenMatching,
 )
 from fastast_cli.models.reduction.tome import bipartite_matching
 
@@ -46,19 +45,11 @@ def mlerp(
 
 
 @dataclass
-class ToFuMatching(TokenMatching):
+class ToFuMatching(CombiningMatching):
     """ToMe's matching of one block, combined by pruning (`prunes`) or by MLERP."""
 
     matching: Matching | PackedMatching
     prunes: bool
-
-    @property
-    def layout(self) -> Layout | None:
-        """The packed layout after the merge (None for dense rows)."""
-        return self.matching.layout
-
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        return self.matching.merge(values, reduce)
 
     def combine(
         self, tokens: torch.Tensor, sizes: torch.Tensor

@@ -65,17 +65,28 @@ def record_teaching(trainer: Trainer) -> list[tuple]:
     return steps
 
 
-def test_replayed_views_are_online_teaching_on_the_view_the_student_sees(small_demo, tmp_path):
-    teacher_file = tiny_teacher(tmp_path / "teacher.pt", small_demo)
-    trainer = student(small_demo, tmp_path / "replay", teacher_file, teacher_views=2, epochs=3)
-    calls = []
+@pytest.fixture(scope="module")
+def replayed_run(small_demo, tmp_path_factory):
+    """A 2-epoch student run taught from 2 replayed views, trained once for the module with its
+    teaching recorded: (teacher file, trainer, teacher batch sizes, recorded steps)."""
+    folder = tmp_path_factory.mktemp("replayed")
+    teacher_file = tiny_teacher(folder / "teacher.pt", small_demo)
+    trainer = student(small_demo, folder / "replay", teacher_file, teacher_views=2)
+    calls: list[int] = []
     trainer.teacher.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
     steps = record_teaching(trainer)
     trainer.run(resume=False)
+    return teacher_file, trainer, calls, steps
+
+
+def test_replayed_views_are_online_teaching_on_the_view_the_student_sees(small_demo,
+                                                                        replayed_run):
+    teacher_file, trainer, calls, steps = replayed_run
     clips = len(trainer.train_items)
     assert sum(calls) == 2 * clips  # the two views of every clip, once; none in training
     teacher = load_classifier(teacher_file)
     seen: dict[tuple[int, int], torch.Tensor] = {}
+    replays = 0
     for fbank, taught, index, view in steps:
         with torch.no_grad():  # the teacher online on the very batch the student trained on
             online = teacher_targets(teacher(fbank), "ce", 1.0)
@@ -83,20 +94,21 @@ def test_replayed_views_are_online_teaching_on_the_view_the_student_sees(small_d
         for item, (clip, k) in enumerate(zip(index.tolist(), view.tolist(), strict=True)):
             if (clip, k) in seen:  # a view replayed in another epoch is that very input
                 assert torch.equal(seen[clip, k], fbank[item])
+                replays += 1
             seen[clip, k] = fbank[item]
+    assert replays > 0  # epoch 2 replays the view of epoch 1 for some clips
     assert {k for _, k in seen} == {0, 1}
     assert sum((clip, 1 - k) in seen for clip, k in seen) > 0  # clips seen in both views
-    saved = torch.load(tmp_path / "replay/teacher_views.pt", weights_only=True)
+    saved = torch.load(trainer.out / "teacher_views.pt", weights_only=True)
     assert saved["logits"].shape == (2, clips, trainer.manifest.num_classes)
     assert saved["record"]["teacher"].startswith("sha256:")
     assert saved["record"]["augmentation"]["mixup"] == 0.5
     assert not list(small_demo.parent.rglob("teacher_views*"))  # never in the dataset
 
 
-def test_replay_resumes_with_the_same_weights_and_without_the_teacher(small_demo, tmp_path):
-    teacher_file = tiny_teacher(tmp_path / "teacher.pt", small_demo)
-    whole = student(small_demo, tmp_path / "whole", teacher_file, teacher_views=2)
-    whole.run(resume=False)
+def test_replay_resumes_with_the_same_weights_and_without_the_teacher(small_demo, replayed_run,
+                                                                     tmp_path):
+    teacher_file, whole, _, _ = replayed_run  # the uninterrupted run
 
     class StopInEpochTwo(loop_module.SilentReporter):
         batches = 0
@@ -115,7 +127,7 @@ def test_replay_resumes_with_the_same_weights_and_without_the_teacher(small_demo
     again.teacher.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
     again.run(resume=True)
     assert calls == []  # the stored views are reused
-    expected = read_checkpoint(tmp_path / "whole/last.pt")["model"]
+    expected = read_checkpoint(whole.out / "last.pt")["model"]
     for name, tensor in read_checkpoint(tmp_path / "split/last.pt")["model"].items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)
 

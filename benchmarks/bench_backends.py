@@ -62,7 +62,7 @@ from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.evaluation.throughput import final_tokens, time_forward
 from fastast_cli.export.hf import export_hf
 from fastast_cli.export.parity import dataset_features
-from fastast_cli.export.quantize import PARITY_CLIPS, QuantParity, audio_features, int8_parity
+from fastast_cli.export.quantize import QuantParity, audio_features, int8_parity
 from fastast_cli.inference.backends import make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.presets import PRESETS
@@ -153,6 +153,8 @@ def main() -> None:
                         "int8's parity (default: synthetic audio)")
     parser.add_argument("--train-epochs", type=int, default=0, help="without --checkpoint: "
                         "train --model this long on the demo set first")
+    parser.add_argument("--parity-clips", type=int, default=256, help="clips int8's parity is "
+                        "measured on (at most the evaluation split's; 99 %% needs >= 100)")
     args = parser.parse_args()
 
     if args.threads is not None:
@@ -202,10 +204,11 @@ def main() -> None:
     parities: dict[int, QuantParity] = {}
     if "onnxruntime-int8" in backends:  # (its graphs warm up on the way)
         if args.data is not None:
-            features = dataset_features(model, load_manifest(args.data), PARITY_CLIPS)
+            features = dataset_features(model, load_manifest(args.data), args.parity_clips)
             source = f"clips of {args.data}"
         else:
-            features, source = audio_features(model, PARITY_CLIPS), "synthetic audio clips"
+            features = audio_features(model, args.parity_clips)
+            source = "synthetic audio clips"
         parities = int8_parities(model, forwards, rs, features, source)
 
     settings = [MATMUL, *forwards]

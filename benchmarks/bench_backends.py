@@ -23,8 +23,19 @@ trains --model for N epochs on the generated demo set (its shape, its clips for 
     .venv/bin/python benchmarks/bench_backends.py --backends onnxruntime,onnxruntime-int8 \
         --model small --train-epochs 4
 
+--depth, --stride and --frames change the random-weight model's shape (e.g. the demo's tiny AST:
+--model tiny --depth 4 --stride 16 --frames 200, 98 tokens; int8's speed does not depend on the
+weights, so a random-weight small or base model measures it at those sizes); --threads sets the
+threads of every backend (onnxruntime takes PyTorch's).
+
+    .venv/bin/python benchmarks/bench_backends.py --backends onnxruntime,onnxruntime-int8 \
+        --model base --depth 4 --stride 16 --frames 200 --r 0,8 --threads 1
+
 Besides the table it prints, at each r, int8's speed as a ratio of fp32 onnxruntime's from the
 same interleaved run, and its top-1 agreement and max probability difference against PyTorch.
+Every onnxruntime session runs with thread spinning off (export.onnx_session): a spinning idle
+worker of one session would take the cores from the setting timed after it (it made int8 read
+0.74x fp32 where it runs at 1.68x, and PyTorch rows after onnxruntime ones slower).
 onnxruntime always runs fp32 (int8 linear layers for onnxruntime-int8; on CUDA when
 onnxruntime-gpu provides it); --dtype applies to the PyTorch settings (autocast). ONNX exports
 go to a temporary folder, removed at the end.
@@ -51,7 +62,7 @@ from fastast_cli.evaluation.flops import count_flops
 from fastast_cli.evaluation.throughput import final_tokens, time_forward
 from fastast_cli.export.hf import export_hf
 from fastast_cli.export.parity import dataset_features
-from fastast_cli.export.quantize import PARITY_CLIPS, QuantParity, audio_features, int8_parity
+from fastast_cli.export.quantize import QuantParity, audio_features, int8_parity
 from fastast_cli.inference.backends import make_forward
 from fastast_cli.models.classifiers import load_classifier
 from fastast_cli.presets import PRESETS
@@ -87,18 +98,19 @@ def transformers_forward(model: torch.nn.Module, folder: Path, device: torch.dev
     return lambda fbank: reference(input_values=fbank).logits
 
 
-def trained_on_demo(size: str, epochs: int, folder: Path) -> tuple[Path, Path]:
-    """Train a `size` AST for `epochs` on the generated demo set in `folder`: its best
-    checkpoint and the demo's manifest."""
+def trained_on_demo(size: str, epochs: int, folder: Path, depth: int = 12,
+                    stride: int = 10) -> tuple[Path, Path]:
+    """Train a `size` AST (`depth` blocks, patches every `stride` bins and frames) for `epochs`
+    on the generated demo set in `folder`: its best checkpoint and the demo's manifest."""
     from fastast_cli.data.prepare import prepare_demo
     from fastast_cli.training.config import TrainConfig
     from fastast_cli.training.loop import train
 
     prepare_demo(folder / "demo")
     manifest = folder / "demo" / "manifest.yaml"
-    train(TrainConfig(model="ast", size=size, data=str(manifest), out=str(folder / "run"),
-                      epochs=epochs, batch_size=8, lr=2e-4, loss="ce", num_workers=0,
-                      lr_start=99))
+    train(TrainConfig(model="ast", size=size, depth=depth, fstride=stride, tstride=stride,
+                      data=str(manifest), out=str(folder / "run"), epochs=epochs,
+                      batch_size=8, lr=2e-4, loss="ce", num_workers=0, lr_start=99))
     return folder / "run" / "best.pt", manifest
 
 
@@ -120,6 +132,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="base", choices=["tiny", "small", "base"])
     parser.add_argument("--preset", default="esc50", choices=list(PRESETS))
+    parser.add_argument("--depth", type=int, default=12, help="blocks of --model (demo: 4)")
+    parser.add_argument("--stride", type=int, default=10, help="patch stride in mel bins and "
+                        "frames of --model (demo: 16)")
+    parser.add_argument("--frames", type=int, help="input frames of --model (default: the "
+                        "preset's; demo: 200)")
+    parser.add_argument("--threads", type=int, help="threads of every backend (default: "
+                        "PyTorch's)")
     parser.add_argument("--r", default="0,20,40", help="comma list, 0 first")
     parser.add_argument("--backends", default="torch,compile,onnxruntime")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -134,8 +153,12 @@ def main() -> None:
                         "int8's parity (default: synthetic audio)")
     parser.add_argument("--train-epochs", type=int, default=0, help="without --checkpoint: "
                         "train --model this long on the demo set first")
+    parser.add_argument("--parity-clips", type=int, default=256, help="clips int8's parity is "
+                        "measured on (at most the evaluation split's; 99 %% needs >= 100)")
     args = parser.parse_args()
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # onnxruntime's sessions take the same
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     preset = PRESETS[args.preset]
@@ -145,14 +168,16 @@ def main() -> None:
     cache = tempfile.TemporaryDirectory(prefix="bench-backends-")
     if args.checkpoint is None and args.train_epochs > 0:
         args.checkpoint, args.data = trained_on_demo(args.model, args.train_epochs,
-                                                     Path(cache.name))
+                                                     Path(cache.name), args.depth, args.stride)
     if args.checkpoint is not None:
         model = load_classifier(args.checkpoint, 0)
         described = f"{args.checkpoint} ({model.input_spec().target_length} frames)"
     else:
-        model = build_model(args.model, preset.num_classes, target_length=preset.target_length)
-        described = (f"{args.model} AST (random weights), {args.preset} shape "
-                     f"({preset.target_length} frames)")
+        frames = args.frames or preset.target_length
+        model = build_model(args.model, preset.num_classes, target_length=frames,
+                            depth=args.depth, fstride=args.stride, tstride=args.stride)
+        described = (f"{args.model} AST ({args.depth} blocks, stride {args.stride}, random "
+                     f"weights), {frames} frames")
     model = model.to(device).eval()
     spec = model.input_spec()
     batch = torch.randn(args.batch_size, spec.target_length, spec.num_mel_bins, device=device)
@@ -179,10 +204,11 @@ def main() -> None:
     parities: dict[int, QuantParity] = {}
     if "onnxruntime-int8" in backends:  # (its graphs warm up on the way)
         if args.data is not None:
-            features = dataset_features(model, load_manifest(args.data), PARITY_CLIPS)
+            features = dataset_features(model, load_manifest(args.data), args.parity_clips)
             source = f"clips of {args.data}"
         else:
-            features, source = audio_features(model, PARITY_CLIPS), "synthetic audio clips"
+            features = audio_features(model, args.parity_clips)
+            source = "synthetic audio clips"
         parities = int8_parities(model, forwards, rs, features, source)
 
     settings = [MATMUL, *forwards]

@@ -42,6 +42,7 @@ from fastast_cli.data.features import SAMPLE_RATE
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.extras import import_extra
 from fastast_cli.export.one_length import at_one_length
+from fastast_cli.export.onnx_session import open_session
 from fastast_cli.export.quantize import (
     INT8_SETTINGS,
     PARITY_CLIPS,
@@ -164,7 +165,7 @@ def export_onnx(
     """
     quantize = check_quantization(quantize)
     import_extra("onnxscript", "ONNX export")
-    ort = import_extra("onnxruntime", "the ONNX parity check")
+    import_extra("onnxruntime", "the ONNX parity check")
     if any(t.device.type != "cpu" for t in model.state_dict().values()):
         model = copy.deepcopy(model).cpu()  # export on CPU, the caller's model stays where it is
     model.eval()
@@ -177,7 +178,7 @@ def export_onnx(
         for key, value in metadata.items():
             program.model.metadata_props[key] = json.dumps(value)
         program.save(str(fp32_file))
-        session = ort.InferenceSession(str(fp32_file), providers=["CPUExecutionProvider"])
+        session = open_session(fp32_file)
         noise, synthetic = parity_inputs(graph_model, shift_for_resolution(resolution))
         batches = [noise, synthetic if features is None else features[:PARITY_BATCH]]
         diffs = [_max_difference(model, session, batch) for batch in batches]
@@ -202,11 +203,9 @@ def _write_int8(model: nn.Module, fp32_file: Path, target: Path, metadata: dict[
     """Quantize the checked fp32 graph to int8, measure its parity against `model` on
     `features` [N, frames, bins] (of `source`) and write it to `target` with `metadata`
     extended by the quantization and the parity."""
-    ort = import_extra("onnxruntime", "the int8 parity check")
     graph = quantize_int8(fp32_file)
     try:
-        session = ort.InferenceSession(graph.SerializeToString(),
-                                       providers=["CPUExecutionProvider"])
+        session = open_session(graph.SerializeToString())
     except Exception as error:  # onnxruntime raises its own exception types
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "unknown error"
         raise FastASTError(f"onnxruntime cannot run the int8 graph ({reason})") from None

@@ -39,6 +39,7 @@ from fastast_cli.export.onnx_export import (
     read_metadata,
     weights_digest,
 )
+from fastast_cli.export.onnx_session import open_session
 from fastast_cli.export.quantize import QuantParity
 from fastast_cli.inference.clips import input_spec
 from fastast_cli.inference.scores import label_names, num_classes_of
@@ -167,10 +168,8 @@ def onnx_forward(path: Path, model: nn.Module, quantization: str = "none") -> Fo
                            f"{quantization!r}: run it with --backend {onnx_backend_of(path)}")
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                  if p in ort.get_available_providers()]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch
-    try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+    try:  # the same threads as PyTorch
+        session = open_session(path, torch.get_num_threads(), providers)
     except Exception as error:  # onnxruntime raises its own exception types
         raise FastASTError(f"onnxruntime cannot load {path} ({error})") from None
 

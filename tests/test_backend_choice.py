@@ -267,3 +267,18 @@ def test_auto_below_fp32_leaves_onnxruntime_out(monkeypatch, tmp_path):
     forward = make_forward(tiny_ast(), "auto", batch_size=2, dtype=torch.bfloat16)
     assert forward.backend == "torch" and forward.choice.samples_per_s == {}
     assert not (tmp_path / "backend-choice.json").exists()
+
+
+def test_the_torch_forward_returns_logits_without_autograd_like_onnxruntime():
+    """Whichever backend `auto` picks, its logits are plain tensors: the torch forward runs
+    without autograd (an onnxruntime forward's output never has a graph), so the same caller
+    code works on every machine, and the logits are the model's."""
+    torch.manual_seed(0)
+    model = build_model("tiny", 3, depth=1, target_length=32, fstride=16, tstride=16, r=2)
+    batch = torch.randn(2, 32, 128)
+    logits = make_forward(model, "torch")(batch)
+    assert not logits.requires_grad and logits.grad_fn is None
+    with torch.inference_mode():
+        expected = model(batch)
+    assert torch.equal(logits, expected)
+    assert logits.numpy().shape == (2, 3)

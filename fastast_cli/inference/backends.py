@@ -125,7 +125,9 @@ def make_forward(
         runner = torch.compile(model, dynamic=False)
 
     def forward(fbank: torch.Tensor) -> torch.Tensor:
-        with merging_as(model, merging) if merging else contextlib.nullcontext():
+        # no autograd: logits like the onnxruntime backends' (plain tensors, `.numpy()` works),
+        # whichever backend `auto` picks on this machine
+        with torch.no_grad(), merging_as(model, merging) if merging else contextlib.nullcontext():
             return runner(fbank)
 
     return _named(forward, backend)

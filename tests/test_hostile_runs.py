@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from signal_defaults import as_from_a_terminal
 from typer.testing import CliRunner
 
 from fastast_cli import atomic, build_model
@@ -120,7 +121,8 @@ main()
 def run_stopped(signum: int, point: str, args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", STOPPING, str(int(signum)), point, *args],
                           timeout=300, capture_output=True, text=True, start_new_session=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          preexec_fn=as_from_a_terminal)
 
 
 @pytest.mark.parametrize(("signum", "point", "code", "saved", "workers"), [

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from signal_defaults import as_from_a_terminal
 from typer.testing import CliRunner
 
 from fastast_cli import build_model
@@ -139,7 +140,8 @@ main()
 def run_interrupted(point: str, args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", INTERRUPTING, point, *args], timeout=300,
                           capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          preexec_fn=as_from_a_terminal)
 
 
 @pytest.mark.parametrize("point", ["validation", "last.pt"])

@@ -85,40 +85,20 @@ def accuracy(model: AST, fbank: torch.Tensor, labels: torch.Tensor) -> float:
 GOAL = 0.95  # lowest speedup ÷ FLOP speedup accepted at r >= 4 (issue 24)
 
 
-def interleaved(model: AST, settings: list[tuple[str, int]], batch: torch.Tensor, runs: int,
-                warmup: int = 1) -> dict[tuple[str, int], float]:
-    """Samples/s of every (method, r), timed round by round (median of `runs`)."""
+def timed_rounds(model: AST, settings: list[tuple[str, int]], batch: torch.Tensor,
+                 runs: int) -> tuple[dict[tuple[str, int], float], dict[tuple[str, int], float]]:
+    """Samples/s of every (method, r) from ONE interleaved loop (one untimed warm-up round,
+    then `runs` rounds): (median round, fastest round)."""
     def run(setting: tuple[str, int]) -> float:
         model.set_r(setting[1], method=setting[0])
         return time_forward(model, batch, batch.device, torch.float32)
 
     for setting in settings:
-        for _ in range(warmup):
-            run(setting)
+        run(setting)
     seconds: dict[tuple[str, int], list[float]] = {s: [] for s in settings}
     for _ in range(runs):
         for setting in settings:
             seconds[setting].append(run(setting))
-    return {s: len(batch) / statistics.median(t) for s, t in seconds.items()}
-
-
-def timed_rounds(model: AST, settings: list[tuple[str, int]], batch: torch.Tensor,
-                 runs: int) -> tuple[dict[tuple[str, int], float], dict[tuple[str, int], float]]:
-    """Samples/s of every setting from ONE interleaved loop: (median round, fastest round)."""
-    seconds: dict[tuple[str, int], list[float]] = {}
-
-    def record(setting: tuple[str, int]) -> float:
-        model.set_r(setting[1], method=setting[0])
-        elapsed = time_forward(model, batch, batch.device, torch.float32)
-        seconds.setdefault(setting, []).append(elapsed)
-        return elapsed
-
-    for setting in settings:  # warm-up, not recorded
-        model.set_r(setting[1], method=setting[0])
-        time_forward(model, batch, batch.device, torch.float32)
-    for _ in range(runs):
-        for setting in settings:
-            record(setting)
     median = {s: len(batch) / statistics.median(t) for s, t in seconds.items()}
     fastest = {s: len(batch) / min(t) for s, t in seconds.items()}
     return median, fastest
@@ -128,21 +108,24 @@ def pick_rs(model: AST, batch: torch.Tensor, targets: list[float], runs: int) ->
     """The r whose measured ToMe speedup is closest to each target (quick interleaved run)."""
     patches = model.config.num_patches
     candidates = sorted({max(1, round(patches * f / 100)) for f in range(1, 13)})
-    speed = interleaved(model, [("tome", r) for r in [0, *candidates]], batch, runs)
+    speed = timed_rounds(model, [("tome", r) for r in [0, *candidates]], batch, runs)[0]
     speedup = {r: speed[("tome", r)] / speed[("tome", 0)] for r in candidates}
     return [min(candidates, key=lambda r: abs(speedup[r] - target)) for target in targets]
 
 
 def method_rows(model: AST, settings: list[tuple[str, int]], batch: torch.Tensor, runs: int,
-                test: tuple[torch.Tensor, torch.Tensor]) -> list[dict]:
+                test: tuple[torch.Tensor, torch.Tensor],
+                metric: dict[tuple[str, int], float]) -> list[dict]:
     """One row per (method, r) of `settings` (the first is the r = 0 reference): accuracy on
-    `test`, and speed from one interleaved loop on `batch`."""
+    `test` (kept in `metric` across timing batches), and speed from one interleaved loop on
+    `batch`."""
     median, fastest = timed_rounds(model, settings, batch, runs)
     reference = settings[0]
-    metric, flops = {}, {}
+    flops = {}
     for method, r in settings:
         model.set_r(r, method=method)
-        metric[(method, r)] = accuracy(model, *test)
+        if (method, r) not in metric:
+            metric[(method, r)] = accuracy(model, *test)
         flops[(method, r)] = count_flops(model, batch[:1]) / 1e9
     rows = []
     for method, r in settings:
@@ -194,6 +177,7 @@ def main() -> None:
     seconds = train(model, train_x, train_y, args.steps, 16, seed=3)
     console = Console(width=170)
     console.print(machine_line("cpu"))
+    metric: dict[tuple[str, int], float] = {}  # accuracy does not depend on the timing batch
     for batch_size in [int(v) for v in args.batch_size.split(",")]:
         batch = test_x[:batch_size]
         if args.r:
@@ -204,7 +188,7 @@ def main() -> None:
             rs = sorted(set(pick_rs(model, batch, targets, runs=max(2, args.runs // 2))))
             picked = f"; r picked for ToMe speedups {args.targets}"
         settings = [("tome", 0)] + [(method, r) for r in rs for method in METHODS]
-        rows = method_rows(model, settings, batch, args.runs, (test_x, test_y))
+        rows = method_rows(model, settings, batch, args.runs, (test_x, test_y), metric)
         title = (f"{args.model} AST trained {args.steps} steps ({seconds:.0f} s) on generated "
                  f"data, {args.frames} frames ({model.config.num_patches} patches), timing batch "
                  f"{batch_size}, {torch.get_num_threads()} threads, median of {args.runs} "

@@ -40,10 +40,14 @@ def __getattr__(name: str) -> Any:
 def main() -> None:
     """Console entry point of `fastast` and `python -m fastast_cli`: the command's module is
     imported when the command runs; SIGTERM and SIGHUP are taken like Ctrl-C
-    (fastast_cli.signals), and a stop during start-up exits quietly with its code."""
+    (fastast_cli.signals), and a stop during start-up exits quietly with its code. Freed host
+    memory is kept for reuse (fastast_cli.host_memory), so CPU forward passes do not page-fault
+    their activations in again."""
+    from fastast_cli.host_memory import keep_freed_memory
     from fastast_cli.signals import exit_code, install_stop_handlers, signal_name
 
     install_stop_handlers()
+    keep_freed_memory()
     try:
         from fastast_cli.cli._app import app
     except KeyboardInterrupt as error:

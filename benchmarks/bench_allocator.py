@@ -8,7 +8,8 @@ over all children of each kind), the kept ÷ default speed ratio, page faults pe
 speedup over r = 0 ÷ FLOP speedup within each kind, and the children's peak resident memory.
 
     .venv/bin/python benchmarks/bench_allocator.py                       # ~3 min on 2 cores
-    .venv/bin/python benchmarks/bench_allocator.py --model base --batch-size 32 --r 0,8
+    .venv/bin/python benchmarks/bench_allocator.py --model base --frames 512 --stride 10 \
+        --r 0,20,40 --children 2 --passes 2                              # ESC-50 shape, ~5 min
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "kept" and not keep_freed_memory():
         raise SystemExit("malloc is not glibc's here: nothing to compare")
     torch.manual_seed(0)
-    model = build_model(args.model, 10, target_length=args.frames, fstride=16, tstride=16)
+    model = build_model(args.model, 10, target_length=args.frames, fstride=args.stride,
+                        tstride=args.stride)
     model.eval()
     batch = torch.randn(args.batch_size, args.frames, 128)
     rs = [int(v) for v in args.r.split(",")]
@@ -65,6 +67,7 @@ def run_child(args: argparse.Namespace, kind: str) -> dict:
     """The JSON of one child process of `kind`."""
     command = [sys.executable, __file__, "--child", kind, "--model", args.model,
                "--batch-size", str(args.batch_size), "--frames", str(args.frames),
+               "--stride", str(args.stride),
                "--r", args.r, "--passes", str(args.passes)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", choices=["tiny", "small", "base"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--frames", type=int, default=256)
+    parser.add_argument("--stride", type=int, default=16, help="patch stride, both axes")
     parser.add_argument("--r", default="0,8,16", help="comma-separated; the first is the reference")
     parser.add_argument("--passes", type=int, default=5, help="timed passes per r per child")
     parser.add_argument("--children", type=int, default=4, help="child processes of each kind")
@@ -89,7 +93,8 @@ def main() -> None:
     for _ in range(args.children):
         for kind in KINDS:
             results[kind].append(run_child(args, kind))
-    model = build_model(args.model, 10, target_length=args.frames, fstride=16, tstride=16)
+    model = build_model(args.model, 10, target_length=args.frames, fstride=args.stride,
+                        tstride=args.stride)
     model.eval()
     sample = torch.randn(1, args.frames, 128)
     flops = {}

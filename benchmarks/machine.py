@@ -16,6 +16,7 @@ from importlib import metadata
 
 import torch
 
+from fastast_cli.host_memory import freed_memory_kept
 from fastast_cli.inference.backend_choice import processor_name
 
 LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "transformers", "numpy")
@@ -28,6 +29,7 @@ def machine_facts(device: torch.device | str = "cpu") -> dict[str, str]:
         "cpu": processor_name(torch.device("cpu")),
         "vector width": torch.backends.cpu.get_cpu_capability(),
         "threads": f"{torch.get_num_threads()} of {os.cpu_count()} cores",
+        "malloc": "keeps freed memory" if freed_memory_kept() else "default",
     }
     if device.type == "cuda":
         facts["gpu"] = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"

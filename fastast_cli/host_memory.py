@@ -14,7 +14,8 @@ measures what that costs on a machine.
 what is freed, so a forward pass reuses the pages of the previous one. The price: the
 process's resident memory stays at its peak instead of shrinking between passes. Nothing
 happens on other C libraries (macOS, musl) or where `malloc` is not glibc's (jemalloc or
-tcmalloc preloaded; those cache freed memory themselves).
+tcmalloc preloaded; those cache freed memory themselves), nor when the environment sets
+`FASTAST_KEEP_FREED_MEMORY=0` (for a machine where memory is tighter than time).
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import platform
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
 KEEP_UP_TO = 2**31 - 1  # bytes free at the heap's top before glibc returns them (int max)
+OPT_OUT = "FASTAST_KEEP_FREED_MEMORY"  # "0": leave malloc as it is
 
 
 @functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse (no `mmap` per block, no trimming of
-    the heap below 2 GiB free); True when it took effect, False where malloc is not glibc's.
-    Process-wide and idempotent; the `fastast` command calls it at start."""
+    the heap below 2 GiB free); True when it took effect, False where malloc is not glibc's or
+    the environment opts out. Process-wide and idempotent; the `fastast` command calls it at
+    start."""
+    if os.environ.get(OPT_OUT, "").strip() == "0":
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -44,3 +50,9 @@ def keep_freed_memory() -> bool:
     if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))
+
+
+def freed_memory_kept() -> bool:
+    """Whether `keep_freed_memory` has taken effect in this process (benchmarks print it:
+    it changes CPU timings)."""
+    return keep_freed_memory.cache_info().currsize > 0 and keep_freed_memory()

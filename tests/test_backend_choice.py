@@ -160,7 +160,7 @@ def test_the_key_changes_with_each_field():
     others = {"processor": "Intel Xeon", "vector_width": "AVX2", "threads": 4,
               "versions": {**KEY.versions, "onnxruntime": "1.23.0"}, "model": "def456",
               "shape": (8, 1024, 128), "device": "cuda", "dtype": "float16",
-              "candidates": ("onnxruntime", "onnxruntime-int8")}
+              "candidates": ("onnxruntime", "onnxruntime-int8"), "host_memory": "kept"}
     assert set(others) == {f.name for f in dataclasses.fields(ChoiceKey)}
     digests = {dataclasses.replace(KEY, **{name: value}).digest()
                for name, value in others.items()}

@@ -42,16 +42,19 @@ def run_python(code: str) -> str:
 @pytest.mark.parametrize("keep", [False, True])
 def test_a_large_block_comes_from_the_heap_once_freed_memory_is_kept(keep: bool) -> None:
     out = run_python(MAPPED_BLOCKS + f"""
-from fastast_cli.host_memory import keep_freed_memory
+from fastast_cli.host_memory import freed_memory_kept, keep_freed_memory
 took = keep_freed_memory() if {keep} else None
 before = mapped_blocks()
 block = bytearray(8 << 20)
-print(took, mapped_blocks() - before)
+print(took, freed_memory_kept(), mapped_blocks() - before)
 """)
-    assert out == ("True 0" if keep else "None 1")
+    assert out == ("True True 0" if keep else "None False 1")
 
 
-def test_the_fastast_command_keeps_freed_memory() -> None:
+@pytest.mark.parametrize("opt_out", ["", "0"])
+def test_the_fastast_command_keeps_freed_memory_unless_the_environment_opts_out(
+        opt_out: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTAST_KEEP_FREED_MEMORY", opt_out)
     out = run_python(MAPPED_BLOCKS + """
 import sys
 from fastast_cli.cli import main
@@ -64,7 +67,7 @@ before = mapped_blocks()
 block = bytearray(8 << 20)
 print("mapped", mapped_blocks() - before)
 """)
-    assert out.splitlines()[-1] == "mapped 0"
+    assert out.splitlines()[-1] == ("mapped 1" if opt_out == "0" else "mapped 0")
 
 
 FORWARD_FAULTS = """

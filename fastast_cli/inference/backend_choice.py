@@ -38,6 +38,7 @@ from fastast_cli.devices import autocast, resolve_dtype, synchronize
 from fastast_cli.distributed import current_ranks
 from fastast_cli.errors import FastASTError
 from fastast_cli.export.quantize import MIN_AGREEMENT
+from fastast_cli.host_memory import freed_memory_kept
 from fastast_cli.inference.clips import input_spec
 from fastast_cli.models.reduction import DEFAULT_METHOD
 from fastast_cli.progress import progress_bar
@@ -70,6 +71,7 @@ class ChoiceKey:
     device: str
     dtype: str
     candidates: tuple[str, ...] = ()  # the backends measured against torch (int8 among them)
+    host_memory: str = "default"  # "kept" under fastast_cli.host_memory (faster torch on CPU)
 
     def digest(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True, default=str)
@@ -156,6 +158,7 @@ def choice_key(model: nn.Module, shape: Sequence[int], device: torch.device,
         device=device.type,
         dtype=str(dtype).removeprefix("torch."),
         candidates=tuple(sorted(candidates)),
+        host_memory="kept" if freed_memory_kept() else "default",
     )
 
 

@@ -62,8 +62,10 @@ $(DEMO_RESULTS)/sweep.png: $(DEMO_RUNS)/ast/summary.json $(DEMO_RUNS)/tome/summa
 		--checkpoint tome+kd=$(DEMO_RUNS)/tome-kd/best.pt \
 		--out $(DEMO_RESULTS)/sweep.csv
 
+# One test process per core (pytest-xdist), each on one thread: the tests' models are tiny,
+# and more threads per process only contend for the same cores.
 test: setup
-	$(VENV)/bin/pytest
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n auto
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,14 +1,23 @@
-"""Shared fixtures: the generated demo dataset, prepared once per test session."""
+"""Shared fixtures: the generated demo dataset, prepared once per test session (once per
+worker under `pytest -n`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist's workers inherit COLUMNS=80 and LINES=24 from their gateway; a plain run
+    # has neither, and the command's output to a pipe is 160 columns wide unless COLUMNS says
+    # otherwise (tests of 80 columns set it themselves). Before any import of the command.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 
-from fastast_cli.data.prepare import prepare_demo
-from fastast_cli.progress import set_progress
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fastast_cli.data.prepare import prepare_demo  # noqa: E402
+from fastast_cli.progress import set_progress  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -63,9 +63,10 @@ $(DEMO_RESULTS)/sweep.png: $(DEMO_RUNS)/ast/summary.json $(DEMO_RUNS)/tome/summa
 		--out $(DEMO_RESULTS)/sweep.csv
 
 # One test process per core (pytest-xdist), each on one thread: the tests' models are tiny,
-# and more threads per process only contend for the same cores.
+# and more threads per process only contend for the same cores. A module's tests share one
+# process (--dist loadscope), so its module fixtures (ONNX exports, trained models) run once.
 test: setup
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n auto
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n auto --dist loadscope
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -62,11 +62,15 @@ $(DEMO_RESULTS)/sweep.png: $(DEMO_RUNS)/ast/summary.json $(DEMO_RUNS)/tome/summa
 		--checkpoint tome+kd=$(DEMO_RUNS)/tome-kd/best.pt \
 		--out $(DEMO_RESULTS)/sweep.csv
 
-# One test process per core (pytest-xdist), each on one thread: the tests' models are tiny,
-# and more threads per process only contend for the same cores. A module's tests share one
-# process (--dist loadscope), so its module fixtures (ONNX exports, trained models) run once.
+# One test process per core, at most 4 (pytest-xdist; each holds its own models and demo set,
+# so memory grows with their number: `make test TEST_WORKERS=8` for more), each on one thread:
+# the tests' models are tiny, and more threads per process only contend for the same cores. A
+# module's tests share one process (--dist loadscope), so its module fixtures (ONNX exports,
+# trained models) run once.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+
 test: setup
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n auto --dist loadscope
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope
 
 lint: setup
 	$(VENV)/bin/ruff check .

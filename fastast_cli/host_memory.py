@@ -21,10 +21,8 @@ tcmalloc preloaded; those cache freed memory themselves), nor when the environme
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
-import platform
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
@@ -40,16 +38,25 @@ def keep_freed_memory() -> bool:
     start."""
     if os.environ.get(OPT_OUT, "").strip() == "0":
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not glibc_version():
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc's soname (find_library would run ldconfig)
     except OSError:
         return False
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))
+
+
+def glibc_version() -> str:
+    """The C library's version when it is glibc ("glibc 2.36"), else ""."""
+    try:
+        version = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):  # no confstr, or a name it does not know
+        return ""
+    return version if version.startswith("glibc") else ""
 
 
 def freed_memory_kept() -> bool:

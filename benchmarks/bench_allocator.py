@@ -34,14 +34,19 @@ from fastast_cli.reports.tables import Column, rich_table
 KINDS = ("default", "kept")
 
 
+def model_of(args: argparse.Namespace) -> torch.nn.Module:
+    """The random-weight model every process times (same seed, so the same weights), in eval."""
+    torch.manual_seed(0)
+    model = build_model(args.model, 10, target_length=args.frames, fstride=args.stride,
+                        tstride=args.stride)
+    return model.eval()
+
+
 def child(args: argparse.Namespace) -> None:
     """One child: time the passes of every r, print {r: [seconds...], faults, rss} as JSON."""
     if args.child == "kept" and not keep_freed_memory():
         raise SystemExit("malloc is not glibc's here: nothing to compare")
-    torch.manual_seed(0)
-    model = build_model(args.model, 10, target_length=args.frames, fstride=args.stride,
-                        tstride=args.stride)
-    model.eval()
+    model = model_of(args)
     batch = torch.randn(args.batch_size, args.frames, 128)
     rs = [int(v) for v in args.r.split(",")]
     seconds: dict[int, list[float]] = {r: [] for r in rs}
@@ -93,9 +98,7 @@ def main() -> None:
     for _ in range(args.children):
         for kind in KINDS:
             results[kind].append(run_child(args, kind))
-    model = build_model(args.model, 10, target_length=args.frames, fstride=args.stride,
-                        tstride=args.stride)
-    model.eval()
+    model = model_of(args)
     sample = torch.randn(1, args.frames, 128)
     flops = {}
     for r in rs:

@@ -128,6 +128,20 @@ def test_onnx_matches_eager_at_any_batch_size(method: str, r: int, tmp_path: Pat
             assert (model(fbank) - got).abs().max() > 1e-3
 
 
+def test_the_exporters_first_capture_keeps_the_batch_axis_dynamic() -> None:
+    """torch.onnx.export tries torch.export's non-strict capture first and, when the model
+    fixes the batch size there (e.g. `len(tensor)`, a Python int), silently traces again with
+    dynamo (strict), which costs each export about a quarter more. Every method's merge step
+    must keep the batch axis symbolic in the first capture."""
+    for method in sorted(METHODS):
+        model = tiny_ast(depth=1)
+        apply_reduction(model, method, 8)
+        fbank = torch.randn(2, FRAMES, 128)
+        program = torch.export.export(model, (fbank,), strict=False,
+                                      dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+        assert program.module()(torch.randn(3, FRAMES, 128)).shape == (3, len(LABELS)), method
+
+
 def test_ties_are_broken_by_position() -> None:
     keys = torch.ones(1, 2 + 10, 4)  # every A token equally similar to every B token
     matching = bipartite_soft_matching(keys, r=3, protected=2)
@@ -184,7 +198,7 @@ def test_export_defaults_to_the_merging_the_checkpoint_trained_with(tmp_path: Pa
 
 def test_export_bakes_in_the_stored_method_unless_method_says_otherwise(tmp_path: Path) -> None:
     trained = tmp_path / "trained.pt"
-    save_checkpoint(trained, tiny_ast(), mean=-3.5, std=4.25,
+    save_checkpoint(trained, tiny_ast(depth=1), mean=-3.5, std=4.25,
                     merging={"method": "pitome", "r": 4, "schedule": "constant",
                              "proportional_attention": False})
     result = invoke("export", str(trained), "--out", str(tmp_path / "p.onnx"))

@@ -140,7 +140,8 @@ class AST(TokenClassifier):
                 f"{self.config.target_length} × {self.config.num_mel_bins} "
                 f"({self.config.num_patches} patches)"
             )
-        prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(len(patches), -1, -1)
+        batch = patches.shape[0]  # symbolic under torch.export (len() would fix it)
+        prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(batch, -1, -1)
         return torch.cat([prefix, patches], dim=1) + self.pos_embed
 
     def forward_blocks(self, tokens: torch.Tensor) -> torch.Tensor:

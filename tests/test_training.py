@@ -55,9 +55,9 @@ def one_epoch_run(small_demo, tmp_path_factory) -> Path:
 def test_tiny_ast_and_tiny_cnn_learn_the_demo_set(demo_data, tmp_path):
     chance = 0.1
     # tiny AST of 2 blocks: 0.36 / 0.44 / 0.55 at epochs 4 / 5 / 6 on a 2-core AMD EPYC;
-    # MobileNetV3-small: 0.56 at epoch 3
+    # MobileNetV3-small: 0.56 / 0.66 at epochs 3 / 4 (an epoch to spare on other processors)
     ast = train(config(demo_data, tmp_path / "ast", epochs=6))
-    cnn = train(config(demo_data, tmp_path / "cnn", model="mobilenetv3-small", epochs=3, lr=1e-3,
+    cnn = train(config(demo_data, tmp_path / "cnn", model="mobilenetv3-small", epochs=4, lr=1e-3,
                        batch_size=16, freqm=24, timem=48))
     assert ast.best_metric >= 3 * chance, ast.history
     assert cnn.best_metric >= 3 * chance, cnn.history

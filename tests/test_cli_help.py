@@ -121,3 +121,25 @@ print("only report")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "only report" in done.stdout, done.stderr
+
+
+def test_a_usage_error_loads_neither_timm_nor_scikit_learn():
+    """A mistyped option of a command that imports the models answers in ~4 s, not ~10: timm
+    (which imports torchvision and torch._dynamo) loads only to build a CNN, scikit-learn only
+    to compute a metric."""
+    script = """
+import sys
+from fastast_cli.cli import main
+sys.argv = ["fastast", "distill", "--no-such-option"]
+try:
+    main()
+except SystemExit as done:
+    assert done.code == 2, done.code
+assert "fastast_cli.models" in sys.modules  # the command's options did load the engine
+heavy = [name for name in ("timm", "torchvision", "sklearn") if name in sys.modules]
+assert not heavy, heavy
+print("no timm, no sklearn")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "no timm, no sklearn" in done.stdout, done.stderr

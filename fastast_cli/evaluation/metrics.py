@@ -4,6 +4,8 @@ AP and AUC come from scikit-learn (`average_precision_score`, `roc_auc_score`), 
 evaluation code, so numbers compare with AST's published ones. One difference from
 scikit-learn's macro averages: a class with no positive (or no negative) example has no AP (or
 AUC); it is NaN in the per-class lists and left out of the means instead of counting as 0.
+scikit-learn is imported where a metric is computed: with SciPy it takes ~1.6 s, which commands
+that compute none (predict, export, a usage error) do not pay.
 """
 
 from __future__ import annotations
@@ -14,12 +16,6 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    roc_auc_score,
-)
 
 from fastast_cli.errors import NonFiniteScores
 
@@ -55,6 +51,7 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     0/1 `positives` [N]. NaN without positives."""
     if not positives.any():
         return math.nan
+    from sklearn.metrics import average_precision_score
     return float(average_precision_score(positives, scores))
 
 
@@ -63,6 +60,7 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
     classes is absent."""
     if positives.all() or not positives.any():
         return math.nan
+    from sklearn.metrics import roc_auc_score
     return float(roc_auc_score(positives, scores))
 
 
@@ -103,6 +101,7 @@ def compute_metrics(predictions: np.ndarray, targets: np.ndarray,
             f"{len(predictions)} clips (first: {_clip_name(names, rows[0])}): no metric can be "
             "computed; its weights or input statistics are damaged, or the audio overflows them")
     positives = targets > 0.5
+    from sklearn.metrics import accuracy_score
     accuracy = float(accuracy_score(targets.argmax(1), predictions.argmax(1)))
     per_class_ap = [average_precision(predictions[:, c], positives[:, c])
                     for c in range(targets.shape[1])]
@@ -123,6 +122,7 @@ def confusion(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     top-scoring class (scikit-learn's `confusion_matrix`); the diagonal holds the correct
     clips, row sums the clips of each class."""
     classes = np.arange(targets.shape[1])
+    from sklearn.metrics import confusion_matrix
     return confusion_matrix(targets.argmax(axis=1), scores.argmax(axis=1), labels=classes)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -152,6 +151,8 @@ class CNNClassifier(nn.Module):
             raise ValueError(f"unknown pooling version {config.pooling_version!r}")
         self.config = config
         self.meta: dict[str, Any] = {}
+        import timm  # here, not at the top: timm imports torchvision and torch._dynamo (~3 s)
+
         self.backbone = timm.create_model(
             BACKBONES[config.backbone], pretrained=False, in_chans=1, num_classes=0, global_pool=""
         )

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from fastast_cli.atomic import atomic_path
 from fastast_cli.errors import FastASTError
+
+if TYPE_CHECKING:  # matplotlib itself is imported where a figure is made (~0.8 s)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 PathLike = str | os.PathLike[str]
 DPI = 100
@@ -27,6 +27,9 @@ def new_figure(width_px: int, height_px: int, dpi: int = DPI) -> Figure:
     """An empty figure of exactly `width_px` × `height_px` pixels when saved at `dpi`."""
     if width_px < 50 or height_px < 50:
         raise ValueError(f"a figure needs at least 50×50 pixels, got {width_px}×{height_px}")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
@@ -37,6 +40,8 @@ def image_format(path: PathLike) -> str:
 
     Raises FastASTError for a suffix matplotlib cannot write.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     supported = FigureCanvasAgg.get_supported_filetypes()
     if fmt not in supported:

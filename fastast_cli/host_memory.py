@@ -6,9 +6,9 @@ are freed) with a fresh `mmap`, and returns freed memory at the top of its heap 
 above its trim threshold. A transformer's activations are such blocks (a tiny AST at batch 8
 allocates 3 MiB for one MLP hidden state), so every forward pass touches its activations for
 the first time again: a page fault per 4 KiB page, which the kernel must zero. On the 2-core
-AMD EPYC VM this project is built on, a tiny AST at batch 8 took ~10 000 faults per forward in
-a fresh process and a base-width one at batch 32 ~390 000; `benchmarks/bench_allocator.py`
-measures what that costs on a machine.
+AMD EPYC VM this project is built on, a tiny AST at batch 8 took ~12 000 faults per forward in
+a fresh process and the base AST at the ESC-50 shape, batch 8, ~430 000;
+`benchmarks/bench_allocator.py` measures what that costs on a machine.
 
 `keep_freed_memory` tells glibc (`mallopt`) to serve every block from its heap and to keep
 what is freed, so a forward pass reuses the pages of the previous one. The price: the

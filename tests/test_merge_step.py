@@ -72,6 +72,32 @@ def test_dense_merge_has_the_bits_of_the_gather_formulation(length, reduce):
         assert torch.equal(matching.keep(values), pruned)
 
 
+def test_the_weighted_average_changes_only_the_groups_that_take_a_token():
+    generator = torch.Generator().manual_seed(4)
+    keys = torch.randn(2, 15, 8, generator=generator)
+    tokens = torch.randn(2, 15, 6, generator=generator) * 100
+    sizes = torch.randint(1, 5, (2, 15, 1), generator=generator).float()
+    matching = bipartite_soft_matching(keys, 5, protected=2)
+    merged, merged_sizes = matching.combine(tokens, sizes)
+    groups = matching.merge(torch.eye(15).repeat(2, 1, 1), reduce="amax").bool()  # [2, 10, 15]
+    lone = 0
+    for row in range(2):
+        for slot, members in enumerate(groups[row]):
+            x, s = tokens[row, members], sizes[row, members]
+            assert merged_sizes[row, slot, 0] == s.sum()
+            if len(x) == 1:  # nothing joined: the token itself, bit for bit
+                assert torch.equal(merged[row, slot], x[0])
+                lone += 1
+            else:
+                mean = (s.double() * x.double()).sum(0) / s.sum()  # float64 reference
+                torch.testing.assert_close(merged[row, slot].double(), mean, rtol=1e-6,
+                                           atol=1e-4)
+    assert 0 < lone < 20
+    # groups whose weights are all zero keep their slot's own token (EViT's weights can be)
+    unweighted, total = matching.weighted_average(tokens, torch.zeros_like(sizes))
+    assert torch.equal(unweighted, matching.keep(tokens)) and not total.any()
+
+
 def test_packed_matching_from_destination_has_the_bits_of_boolean_indexing():
     generator = torch.Generator().manual_seed(3)
     layout = Layout.pack([7, 4, 9], 12)

@@ -37,7 +37,9 @@ def prefix_attention(step: ReductionStep, view: ClipView) -> torch.Tensor:
     queries: [K, T] (each of the two softmax rows sums to one over all keys of the clip)."""
     query = step.query.transpose(1, 2)[view.row[:, None], view.prefix_slot]  # [K, P, H, hd]
     key = view.clip_rows(step.key)  # [K, H, L, hd]
-    logits = torch.einsum("kphd,khld->khpl", query.float(), key.float())
+    logits = torch.stack([  # [K, H, P, L]; one product per head reads the keys where they are
+        torch.bmm(query[:, :, head].float(), key[:, head].float().transpose(-1, -2))
+        for head in range(key.shape[1])], dim=1)
     logits = logits / math.sqrt(query.shape[-1])
     if step.bias is not None:
         rows, length = step.key.shape[0], step.key.shape[2]

@@ -17,7 +17,9 @@ A matching maps any per-token tensor (tokens, sizes, sources) to the reduced seq
 the packed layout after the merge (None when dense). `combine(tokens, sizes)` turns each group
 into one token: by default the size-weighted average (ToMe, Bolya et al. 2023, Sec. 3); a
 matching that combines its own way overrides it (`Regrouping` with weights: EViT's
-attention-weighted fusion; ToFu's pruning and MLERP in tofu.py).
+attention-weighted fusion; ToFu's pruning and MLERP in tofu.py). `merge`, `keep` and the
+average are written once, in `TokenMatching`, on the rows flattened to [T, C]; a record only
+says where every token goes (`flat_index`).
 
 The records: `Matching` (ToMe's bipartite matching of dense rows), `PackedMatching` (any
 matching of packed clips: ToMe's per clip, or a regrouping), `RowMatching` (a regrouping of
@@ -66,13 +68,15 @@ class ReductionStep:
         """Dense: the tokens every row loses."""
         return self.clip_r[0]
 
-    def mean_keys(self) -> torch.Tensor:
-        """Keys averaged over heads, per token: dense [B, N, hd], packed flat [N, hd]."""
-        heads = self.key.shape[1]
-        rows = self.key[:, 0]
-        for head in range(1, heads):  # the order `mean` sums in (same bits), faster on the
-            rows = rows + self.key[:, head]  # strided head axis of the attention's key view
-        rows = rows / heads  # [R, L, hd]
+    def summed_keys(self) -> torch.Tensor:
+        """Keys summed over heads, per token: dense [B, N, hd], packed flat [N, hd].
+
+        ToMe's metric is their mean (Bolya et al. 2023, Sec. 3); every method compares them by
+        cosine similarity, which the mean's 1/H does not change, so the division is left out.
+        """
+        rows = self.key[:, 0]  # [R, L, hd]
+        for head in range(1, self.key.shape[1]):  # faster than `sum` over the strided head
+            rows = rows + self.key[:, head]  # axis of the attention's key view
         return rows if self.layout is None else self.layout.from_rows(rows)
 
     def clip_view(self) -> ClipView:
@@ -83,24 +87,69 @@ class ReductionStep:
 class TokenMatching:
     """Which tokens join which: applies to any per-token tensor of the layout.
 
-    Subclasses say how values map (`merge`); `combine` is the size-weighted average unless
-    overridden. `layout`: the packed layout after the merge, None when dense.
+    A subclass says where every token goes (`flat_index`); merging, pruning and the
+    size-weighted average are written once, here, on the rows flattened to [T, C] (dense
+    [B, N, C] → [B·N, C]; packed values are flat already). `layout`: the packed layout after the
+    merge, None when dense.
     """
 
     layout: Layout | None = None
 
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Each group of `values` (dense [B, N, C], packed [N, C]) combined with `reduce`."""
+    def flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Indices into the flattened rows of values with `length` tokens per row: the token
+        holding every slot of the result [T'], the tokens that join another [M], and the slot
+        of the result each of them joins [M] (into the result's flattened rows)."""
         raise NotImplementedError
+
+    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        """Each group of `values` (dense [B, N, C] → [B, N - r, C], packed [N, C] → [N', C])
+        combined with `reduce`: one row copy for the slots, one for the tokens that go, one
+        indexed add (or `reduce`) of those into their slots."""
+        stay, merged, into = self.flat_index(values.shape[-2])
+        flat = values.reshape(-1, values.shape[-1])  # [T, C]
+        out = combine_rows(flat.index_select(0, stay), into, flat.index_select(0, merged),
+                           reduce)
+        return _unflatten(out, values)
+
+    def keep(self, values: torch.Tensor) -> torch.Tensor:
+        """Every slot's own token, the tokens that join another dropped (pruning): dense
+        [B, N, C] → [B, N - r, C], packed [N, C] → [N', C]."""
+        stay = self.flat_index(values.shape[-2])[0]
+        return _unflatten(values.reshape(-1, values.shape[-1]).index_select(0, stay), values)
 
     def combine(
         self, tokens: torch.Tensor, sizes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each group → the size-weighted average of its tokens (ToMe, Bolya et al. 2023,
         Sec. 3); sizes add up. tokens [B, N, D] or [N, D], sizes [B, N, 1] or [N, 1]."""
-        weighted = self.merge(tokens * sizes)
-        sizes = self.merge(sizes)
-        return weighted / sizes, sizes
+        return self.weighted_average(tokens, sizes)
+
+    def weighted_average(
+        self, values: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each group → Σ w·x / Σ w over its members, and Σ w: values [B, N, C] or [N, C],
+        weights [B, N, 1] or [N, 1] → the reduced values and weight sums.
+
+        Written as an update of each slot's own value x_s by the values x_g that join it,
+        x_s + Σ_g w_g (x_g − x_s) / W with W = w_s + Σ_g w_g (the same average), so only the
+        values that move are weighted: the full rows are copied once, never scaled; a group
+        of weight 0 keeps its slot's value.
+        """
+        stay, merged, into = self.flat_index(values.shape[-2])
+        flat, weight = values.reshape(-1, values.shape[-1]), weights.reshape(-1)  # [T, C], [T]
+        go_weight = weight.index_select(0, merged)  # [M]
+        total = weight.index_select(0, stay).index_add_(0, into, go_weight)  # [T'] group sums
+        out = flat.index_select(0, stay)  # [T', C] every slot's own value
+        share = go_weight / total.index_select(0, into).clamp_min(1e-12)  # [M]
+        pull = (flat.index_select(0, merged) - out.index_select(0, into)).mul_(share[:, None])
+        return (_unflatten(out.index_add_(0, into, pull), values),
+                _unflatten(total[:, None], weights))
+
+
+def _unflatten(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Flat result rows [T', C] → shaped as `like` with fewer tokens: dense [B, N', C], packed
+    [N', C]."""
+    return rows.view(*like.shape[:-2], -1, rows.shape[-1])
 
 
 class ReductionMethod(Protocol):
@@ -130,44 +179,22 @@ class Matching(TokenMatching):
     _index: tuple[torch.Tensor, ...] | None = field(default=None, init=False, repr=False,
                                                     compare=False)
 
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Apply the matching to `values` [B, N, C] → [B, N - r, C], combining with `reduce`.
-
-        One row copy for the tokens that stay, one for the A tokens that go and one indexed
-        add (or `reduce`) of those into their partners, on the rows flattened to [B·N, C].
-        """
-        batch, length, channels = values.shape
-        stay, merged, into = self._flat_index(length)
-        flat = values.reshape(batch * length, channels)
-        out = flat.index_select(0, stay)  # [B·(N - r), C]
-        go = flat.index_select(0, merged)  # [B·r, C]
-        return combine_rows(out, into, go, reduce).view(batch, -1, channels)
-
-    def keep(self, values: torch.Tensor) -> torch.Tensor:
-        """Every slot's own token, the merged A tokens dropped (pruning): [B, N, C] →
-        [B, N - r, C]."""
-        batch, length, channels = values.shape
-        stay = self._flat_index(length)[0]
-        return values.reshape(batch * length, channels).index_select(0, stay).view(
-            batch, -1, channels)
-
-    def _flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Indices into the rows flattened to [B·N]: the token holding every slot of the
-        result `[protected, unmerged A, B]` [B·(N - r)], the merged A tokens [B·r], and the
-        slot of the result each of them joins [B·r]. Computed once per matching."""
+    def flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`TokenMatching.flat_index` of rows laid out `[protected, A, B]` interleaved: the
+        result is `[protected, unmerged A, B]` per row. Computed once per matching."""
         if self._index is None:
             batch, stays, _ = self.unmerged.shape
+            result = length - self.merged.shape[1]  # N - r
             device = self.unmerged.device
             row = torch.arange(batch, device=device)[:, None]  # [B, 1]
-            prefix = torch.arange(self.protected, device=device).expand(batch, -1)
-            b_position = torch.arange(self.protected + 1, length, 2, device=device)
-            stay = torch.cat([prefix, self.protected + 2 * self.unmerged[..., 0],
-                              b_position.expand(batch, -1)], dim=1)  # [B, N - r]
-            merged = self.protected + 2 * self.merged[..., 0]  # [B, r]
-            into = self.protected + stays + self.partner[..., 0]  # [B, r]
-            result = length - self.merged.shape[1]  # N - r
-            self._index = ((stay + row * length).flatten(), (merged + row * length).flatten(),
-                           (into + row * result).flatten())
+            start = row * length + self.protected  # [B, 1] every row's first mergeable token
+            prefix = torch.arange(-self.protected, 0, device=device)
+            b_position = torch.arange(1, length - self.protected, 2, device=device)
+            stay = torch.cat([start + prefix, start + 2 * self.unmerged[..., 0],
+                              start + b_position], dim=1)  # [B, N - r]
+            merged = start + 2 * self.merged[..., 0]  # [B, r]
+            into = self.partner[..., 0] + (row * result + self.protected + stays)  # [B, r]
+            self._index = stay.flatten(), merged.flatten(), into.flatten()
         return self._index
 
 
@@ -215,15 +242,9 @@ class PackedMatching(TokenMatching):
         which = which.scatter_(0, among, token)[:goes]  # [M] the merged tokens in token order
         return cls(stay, which, destination.index_select(0, which), layout)
 
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Apply the matching to flat `values` [N, C] → [N', C], combining with `reduce`."""
-        stay = values.index_select(0, self.stay)
-        go = values.index_select(0, self.merged)
-        return combine_rows(stay, self.into, go, reduce)
-
-    def keep(self, values: torch.Tensor) -> torch.Tensor:
-        """Every slot's own token, the merged tokens dropped (pruning): [N, C] → [N', C]."""
-        return values.index_select(0, self.stay)
+    def flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`TokenMatching.flat_index`: the values are flat already."""
+        return self.stay, self.merged, self.into
 
 
 @dataclass
@@ -251,20 +272,8 @@ class RowMatching(TokenMatching):
         into = moved.gather(1, merged[..., 0] - protected)[..., None]
         return cls(order[:, :stays], merged, into)
 
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Combine `values` [B, N, C] per group with `reduce` → [B, N - r, C]: row copies and
-        one indexed add (or `reduce`) on the rows flattened to [B·N, C]."""
-        batch, length, channels = values.shape
-        stay, merged, into = self._flat_index(length)
-        flat = values.reshape(batch * length, channels)
-        out = flat.index_select(0, stay)
-        out = combine_rows(out, into, flat.index_select(0, merged), reduce)
-        return out.view(batch, -1, channels)
-
-    def _flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`stay` [B·(N - r)] and `merged` [B·r] as indices into the rows flattened to [B·N],
-        `into` [B·r] into the result's rows flattened to [B·(N - r)]. Computed once per
-        matching."""
+    def flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`TokenMatching.flat_index` of the regrouped rows. Computed once per matching."""
         if self._index is None:
             batch, stays = self.stay.shape[:2]
             row = torch.arange(batch, device=self.stay.device)[:, None]  # [B, 1]
@@ -286,9 +295,9 @@ class CombiningMatching(TokenMatching):
         """The packed layout after the merge (None for dense rows)."""
         return self.matching.layout
 
-    def merge(self, values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        """Combine `values` (dense [B, N, C], packed [N, C]) per group with `reduce`."""
-        return self.matching.merge(values, reduce)
+    def flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inner matching's `flat_index`."""
+        return self.matching.flat_index(length)
 
 
 @dataclass
@@ -306,9 +315,8 @@ class Regrouping(CombiningMatching):
         """Each group → its weighted mean (`weights`, else sizes); sizes add up."""
         if self.weights is None:
             return super().combine(tokens, sizes)
-        weights = self.weights.float()  # attention weights can underflow in half precision
-        total = self.merge(weights).clamp_min(1e-12)
-        fused = self.merge(tokens.float() * weights) / total
+        # in float32: attention weights can underflow in half precision
+        fused = self.weighted_average(tokens.float(), self.weights.float())[0]
         return fused.to(tokens.dtype), self.merge(sizes)
 
 

@@ -78,7 +78,7 @@ class PiToMe:
 
     def match(self, step: ReductionStep) -> Regrouping:
         view = step.clip_view()
-        keys = view.gather(step.mean_keys())  # [K, T, hd]
+        keys = view.gather(step.summed_keys())  # [K, T, hd]
         keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         similarity = keys @ keys.transpose(-1, -2)  # [K, T, T]
         score = energy(similarity, view.padding_mask, self.margin(step.block, step.depth),

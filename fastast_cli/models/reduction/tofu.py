@@ -33,15 +33,22 @@ def mlerp(
     matching: Matching | PackedMatching, tokens: torch.Tensor, sizes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ToFu's MLERP: each merged group → its size-weighted mean with the norm of its largest
-    member; tokens that merge with nothing stay as they are (up to the mean's rounding).
+    member; tokens that merge with nothing stay exactly as they are.
 
     tokens: [B, N, D] or [N, D], sizes: [B, N, 1] or [N, 1] → the reduced tokens and sizes.
+    Only the members of merged groups are measured (a slot's own token and those that join
+    it); every slot is then scaled by one factor, 1 where nothing joined.
     """
     mean, merged_sizes = matching.combine(tokens, sizes)
-    largest = matching.merge(tokens.norm(dim=-1, keepdim=True), reduce="amax")
-    members = matching.merge(torch.ones_like(sizes))
-    rescaled = (mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-6)).mul_(largest)
-    return torch.where(members > 1, rescaled, mean), merged_sizes
+    stay, merged, into = matching.flat_index(tokens.shape[-2])
+    rows = tokens.reshape(-1, tokens.shape[-1])  # [T, D]
+    members = torch.cat([rows.index_select(0, stay.index_select(0, into)),
+                         rows.index_select(0, merged)])  # [2M, D] each join's slot and joiner
+    largest = mean.new_zeros(stay.shape[0]).scatter_reduce_(  # [T'] 0 where nothing joined
+        0, into.repeat(2), members.norm(dim=-1), reduce="amax")
+    norm = mean.norm(dim=-1).flatten().clamp_min(1e-6)  # [T']
+    factor = torch.where(largest > 0, largest / norm, 1.0)
+    return mean * factor.view(*mean.shape[:-1], 1), merged_sizes
 
 
 @dataclass
@@ -79,5 +86,5 @@ class ToFu:
         return block <= (depth // 2 if self.switch is None else self.switch)
 
     def match(self, step: ReductionStep) -> ToFuMatching:
-        matching = bipartite_matching(step, step.mean_keys())
+        matching = bipartite_matching(step, step.summed_keys())
         return ToFuMatching(matching, self.prunes(step.block, step.depth))

@@ -41,7 +41,7 @@ from fastast_cli.models.reduction.matching import Matching, PackedMatching, Redu
 def bipartite_soft_matching(keys: torch.Tensor, r: int, protected: int) -> Matching:
     """Match `r` tokens of set A to their most similar token of set B.
 
-    keys: [B, N, C] similarity metric per token (attention keys averaged over heads).
+    keys: [B, N, C] similarity metric per token (attention keys summed over heads).
     r: tokens to remove; must not exceed `max_merge(N, protected)`.
     protected: leading tokens excluded from matching (2 for AST's CLS and DIST).
     """
@@ -87,7 +87,7 @@ def packed_bipartite_matching(
 ) -> PackedMatching:
     """Match, in every clip c, its `r[c]` A tokens with the most similar B token of the clip.
 
-    keys: [N, C] flat similarity metric (attention keys averaged over heads).
+    keys: [N, C] flat similarity metric (attention keys summed over heads).
     layout: where the N tokens sit. r: tokens each clip loses, within `allowed_merges`.
     protected: leading tokens of each clip excluded from matching (2: CLS and DIST).
     """
@@ -163,7 +163,7 @@ class ToMe:
     name = "tome"
 
     def match(self, step: ReductionStep) -> Matching | PackedMatching:
-        return bipartite_matching(step, step.mean_keys())
+        return bipartite_matching(step, step.summed_keys())
 
 
 def bipartite_matching(step: ReductionStep, keys: torch.Tensor) -> Matching | PackedMatching:

@@ -4,6 +4,8 @@ plain gather / boolean-mask formulation, and no op that waits for the device in 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -96,6 +98,25 @@ def test_the_weighted_average_changes_only_the_groups_that_take_a_token():
     # groups whose weights are all zero keep their slot's own token (EViT's weights can be)
     unweighted, total = matching.weighted_average(tokens, torch.zeros_like(sizes))
     assert torch.equal(unweighted, matching.keep(tokens)) and not total.any()
+
+
+ELEMENTWISE = {"aten::mul", "aten::mul_", "aten::div", "aten::div_", "aten::add", "aten::sub",
+               "aten::add_", "aten::sub_"}
+
+
+def test_the_weighted_average_does_arithmetic_only_on_the_tokens_that_move():
+    generator = torch.Generator().manual_seed(5)
+    tokens = torch.randn(4, 50, 32, generator=generator)
+    sizes = torch.randint(1, 4, (4, 50, 1), generator=generator).float()
+    matching = bipartite_soft_matching(torch.randn(4, 50, 8, generator=generator), 6, 2)
+    matching.flat_index(50)  # the indices are built once per matching, outside the average
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU],
+                                         record_shapes=True) as prof:
+        matching.combine(tokens, sizes)
+    moved = 4 * 6 * 32  # B·r rows of D: the only rows weighted
+    arithmetic = [math.prod(event.input_shapes[0]) for event in prof.events()
+                  if event.name in ELEMENTWISE]
+    assert arithmetic and max(arithmetic) <= moved
 
 
 def test_packed_matching_from_destination_has_the_bits_of_boolean_indexing():

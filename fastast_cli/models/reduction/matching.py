@@ -180,8 +180,9 @@ class Matching(TokenMatching):
                                                     compare=False)
 
     def flat_index(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`TokenMatching.flat_index` of rows laid out `[protected, A, B]` interleaved: the
-        result is `[protected, unmerged A, B]` per row. Computed once per matching."""
+        """`TokenMatching.flat_index` of rows `[protected, A, B, A, B, ...]` (A and B alternate
+        after the prefix): the result is `[protected, unmerged A, B]` per row. Computed once per
+        matching."""
         if self._index is None:
             batch, stays, _ = self.unmerged.shape
             result = length - self.merged.shape[1]  # N - r

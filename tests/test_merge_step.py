@@ -14,7 +14,7 @@ from fastast_cli import build_model
 from fastast_cli.models.elastic import build_elastic
 from fastast_cli.models.reduction import METHODS
 from fastast_cli.models.reduction.layout import ClipView, Layout
-from fastast_cli.models.reduction.matching import PackedMatching
+from fastast_cli.models.reduction.matching import PackedMatching, ReductionStep
 from fastast_cli.models.reduction.tome import bipartite_soft_matching
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,6 +98,14 @@ def test_the_weighted_average_changes_only_the_groups_that_take_a_token():
     # groups whose weights are all zero keep their slot's own token (EViT's weights can be)
     unweighted, total = matching.weighted_average(tokens, torch.zeros_like(sizes))
     assert torch.equal(unweighted, matching.keep(tokens)) and not total.any()
+
+
+def test_the_step_gives_the_keys_summed_and_averaged_over_heads():
+    generator = torch.Generator().manual_seed(6)
+    key = torch.randn(2, 3, 9, 4, generator=generator)  # [R, H, L, hd]
+    step = ReductionStep(torch.randn(2, 9, 12), key, key, None, [2], 0, 1, 2)
+    torch.testing.assert_close(step.summed_keys(), key.sum(dim=1))
+    torch.testing.assert_close(step.mean_keys(), key.mean(dim=1))
 
 
 ELEMENTWISE = {"aten::mul", "aten::mul_", "aten::div", "aten::div_", "aten::add", "aten::sub",

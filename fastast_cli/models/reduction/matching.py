@@ -79,6 +79,11 @@ class ReductionStep:
             rows = rows + self.key[:, head]  # axis of the attention's key view
         return rows if self.layout is None else self.layout.from_rows(rows)
 
+    def mean_keys(self) -> torch.Tensor:
+        """Keys averaged over heads, per token (ToMe's metric as the paper states it):
+        `summed_keys` / H, for methods that need the mean's scale."""
+        return self.summed_keys() / self.key.shape[1]
+
     def clip_view(self) -> ClipView:
         """The mergeable tokens of every clip as padded rows [K, T] (`ClipView`)."""
         return ClipView.of(self.tokens, self.layout, self.clip_r, self.protected)

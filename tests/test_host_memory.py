@@ -84,7 +84,7 @@ with torch.inference_mode():
     for _ in range(4):
         model(batch)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
+    for _ in range(9):
         model(batch)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 """
@@ -93,9 +93,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 def test_a_cpu_forward_pass_stops_page_faulting_once_freed_memory_is_kept() -> None:
     """A tiny AST at batch 8 (130 tokens: a 3 MiB MLP hidden state per block): glibc's
     defaults map and fault its activations in again on every pass (thousands of faults of
-    4 KiB), kept memory reuses the previous pass's pages. Faults of three passes after four
-    warm-up passes (glibc's own threshold rises over the first ones)."""
+    4 KiB), kept memory reuses the previous pass's pages.
+
+    Faults of nine passes after four warm-up passes (glibc's own threshold rises over the first
+    ones). How many depends on where the heap's
+    blocks fall, which Python's string hashing and the address-space layout change from process
+    to process: over three passes the defaults measured 1 300–58 000 and kept memory 0–780. The
+    defaults fault again on every pass, kept memory at most once more (a new high-water mark),
+    so nine passes separate them in every layout seen (defaults 17 000–133 000, kept 0–781)."""
     plain = int(run_python(FORWARD_FAULTS.format(keep=False)))
     kept = int(run_python(FORWARD_FAULTS.format(keep=True)))
     assert plain > 3000
-    assert kept < 300
+    assert kept * 5 < plain

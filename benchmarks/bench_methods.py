@@ -168,8 +168,9 @@ def method_rows(model: AST, settings: list[tuple[str, int]], batch: torch.Tensor
             metric[setting] = accuracy(model, *test)
         flops[setting] = count_flops(model, batch[:1]) / 1e9
 
-    def efficiency(setting: tuple[str, int]) -> float:
-        return median[setting] / median[reference] * flops[setting] / flops[reference]
+    def efficiency(setting: tuple[str, int], speed: dict[tuple[str, int], float]) -> float:
+        """Speedup over the reference ÷ FLOP speedup, from samples/s `speed`."""
+        return speed[setting] / speed[reference] * flops[setting] / flops[reference]
 
     rows = []
     for method, r in settings:
@@ -177,14 +178,13 @@ def method_rows(model: AST, settings: list[tuple[str, int]], batch: torch.Tensor
             continue
         flop_speedup = flops[reference] / flops[(method, r)]
         speedup = median[(method, r)] / median[reference]
-        best = fastest[(method, r)] / fastest[reference]
         rows.append({
             "method": "none" if r == 0 else method, "r": r,
             "accuracy": metric[(method, r)], "drop": metric[reference] - metric[(method, r)],
             "samples_per_s": median[(method, r)], "speedup": speedup, "gflops": flops[(method, r)],
-            "flop_speedup": flop_speedup, "efficiency": speedup / flop_speedup,
-            "efficiency_fastest": best / flop_speedup,
-            "bound": efficiency((FREE, r)) if r else 1.0,
+            "flop_speedup": flop_speedup, "efficiency": efficiency((method, r), median),
+            "efficiency_fastest": efficiency((method, r), fastest),
+            "bound": efficiency((FREE, r), median) if r else 1.0,
         })
     return rows
 

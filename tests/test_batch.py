@@ -54,3 +54,36 @@ def test_native_length_batch_keeps_clips_apart_and_carries_the_teacher_input():
     torch.testing.assert_close(first.teacher_input[:, 0], torch.tensor([0.0, -1.0, -2.0]))
     assert first.mix.index.tolist() == [0, 1, 2]
     assert all(view in (0, 1) for view in first.view.tolist())  # a replayed view, not -1
+
+
+class RandomItems(Dataset):
+    """Items that draw from torch's global generator, as SpecAugment and mixup do."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple:
+        return (torch.rand(3),)
+
+
+def test_an_item_seeds_the_cpu_generator_alone_and_restores_it(monkeypatch):
+    """Item i of epoch e draws what `torch.manual_seed(item_seed(seed, e, i))` gives, leaves
+    the global generator where it was, and never reseeds CUDA (which would reset a GPU
+    training's dropout stream once per item)."""
+    from fastast_cli.training.sampling import item_seed, view_seed
+
+    reseeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    items = SeededItems(RandomItems(), seed=7)
+    items.set_epoch(2)
+    before = torch.get_rng_state()
+    drawn = [items[index][0] for index in range(4)]
+    replayed = [SeededItems(RandomItems(), seed=7, views=3)[index][0] for index in range(4)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert reseeded == []
+    for index in range(4):
+        expected = torch.Generator().manual_seed(item_seed(7, 2, index))
+        assert torch.equal(drawn[index], torch.rand(3, generator=expected))
+    view = SeededItems(RandomItems(), seed=7, views=3)[1][2]
+    expected = torch.Generator().manual_seed(view_seed(7, view, 1))
+    assert torch.equal(replayed[1], torch.rand(3, generator=expected))

@@ -11,6 +11,13 @@
 # Environment: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_BUDGET_S (default 450:
 # the whole check), TEST_TIMEOUT_S (default 100), TORCHRUN_TIMEOUT_S (default 120),
 # BENCH_TIMEOUT_S (default 40, per shape).
+#
+# It first checks that PYTHON imports every package the parts need and sees a GPU, and stops
+# there (exit 2, one line naming what is missing) rather than let every part fail alike. On a
+# machine whose Python lacks some of them (say, an image with PyTorch but no soundfile), install
+# their wheels into a folder and put it on PYTHONPATH first:
+#   python3 -m pip install --no-index --no-deps --target /tmp/site WHEELS... &&
+#     PYTHONPATH=/tmp/site PYTHON=python3 benchmarks/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -42,6 +49,29 @@ run_part() {
   echo $? > "$RESULTS/$name.rc"
   tail -n 3 "$RESULTS/$name.log"
 }
+
+# Preflight: the packages the parts import, and a GPU.
+if ! "$PYTHON" - > "$RESULTS/preflight.log" 2>&1 <<'PY'
+import importlib.util
+import sys
+
+needed = ["torch", "torchaudio", "timm", "typer", "rich", "yaml", "soundfile", "numpy",
+          "safetensors", "matplotlib", "sklearn", "huggingface_hub", "pytest", "transformers"]
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+if missing:
+    sys.exit(f"gpu_check: {sys.executable} lacks {', '.join(missing)}: install them first")
+import soundfile  # noqa: F401  (its libsndfile loads on import)
+import torch
+
+if not torch.cuda.is_available():
+    sys.exit(f"gpu_check: torch {torch.__version__} sees no CUDA GPU")
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.cuda.get_device_name()}")
+PY
+then
+  cat "$RESULTS/preflight.log" >&2
+  exit 2
+fi
+cat "$RESULTS/preflight.log"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
   > "$RESULTS/gpu.txt" 2>&1 || true

@@ -140,6 +140,36 @@ def test_the_script_names_the_parts_the_table_reads():
     assert done.returncode == 0
 
 
+def run_check(tmp_path: Path, python: str) -> tuple[subprocess.CompletedProcess, Path]:
+    results = tmp_path / "check"
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(results)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": python})
+    return done, results
+
+
+def test_the_check_stops_first_naming_the_packages_its_python_lacks(tmp_path):
+    """A Python without the packages (here: site-packages switched off with -S) stops the
+    check at once, exit 2, with one line naming them, before any part runs."""
+    wrapper = tmp_path / "bare-python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    wrapper.chmod(0o755)
+    done, results = run_check(tmp_path, str(wrapper))
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("gpu_check: ") and " lacks " in line
+    assert "torch" in line and "soundfile" in line and "install them first" in line
+    assert sorted(path.name for path in results.iterdir()) == ["preflight.log"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_the_check_stops_first_without_a_gpu(tmp_path):
+    done, results = run_check(tmp_path, sys.executable)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("sees no CUDA GPU")
+    assert sorted(path.name for path in results.iterdir()) == ["preflight.log"]
+
+
 def test_bench_throughput_json_feeds_the_table(tmp_path):
     """The real bench_throughput.py --json on a tiny model (one untimed-quality run: a format
     check, not a measurement) gives rows the table reads."""

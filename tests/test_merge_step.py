@@ -153,3 +153,44 @@ def test_clip_view_scatter_writes_every_real_entry_and_the_prefix():
     values = torch.arange(12, dtype=torch.float).view(3, 4)
     flat = view.scatter(values, -1.0)[:, 0]
     assert flat.tolist() == [-1, -1, 0, 1, 2, -1, -1, 4, -1, -1, 8, 9, 10, 11]
+
+
+def test_host_built_index_tensors_reach_the_device_without_a_blocking_copy(monkeypatch):
+    """`host_to_device` copies a host-built tensor to CUDA from pinned memory, asynchronously
+    (a copy from pageable memory waits for the device: one sync per index tensor of every
+    merging block); elsewhere it is a plain `.to`."""
+    from fastast_cli.models.reduction.layout import device_tensor, host_to_device
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory",
+                        lambda self: calls.append(("pin",)) or self.clone())
+    monkeypatch.setattr(torch.Tensor, "to",
+                        lambda self, *args, **kwargs: calls.append(("to", args, kwargs)) or self)
+    values = host_to_device(torch.tensor([3, 1, 2]), torch.device("cuda"))
+    assert values.tolist() == [3, 1, 2]
+    assert calls == [("pin",), ("to", (torch.device("cuda"),), {"non_blocking": True})]
+    calls.clear()
+    host_to_device(torch.tensor([1]), torch.device("cpu"))
+    assert calls == [("to", (torch.device("cpu"),), {})]
+    monkeypatch.undo()
+    made = device_tensor((4, 0, 7), torch.device("cpu"))
+    assert made.dtype == torch.long and made.tolist() == [4, 0, 7]
+
+
+def test_the_models_build_no_device_tensor_from_host_values_directly():
+    """Every `torch.tensor(..., device=...)` in the model code would be a blocking (syncing)
+    copy on CUDA: host values go through `device_tensor` / `host_to_device` instead."""
+    import ast
+    from pathlib import Path
+
+    import fastast_cli.models as models
+
+    offenders = []
+    for path in Path(models.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("tensor", "as_tensor")
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
+                    and any(keyword.arg == "device" for keyword in node.keywords)):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []

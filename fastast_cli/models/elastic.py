@@ -60,7 +60,7 @@ from fastast_cli.models.inputs import InputSpec, stored_stats
 from fastast_cli.models.pooling import AttentionPool
 from fastast_cli.models.pos_embed import factorize_grid, resample_table, split_pos_embed
 from fastast_cli.models.reduction import DEFAULT_METHOD
-from fastast_cli.models.reduction.layout import Layout
+from fastast_cli.models.reduction.layout import Layout, device_tensor
 from fastast_cli.models.reduction.schedule import (
     NUM_PREFIX_TOKENS,
     RSchedule,
@@ -466,12 +466,12 @@ def exact_keep(token_clip: torch.Tensor, counts: Sequence[int], drop: float) -> 
 
     token_clip: [M] clip of every patch, grouped by clip in order; counts: patches per clip.
     """
-    keep_per_clip = torch.tensor([max(1, int(n * (1 - drop))) for n in counts],
-                                 device=token_clip.device)
+    keep_per_clip = device_tensor([max(1, int(n * (1 - drop))) for n in counts],
+                                  token_clip.device)
     # A random order inside each clip: clip index + uniform noise, sorted.
     noise = torch.rand(len(token_clip), device=token_clip.device, dtype=torch.float64)
     order = torch.argsort(token_clip.double() + noise)
-    first = torch.cumsum(torch.tensor([0, *counts[:-1]], device=token_clip.device), 0)
+    first = torch.cumsum(device_tensor([0, *counts[:-1]], token_clip.device), 0)
     sorted_clip = token_clip[order]
     rank = torch.arange(len(order), device=token_clip.device) - first[sorted_clip]
     keep = torch.zeros(len(token_clip), dtype=torch.bool, device=token_clip.device)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastast_cli.models.reduction.layout import Layout
+from fastast_cli.models.reduction.layout import Layout, device_tensor
 
 
 class AttentionPool(nn.Module):
@@ -61,7 +61,7 @@ def clip_slots(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     for row in layout.rows:
         slots.append(taken[row])
         taken[row] += 1
-    slot = torch.tensor(slots, device=layout.device, dtype=torch.long)
+    slot = device_tensor(slots, layout.device)
     clip_at = torch.full((layout.num_rows, max(taken, default=0)), -1, device=layout.device)
     clip_at[layout.row_tensor, slot] = torch.arange(layout.num_clips, device=layout.device)
     return slot, clip_at

@@ -53,6 +53,20 @@ def first_fit_decreasing(counts: Sequence[int], max_tokens: int) -> list[int]:
     return rows
 
 
+def host_to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor built on the host (from clip lengths, per-clip counts) moved to `device` without
+    a device sync: on CUDA through pinned memory, copied asynchronously (a copy from pageable
+    memory waits for the device, once per index tensor of every merging block)."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
+def device_tensor(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """[len(values)] int64 tensor of host integers on `device`, without a device sync."""
+    return host_to_device(torch.tensor(values, dtype=torch.long), device)
+
+
 def exclusive_cumsum(values: torch.Tensor) -> torch.Tensor:
     """[0, v0, v0 + v1, ...] without the total: the start of each run of a ragged sequence."""
     return torch.cumsum(values, 0) - values
@@ -130,7 +144,7 @@ class Layout:
     @cached_property
     def count_tensor(self) -> torch.Tensor:
         """[K] tokens of each clip, as a tensor."""
-        return torch.tensor(self.counts, device=self.device, dtype=torch.long)
+        return device_tensor(self.counts, self.device)
 
     @cached_property
     def starts(self) -> torch.Tensor:
@@ -152,12 +166,12 @@ class Layout:
     @cached_property
     def row_tensor(self) -> torch.Tensor:
         """[K] row of every clip, on the device."""
-        return torch.tensor(self.rows, device=self.device)
+        return device_tensor(self.rows, self.device)
 
     @cached_property
     def offset_tensor(self) -> torch.Tensor:
         """[K] first slot of every clip in its row, on the device."""
-        return torch.tensor(self.offsets, device=self.device)
+        return device_tensor(self.offsets, self.device)
 
     @cached_property
     def slot(self) -> torch.Tensor:
@@ -281,7 +295,7 @@ class ClipView:
         index = torch.where(valid, layout.starts[:, None] + protected + within, 0)
         offsets = layout.offset_tensor
         slot = torch.where(valid, offsets[:, None] + protected + within, 0)
-        remove = torch.tensor(clip_r, device=device, dtype=torch.long)
+        remove = device_tensor(clip_r, device)
         rows = layout.row_tensor
         return cls(protected, list(clip_r), remove, valid, rows, slot,
                    offsets[:, None] + leading, layout, index)
@@ -340,11 +354,12 @@ class ClipView:
         """
         width = self.valid.shape[1]
         if self.index is None:
-            return make(width, self.clip_r[0]).to(self.valid.device).expand(
+            return host_to_device(make(width, self.clip_r[0]), self.valid.device).expand(
                 self.valid.shape[0], -1)
         counts = [max(count - self.protected, 0) for count in self.layout.counts]
-        return torch.stack([make(count, remove) for count, remove
-                            in zip(counts, self.clip_r, strict=True)]).to(self.valid.device)
+        return host_to_device(torch.stack([make(count, remove) for count, remove
+                                           in zip(counts, self.clip_r, strict=True)]),
+                              self.valid.device)
 
     def rank(self, score: torch.Tensor) -> torch.Tensor:
         """[K, T] rank of every entry in its clip by descending `score` (ties: earlier first;

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastast_cli.models.reduction.layout import Layout, exclusive_cumsum
+from fastast_cli.models.reduction.layout import Layout, device_tensor, exclusive_cumsum
 from fastast_cli.models.reduction.matching import Matching, PackedMatching, ReductionStep
 
 
@@ -138,7 +138,7 @@ def _destinations(
     partner.
     """
     device = rank.device
-    remove = torch.tensor(r, device=device, dtype=torch.long)  # [K]
+    remove = device_tensor(r, device)  # [K]
     a_counts = sets.a_layout.count_tensor
     start = exclusive_cumsum(layout.count_tensor - remove)  # [K] clip starts after merging
     first_b = start + protected + a_counts - remove  # [K] where each clip's B tokens begin

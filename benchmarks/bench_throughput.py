@@ -9,7 +9,9 @@ setting. Prints two ratios the engine is held to:
     .venv/bin/python benchmarks/bench_throughput.py                 # base AST, ESC-50 shape, CPU
     .venv/bin/python benchmarks/bench_throughput.py --device cuda --dtype fp16 --batch-size 64
 
-On CUDA the peak memory of each setting is printed too; --json PATH also writes the rows, the
+On CUDA each setting's forward peak memory is printed too (the most allocated during its
+forward beyond what was resident before it: both models' weights and the input batch, which
+stay on the GPU throughout, are not counted); --json PATH also writes the rows, the
 settings and the machine as JSON (benchmarks/gpu_check.sh collects them into one table).
 """
 
@@ -81,15 +83,17 @@ def main() -> None:
     peak_mib: dict[str, float] = {}
 
     def run(setting: str) -> float:
+        resident = 0.0  # both models' weights and the input: not this setting's own
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+            resident = torch.cuda.memory_allocated(device) / 2**20
         if setting == "transformers":
             seconds = time_forward(reference, batch, device, dtype)
         else:
             ours.set_r(int(setting[2:]))
             seconds = time_forward(ours, batch, device, dtype)
         if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) / 2**20
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 - resident
             peak_mib[setting] = max(peak_mib.get(setting, 0.0), peak)
         return seconds
 
@@ -131,7 +135,7 @@ def main() -> None:
         Column("speedup", "speedup vs r=0", "{:.2f}", "x"),
         Column("flop_speedup", "FLOP speedup", "{:.2f}", "x"),
         Column("efficiency", "speedup / FLOP speedup", "{:.2f}"),
-        *([Column("peak_mib", "peak MiB", "{:.0f}")] if device.type == "cuda" else []),
+        *([Column("peak_mib", "forward peak MiB", "{:.0f}")] if device.type == "cuda" else []),
     ]
     console = Console(width=150)
     console.print(machine_line(device))

@@ -38,7 +38,7 @@ COLUMNS = [
     Column("vs_transformers", "vs transformers", "{:.2f}", "x"),
     Column("paper", "paper S/s", "{:g}"),
     Column("vs_paper", "vs paper", "{:.2f}", "x"),
-    Column("peak_mib", "peak MiB", "{:.0f}"),
+    Column("peak_mib", "forward peak MiB", "{:.0f}"),
     Column("seconds", "s", "{:.1f}"),
     Column("note", "note"),
 ]
@@ -147,7 +147,13 @@ def machine_note(results: Path) -> str:
     return "machine not recorded"
 
 
+# Results of a row that ran to the end as it should (a skipped test names its reason).
+COMPLETE = ("ok", "passed", "skipped")
+
+
 def main(argv: list[str]) -> int:
+    """Print the table of RESULTS and write RESULTS/table.csv; exit status 0 when every row
+    passed (or was skipped), 1 when one failed, timed out or did not run, 2 on a usage error."""
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         print("usage: gpu_table.py RESULTS_FOLDER", file=sys.stderr)
         return 2
@@ -157,6 +163,11 @@ def main(argv: list[str]) -> int:
     console.print(rich_table(f"GPU check ({machine_note(results)})", rows, COLUMNS))
     write_csv(results / "table.csv", rows, COLUMNS)
     console.print(f"wrote {results / 'table.csv'}")
+    unfinished = [item for item in rows if item["result"] not in COMPLETE]
+    if unfinished:
+        console.print(f"{len(unfinished)} of {len(rows)} rows did not pass: "
+                      + ", ".join(sorted({item["result"] for item in unfinished})))
+        return 1
     return 0
 
 

@@ -119,14 +119,31 @@ def test_failed_timed_out_and_unrun_parts_keep_their_rows(results):
 
 
 def test_main_prints_one_table_and_writes_its_csv(results, capsys):
-    assert gpu_table.main([str(results)]) == 0
+    assert gpu_table.main([str(results)]) == 1  # parts failed, timed out and did not run
     printed = capsys.readouterr().out
+    assert "rows did not pass: FAILED, failed (exit 1), not run, timed out" in printed
     assert "GPU check (gpu NVIDIA H100 80GB HBM3" in printed
     assert "timed out" in printed and "1.30x" in printed
     lines = (results / "table.csv").read_text().splitlines()
     assert lines[0].startswith("part,setting,result,samples_per_s")
     assert len(lines) == 1 + 3 + 1 + 4 + 3
     assert gpu_table.main([str(results / "absent")]) == 2
+
+
+def test_main_exits_0_only_when_every_row_passed_or_was_skipped(tmp_path, capsys):
+    passing = JUNIT.replace('<failure message="RuntimeError: called a synchronizing CUDA '
+                            'operation&#10;more">\ntrace</failure>', "")
+    for part in gpu_table.TEST_PARTS:
+        (tmp_path / f"{part}.rc").write_text("0\n")
+        (tmp_path / f"{part}.xml").write_text(passing)
+    name = "throughput-esc50-fp16-b128"
+    (tmp_path / f"{name}.rc").write_text("0\n")
+    record = bench_record("esc50", {"transformers": 600.0, 0: 620.0, 20: 780.0, 40: 1000.0})
+    (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    assert gpu_table.main([str(tmp_path)]) == 0
+    assert "did not pass" not in capsys.readouterr().out
+    (tmp_path / "throughput-audioset-fp16-b128.rc").write_text("124\n")
+    assert gpu_table.main([str(tmp_path)]) == 1
 
 
 def test_the_script_names_the_parts_the_table_reads():
@@ -160,6 +177,22 @@ def test_the_check_stops_first_naming_the_packages_its_python_lacks(tmp_path):
     assert line.startswith("gpu_check: ") and " lacks " in line
     assert "torch" in line and "soundfile" in line and "install them first" in line
     assert sorted(path.name for path in results.iterdir()) == ["preflight.log"]
+
+
+def test_the_check_stops_first_when_a_present_package_does_not_import(tmp_path):
+    """Present is not enough: a torchaudio built for another torch stops the check, named."""
+    shadow = tmp_path / "shadow" / "torchaudio"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise OSError("undefined symbol: built for torch 2.3")')
+    results = tmp_path / "check"
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(results)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable,
+                               "PYTHONPATH": str(shadow.parent)})
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("gpu_check: ") and " cannot import torchaudio (OSError: " in line
+    assert "built for torch 2.3" in line
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")

@@ -194,3 +194,26 @@ def test_the_models_build_no_device_tensor_from_host_values_directly():
                     and any(keyword.arg == "device" for keyword in node.keywords)):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_evit_ranks_tokens_by_float32_attention_also_under_amp(monkeypatch):
+    """AMP runs `bmm` in half precision; EViT's prefix attention (the ranking it keeps tokens
+    by) asks for float32 and gets it under autocast too."""
+    from fastast_cli import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", 10, target_length=200, fstride=16, tstride=16, depth=4)
+    model.set_r(8, method="evit")
+    products: list[torch.dtype] = []
+    bmm = torch.bmm
+
+    def recorded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        out = bmm(first, second)
+        products.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch, "bmm", recorded)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        logits = model(torch.randn(2, 200, 128))
+    assert logits.dtype == torch.bfloat16  # the model itself ran under AMP
+    assert products and set(products) == {torch.float32}

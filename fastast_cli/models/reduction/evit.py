@@ -24,6 +24,7 @@ per block, as for every method. The fused token sits where its first member sat.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -32,14 +33,23 @@ from fastast_cli.models.reduction.layout import ClipView
 from fastast_cli.models.reduction.matching import ReductionStep, Regrouping, regroup
 
 
+def float32_products(device_type: str) -> contextlib.AbstractContextManager:
+    """Matrix products in float32 also under AMP, which runs `bmm` in half precision (the
+    ranking of tokens by attention is made from them); no context at all outside AMP."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def prefix_attention(step: ReductionStep, view: ClipView) -> torch.Tensor:
     """Attention of CLS and DIST to every mergeable token, averaged over heads and the two
     queries: [K, T] (each of the two softmax rows sums to one over all keys of the clip)."""
     query = step.query.transpose(1, 2)[view.row[:, None], view.prefix_slot]  # [K, P, H, hd]
     key = view.clip_rows(step.key)  # [K, H, L, hd]
-    logits = torch.stack([  # [K, H, P, L]; one product per head reads the keys where they are
-        torch.bmm(query[:, :, head].float(), key[:, head].float().transpose(-1, -2))
-        for head in range(key.shape[1])], dim=1)
+    with float32_products(query.device.type):
+        logits = torch.stack([  # [K, H, P, L]; one product per head reads the keys in place
+            torch.bmm(query[:, :, head].float(), key[:, head].float().transpose(-1, -2))
+            for head in range(key.shape[1])], dim=1)
     logits = logits / math.sqrt(query.shape[-1])
     if step.bias is not None:
         rows, length = step.key.shape[0], step.key.shape[2]

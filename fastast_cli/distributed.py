@@ -9,6 +9,7 @@ results in rank order, so every rank ends with the whole, in the items' order.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 T = TypeVar("T")
 
@@ -71,6 +73,25 @@ class Ranks:
     def gather_shards(self, items: Sequence[T]) -> list[T]:
         """The items of every rank's shard, concatenated in rank order."""
         return [item for part in self.gather(list(items)) for item in part]
+
+
+def unused_parameters(model: nn.Module, example: Any) -> list[str]:
+    """Names of the trainable parameters that a training-mode forward of `example` and a
+    backward leave without a gradient (a MobileNetV3 backbone's `conv_head`, which its
+    `forward_features` skips; PaSST's distillation head). DDP waits for every parameter's
+    gradient unless told to look for unused ones, and fails at the second step.
+
+    Runs on a copy of the model, with the random state restored: the model itself, its
+    BatchNorm statistics and the run's random draws are untouched.
+    """
+    probe = copy.deepcopy(model).train()
+    device = next(probe.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        output = probe(example)
+        output = output[0] if isinstance(output, tuple) else output
+        output.float().sum().backward()
+    return [name for name, parameter in probe.named_parameters()
+            if parameter.requires_grad and parameter.grad is None]
 
 
 def init_ranks(device: torch.device) -> Ranks:

@@ -136,3 +136,13 @@ def test_a_passt_checkpoint_saved_before_front_ends_reads_fbanks_as_before(tmp_p
         torch.testing.assert_close(loaded(fbank), model(fbank))
     with pytest.raises(FastASTError, match="reads 32-kHz waveforms"):
         build_classifier("passt", LABELS, target_length=64, front_end="passt")(fbank)
+
+
+def test_passt_leaves_its_distillation_head_unused_and_ddp_is_told():
+    """hear21passt's distilled ViT keeps `head_dist`, which the teacher's forward never uses:
+    DDP must look for unused parameters (see `fastast_cli.distributed.unused_parameters`)."""
+    from fastast_cli.distributed import unused_parameters
+
+    model = build_classifier("passt", LABELS, target_length=64)
+    assert unused_parameters(model, model.input_spec().example(torch.device("cpu"))) == [
+        "net.head_dist.weight", "net.head_dist.bias"]

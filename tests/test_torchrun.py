@@ -1,5 +1,6 @@
 """`evaluate` and `predict` under torchrun (2 CPU processes, gloo): each rank scores its shard,
-the first one prints and writes, and the results equal those of one process."""
+the first one prints and writes, and the results equal those of one process; and training a
+model whose forward leaves parameters unused (DDP must be told)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from fastast_cli.cli import app
-from fastast_cli.distributed import Ranks
+from fastast_cli.distributed import Ranks, unused_parameters
 
 OLD = Path(__file__).parent / "fixtures" / "old_format"
 
@@ -79,3 +80,33 @@ def test_predict_under_torchrun_gives_the_results_of_one_process_in_order(small_
     assert [result["file"] for result in written["results"]] == files[:1] + files[2:]
     assert [failure["file"] for failure in written["failures"]] == [str(broken)]
     assert done.stderr.count("failed:") == 1
+
+
+def test_unused_parameters_names_what_the_forward_skips_and_leaves_the_model_alone():
+    """MobileNetV3's `forward_features` skips `conv_head`; an AST uses everything. The probe
+    runs on a copy in training mode: BatchNorm statistics and the random state stay as they
+    were."""
+    from fastast_cli import build_model
+    from fastast_cli.models.teachers import CNNClassifier, CNNConfig
+
+    cnn = CNNClassifier(CNNConfig(num_classes=3, backbone="mobilenetv3-small"))
+    cnn.meta = {"target_length": 64}
+    statistics = {name: buffer.clone() for name, buffer in cnn.named_buffers()}
+    state = torch.get_rng_state()
+    assert unused_parameters(cnn, cnn.input_spec().example(torch.device("cpu"))) == [
+        "backbone.conv_head.weight", "backbone.conv_head.bias"]
+    assert all(torch.equal(buffer, statistics[name]) for name, buffer in cnn.named_buffers())
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(parameter.grad is None for parameter in cnn.parameters())
+    ast = build_model("tiny", 3, target_length=64, fstride=16, tstride=16, depth=2, r=4)
+    assert unused_parameters(ast, ast.input_spec().example(torch.device("cpu"))) == []
+
+
+def test_ddp_trains_a_model_whose_forward_leaves_parameters_unused(small_demo, tmp_path):
+    """The demo's MobileNetV3 teacher under torchrun: DDP without find_unused_parameters
+    failed at the second step ("Expected to have finished reduction in the prior
+    iteration")."""
+    torchrun("train-teacher", "--recipe", "demo-teacher", "--data", str(small_demo),
+             "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["last"]["epoch"] == 2

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from fastast_cli.data.features import FRAME_SHIFT_MS, LengthPolicy
@@ -70,6 +71,16 @@ class InputSpec:
         """Samples of the waveform a front-end model reads: `target_length` frames."""
         assert self.waveform_rate is not None, "this model reads fbanks"
         return round(self.target_length * self.frame_shift_ms * self.waveform_rate / 1000)
+
+    def example(self, device: torch.device) -> torch.Tensor | list[torch.Tensor]:
+        """One random input of this shape (a batch of one, drawn from its own generator):
+        waveforms [1, samples] for a front-end model, a list of one clip [[T, F]] for a
+        native-length one, else fbanks [1, T, F]."""
+        generator = torch.Generator().manual_seed(0)
+        if self.waveform_rate is not None:
+            return torch.randn(1, self.waveform_samples(), generator=generator).to(device)
+        clip = torch.randn(self.target_length, self.num_mel_bins, generator=generator)
+        return [clip.to(device)] if self.native_length else clip[None].to(device)
 
     def teacher_frames(self) -> int | None:
         """How this model, as a distillation teacher, receives a student's clip: a fixed spec

@@ -38,7 +38,7 @@ from fastast_cli.data.dataset import ASTDataset
 from fastast_cli.data.elastic_features import collate_native
 from fastast_cli.data.manifest import Manifest, load_manifest
 from fastast_cli.devices import resolve_device
-from fastast_cli.distributed import Ranks, close_ranks, init_ranks
+from fastast_cli.distributed import Ranks, close_ranks, init_ranks, unused_parameters
 from fastast_cli.errors import FastASTError, NonFiniteScores
 from fastast_cli.evaluation.metrics import Metrics, compute_metrics
 from fastast_cli.evaluation.predict import predict_dataset, to_device
@@ -169,7 +169,9 @@ class Trainer:
         network = self.model
         if self.ranks.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            network = DistributedDataParallel(self.model, device_ids=ids)
+            unused = unused_parameters(self.model, self.model.input_spec().example(self.device))
+            network = DistributedDataParallel(self.model, device_ids=ids,
+                                              find_unused_parameters=bool(unused))
         return torch.compile(network) if self.config.compile else network
 
     # --- the run: epochs → batches → step ----------------------------------------------------

@@ -57,6 +57,15 @@ class Ranks:
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world
 
+    def share_buffers(self, model: nn.Module) -> None:
+        """Every rank takes rank 0's buffers. DDP sends them before each training forward, but
+        the forward then updates BatchNorm's running statistics from each rank's own batch:
+        after an epoch's last step the ranks' models differ, and each would validate its shard
+        with a model rank 0 never saves."""
+        if self.active:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def shard(self, size: int) -> range:
         """This rank's contiguous block of `size` items (blocks differ by at most one item and
         follow each other in rank order; all of them in one process)."""

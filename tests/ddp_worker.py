@@ -1,4 +1,5 @@
-"""Run by test_training's DDP test under torchrun: trains, then saves this rank's weights, the
+"""Run by test_training's DDP tests under torchrun: trains (a tiny AST, or with `cnn` as the
+third argument a MobileNetV3 with BatchNorm), then saves this rank's weights and buffers, the
 number of clips it validated, and each training step's learning rate and clips."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fastast_cli.training.loop import SilentReporter, Trainer
 DDP_CONFIG = {"model": "ast", "size": "tiny", "depth": 2, "fstride": 16, "tstride": 16,
               "epochs": 2, "batch_size": 4, "lr": 2e-4, "loss": "ce", "num_workers": 0,
               "device": "cpu", "r": 4, "freqm": 8, "timem": 16}
+CNN_CONFIG = {**DDP_CONFIG, "model": "mobilenetv3-small", "r": 0, "lr": 1e-3}
 
 
 def record_steps(trainer: Trainer) -> list[tuple[int, float, list[int]]]:
@@ -32,7 +34,8 @@ def record_steps(trainer: Trainer) -> list[tuple[int, float, list[int]]]:
 
 if __name__ == "__main__":
     data, out = sys.argv[1], Path(sys.argv[2])
-    config = TrainConfig(**DDP_CONFIG, data=data, out=str(out))
+    settings = CNN_CONFIG if sys.argv[3:] == ["cnn"] else DDP_CONFIG
+    config = TrainConfig(**settings, data=data, out=str(out))
     ranks = init_ranks(torch.device("cpu"))
     trainer = Trainer(config, ranks, torch.device("cpu"), SilentReporter())
     validated = []  # clips of each forward pass in eval mode (the model itself: not through DDP)

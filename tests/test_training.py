@@ -291,7 +291,8 @@ def test_distill_command_end_to_end(small_demo, tmp_path):
     assert wrong.exit_code == 2 and "holds a mobilenetv3-small model" in wrong.output
 
 
-def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
+def run_ddp_worker(small_demo: Path, out: Path, *args: str) -> None:
+    """tests/ddp_worker.py in 2 CPU processes under torchrun (gloo)."""
     import socket
     import subprocess
     import sys
@@ -302,10 +303,32 @@ def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker),
-               str(small_demo), str(tmp_path)]
+               str(small_demo), str(out), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_ddp_ranks_validate_and_keep_rank_0s_batchnorm_statistics(small_demo, tmp_path):
+    """Each rank's last training forward updates BatchNorm's running statistics from its own
+    batch; at the epoch's end every rank takes rank 0's, so the shards are validated with the
+    model last.pt holds, and the logged metrics are that checkpoint's on all clips."""
+    run_ddp_worker(small_demo, tmp_path, "cnn")
+    first = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    second = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert any("running_mean" in name for name in first)
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
+    last = list(csv.DictReader((tmp_path / "log.csv").open()))[-1]
+    manifest = load_manifest(small_demo)
+    whole = evaluate_model(load_classifier(tmp_path / "last.pt"), manifest, "last.pt",
+                           split=manifest.selection_split)
+    for key, value in whole.metrics.summary().items():
+        assert float(last[key]) == pytest.approx(value, abs=1e-6), key
+
+
+def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
+    run_ddp_worker(small_demo, tmp_path)
     first = torch.load(tmp_path / "rank0.pt", weights_only=True)
     second = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for name, tensor in first.items():

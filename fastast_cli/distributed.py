@@ -57,6 +57,15 @@ class Ranks:
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world
 
+    def max(self, value: int) -> int:
+        """The largest of an integer over all ranks (a flag any rank raised, a signal number)."""
+        if not self.active:
+            return value
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        tensor = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
     def share_buffers(self, model: nn.Module) -> None:
         """Every rank takes rank 0's buffers. DDP sends them before each training forward, but
         the forward then updates BatchNorm's running statistics from each rank's own batch:

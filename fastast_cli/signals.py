@@ -87,6 +87,40 @@ def deferred_interrupts() -> Iterator[None]:
     if received:
         first = received[0]
         handler = previous[first]
+        if getattr(handler, "records_stops", False):
+            handler(first, None)  # an enclosing `recorded_stops` takes it instead
+            return
         if first != signal.SIGINT and handler in (signal.SIG_DFL, None):
             signal.raise_signal(first)  # no handler of ours: the default action, as without us
         raise KeyboardInterrupt if first == signal.SIGINT else Stopped(first)
+
+
+def stop_exception(signum: int) -> KeyboardInterrupt:
+    """What a stop request by `signum` raises: KeyboardInterrupt for Ctrl-C, else `Stopped`."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+
+
+@contextmanager
+def recorded_stops() -> Iterator[list[int]]:
+    """Within the block, Ctrl-C, SIGTERM and SIGHUP are recorded in the yielded list (signal
+    numbers, in order) instead of raised, and `deferred_interrupts` blocks inside hand theirs
+    on to it: for a job whose processes must stop at one agreed point (torchrun's ranks stop at
+    the same step, or one would wait forever in a collective the others left).
+
+    Outside the main thread the block runs as is (and the list stays empty).
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    record.records_stops = True  # type: ignore[attr-defined]
+    previous = {signum: signal.signal(signum, record) for signum in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else _default(signum))

@@ -87,3 +87,31 @@ def test_ctrl_c_mid_step_drops_the_step_and_resumes_exactly(small_demo, tmp_path
     for name, tensor in read_checkpoint(tmp_path / "whole/last.pt")["model"].items():
         torch.testing.assert_close(read_checkpoint(tmp_path / "split/last.pt")["model"][name],
                                    tensor, rtol=0, atol=1e-6)
+
+
+def test_recorded_stops_take_what_a_deferred_block_held_instead_of_raising():
+    """Under `recorded_stops` (torchrun's ranks agree on a stop before taking it) a SIGTERM is
+    recorded, also one a `deferred_interrupts` block held; outside it, the held SIGTERM is
+    raised at the block's end as before, and the handlers are restored."""
+    from fastast_cli.signals import (
+        Stopped,
+        deferred_interrupts,
+        install_stop_handlers,
+        recorded_stops,
+        stop_exception,
+    )
+
+    before = signal.getsignal(signal.SIGTERM)
+    install_stop_handlers()
+    try:
+        with recorded_stops() as stops:
+            signal.raise_signal(signal.SIGTERM)
+            with deferred_interrupts():
+                signal.raise_signal(signal.SIGINT)
+            assert stops == [signal.SIGTERM, signal.SIGINT]
+        with pytest.raises(Stopped), deferred_interrupts():
+            signal.raise_signal(signal.SIGTERM)
+        assert isinstance(stop_exception(signal.SIGTERM), Stopped)
+        assert type(stop_exception(signal.SIGINT)) is KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -327,6 +327,35 @@ def test_ddp_ranks_validate_and_keep_rank_0s_batchnorm_statistics(small_demo, tm
         assert float(last[key]) == pytest.approx(value, abs=1e-6), key
 
 
+def test_a_stop_request_to_one_rank_stops_every_rank_at_the_same_step(small_demo, tmp_path):
+    """SIGTERM reaches rank 1 alone, after its second step: rank 0 must not wait in the next
+    step's collectives for a rank that left. Both stop after step 2, told of SIGTERM, and rank
+    0 saves that state in last.pt before either leaves."""
+    run_ddp_worker(small_demo, tmp_path, "stop")
+    stopped = [torch.load(tmp_path / f"stopped{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [entry["step"] for entry in stopped] == [2, 2]
+    assert all(entry["exit_code"] == 143 for entry in stopped)
+    assert all(entry["message"].startswith("SIGTERM in epoch 1, after batch 2: the state is "
+                                           "saved") for entry in stopped)
+    saved = read_checkpoint(tmp_path / "last.pt")["progress"]
+    assert saved["step"] == 2 and saved["batch"] == 2 and saved["epoch"] == 0
+
+
+def test_a_non_finite_loss_in_one_rank_stops_every_rank_before_the_update(small_demo,
+                                                                          tmp_path):
+    """Rank 1's second loss is NaN: both ranks stop at that step (rank 0 says the loss went
+    non-finite in another process), none waits for the other in the backward pass, and no
+    mid-epoch state replaces last.pt."""
+    run_ddp_worker(small_demo, tmp_path, "nan")
+    stopped = [torch.load(tmp_path / f"stopped{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [entry["step"] for entry in stopped] == [1, 1]
+    assert stopped[0]["message"].startswith("the loss became non-finite in another process "
+                                            "in epoch 1 at step 1")
+    assert stopped[1]["message"].startswith("the loss became nan in epoch 1 at step 1")
+    saved = read_checkpoint(tmp_path / "last.pt")["progress"]
+    assert saved["step"] == 0 and saved["epoch"] == 0
+
+
 def test_ddp_with_two_cpu_processes_keeps_ranks_identical(small_demo, tmp_path):
     run_ddp_worker(small_demo, tmp_path)
     first = torch.load(tmp_path / "rank0.pt", weights_only=True)

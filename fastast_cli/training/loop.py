@@ -45,7 +45,13 @@ from fastast_cli.evaluation.predict import predict_dataset, to_device
 from fastast_cli.interrupt import abandonable, can_abandon
 from fastast_cli.locks import folder_lock
 from fastast_cli.models.checkpoints import save_checkpoint
-from fastast_cli.signals import exit_code, ignore_stop_signals, signal_name
+from fastast_cli.signals import (
+    exit_code,
+    ignore_stop_signals,
+    recorded_stops,
+    signal_name,
+    stop_exception,
+)
 from fastast_cli.training import averaging
 from fastast_cli.training.auto import DataShape, Machine, auto_line, resolve_auto
 from fastast_cli.training.batch import Batch, Fbanks, Mix, collate_batch
@@ -156,6 +162,7 @@ class Trainer:
         self.averaged: dict[str, torch.Tensor] | None = None
         self.cached_targets: torch.Tensor | None = None  # [N, C] clean clips' predictions
         self.replayed: ReplayedViews | None = None
+        self.stops: list[int] = []  # stop requests recorded under torchrun (signal numbers)
         self.estimate = TimeEstimate(device, tiny=config.model != "ast" or config.size == "tiny")
 
     # --- set-up ------------------------------------------------------------------------------
@@ -186,25 +193,31 @@ class Trainer:
         if resume:
             self._restore(self.out / "last.pt")
         self.ranks.barrier()  # every rank has checked the folder before rank 0 writes to it
+        # under torchrun a stop request is recorded, and the ranks stop together where they
+        # agree on it (after a step or an epoch); alone, it is taken as it comes
+        stops = recorded_stops() if self.ranks.active else nullcontext([])
         try:
-            if self.ranks.is_main:
-                self._start_folder(overwrite)
-            self.reporter.note(self._plan())
-            if config.from_scratch and not resume:
-                self.reporter.note(from_scratch_note(config.model, self.warmup_steps))
-            if self.teacher is not None and config.teacher_views:
-                self.replayed = self._replayed_views()
-            elif self.teacher is not None and config.teacher_logits == "cached":
-                self.cached_targets = teacher_targets(self._teacher_logits_cache(), config.loss,
-                                                      config.temperature)
-            network = self._network()
-            while self.progress.epoch < config.epochs:
-                loss, seconds, samples = self._train_epoch(network)
-                self._end_epoch(loss, seconds, samples)
-            averaged_metrics = self._finish_averaging()
-            if self.ranks.is_main:
-                write_summary(self.out, self.config, self.manifest.selection_split,
-                              self.progress, averaged_metrics)
+            with stops as self.stops:
+                if self.ranks.is_main:
+                    self._start_folder(overwrite)
+                self.reporter.note(self._plan())
+                if config.from_scratch and not resume:
+                    self.reporter.note(from_scratch_note(config.model, self.warmup_steps))
+                if self.teacher is not None and config.teacher_views:
+                    self.replayed = self._replayed_views()
+                elif self.teacher is not None and config.teacher_logits == "cached":
+                    self.cached_targets = teacher_targets(self._teacher_logits_cache(),
+                                                          config.loss, config.temperature)
+                network = self._network()
+                self._stop_if_asked()
+                while self.progress.epoch < config.epochs:
+                    loss, seconds, samples = self._train_epoch(network)
+                    self._end_epoch(loss, seconds, samples)
+                    self._stop_if_asked()
+                averaged_metrics = self._finish_averaging()
+                if self.ranks.is_main:
+                    write_summary(self.out, self.config, self.manifest.selection_split,
+                                  self.progress, averaged_metrics)
         except KeyboardInterrupt as error:
             self._interrupted(error)
         return RunResult(self.out, self.progress.best, self.progress.best_epoch,
@@ -251,6 +264,7 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 self.reporter.batch_done(loss, lr, samples / max(elapsed, 1e-9))
                 self._tell_estimate(epoch_batches - progress.batch)
+                self._stop_if_asked()
         except KeyboardInterrupt:
             del batches  # stops the loader's workers before the state is saved
             raise
@@ -262,16 +276,20 @@ class Trainer:
         target = batch.target.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # a Ctrl-C before the update drops the step at the next module (CPU steps are long)
-        with abandonable(can_abandon(network, self.device, self.config.compile)):
+        # a Ctrl-C before the update drops the step at the next module (CPU steps are long;
+        # not under torchrun, where the ranks must stop at the same step)
+        abandon = can_abandon(network, self.device, self.config.compile) and not self.ranks.active
+        with abandonable(abandon):
             with torch.autocast(self.device.type, torch.float16, enabled=self.use_amp):
                 logits = network(fbank)
                 taught = self._teacher_targets(fbank, batch.mix, batch.teacher_input, batch.view)
                 loss = distillation_loss(logits.float(), target, taught, self.config.loss,
                                          self.config.kd_lambda)
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if self.ranks.max(int(not finite)):  # one rank's non-finite loss stops all
+                became = loss.item() if not finite else "non-finite in another process"
                 raise FastASTError(
-                    f"the loss became {loss.item()} in epoch {self.progress.epoch + 1} at step "
+                    f"the loss became {became} in epoch {self.progress.epoch + 1} at step "
                     f"{self.progress.step}; training stopped and {self.out / 'last.pt'} keeps "
                     "the last good epoch (try a lower --lr)"
                 )
@@ -280,6 +298,15 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.item())
+
+    def _stop_if_asked(self) -> None:
+        """Under torchrun: stop every rank here when any rank received a stop request (the
+        largest signal number names it), so that none waits in a collective the others left and
+        rank 0 saves the state all of them reached. Alone: nothing (stops come as they come)."""
+        if self.ranks.active:
+            signum = self.ranks.max(self.stops[0] if self.stops else 0)
+            if signum:
+                raise stop_exception(signum)
 
     def _plan(self) -> str:
         """The plan line: model, parameters, clips, device."""
@@ -461,6 +488,7 @@ class Trainer:
                     self._save_last()
             except KeyboardInterrupt:  # a second Ctrl-C, taken once the state is saved
                 pass
+        self.ranks.barrier()  # under torchrun the ranks leave once the state is saved
         where = (f"epoch {progress.epoch + 1}, after batch {progress.batch}"
                  if progress.epoch < self.config.epochs else "after the last epoch")
         raise TrainingInterrupted(

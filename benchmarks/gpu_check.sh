@@ -60,18 +60,24 @@ needed = ["torch", "torchaudio", "timm", "typer", "rich", "yaml", "soundfile", "
 missing = [name for name in needed if importlib.util.find_spec(name) is None]
 if missing:
     sys.exit(f"gpu_check: {sys.executable} lacks {', '.join(missing)}: install them first")
-broken = []
-for name in needed + ["sklearn.metrics", "fastast_cli.cli", "fastast_cli.models.elastic"]:
-    try:  # present is not enough: a torchaudio built for another torch fails here
+
+
+def imports(name: str) -> None:
+    """Present is not enough: a torchaudio built for another torch fails here."""
+    try:
         importlib.import_module(name)
     except Exception as error:  # noqa: BLE001
-        broken.append(f"{name} ({type(error).__name__}: {str(error).splitlines()[0][:80]})")
-if broken:
-    sys.exit(f"gpu_check: {sys.executable} cannot import {'; '.join(broken)}")
-import torch
+        sys.exit(f"gpu_check: {sys.executable} cannot import {name} "
+                 f"({type(error).__name__}: {str(error).splitlines()[0][:100]})")
 
-if not torch.cuda.is_available():
+
+imports("torch")
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # before the slow imports: no GPU, no check
     sys.exit(f"gpu_check: torch {torch.__version__} sees no CUDA GPU")
+for name in needed[1:] + ["sklearn.metrics", "fastast_cli.cli", "fastast_cli.models.elastic"]:
+    imports(name)
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.cuda.get_device_name()}")
 PY
 then

@@ -180,10 +180,11 @@ def test_the_check_stops_first_naming_the_packages_its_python_lacks(tmp_path):
 
 
 def test_the_check_stops_first_when_a_present_package_does_not_import(tmp_path):
-    """Present is not enough: a torchaudio built for another torch stops the check, named."""
-    shadow = tmp_path / "shadow" / "torchaudio"
+    """Present is not enough: a package that fails to import (a torch built for another
+    CUDA, a torchaudio for another torch) stops the check, named."""
+    shadow = tmp_path / "shadow" / "torch"
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text('raise OSError("undefined symbol: built for torch 2.3")')
+    (shadow / "__init__.py").write_text('raise OSError("libcudart.so.13: cannot open shared")')
     results = tmp_path / "check"
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(results)],
                           capture_output=True, text=True, timeout=120,
@@ -191,8 +192,8 @@ def test_the_check_stops_first_when_a_present_package_does_not_import(tmp_path):
                                "PYTHONPATH": str(shadow.parent)})
     assert done.returncode == 2
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("gpu_check: ") and " cannot import torchaudio (OSError: " in line
-    assert "built for torch 2.3" in line
+    assert line.startswith("gpu_check: ") and " cannot import torch (OSError: " in line
+    assert line.endswith("libcudart.so.13: cannot open shared)")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")

@@ -87,3 +87,17 @@ def test_an_item_seeds_the_cpu_generator_alone_and_restores_it(monkeypatch):
     view = SeededItems(RandomItems(), seed=7, views=3)[1][2]
     expected = torch.Generator().manual_seed(view_seed(7, view, 1))
     assert torch.equal(replayed[1], torch.rand(3, generator=expected))
+
+
+def test_a_training_steps_draws_depend_on_seed_step_and_rank_alone():
+    from fastast_cli.training.sampling import seed_step
+
+    def draws(seed: int, step: int, rank: int) -> torch.Tensor:
+        torch.rand(7)  # whatever was drawn before does not matter
+        seed_step(seed, step, rank, torch.device("cpu"))
+        return torch.rand(4)
+
+    assert torch.equal(draws(3, 10, 0), draws(3, 10, 0))
+    assert not torch.equal(draws(3, 10, 0), draws(3, 10, 1))  # torchrun's ranks draw apart
+    assert not torch.equal(draws(3, 10, 0), draws(3, 11, 0))
+    assert not torch.equal(draws(3, 10, 0), draws(4, 10, 0))

@@ -223,3 +223,40 @@ def test_token_dropout_drops_patches_in_training_only():
     model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
     model(clips)
     assert seen[0] < sum(counts)
+
+
+def test_resume_with_token_dropout_draws_what_the_uninterrupted_run_drew(small_demo, tmp_path):
+    """Token dropout draws from each step's own seed (seed, step, rank), so a run stopped in
+    epoch 2 and resumed ends with the weights of the run never stopped (one thread: several
+    make ElasticAST's CPU backward add in varying order)."""
+    from fastast_cli.models.checkpoints import read_checkpoint
+    from fastast_cli.training.config import TrainConfig
+    from fastast_cli.training.loop import TrainingInterrupted, train
+    from fastast_cli.training.reporting import SilentReporter
+
+    settings = dict(model="ast", size="tiny", depth=2, fstride=16, tstride=16,
+                    data=str(small_demo), epochs=2, batch_size=8, lr=2e-4, loss="ce",
+                    num_workers=0, device="cpu", lr_start=99, elastic=True,
+                    resolutions=[1.0, 2.0], max_tokens=256, token_dropout=0.1)
+
+    class StopInEpochTwo(SilentReporter):
+        batches = 0
+
+        def batch_done(self, loss, lr, speed):
+            StopInEpochTwo.batches += 1
+            if StopInEpochTwo.batches == 11:  # 8 batches per epoch: batch 3 of epoch 2
+                raise KeyboardInterrupt
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(**settings, out=str(tmp_path / "whole")))
+        split = TrainConfig(**settings, out=str(tmp_path / "split"))
+        with pytest.raises(TrainingInterrupted):
+            train(split, reporter=StopInEpochTwo())
+        train(split, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    whole = read_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    resumed = read_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)

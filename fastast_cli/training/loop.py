@@ -68,7 +68,7 @@ from fastast_cli.training.run_folder import (
     trim_logs,
     write_summary,
 )
-from fastast_cli.training.sampling import EpochSampler, SeededItems
+from fastast_cli.training.sampling import EpochSampler, SeededItems, seed_step
 from fastast_cli.training.schedule import from_scratch_note, learning_rate
 from fastast_cli.training.setup import feature_cache_dir, model_meta, run_dataset, run_model
 from fastast_cli.training.teacher import (
@@ -276,6 +276,7 @@ class Trainer:
         target = batch.target.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        seed_step(self.config.seed, self.progress.step, self.ranks.rank, self.device)
         # a Ctrl-C before the update drops the step at the next module (CPU steps are long;
         # not under torchrun, where the ranks must stop at the same step)
         abandon = can_abandon(network, self.device, self.config.compile) and not self.ranks.active

@@ -31,6 +31,21 @@ def view_seed(seed: int, view: int, index: int) -> int:
     return item_seed(seed ^ VIEW_STREAM, view, index)
 
 
+# A training step's own draws (ElasticAST's token dropout) come from a third stream.
+STEP_STREAM = 0x57E9_D0_0D
+
+
+def seed_step(seed: int, step: int, rank: int, device: torch.device) -> None:
+    """Seed the random draws of training step `step` on rank `rank` (what the model's forward
+    draws: ElasticAST's token dropout): a pure function of the three, so a resumed run draws
+    what the uninterrupted one did, and torchrun's ranks draw apart. The CPU generator, and on
+    CUDA the current device's."""
+    value = item_seed(seed ^ STEP_STREAM, step, rank)
+    torch.default_generator.manual_seed(value)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(value)
+
+
 def replayed_view(seed: int, epoch: int, index: int, views: int) -> int:
     """Which of the `views` stored views of clip `index` epoch `epoch` replays."""
     return item_seed(seed, epoch, index) % views

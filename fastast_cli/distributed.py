@@ -52,19 +52,13 @@ class Ranks:
         """The mean of a number over all ranks."""
         if not self.active:
             return value
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
-        return float(tensor.item()) / self.world
+        return float(_all_reduce(value, torch.float64, dist.ReduceOp.SUM)) / self.world
 
     def max(self, value: int) -> int:
         """The largest of an integer over all ranks (a flag any rank raised, a signal number)."""
         if not self.active:
             return value
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        tensor = torch.tensor([value], dtype=torch.int64, device=device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return int(tensor.item())
+        return int(_all_reduce(value, torch.int64, dist.ReduceOp.MAX))
 
     def share_buffers(self, model: nn.Module) -> None:
         """Every rank takes rank 0's buffers. DDP sends them before each training forward, but
@@ -91,6 +85,15 @@ class Ranks:
     def gather_shards(self, items: Sequence[T]) -> list[T]:
         """The items of every rank's shard, concatenated in rank order."""
         return [item for part in self.gather(list(items)) for item in part]
+
+
+def _all_reduce(value: float, dtype: torch.dtype, op: dist.ReduceOp) -> float:
+    """One number reduced over the process group (on the GPU under NCCL, which reduces only
+    device tensors)."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=dtype, device=device)
+    dist.all_reduce(tensor, op=op)
+    return tensor.item()
 
 
 def unused_parameters(model: nn.Module, example: Any) -> list[str]:

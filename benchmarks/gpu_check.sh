@@ -68,7 +68,7 @@ def imports(name: str) -> None:
         importlib.import_module(name)
     except Exception as error:  # noqa: BLE001
         sys.exit(f"gpu_check: {sys.executable} cannot import {name} "
-                 f"({type(error).__name__}: {str(error).splitlines()[0][:100]})")
+                 f"({type(error).__name__}: {(str(error).splitlines() or [''])[0][:100]})")
 
 
 imports("torch")

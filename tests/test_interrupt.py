@@ -101,7 +101,7 @@ def test_recorded_stops_take_what_a_deferred_block_held_instead_of_raising():
         stop_exception,
     )
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     install_stop_handlers()
     try:
         with recorded_stops() as stops:
@@ -114,4 +114,5 @@ def test_recorded_stops_take_what_a_deferred_block_held_instead_of_raising():
         assert isinstance(stop_exception(signal.SIGTERM), Stopped)
         assert type(stop_exception(signal.SIGINT)) is KeyboardInterrupt
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

@@ -172,6 +172,10 @@ def test_host_built_index_tensors_reach_the_device_without_a_blocking_copy(monke
     calls.clear()
     host_to_device(torch.tensor([1]), torch.device("cpu"))
     assert calls == [("to", (torch.device("cpu"),), {})]
+    calls.clear()  # under torch.compile: Dynamo cannot trace pinning, a plain copy then
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    host_to_device(torch.tensor([1]), torch.device("cuda"))
+    assert calls == [("to", (torch.device("cuda"),), {})]
     monkeypatch.undo()
     made = device_tensor((4, 0, 7), torch.device("cpu"))
     assert made.dtype == torch.long and made.tolist() == [4, 0, 7]

@@ -174,10 +174,6 @@ class Trainer:
         """What training steps run: the model, wrapped for DDP and, with `compile`, compiled
         (its parameters stay the model's; checkpoints and evaluation use the model itself)."""
         network = self.model
-        if self.ranks.active and self.device.type == "cuda":
-            # BatchNorm over the global batch, as one process computes it, not each rank's
-            # share (the layers are swapped in place; parameters and buffers stay the same)
-            nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if self.ranks.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
             unused = unused_parameters(self.model, self.model.input_spec().example(self.device))

@@ -42,8 +42,9 @@ def seed_step(seed: int, step: int, rank: int, device: torch.device) -> None:
     CUDA the current device's."""
     value = item_seed(seed ^ STEP_STREAM, step, rank)
     torch.default_generator.manual_seed(value)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(value)
+    if device.type == "cuda":  # the training's device, not the current one (cuda:N alone)
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.default_generators[index].manual_seed(value)
 
 
 def replayed_view(seed: int, epoch: int, index: int, views: int) -> int:

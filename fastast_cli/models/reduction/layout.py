@@ -57,7 +57,7 @@ def host_to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A tensor built on the host (from clip lengths, per-clip counts) moved to `device` without
     a device sync: on CUDA through pinned memory, copied asynchronously (a copy from pageable
     memory waits for the device, once per index tensor of every merging block)."""
-    if device.type != "cuda":
+    if device.type != "cuda" or torch.compiler.is_compiling():  # Dynamo cannot trace pinning
         return values.to(device)
     return values.pin_memory().to(device, non_blocking=True)
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 
-from fastast_cli.signals import STOP_SIGNALS, Stopped
+from fastast_cli.signals import STOP_SIGNALS, stop_exception
 
 
 def can_abandon(network: nn.Module, device: torch.device, compiled: bool) -> bool:
@@ -47,7 +47,7 @@ def abandonable(enabled: bool = True) -> Iterator[None]:
 
     def check(*_: Any) -> None:
         if requested and active:
-            raise KeyboardInterrupt if requested[0] == signal.SIGINT else Stopped(requested[0])
+            raise stop_exception(requested[0])
 
     def before_module(module: nn.Module, args: tuple[Any, ...]) -> None:
         check()

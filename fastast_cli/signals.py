@@ -92,7 +92,7 @@ def deferred_interrupts() -> Iterator[None]:
             return
         if first != signal.SIGINT and handler in (signal.SIG_DFL, None):
             signal.raise_signal(first)  # no handler of ours: the default action, as without us
-        raise KeyboardInterrupt if first == signal.SIGINT else Stopped(first)
+        raise stop_exception(first)
 
 
 def stop_exception(signum: int) -> KeyboardInterrupt:
